@@ -1,0 +1,43 @@
+"""flame_jax: a pure-JAX FLAME face model.
+
+Public API: ``load_model``, ``save_model``, ``forward``, ``load_landmark_embedding``,
+``save_landmark_embedding``, ``landmarks``, ``demo_model``, rotation helpers and
+mesh export. No flax/optax here: this package knows nothing about videos or losses.
+"""
+
+from flame_jax.landmarks import LandmarkEmbedding, contour_row, head_yaw_degrees, landmarks
+from flame_jax.lbs import FlameOutput, forward
+from flame_jax.model import JOINT_NAMES, FlameModel
+from flame_jax.rotations import (
+    axis_angle_to_matrix,
+    axis_angle_to_quaternion,
+    deca_pose_to_full,
+    full_pose_to_deca,
+    matrix_to_axis_angle,
+    matrix_to_quaternion,
+    matrix_to_rotation_6d,
+    quaternion_to_axis_angle,
+    quaternion_to_matrix,
+    rotation_6d_to_matrix,
+)
+
+__all__ = [
+    "FlameModel",
+    "FlameOutput",
+    "JOINT_NAMES",
+    "LandmarkEmbedding",
+    "axis_angle_to_matrix",
+    "axis_angle_to_quaternion",
+    "contour_row",
+    "deca_pose_to_full",
+    "forward",
+    "full_pose_to_deca",
+    "head_yaw_degrees",
+    "landmarks",
+    "matrix_to_axis_angle",
+    "matrix_to_quaternion",
+    "matrix_to_rotation_6d",
+    "quaternion_to_axis_angle",
+    "quaternion_to_matrix",
+    "rotation_6d_to_matrix",
+]
