@@ -17,6 +17,10 @@ import jax.numpy as jnp
 from flame_jax.model import FlameModel
 from flame_jax.rotations import axis_angle_to_matrix
 
+# CPU ignores it; on GPU/TPU it keeps the blend-shape product in full float32
+# rather than TF32/bf16 passes, so results match the float64 reference.
+_PRECISION = jax.lax.Precision.HIGHEST
+
 
 @dataclasses.dataclass(frozen=True)
 class FlameOutput:
@@ -108,51 +112,57 @@ def forward(
 
     num_v = model.num_vertices
     flat = math.prod(batch)
-    betas = betas.reshape(flat, -1)
-    psi = psi.reshape(flat, -1)
+    coeffs = jnp.concatenate([betas.reshape(flat, -1), psi.reshape(flat, -1)], axis=-1)
     pose = pose.reshape(flat, num_j, 3)
 
-    # 1-2. Identity and expression blend shapes; joints from the folded regressor.
-    v_shaped = model.v_template.reshape(-1) + jnp.dot(
-        betas, model.shapedirs.reshape(num_v * 3, -1).T, precision=jax.lax.Precision.HIGHEST
-    ) + jnp.dot(psi, model.exprdirs.reshape(num_v * 3, -1).T, precision=jax.lax.Precision.HIGHEST)
-    joints_rest = (
-        model.joint_template
-        + jnp.einsum("nk,jck->njc", betas, model.joint_shapedirs, precision=jax.lax.Precision.HIGHEST)
-        + jnp.einsum("nk,jck->njc", psi, model.joint_exprdirs, precision=jax.lax.Precision.HIGHEST)
-    )
-
-    # 3-4. Rotations and pose correctives.
+    # 3. Rotations (needed first: the pose correctives share the blend-shape product).
     rot = axis_angle_to_matrix(pose)  # (N, J, 3, 3)
     pose_feature = (rot[:, 1:] - jnp.eye(3, dtype=dtype)).reshape(flat, -1)
-    v_posed = v_shaped + jnp.dot(pose_feature, model.posedirs, precision=jax.lax.Precision.HIGHEST)
-    v_posed = v_posed.reshape(flat, num_v, 3)
 
-    # 5. Kinematic chain (static parents: unrolled at trace time).
+    # 1, 2, 4. Identity + expression + pose correctives in one product; joints from
+    # the folded regressor (shape and expression only, as in FLAME).
+    all_coeffs = jnp.concatenate([coeffs, pose_feature], axis=-1)
+    v_posed = model.v_template.reshape(1, -1) + jnp.dot(all_coeffs, model.basis.T, precision=_PRECISION)
+    v_posed = v_posed.reshape(flat, num_v, 3)
+    joints_rest = model.joint_template + jnp.dot(coeffs, model.joint_basis.T, precision=_PRECISION).reshape(
+        flat, num_j, 3
+    )
+
+    # 5. Kinematic chain (static parents: unrolled at trace time), written as offsets
+    # from the rest pose: d_j = g_j − J_j is the joint's displacement and G_j − I the
+    # deviation of its world rotation from the identity. Every term
+    # is exactly zero at the zero pose, so zero parameters reproduce v_template
+    # bit for bit and small poses keep full float32 resolution.
+    eye = jnp.eye(3, dtype=dtype)
     g_rot = [None] * num_j
-    g_trans = [None] * num_j
+    d_trans = [None] * num_j
     for j, p in enumerate(model.parents):
         if p < 0:
             g_rot[j] = rot[:, j]
-            g_trans[j] = joints_rest[:, j]
+            d_trans[j] = jnp.zeros_like(joints_rest[:, j])
         else:
             rel = joints_rest[:, j] - joints_rest[:, p]
             g_rot[j] = g_rot[p] @ rot[:, j]
-            g_trans[j] = jnp.einsum("nab,nb->na", g_rot[p], rel) + g_trans[p]
-    g_rot = jnp.stack(g_rot, 1)  # (N, J, 3, 3)
-    posed_joints = jnp.stack(g_trans, 1)  # (N, J, 3)
-    skin_trans = posed_joints - jnp.einsum("njab,njb->nja", g_rot, joints_rest)
+            d_trans[j] = jnp.einsum("nab,nb->na", g_rot[p] - eye, rel) + d_trans[p]
+    posed_joints = joints_rest + jnp.stack(d_trans, 1)  # (N, J, 3)
 
-    # 6. Skinning: blend the 3x4 transforms per vertex (one small matmul), then apply.
-    transforms = jnp.concatenate([g_rot, skin_trans[..., None]], -1).reshape(flat, num_j, 12)
-    blended = jnp.einsum("vj,njk->nvk", model.lbs_weights, transforms, precision=jax.lax.Precision.HIGHEST)
-    blended = blended.reshape(flat, num_v, 3, 4)
-    vertices = (
-        blended[..., 0] * v_posed[..., 0:1]
-        + blended[..., 1] * v_posed[..., 1:2]
-        + blended[..., 2] * v_posed[..., 2:3]
-        + blended[..., 3]
-    )
+    # 6. Skinning, written elementwise so XLA fuses it into one pass over the
+    # vertices: v = v_posed + Σ_j w_vj ((G_j − I) v_posed + t_j), t_j = d_j − (G_j − I) J_j
+    # (equal to Σ_j w_vj (G_j v_posed + g_j − G_j J_j) when the weights sum to one).
+    # Neither a per-vertex 3x4 transform nor a per-joint copy of the mesh is materialized.
+    offset = None
+    for j in range(num_j):
+        r = g_rot[j] - eye  # (N, 3, 3)
+        t = d_trans[j] - jnp.einsum("nab,nb->na", r, joints_rest[:, j])
+        moved = (
+            r[:, None, :, 0] * v_posed[..., 0:1]
+            + r[:, None, :, 1] * v_posed[..., 1:2]
+            + r[:, None, :, 2] * v_posed[..., 2:3]
+            + t[:, None, :]
+        )
+        term = model.lbs_weights[None, :, j, None] * moved
+        offset = term if offset is None else offset + term
+    vertices = v_posed + offset
 
     # 7. Translation.
     if translation is not None:

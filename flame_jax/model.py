@@ -6,11 +6,12 @@ straight through ``jax.jit``/``vmap``/``grad`` as an argument. The model is
 built once on the host (``from_arrays``), where derived quantities that save
 work at every forward call are precomputed:
 
-* ``posedirs`` is stored already reshaped to (36, V*3) so the pose correctives
-  are a single matmul;
+* identity, expression and pose-corrective blend shapes are concatenated into one
+  vertex-major matrix, so all three are a single matrix product;
 * the joint regressor is folded into the blend shapes
-  (``joint_template = J_regressor @ v_template``, ``joint_shapedirs =
-  J_regressor @ shapedirs``) so joints never need a (J, V) product at run time.
+  (``joint_template = J_regressor @ v_template``, ``joint_basis =
+  J_regressor @ [shapedirs | exprdirs]``) so joints never need a (J, V) product at
+  run time.
 
 Coordinate frame (FLAME convention): metres, +y up, the face looks toward +z,
 +x is the subject's left.
@@ -37,33 +38,38 @@ FLAME_NUM_SHAPE_FILE = 300
 class FlameModel:
     """Arrays of a FLAME-format model.
 
+    The identity, expression and pose-corrective blend shapes are stored as one
+    vertex-major matrix ``basis`` (V*3, S+E+P) so the forward model evaluates all of
+    them with a single matrix product; ``shapedirs``, ``exprdirs`` and ``posedirs``
+    are views of it.
+
     Attributes:
       v_template: (V, 3) float32 template vertices, metres.
-      shapedirs: (V, 3, S) float32 identity blend shapes.
-      exprdirs: (V, 3, E) float32 expression blend shapes.
-      posedirs: (P, V*3) float32 pose-corrective blend shapes, P = 9 * (J - 1);
-        row-major flattening of (R_j - I) for joints 1..J-1 multiplies them.
+      basis: (V*3, S+E+P) float32: identity | expression | pose-corrective columns.
+        The pose columns multiply the row-major flattening of (R_j - I) for joints
+        1..J-1 (P = 9 * (J - 1)).
       lbs_weights: (V, J) float32 skinning weights (rows sum to 1).
       joint_regressor: (J, V) float32 dense joint regressor.
       joint_template: (J, 3) float32, ``joint_regressor @ v_template``.
-      joint_shapedirs: (J, 3, S) float32, the regressor applied to ``shapedirs``.
-      joint_exprdirs: (J, 3, E) float32, the regressor applied to ``exprdirs``.
+      joint_basis: (J*3, S+E) float32, the regressor applied to the identity and
+        expression columns of ``basis`` (joints move with shape and expression).
       faces: (F, 3) int32 triangle vertex indices.
       parents: static tuple of parent joint indices, root = -1.
+      num_shape: static number of identity components S.
+      num_expression: static number of expression components E.
       name: static free-form provenance string (e.g. "FLAME 2020", "demo head").
     """
 
     v_template: jax.Array
-    shapedirs: jax.Array
-    exprdirs: jax.Array
-    posedirs: jax.Array
+    basis: jax.Array
     lbs_weights: jax.Array
     joint_regressor: jax.Array
     joint_template: jax.Array
-    joint_shapedirs: jax.Array
-    joint_exprdirs: jax.Array
+    joint_basis: jax.Array
     faces: jax.Array
     parents: tuple[int, ...] = (-1, 0, 1, 1, 1)
+    num_shape: int = 0
+    num_expression: int = 0
     name: str = "FLAME"
 
     # ------------------------------------------------------------------ sizes
@@ -80,12 +86,20 @@ class FlameModel:
         return len(self.parents)
 
     @property
-    def num_shape(self) -> int:
-        return int(self.shapedirs.shape[-1])
+    def shapedirs(self) -> jax.Array:
+        """(V, 3, S) identity blend shapes (a view of ``basis``)."""
+        return self.basis[:, : self.num_shape].reshape(self.num_vertices, 3, self.num_shape)
 
     @property
-    def num_expression(self) -> int:
-        return int(self.exprdirs.shape[-1])
+    def exprdirs(self) -> jax.Array:
+        """(V, 3, E) expression blend shapes (a view of ``basis``)."""
+        s, e = self.num_shape, self.num_expression
+        return self.basis[:, s : s + e].reshape(self.num_vertices, 3, e)
+
+    @property
+    def posedirs(self) -> jax.Array:
+        """(P, V*3) pose-corrective blend shapes (a view of ``basis``)."""
+        return self.basis[:, self.num_shape + self.num_expression :].T
 
     # ----------------------------------------------------------- construction
     @classmethod
@@ -182,23 +196,25 @@ class FlameModel:
         faces = faces.astype(np.int32)
 
         # Precompute in float64 so the folded regressor is as exact as the unfolded one.
+        num_s, num_e = shapedirs.shape[2], exprdirs.shape[2]
+        basis = np.concatenate(
+            [shapedirs.reshape(num_v * 3, num_s), exprdirs.reshape(num_v * 3, num_e), posedirs.T], axis=1
+        )
         jr64 = joint_regressor.astype(np.float64)
         joint_template = jr64 @ v_template.astype(np.float64)
-        joint_shapedirs = np.einsum("jv,vck->jck", jr64, shapedirs.astype(np.float64))
-        joint_exprdirs = np.einsum("jv,vck->jck", jr64, exprdirs.astype(np.float64))
+        joint_basis = np.einsum("jv,vck->jck", jr64, basis[:, : num_s + num_e].reshape(num_v, 3, -1).astype(np.float64))
 
         return cls(
             v_template=jnp.asarray(v_template),
-            shapedirs=jnp.asarray(shapedirs),
-            exprdirs=jnp.asarray(exprdirs),
-            posedirs=jnp.asarray(posedirs),
+            basis=jnp.asarray(np.ascontiguousarray(basis)),
             lbs_weights=jnp.asarray(lbs_weights),
             joint_regressor=jnp.asarray(joint_regressor),
             joint_template=jnp.asarray(joint_template, jnp.float32),
-            joint_shapedirs=jnp.asarray(joint_shapedirs, jnp.float32),
-            joint_exprdirs=jnp.asarray(joint_exprdirs, jnp.float32),
+            joint_basis=jnp.asarray(joint_basis.reshape(num_j * 3, num_s + num_e), jnp.float32),
             faces=jnp.asarray(faces),
             parents=parents_t,
+            num_shape=int(num_s),
+            num_expression=int(num_e),
             name=str(name),
         )
 
@@ -210,12 +226,17 @@ class FlameModel:
             raise ValueError(f"n_shape={ns} but the model has {self.num_shape} identity components")
         if not 0 <= ne <= self.num_expression:
             raise ValueError(f"n_expr={ne} but the model has {self.num_expression} expression components")
+        if (ns, ne) == (self.num_shape, self.num_expression):
+            return self
+        s, e = self.num_shape, self.num_expression
+        keep = np.concatenate([np.arange(ns), s + np.arange(ne), np.arange(s + e, self.basis.shape[1])])
+        keep_joint = np.concatenate([np.arange(ns), s + np.arange(ne)])
         return dataclasses.replace(
             self,
-            shapedirs=self.shapedirs[..., :ns],
-            exprdirs=self.exprdirs[..., :ne],
-            joint_shapedirs=self.joint_shapedirs[..., :ns],
-            joint_exprdirs=self.joint_exprdirs[..., :ne],
+            basis=jnp.asarray(np.ascontiguousarray(np.asarray(self.basis)[:, keep])),
+            joint_basis=jnp.asarray(np.ascontiguousarray(np.asarray(self.joint_basis)[:, keep_joint])),
+            num_shape=ns,
+            num_expression=ne,
         )
 
     def to_numpy(self) -> dict[str, np.ndarray]:
@@ -235,17 +256,6 @@ class FlameModel:
 
 jax.tree_util.register_dataclass(
     FlameModel,
-    data_fields=[
-        "v_template",
-        "shapedirs",
-        "exprdirs",
-        "posedirs",
-        "lbs_weights",
-        "joint_regressor",
-        "joint_template",
-        "joint_shapedirs",
-        "joint_exprdirs",
-        "faces",
-    ],
-    meta_fields=["parents", "name"],
+    data_fields=["v_template", "basis", "lbs_weights", "joint_regressor", "joint_template", "joint_basis", "faces"],
+    meta_fields=["parents", "num_shape", "num_expression", "name"],
 )
