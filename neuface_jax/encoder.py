@@ -1,0 +1,593 @@
+"""Image encoder Φ_w: a face crop → FLAME parameters and a weak-perspective camera (Flax NNX).
+
+NeuFace optimizes the *weights* of this network per clip instead of the FLAME parameters
+themselves (method.md §2). Two backbones share one head:
+
+* ``arch="resnet50"``: torchvision-layout ResNet-50 (bottleneck blocks [3, 4, 6, 3], widths
+  64…512 ×4 = 2048, stride on the 3×3 convolution, BatchNorm, 7×7 stem and 3×3 max-pool with
+  torch's explicit padding), for 224×224 crops as in DECA's coarse encoder.
+* ``arch="small"``: a tiny ResNet of basic blocks (default widths 16-32-64-128) that trains quickly
+  on a CPU at 64×64 (any size works: the features are globally average-pooled).
+
+Head: global average pool → Linear ``head_hidden`` (1024) → ReLU → Linear to the raw output vector,
+whose slices are given by ``output_slices`` (``layout="deca"``: shape 100, texture 50, expression 50,
+pose 6 = global 3 + jaw 3, camera 3, lighting 27 = 236, DECA's order; ``layout="compact"``: only what
+is used). ``decode_outputs`` turns the raw vector into a ``FlameParams`` pytree.
+
+Images are NHWC RGB in [0, 1] (no mean/std normalization, as DECA).
+
+Initialization: the final Linear has zero weights and a bias equal to the mean face (shape,
+expression, pose all 0) at camera ``(cam_scale_init, *cam_translation_init)``, so the untrained
+network already predicts a sensible face. The gradient with respect to that layer's weights is
+``features ⊗ upstream gradient``, which is non-zero, so training starts normally.
+
+Functional core (for ``jax.jit``/``vmap``/``grad``)::
+
+    model = Encoder(config, rngs=nnx.Rngs(0))         # or load_encoder(path)
+    graphdef, trainable, rest = split_params(model, freeze_bn=True)
+    raw = apply(graphdef, trainable, rest, images)    # pure function of pytrees
+    params = decode_outputs(raw, config)              # FlameParams
+
+With ``freeze_bn=True`` (EFT style, the reference) BatchNorm uses its running statistics and its
+scale/bias live in ``rest``, out of the optimizer's reach. With ``freeze_bn=False`` BN scale/bias are
+trainable and ``apply(..., update_bn_stats=True)`` normalizes with batch statistics and returns the
+updated ``rest`` as well.
+
+Checkpoints: ``save_encoder`` / ``load_encoder`` use orbax (array tree + the config as JSON); nothing
+is pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from flame_jax.rotations import deca_pose_to_full
+
+#: Default scale of the initial camera, normalized crop units per metre. The reference crop is the
+#: 68-landmark box ×1.1 ×1.25 ≈ 1.375× the landmark extent; FLAME's landmark box is ≈ 0.14–0.16 m
+#: wide, so the crop side is ≈ 0.19–0.22 m and a crop of width 2 (normalized units) needs
+#: s ≈ 2 / 0.22 ≈ 9. The face then fills most of the crop, as in DECA's predictions.
+DEFAULT_CAM_SCALE = 9.0
+
+_ARCHS = ("resnet50", "small")
+_LAYOUTS = ("deca", "compact")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_CHECKPOINT_FORMAT = "neuface_jax.encoder"
+_CHECKPOINT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """Static description of an encoder (stored as JSON next to its weights).
+
+    Attributes:
+      arch: "resnet50" (DECA's backbone, 224×224) or "small" (CPU-friendly tiny ResNet).
+      layout: raw output order: "deca" (shape, texture, expression, pose6, camera, light; then neck
+        3 and eyes 6 when enabled) or "compact" (shape, expression, global 3, jaw 3, [neck 3],
+        [eyes 6], camera 3).
+      n_shape: identity coefficients predicted.
+      n_expr: expression coefficients predicted.
+      n_tex: texture slots in the "deca" layout (predicted, unused).
+      n_light: lighting slots in the "deca" layout (predicted, unused).
+      predict_neck: predict the neck rotation (otherwise 0).
+      predict_eyes: predict both eyeball rotations (otherwise 0).
+      image_size: crop side in pixels the encoder is meant for (informational: the network is
+        size-agnostic thanks to the global pool; data code uses it to size crops).
+      head_hidden: width of the hidden Linear layer of the head.
+      small_widths: channel widths of the stages of the "small" backbone.
+      small_blocks: basic blocks per stage of the "small" backbone.
+      cam_scale_init: initial camera scale s0 (normalized crop units per metre).
+      cam_translation_init: initial camera translation (t_x, t_y), metres.
+      zero_init_head: zero the final Linear's weights so the untrained output is exactly the bias.
+      dtype: compute dtype of the backbone ("float32", or "bfloat16" on GPU/TPU). Parameters stay
+        float32; the head always computes in float32.
+      bn_momentum: running-average decay of BatchNorm (0.9 = torch's momentum 0.1).
+      bn_epsilon: BatchNorm epsilon (torch's 1e-5).
+    """
+
+    arch: str = "resnet50"
+    layout: str = "deca"
+    n_shape: int = 100
+    n_expr: int = 50
+    n_tex: int = 50
+    n_light: int = 27
+    predict_neck: bool = False
+    predict_eyes: bool = False
+    image_size: int = 224
+    head_hidden: int = 1024
+    small_widths: tuple[int, ...] = (16, 32, 64, 128)
+    small_blocks: tuple[int, ...] = (1, 1, 1, 1)
+    cam_scale_init: float = DEFAULT_CAM_SCALE
+    cam_translation_init: tuple[float, float] = (0.0, 0.0)
+    zero_init_head: bool = True
+    dtype: str = "float32"
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+
+    def __post_init__(self):
+        if self.arch not in _ARCHS:
+            raise ValueError(f"arch must be one of {_ARCHS}, got {self.arch!r}")
+        if self.layout not in _LAYOUTS:
+            raise ValueError(f"layout must be one of {_LAYOUTS}, got {self.layout!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {self.dtype!r}")
+        for name in ("n_shape", "n_expr", "n_tex", "n_light"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if len(self.small_widths) != len(self.small_blocks) or not self.small_widths:
+            raise ValueError(
+                f"small_widths {self.small_widths} and small_blocks {self.small_blocks} must be "
+                "non-empty and of equal length"
+            )
+        if len(self.cam_translation_init) != 2:
+            raise ValueError(f"cam_translation_init must have 2 values, got {self.cam_translation_init}")
+        # JSON round trips give lists; keep the dataclass hashable.
+        object.__setattr__(self, "small_widths", tuple(int(w) for w in self.small_widths))
+        object.__setattr__(self, "small_blocks", tuple(int(b) for b in self.small_blocks))
+        object.__setattr__(self, "cam_translation_init", tuple(float(t) for t in self.cam_translation_init))
+
+    @classmethod
+    def small(cls, **overrides) -> "EncoderConfig":
+        """The CPU-friendly preset: tiny ResNet at 64×64, compact layout, 256-wide head."""
+        kw = dict(arch="small", layout="compact", image_size=64, head_hidden=256)
+        kw.update(overrides)
+        return cls(**kw)
+
+    @property
+    def compute_dtype(self):
+        return _DTYPES[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown EncoderConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def output_slices(config: EncoderConfig) -> dict[str, slice]:
+    """Where each quantity lives in the raw output vector.
+
+    Keys: "shape", "expression", "global_pose", "jaw_pose", "camera", and when present "texture",
+    "light" (deca layout only), "neck_pose", "eye_pose" (6 values: left eye 3, right eye 3).
+    """
+    sizes: list[tuple[str, int]]
+    if config.layout == "deca":
+        sizes = [
+            ("shape", config.n_shape),
+            ("texture", config.n_tex),
+            ("expression", config.n_expr),
+            ("global_pose", 3),
+            ("jaw_pose", 3),
+            ("camera", 3),
+            ("light", config.n_light),
+        ]
+        # Extensions go after DECA's 236 values so pretrained DECA-layout weights still line up.
+        if config.predict_neck:
+            sizes.append(("neck_pose", 3))
+        if config.predict_eyes:
+            sizes.append(("eye_pose", 6))
+    else:
+        sizes = [("shape", config.n_shape), ("expression", config.n_expr), ("global_pose", 3), ("jaw_pose", 3)]
+        if config.predict_neck:
+            sizes.append(("neck_pose", 3))
+        if config.predict_eyes:
+            sizes.append(("eye_pose", 6))
+        sizes.append(("camera", 3))
+    out, start = {}, 0
+    for name, n in sizes:
+        out[name] = slice(start, start + n)
+        start += n
+    return out
+
+
+def num_outputs(config: EncoderConfig) -> int:
+    """Length of the raw output vector (236 for the default DECA layout)."""
+    return max(s.stop for s in output_slices(config).values())
+
+
+def initial_output(config: EncoderConfig) -> jax.Array:
+    """[num_outputs] raw vector of the mean face at the initial camera (the head's initial bias)."""
+    b = jnp.zeros((num_outputs(config),), jnp.float32)
+    cam = output_slices(config)["camera"]
+    return b.at[cam].set(jnp.asarray([config.cam_scale_init, *config.cam_translation_init], jnp.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class FlameParams:
+    """Decoded encoder outputs, per image.
+
+    Attributes:
+      shape: [..., n_shape] identity coefficients (one per image; see ``clip_shape``).
+      expression: [..., n_expr] expression coefficients.
+      pose: [..., 15] full FLAME pose, axis-angle: global, neck, jaw, eye_left, eye_right
+        (neck/eyes zero unless predicted).
+      cam: [..., 3] weak-perspective camera (s, t_x, t_y), see ``camera.project``.
+    """
+
+    shape: jax.Array
+    expression: jax.Array
+    pose: jax.Array
+    cam: jax.Array
+
+    @property
+    def global_pose(self) -> jax.Array:
+        """[..., 3] head rotation, axis-angle."""
+        return self.pose[..., 0:3]
+
+    @property
+    def jaw_pose(self) -> jax.Array:
+        """[..., 3] jaw rotation, axis-angle."""
+        return self.pose[..., 6:9]
+
+
+jax.tree_util.register_dataclass(FlameParams, data_fields=["shape", "expression", "pose", "cam"], meta_fields=[])
+
+
+def decode_outputs(raw: jax.Array, config: EncoderConfig) -> FlameParams:
+    """Raw encoder outputs [..., num_outputs] → ``FlameParams`` with the same leading dimensions."""
+    raw = jnp.asarray(raw)
+    n = num_outputs(config)
+    if raw.ndim < 1 or raw.shape[-1] != n:
+        raise ValueError(f"raw outputs must be [..., {n}] for this config, got shape {raw.shape}")
+    sl = output_slices(config)
+    pose = deca_pose_to_full(jnp.concatenate([raw[..., sl["global_pose"]], raw[..., sl["jaw_pose"]]], -1))
+    if "neck_pose" in sl:
+        pose = pose.at[..., 3:6].set(raw[..., sl["neck_pose"]])
+    if "eye_pose" in sl:
+        pose = pose.at[..., 9:15].set(raw[..., sl["eye_pose"]])
+    return FlameParams(
+        shape=raw[..., sl["shape"]],
+        expression=raw[..., sl["expression"]],
+        pose=pose,
+        cam=raw[..., sl["camera"]],
+    )
+
+
+def clip_shape(shape_per_image: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """One identity per clip: the masked mean of per-image shapes over the image axis.
+
+    Args:
+      shape_per_image: [..., N, n_shape] shapes predicted for the N images (frames × views) of a clip.
+      mask: [..., N] bool/float validity (padded or failed images excluded); None = all valid.
+
+    Returns:
+      [..., n_shape]; zeros where every image is masked (never NaN, even with NaN in masked rows).
+    """
+    x = jnp.asarray(shape_per_image)
+    if x.ndim < 2:
+        raise ValueError(f"shape_per_image must be [..., N, n_shape], got shape {x.shape}")
+    if mask is None:
+        return jnp.mean(x, axis=-2)
+    m = jnp.asarray(mask, x.dtype)
+    if m.shape != x.shape[:-1]:
+        raise ValueError(f"mask must be {x.shape[:-1]} for shapes {x.shape}, got {m.shape}")
+    m = m[..., None]
+    num = jnp.sum(jnp.where(m > 0, x * m, 0.0), axis=-2)
+    den = jnp.sum(m, axis=-2)
+    return num / jnp.where(den > 0, den, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Modules
+
+
+def _conv(cin, cout, k, stride, pad, cfg: EncoderConfig, rngs):
+    # Explicit symmetric padding reproduces torch's convolution alignment (SAME would pad
+    # asymmetrically for stride 2) so torchvision/DECA weights could be converted one-to-one.
+    return nnx.Conv(
+        cin,
+        cout,
+        (k, k),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        dtype=cfg.compute_dtype,
+        kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        rngs=rngs,
+    )
+
+
+def _bn(c, cfg: EncoderConfig, rngs):
+    return nnx.BatchNorm(
+        c, momentum=cfg.bn_momentum, epsilon=cfg.bn_epsilon, dtype=cfg.compute_dtype, rngs=rngs
+    )
+
+
+class Bottleneck(nnx.Module):
+    """torchvision ResNet-v1.5 bottleneck: 1×1 → 3×3 (stride here) → 1×1 (×4), residual."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int, cfg: EncoderConfig, *, rngs: nnx.Rngs):
+        cout = width * self.expansion
+        self.conv1 = _conv(cin, width, 1, 1, 0, cfg, rngs)
+        self.bn1 = _bn(width, cfg, rngs)
+        self.conv2 = _conv(width, width, 3, stride, 1, cfg, rngs)
+        self.bn2 = _bn(width, cfg, rngs)
+        self.conv3 = _conv(width, cout, 1, 1, 0, cfg, rngs)
+        self.bn3 = _bn(cout, cfg, rngs)
+        if stride != 1 or cin != cout:
+            self.downsample_conv = _conv(cin, cout, 1, stride, 0, cfg, rngs)
+            self.downsample_bn = _bn(cout, cfg, rngs)
+        else:
+            self.downsample_conv = None
+            self.downsample_bn = None
+
+    def __call__(self, x, use_running_average: bool):
+        ura = use_running_average
+        y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
+        y = nnx.relu(self.bn2(self.conv2(y), use_running_average=ura))
+        y = self.bn3(self.conv3(y), use_running_average=ura)
+        if self.downsample_conv is not None:
+            x = self.downsample_bn(self.downsample_conv(x), use_running_average=ura)
+        return nnx.relu(x + y)
+
+
+class BasicBlock(nnx.Module):
+    """ResNet basic block: 3×3 (stride) → 3×3, residual (1×1 projection when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, cfg: EncoderConfig, *, rngs: nnx.Rngs):
+        self.conv1 = _conv(cin, cout, 3, stride, 1, cfg, rngs)
+        self.bn1 = _bn(cout, cfg, rngs)
+        self.conv2 = _conv(cout, cout, 3, 1, 1, cfg, rngs)
+        self.bn2 = _bn(cout, cfg, rngs)
+        if stride != 1 or cin != cout:
+            self.downsample_conv = _conv(cin, cout, 1, stride, 0, cfg, rngs)
+            self.downsample_bn = _bn(cout, cfg, rngs)
+        else:
+            self.downsample_conv = None
+            self.downsample_bn = None
+
+    def __call__(self, x, use_running_average: bool):
+        ura = use_running_average
+        y = nnx.relu(self.bn1(self.conv1(x), use_running_average=ura))
+        y = self.bn2(self.conv2(y), use_running_average=ura)
+        if self.downsample_conv is not None:
+            x = self.downsample_bn(self.downsample_conv(x), use_running_average=ura)
+        return nnx.relu(x + y)
+
+
+class ResNet50(nnx.Module):
+    """torchvision-layout ResNet-50 trunk: NHWC images → [B, 2048] pooled features."""
+
+    num_features = 2048
+
+    def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
+        self.conv1 = _conv(3, 64, 7, 2, 3, cfg, rngs)
+        self.bn1 = _bn(64, cfg, rngs)
+        cin = 64
+        stages = []
+        for width, blocks, stride in zip((64, 128, 256, 512), (3, 4, 6, 3), (1, 2, 2, 2)):
+            layer = []
+            for b in range(blocks):
+                layer.append(Bottleneck(cin, width, stride if b == 0 else 1, cfg, rngs=rngs))
+                cin = width * Bottleneck.expansion
+            stages.append(nnx.List(layer))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+
+    def __call__(self, x, use_running_average: bool):
+        x = nnx.relu(self.bn1(self.conv1(x), use_running_average=use_running_average))
+        # torch pads max-pool input with -inf; reduce_window's padding for max behaves the same.
+        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = block(x, use_running_average)
+        return jnp.mean(x, axis=(1, 2))
+
+
+class SmallResNet(nnx.Module):
+    """Tiny ResNet for CPU tests and demos: 3×3/2 stem, then one stage per width (stride 2 after the first)."""
+
+    def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
+        w0 = cfg.small_widths[0]
+        self.conv1 = _conv(3, w0, 3, 2, 1, cfg, rngs)
+        self.bn1 = _bn(w0, cfg, rngs)
+        cin = w0
+        stages = []
+        for i, (width, blocks) in enumerate(zip(cfg.small_widths, cfg.small_blocks)):
+            layer = []
+            for b in range(blocks):
+                stride = 2 if (i > 0 and b == 0) else 1
+                layer.append(BasicBlock(cin, width, stride, cfg, rngs=rngs))
+                cin = width
+            stages.append(nnx.List(layer))
+        self.stages = nnx.List(stages)
+        self.num_features = cin
+
+    def __call__(self, x, use_running_average: bool):
+        x = nnx.relu(self.bn1(self.conv1(x), use_running_average=use_running_average))
+        for layer in self.stages:
+            for block in layer:
+                x = block(x, use_running_average)
+        return jnp.mean(x, axis=(1, 2))
+
+
+class Encoder(nnx.Module):
+    """Backbone → 1024 → ReLU → raw output vector (see ``output_slices``)."""
+
+    def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.backbone = ResNet50(config, rngs=rngs) if config.arch == "resnet50" else SmallResNet(config, rngs=rngs)
+        feat = ResNet50.num_features if config.arch == "resnet50" else config.small_widths[-1]
+        # The head runs in float32 even with a bf16 backbone: it is tiny and sets the output scale.
+        self.fc1 = nnx.Linear(feat, config.head_hidden, rngs=rngs)
+        bias = initial_output(config)
+        final_kw = {}
+        if config.zero_init_head:
+            final_kw["kernel_init"] = nnx.initializers.zeros_init()
+        self.fc2 = nnx.Linear(
+            config.head_hidden,
+            bias.shape[0],
+            bias_init=lambda key, shape, dtype=jnp.float32: jnp.asarray(bias, dtype).reshape(shape),
+            rngs=rngs,
+            **final_kw,
+        )
+
+    def __call__(self, images: jax.Array, *, use_running_average: bool = True) -> jax.Array:
+        """[B, H, W, 3] RGB in [0, 1] → [B, num_outputs] raw outputs (float32).
+
+        ``use_running_average=False`` normalizes with batch statistics and updates the running
+        averages in place (training-mode BatchNorm).
+        """
+        images = jnp.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be [B, H, W, 3] (NHWC RGB), got shape {images.shape}")
+        x = images.astype(self.config.compute_dtype)
+        feats = self.backbone(x, use_running_average).astype(jnp.float32)
+        return self.fc2(nnx.relu(self.fc1(feats)))
+
+
+def init_encoder(config: EncoderConfig, seed: int = 0) -> Encoder:
+    """A freshly initialized encoder (mean-face head) from an integer seed."""
+    return Encoder(config, rngs=nnx.Rngs(seed))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Functional core
+
+
+def batchnorm_paths(model: nnx.Module) -> frozenset[tuple]:
+    """Graph paths of every ``nnx.BatchNorm`` inside ``model`` (found by type, not by name)."""
+    return frozenset(tuple(path) for path, node in nnx.iter_graph(model) if isinstance(node, nnx.BatchNorm))
+
+
+def state_paths(state) -> list[tuple]:
+    """Paths (tuples of attribute names / indices) of every variable in an ``nnx.State``."""
+    flat = nnx.to_flat_state(state) if hasattr(nnx, "to_flat_state") else state.flat_state()
+    return [tuple(path) for path, _ in flat]
+
+
+def trainable_filter(model: nnx.Module, freeze_bn: bool = True):
+    """NNX filter selecting the trainable variables: every ``Param``, minus BatchNorm's if frozen."""
+    if not freeze_bn:
+        return nnx.Param
+    bn = batchnorm_paths(model)
+
+    def not_in_bn(path, value):
+        path = tuple(path)
+        return not any(path[: len(p)] == p for p in bn)
+
+    return nnx.All(nnx.Param, not_in_bn)
+
+
+def split_params(model: nnx.Module, freeze_bn: bool = True):
+    """Splits a model into ``(graphdef, trainable, rest)`` for pure functional use.
+
+    Args:
+      model: an ``Encoder`` (any NNX module works).
+      freeze_bn: EFT-style frozen BatchNorm: BN scale/bias go to ``rest`` (not trained). Use
+        ``apply(..., update_bn_stats=False)`` (running statistics) with it.
+
+    Returns:
+      graphdef: static structure (hashable; close over it or pass it as a static argument).
+      trainable: ``nnx.State`` of the variables to optimize (a pytree; hand it to optax).
+      rest: ``nnx.State`` of everything else (BatchNorm statistics, and BN scale/bias when frozen).
+    """
+    return nnx.split(model, trainable_filter(model, freeze_bn), ...)
+
+
+def merge_params(graphdef, trainable, rest) -> nnx.Module:
+    """Inverse of ``split_params``: a live module (copies nothing the caller keeps using)."""
+    return nnx.merge(graphdef, trainable, rest)
+
+
+def apply(graphdef, trainable, rest, images: jax.Array, *, update_bn_stats: bool = False):
+    """Pure forward pass; safe under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
+
+    Args:
+      graphdef, trainable, rest: from ``split_params``.
+      images: [B, H, W, 3] RGB in [0, 1].
+      update_bn_stats: normalize with batch statistics and update the running averages (for
+        ``freeze_bn=False`` training). Default: running statistics (frozen BN, evaluation).
+
+    Returns:
+      raw: [B, num_outputs] float32 when ``update_bn_stats`` is False; otherwise ``(raw, new_rest)``
+      with ``new_rest`` structured like ``rest``.
+    """
+    model = nnx.merge(graphdef, trainable, rest)
+    raw = model(images, use_running_average=not update_bn_stats)
+    if not update_bn_stats:
+        return raw
+    trainable_paths = frozenset(state_paths(trainable))
+    _, _, new_rest = nnx.split(model, lambda path, v: tuple(path) in trainable_paths, ...)
+    return raw, new_rest
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _full_state(model_or_state) -> nnx.State:
+    if isinstance(model_or_state, nnx.Module):
+        return nnx.state(model_or_state)
+    if isinstance(model_or_state, (tuple, list)):
+        return nnx.merge_state(*model_or_state)
+    if isinstance(model_or_state, nnx.State):
+        return model_or_state
+    raise TypeError(
+        "save_encoder expects an nnx.Module, an nnx.State or a (trainable, rest) tuple of States, "
+        f"got {type(model_or_state).__name__}"
+    )
+
+
+def save_encoder(path, model_or_state, config: EncoderConfig, *, overwrite: bool = False) -> None:
+    """Saves an encoder's weights (orbax) and its config (JSON metadata) to the directory ``path``.
+
+    Args:
+      path: checkpoint directory (created; must not exist unless ``overwrite``).
+      model_or_state: the ``Encoder``, its full ``nnx.State``, or ``(trainable, rest)`` from
+        ``split_params``.
+      config: the ``EncoderConfig`` the weights belong to.
+      overwrite: replace an existing checkpoint at ``path``.
+    """
+    import orbax.checkpoint as ocp
+
+    state = _full_state(model_or_state).to_pure_dict()
+    meta = {"format": _CHECKPOINT_FORMAT, "version": _CHECKPOINT_VERSION, "config": config.to_dict()}
+    path = os.path.abspath(os.fspath(path))
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        ckptr.save(
+            path,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(meta)),
+            force=overwrite,
+        )
+
+
+def load_encoder(path) -> tuple[Encoder, EncoderConfig]:
+    """Restores ``(model, config)`` saved by ``save_encoder``.
+
+    The arrays are restored into an abstract target built with ``nnx.eval_shape`` (no weights are
+    initialized only to be overwritten), so a mismatch between config and weights is an error.
+    """
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no encoder checkpoint directory at {path}")
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        meta = ckptr.restore(path, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        if not isinstance(meta, dict) or meta.get("format") != _CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a neuface_jax encoder checkpoint (metadata: {json.dumps(meta)[:200]})")
+        if meta.get("version") != _CHECKPOINT_VERSION:
+            raise ValueError(f"{path}: unsupported encoder checkpoint version {meta.get('version')}")
+        config = EncoderConfig.from_dict(meta["config"])
+        abstract = nnx.eval_shape(lambda: Encoder(config, rngs=nnx.Rngs(0)))
+        graphdef, abstract_state = nnx.split(abstract)
+        restored = ckptr.restore(
+            path, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state.to_pure_dict()))
+        )["state"]
+    nnx.replace_by_pure_dict(abstract_state, restored)
+    return nnx.merge(graphdef, abstract_state), config

@@ -1,0 +1,544 @@
+"""The two optimizers: NeuFace (optimize encoder weights) and direct 3DMM optimization.
+
+Both consume a :class:`ClipData` — encoder-sized face crops, 2D landmark targets in
+normalized crop coordinates and validity masks for frames × views — and return FLAME
+parameters for every frame and view (:class:`FitResult`).
+
+NeuFace (method.md §2): a fresh copy of the encoder weights per clip; chunks of
+``chunk_frames`` consecutive frames × all views per Adam step, in order, for
+``num_epochs`` epochs. The clip is padded to a whole number of chunks and the padded
+frames are masked (never dropped), so a clip compiles once per padded shape: one
+``jax.lax.scan`` over the chunks is one compiled epoch. Inside a chunk all images
+share one identity (the masked mean of the chunk's predicted shapes); at export the
+clip's identity is the masked mean over all its images.
+
+Direct (the paper's baseline): per-frame, per-view expression, head/jaw rotation and
+camera plus one identity per clip, initialized from the same encoder's prediction,
+optimized with the same loss terms plus L2 priors. Every step sees the whole clip (a
+direct step is cheap), with as many steps as NeuFace takes.
+
+Several clips are packed by ``jax.vmap`` over stacked per-clip states; see
+``neuface_jax.parallel`` for the device mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import flame_jax
+from neuface_jax import camera as camera_lib
+from neuface_jax import crops as crops_lib
+from neuface_jax import encoder as encoder_lib
+from neuface_jax import losses as losses_lib
+
+
+# --------------------------------------------------------------------------- config
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """Optimization settings. The defaults are the released code's (method.md §2)."""
+
+    num_epochs: int = 100
+    chunk_frames: int = 20
+    learning_rate: float = 2e-5
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    #: loss terms (``losses.total_loss`` config). The reference: 10·L_lmk + 100·L_temp + 200·L_mv.
+    loss: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(losses_lib.REFERENCE_LOSS_CONFIG))
+    #: frames of a chunk drawn for the multi-view loss per step (reference 5).
+    multiview_frames: int = 5
+    #: EFT-style frozen BatchNorm (running statistics, BN scale/bias not trained).
+    freeze_bn: bool = True
+    #: carry the previous chunk's last frames (fixed) into the temporal windows.
+    temporal_across_chunks: bool = False
+    #: optional per-landmark weights, e.g. losses.IBUG68_REFERENCE_WEIGHTS.
+    landmark_weights: tuple[float, ...] | None = None
+    #: direct baseline: learning rate and prior weights (shape, expression, pose).
+    direct_learning_rate: float = 1e-2
+    direct_prior_weights: tuple[float, float, float] = (1e-4, 1e-4, 1e-4)
+    seed: int = 0
+
+    def replace(self, **kw) -> "FitConfig":
+        return dataclasses.replace(self, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipData:
+    """One clip's optimization inputs (a pytree). T frames, W views, L landmarks.
+
+    Attributes:
+      images: [T, W, S, S, 3] float32 RGB in [0, 1], encoder-sized crops.
+      landmarks: [T, W, L, 2] float32 targets in normalized crop coordinates ([-1, 1]).
+      landmarks_mask: [T, W, L] float32 (0 = invisible / NaN / dropped).
+      frame_mask: [T, W] float32 (0 = no detection, a missing view, or padding).
+    """
+
+    images: jax.Array
+    landmarks: jax.Array
+    landmarks_mask: jax.Array
+    frame_mask: jax.Array
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_views(self) -> int:
+        return int(self.images.shape[1])
+
+
+jax.tree_util.register_dataclass(
+    ClipData, data_fields=["images", "landmarks", "landmarks_mask", "frame_mask"], meta_fields=[]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """Per-frame, per-view FLAME parameters ([T, W, ...], T the unpadded frame count).
+
+    Attributes:
+      shape: [n_shape] identity of the clip.
+      expression: [T, W, n_expr].
+      pose: [T, W, 15] full FLAME pose (axis-angle).
+      cam: [T, W, 3] weak-perspective camera (s, tx, ty).
+      landmarks2d: [T, W, L, 2] predicted landmarks, normalized crop coordinates.
+      vertices: [T, W, V, 3] posed vertices in each view's model frame, metres.
+      canonical_vertices: [T, W, V, 3] the same with the head rotation zeroed.
+      history: per-epoch (NeuFace) or per-step-block (direct) mean loss terms.
+    """
+
+    shape: np.ndarray
+    expression: np.ndarray
+    pose: np.ndarray
+    cam: np.ndarray
+    landmarks2d: np.ndarray
+    vertices: np.ndarray
+    canonical_vertices: np.ndarray
+    history: dict[str, list[float]]
+
+
+# --------------------------------------------------------------------------- data preparation
+def prepare_clip(
+    images: np.ndarray,
+    landmarks_px: np.ndarray,
+    crop_transforms: np.ndarray,
+    *,
+    encoder_size: int,
+    crop_size: int = crops_lib.CROP_SIZE,
+    visible: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
+    name: str = "clip",
+) -> ClipData:
+    """Crops frames and maps landmarks into normalized crop coordinates.
+
+    Args:
+      images: uint8 [T, W, H, Wd, 3] frames (every view the same size; pad first otherwise).
+      landmarks_px: [T, W, L, 2] detected landmarks in image pixels (NaN allowed).
+      crop_transforms: [T, W, 2, 3] image pixels → crop pixels of ``crop_size``.
+      encoder_size: side of the encoder input; crops are warped straight to it.
+      visible: [T, W, L] bool; False or non-finite landmarks are masked out.
+      valid: [T, W] bool detection validity; invalid frames are masked out entirely.
+      name: clip name for error messages.
+
+    Raises:
+      ValueError: naming the clip when shapes disagree or no frame of any view is usable.
+    """
+    images = np.asarray(images)
+    lmk = np.asarray(landmarks_px, np.float64)
+    crops = np.asarray(crop_transforms, np.float64)
+    if images.ndim != 5 or images.shape[-1] != 3:
+        raise ValueError(f"{name}: images must be [T, W, H, W, 3], got {images.shape}")
+    t, w = images.shape[:2]
+    if lmk.shape[:2] != (t, w) or lmk.shape[-1] != 2:
+        raise ValueError(f"{name}: landmarks must be [{t}, {w}, L, 2], got {lmk.shape}")
+    if crops.shape != (t, w, 2, 3):
+        raise ValueError(f"{name}: crop transforms must be [{t}, {w}, 2, 3], got {crops.shape}")
+    mask = np.all(np.isfinite(lmk), axis=-1)
+    if visible is not None:
+        mask &= np.asarray(visible, bool)
+    frame_ok = mask.any(-1)
+    if valid is not None:
+        frame_ok &= np.asarray(valid, bool)
+    frame_ok &= np.all(np.isfinite(crops.reshape(t, w, -1)), axis=-1)
+    if not frame_ok.any():
+        raise ValueError(f"{name}: no frame of any view has a usable detection")
+    mask &= frame_ok[..., None]
+    scale = encoder_size / float(crop_size)
+    enc_m = crops * scale
+    safe_m = np.where(np.isfinite(enc_m), enc_m, np.array([[scale, 0, 0], [0, scale, 0]]))
+    out_images = np.zeros((t, w, encoder_size, encoder_size, 3), np.float32)
+    for ti in range(t):
+        for wi in range(w):
+            if frame_ok[ti, wi]:
+                out_images[ti, wi] = crops_lib.warp_crop(images[ti, wi], safe_m[ti, wi], encoder_size) / 255.0
+    crop_px = crops_lib.apply_transform(np.where(np.isfinite(lmk), lmk, 0.0), np.where(np.isfinite(crops), crops, 0.0)[:, :, None])
+    target = crops_lib.to_normalized(crop_px, crop_size)
+    target = np.where(mask[..., None], target, 0.0)
+    return ClipData(
+        images=jnp.asarray(out_images),
+        landmarks=jnp.asarray(target, jnp.float32),
+        landmarks_mask=jnp.asarray(mask, jnp.float32),
+        frame_mask=jnp.asarray(frame_ok, jnp.float32),
+    )
+
+
+def pad_clip(data: ClipData, num_frames: int) -> ClipData:
+    """Pads the frame axis to ``num_frames`` with masked frames (edge-replicated images)."""
+    t = data.num_frames
+    if num_frames < t:
+        raise ValueError(f"cannot pad a clip of {t} frames to {num_frames}")
+    if num_frames == t:
+        return data
+    pad = num_frames - t
+
+    def edge(x):
+        return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)], axis=0)
+
+    def zero(x):
+        return jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)], axis=0)
+
+    return ClipData(
+        images=edge(data.images), landmarks=edge(data.landmarks),
+        landmarks_mask=zero(data.landmarks_mask), frame_mask=zero(data.frame_mask),
+    )
+
+
+def padded_length(num_frames: int, chunk_frames: int) -> int:
+    """Frames after padding to whole chunks."""
+    return int(math.ceil(num_frames / chunk_frames) * chunk_frames)
+
+
+# --------------------------------------------------------------------------- shared model evaluation
+@dataclasses.dataclass(frozen=True)
+class FaceModel:
+    """The FLAME model and landmark embedding the fit runs through (a pytree)."""
+
+    flame: flame_jax.FlameModel
+    embedding: flame_jax.LandmarkEmbedding
+
+
+jax.tree_util.register_dataclass(FaceModel, data_fields=["flame", "embedding"], meta_fields=[])
+
+
+def evaluate_params(face: FaceModel, shape, expression, pose, cam):
+    """FLAME + landmarks + projection for [..., W] images sharing one identity.
+
+    Returns (vertices [..., V, 3], landmarks2d [..., L, 2], root joint [..., 3]).
+    """
+    batch = expression.shape[:-1]
+    out = flame_jax.forward(
+        face.flame,
+        shape=jnp.broadcast_to(shape, batch + shape.shape[-1:]),
+        expression=expression,
+        pose=pose,
+    )
+    lmk3d = flame_jax.landmarks(face.flame, face.embedding, out.vertices, pose)
+    lmk2d = camera_lib.project(lmk3d, cam)
+    return out.vertices, lmk2d, out.joints[..., 0, :]
+
+
+def _loss_batch(face, data_chunk, shape, expression, pose, cam, key, *, config: FitConfig, prev=None):
+    """Builds the loss batch for one chunk [C, W] of images and evaluates the loss."""
+    verts, lmk2d, root = evaluate_params(face, shape, expression, pose, cam)
+    frame_mask = data_chunk.frame_mask
+    batch = {
+        "landmarks_pred": lmk2d,
+        "landmarks_target": data_chunk.landmarks,
+        "landmarks_mask": data_chunk.landmarks_mask,
+        "global_pose": pose[..., 0:3],
+        "jaw_pose": pose[..., 6:9],
+        "expression": expression,
+        "frame_mask": frame_mask,
+        "shape": shape,
+        "pose": pose,
+        "vertices": verts,
+    }
+    if config.landmark_weights is not None:
+        batch["landmark_weights"] = jnp.asarray(config.landmark_weights, jnp.float32)
+    if prev is not None:
+        batch.update(prev)
+    loss_cfg = dict(config.loss)
+    num_views = frame_mask.shape[1]
+    if num_views >= 2 and loss_cfg.get("multiview", 0):
+        idx, sample_mask = losses_lib.sample_frames(key, frame_mask.max(axis=1), config.multiview_frames)
+        posed = verts[idx]
+        batch["posed_vertices"] = posed
+        batch["canonical_vertices"] = losses_lib.canonical_vertices(posed, pose[idx, :, 0:3], root[idx])
+        batch["faces"] = face.flame.faces
+        batch["view_mask"] = frame_mask[idx] * sample_mask[:, None]
+    else:
+        loss_cfg.pop("multiview", None)
+    total, parts = losses_lib.total_loss(loss_cfg, batch)
+    return total, parts
+
+
+def _parts_template(config: FitConfig, num_views: int) -> list[str]:
+    names = [n for n, spec in config.loss.items() if not (isinstance(spec, (int, float)) and spec == 0)]
+    if num_views < 2 and "multiview" in names:
+        names.remove("multiview")
+    return names
+
+
+# --------------------------------------------------------------------------- NeuFace
+@dataclasses.dataclass(frozen=True)
+class NeuFaceState:
+    """Per-clip optimization state (a pytree): trainable encoder weights and Adam state."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+
+
+jax.tree_util.register_dataclass(NeuFaceState, data_fields=["params", "opt_state", "step"], meta_fields=[])
+
+
+class NeuFace:
+    """NeuFace optimizer bound to one encoder architecture and one FLAME model.
+
+    Usage::
+
+        opt = NeuFace(face_model, encoder_config, FitConfig(num_epochs=100))
+        result = opt.fit(clip_data, init_encoder=my_pretrained_encoder)
+
+    The compiled functions are cached per padded clip shape: every clip of the same
+    padded length, view count and image size reuses them.
+    """
+
+    def __init__(self, face: FaceModel, encoder_config: encoder_lib.EncoderConfig, config: FitConfig = FitConfig()):
+        self.face = face
+        self.encoder_config = encoder_config
+        self.config = config
+        self.optimizer = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+        self._graphdef = None
+        self._rest = None
+
+    # ---------------------------------------------------------------- setup
+    def init_state(self, encoder=None, seed: int | None = None) -> NeuFaceState:
+        """A fresh state from ``encoder`` (an ``Encoder``; default a new one from ``seed``)."""
+        if encoder is None:
+            encoder = encoder_lib.init_encoder(self.encoder_config, seed=self.config.seed if seed is None else seed)
+        graphdef, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=self.config.freeze_bn)
+        self._graphdef, self._rest = graphdef, rest
+        params = jax.tree.map(jnp.asarray, trainable)
+        return NeuFaceState(params=params, opt_state=self.optimizer.init(params), step=jnp.zeros((), jnp.int32))
+
+    # ---------------------------------------------------------------- pure pieces
+    def predict(self, params, rest, images):
+        """Encoder on [..., S, S, 3] images → ``FlameParams`` with the same leading dims."""
+        lead = images.shape[:-3]
+        flat = images.reshape((-1,) + images.shape[-3:])
+        raw = encoder_lib.apply(self._graphdef, params, rest, flat)
+        decoded = encoder_lib.decode_outputs(raw, self.encoder_config)
+        return jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), decoded)
+
+    def chunk_loss(self, params, rest, chunk: ClipData, key, prev=None):
+        p = self.predict(params, rest, chunk.images)
+        c, w = chunk.frame_mask.shape
+        shape = encoder_lib.clip_shape(p.shape.reshape(c * w, -1), chunk.frame_mask.reshape(c * w))
+        return _loss_batch(self.face, chunk, shape, p.expression, p.pose, p.cam, key, config=self.config, prev=prev)
+
+    def _epoch(self, state: NeuFaceState, rest, chunks: ClipData, key):
+        """One epoch: a scan over the chunks [K, C, ...] in order. Returns (state, mean parts)."""
+        names = _parts_template(self.config, chunks.frame_mask.shape[2])
+        context = 2
+
+        def body(carry, inputs):
+            st, prev = carry
+            chunk, k = inputs
+            prev_batch = None
+            if self.config.temporal_across_chunks:
+                prev_batch = {"prev_global_pose": prev[0], "prev_frame_mask": prev[1]}
+            (loss, parts), grads = jax.value_and_grad(self.chunk_loss, has_aux=True)(
+                st.params, rest, chunk, k, prev_batch
+            )
+            # A chunk with no valid frame (all padding) must not move the weights.
+            has_data = (jnp.sum(chunk.frame_mask) > 0).astype(jnp.float32)
+            grads = jax.tree.map(lambda g: g * has_data, grads)
+            updates, opt_state = self.optimizer.update(grads, st.opt_state, st.params)
+            new_params = optax.apply_updates(st.params, updates)
+            keep = has_data > 0
+            new_params = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_params, st.params)
+            opt_state = jax.tree.map(lambda n, o: jnp.where(keep, n, o), opt_state, st.opt_state)
+            new_state = NeuFaceState(params=new_params, opt_state=opt_state, step=st.step + has_data.astype(jnp.int32))
+            # Context for the next chunk: this chunk's last frames, fixed.
+            p = self.predict(jax.lax.stop_gradient(new_params), rest, chunk.images[-context:])
+            new_prev = (p.pose[..., 0:3], chunk.frame_mask[-context:])
+            stats = jnp.stack([parts.get(n, jnp.zeros(())) for n in names] + [loss]) * has_data
+            return (new_state, new_prev), (stats, has_data)
+
+        w = chunks.frame_mask.shape[2]
+        prev0 = (jnp.zeros((context, w, 3)), jnp.zeros((context, w)))
+        keys = jax.random.split(key, chunks.frame_mask.shape[0])
+        (state, _), (stats, has_data) = jax.lax.scan(body, (state, prev0), (chunks, keys))
+        mean = jnp.sum(stats, 0) / jnp.maximum(jnp.sum(has_data), 1.0)
+        return state, mean
+
+    def _export(self, params, rest, data: ClipData):
+        """Predictions for every frame and view of a (padded) clip, chunk by chunk."""
+        k, c = data.frame_mask.shape[0] // self.config.chunk_frames, self.config.chunk_frames
+        chunks = jax.tree.map(lambda x: x.reshape((k, c) + x.shape[1:]), data)
+        preds = jax.lax.map(lambda ch: self.predict(params, rest, ch.images), chunks)
+        preds = jax.tree.map(lambda x: x.reshape((k * c,) + x.shape[2:]), preds)
+        t, w = data.frame_mask.shape
+        shape = encoder_lib.clip_shape(preds.shape.reshape(t * w, -1), data.frame_mask.reshape(t * w))
+        verts, lmk2d, root = evaluate_params(self.face, shape, preds.expression, preds.pose, preds.cam)
+        canon = losses_lib.canonical_vertices(verts, preds.pose[..., 0:3], root)
+        return shape, preds.expression, preds.pose, preds.cam, lmk2d, verts, canon
+
+    # ---------------------------------------------------------------- compiled entry points
+    @functools.cached_property
+    def epoch_fn(self) -> Callable:
+        """jit(epoch) for one clip: (state, rest, chunks, key) → (state, mean parts)."""
+        return jax.jit(self._epoch, donate_argnums=(0,))
+
+    @functools.cached_property
+    def epoch_fn_packed(self) -> Callable:
+        """jit(vmap(epoch)) over stacked clips: every argument has a leading clip axis except ``rest``."""
+        return jax.jit(jax.vmap(self._epoch, in_axes=(0, None, 0, 0)), donate_argnums=(0,))
+
+    @functools.cached_property
+    def export_fn(self) -> Callable:
+        return jax.jit(self._export)
+
+    @functools.cached_property
+    def export_fn_packed(self) -> Callable:
+        return jax.jit(jax.vmap(self._export, in_axes=(0, None, 0)))
+
+    def to_chunks(self, data: ClipData) -> ClipData:
+        """[T_pad, ...] → [K, C, ...] (T_pad a multiple of the chunk length)."""
+        c = self.config.chunk_frames
+        k = data.frame_mask.shape[-2] // c
+        lead = data.frame_mask.shape[:-2]
+        return jax.tree.map(lambda x: x.reshape(lead + (k, c) + x.shape[len(lead) + 1 :]), data)
+
+    # ---------------------------------------------------------------- driver
+    def fit(self, data: ClipData, *, encoder=None, progress: Callable[[int, dict], None] | None = None) -> FitResult:
+        """Optimizes one clip from a fresh copy of ``encoder``'s weights."""
+        state = self.init_state(encoder)
+        rest = self._rest
+        t = data.num_frames
+        padded = pad_clip(data, padded_length(t, self.config.chunk_frames))
+        chunks = self.to_chunks(padded)
+        names = _parts_template(self.config, data.num_views)
+        history = {n: [] for n in names + ["total"]}
+        key = jax.random.key(self.config.seed)
+        for epoch in range(self.config.num_epochs):
+            state, mean = self.epoch_fn(state, rest, chunks, jax.random.fold_in(key, epoch))
+            if progress is not None or epoch == self.config.num_epochs - 1 or epoch % 10 == 0:
+                values = np.asarray(mean)
+                for n, v in zip(names + ["total"], values):
+                    history[n].append(float(v))
+                if progress is not None:
+                    progress(epoch + 1, dict(zip(names + ["total"], values.tolist())))
+        out = jax.device_get(self.export_fn(state.params, rest, padded))
+        return _result(out, t, history)
+
+
+def _result(out, t, history) -> FitResult:
+    shape, expression, pose, cam, lmk2d, verts, canon = out
+    return FitResult(
+        shape=np.asarray(shape), expression=np.asarray(expression)[:t], pose=np.asarray(pose)[:t],
+        cam=np.asarray(cam)[:t], landmarks2d=np.asarray(lmk2d)[:t], vertices=np.asarray(verts)[:t],
+        canonical_vertices=np.asarray(canon)[:t], history=history,
+    )
+
+
+# --------------------------------------------------------------------------- direct baseline
+@dataclasses.dataclass(frozen=True)
+class DirectParams:
+    """Raw per-frame parameters of the direct baseline (a pytree)."""
+
+    shape: jax.Array  # [S]
+    expression: jax.Array  # [T, W, E]
+    rotation: jax.Array  # [T, W, 6]: global (3) + jaw (3), axis-angle
+    cam: jax.Array  # [T, W, 3]
+
+
+jax.tree_util.register_dataclass(DirectParams, data_fields=["shape", "expression", "rotation", "cam"], meta_fields=[])
+
+
+class DirectFit:
+    """Direct 3DMM optimization of per-frame FLAME and camera parameters (the paper's baseline)."""
+
+    def __init__(self, face: FaceModel, encoder_config: encoder_lib.EncoderConfig, config: FitConfig = FitConfig()):
+        self.face = face
+        self.encoder_config = encoder_config
+        self.config = config
+        self.optimizer = optax.adam(config.direct_learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+
+    def init_params(self, data: ClipData, encoder=None) -> DirectParams:
+        """The encoder's prediction for every image (mean face at the initial camera when untrained)."""
+        if encoder is None:
+            encoder = encoder_lib.init_encoder(self.encoder_config, seed=self.config.seed)
+        graphdef, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=True)
+        t, w = data.frame_mask.shape
+        raw = jax.jit(lambda tr, r, x: encoder_lib.apply(graphdef, tr, r, x))(
+            trainable, rest, data.images.reshape((t * w,) + data.images.shape[2:])
+        )
+        p = encoder_lib.decode_outputs(raw, self.encoder_config)
+        shape = encoder_lib.clip_shape(p.shape, data.frame_mask.reshape(-1))
+        return DirectParams(
+            shape=shape,
+            expression=p.expression.reshape(t, w, -1),
+            rotation=jnp.concatenate([p.pose[:, 0:3], p.pose[:, 6:9]], -1).reshape(t, w, 6),
+            cam=p.cam.reshape(t, w, 3),
+        )
+
+    def _loss(self, params: DirectParams, data: ClipData, key):
+        pose = flame_jax.deca_pose_to_full(params.rotation)
+        total, parts = _loss_batch(
+            self.face, data, params.shape, params.expression, pose, params.cam, key, config=self.config
+        )
+        m = data.frame_mask[..., None]
+        ws, we, wp = self.config.direct_prior_weights
+        prior = (
+            ws * jnp.mean(params.shape**2)
+            + we * losses_lib.masked_mean(params.expression**2, jnp.broadcast_to(m, params.expression.shape))
+            + wp * losses_lib.masked_mean(params.rotation**2, jnp.broadcast_to(m, params.rotation.shape))
+        )
+        parts = dict(parts, prior=prior)
+        return total + prior, parts
+
+    def _run(self, params: DirectParams, data: ClipData, key, num_steps: int):
+        opt_state = self.optimizer.init(params)
+        names = _parts_template(self.config, data.frame_mask.shape[1]) + ["prior"]
+
+        def body(carry, k):
+            p, s = carry
+            (loss, parts), grads = jax.value_and_grad(self._loss, has_aux=True)(p, data, k)
+            updates, s = self.optimizer.update(grads, s, p)
+            return (optax.apply_updates(p, updates), s), jnp.stack([parts[n] for n in names] + [loss])
+
+        (params, _), stats = jax.lax.scan(body, (params, opt_state), jax.random.split(key, num_steps))
+        pose = flame_jax.deca_pose_to_full(params.rotation)
+        verts, lmk2d, root = evaluate_params(self.face, params.shape, params.expression, pose, params.cam)
+        canon = losses_lib.canonical_vertices(verts, pose[..., 0:3], root)
+        return (params.shape, params.expression, pose, params.cam, lmk2d, verts, canon), stats
+
+    @functools.cached_property
+    def run_fn(self) -> Callable:
+        return jax.jit(self._run, static_argnums=(3,))
+
+    def num_steps(self, num_frames: int) -> int:
+        """As many Adam steps as NeuFace takes on a clip of this length."""
+        return self.config.num_epochs * padded_length(num_frames, self.config.chunk_frames) // self.config.chunk_frames
+
+    def fit(self, data: ClipData, *, encoder=None) -> FitResult:
+        params = self.init_params(data, encoder)
+        steps = self.num_steps(data.num_frames)
+        out, stats = self.run_fn(params, data, jax.random.key(self.config.seed), steps)
+        out = jax.device_get(out)
+        names = _parts_template(self.config, data.num_views) + ["prior", "total"]
+        stats = np.asarray(stats)
+        block = max(1, steps // 10)
+        history = {n: [float(v) for v in stats[::block, i]] for i, n in enumerate(names)}
+        return _result(out, data.num_frames, history)

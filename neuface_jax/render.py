@@ -1,0 +1,843 @@
+"""Z-buffered triangle rasterizer, shading and 2D overlays (NumPy, CPU).
+
+Used for the synthetic benchmark clips (shaded meshes with per-vertex colours) and
+for overlays on real video frames (a solid shaded mesh blended over a photo, a
+hidden-line wireframe, landmark dots).
+
+Conventions
+-----------
+* **Screen space** (every ``screen_vertices`` argument): column 0 is x in pixels,
+  to the right; column 1 is y in pixels, **down**; column 2 is depth, **larger is
+  farther** from the camera (its unit is the caller's; use pixels for an
+  orthographic / weak-perspective camera so that normals computed from screen
+  vertices are right, or camera-space z for a pinhole camera).
+* **Pixels**: pixel ``[i, j]`` (row i, column j) covers ``[j, j+1) x [i, i+1)``;
+  its centre, where coverage, depth and attributes are sampled, is
+  ``(j + 0.5, i + 0.5)``.
+* **Camera frame** for normals and the light: the same axes as screen space
+  (x right, y down, z away from the camera — OpenCV's camera frame). A surface
+  facing the camera has a normal with negative z. ``light_direction`` points from
+  the surface *toward* the light.
+* **Front faces**: the winding of FLAME/OBJ meshes — counter-clockwise when seen
+  from outside in a y-up view. In y-down pixel coordinates such a triangle has
+  negative signed area ``(x1-x0)(y2-y0) - (y1-y0)(x2-x0)``, and its normal
+  ``(v1-v0) x (v2-v0)`` computed from screen vertices points toward the camera.
+
+Algorithm (``rasterize``): every triangle enumerates the pixel centres in its
+bounding box (vectorised with ``np.repeat``, no Python loop over triangles), keeps
+those inside all three edge functions, interpolates depth, and a scatter-min
+(``np.minimum.at``) builds the z-buffer; the fragments whose depth equals the buffer
+write their face index and barycentric coordinates. Shading is deferred to the
+visible pixels only. Each edge function is evaluated with the edge's endpoints in a
+canonical order (lexicographic in (x, y)), so the two triangles sharing an edge
+compute exactly opposite values at every pixel centre: a centre on the shared edge
+is covered by both (the z-test picks one) and never by neither — no cracks. The
+inside test is inclusive; there is no top-left rule.
+
+Why NumPy rather than JAX: the number of fragments per triangle varies, which NumPy
+handles with ``np.repeat``; a jitted JAX rasterizer must pad every triangle to a
+fixed bounding box and XLA's CPU scatter is slow. ``experiments/benchmark_render.py``
+measures both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+#: Default light: from the camera, slightly from above (-y) and the image's right (+x).
+DEFAULT_LIGHT = (0.3, -0.5, -1.0)
+#: Default mesh colour (light grey-blue) when no per-vertex colours are given.
+DEFAULT_MESH_COLOR = (0.75, 0.78, 0.85)
+
+# Candidate (triangle, pixel) pairs handled at once; bounds peak memory (~100 bytes each).
+_CHUNK_CANDIDATES = 1 << 20
+
+
+# --------------------------------------------------------------------------- data
+@dataclasses.dataclass(frozen=True)
+class Fragments:
+    """Per-pixel result of rasterization.
+
+    Attributes:
+      face_index: (H, W) int32, index of the visible triangle, -1 where empty.
+      depth: (H, W) float32 depth of the visible surface (screen-space depth units),
+        +inf where empty.
+      barycentric: (H, W, 3) float32 barycentric coordinates of the pixel centre in
+        the visible triangle (perspective-correct when rasterized with
+        ``perspective_correct=True``); 0 where empty.
+    """
+
+    face_index: np.ndarray
+    depth: np.ndarray
+    barycentric: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(H, W) bool, True where a triangle covers the pixel centre."""
+        return self.face_index >= 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendering:
+    """Result of :func:`render`.
+
+    Attributes:
+      image: (H, W, 3) RGB, float32 in [0, 1] (or uint8 when asked for).
+      coverage: (H, W) float32 fraction of the pixel covered by the mesh (0 or 1
+        without supersampling).
+      face_index, depth, barycentric: the :class:`Fragments` buffers at the output
+        resolution; with supersampling, those of the nearest sample in each pixel.
+    """
+
+    image: np.ndarray
+    coverage: np.ndarray
+    face_index: np.ndarray
+    depth: np.ndarray
+    barycentric: np.ndarray
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(H, W) bool, True where the mesh covers the pixel (any sample)."""
+        return self.face_index >= 0
+
+
+# ----------------------------------------------------------------------- geometry
+def _is_jax(x: Any) -> bool:
+    try:
+        import jax
+    except ImportError:  # pragma: no cover - jax is a dependency
+        return False
+    return isinstance(x, jax.Array)
+
+
+def face_normals(vertices, faces, *, normalize: bool = True, eps: float = 1e-12):
+    """Triangle normals ``(v1 - v0) x (v2 - v0)``.
+
+    Args:
+      vertices: (..., V, 3) vertex positions (NumPy or JAX array).
+      faces: (F, 3) integer vertex indices.
+      normalize: return unit vectors (else the cross products, whose length is twice
+        the triangle's area).
+      eps: lower bound on the norm when normalizing (degenerate triangles → ~0).
+
+    Returns:
+      (..., F, 3) normals, same array library as ``vertices``.
+    """
+    xp = _xp(vertices)
+    v = xp.asarray(vertices)
+    f = xp.asarray(faces)
+    tri = v[..., f, :]
+    n = xp.cross(tri[..., 1, :] - tri[..., 0, :], tri[..., 2, :] - tri[..., 0, :])
+    if normalize:
+        n = n / xp.maximum(xp.linalg.norm(n, axis=-1, keepdims=True), eps)
+    return n
+
+
+def vertex_normals(vertices, faces, *, eps: float = 1e-12):
+    """Area-weighted unit vertex normals.
+
+    Each vertex normal is the normalized sum of the unnormalized normals (cross
+    products, length = 2 x area) of the triangles around it, as in the multi-view
+    visibility score of NeuFace (method.md §4). Works on NumPy arrays (via
+    ``np.bincount``) and on JAX arrays (via ``.at[].add``, jit/vmap/grad-friendly).
+
+    Args:
+      vertices: (..., V, 3) positions. For screen-space vertices (y down, depth
+        away) the result is in the camera frame of this module; for FLAME vertices
+        (y up, z toward the viewer) it is in the FLAME frame. Both give outward
+        normals for outward-wound (counter-clockwise from outside) meshes.
+      faces: (F, 3) integer vertex indices.
+      eps: lower bound on the norm; isolated vertices get a zero normal.
+
+    Returns:
+      (..., V, 3) unit normals, same array library as ``vertices``.
+    """
+    if _is_jax(vertices):
+        import jax.numpy as jnp
+
+        v = jnp.asarray(vertices)
+        f = jnp.asarray(faces)
+        fn = face_normals(v, f, normalize=False)  # (..., F, 3)
+        acc = jnp.zeros(v.shape, fn.dtype)
+        for k in range(3):
+            acc = acc.at[..., f[:, k], :].add(fn)
+        return acc / jnp.maximum(jnp.linalg.norm(acc, axis=-1, keepdims=True), eps)
+    v = np.asarray(vertices)
+    if not np.issubdtype(v.dtype, np.floating):
+        v = v.astype(np.float64)
+    f = np.asarray(faces, np.int64)
+    num_v = v.shape[-2]
+    fn = face_normals(v, f, normalize=False)
+    lead = v.shape[:-2]
+    fn2 = fn.reshape((-1,) + fn.shape[-2:])  # (B, F, 3)
+    out = np.empty((fn2.shape[0], num_v, 3), v.dtype)
+    idx = f.reshape(-1)
+    for b in range(fn2.shape[0]):
+        w = np.repeat(fn2[b], 3, axis=0)  # one row per (face, corner), matches f.reshape(-1)
+        for c in range(3):
+            out[b, :, c] = np.bincount(idx, weights=w[:, c], minlength=num_v)
+    out = out.reshape(lead + (num_v, 3))
+    return out / np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), eps)
+
+
+def _xp(x):
+    if _is_jax(x):
+        import jax.numpy as jnp
+
+        return jnp
+    return np
+
+
+def fit_orthographic(vertices, height: int, width: int, *, fill: float = 0.8) -> np.ndarray:
+    """Orthographic screen vertices that frame a mesh (for previews and tests).
+
+    Args:
+      vertices: (..., V, 3) model-frame positions (FLAME convention: x right, y up,
+        z toward the viewer; any unit). The bounding box of *all* of them is fitted,
+        so a clip [T, V, 3] keeps one framing.
+      height, width: image size in pixels.
+      fill: fraction of the smaller image side the larger of the x/y extents fills.
+
+    Returns:
+      (..., V, 3) float64 screen vertices: x right and y down in pixels, depth =
+      -z in pixels (same scale as x and y), centred on the box's centre.
+    """
+    v = np.asarray(vertices, np.float64)
+    flat = v.reshape(-1, 3)
+    lo, hi = flat.min(0), flat.max(0)
+    center = 0.5 * (lo + hi)
+    extent = max(hi[0] - lo[0], hi[1] - lo[1], 1e-12)
+    s = fill * min(height, width) / extent
+    out = np.empty_like(v)
+    out[..., 0] = (v[..., 0] - center[0]) * s + 0.5 * width
+    out[..., 1] = -(v[..., 1] - center[1]) * s + 0.5 * height
+    out[..., 2] = -(v[..., 2] - center[2]) * s
+    return out
+
+
+def uv_sphere(rings: int = 32, segments: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A unit UV sphere with outward (counter-clockwise from outside) winding.
+
+    For previews, tests and benchmarks (``uv_sphere(71, 71)`` has 4,972 vertices
+    and 9,940 triangles, about a FLAME head's 5,023 / 9,976).
+
+    Args:
+      rings: latitude bands (>= 2).
+      segments: longitude segments (>= 3).
+
+    Returns:
+      vertices (V, 3) float64 with V = (rings - 1) * segments + 2 (poles at +-y),
+      faces (F, 3) int32 with F = 2 * segments * (rings - 1).
+    """
+    if rings < 2 or segments < 3:
+        raise ValueError(f"need rings >= 2 and segments >= 3, got {rings}, {segments}")
+    theta = np.pi * np.arange(1, rings) / rings  # polar angle from +y
+    phi = 2 * np.pi * np.arange(segments) / segments
+    st, ct = np.sin(theta)[:, None], np.cos(theta)[:, None]
+    ring = np.stack([st * np.sin(phi), np.broadcast_to(ct, (rings - 1, segments)), st * np.cos(phi)], -1)
+    verts = np.concatenate([[[0.0, 1.0, 0.0]], ring.reshape(-1, 3), [[0.0, -1.0, 0.0]]])
+    top, bottom = 0, verts.shape[0] - 1
+    idx = 1 + np.arange((rings - 1) * segments).reshape(rings - 1, segments)
+    nxt = np.roll(idx, -1, axis=1)
+    faces = [np.stack([np.full(segments, top), idx[0], nxt[0]], 1)]
+    a, b, c, d = idx[:-1], nxt[:-1], idx[1:], nxt[1:]
+    faces.append(np.stack([a, c, d], -1).reshape(-1, 3))
+    faces.append(np.stack([a, d, b], -1).reshape(-1, 3))
+    faces.append(np.stack([np.full(segments, bottom), nxt[-1], idx[-1]], 1))
+    return verts, np.concatenate(faces).astype(np.int32)
+
+
+# --------------------------------------------------------------------- rasterize
+def _check_mesh(screen_vertices, faces, name="screen_vertices"):
+    v = np.asarray(screen_vertices, np.float64)
+    f = np.asarray(faces)
+    if v.ndim != 2 or v.shape[1] != 3:
+        raise ValueError(f"{name} must be (V, 3), got shape {v.shape}")
+    if f.ndim != 2 or f.shape[1] != 3 or not np.issubdtype(f.dtype, np.integer):
+        raise ValueError(f"faces must be an integer array (F, 3), got {f.dtype} {f.shape}")
+    if f.size and (f.min() < 0 or f.max() >= v.shape[0]):
+        raise ValueError(f"faces index vertices out of range [0, {v.shape[0]})")
+    return v, f.astype(np.int64, copy=False)
+
+
+def rasterize(
+    screen_vertices,
+    faces,
+    height: int,
+    width: int,
+    *,
+    cull_backfaces: bool = False,
+    perspective_correct: bool = False,
+) -> Fragments:
+    """Z-buffered rasterization of a triangle mesh at pixel centres.
+
+    A pixel is covered by a triangle when its centre lies inside or on the triangle
+    (inclusive edge test, exact on shared edges — see the module docstring); the
+    nearest (smallest depth) covering triangle wins.
+
+    Args:
+      screen_vertices: (V, 3) x_pix (right), y_pix (down), depth (larger = farther).
+      faces: (F, 3) integer vertex indices.
+      height, width: image size in pixels.
+      cull_backfaces: drop triangles facing away from the camera (positive signed
+        area in y-down pixel coordinates; see "Front faces" in the module docstring).
+      perspective_correct: the depth column is camera-space z > 0 of a pinhole
+        camera: interpolate 1/z linearly in the image and return perspective-correct
+        barycentrics. Triangles with a vertex at z <= 0 are dropped (no clipping).
+        Otherwise depth and barycentrics are linear in screen space (exact for
+        orthographic and weak-perspective cameras).
+
+    Returns:
+      :class:`Fragments` with (H, W) face index / depth and (H, W, 3) barycentrics.
+    """
+    v, f = _check_mesh(screen_vertices, faces)
+    height, width = int(height), int(width)
+    num_pix = height * width
+    depth_flat = np.full(num_pix, np.inf)
+    face_flat = np.full(num_pix, -1, np.int32)
+    bary_flat = np.zeros((num_pix, 3), np.float32)
+    empty = Fragments(face_flat.reshape(height, width), depth_flat.astype(np.float32).reshape(height, width),
+                      bary_flat.reshape(height, width, 3))
+    if f.shape[0] == 0 or num_pix == 0:
+        return empty
+
+    tri = v[f]  # (F, 3, 3)
+    x, y, z = tri[..., 0], tri[..., 1], tri[..., 2]
+    area2 = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (y[:, 1] - y[:, 0]) * (x[:, 2] - x[:, 0])
+    with np.errstate(invalid="ignore"):
+        # Column j is sampled at j + 0.5: covered columns satisfy xmin <= j + 0.5 <= xmax.
+        col0 = np.maximum(np.ceil(x.min(1) - 0.5), 0)
+        col1 = np.minimum(np.floor(x.max(1) - 0.5), width - 1)
+        row0 = np.maximum(np.ceil(y.min(1) - 0.5), 0)
+        row1 = np.minimum(np.floor(y.max(1) - 0.5), height - 1)
+        keep = np.isfinite(tri).all((1, 2)) & (area2 != 0) & (col1 >= col0) & (row1 >= row0)
+        if cull_backfaces:
+            keep &= area2 < 0
+        if perspective_correct:
+            keep &= (z > 0).all(1)
+    ids = np.nonzero(keep)[0]
+    if ids.size == 0:
+        return empty
+
+    tri, area2 = tri[ids], area2[ids]
+    col0, row0 = col0[ids].astype(np.int64), row0[ids].astype(np.int64)
+    nx = col1[ids].astype(np.int64) - col0 + 1
+    ny = row1[ids].astype(np.int64) - row0 + 1
+    coef = _edge_coefficients(tri, area2)  # (n, 3 edges, 3) ; e_k = A x + B y + C
+    zt = tri[..., 2]
+    inv_z = 1.0 / zt if perspective_correct else None
+
+    counts = nx * ny
+    ends = np.cumsum(counts)
+    # Split triangles into chunks of at most _CHUNK_CANDIDATES candidate pixels.
+    bounds = [0]
+    while bounds[-1] < ids.size:
+        start_total = ends[bounds[-1] - 1] if bounds[-1] else 0
+        nxt = int(np.searchsorted(ends, start_total + _CHUNK_CANDIDATES, side="right"))
+        bounds.append(max(nxt, bounds[-1] + 1))
+    kept = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        cnt = counts[a:b]
+        total = int(cnt.sum())
+        local = np.repeat(np.arange(a, b), cnt)  # triangle (into ids) of each candidate
+        offset = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        nxr = nx[local]
+        dy = offset // nxr
+        px = col0[local] + (offset - dy * nxr)
+        py = row0[local] + dy
+        cx = px + 0.5
+        cy = py + 0.5
+        c = coef[local]  # (n, 3, 3)
+        e0 = c[:, 0, 0] * cx + c[:, 0, 1] * cy + c[:, 0, 2]
+        e1 = c[:, 1, 0] * cx + c[:, 1, 1] * cy + c[:, 1, 2]
+        e2 = c[:, 2, 0] * cx + c[:, 2, 1] * cy + c[:, 2, 2]
+        inside = (e0 >= 0) & (e1 >= 0) & (e2 >= 0)
+        local = local[inside]
+        e = np.stack([e0[inside], e1[inside], e2[inside]], axis=1)
+        bary = e / e.sum(1, keepdims=True)
+        if perspective_correct:
+            w = bary * inv_z[local]
+            zz = 1.0 / w.sum(1)
+            bary = w * zz[:, None]
+        else:
+            zz = (bary * zt[local]).sum(1)
+        pix = py[inside] * width + px[inside]
+        np.minimum.at(depth_flat, pix, zz)
+        kept.append((pix, zz, local, bary))
+
+    for pix, zz, local, bary in kept:
+        win = zz == depth_flat[pix]  # ties (equal depth) resolve arbitrarily
+        wp = pix[win]
+        face_flat[wp] = ids[local[win]]
+        bary_flat[wp] = bary[win]
+    return Fragments(
+        face_flat.reshape(height, width),
+        depth_flat.astype(np.float32).reshape(height, width),
+        bary_flat.reshape(height, width, 3),
+    )
+
+
+def _edge_coefficients(tri: np.ndarray, area2: np.ndarray) -> np.ndarray:
+    """Edge-function coefficients, positive inside, in canonical endpoint order.
+
+    Edge k is the one opposite vertex k: (v1, v2), (v2, v0), (v0, v1). For endpoints
+    (lo, hi) sorted lexicographically by (x, y), E(p) = A px + B py + C with
+    A = lo_y - hi_y, B = hi_x - lo_x, C = -(A lo_x + B lo_y). Both triangles sharing
+    an edge therefore compute the same E up to an exact sign flip.
+    """
+    a = tri[:, [1, 2, 0], :2]
+    b = tri[:, [2, 0, 1], :2]
+    swap = (a[..., 0] > b[..., 0]) | ((a[..., 0] == b[..., 0]) & (a[..., 1] > b[..., 1]))
+    lo = np.where(swap[..., None], b, a)
+    hi = np.where(swap[..., None], a, b)
+    coef_a = lo[..., 1] - hi[..., 1]
+    coef_b = hi[..., 0] - lo[..., 0]
+    coef_c = -(coef_a * lo[..., 0] + coef_b * lo[..., 1])
+    # E_{a->b} = -E_canonical when swapped; the barycentric of vertex k is E_k / area2.
+    sign = np.where(swap, -1.0, 1.0) * np.sign(area2)[:, None]
+    return np.stack([coef_a, coef_b, coef_c], axis=-1) * sign[..., None]
+
+
+def interpolate(fragments: Fragments, faces, vertex_attributes) -> np.ndarray:
+    """Interpolates per-vertex attributes at the visible surface of every pixel.
+
+    Args:
+      fragments: from :func:`rasterize`.
+      faces: (F, 3) the faces that were rasterized.
+      vertex_attributes: (V, C) values per vertex.
+
+    Returns:
+      (H, W, C) float32, zero where no triangle is visible.
+    """
+    attr = np.asarray(vertex_attributes)
+    if attr.ndim != 2:
+        raise ValueError(f"vertex_attributes must be (V, C), got shape {attr.shape}")
+    f = np.asarray(faces, np.int64)
+    h, w = fragments.face_index.shape
+    out = np.zeros((h * w, attr.shape[1]), np.float32)
+    sel = np.flatnonzero(fragments.face_index >= 0)
+    fi = fragments.face_index.reshape(-1)[sel]
+    b = fragments.barycentric.reshape(-1, 3)[sel]
+    out[sel] = np.einsum("nk,nkc->nc", b, attr[f[fi]])
+    return out.reshape(h, w, -1)
+
+
+# ------------------------------------------------------------------------ shading
+def _as_background(background, height: int, width: int) -> np.ndarray:
+    bg = np.asarray(background)
+    if bg.dtype == np.uint8:
+        bg = bg.astype(np.float32) / 255.0
+    bg = bg.astype(np.float32)
+    if bg.ndim == 0:
+        return np.full((height, width, 3), float(bg), np.float32)
+    if bg.shape == (3,):
+        return np.broadcast_to(bg, (height, width, 3)).copy()
+    if bg.shape == (height, width, 3):
+        return bg.copy()
+    if bg.shape == (height, width):
+        return np.repeat(bg[..., None], 3, axis=2)
+    raise ValueError(f"background must be a scalar, an RGB colour (3,) or an image ({height}, {width}, 3); got {bg.shape}")
+
+
+def _shade_pixels(fi, b, faces, colors, normals, light, ambient, diffuse, shading, flat_normals):
+    """Colours of the visible pixels (n, 3), float32."""
+    vid = faces[fi]  # (n, 3)
+    if colors.ndim == 1:
+        albedo = np.broadcast_to(colors, (fi.size, 3))
+    else:
+        albedo = np.einsum("nk,nkc->nc", b, colors[vid])
+    if shading == "none":
+        return albedo.astype(np.float32)
+    if shading == "flat":
+        n = flat_normals[fi]
+    else:
+        n = np.einsum("nk,nkc->nc", b, normals[vid])
+        n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    lam = np.maximum(n @ light, 0.0)
+    return (albedo * (ambient + diffuse * lam)[:, None]).astype(np.float32)
+
+
+def render(
+    screen_vertices,
+    faces,
+    colors=None,
+    *,
+    height: int,
+    width: int,
+    normals=None,
+    light_direction=DEFAULT_LIGHT,
+    ambient: float = 0.3,
+    diffuse: float = 0.7,
+    shading: str = "smooth",
+    background=0.0,
+    cull_backfaces: bool = False,
+    perspective_correct: bool = False,
+    supersample: int = 1,
+    dtype=np.float32,
+) -> Rendering:
+    """Renders a shaded mesh with per-vertex colours over a background.
+
+    colour = clip(albedo * (ambient + diffuse * max(0, n . l)), 0, 1), with albedo the
+    interpolated vertex colour, n the unit normal at the pixel and l the unit light
+    direction (toward the light, camera frame). Surfaces facing away from the light
+    get the ambient term only.
+
+    Args:
+      screen_vertices: (V, 3) x_pix (right), y_pix (down), depth (larger = farther).
+      faces: (F, 3) integer vertex indices.
+      colors: (V, 3) per-vertex RGB in [0, 1], or one RGB (3,); None = a light grey.
+      height, width: image size in pixels.
+      normals: (V, 3) vertex normals in the camera frame (x right, y down, z away).
+        None = :func:`vertex_normals` of ``screen_vertices`` — right when depth has
+        the same unit as x and y (orthographic / weak-perspective); pass camera-frame
+        normals for a pinhole camera.
+      light_direction: (3,) direction toward the light in the camera frame; the
+        default lights from the camera, a little from above and the right.
+      ambient, diffuse: shading weights (1, 0 = unlit albedo).
+      shading: "smooth" (normals interpolated per pixel), "flat" (one normal per
+        triangle) or "none" (albedo only).
+      background: scalar grey, RGB (3,), or an image (H, W, 3) float in [0, 1] or
+        uint8, shown where no triangle is drawn.
+      cull_backfaces: skip triangles facing away from the camera.
+      perspective_correct: see :func:`rasterize`.
+      supersample: k >= 1 renders k x k samples per pixel and averages them
+        (anti-aliased silhouettes and edges; about k^2 times slower).
+      dtype: np.float32 (values in [0, 1]) or np.uint8 for ``image``.
+
+    Returns:
+      :class:`Rendering` (image, coverage, face_index, depth, barycentric).
+    """
+    if shading not in ("smooth", "flat", "none"):
+        raise ValueError(f"shading must be 'smooth', 'flat' or 'none', got {shading!r}")
+    k = int(supersample)
+    if k < 1:
+        raise ValueError(f"supersample must be >= 1, got {supersample}")
+    v, f = _check_mesh(screen_vertices, faces)
+    height, width = int(height), int(width)
+    if colors is None:
+        colors = DEFAULT_MESH_COLOR
+    colors = np.asarray(colors)
+    colors = colors.astype(np.float32) / 255.0 if colors.dtype == np.uint8 else colors.astype(np.float32)
+    if not (colors.shape == (3,) or colors.shape == (v.shape[0], 3)):
+        raise ValueError(f"colors must be (3,) or (V, 3) = ({v.shape[0]}, 3), got {colors.shape}")
+    light = np.asarray(light_direction, np.float64)
+    light = light / max(np.linalg.norm(light), 1e-12)
+    nrm = flat = None
+    if shading == "smooth":
+        nrm = vertex_normals(v, f) if normals is None else np.asarray(normals, np.float64)
+        if nrm.shape != v.shape:
+            raise ValueError(f"normals must be (V, 3) = {v.shape}, got {nrm.shape}")
+    elif shading == "flat":
+        if normals is None:
+            flat = face_normals(v, f)
+        else:
+            nn = np.asarray(normals, np.float64)[f].sum(1)
+            flat = nn / np.maximum(np.linalg.norm(nn, axis=1, keepdims=True), 1e-12)
+    bg = _as_background(background, height, width)
+
+    sv = v if k == 1 else v * np.array([k, k, 1.0])
+    frags = rasterize(sv, f, height * k, width * k, cull_backfaces=cull_backfaces,
+                      perspective_correct=perspective_correct)
+    fidx = frags.face_index.reshape(-1)
+    sel = np.flatnonzero(fidx >= 0)
+    rgb = np.zeros((fidx.size, 3), np.float32)
+    if sel.size:
+        rgb[sel] = _shade_pixels(fidx[sel], frags.barycentric.reshape(-1, 3)[sel], f, colors,
+                                 nrm, light, ambient, diffuse, shading, flat)
+    np.clip(rgb, 0.0, 1.0, out=rgb)
+    covered = (fidx >= 0).astype(np.float32)
+    if k == 1:
+        coverage = covered.reshape(height, width)
+        image = rgb.reshape(height, width, 3) + (1.0 - coverage)[..., None] * bg
+        face_index, depth, bary = frags.face_index, frags.depth, frags.barycentric
+    else:
+        coverage = covered.reshape(height, k, width, k).mean((1, 3))
+        image = rgb.reshape(height, k, width, k, 3).mean((1, 3)) + (1.0 - coverage)[..., None] * bg
+        # Buffers: the nearest of the k*k samples of each pixel.
+        d = frags.depth.reshape(height, k, width, k).transpose(0, 2, 1, 3).reshape(height, width, k * k)
+        pick = np.argmin(d, axis=-1)[..., None]
+        depth = np.take_along_axis(d, pick, -1)[..., 0]
+        fi = frags.face_index.reshape(height, k, width, k).transpose(0, 2, 1, 3).reshape(height, width, k * k)
+        face_index = np.take_along_axis(fi, pick, -1)[..., 0]
+        bb = frags.barycentric.reshape(height, k, width, k, 3).transpose(0, 2, 1, 3, 4).reshape(height, width, k * k, 3)
+        bary = np.take_along_axis(bb, pick[..., None], 2)[:, :, 0]
+    image = np.clip(image, 0.0, 1.0).astype(np.float32)
+    if np.dtype(dtype) == np.uint8:
+        image = to_uint8(image)
+    return Rendering(image=image, coverage=coverage.astype(np.float32), face_index=face_index,
+                     depth=depth, barycentric=bary)
+
+
+def point_visibility(points, depth, *, tolerance: float) -> np.ndarray:
+    """Whether screen-space points are visible given a depth buffer.
+
+    A point is visible when it lies inside the image and its depth is at most the
+    buffer's depth at the pixel containing it plus ``tolerance`` (empty pixels, depth
+    +inf, count as visible — a surface point can fall just outside the sampled
+    silhouette). Use it for landmarks: rasterize the mesh, then test the landmarks'
+    screen positions (with the same depth convention).
+
+    Args:
+      points: (..., N, 3) x_pix, y_pix, depth.
+      depth: (H, W) depth buffer (:attr:`Fragments.depth` / :attr:`Rendering.depth`).
+      tolerance: slack in depth units (a point on the surface differs from the
+        buffer by about |grad depth| x half a pixel).
+
+    Returns:
+      (..., N) bool.
+    """
+    p = np.asarray(points, np.float64)
+    d = np.asarray(depth)
+    h, w = d.shape
+    col = np.floor(p[..., 0])
+    row = np.floor(p[..., 1])
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h) & np.isfinite(p).all(-1)
+    ci = np.where(inside, col, 0).astype(np.int64)
+    ri = np.where(inside, row, 0).astype(np.int64)
+    return inside & (p[..., 2] <= d[ri, ci] + tolerance)
+
+
+# -------------------------------------------------------------------- 2D drawing
+def _as_float_image(image) -> tuple[np.ndarray, bool]:
+    img = np.asarray(image)
+    was_uint8 = img.dtype == np.uint8
+    if was_uint8:
+        img = img.astype(np.float32) / 255.0
+    else:
+        img = img.astype(np.float32, copy=True)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) or (H, W), got shape {np.shape(image)}")
+    return img, was_uint8
+
+
+def _restore(img: np.ndarray, was_uint8: bool) -> np.ndarray:
+    return to_uint8(img) if was_uint8 else img
+
+
+def _blend(img: np.ndarray, flat_idx: np.ndarray, color: np.ndarray, alpha: float) -> None:
+    flat = img.reshape(-1, 3)
+    flat[flat_idx] = (1.0 - alpha) * flat[flat_idx] + alpha * color
+
+
+def draw_wireframe(
+    image,
+    vertices,
+    faces,
+    color=(0.1, 1.0, 0.3),
+    alpha: float = 1.0,
+    *,
+    thickness: int = 1,
+    depth=None,
+    depth_tolerance: float | None = None,
+    cull_backfaces: bool = False,
+) -> np.ndarray:
+    """Draws the mesh's edges as 1-pixel (or thicker) lines.
+
+    Every unique edge is sampled at steps of at most one pixel along its major axis
+    and the pixels containing the samples are painted (8-connected lines, no
+    anti-aliasing).
+
+    Args:
+      image: (H, W, 3) float in [0, 1] or uint8 (not modified).
+      vertices: (V, 2) pixel positions (x right, y down), or (V, 3) screen vertices
+        (needed with ``depth``).
+      faces: (F, 3) integer vertex indices.
+      color: RGB in [0, 1].
+      alpha: opacity of the lines.
+      thickness: line width in pixels (a square brush).
+      depth: optional (H, W) depth buffer of the same mesh (:func:`rasterize`) for
+        hidden-line removal: a sample is drawn when its depth is at most the largest
+        buffer depth in the 3x3 neighbourhood of its pixel plus ``depth_tolerance``.
+      depth_tolerance: slack in depth units; None = 1% of the mesh's depth range.
+      cull_backfaces: draw only the edges of front-facing triangles.
+
+    Returns:
+      A new image, same dtype as ``image``.
+    """
+    img, was_uint8 = _as_float_image(image)
+    h, w = img.shape[:2]
+    v = np.asarray(vertices, np.float64)
+    if v.ndim != 2 or v.shape[1] not in (2, 3):
+        raise ValueError(f"vertices must be (V, 2) or (V, 3), got shape {v.shape}")
+    if depth is not None and v.shape[1] != 3:
+        raise ValueError("hidden-line removal (depth=...) needs (V, 3) screen vertices")
+    f = np.asarray(faces, np.int64)
+    if cull_backfaces:
+        t = v[f]
+        area2 = (t[:, 1, 0] - t[:, 0, 0]) * (t[:, 2, 1] - t[:, 0, 1]) - (t[:, 1, 1] - t[:, 0, 1]) * (t[:, 2, 0] - t[:, 0, 0])
+        f = f[area2 < 0]
+    if f.size == 0:
+        return _restore(img, was_uint8)
+    e = np.sort(f[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    key = np.unique(e[:, 0] * v.shape[0] + e[:, 1])
+    a, b = v[key // v.shape[0]], v[key % v.shape[0]]
+    ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    a, b = a[ok], b[ok]
+    n = np.ceil(np.maximum(np.abs(b[:, 0] - a[:, 0]), np.abs(b[:, 1] - a[:, 1]))).astype(np.int64) + 1
+    n = np.minimum(n, 4 * (h + w))  # edges far off-screen
+    edge = np.repeat(np.arange(a.shape[0]), n)
+    step = np.arange(edge.size) - np.repeat(np.cumsum(n) - n, n)
+    t = step / np.maximum(n[edge] - 1, 1)
+    p = a[edge] + t[:, None] * (b[edge] - a[edge])
+    col = np.floor(p[:, 0]).astype(np.int64)
+    row = np.floor(p[:, 1]).astype(np.int64)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    col, row, p = col[inside], row[inside], p[inside]
+    if depth is not None:
+        d = np.asarray(depth, np.float64)
+        if d.shape != (h, w):
+            raise ValueError(f"depth must be {(h, w)}, got {d.shape}")
+        if depth_tolerance is None:
+            zs = v[:, 2][np.isfinite(v[:, 2])]
+            depth_tolerance = 0.01 * float(zs.max() - zs.min()) if zs.size else 0.0
+        pad = np.pad(d, 1, mode="edge")
+        dmax = np.max([pad[i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)
+        vis = p[:, 2] <= dmax[row, col] + depth_tolerance
+        col, row = col[vis], row[vis]
+    mask = np.zeros((h, w), bool)
+    r0 = -(thickness // 2)
+    for dy in range(r0, r0 + thickness):
+        for dx in range(r0, r0 + thickness):
+            rr, cc = row + dy, col + dx
+            ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+            mask[rr[ok], cc[ok]] = True
+    _blend(img, np.flatnonzero(mask), np.asarray(color, np.float32), float(alpha))
+    return _restore(img, was_uint8)
+
+
+def draw_points(
+    image,
+    points,
+    color=(1.0, 0.15, 0.1),
+    radius: float = 2.0,
+    *,
+    alpha: float = 1.0,
+    visible=None,
+    hidden_color=None,
+) -> np.ndarray:
+    """Draws filled discs, e.g. 2D landmarks.
+
+    A pixel is painted when its centre is within ``radius`` of the point (a point is
+    always painted at the pixel containing it).
+
+    Args:
+      image: (H, W, 3) float in [0, 1] or uint8 (not modified).
+      points: (N, 2) pixel positions (x right, y down; pixel [i, j] spans
+        [j, j+1) x [i, i+1)). Non-finite points are skipped.
+      color: RGB (3,) or per-point (N, 3), in [0, 1].
+      radius: disc radius in pixels.
+      alpha: opacity.
+      visible: optional (N,) bool; points marked False are drawn in ``hidden_color``,
+        or skipped when it is None.
+      hidden_color: RGB for invisible points.
+
+    Returns:
+      A new image, same dtype as ``image``.
+    """
+    img, was_uint8 = _as_float_image(image)
+    h, w = img.shape[:2]
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    cols = np.broadcast_to(np.asarray(color, np.float32), (p.shape[0], 3)).copy()
+    keep = np.isfinite(p).all(1)
+    if visible is not None:
+        vis = np.asarray(visible, bool).reshape(-1)
+        if hidden_color is None:
+            keep &= vis
+        else:
+            cols[~vis] = np.asarray(hidden_color, np.float32)
+    p, cols = p[keep], cols[keep]
+    r = int(np.ceil(radius)) + 1
+    oy, ox = np.mgrid[-r:r + 1, -r:r + 1]
+    base_c = np.floor(p[:, 0]).astype(np.int64)
+    base_r = np.floor(p[:, 1]).astype(np.int64)
+    cc = base_c[:, None] + ox.reshape(-1)
+    rr = base_r[:, None] + oy.reshape(-1)
+    dist2 = (cc + 0.5 - p[:, :1]) ** 2 + (rr + 0.5 - p[:, 1:]) ** 2
+    hit = (dist2 <= radius * radius) | ((cc == base_c[:, None]) & (rr == base_r[:, None]))
+    hit &= (cc >= 0) & (cc < w) & (rr >= 0) & (rr < h)
+    idx = (rr * w + cc)[hit]
+    src = np.broadcast_to(cols[:, None, :], hit.shape + (3,))[hit]
+    flat = img.reshape(-1, 3)
+    flat[idx] = (1.0 - alpha) * flat[idx] + alpha * src
+    return _restore(img, was_uint8)
+
+
+def overlay_mesh(
+    image,
+    screen_vertices,
+    faces,
+    *,
+    alpha: float = 0.6,
+    mode: str = "solid",
+    colors=None,
+    normals=None,
+    light_direction=DEFAULT_LIGHT,
+    wire_color=(0.1, 1.0, 0.3),
+    cull_backfaces: bool = True,
+    perspective_correct: bool = False,
+) -> np.ndarray:
+    """Draws a mesh over a photo.
+
+    Args:
+      image: (H, W, 3) float in [0, 1] or uint8 (not modified).
+      screen_vertices: (V, 3) x_pix, y_pix (down), depth (larger = farther).
+      faces: (F, 3) integer vertex indices.
+      alpha: opacity of the mesh (solid) or of the lines (wireframe).
+      mode: "solid" — a shaded mesh (see :func:`render`) blended over the image
+        where it covers it; "wireframe" — the visible edges (back faces culled and
+        hidden lines removed with the z-buffer).
+      colors: (V, 3) or (3,) mesh colour for "solid" (None = light grey).
+      normals, light_direction: shading, see :func:`render`.
+      wire_color: RGB of the lines in "wireframe" mode.
+      cull_backfaces: skip back-facing triangles (right for closed, outward-wound
+        meshes such as FLAME).
+      perspective_correct: see :func:`rasterize`.
+
+    Returns:
+      A new image, same dtype as ``image``.
+    """
+    img, was_uint8 = _as_float_image(image)
+    h, w = img.shape[:2]
+    if mode == "solid":
+        r = render(screen_vertices, faces, colors, height=h, width=w, normals=normals,
+                   light_direction=light_direction, background=img, cull_backfaces=cull_backfaces,
+                   perspective_correct=perspective_correct)
+        cov = r.coverage[..., None] * float(alpha)
+        out = (1.0 - cov) * img + cov * r.image
+    elif mode == "wireframe":
+        frags = rasterize(screen_vertices, faces, h, w, cull_backfaces=cull_backfaces,
+                          perspective_correct=perspective_correct)
+        out = draw_wireframe(img, screen_vertices, faces, wire_color, alpha, depth=frags.depth,
+                             cull_backfaces=cull_backfaces)
+    else:
+        raise ValueError(f"mode must be 'solid' or 'wireframe', got {mode!r}")
+    return _restore(np.clip(out, 0.0, 1.0).astype(np.float32), was_uint8)
+
+
+# ---------------------------------------------------------------------------- I/O
+def to_uint8(image) -> np.ndarray:
+    """Float image in [0, 1] → uint8 (clipped, rounded); uint8 passes through."""
+    img = np.asarray(image)
+    if img.dtype == np.uint8:
+        return img
+    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def save_png(path: str | os.PathLike, image) -> None:
+    """Writes an (H, W, 3) or (H, W) image, float in [0, 1] or uint8, as PNG.
+
+    Parent directories are created.
+    """
+    import imageio.v3 as iio
+
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    iio.imwrite(path, to_uint8(image), extension=".png")

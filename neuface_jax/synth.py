@@ -1,0 +1,458 @@
+"""Synthetic multi-view face clips with known ground truth.
+
+``synthesize_clip`` turns a FLAME-format model (the demo head by default, a real FLAME
+when given), a seed, a frame count and a camera rig into, deterministically:
+
+* ground truth: one identity, smooth head motion with turns past 45°, speech-like jaw
+  and expressions, blinks and gaze (``neuface_jax.motion``); per-frame, per-view FLAME
+  parameters and vertices;
+* shaded RGB renders per frame and view (procedural albedo: skin, darker brows, red
+  lips, eyes with iris and pupil) over a procedural background;
+* 2D landmarks as a detector would report them, for the 68-point and the
+  MediaPipe-style sets: the true projection plus a per-clip bias and frame-to-frame
+  jitter (pixels); self-occluded points marked invisible (the jaw contour follows the
+  silhouette through the dynamic embedding, as detectors do); optionally dropped
+  frames (no detection);
+* crop transforms (the reference recipe applied to the noisy 68 landmarks), camera
+  parameters and view names.
+
+Camera: a pinhole camera at ``camera_distance`` metres on the view axis, looking at
+the head centre, focal length chosen so the head spans ``head_fill`` of the image.
+Image coordinates: x right, y down, pixel centres at +0.5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import flame_jax
+from neuface_jax import crops as crops_lib
+from neuface_jax import motion as motion_lib
+from neuface_jax import render as render_lib
+
+#: iBUG-68 groups used to paint the albedo.
+_BROWS = np.arange(17, 27)
+_LIPS = np.arange(48, 68)
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthConfig:
+    """Settings of a synthetic clip (pixels refer to the rendered image)."""
+
+    num_frames: int = 64
+    image_size: int = 224
+    camera_distance: float = 1.2
+    head_fill: float = 0.5
+    landmark_noise_px: float = 1.0
+    landmark_jitter_px: float = 0.7
+    occluded_noise_px: float = 3.0
+    drop_frame_probability: float = 0.0
+    crop_size: int = 224
+    supersample: int = 1
+    motion: motion_lib.MotionConfig = motion_lib.MotionConfig()
+
+    def scaled_noise(self, factor: float) -> "SynthConfig":
+        """The same clip settings with landmark noise and jitter multiplied by ``factor``."""
+        return dataclasses.replace(
+            self,
+            landmark_noise_px=self.landmark_noise_px * factor,
+            landmark_jitter_px=self.landmark_jitter_px * factor,
+        )
+
+
+@dataclasses.dataclass
+class SynthClip:
+    """A synthetic clip. Shapes: T frames, W views, V vertices.
+
+    Attributes:
+      images: uint8 [T, W, H, H, 3] renders.
+      landmarks68: float32 [T, W, 68, 2] detected landmarks in image pixels.
+      visible68: bool [T, W, 68] (False where self-occluded, outside the image or dropped).
+      landmarks_mp: float32 [T, W, 105, 2] MediaPipe-style landmarks (None without that embedding).
+      visible_mp: bool [T, W, 105].
+      valid: bool [T, W] frame has a detection (False for dropped frames).
+      crop_transforms: float32 [T, W, 2, 3] image pixels → crop pixels (size ``crop_size``).
+      gt: ground truth dict: ``shape`` [S], ``expression`` [T, E], ``pose_world`` [T, 15],
+        ``pose`` [T, W, 15] per view, ``translation`` [T, W, 3] per view (camera frame),
+        ``vertices`` [T, W, V, 3] camera frame (metres), ``canonical_vertices`` [T, V, 3]
+        (head rotation zeroed), ``landmarks3d`` [T, W, 68, 3], ``landmarks68_true`` [T, W, 68, 2]
+        (noise-free projections).
+      camera: dict with ``focal_px``, ``principal_px`` (2,), ``distance_m``, ``view_rotations`` [W, 3, 3].
+      view_names: tuple of names.
+      fps: frames per second.
+      meta: generator settings and provenance.
+    """
+
+    images: np.ndarray
+    landmarks68: np.ndarray
+    visible68: np.ndarray
+    landmarks_mp: np.ndarray | None
+    visible_mp: np.ndarray | None
+    valid: np.ndarray
+    crop_transforms: np.ndarray
+    gt: dict[str, np.ndarray]
+    camera: dict[str, Any]
+    view_names: tuple[str, ...]
+    fps: float
+    meta: dict[str, Any]
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_views(self) -> int:
+        return int(self.images.shape[1])
+
+
+# --------------------------------------------------------------------------- albedo
+def procedural_albedo(model, embedding68, seed: int = 0) -> np.ndarray:
+    """(V, 3) per-vertex RGB in [0, 1] for any FLAME-format model with a 68-point embedding.
+
+    Regions come from geometry: lips and brows from the distance to their iBUG
+    landmarks on the template, eyeballs from the eye joints' skinning weights (white
+    sclera, an iris and a dark pupil toward +z); the skin has a faint low-frequency
+    variation so the surface has texture.
+    """
+    rng = np.random.default_rng(seed)
+    verts = np.asarray(model.v_template, np.float64)
+    lmk = np.asarray(flame_jax.landmarks(model, embedding68, model.v_template, jnp.zeros(15)))
+    head_width = np.ptp(verts[:, 0])
+    skin = np.array([0.87, 0.68, 0.56])
+    phases = rng.uniform(0, 2 * np.pi, size=3)
+    wobble = 0.04 * (np.sin(verts @ np.array([31.0, 17.0, 7.0]) + phases[0]) + np.sin(verts @ np.array([-13.0, 29.0, 11.0]) + phases[1]))
+    colors = np.clip(skin[None] * (1.0 + wobble[:, None]), 0, 1)
+
+    def near(points, radius):
+        d = np.linalg.norm(verts[:, None, :] - points[None], axis=-1).min(1)
+        return np.clip(1.0 - d / radius, 0.0, 1.0)
+
+    lips = near(lmk[_LIPS], 0.035 * head_width / 0.16 * 0.35) ** 0.5
+    colors = colors * (1 - lips[:, None]) + np.array([0.72, 0.30, 0.32]) * lips[:, None]
+    brow_pts = np.concatenate([lmk[_BROWS], 0.5 * (lmk[_BROWS][:-1] + lmk[_BROWS][1:])])
+    brows = near(brow_pts + np.array([0.0, 0.003, 0.0]), 0.010 * head_width / 0.16) ** 0.5
+    colors = colors * (1 - brows[:, None]) + np.array([0.25, 0.17, 0.12]) * brows[:, None]
+
+    weights = np.asarray(model.lbs_weights)
+    joints = np.asarray(model.joint_template)
+    for j in (3, 4):
+        eye = weights[:, j] > 0.5
+        if not eye.any():
+            continue
+        d = verts[eye] - joints[j]
+        d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
+        cos = d[:, 2]  # toward +z (the gaze direction at rest)
+        c = np.tile(np.array([0.95, 0.94, 0.92]), (eye.sum(), 1))
+        c[cos > 0.80] = [0.35, 0.45, 0.55]  # iris
+        c[cos > 0.93] = [0.05, 0.05, 0.06]  # pupil
+        colors[eye] = c
+    return colors.astype(np.float32)
+
+
+def _background(rng, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    base = rng.uniform(0.25, 0.6, size=3)
+    tilt = rng.uniform(-0.2, 0.2, size=3)
+    img = base[None, None] + tilt[None, None] * (0.6 * xx + 0.4 * yy)[..., None]
+    img += 0.03 * np.sin(2 * np.pi * (xx * rng.uniform(1, 3) + yy * rng.uniform(1, 3)))[..., None]
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- projection
+def project_points(points_cam: np.ndarray, focal: float, principal: np.ndarray, distance: float) -> np.ndarray:
+    """Pinhole projection of FLAME-frame points seen by a camera at (0, 0, distance) looking at −z.
+
+    points_cam: [..., 3] (x right, y up, z toward the camera). Returns [..., 3]:
+    x_pix, y_pix (down), depth (metres from the camera, larger = farther).
+    """
+    depth = distance - points_cam[..., 2]
+    x = principal[0] + focal * points_cam[..., 0] / depth
+    y = principal[1] - focal * points_cam[..., 1] / depth
+    return np.stack([x, y, depth], -1)
+
+
+# --------------------------------------------------------------------------- generator
+def default_assets():
+    """The demo head with its 68-point and MediaPipe-style embeddings."""
+    from flame_jax import demo
+
+    return demo.demo_model(), demo.demo_landmark_embedding(), demo.demo_mediapipe_embedding()
+
+
+@jax.jit
+def _forward_all(model, emb68, emb_mp, shape, expression, pose, translation, canonical_pose):
+    out = flame_jax.forward(model, shape=shape, expression=expression, pose=pose, translation=translation)
+    lmk68 = flame_jax.landmarks(model, emb68, out.vertices, pose)
+    lmk_mp = None if emb_mp is None else flame_jax.landmarks(model, emb_mp, out.vertices, pose)
+    canon = flame_jax.forward(model, shape=shape[:, 0], expression=expression[:, 0], pose=canonical_pose)
+    return out.vertices, lmk68, lmk_mp, canon.vertices
+
+
+def synthesize_clip(
+    *,
+    seed: int = 0,
+    rig: motion_lib.CameraRig | str = "mono",
+    config: SynthConfig = SynthConfig(),
+    model=None,
+    embedding68=None,
+    embedding_mp=None,
+    blink_component: int | None = None,
+    speech_components: tuple[int, ...] | None = None,
+    progress=None,
+) -> SynthClip:
+    """Generates one clip (see the module docstring).
+
+    Args:
+      seed: the clip is a deterministic function of (seed, rig, config, model).
+      rig: a CameraRig or a spec for ``motion.parse_rig`` ("mono", "mead", "front,left_30", "0:0,45:0").
+      config: clip settings.
+      model, embedding68, embedding_mp: a FLAME-format model and its embeddings; default
+        the demo head (whose blink and lip components are then used automatically).
+      blink_component, speech_components: expression indices for blinks and lip motion.
+      progress: optional callable(done, total) for progress bars.
+    """
+    t0 = time.perf_counter()
+    if isinstance(rig, str):
+        rig = motion_lib.parse_rig(rig)
+    if model is None:
+        from flame_jax import demo
+
+        model, embedding68, embedding_mp = default_assets()
+        if blink_component is None:
+            blink_component = demo.DEMO_EXPRESSION_INDEX.get("blink")
+        if speech_components is None:
+            speech_components = tuple(
+                demo.DEMO_EXPRESSION_INDEX[k] for k in ("lips_apart", "smile") if k in demo.DEMO_EXPRESSION_INDEX
+            )
+    if embedding68 is None or embedding68.kind != "ibug68":
+        raise ValueError("synthesize_clip needs a 68-point (ibug68) landmark embedding")
+    speech_components = tuple(speech_components or ())
+    num_t, num_w, size = config.num_frames, rig.num_views, config.image_size
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
+
+    gt = motion_lib.generate_motion(
+        num_frames=num_t,
+        n_shape=model.num_shape,
+        n_expr=model.num_expression,
+        seed=seed,
+        config=config.motion,
+        blink_component=blink_component,
+        speech_components=speech_components,
+    )
+    pose_views = motion_lib.per_view_pose(gt["pose"], rig)  # [T, W, 15]
+    view_rot = rig.view_rotations()  # [W, 3, 3]
+    joint0 = np.asarray(flame_jax.forward(model, shape=gt["shape"]).joints[0])
+    # Rotating the scene about the head centre (FLAME's origin) moves the root joint:
+    # per-view translation t_v = R_v (J0 + t) − J0 keeps the per-view meshes rigidly identical.
+    trans_views = np.einsum("wab,tb->twa", view_rot, joint0[None] + gt["translation"]) - joint0
+
+    shape_b = np.broadcast_to(gt["shape"], (num_t, num_w, model.num_shape))
+    expr_b = np.broadcast_to(gt["expression"][:, None], (num_t, num_w, model.num_expression))
+    canon_pose = gt["pose"].copy()
+    canon_pose[:, 0:3] = 0.0
+    verts, lmk68_3d, lmk_mp_3d, canon = jax.device_get(
+        _forward_all(
+            model, embedding68, embedding_mp, jnp.asarray(shape_b), jnp.asarray(expr_b), jnp.asarray(pose_views),
+            jnp.asarray(trans_views, jnp.float32), jnp.asarray(canon_pose),
+        )
+    )
+
+    head_width = float(np.ptp(np.asarray(model.v_template)[:, 0]))
+    focal = config.head_fill * size * config.camera_distance / head_width
+    principal = np.array([size / 2.0, size / 2.0])
+    albedo = procedural_albedo(model, embedding68, seed=seed)
+    faces = np.asarray(model.faces)
+
+    images = np.zeros((num_t, num_w, size, size, 3), np.uint8)
+    true68 = np.zeros((num_t, num_w, 68, 2), np.float32)
+    vis68 = np.zeros((num_t, num_w, 68), bool)
+    n_mp = 0 if lmk_mp_3d is None else lmk_mp_3d.shape[-2]
+    true_mp = np.zeros((num_t, num_w, n_mp, 2), np.float32)
+    vis_mp = np.zeros((num_t, num_w, n_mp), bool)
+    backgrounds = [_background(np.random.default_rng([seed, w]), size) for w in range(num_w)]
+    flip = np.array([1.0, -1.0, -1.0])  # FLAME frame (y up, z toward camera) → camera frame (y down, z away)
+    tol = 0.004  # metres of depth slack for the landmark occlusion test
+    for ti in range(num_t):
+        for w in range(num_w):
+            screen = project_points(verts[ti, w], focal, principal, config.camera_distance)
+            normals = np.asarray(render_lib.vertex_normals(verts[ti, w], faces)) * flip
+            rendering = render_lib.render(
+                screen, faces, albedo, height=size, width=size, normals=normals, background=backgrounds[w],
+                perspective_correct=True, supersample=config.supersample, cull_backfaces=True,
+            )
+            images[ti, w] = render_lib.to_uint8(rendering.image)
+            p68 = project_points(lmk68_3d[ti, w], focal, principal, config.camera_distance)
+            true68[ti, w] = p68[:, :2]
+            visible = render_lib.point_visibility(p68, rendering.depth, tolerance=tol)
+            inside = (p68[:, 0] >= 0) & (p68[:, 0] < size) & (p68[:, 1] >= 0) & (p68[:, 1] < size)
+            # The contour points sit on the silhouette by construction (detectors report it).
+            visible[:17] = inside[:17]
+            vis68[ti, w] = visible & inside
+            if n_mp:
+                pmp = project_points(lmk_mp_3d[ti, w], focal, principal, config.camera_distance)
+                true_mp[ti, w] = pmp[:, :2]
+                vis_mp[ti, w] = render_lib.point_visibility(pmp, rendering.depth, tolerance=tol)
+            if progress is not None:
+                progress(ti * num_w + w + 1, num_t * num_w)
+
+    def detect(true, vis, n):
+        bias = rng.normal(size=(1, num_w, n, 2)) * config.landmark_noise_px
+        jitter = rng.normal(size=(num_t, num_w, n, 2)) * config.landmark_jitter_px
+        occluded = rng.normal(size=(num_t, num_w, n, 2)) * config.occluded_noise_px * (~vis)[..., None]
+        return (true + bias + jitter + occluded).astype(np.float32)
+
+    lmk68 = detect(true68, vis68, 68)
+    lmk_mp = detect(true_mp, vis_mp, n_mp) if n_mp else None
+    valid = rng.random((num_t, num_w)) >= config.drop_frame_probability
+    vis68 &= valid[..., None]
+    if n_mp:
+        vis_mp &= valid[..., None]
+
+    # Reference crop recipe on the noisy detections; dropped frames take the box
+    # interpolated from their neighbours (as the real-video pipeline does).
+    boxes = crops_lib.landmark_boxes(lmk68, valid)  # [T, W, 3], NaN where dropped
+    for w in range(num_w):
+        if not valid[:, w].any():
+            boxes[:, w] = crops_lib.landmark_boxes(true68[:, w])
+        else:
+            boxes[:, w] = crops_lib.interpolate_invalid(boxes[:, w], valid[:, w])
+    crops = crops_lib.boxes_to_transforms(boxes, config.crop_size).astype(np.float32)
+
+    gt_out = {
+        "shape": gt["shape"],
+        "expression": gt["expression"],
+        "pose_world": gt["pose"],
+        "translation_world": gt["translation"],
+        "pose": pose_views,
+        "translation": trans_views.astype(np.float32),
+        "vertices": verts.astype(np.float32),
+        "canonical_vertices": canon.astype(np.float32),
+        "landmarks3d": lmk68_3d.astype(np.float32),
+        "landmarks68_true": true68,
+        "speech": gt["speech"],
+        "blink": gt["blink"],
+    }
+    camera = {
+        "focal_px": float(focal),
+        "principal_px": principal.astype(np.float32),
+        "distance_m": float(config.camera_distance),
+        "view_rotations": view_rot.astype(np.float32),
+        "yaw_deg": np.asarray(rig.yaw_deg, np.float32),
+        "pitch_deg": np.asarray(rig.pitch_deg, np.float32),
+    }
+    meta = {
+        "seed": int(seed),
+        "model": model.name,
+        "num_frames": num_t,
+        "views": list(rig.names),
+        "image_size": size,
+        "config": _jsonable(dataclasses.asdict(config)),
+        "generation_seconds": time.perf_counter() - t0,
+    }
+    return SynthClip(
+        images=images, landmarks68=lmk68, visible68=vis68, landmarks_mp=lmk_mp, visible_mp=vis_mp if n_mp else None,
+        valid=valid, crop_transforms=crops, gt=gt_out, camera=camera, view_names=tuple(rig.names),
+        fps=config.motion.fps, meta=meta,
+    )
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
+# --------------------------------------------------------------------------- disk layout
+CLIP_FORMAT = "neuface-clip-v1"
+
+
+def write_clip(clip: SynthClip, out_dir, *, write_videos: bool = True) -> Path:
+    """Writes a clip in the layout the real-video pipeline reads.
+
+    ``out_dir/clip.json`` (format, fps, views, video files, provenance),
+    ``out_dir/<view>.mp4`` one video per view, ``out_dir/landmarks.npz`` (``landmarks68``
+    [T, W, 68, 2] pixels, ``visible68``, ``landmarks_mp``, ``visible_mp``, ``valid``,
+    ``crop_transforms``, ``view_names``) and ``out_dir/ground_truth.npz`` (every
+    ``clip.gt`` array plus the camera).
+    """
+    from neuface_jax import video as video_lib
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    videos = {}
+    if write_videos:
+        for w, name in enumerate(clip.view_names):
+            path = out / f"{name}.mp4"
+            video_lib.write_video(path, clip.images[:, w], fps=clip.fps)
+            videos[name] = path.name
+    lmk = {
+        "landmarks68": clip.landmarks68,
+        "visible68": clip.visible68,
+        "valid": clip.valid,
+        "crop_transforms": clip.crop_transforms,
+        "view_names": np.array(clip.view_names),
+    }
+    if clip.landmarks_mp is not None:
+        lmk["landmarks_mp"] = clip.landmarks_mp
+        lmk["visible_mp"] = clip.visible_mp
+    np.savez_compressed(out / "landmarks.npz", **lmk)
+    np.savez_compressed(out / "ground_truth.npz", **clip.gt, **{f"camera_{k}": np.asarray(v) for k, v in clip.camera.items()})
+    manifest = {
+        "format": CLIP_FORMAT,
+        "fps": clip.fps,
+        "num_frames": clip.num_frames,
+        "views": list(clip.view_names),
+        "videos": videos,
+        "image_size": int(clip.images.shape[2]),
+        "landmarks": "landmarks.npz",
+        "ground_truth": "ground_truth.npz",
+        "meta": clip.meta,
+    }
+    (out / "clip.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def read_clip(clip_dir, *, load_images: bool = True) -> SynthClip:
+    """Reads a clip written by ``write_clip`` (images decoded from the per-view videos)."""
+    from neuface_jax import video as video_lib
+
+    d = Path(clip_dir)
+    manifest_path = d / "clip.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{d}: no clip.json (not a clip folder written by `neuface-jax synth`)")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != CLIP_FORMAT:
+        raise ValueError(f"{manifest_path}: unknown clip format {manifest.get('format')!r}")
+    with np.load(d / manifest["landmarks"], allow_pickle=False) as f:
+        lmk = {k: f[k] for k in f.files}
+    with np.load(d / manifest["ground_truth"], allow_pickle=False) as f:
+        gt_all = {k: f[k] for k in f.files}
+    camera = {k[len("camera_"):]: gt_all.pop(k) for k in list(gt_all) if k.startswith("camera_")}
+    views = tuple(manifest["views"])
+    num_t = int(manifest["num_frames"])
+    size = int(manifest["image_size"])
+    images = np.zeros((num_t, len(views), size, size, 3), np.uint8)
+    if load_images:
+        for w, name in enumerate(views):
+            frames = video_lib.read_video(d / manifest["videos"][name]).frames
+            if frames.shape[0] < num_t:
+                raise ValueError(f"{d / manifest['videos'][name]}: {frames.shape[0]} frames, clip.json says {num_t}")
+            images[:, w] = frames[:num_t, :size, :size]
+    return SynthClip(
+        images=images, landmarks68=lmk["landmarks68"], visible68=lmk["visible68"],
+        landmarks_mp=lmk.get("landmarks_mp"), visible_mp=lmk.get("visible_mp"), valid=lmk["valid"],
+        crop_transforms=lmk["crop_transforms"], gt=gt_all, camera=camera, view_names=views,
+        fps=float(manifest["fps"]), meta=manifest.get("meta", {}),
+    )

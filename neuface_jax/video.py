@@ -1,0 +1,919 @@
+"""Video input and output: single videos, synchronized multi-view videos, frame folders, mp4 writing.
+
+Decoding runs the ``ffmpeg`` binary that ``imageio-ffmpeg`` ships (or the one named by the
+``IMAGEIO_FFMPEG_EXE`` environment variable) and reads raw RGB frames from its pipe, so frames stream
+one at a time (``iter_video_frames``) and a background thread can decode ahead
+(``neuface_jax.detect.prefetch``). The eager readers (``read_video``, ``read_videos``,
+``read_frame_folder``) return a ``VideoClip``.
+
+Conventions:
+
+* Frames are ``uint8`` RGB arrays ``[H, W, 3]``; a view's frames stack to ``[T, H, W, 3]``.
+* Frame indices are 0-based decode indices of the source video (for frame folders: the frame number
+  in the file name). A time range in seconds selects the frames whose time ``index / fps`` lies in
+  ``[start_s, end_s)``; a frame range selects ``start <= index < end``; the stride is applied after the
+  range (``start, start + stride, ...``).
+* Views of one clip are synchronized by frame index. Views with different frame counts are trimmed
+  to the shortest with a warning, or rejected with ``ValueError`` when ``strict=True``.
+* Unreadable, empty or truncated files raise ``VideoError`` (a ``ValueError``) naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+import re
+import subprocess
+import threading
+import warnings
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "VideoError",
+    "VideoInfo",
+    "VideoClip",
+    "FrameRange",
+    "probe_video",
+    "iter_video_frames",
+    "iter_synchronized",
+    "read_video",
+    "read_videos",
+    "read_frame_folder",
+    "split_views",
+    "VideoWriter",
+    "write_video",
+    "pad_to_even",
+    "ffmpeg_exe",
+]
+
+#: File extensions read as still frames by ``read_frame_folder``.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+#: MEAD-style frame names: ``img_0001_front.jpg`` → (frame 1, view "front").
+MEAD_FRAME_PATTERN = r"^img_(?P<index>\d+)_(?P<view>.+)$"
+
+# ffmpeg messages (at -v error) that mean the stream ended before its container said it would.
+_TRUNCATION_MARKERS = ("partial file", "moov atom not found", "Invalid data found", "End of file")
+
+
+class VideoError(ValueError):
+    """A video or frame file could not be read: missing, unreadable, empty or truncated.
+
+    Attributes:
+      path: the offending file (or folder), as a string.
+    """
+
+    def __init__(self, path, message: str):
+        self.path = str(path)
+        super().__init__(f"{self.path}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """Stream facts of a video file, from ffmpeg's header.
+
+    Attributes:
+      path: the file.
+      width, height: decoded frame size in pixels (after any rotation in the file's metadata).
+      fps: frames per second (0.0 when ffmpeg could not tell).
+      duration_s: container duration in seconds (0.0 when unknown).
+      codec: codec name as ffmpeg prints it, e.g. "h264".
+    """
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    duration_s: float
+    codec: str
+
+    @property
+    def estimated_num_frames(self) -> int | None:
+        """``round(duration · fps)`` when both are known; a hint, not a guarantee."""
+        if self.fps > 0 and self.duration_s > 0:
+            return int(round(self.duration_s * self.fps))
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameRange:
+    """Which frames to take: a range in frames or seconds, then a stride.
+
+    Seconds win over frames when both are given for the same end. ``None`` means open-ended.
+    """
+
+    start: int | None = None
+    end: int | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    stride: int = 1
+
+    def __post_init__(self):
+        if int(self.stride) < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        for name in ("start", "end", "start_s", "end_s"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
+
+    def bounds(self, fps: float) -> tuple[int, int | None]:
+        """(first index, end index exclusive or None) in frames at ``fps``."""
+        start = 0 if self.start is None else int(self.start)
+        end = None if self.end is None else int(self.end)
+        if self.start_s is not None or self.end_s is not None:
+            if not fps or fps <= 0:
+                raise ValueError("a time range in seconds needs a known frame rate")
+            # Frame i is shown at i / fps; take i with start_s <= i / fps < end_s. The epsilon
+            # keeps 0.2 s · 25 fps = 5.000000001 from becoming 6.
+            if self.start_s is not None:
+                start = int(math.ceil(self.start_s * fps - 1e-6))
+            if self.end_s is not None:
+                end = int(math.ceil(self.end_s * fps - 1e-6))
+        return start, end
+
+    def select(self, index: int, fps: float) -> bool:
+        start, end = self.bounds(fps)
+        return index >= start and (end is None or index < end) and (index - start) % int(self.stride) == 0
+
+    def indices(self, n: int, fps: float) -> np.ndarray:
+        """The selected indices among ``0..n-1``."""
+        start, end = self.bounds(fps)
+        end = n if end is None else min(end, n)
+        return np.arange(start, max(start, end), int(self.stride), dtype=np.int64)
+
+
+def _frame_range(frames: FrameRange | None, **kwargs) -> FrameRange:
+    if frames is not None:
+        if any(v is not None for k, v in kwargs.items() if k != "stride") or kwargs.get("stride", 1) != 1:
+            raise ValueError("give either frames=FrameRange(...) or start/end/start_s/end_s/stride, not both")
+        return frames
+    return FrameRange(**kwargs)
+
+
+@dataclasses.dataclass
+class VideoClip:
+    """Decoded frames of one clip: one or more synchronized views.
+
+    Attributes:
+      frames: one ``uint8`` array ``[T, H_v, W_v, 3]`` per view (views may differ in size), RGB.
+      view_names: one name per view.
+      fps: frames per second of the source (after the stride: see ``effective_fps``).
+      frame_indices: ``[T]`` int64 source frame index of each frame (shared by all views).
+      sources: per view, the file (video or first frame) the view came from, or None for arrays.
+      source_boxes: per view, the pixel box ``(x0, y0, x1, y1)`` (half-open) the view was cut from
+        in its source (``split_views``), or None for the whole frame.
+      stride: the frame stride used when reading.
+    """
+
+    frames: list[np.ndarray]
+    view_names: tuple[str, ...]
+    fps: float
+    frame_indices: np.ndarray
+    sources: tuple[str | None, ...] = ()
+    source_boxes: tuple[tuple[int, int, int, int] | None, ...] = ()
+    stride: int = 1
+
+    def __post_init__(self):
+        self.frames = [np.asarray(f) for f in self.frames]
+        self.view_names = tuple(str(v) for v in self.view_names)
+        self.frame_indices = np.asarray(self.frame_indices, np.int64).reshape(-1)
+        if len(self.frames) != len(self.view_names):
+            raise ValueError(f"{len(self.frames)} frame arrays for {len(self.view_names)} view names")
+        if len(set(self.view_names)) != len(self.view_names):
+            raise ValueError(f"view names must be unique, got {self.view_names}")
+        for name, f in zip(self.view_names, self.frames):
+            if f.ndim != 4 or f.shape[-1] != 3 or f.dtype != np.uint8:
+                raise ValueError(f"view {name!r}: frames must be uint8 [T, H, W, 3], got {f.dtype} {f.shape}")
+            if f.shape[0] != self.frame_indices.shape[0]:
+                raise ValueError(
+                    f"view {name!r} has {f.shape[0]} frames for {self.frame_indices.shape[0]} frame indices"
+                )
+        if not self.sources:
+            self.sources = (None,) * len(self.frames)
+        if not self.source_boxes:
+            self.source_boxes = (None,) * len(self.frames)
+        self.sources = tuple(None if s is None else str(s) for s in self.sources)
+        self.source_boxes = tuple(None if b is None else tuple(int(x) for x in b) for b in self.source_boxes)
+        if len(self.sources) != len(self.frames) or len(self.source_boxes) != len(self.frames):
+            raise ValueError("sources and source_boxes need one entry per view")
+
+    @property
+    def num_views(self) -> int:
+        return len(self.frames)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frame_indices.shape[0])
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        """Per view ``(width, height)`` in pixels."""
+        return tuple((int(f.shape[2]), int(f.shape[1])) for f in self.frames)
+
+    @property
+    def timestamps_s(self) -> np.ndarray:
+        """``[T]`` time of each frame in seconds (``frame_index / fps``)."""
+        return self.frame_indices / float(self.fps) if self.fps else np.zeros(self.num_frames)
+
+    @property
+    def effective_fps(self) -> float:
+        return float(self.fps) / max(1, int(self.stride))
+
+    def view(self, name: str) -> np.ndarray:
+        """Frames ``[T, H, W, 3]`` of the view called ``name``."""
+        try:
+            return self.frames[self.view_names.index(name)]
+        except ValueError:
+            raise KeyError(f"no view {name!r}; views are {self.view_names}") from None
+
+    def subset(self, indices) -> "VideoClip":
+        """A clip with the frames at positions ``indices`` (positions, not source frame indices)."""
+        idx = np.asarray(indices, np.int64)
+        return dataclasses.replace(
+            self, frames=[f[idx] for f in self.frames], frame_indices=self.frame_indices[idx]
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# ffmpeg
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary (imageio-ffmpeg's, or ``IMAGEIO_FFMPEG_EXE``)."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _check_file(path) -> pathlib.Path:
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise VideoError(p, "no such file")
+    if p.is_dir():
+        raise VideoError(p, "is a folder, not a video file (use read_frame_folder for frame folders)")
+    if p.stat().st_size == 0:
+        raise VideoError(p, "file is empty")
+    return p
+
+
+def _spawn(cmd, **kwargs) -> subprocess.Popen:
+    # close_fds=False lets CPython use posix_spawn instead of fork: no fork of a multithreaded
+    # process (JAX, MediaPipe, prefetch threads) and no at-fork warnings. Python's own descriptors
+    # are non-inheritable, so nothing leaks into ffmpeg.
+    return subprocess.Popen(cmd, close_fds=False, **kwargs)
+
+
+_RE_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+_RE_VIDEO = re.compile(r"Stream #\S+.*?: Video: (?P<codec>[\w-]+)(?P<rest>.*)")
+# Not "0x001B" (a codec tag in hex): sides start with a non-zero digit.
+_RE_SIZE = re.compile(r"[ ,]([1-9]\d{0,5})x([1-9]\d{0,5})\b")
+_RE_FPS = re.compile(r"([\d.]+)(k?) fps")
+_RE_TBR = re.compile(r"([\d.]+)(k?) tbr")
+_RE_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
+
+
+def _parse_header(path: pathlib.Path, text: str) -> VideoInfo:
+    lines = text.splitlines()
+    vi = next((i for i, ln in enumerate(lines) if _RE_VIDEO.search(ln)), None)
+    if vi is None:
+        raise VideoError(path, f"not a readable video ({_last_lines(text)})")
+    m = _RE_VIDEO.search(lines[vi])
+    rest = m.group("rest")
+    size = _RE_SIZE.search(rest)
+    if size is None:
+        raise VideoError(path, f"no frame size in the video stream header: {lines[vi].strip()}")
+    w, h = int(size.group(1)), int(size.group(2))
+    fps = 0.0
+    for rx in (_RE_FPS, _RE_TBR):
+        f = rx.search(rest)
+        if f:
+            fps = float(f.group(1)) * (1000.0 if f.group(2) else 1.0)
+            break
+    # ffmpeg auto-rotates on decode: a ±90° display matrix swaps the decoded frame's sides.
+    for ln in lines[vi + 1 : vi + 12]:
+        if "Stream #" in ln:
+            break
+        r = _RE_ROTATION.search(ln)
+        if r and round(abs(float(r.group(1)))) % 180 == 90:
+            w, h = h, w
+    d = _RE_DURATION.search(text)
+    duration = int(d.group(1)) * 3600 + int(d.group(2)) * 60 + float(d.group(3)) if d else 0.0
+    return VideoInfo(path=str(path), width=w, height=h, fps=fps, duration_s=duration, codec=m.group("codec"))
+
+
+def probe_video(path) -> VideoInfo:
+    """Reads a video's header with ffmpeg (``ffmpeg -i``), without decoding.
+
+    Raises:
+      VideoError: the file is missing, empty, not a video, or has no video stream.
+    """
+    p = _check_file(path)
+    proc = _spawn(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(p)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, err = proc.communicate(timeout=60)
+    text = err.decode("utf-8", "replace")
+    # ffmpeg exits 1 here ("At least one output file must be specified"); errors opening the
+    # input show up in the text.
+    if "Error opening input" in text or "Invalid data found" in text or "moov atom not found" in text:
+        raise VideoError(p, f"not a readable video ({_last_lines(text)})")
+    return _parse_header(p, text)
+
+
+def _last_lines(text: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip() and not ln.startswith("===")]
+    return " | ".join(lines[-n:]) if lines else "no message"
+
+
+def iter_video_frames(
+    path,
+    *,
+    frames: FrameRange | None = None,
+    start: int | None = None,
+    end: int | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    stride: int = 1,
+    info: VideoInfo | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Streams ``(frame_index, frame)`` pairs from a video, one decoded frame at a time.
+
+    Frames before ``start`` are decoded and dropped (exact indices, no keyframe seeking); ffmpeg
+    stops once ``end`` is reached. Each yielded frame is a fresh ``uint8 [H, W, 3]`` RGB array.
+
+    Args:
+      path: video file.
+      frames: a ``FrameRange``; or the same fields as keywords.
+      info: ``probe_video(path)`` if already known.
+
+    Raises:
+      VideoError: unreadable file; no frames in the requested range; or a truncated/corrupt stream
+        (ffmpeg reports a partial file or fails) reached while decoding the range.
+    """
+    rng = _frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    info = info or probe_video(path)
+    first, last = rng.bounds(info.fps)
+    w, h = info.width, info.height
+    nbytes = w * h * 3
+    cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", info.path, "-map", "0:v:0"]
+    if last is not None:
+        cmd += ["-frames:v", str(max(last, 1))]
+    cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    proc = _spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err_chunks: list[bytes] = []
+    err_thread = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
+    err_thread.start()
+    index = -1
+    yielded = 0
+    try:
+        while last is None or index + 1 < last:
+            frame = np.empty((h, w, 3), np.uint8)
+            got = _read_into(proc.stdout, frame)
+            if got == 0:
+                # End of ffmpeg's output before ``last``: check how the stream ended.
+                rc = proc.wait()
+                err_thread.join()
+                err = _err(err_chunks)
+                if rc != 0:
+                    raise VideoError(info.path, f"ffmpeg failed after {index + 1} frames ({_last_lines(err)})")
+                if any(m in err for m in _TRUNCATION_MARKERS):
+                    raise VideoError(
+                        info.path,
+                        f"truncated or corrupt video: decoding stopped after {index + 1} frames ({_last_lines(err)})",
+                    )
+                break
+            if got != nbytes:
+                proc.wait()
+                err_thread.join()
+                raise VideoError(info.path, f"truncated frame {index + 1} ({_last_lines(_err(err_chunks))})")
+            index += 1
+            if index >= first and (index - first) % rng.stride == 0:
+                yielded += 1
+                yield index, frame
+        if index < 0:
+            raise VideoError(info.path, "no decodable frames")
+        if yielded == 0:
+            raise VideoError(info.path, f"no frames in the requested range {rng} (the video has {index + 1} frames)")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        err_thread.join(timeout=5.0)
+        proc.stdout.close()
+        if not err_thread.is_alive():
+            proc.stderr.close()
+
+
+def _read_into(stream, out: np.ndarray) -> int:
+    """Fills ``out`` from ``stream``; returns the number of bytes read (short only at EOF)."""
+    view = memoryview(out).cast("B")
+    got = 0
+    while got < len(view):
+        n = stream.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _err(chunks) -> str:
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def read_video(
+    path,
+    *,
+    view_name: str | None = None,
+    frames: FrameRange | None = None,
+    start: int | None = None,
+    end: int | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    stride: int = 1,
+) -> VideoClip:
+    """Decodes one video into a single-view ``VideoClip`` (frames ``uint8 [T, H, W, 3]``).
+
+    Args:
+      path: video file.
+      view_name: name of the view; the file stem by default.
+      frames / start / end / start_s / end_s / stride: the frames to take (see ``FrameRange``).
+
+    Raises:
+      VideoError: unreadable, empty or truncated file, naming it.
+    """
+    rng = _frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    info = probe_video(path)
+    idx, imgs = [], []
+    for i, frame in iter_video_frames(path, frames=rng, info=info):
+        idx.append(i)
+        imgs.append(frame)
+    return VideoClip(
+        frames=[np.stack(imgs)],
+        view_names=(view_name or pathlib.Path(path).stem,),
+        fps=info.fps,
+        frame_indices=np.asarray(idx, np.int64),
+        sources=(str(path),),
+        stride=rng.stride,
+    )
+
+
+def _view_names(paths: Sequence, view_names: Sequence[str] | None) -> tuple[str, ...]:
+    if view_names is None:
+        names = [pathlib.Path(p).stem for p in paths]
+        if len(set(names)) != len(names):
+            names = [f"view{i}" for i in range(len(paths))]
+        return tuple(names)
+    if len(view_names) != len(paths):
+        raise ValueError(f"{len(view_names)} view names for {len(paths)} videos")
+    return tuple(str(v) for v in view_names)
+
+
+def _align_lengths(lengths: Mapping[str, int], strict: bool, what: str) -> int:
+    """Common frame count of the views; warns (or raises under ``strict``) when they differ."""
+    n = min(lengths.values())
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{k}: {v}" for k, v in lengths.items())
+        if strict:
+            raise ValueError(f"{what}: views have different frame counts ({detail}) and strict=True")
+        warnings.warn(f"{what}: views have different frame counts ({detail}); trimmed to the shortest ({n})", stacklevel=3)
+    return n
+
+
+def read_videos(
+    paths: Sequence,
+    view_names: Sequence[str] | None = None,
+    *,
+    strict: bool = False,
+    frames: FrameRange | None = None,
+    start: int | None = None,
+    end: int | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    stride: int = 1,
+) -> VideoClip:
+    """Decodes synchronized videos, one per view, into one multi-view ``VideoClip``.
+
+    Views are aligned by frame index. The frame rate is the first view's; views whose frame rate
+    differs by more than 1% warn (or raise under ``strict``).
+
+    Args:
+      paths: one video per view.
+      view_names: one name per view (file stems by default).
+      strict: raise ``ValueError`` instead of trimming when views differ in frame count or fps.
+
+    Raises:
+      VideoError: a file is unreadable, empty or truncated (naming it).
+      ValueError: ``strict`` and the views disagree in length or frame rate.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        raise ValueError("no videos given")
+    names = _view_names(paths, view_names)
+    rng = _frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    infos = [probe_video(p) for p in paths]
+    fps = infos[0].fps
+    for name, inf in zip(names, infos):
+        if fps and inf.fps and abs(inf.fps - fps) > 0.01 * fps:
+            msg = f"view {name!r} ({inf.path}) runs at {inf.fps} fps, view {names[0]!r} at {fps} fps"
+            if strict:
+                raise ValueError(msg + " and strict=True")
+            warnings.warn(msg + f"; frames are paired by index at {fps} fps", stacklevel=2)
+    per_view = []
+    for p, inf in zip(paths, infos):
+        idx, imgs = [], []
+        for i, frame in iter_video_frames(p, frames=rng, info=dataclasses.replace(inf, fps=fps or inf.fps)):
+            idx.append(i)
+            imgs.append(frame)
+        per_view.append((np.asarray(idx, np.int64), imgs))
+    n = _align_lengths({nm: len(v[0]) for nm, v in zip(names, per_view)}, strict, "read_videos")
+    return VideoClip(
+        frames=[np.stack(imgs[:n]) for _, imgs in per_view],
+        view_names=names,
+        fps=fps,
+        frame_indices=per_view[0][0][:n],
+        sources=tuple(str(p) for p in paths),
+        stride=rng.stride,
+    )
+
+
+def iter_synchronized(
+    paths: Sequence,
+    *,
+    strict: bool = False,
+    frames: FrameRange | None = None,
+    start: int | None = None,
+    end: int | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    stride: int = 1,
+) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
+    """Streams ``(frame_index, (frame_view0, frame_view1, ...))`` from synchronized videos.
+
+    Stops at the shortest view. A length mismatch is only known at the end: it then warns, or
+    raises ``ValueError`` under ``strict`` after the common frames were yielded.
+    """
+    rng = _frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    infos = [probe_video(p) for p in paths]
+    fps = infos[0].fps
+    its = [iter_video_frames(p, frames=rng, info=dataclasses.replace(inf, fps=fps or inf.fps)) for p, inf in zip(paths, infos)]
+    count = 0
+    try:
+        while True:
+            items = []
+            for it in its:
+                try:
+                    items.append(next(it))
+                except StopIteration:
+                    items.append(None)
+            if all(x is None for x in items):
+                return
+            if any(x is None for x in items):
+                lengths = {str(p): count + (x is not None) + sum(1 for _ in it) for p, x, it in zip(paths, items, its)}
+                _align_lengths(lengths, strict, "iter_synchronized")
+                return
+            count += 1
+            yield items[0][0], tuple(x[1] for x in items)
+    finally:
+        for it in its:
+            it.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame folders
+
+
+def _number_in(stem: str) -> int | None:
+    nums = re.findall(r"\d+", stem)
+    return int(nums[-1]) if nums else None
+
+
+def _scan_folder(folder: pathlib.Path, pattern: str | None) -> dict[str, dict[int, pathlib.Path]]:
+    """Maps view name → {frame number: file}."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    views: dict[str, dict[int, pathlib.Path]] = {}
+    if not files and subdirs:
+        # One sub-folder per view, plain numbered frames inside.
+        for d in subdirs:
+            sub = _scan_folder(d, pattern)
+            if sub:
+                if len(sub) != 1:
+                    raise VideoError(d, "a view sub-folder must hold a single view's frames")
+                views[d.name] = next(iter(sub.values()))
+        return views
+    regex = re.compile(pattern or MEAD_FRAME_PATTERN)
+    matched = [(p, regex.match(p.stem)) for p in files]
+    if pattern is not None or (matched and all(m is not None for _, m in matched)):
+        for p, m in matched:
+            if m is None:
+                continue
+            gd = m.groupdict()
+            num = int(gd["index"]) if gd.get("index") is not None else _number_in(p.stem)
+            view = gd.get("view") or folder.name
+            if num is None:
+                raise VideoError(p, "frame file name has no frame number")
+            if num in views.setdefault(view, {}):
+                raise VideoError(p, f"two frames numbered {num} for view {view!r}")
+            views[view][num] = p
+        return views
+    for p in files:
+        num = _number_in(p.stem)
+        if num is None:
+            raise VideoError(p, "frame file name has no frame number")
+        if num in views.setdefault(folder.name, {}):
+            raise VideoError(p, f"two frames numbered {num} in {folder}")
+        views[folder.name][num] = p
+    return views
+
+
+def _read_image(path: pathlib.Path) -> np.ndarray:
+    import imageio.v3 as iio
+
+    if path.stat().st_size == 0:
+        raise VideoError(path, "file is empty")
+    try:
+        img = np.asarray(iio.imread(path, plugin="pillow"))
+    except Exception as e:
+        raise VideoError(path, f"not a readable image ({type(e).__name__}: {e})") from e
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+        raise VideoError(path, f"unexpected image shape {img.shape}")
+    if img.dtype != np.uint8:
+        if img.dtype == np.uint16:
+            img = (img >> 8).astype(np.uint8)
+        else:
+            raise VideoError(path, f"unsupported image dtype {img.dtype}")
+    return np.ascontiguousarray(img[..., :3])
+
+
+def read_frame_folder(
+    folder,
+    *,
+    view_names: Sequence[str] | None = None,
+    pattern: str | None = None,
+    fps: float = 25.0,
+    strict: bool = False,
+    frames: FrameRange | None = None,
+    start: int | None = None,
+    end: int | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    stride: int = 1,
+) -> VideoClip:
+    """Reads a folder of frames into a ``VideoClip``.
+
+    Layouts recognised:
+
+    * MEAD naming ``img_%04d_<view>.jpg`` (one view per distinct ``<view>``);
+    * plain numbered frames (``0001.png``, ``frame_000123.jpg``: the last number is the frame
+      number), one view named after the folder;
+    * one sub-folder per view holding numbered frames.
+
+    ``pattern`` overrides the MEAD regex; it is matched against file stems and may define the named
+    groups ``index`` and ``view``. Frames are ordered by frame number; views are paired by frame
+    number: numbers missing in some view are dropped with a warning (``ValueError`` under
+    ``strict``). The range/stride select among the common frames by position, with times
+    ``position / fps``; ``frame_indices`` are the frame numbers from the names.
+
+    Args:
+      view_names: the views to read, in this order (all views, sorted, by default).
+      fps: frame rate of the sequence (folders carry none).
+
+    Raises:
+      VideoError: the folder is missing or holds no frames; a frame file is unreadable.
+    """
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise VideoError(folder, "no such folder")
+    rng = _frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    views = _scan_folder(folder, pattern)
+    if not views:
+        raise VideoError(folder, f"no frames found (image files {', '.join(IMAGE_EXTENSIONS)})")
+    if view_names is None:
+        names = tuple(sorted(views))
+    else:
+        missing = [v for v in view_names if v not in views]
+        if missing:
+            raise VideoError(folder, f"no frames for views {missing}; found views {sorted(views)}")
+        names = tuple(view_names)
+    numbers = [set(views[v]) for v in names]
+    common = sorted(set.intersection(*numbers))
+    if len(names) > 1 and any(len(s) != len(common) for s in numbers):
+        _align_lengths({v: len(views[v]) for v in names}, strict, f"read_frame_folder({folder})")
+    if not common:
+        raise VideoError(folder, f"views {names} share no frame numbers")
+    pos = rng.indices(len(common), fps)
+    if pos.size == 0:
+        raise VideoError(folder, f"no frames in the requested range {rng} ({len(common)} frames)")
+    nums = [common[i] for i in pos]
+    per_view = []
+    for v in names:
+        imgs = [_read_image(views[v][k]) for k in nums]
+        shapes = {im.shape for im in imgs}
+        if len(shapes) != 1:
+            raise VideoError(views[v][nums[0]].parent, f"view {v!r} frames differ in size: {sorted(shapes)}")
+        per_view.append(np.stack(imgs))
+    return VideoClip(
+        frames=per_view,
+        view_names=names,
+        fps=float(fps),
+        frame_indices=np.asarray(nums, np.int64),
+        sources=tuple(str(views[v][nums[0]]) for v in names),
+        stride=rng.stride,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiled composites
+
+
+def split_views(
+    clip: VideoClip,
+    boxes: Mapping[str, tuple[int, int, int, int]],
+    *,
+    view: str | int = 0,
+) -> VideoClip:
+    """Cuts a tiled composite video into views by pixel boxes.
+
+    Args:
+      clip: a clip whose view ``view`` holds the composite frames.
+      boxes: view name → ``(x0, y0, x1, y1)`` half-open pixel box (``x0 <= x < x1``), e.g. the
+        left column of a 3-row composite with 360-px rows:
+        ``{"cam0": (0, 0, 247, 360), "cam1": (0, 360, 247, 720), "cam2": (0, 720, 247, 1080)}``.
+      view: name or position of the composite view in ``clip``.
+
+    Returns:
+      A clip with one view per box (copies, C-contiguous), same frame indices and fps;
+      ``source_boxes`` records each box (offset by any box the composite itself came from).
+    """
+    vi = clip.view_names.index(view) if isinstance(view, str) else int(view)
+    comp = clip.frames[vi]
+    h, w = comp.shape[1:3]
+    parent = clip.source_boxes[vi]
+    frames, names, out_boxes = [], [], []
+    for name, box in boxes.items():
+        x0, y0, x1, y1 = (int(v) for v in box)
+        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+            raise ValueError(f"box {name!r} {box} is empty or outside the {w}x{h} frame")
+        frames.append(np.ascontiguousarray(comp[:, y0:y1, x0:x1]))
+        names.append(name)
+        if parent is not None:
+            x0, y0, x1, y1 = x0 + parent[0], y0 + parent[1], x1 + parent[0], y1 + parent[1]
+        out_boxes.append((x0, y0, x1, y1))
+    return VideoClip(
+        frames=frames,
+        view_names=tuple(names),
+        fps=clip.fps,
+        frame_indices=clip.frame_indices,
+        sources=(clip.sources[vi],) * len(frames),
+        source_boxes=tuple(out_boxes),
+        stride=clip.stride,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def pad_to_even(frame: np.ndarray) -> np.ndarray:
+    """Pads ``[H, W, C]`` with black at the bottom/right to even height and width (yuv420p needs it).
+
+    Pixel coordinates are unchanged: at most one row and one column are added.
+    """
+    h, w = frame.shape[:2]
+    ph, pw = h % 2, w % 2
+    if not ph and not pw:
+        return frame
+    return np.pad(frame, ((0, ph), (0, pw)) + ((0, 0),) * (frame.ndim - 2))
+
+
+class VideoWriter:
+    """Writes RGB frames to an H.264 mp4 (libx264, yuv420p) through ffmpeg.
+
+    Frames of odd size are padded to even size (bottom/right, black). All frames must share the
+    first frame's size. Use as a context manager, or call ``close()``::
+
+        with VideoWriter("out.mp4", fps=25) as w:
+            for frame in frames:
+                w.append(frame)
+
+    Args:
+      path: output file; parent folders are created.
+      fps: frame rate.
+      crf: libx264 constant rate factor (0 lossless … 51 worst; 18 is visually lossless).
+      preset: libx264 speed preset.
+      codec, pix_fmt: ffmpeg encoder and output pixel format.
+
+    Raises:
+      VideoError: ffmpeg failed (message from ffmpeg, naming the file).
+    """
+
+    def __init__(
+        self,
+        path,
+        fps: float = 25.0,
+        *,
+        crf: int = 18,
+        preset: str = "medium",
+        codec: str = "libx264",
+        pix_fmt: str = "yuv420p",
+    ):
+        self.path = pathlib.Path(path)
+        self.fps = float(fps)
+        if self.fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.crf, self.preset, self.codec, self.pix_fmt = int(crf), str(preset), str(codec), str(pix_fmt)
+        self.size: tuple[int, int] | None = None  # (width, height) after padding
+        self.num_frames = 0
+        self._proc: subprocess.Popen | None = None
+        self._err: list[bytes] = []
+        self._err_thread: threading.Thread | None = None
+
+    def _start(self, size: tuple[int, int]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            ffmpeg_exe(), "-nostdin", "-v", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{size[0]}x{size[1]}", "-r", f"{self.fps:.6g}", "-i", "-",
+            "-an", "-c:v", self.codec, "-pix_fmt", self.pix_fmt,
+        ]  # fmt: skip
+        if self.codec == "libx264":
+            cmd += ["-crf", str(self.crf), "-preset", self.preset]
+        cmd += ["-movflags", "+faststart", str(self.path)]
+        self._proc = _spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._err_thread = threading.Thread(target=lambda: self._err.append(self._proc.stderr.read()), daemon=True)
+        self._err_thread.start()
+        self.size = size
+
+    def append(self, frame: np.ndarray) -> None:
+        """Appends one ``[H, W, 3]`` frame (uint8, or float in [0, 1])."""
+        frame = np.asarray(frame)
+        if frame.ndim == 2:
+            frame = np.repeat(frame[..., None], 3, -1)
+        if frame.ndim != 3 or frame.shape[-1] not in (3, 4):
+            raise ValueError(f"{self.path}: frames must be [H, W, 3], got {frame.shape}")
+        if frame.dtype != np.uint8:
+            if np.issubdtype(frame.dtype, np.floating):
+                frame = (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            else:
+                raise ValueError(f"{self.path}: frames must be uint8 or float, got {frame.dtype}")
+        frame = np.ascontiguousarray(pad_to_even(frame[..., :3]))
+        size = (frame.shape[1], frame.shape[0])
+        if self._proc is None:
+            self._start(size)
+        elif size != self.size:
+            raise ValueError(f"{self.path}: frame size {size} differs from the first frame's {self.size}")
+        try:
+            self._proc.stdin.write(memoryview(frame).cast("B"))
+        except (BrokenPipeError, OSError) as e:
+            self._finish()
+            raise VideoError(self.path, f"ffmpeg stopped accepting frames ({_last_lines(_err(self._err))})") from e
+        self.num_frames += 1
+
+    def extend(self, frames: Iterable[np.ndarray]) -> None:
+        for f in frames:
+            self.append(f)
+
+    def _finish(self) -> int:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return 0
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        rc = proc.wait()
+        self._err_thread.join(timeout=10.0)
+        proc.stderr.close()
+        return rc
+
+    def close(self) -> None:
+        """Finishes the file; raises ``VideoError`` if ffmpeg failed."""
+        rc = self._finish()
+        if rc != 0:
+            raise VideoError(self.path, f"ffmpeg failed writing the video ({_last_lines(_err(self._err))})")
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._finish()
+
+
+def write_video(path, frames: Iterable[np.ndarray], fps: float = 25.0, **kwargs) -> pathlib.Path:
+    """Writes frames to an mp4 with ``VideoWriter``; returns the path."""
+    with VideoWriter(path, fps, **kwargs) as w:
+        w.extend(frames)
+    if w.num_frames == 0:
+        raise ValueError(f"{path}: no frames to write")
+    return pathlib.Path(path)

@@ -1,0 +1,357 @@
+"""Tests of neuface_jax.detect (model file, tracker, prefetch, detection, cache) and neuface_jax.landmark_sets."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import threading
+
+import numpy as np
+import pytest
+
+from neuface_jax import detect, video
+from neuface_jax import landmark_sets as ls
+
+MONOCULAR = (
+    "videos/mead_M003_level_1_disgusted_015.mp4",
+    "videos/liveportrait_d20.mp4",
+    "videos/metrical_tracker_wojtek.mp4",
+)
+COMPOSITE = "videos/multiview/vhap_nersemble_038_EMO-1_3views.mp4"
+COMPOSITE_BOXES = {"cam0": (0, 0, 247, 360), "cam1": (0, 360, 247, 720), "cam2": (0, 720, 247, 1080)}
+PROFILE = "images/deca_AFLW2000_image00181.jpg"
+
+
+def _read_obj_vertices(path) -> np.ndarray:
+    return np.array([[float(v) for v in ln.split()[1:4]] for ln in open(path) if ln.startswith("v ")])
+
+
+# ---------------------------------------------------------------------------------------------
+# Landmark sets
+
+
+def test_landmark_set_tables():
+    assert ls.MEDIAPIPE_TO_IBUG68.shape == (68,) and len(set(ls.MEDIAPIPE_TO_IBUG68.tolist())) == 68
+    assert ls.MEDIAPIPE_105_IDS.shape == (105,) and len(set(ls.MEDIAPIPE_105_IDS.tolist())) == 105
+    assert ls.MEDIAPIPE_TO_IBUG68.max() < 468 and ls.MEDIAPIPE_105_IDS.max() < 468
+    np.testing.assert_array_equal(ls.IRIS_IDS, np.arange(468, 478))
+    assert set(ls.MEDIAPIPE_TO_IBUG68[:17].tolist()) <= set(ls.FACE_OVAL_IDS)
+    # Mirror permutation is an involution.
+    np.testing.assert_array_equal(ls.IBUG68_MIRROR[ls.IBUG68_MIRROR], np.arange(68))
+    with pytest.raises(ValueError, match="unknown landmark set"):
+        ls.landmark_set_ids("ibug70")
+
+
+def test_landmark_sets_agree_with_mediapipe_topology():
+    from mediapipe.tasks.python.vision import FaceLandmarksConnections as C
+
+    def ids(conns):
+        return {i for c in conns for i in (c.start, c.end)}
+
+    oval = C.FACE_LANDMARKS_FACE_OVAL
+    assert ids(oval) == set(ls.FACE_OVAL_IDS)
+    # FACE_OVAL_IDS is the oval walked in order.
+    walk = [oval[0].start] + [c.end for c in oval]
+    assert tuple(walk[:-1]) == ls.FACE_OVAL_IDS
+    mp105 = ls.MEDIAPIPE_105_IDS
+    brows = ids(C.FACE_LANDMARKS_LEFT_EYEBROW) | ids(C.FACE_LANDMARKS_RIGHT_EYEBROW)
+    eyes = ids(C.FACE_LANDMARKS_LEFT_EYE) | ids(C.FACE_LANDMARKS_RIGHT_EYE)
+    lips = ids(C.FACE_LANDMARKS_LIPS)
+    assert set(mp105[:20].tolist()) == brows
+    assert set(mp105[20:52].tolist()) == eyes
+    assert set(mp105[65:].tolist()) == lips
+    assert len(mp105[52:65]) == 13 and not set(mp105[52:65].tolist()) & (brows | eyes | lips)
+
+
+@pytest.mark.shared_data
+def test_ibug68_layout_on_canonical_mesh(shared_data):
+    verts = _read_obj_vertices(shared_data / "mediapipe" / "canonical_face_model.obj")
+    assert verts.shape == (468, 3)
+    # Canonical frame: x = image right, y up, z toward the camera. Image coordinates: (x, -y).
+    p = ls.mediapipe_to_ibug68(verts)
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    # 36 (outer corner of the image-left eye) < 39 (its inner corner) < 42 < 45, at eye height.
+    assert x[36] < x[39] < x[42] < x[45]
+    assert x[36] < 0 < x[45]
+    assert np.all(np.abs(y[[36, 39, 42, 45]] - y[36]) < 0.5)
+    # Lids: upper lid above the lower lid.
+    assert y[37] > y[41] and y[38] > y[40] and y[43] > y[47] and y[44] > y[46]
+    # Brows above the eyes, outer → inner on the left brow, inner → outer on the right one.
+    assert y[17:27].min() > y[36:48].max()
+    assert np.all(np.diff(x[17:22]) > 0) and np.all(np.diff(x[22:27]) > 0)
+    # Nose: ridge descends to the tip 30, the most anterior of the 68 (and of the whole mesh).
+    assert np.all(np.diff(y[27:31]) < 0)
+    assert int(np.argmax(z)) == 30 and ls.MEDIAPIPE_TO_IBUG68[30] == int(np.argmax(verts[:, 2]))
+    assert np.allclose(x[27:31], 0) and np.allclose(x[[33, 51, 57, 62, 66, 8]], 0)
+    assert np.all(np.diff(x[31:36]) > 0) and y[31:36].max() < y[30]
+    # Mouth: corners 48/54 left/right of the centre, below the nose; upper lip above lower lip.
+    assert x[48] < x[51] < x[54] and x[60] < x[62] < x[64]
+    assert max(y[48], y[54]) < y[33]
+    assert y[51] > y[62] > y[66] > y[57]
+    # Jaw: 0 at eye height near the ear, down to the chin 8 (lowest contour point), up to 16.
+    assert int(np.argmin(y[:17])) == 8 and y[8] < y[57]
+    assert np.all(np.diff(y[0:9]) < 0) and np.all(np.diff(y[8:17]) > 0)
+    assert np.all(np.diff(x[0:17]) > 0)
+    assert abs(y[0] - y[36]) < 1.0 and x[0] < x[17] - 1.0
+    # Left/right mirror symmetry of the whole table (the canonical mesh is symmetric).
+    np.testing.assert_allclose(p[ls.IBUG68_MIRROR] * [-1, 1, 1], p, atol=1e-4)
+
+
+def test_landmark_set_gathers_shapes_and_jax():
+    lmk = np.random.default_rng(0).normal(size=(2, 3, 478, 3)).astype(np.float32)
+    out = ls.mediapipe_to_ibug68(lmk)
+    assert out.shape == (2, 3, 68, 3)
+    np.testing.assert_array_equal(out[..., 30, :], lmk[..., 4, :])
+    assert ls.mediapipe_to_105(lmk[..., :2]).shape == (2, 3, 105, 2)
+    assert ls.mediapipe_iris(lmk).shape == (2, 3, 10, 3)
+    assert ls.select_landmarks(lmk, "mediapipe105_iris").shape == (2, 3, 115, 3)
+    with pytest.raises(ValueError, match="478"):
+        ls.mediapipe_to_ibug68(np.zeros((68, 2)))
+    import jax.numpy as jnp
+
+    np.testing.assert_array_equal(np.asarray(ls.mediapipe_to_105(jnp.asarray(lmk))), lmk[..., ls.MEDIAPIPE_105_IDS, :])
+
+
+# ---------------------------------------------------------------------------------------------
+# Model file: resolution and download
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    monkeypatch.delenv(detect.MODEL_ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def test_resolve_model_path_precedence(clean_env, monkeypatch):
+    tmp = clean_env
+    with pytest.raises(detect.ModelNotFoundError) as e:
+        detect.resolve_model_path()
+    msg = str(e.value)
+    assert detect.MODEL_URL in msg and detect.MODEL_ENV_VAR in msg and "neuface-jax fetch-models" in msg
+    cached = detect.default_model_path()
+    assert cached == tmp / "cache" / "neuface_jax" / "face_landmarker.task"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"cache")
+    assert detect.resolve_model_path() == cached
+    env_file = tmp / "env.task"
+    env_file.write_bytes(b"env")
+    monkeypatch.setenv(detect.MODEL_ENV_VAR, str(env_file))
+    assert detect.resolve_model_path() == env_file
+    explicit = tmp / "explicit.task"
+    explicit.write_bytes(b"explicit")
+    assert detect.resolve_model_path(explicit) == explicit
+    with pytest.raises(detect.ModelNotFoundError, match="given explicitly"):
+        detect.resolve_model_path(tmp / "missing.task")
+    monkeypatch.setenv(detect.MODEL_ENV_VAR, str(tmp / "gone.task"))
+    with pytest.raises(detect.ModelNotFoundError, match=detect.MODEL_ENV_VAR):
+        detect.resolve_model_path()
+
+
+def test_fetch_model_checks_sha256(clean_env):
+    tmp = clean_env
+    payload = b"pretend model bytes" * 100
+    src = tmp / "served.task"
+    src.write_bytes(payload)
+    good_sha = hashlib.sha256(payload).hexdigest()
+    url = src.as_uri()  # file:// works offline through urllib
+
+    dest = detect.fetch_model(url=url, sha256=good_sha)
+    assert dest == detect.default_model_path() and dest.read_bytes() == payload
+
+    # A verified copy is kept: the downloader is not called again.
+    def fail(url, path):
+        raise AssertionError("should not download")
+
+    assert detect.fetch_model(url=url, sha256=good_sha, downloader=fail) == dest
+
+    # Wrong checksum: refused, nothing installed, no temporary left behind.
+    other = tmp / "other" / "m.task"
+    with pytest.raises(detect.ModelChecksumError, match="refusing"):
+        detect.fetch_model(other, url=url, sha256="0" * 64)
+    assert not other.exists() and list(other.parent.iterdir()) == []
+
+    # The official checksum rejects these bytes too (the default expected digest).
+    with pytest.raises(detect.ModelChecksumError, match=detect.MODEL_SHA256):
+        detect.fetch_model(other, url=url)
+
+    # Injected downloader; offline failure names the URL and how to proceed.
+    calls = []
+
+    def fake(url, path):
+        calls.append(url)
+        pathlib.Path(path).write_bytes(payload)
+
+    assert detect.fetch_model(other, url="https://example.invalid/m.task", sha256=good_sha, downloader=fake) == other
+    assert calls == ["https://example.invalid/m.task"]
+
+    def offline(url, path):
+        raise ConnectionError("no network")
+
+    with pytest.raises(OSError, match="example.invalid.*NEUFACE_FACE_LANDMARKER"):
+        detect.fetch_model(tmp / "x.task", url="https://example.invalid/m.task", downloader=offline)
+    assert detect.fetch_models_main(["--dest", str(tmp / "y.task"), "--url", (tmp / "nothing").as_uri()]) == 1
+
+
+@pytest.mark.shared_data
+def test_fetch_model_accepts_official_bytes(shared_data, tmp_path):
+    src = shared_data / "mediapipe" / "face_landmarker.task"
+    dest = detect.fetch_model(tmp_path / "m.task", url=src.as_uri())
+    assert detect.sha256_file(dest) == detect.MODEL_SHA256
+
+
+# ---------------------------------------------------------------------------------------------
+# Face choice and prefetch (no model needed)
+
+
+def _face(cx, cy, size):
+    """A fake [478, 3] face: points spread over a square of side ``size`` centred at (cx, cy)."""
+    g = np.random.default_rng(0).uniform(-0.5, 0.5, size=(478, 3))
+    g[0, :2], g[1, :2] = -0.5, 0.5
+    return (g * [size, size, size] + [cx, cy, 0]).astype(np.float32)
+
+
+def test_tracker_picks_largest_central_then_follows():
+    opts = detect.LandmarkerOptions(reacquire_s=0.5)
+    tr = detect.FaceTracker(opts, fps=10)
+    small_side = _face(80, 240, 60)
+    big_centre = _face(320, 240, 150)
+    assert tr.choose(np.stack([small_side, big_centre]), 0, (640, 480)) == 1
+    # The other person grows and comes closer to the centre: keep following the first choice.
+    moved = _face(330, 245, 150)
+    other = _face(200, 240, 260)
+    assert tr.choose(np.stack([other, moved]), 1, (640, 480)) == 1
+    # Tracked face gone, only the other one, far away: no face for this track.
+    assert tr.choose(np.stack([_face(60, 240, 100)]), 2, (640, 480)) is None
+    assert tr.choose(np.zeros((0, 478, 3), np.float32), 3, (640, 480)) is None
+    # Lost for longer than reacquire_s (0.5 s = 5 frames): choose afresh.
+    assert tr.choose(np.stack([_face(60, 240, 100)]), 9, (640, 480)) == 0
+
+
+def test_prefetch_order_errors_and_early_stop():
+    assert list(detect.prefetch(range(100), 3)) == list(range(100))
+    threads = []
+
+    def gen():
+        threads.append(threading.current_thread().name)
+        yield 1
+        raise RuntimeError("decoder broke")
+
+    it = detect.prefetch(gen(), 2)
+    assert next(it) == 1
+    with pytest.raises(RuntimeError, match="decoder broke"):
+        next(it)
+    assert threads == ["neuface-prefetch"]
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    it = detect.prefetch(endless(), 4)
+    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    it.close()
+    assert closed.wait(2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection on the shared data
+
+
+def _interocular(lmk: detect.FaceLandmarks) -> np.ndarray:
+    p = ls.mediapipe_to_ibug68(lmk.xy)
+    return np.linalg.norm(p[:, 36] - p[:, 45], axis=-1)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("rel", MONOCULAR)
+def test_detect_monocular_clips(shared_data, landmarker_model, rel):
+    res = detect.detect_video(shared_data / rel, model_path=landmarker_model, end=4, use_cache=False)
+    w, h = res.image_size
+    assert res.num_frames == 4 and res.valid.all()
+    np.testing.assert_array_equal(res.frame_indices, [0, 1, 2, 3])
+    assert res.points.shape == (4, 478, 3) and res.points.dtype == np.float32
+    xy = res.xy
+    assert xy[..., 0].min() > 0 and xy[..., 0].max() < w and xy[..., 1].min() > 0 and xy[..., 1].max() < h
+    iod = _interocular(res)
+    # Plausible outer-eye-corner distance: 40-600 px, a sensible fraction of the face width.
+    face_w = xy[..., 0].max(axis=1) - xy[..., 0].min(axis=1)
+    assert np.all((iod > 40) & (iod < 600)), iod
+    assert np.all((iod / face_w > 0.4) & (iod / face_w < 0.9)), iod / face_w
+    # Image-left eye corner is left of the image-right one (unmirrored frontal faces).
+    p68 = ls.mediapipe_to_ibug68(xy)
+    assert np.all(p68[:, 36, 0] < p68[:, 45, 0]) and np.all(p68[:, 8, 1] > p68[:, 30, 1])
+    # Smooth over consecutive frames (no identity jumps).
+    assert np.abs(np.diff(p68, axis=0)).max() < 0.1 * w
+
+
+@pytest.mark.shared_data
+def test_profile_image_has_no_face(shared_data, landmarker_model):
+    import imageio.v3 as iio
+
+    img = iio.imread(shared_data / PROFILE)[..., :3]
+    frontal = iio.imread(shared_data / "images/deca_AFLW2000_image00480.jpg")[..., :3]
+    res = detect.detect_frames(np.stack([frontal, img]), model_path=landmarker_model, name="mixed")
+    np.testing.assert_array_equal(res.valid, [True, False])
+    assert np.all(res.points[1] == 0) and res.num_faces[1] == 0
+    with pytest.raises(detect.NoFaceError, match="profile-only clip.*no face"):
+        detect.detect_frames(np.stack([img] * 3), model_path=landmarker_model, name="profile-only clip")
+    with pytest.warns(UserWarning, match="no face"):
+        res = detect.detect_frames(np.stack([img] * 2), model_path=landmarker_model, require_face=False)
+    assert not res.valid.any()
+
+
+@pytest.mark.shared_data
+def test_composite_views_each_have_a_face(shared_data, landmarker_model, tmp_path):
+    comp = video.read_video(shared_data / COMPOSITE, end=9, stride=4)
+    clip = video.split_views(comp, COMPOSITE_BOXES)
+    res = detect.detect_clip(clip, model_path=landmarker_model, cache_dir=tmp_path)
+    assert list(res) == ["cam0", "cam1", "cam2"]
+    for name, r in res.items():
+        assert r.valid.all(), name
+        assert r.image_size == (247, 360)
+        np.testing.assert_array_equal(r.frame_indices, [0, 4, 8])
+        assert 25 < _interocular(r).min() and _interocular(r).max() < 150
+    # Streaming detection on the box agrees with detection on the split frames.
+    streamed = detect.detect_video(
+        shared_data / COMPOSITE, box=COMPOSITE_BOXES["cam1"], end=9, stride=4, model_path=landmarker_model, use_cache=False
+    )
+    np.testing.assert_allclose(streamed.points, res["cam1"].points, atol=1e-3)
+
+
+@pytest.mark.shared_data
+def test_landmark_cache_hit(shared_data, landmarker_model, tmp_path, monkeypatch):
+    path = shared_data / MONOCULAR[1]
+    kw = dict(model_path=landmarker_model, end=3, cache_dir=tmp_path)
+    first = detect.detect_video(path, **kw)
+    files = list(tmp_path.glob("*.npz"))
+    assert len(files) == 1 and files[0].name.startswith("liveportrait_d20-")
+
+    # Second call must not run MediaPipe at all.
+    def boom(*a, **k):
+        raise AssertionError("detection ran despite the cache")
+
+    monkeypatch.setattr(detect, "FaceLandmarker", boom)
+    second = detect.detect_video(path, **kw)
+    np.testing.assert_array_equal(second.points, first.points)
+    np.testing.assert_array_equal(second.valid, first.valid)
+    assert second.image_size == first.image_size
+    # Other options or frames → a different key → detection would run.
+    with pytest.raises(AssertionError, match="despite the cache"):
+        detect.detect_video(path, **kw, options=detect.LandmarkerOptions(num_faces=1))
+    with pytest.raises(AssertionError, match="despite the cache"):
+        detect.detect_video(path, **{**kw, "end": 4})
+
+
+@pytest.mark.shared_data
+def test_detection_runs_in_background_thread(shared_data, landmarker_model):
+    frames = video.iter_video_frames(shared_data / MONOCULAR[2], end=3)
+    out = list(detect.prefetch(detect.iter_detect(frames, fps=25.0, model_path=landmarker_model), size=2))
+    assert [o[0] for o in out] == [0, 1, 2]
+    assert all(o[2] is not None and o[2].shape == (478, 3) and o[3] == 1 for o in out)
