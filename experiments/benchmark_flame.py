@@ -100,7 +100,7 @@ def main(argv):
 
     fwd_jit = jax.jit(fwd)
     grad_jit = jax.jit(jax.value_and_grad(loss))
-    roof_jit = jax.jit(lambda basis, c: jnp.dot(c, basis.T))
+    roof_jit = jax.jit(lambda basis, c: jnp.dot(c, basis))
 
     results = []
     for batch in batch_sizes:
@@ -108,7 +108,7 @@ def main(argv):
         shape = jnp.asarray(rng.normal(size=(batch, model.num_shape)), jnp.float32)
         expr = jnp.asarray(rng.normal(size=(batch, model.num_expression)), jnp.float32)
         pose = jnp.asarray(rng.normal(size=(batch, 15)) * 0.2, jnp.float32)
-        coeffs = jnp.asarray(rng.normal(size=(batch, model.basis.shape[1])), jnp.float32)
+        coeffs = jnp.asarray(rng.normal(size=(batch, model.basis.shape[0])), jnp.float32)
         iters = max(3, FLAGS.frames_per_measure // batch)
 
         entry = {"batch": batch}

@@ -5,6 +5,13 @@ Public API: ``load_model``, ``save_model``, ``forward``, ``load_landmark_embeddi
 mesh export. No flax/optax here: this package knows nothing about videos or losses.
 """
 
+from flame_jax.io import (
+    UnsafeModelFileError,
+    load_landmark_embedding,
+    load_model,
+    save_landmark_embedding,
+    save_model,
+)
 from flame_jax.landmarks import LandmarkEmbedding, contour_row, head_yaw_degrees, landmarks
 from flame_jax.lbs import FlameOutput, forward
 from flame_jax.model import JOINT_NAMES, FlameModel
@@ -22,6 +29,11 @@ from flame_jax.rotations import (
 )
 
 __all__ = [
+    "UnsafeModelFileError",
+    "load_landmark_embedding",
+    "load_model",
+    "save_landmark_embedding",
+    "save_model",
     "FlameModel",
     "FlameOutput",
     "JOINT_NAMES",

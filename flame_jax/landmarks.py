@@ -82,8 +82,8 @@ class LandmarkEmbedding:
             raise bad(f"landmark face indices must be integers, got {face_idx.dtype}")
         if bary.shape != (face_idx.shape[0], 3):
             raise bad(f"barycentric coordinates have shape {np.shape(bary_coords)}, expected ({face_idx.shape[0]}, 3)")
-        if not np.all(np.isfinite(bary)):
-            raise bad("barycentric coordinates contain NaN or infinite values")
+        if not np.all(np.isfinite(bary.astype(np.float32))):
+            raise bad("barycentric coordinates contain NaN, infinite or out-of-range values")
         if face_idx.size and face_idx.min() < 0:
             raise bad(f"negative landmark face index {int(face_idx.min())}")
         dyn_f = dyn_b = None
@@ -96,8 +96,8 @@ class LandmarkEmbedding:
                 raise bad(f"dynamic face indices must be an integer (rows, points) array, got {dyn_f.dtype} {dyn_f.shape}")
             if dyn_b.shape != dyn_f.shape + (3,):
                 raise bad(f"dynamic barycentric coordinates have shape {dyn_b.shape}, expected {dyn_f.shape + (3,)}")
-            if not np.all(np.isfinite(dyn_b)):
-                raise bad("dynamic barycentric coordinates contain NaN or infinite values")
+            if not np.all(np.isfinite(dyn_b.astype(np.float32))):
+                raise bad("dynamic barycentric coordinates contain NaN, infinite or out-of-range values")
             if dyn_f.size and dyn_f.min() < 0:
                 raise bad(f"negative dynamic landmark face index {int(dyn_f.min())}")
         lmk_ids = None

@@ -38,6 +38,53 @@ class FlameOutput:
 jax.tree_util.register_dataclass(FlameOutput, data_fields=["vertices", "joints"], meta_fields=[])
 
 
+@jax.custom_vjp
+def _skin_offset(weights, rot_dev, trans, v_posed):
+    """Σ_j w_vj (rot_dev_j v + t_j) for weights (V, J), rot_dev (N, J, 3, 3), trans (N, J, 3), v_posed (N, V, 3).
+
+    Written elementwise so XLA fuses it into one pass over the vertices: neither a
+    per-vertex 3x4 transform nor a per-joint copy of the mesh is materialized. The
+    custom VJP keeps the backward pass equally lean: the vertex gradient is the same
+    fused loop with transposed rotations, and the per-joint gradients are a single
+    contraction over vertices instead of dozens of strided reductions.
+    """
+    out = None
+    for j in range(weights.shape[1]):
+        r, t = rot_dev[:, j], trans[:, j]
+        moved = (
+            r[:, None, :, 0] * v_posed[..., 0:1]
+            + r[:, None, :, 1] * v_posed[..., 1:2]
+            + r[:, None, :, 2] * v_posed[..., 2:3]
+            + t[:, None, :]
+        )
+        term = weights[None, :, j, None] * moved
+        out = term if out is None else out + term
+    return out
+
+
+def _skin_offset_fwd(weights, rot_dev, trans, v_posed):
+    return _skin_offset(weights, rot_dev, trans, v_posed), (weights, rot_dev, trans, v_posed)
+
+
+def _skin_offset_bwd(res, g):
+    weights, rot_dev, trans, v_posed = res
+    # d/dv_posed: Σ_j w_vj rot_dev_jᵀ g_v (same fused form, transposed rotations).
+    grad_v = _skin_offset(weights, jnp.swapaxes(rot_dev, -1, -2), jnp.zeros(rot_dev.shape[:-1], g.dtype), g)
+    # d/drot_dev_j[a, b] = Σ_v w_vj g_va v_b and d/dt_j[a] = Σ_v w_vj g_va: one contraction over v.
+    outer = jnp.concatenate([(g[..., :, None] * v_posed[..., None, :]).reshape(g.shape[:-1] + (9,)), g], -1)
+    per_joint = jnp.einsum("vj,nvk->njk", weights, outer, precision=_PRECISION)
+    n, j = rot_dev.shape[:2]
+    grad_rot = per_joint[..., :9].reshape(n, j, 3, 3)
+    grad_t = per_joint[..., 9:]
+    # Gradient for the skinning weights (dead code, removed by XLA, unless requested).
+    moved = jnp.einsum("njab,nvb->nvja", rot_dev, v_posed, precision=_PRECISION) + trans[:, None]
+    grad_w = jnp.einsum("nvja,nva->vj", moved, g, precision=_PRECISION)
+    return grad_w, grad_rot, grad_t, grad_v
+
+
+_skin_offset.defvjp(_skin_offset_fwd, _skin_offset_bwd)
+
+
 def _coefficients(x, available: int, name: str, batch, dtype):
     """Pads a [..., n] coefficient array with zeros to the model's component count.
 
@@ -122,9 +169,9 @@ def forward(
     # 1, 2, 4. Identity + expression + pose correctives in one product; joints from
     # the folded regressor (shape and expression only, as in FLAME).
     all_coeffs = jnp.concatenate([coeffs, pose_feature], axis=-1)
-    v_posed = model.v_template.reshape(1, -1) + jnp.dot(all_coeffs, model.basis.T, precision=_PRECISION)
+    v_posed = model.v_template.reshape(1, -1) + jnp.dot(all_coeffs, model.basis, precision=_PRECISION)
     v_posed = v_posed.reshape(flat, num_v, 3)
-    joints_rest = model.joint_template + jnp.dot(coeffs, model.joint_basis.T, precision=_PRECISION).reshape(
+    joints_rest = model.joint_template + jnp.dot(coeffs, model.joint_basis, precision=_PRECISION).reshape(
         flat, num_j, 3
     )
 
@@ -146,23 +193,11 @@ def forward(
             d_trans[j] = jnp.einsum("nab,nb->na", g_rot[p] - eye, rel) + d_trans[p]
     posed_joints = joints_rest + jnp.stack(d_trans, 1)  # (N, J, 3)
 
-    # 6. Skinning, written elementwise so XLA fuses it into one pass over the
-    # vertices: v = v_posed + Σ_j w_vj ((G_j − I) v_posed + t_j), t_j = d_j − (G_j − I) J_j
+    # 6. Skinning: v = v_posed + Σ_j w_vj ((G_j − I) v_posed + t_j), t_j = d_j − (G_j − I) J_j
     # (equal to Σ_j w_vj (G_j v_posed + g_j − G_j J_j) when the weights sum to one).
-    # Neither a per-vertex 3x4 transform nor a per-joint copy of the mesh is materialized.
-    offset = None
-    for j in range(num_j):
-        r = g_rot[j] - eye  # (N, 3, 3)
-        t = d_trans[j] - jnp.einsum("nab,nb->na", r, joints_rest[:, j])
-        moved = (
-            r[:, None, :, 0] * v_posed[..., 0:1]
-            + r[:, None, :, 1] * v_posed[..., 1:2]
-            + r[:, None, :, 2] * v_posed[..., 2:3]
-            + t[:, None, :]
-        )
-        term = model.lbs_weights[None, :, j, None] * moved
-        offset = term if offset is None else offset + term
-    vertices = v_posed + offset
+    rot_dev = jnp.stack(g_rot, 1) - eye  # (N, J, 3, 3)
+    skin_t = jnp.stack(d_trans, 1) - jnp.einsum("njab,njb->nja", rot_dev, joints_rest)
+    vertices = v_posed + _skin_offset(model.lbs_weights, rot_dev, skin_t, v_posed)
 
     # 7. Translation.
     if translation is not None:

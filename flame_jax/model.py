@@ -7,7 +7,7 @@ built once on the host (``from_arrays``), where derived quantities that save
 work at every forward call are precomputed:
 
 * identity, expression and pose-corrective blend shapes are concatenated into one
-  vertex-major matrix, so all three are a single matrix product;
+  coefficient-major matrix, so all three are a single matrix product;
 * the joint regressor is folded into the blend shapes
   (``joint_template = J_regressor @ v_template``, ``joint_basis =
   J_regressor @ [shapedirs | exprdirs]``) so joints never need a (J, V) product at
@@ -39,20 +39,20 @@ class FlameModel:
     """Arrays of a FLAME-format model.
 
     The identity, expression and pose-corrective blend shapes are stored as one
-    vertex-major matrix ``basis`` (V*3, S+E+P) so the forward model evaluates all of
-    them with a single matrix product; ``shapedirs``, ``exprdirs`` and ``posedirs``
-    are views of it.
+    coefficient-major matrix ``basis`` (S+E+P, V*3) so the forward model evaluates all
+    of them with a single matrix product, and its gradient needs no transposed copy of
+    the matrix; ``shapedirs``, ``exprdirs`` and ``posedirs`` are views of it.
 
     Attributes:
       v_template: (V, 3) float32 template vertices, metres.
-      basis: (V*3, S+E+P) float32: identity | expression | pose-corrective columns.
-        The pose columns multiply the row-major flattening of (R_j - I) for joints
+      basis: (S+E+P, V*3) float32: identity | expression | pose-corrective rows.
+        The pose rows multiply the row-major flattening of (R_j - I) for joints
         1..J-1 (P = 9 * (J - 1)).
       lbs_weights: (V, J) float32 skinning weights (rows sum to 1).
       joint_regressor: (J, V) float32 dense joint regressor.
       joint_template: (J, 3) float32, ``joint_regressor @ v_template``.
-      joint_basis: (J*3, S+E) float32, the regressor applied to the identity and
-        expression columns of ``basis`` (joints move with shape and expression).
+      joint_basis: (S+E, J*3) float32, the regressor applied to the identity and
+        expression rows of ``basis`` (joints move with shape and expression).
       faces: (F, 3) int32 triangle vertex indices.
       parents: static tuple of parent joint indices, root = -1.
       num_shape: static number of identity components S.
@@ -88,18 +88,18 @@ class FlameModel:
     @property
     def shapedirs(self) -> jax.Array:
         """(V, 3, S) identity blend shapes (a view of ``basis``)."""
-        return self.basis[:, : self.num_shape].reshape(self.num_vertices, 3, self.num_shape)
+        return self.basis[: self.num_shape].T.reshape(self.num_vertices, 3, self.num_shape)
 
     @property
     def exprdirs(self) -> jax.Array:
         """(V, 3, E) expression blend shapes (a view of ``basis``)."""
         s, e = self.num_shape, self.num_expression
-        return self.basis[:, s : s + e].reshape(self.num_vertices, 3, e)
+        return self.basis[s : s + e].T.reshape(self.num_vertices, 3, e)
 
     @property
     def posedirs(self) -> jax.Array:
         """(P, V*3) pose-corrective blend shapes (a view of ``basis``)."""
-        return self.basis[:, self.num_shape + self.num_expression :].T
+        return self.basis[self.num_shape + self.num_expression :]
 
     # ----------------------------------------------------------- construction
     @classmethod
@@ -198,11 +198,11 @@ class FlameModel:
         # Precompute in float64 so the folded regressor is as exact as the unfolded one.
         num_s, num_e = shapedirs.shape[2], exprdirs.shape[2]
         basis = np.concatenate(
-            [shapedirs.reshape(num_v * 3, num_s), exprdirs.reshape(num_v * 3, num_e), posedirs.T], axis=1
+            [shapedirs.reshape(num_v * 3, num_s).T, exprdirs.reshape(num_v * 3, num_e).T, posedirs], axis=0
         )
         jr64 = joint_regressor.astype(np.float64)
         joint_template = jr64 @ v_template.astype(np.float64)
-        joint_basis = np.einsum("jv,vck->jck", jr64, basis[:, : num_s + num_e].reshape(num_v, 3, -1).astype(np.float64))
+        joint_basis = np.einsum("jv,kvc->kjc", jr64, basis[: num_s + num_e].reshape(-1, num_v, 3).astype(np.float64))
 
         return cls(
             v_template=jnp.asarray(v_template),
@@ -210,7 +210,7 @@ class FlameModel:
             lbs_weights=jnp.asarray(lbs_weights),
             joint_regressor=jnp.asarray(joint_regressor),
             joint_template=jnp.asarray(joint_template, jnp.float32),
-            joint_basis=jnp.asarray(joint_basis.reshape(num_j * 3, num_s + num_e), jnp.float32),
+            joint_basis=jnp.asarray(joint_basis.reshape(num_s + num_e, num_j * 3), jnp.float32),
             faces=jnp.asarray(faces),
             parents=parents_t,
             num_shape=int(num_s),
@@ -229,12 +229,12 @@ class FlameModel:
         if (ns, ne) == (self.num_shape, self.num_expression):
             return self
         s, e = self.num_shape, self.num_expression
-        keep = np.concatenate([np.arange(ns), s + np.arange(ne), np.arange(s + e, self.basis.shape[1])])
+        keep = np.concatenate([np.arange(ns), s + np.arange(ne), np.arange(s + e, self.basis.shape[0])])
         keep_joint = np.concatenate([np.arange(ns), s + np.arange(ne)])
         return dataclasses.replace(
             self,
-            basis=jnp.asarray(np.ascontiguousarray(np.asarray(self.basis)[:, keep])),
-            joint_basis=jnp.asarray(np.ascontiguousarray(np.asarray(self.joint_basis)[:, keep_joint])),
+            basis=jnp.asarray(np.ascontiguousarray(np.asarray(self.basis)[keep])),
+            joint_basis=jnp.asarray(np.ascontiguousarray(np.asarray(self.joint_basis)[keep_joint])),
             num_shape=ns,
             num_expression=ne,
         )

@@ -530,6 +530,10 @@ def apply(graphdef, trainable, rest, images: jax.Array, *, update_bn_stats: bool
 # Checkpoints
 
 
+def _to_pure_dict(state) -> dict:
+    return nnx.to_pure_dict(state) if hasattr(nnx, "to_pure_dict") else state.to_pure_dict()
+
+
 def _full_state(model_or_state) -> nnx.State:
     if isinstance(model_or_state, nnx.Module):
         return nnx.state(model_or_state)
@@ -555,7 +559,7 @@ def save_encoder(path, model_or_state, config: EncoderConfig, *, overwrite: bool
     """
     import orbax.checkpoint as ocp
 
-    state = _full_state(model_or_state).to_pure_dict()
+    state = _to_pure_dict(_full_state(model_or_state))
     meta = {"format": _CHECKPOINT_FORMAT, "version": _CHECKPOINT_VERSION, "config": config.to_dict()}
     path = os.path.abspath(os.fspath(path))
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
@@ -587,7 +591,7 @@ def load_encoder(path) -> tuple[Encoder, EncoderConfig]:
         abstract = nnx.eval_shape(lambda: Encoder(config, rngs=nnx.Rngs(0)))
         graphdef, abstract_state = nnx.split(abstract)
         restored = ckptr.restore(
-            path, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state.to_pure_dict()))
+            path, args=ocp.args.Composite(state=ocp.args.StandardRestore(_to_pure_dict(abstract_state)))
         )["state"]
     nnx.replace_by_pure_dict(abstract_state, restored)
     return nnx.merge(graphdef, abstract_state), config

@@ -328,7 +328,8 @@ class NeuFace:
             encoder = encoder_lib.init_encoder(self.encoder_config, seed=self.config.seed if seed is None else seed)
         graphdef, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=self.config.freeze_bn)
         self._graphdef, self._rest = graphdef, rest
-        params = jax.tree.map(jnp.asarray, trainable)
+        # A copy: the epoch step donates its state, which must not delete the encoder's own buffers.
+        params = jax.tree.map(jnp.array, trainable)
         return NeuFaceState(params=params, opt_state=self.optimizer.init(params), step=jnp.zeros((), jnp.int32))
 
     # ---------------------------------------------------------------- pure pieces

@@ -40,20 +40,21 @@ function of the batch dict, no library edit::
     }
     total, per_term = losses.total_loss(config, batch)
 
-Builtin terms (``BUILTIN_TERMS``) read these batch keys (missing optional keys mean "all valid"):
+Builtin terms (``BUILTIN_TERMS``) read these batch keys (a missing optional key means "all valid" /
+"no context"); per-term values in ``total_loss``'s second output are unweighted:
 
-=====================  =========================================================================
-``landmark``           ``landmarks_pred`` [..., L, 2], ``landmarks_target`` [..., L, 2],
-                       optional ``landmarks_mask`` [..., L], ``landmark_weights`` [L]
-``temporal``           ``global_pose`` [T, ..., 3] (axis-angle), optional ``frame_mask`` [T, ...],
-                       ``prev_global_pose`` [K, ..., 3] + ``prev_frame_mask`` [K, ...]
-``expression_smooth``  ``expression`` [T, ..., E], ``frame_mask``, ``prev_expression``, ``prev_frame_mask``
-``jaw_smooth``         ``jaw_pose`` [T, ..., 3], ``frame_mask``, ``prev_jaw_pose``, ``prev_frame_mask``
-``vertex_acceleration``  ``vertices`` [T, ..., N, 3], ``frame_mask``, ``prev_vertices``, ``prev_frame_mask``
-``multiview``          ``posed_vertices`` [..., Vw, N, 3], ``canonical_vertices`` (same), ``faces``
-                       [F, 3], optional ``view_mask`` [..., Vw]
-``shape_prior`` …      ``shape`` / ``expression`` / ``pose`` (``prior`` = the sum of the three)
-=====================  =========================================================================
+* ``landmark``: ``landmarks_pred`` [..., L, 2], ``landmarks_target`` [..., L, 2]; optional
+  ``landmarks_mask`` [..., L], ``landmark_weights`` [L].
+* ``temporal``: ``global_pose`` [T, ..., 3] axis-angle; optional ``frame_mask`` [T, ...] (or [T]),
+  ``prev_global_pose`` [K, ..., 3] with ``prev_frame_mask`` [K, ...], ``next_global_pose`` with
+  ``next_frame_mask``. Reduced with the reference normalization (``reference_temporal_reduce``).
+* ``expression_smooth`` / ``jaw_smooth``: ``expression`` [T, ..., E] / ``jaw_pose`` [T, ..., 3], with
+  ``frame_mask`` and ``prev_``/``next_`` context keys as above.
+* ``vertex_acceleration``: ``vertices`` [T, ..., N, 3], ``frame_mask``, ``prev_vertices``/``next_vertices``.
+* ``multiview``: ``posed_vertices`` [..., Vw, N, 3], ``canonical_vertices`` (same shape), ``faces``
+  [F, 3]; optional ``view_mask`` [..., Vw] (default: ``frame_mask``).
+* ``shape_prior`` / ``expression_prior`` / ``pose_prior``: ``shape`` / ``expression`` / ``pose``;
+  ``prior`` is the sum of the three.
 """
 
 from __future__ import annotations
@@ -288,8 +289,9 @@ def quaternion_moving_average(
     m = _frame_mask(mask, q, 1)
     q_ext, v_ext, start = _with_context(q, m, prev_context, prev_mask, next_context, next_mask, 1)
     mean, interior, q_clean = _window_target(q_ext, v_ext, window, 1, align_sign=True)
-    norm = jnp.sqrt(jnp.sum(mean * mean, -1, keepdims=True))
-    smoothed = mean / jnp.where(norm > 1e-12, norm, 1.0)
+    # Safe norm: a window with no valid member has mean 0 (its target is not used, but its
+    # gradient must stay finite).
+    smoothed = mean / jnp.sqrt(jnp.maximum(jnp.sum(mean * mean, -1, keepdims=True), 1e-24))
     target = jnp.where(interior[..., None], smoothed, q_clean)
     return target[start : start + q.shape[0]]
 
@@ -478,8 +480,10 @@ def vertex_normals(vertices: jax.Array, faces, eps: float = 1e-6) -> jax.Array:
     n = jnp.zeros_like(vertices)
     for k in range(3):
         n = n.at[..., faces[:, k], :].add(fn)
-    norm = jnp.sqrt(jnp.sum(n * n, -1, keepdims=True))
-    return n / jnp.maximum(norm, eps)
+    # sqrt(max(‖n‖², eps²)) = max(‖n‖, eps), but with a finite gradient at ‖n‖ = 0 (empty or
+    # masked-out meshes), where sqrt'(0) = ∞ would turn a zero cotangent into NaN.
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(n * n, -1, keepdims=True), eps * eps))
+    return n / norm
 
 
 def visibility_scores(
@@ -621,7 +625,7 @@ def multiview_l1(
         raise ValueError(
             f"posed and canonical vertices must both be [..., Vw, N, 3], got {m_.shape} and {c.shape}"
         )
-    vm = _as_mask(view_mask, m_.shape[:-2])
+    vm = _as_mask(view_mask, m_.shape[:-2], leading=True)
     finite = jnp.all(jnp.isfinite(m_), (-2, -1)) & jnp.all(jnp.isfinite(c), (-2, -1))
     vm = jnp.where(finite, vm, 0.0)
     keep = (vm > 0)[..., None, None]
@@ -787,7 +791,7 @@ def multiview_term(batch, **options):
         _get(batch, "posed_vertices", "multiview"),
         _get(batch, "canonical_vertices", "multiview"),
         _get(batch, "faces", "multiview"),
-        batch.get("view_mask"),
+        batch.get("view_mask", batch.get("frame_mask")),
         **options,
     )
 

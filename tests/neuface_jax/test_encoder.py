@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +25,7 @@ def tiny_model():
 @pytest.fixture(scope="module")
 def tiny_random_head():
     """Non-zero final layer, so outputs depend on the image (BN behaviour becomes visible)."""
-    return enc.init_encoder(TINY.__class__(**{**TINY.__dict__, "zero_init_head": False}), seed=1)
+    return enc.init_encoder(dataclasses.replace(TINY, zero_init_head=False), seed=1)
 
 
 def _bn_params_in(state, model):
@@ -216,7 +218,7 @@ def test_orbax_round_trip(tmp_path, tiny_random_head):
 
 
 def test_bf16_compute_dtype():
-    cfg = TINY.__class__(**{**TINY.__dict__, "dtype": "bfloat16"})
+    cfg = dataclasses.replace(TINY, dtype="bfloat16")
     model = enc.init_encoder(cfg, seed=0)
     raw = jax.jit(lambda x: model(x))(_images(2))
     assert raw.dtype == jnp.float32

@@ -159,6 +159,10 @@ def test_temporal_padding_matches_unpadded_chunk():
     np.testing.assert_allclose(v_pad[:9], v_ref, rtol=1e-5, atol=1e-12)
     np.testing.assert_array_equal(v_pad[9:], 0.0)
     np.testing.assert_array_equal(m_pad[9:], 0.0)
+    # Frames whose whole window is padding keep finite gradients.
+    g = jax.jit(jax.grad(lambda x: losses.reference_temporal_reduce(*losses.temporal_rotation(x, mask))))(padded)
+    assert np.all(np.isfinite(np.asarray(g)))
+    np.testing.assert_array_equal(np.asarray(g)[9:], 0.0)
 
 
 def test_temporal_prev_context_changes_border_targets():
@@ -308,6 +312,9 @@ def test_multiview_view_mask_excludes_view_and_nan():
     np.testing.assert_array_equal(mask[2], 0.0)
     val, g = jax.jit(jax.value_and_grad(loss))(c3)
     assert np.isfinite(float(val)) and np.all(np.isfinite(np.asarray(g)))
+    # Gradients to the posed meshes (through normals and weights) stay finite for a NaN, masked view.
+    g_m = jax.jit(jax.grad(lambda m: losses.masked_mean(*losses.multiview_l1(m, c3, TRI, vmask))))(m3)
+    assert np.all(np.isfinite(np.asarray(g_m)))
     # All views invalid → nothing, never NaN.
     val0 = losses.masked_mean(*jcall(losses.multiview_l1, m3, c3, TRI, jnp.zeros(3)))
     assert float(val0) == 0.0
