@@ -5,6 +5,15 @@ Public API: ``load_model``, ``save_model``, ``forward``, ``load_landmark_embeddi
 mesh export. No flax/optax here: this package knows nothing about videos or losses.
 """
 
+from flame_jax.demo import (
+    DEMO_EXPRESSION_NAMES,
+    demo_embedding_68,
+    demo_embeddings,
+    demo_landmark_embedding,
+    demo_mediapipe_embedding,
+    demo_model,
+    demo_vertex_masks,
+)
 from flame_jax.io import (
     UnsafeModelFileError,
     load_landmark_embedding,
@@ -29,6 +38,13 @@ from flame_jax.rotations import (
 )
 
 __all__ = [
+    "DEMO_EXPRESSION_NAMES",
+    "demo_embedding_68",
+    "demo_embeddings",
+    "demo_landmark_embedding",
+    "demo_mediapipe_embedding",
+    "demo_model",
+    "demo_vertex_masks",
     "UnsafeModelFileError",
     "load_landmark_embedding",
     "load_model",

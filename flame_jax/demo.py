@@ -176,7 +176,7 @@ _DEFAULTS: dict[str, float] = dict(
     ear_y=0.004,
     ear_z=-0.038,
     ear_h=0.030,
-    ear_out=0.017,
+    ear_out=0.020,
 )
 _REF = _DEFAULTS
 
@@ -334,18 +334,14 @@ def _row_section_weights(topo):
 
 # =============================================================================
 # Base loft: each row is a ring between a front point F and a back point K
-# (superellipse-like cross-section of half-width W); the rows' coordinate eta
+# (half-ellipses of half-width W, widest at depth zc); the rows' coordinate eta
 # equals the height y over the face and continues as arc length along the front
 # profile below (chin, throat, neck) and above (forehead, dome).
 # =============================================================================
 
 
 def _profile(P):
-    """Ring parameters as functions of the row coordinate eta (tables for np.interp).
-
-    eta equals the height y over the face; below (chin arc, neck) and above (dome)
-    it continues as arc length along the front profile.
-    """
+    """Ring parameters as functions of the row coordinate eta (tables for np.interp)."""
     y_fs, y_ft = P["y_fs"], P["y_ft"]
     rc, rt, tilt = P["chin_r"], P["throat_r"], P["sub_tilt"]
     z_nf = P["z_neck_front"]
@@ -381,7 +377,15 @@ def _profile(P):
         return np.interp(
             y,
             [-0.20, -0.105, -0.07, -0.04, 0.0, 0.03, 0.06],
-            [P["w_neck"], P["w_neck"], P["w_jaw"], 0.5 * (P["w_jaw"] + P["w_cheek"]) + 0.003, P["w_cheek"], P["w_temple"], P["w_cranium"]],
+            [
+                P["w_neck"],
+                P["w_neck"],
+                P["w_jaw"],
+                0.5 * (P["w_jaw"] + P["w_cheek"]) + 0.003,
+                P["w_cheek"],
+                P["w_temple"],
+                P["w_cranium"],
+            ],
         )
 
     eta = np.linspace(eta_bot, y_ft + l_dome, 1601)
@@ -406,7 +410,6 @@ def _profile(P):
     yF[m] = eta[m]
     zF[m] = z_ff
     yK[m] = eta[m]
-    zK_face = None  # noqa: F841
     # dome
     m = eta > y_ft
     psi = np.clip((eta[m] - y_ft) / l_dome * (np.pi / 2), 0, np.pi / 2)
@@ -428,26 +431,6 @@ def _profile(P):
     zc = np.full_like(eta, P["z_center"])
     zc[m] = P["z_pole"] + (P["z_center"] - P["z_pole"]) * np.cos(psi)
     return dict(eta=eta, yF=yF, zF=zF, yK=yK, zK=zK, W=W, zc=zc, eta_bot=eta_bot, eta_top=eta[-1], eta_chin0=eta_chin0)
-
-
-def _ring_points(prof, theta, eta):
-    """Base points for arrays theta, eta (broadcast)."""
-    e = prof["eta"]
-    yF = np.interp(eta, e, prof["yF"])
-    zF = np.interp(eta, e, prof["zF"])
-    yK = np.interp(eta, e, prof["yK"])
-    zK = np.interp(eta, e, prof["zK"])
-    W = np.interp(eta, e, prof["W"])
-    zc = np.interp(eta, e, prof["zc"])
-    beta = np.clip((zc - zK) / np.maximum(zF - zK, 1e-6), 0.15, 0.85)
-    s, c = np.sin(theta), np.cos(theta)
-    pf = 2.0
-    x = W * np.sign(s) * np.abs(s) ** (2.0 / pf)
-    cc = np.abs(c) ** (2.0 / pf)
-    d = np.where(c >= 0, beta + (1 - beta) * cc, beta - beta * cc)
-    y = yK + (yF - yK) * d
-    z = zK + (zF - zK) * d
-    return np.stack(np.broadcast_arrays(x, y, z), -1)
 
 
 def _ring_points(prof, theta, eta):
@@ -519,7 +502,7 @@ def _brow_shift(P, x):
     """Vertical displacement of the brows (raise, frown, inner raise) at frontal x."""
     ax = np.abs(x)
     sl = _side(x)
-    raise_ = (sl * P["brow_raise_l"] + (1 - sl) * P["brow_raise_r"]) * _bump((ax - 0.03) / 0.036)
+    raise_ = (sl * P["brow_raise_l"] + (1 - sl) * P["brow_raise_r"]) * _bump((ax - 0.032) / 0.05)
     inner = _bump((ax - 0.010) / 0.022)
     return raise_ + (P["brow_inner"] - P["brow_frown"]) * inner
 
@@ -555,8 +538,9 @@ def _lateral_warp(P, x, we_row, wm_row):
 # =============================================================================
 
 
-def _span_rows(nominal, a1, a2, y_lo, y_up, n_lo, n_up, weight):
-    """Rows of an anchored span: a1, n_lo rows, lower margin, pockets, upper margin, n_up rows (a2 excluded)."""
+def _span_rows(a1, a2, y_lo, y_up, n_lo, n_up, weight):
+    """Rows of a span from a1 to a2 (excluded): evenly spaced where weight is 0; where it is 1,
+    anchored: a1, n_lo rows, lower margin, the fold rows, upper margin, n_up rows."""
     u_lo = np.arange(1, n_lo + 1) / (n_lo + 1)
     u_up = np.arange(1, n_up + 1) / (n_up + 1)
     u_p = np.arange(1, _N_POCKET + 1) / (_N_POCKET + 1)
@@ -579,7 +563,7 @@ def _lin(a, b, n, endpoint=False):
 
 
 def _grid_rows(P, prof, topo):
-    """Row coordinate eta and frontal column position x for every grid vertex."""
+    """Row coordinate eta and column angle theta of every grid vertex, and the span weights."""
     th = topo.theta
     sec = topo.sections
     nr = topo.n_rows
@@ -623,7 +607,7 @@ def _grid_rows(P, prof, topo):
     _, m_up, m_lo = _mouth_curves(P, xm)
     wm = 1 - _smoothstep(P["mouth_w"] + 0.003, P["mouth_w"] + 0.016, np.abs(xm - P["mouth_dx"]))
     wm = wm * front
-    eta[sec["mouth"]] = _span_rows(None, m_a1, m_a2, m_lo, m_up, _N_LL, _N_UL, wm)
+    eta[sec["mouth"]] = _span_rows(m_a1, m_a2, m_lo, m_up, _N_LL, _N_UL, wm)
     eta[sec["s1a"]] = _lin(m_a2, tip, _N_S1A)
     eta[sec["s1b"]] = _lin(tip, e_a1, _N_S1B)
     # Eye span (upper anchor follows the brows).
@@ -634,8 +618,8 @@ def _grid_rows(P, prof, topo):
         1 - _smoothstep(P["eye_x"] + P["canth_out"] + 0.002, P["eye_x"] + P["canth_out"] + 0.016, ax)
     )
     we = we * front
-    e_a2 = anchor("eye_y", 0.023) + _brow_shift(P, x[sec["s2"].start]) * lat
-    eta[sec["eye"]] = _span_rows(None, e_a1, e_a2, e_lo, e_up, _N_EL, _N_EU, we)
+    e_a2 = anchor("eye_y", 0.023) + 0.6 * _brow_shift(P, x[sec["s2"].start]) * lat
+    eta[sec["eye"]] = _span_rows(e_a1, e_a2, e_lo, e_up, _N_EL, _N_EU, we)
     eta[sec["s2"]] = _lin(e_a2, P["y_ft"], _N_S2 + 1, endpoint=True)
     n = sec["dome"].stop - sec["dome"].start
     u = np.arange(1, n + 1) / (n + 1)
@@ -704,7 +688,7 @@ def _relief(P, x, y, z, n):
     q_l = (P["lip_proj"] + 0.002) * _bump((dl - 0.45 * ll) / (0.8 * ll)) - roll * np.exp(-dl / 0.0012)
     q_l -= 0.0025 * _gauss((dl - 0.017) / 0.004)
     h += (np.where(y >= m_up, q_u, 0.0) + np.where(y <= m_lo, q_l, 0.0)) * lipw
-    h -= (0.0018 + P["dimple"]) * _gauss((np.abs(xr) - P["mouth_w"] - 0.5 * P["dimple"] / 0.002 * 0.003) / 0.003) * _gauss((y - y_s) / 0.003)
+    h -= (0.0018 + P["dimple"]) * _gauss((np.abs(xr) - P["mouth_w"] - 2.0 * P["dimple"]) / 0.003) * _gauss((y - y_s) / 0.003)
     h = h * front
     # Ears, on the sides.
     for sgn in (1.0, -1.0):
@@ -750,20 +734,19 @@ def _generate(P):
     rows = topo.rows
     t = np.arange(1, _N_POCKET + 1) / (_N_POCKET + 1)
     b = np.sin(np.pi * t) ** 0.5
-    sec = topo.sections
     xm = x[rows["mouth_pocket"][1]]
     wm = meta["wm"]
     dm = 0.018 * np.clip(1 - ((xm - P["mouth_dx"]) / P["mouth_w"]) ** 2, 0, None) ** 1.5 * wm
     for j, r in enumerate(rows["mouth_pocket"]):
         v[r, :, 2] -= dm * b[j]
     xe = x[rows["eye_pocket"][1]]
-    _, _, xi = _eye_curves(_REF, xe)
+    _, _, xi = _eye_curves(P, xe)
     we = meta["we"]
     o = np.sin(np.pi * np.clip(xi, 0, 1)) ** 0.7 * we
     for j, r in enumerate(rows["eye_pocket"]):
         v[r, :, 2] -= (P["lid_t"] + 0.006) * o * b[j]
     top = _ring_points(prof, 0.0, prof["eta_top"])
-    bottom = np.array([0.0, prof["yF"][0], 0.5 * (P["z_neck_front"] + P["z_neck_back"])])
+    bottom = np.array([0.0, prof["yF"][0], 0.5 * (prof["zF"][0] + prof["zK"][0])])
     # Eyeballs: a slight corneal bulge around the front pole.
     dirs = topo.sphere_dirs
     r_eye = P["eye_r"] + 0.0009 * np.clip((dirs[:, 2] - 0.82) / 0.18, 0, 1) ** 1.5
@@ -775,8 +758,8 @@ def _generate(P):
 # Joints, skinning weights, joint regressor, pose correctives
 # =============================================================================
 
-#: Joint positions of the template (metres): root and neck in the neck, the jaw
-#: hinge between the ears just below their middle, the eyeball centres.
+# Joints of the template (metres): root and neck on the neck's axis (depth _NECK_AXIS_Z, at the
+# height of two neck rings), the jaw hinge between the ears, the eye joints at the eyeball centres.
 _NECK_AXIS_Z = -0.030
 _JOINT_JAW = np.array([0.0, -0.015, -0.012])
 
@@ -816,8 +799,14 @@ def _jaw_weight(P, v, topo):
     wm[sec["mouth"]] = 1.0
     wm = wm * (1 - _smoothstep(P["mouth_w"] - 0.004, P["mouth_w"] + 0.006, np.abs(xr))) * (np.cos(topo.theta) > 0)
     w1 = wm * explicit[:, None] + (1 - wm) * w_cheek
-    # Above the jaw-neck junction (submental skin shares), in front of the ramus.
-    w2 = _smoothstep(0.15, 0.75, _chin_fraction(topo))[:, None]
+    # Above the jaw-neck junction (the submental skin shares), measured as arc length up each
+    # column from the throat so the blend is as wide where the rows bunch up; in front of the ramus.
+    c0 = sec["chin"].start
+    steps = np.linalg.norm(np.diff(g, axis=0), axis=-1)
+    arc = np.zeros_like(x)
+    arc[c0 + 1 :] = np.cumsum(steps[c0:], axis=0)
+    arc[:c0] = -np.cumsum(steps[:c0][::-1], axis=0)[::-1]
+    w2 = _smoothstep(-0.022, 0.034, arc)
     w3 = _smoothstep(-0.052, -0.024, z)
     return w1 * w2 * w3
 
@@ -862,7 +851,7 @@ def _joint_regressor(P, v, topo):
         jr[j, idx] = _regressor_row(v, idx, dth, target)
     # Jaw: skin in front of the ears around the hinge height, both sides.
     grid = v[: topo.num_grid]
-    d = np.hypot((grid[:, 1] - _JOINT_JAW[1]) / 0.012, (grid[:, 2] - _JOINT_JAW[2]) / 0.012)
+    d = np.hypot((grid[:, 1] - _JOINT_JAW[1]) / 0.012, (grid[:, 2] - _JOINT_JAW[2]) / 0.008)
     idx = np.flatnonzero((d < 1.0) & (np.abs(grid[:, 0]) > 0.045))
     jr[2, idx] = _regressor_row(v, idx, np.ones(len(idx)), _JOINT_JAW)
     for j, eye, sgn in ((3, topo.eye_left, 1.0), (4, topo.eye_right, -1.0)):
@@ -871,31 +860,28 @@ def _joint_regressor(P, v, topo):
     return jr
 
 
-def _vertex_normals(v, f):
-    fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    vn = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(vn, f[:, k], fn)
-    return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
-
-
 def _posedirs(P, v, weights, topo):
     """Small smooth pose correctives (V, 3, 36): jaw opening and neck rotations; none for the eyes."""
     nv = topo.num_vertices
     pd = np.zeros((nv, 3, 36))
-    n = _vertex_normals(v, topo.faces)
-    w_jaw, w_glob = weights[:, 2], weights[:, 0]
-    t_jaw = 4 * w_jaw * (1 - w_jaw)
-    y = v[:, 1]
-    below = _smoothstep(P["mouth_y"] - 0.02, P["mouth_y"] - 0.04, y)
+    # Smooth outward directions (radial from inside the jaw / from the neck axis), not mesh normals,
+    # which turn quickly at the folds of the lips and along the jaw line.
+    n = v - np.array([0.0, -0.045, 0.0])
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    n_neck = np.stack([v[:, 0], np.zeros(nv), v[:, 2] - _NECK_AXIS_Z], 1)
+    n_neck /= np.maximum(np.linalg.norm(n_neck, axis=1, keepdims=True), 1e-9)
+    w_glob = weights[:, 0]
+    x, y, z = v[:, 0], v[:, 1], v[:, 2]
     # Jaw opening (pose feature 9 + 3*2 + 1 = R_jaw[2, 1] = sin angle): the skin under the chin
     # bulges, the cheeks beside the mouth corners draw in.
-    pd[:, :, 16] = ((0.008 * below - 0.003 * (1 - below)) * t_jaw)[:, None] * n
+    sub = np.exp(-0.5 * ((x / 0.03) ** 2 + ((y + 0.088) / 0.012) ** 2 + ((z - 0.03) / 0.02) ** 2))
+    cheek = _gauss((np.abs(x) - 0.036) / 0.011) * _gauss((y - P["mouth_y"] + 0.004) / 0.011) * _smoothstep(0.0, 0.03, z)
+    pd[:, :, 16] = (0.006 * sub - 0.003 * cheek)[:, None] * n
     pd[:, :, 14] = -0.5 * pd[:, :, 16]  # R_jaw[1, 2] = -sin angle
     # Neck: nodding (R_neck[2, 1]) bulges the throat; turning (R_neck[0, 2]) twists the neck skin.
-    neck = _smoothstep(-0.16, -0.125, y) * _smoothstep(-0.075, -0.095, y) * (v[:, 1] < 0)
-    front = _smoothstep(0.0, 0.5, n[:, 2])
-    pd[:, :, 7] = 0.006 * (neck * front)[:, None] * n
+    neck = _smoothstep(-0.16, -0.125, y) * _smoothstep(-0.075, -0.095, y)
+    front = _smoothstep(-0.02, 0.02, z)
+    pd[:, :, 7] = 0.006 * (neck * front)[:, None] * n_neck
     twist = np.stack([v[:, 2] - _NECK_AXIS_Z, np.zeros(nv), -v[:, 0]], 1)
     pd[:, :, 2] = 0.05 * (4 * w_glob * (1 - w_glob))[:, None] * twist
     pd[topo.eye_left] = 0.0
@@ -925,7 +911,6 @@ _IDENTITY_SPECS = (
     ("throat_r", 0.0020),
     ("z_neck_front", 0.0040),
     ("z_neck_back", 0.0040),
-    ("y_fs", 0.0035),
     ("eye_x", 0.0013),
     ("eye_y", 0.0020),
     ("eye_z", 0.0015),
@@ -1033,9 +1018,10 @@ def _identity_basis(P, v, topo, n_out):
         raise RuntimeError(f"dsyev failed ({info})")
     order = np.argsort(evals)[::-1][:n_out]
     comps = np.einsum("kl,ki->li", evecs[:, order], m)  # (n_out, 3V)
-    # Deterministic signs: the largest entry of each component is positive.
-    big = np.argmax(np.abs(comps), axis=1)
-    comps *= np.sign(comps[np.arange(n_out), big])[:, None]
+    # Deterministic signs: positive against a fixed generic (seeded) direction. (Not "largest entry
+    # positive": symmetric components have ties between mirrored vertices.)
+    probe = np.random.default_rng(12345).normal(size=comps.shape[1])
+    comps *= np.where(np.einsum("ki,i->k", comps, probe) >= 0, 1.0, -1.0)[:, None]
     comps = np.ascontiguousarray(comps.T)
     return comps.reshape(-1, 3, n_out)
 
@@ -1263,7 +1249,7 @@ _MP_TABLE = {
                    (312, 0.060, -0.749), (311, 0.115, -0.748), (310, 0.165, -0.754), (415, 0.208, -0.761)),
 }
 #: MediaPipe FaceMesh ids of the 105 points, in the embedding's order.
-MEDIAPIPE_IDS = tuple(i for region in _MP_TABLE.values() for i, _, _ in region)
+_MEDIAPIPE_IDS = tuple(i for region in _MP_TABLE.values() for i, _, _ in region)
 
 
 def _mediapipe_static(P, v, topo):
@@ -1454,9 +1440,10 @@ def _masks(P, v, topo):
     inside_mouth = xr < P["mouth_w"]
     y_ub, y_lb = _lip_borders(P, x)
     front = z > -0.01
-    pocket_m = np.isin(row, rows["mouth_pocket"]) & (xr < P["mouth_w"] - 0.001)
+    pocket_m = np.isin(row, rows["mouth_pocket"]) & (xr < P["mouth_w"] - 0.001) & front
     lips = inside_mouth & front & (y <= y_ub) & (y >= y_lb) & ~pocket_m
-    pocket_e = np.isin(row, rows["eye_pocket"]) & (np.abs(np.abs(x) - P["eye_x"]) < 0.5 * (P["canth_in"] + P["canth_out"]))
+    in_fissure = np.abs(np.abs(x) - P["eye_x"]) < 0.5 * (P["canth_in"] + P["canth_out"])
+    pocket_e = np.isin(row, rows["eye_pocket"]) & in_fissure & front
     nose = (np.abs(x) < P["nose_w"] + 0.004) & (y > P["subnasale_y"] - 0.002) & (y < P["nasion_y"]) & front
     ears = (np.abs(x) > 0.06) & (np.abs(y - P["ear_y"]) < P["ear_h"] + 0.002) & (np.abs(z - P["ear_z"]) < 0.019)
     neck = y < -0.10
@@ -1507,7 +1494,7 @@ def _build() -> dict:
     return dict(
         arrays=arrays,
         ibug=dict(face_idx=static_f, bary_coords=static_b, dynamic_face_idx=dyn_f, dynamic_bary_coords=dyn_b),
-        mediapipe=dict(face_idx=mp_f, bary_coords=mp_b, landmark_indices=np.array(MEDIAPIPE_IDS, np.int64)),
+        mediapipe=dict(face_idx=mp_f, bary_coords=mp_b, landmark_indices=np.array(_MEDIAPIPE_IDS, np.int64)),
         masks=_masks(P, v, topo),
     )
 
@@ -1524,7 +1511,8 @@ def demo_model(n_shape: int | None = None, n_expr: int | None = None) -> FlameMo
     docstring). FLAME's structure and conventions: joints [global, neck, jaw,
     eye_left, eye_right], parents (-1, 0, 1, 1, 1), metres, +y up, face toward +z,
     +x the subject's left. 5582 vertices, 11152 faces (outward, counter-clockwise),
-    the left eyeball then the right eyeball last; 100 identity components (PCA-like:
+    the left eyeball then the right eyeball last (162 vertices each; the first vertex
+    of each eyeball is its pupil centre, on the gaze axis); 100 identity components (PCA-like:
     orthogonal, decreasing variance, a unit coefficient is one standard deviation)
     and 50 expression components (named in :data:`DEMO_EXPRESSION_NAMES`; ``blink``
     at +1 closes both eyes). A positive x rotation of the jaw opens the mouth.

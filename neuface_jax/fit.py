@@ -180,7 +180,7 @@ def prepare_clip(
         for wi in range(w):
             if frame_ok[ti, wi]:
                 out_images[ti, wi] = crops_lib.warp_crop(images[ti, wi], safe_m[ti, wi], encoder_size) / 255.0
-    crop_px = crops_lib.apply_transform(np.where(np.isfinite(lmk), lmk, 0.0), np.where(np.isfinite(crops), crops, 0.0)[:, :, None])
+    crop_px = crops_lib.apply_transform(np.where(np.isfinite(lmk), lmk, 0.0), np.where(np.isfinite(crops), crops, 0.0))
     target = crops_lib.to_normalized(crop_px, crop_size)
     target = np.where(mask[..., None], target, 0.0)
     return ClipData(
@@ -291,14 +291,16 @@ def _parts_template(config: FitConfig, num_views: int) -> list[str]:
 # --------------------------------------------------------------------------- NeuFace
 @dataclasses.dataclass(frozen=True)
 class NeuFaceState:
-    """Per-clip optimization state (a pytree): trainable encoder weights and Adam state."""
+    """Per-clip optimization state (a pytree): trainable encoder weights, the rest of the
+    encoder state (BatchNorm statistics; updated only when BatchNorm is not frozen) and Adam."""
 
     params: Any
+    rest: Any
     opt_state: Any
     step: jax.Array
 
 
-jax.tree_util.register_dataclass(NeuFaceState, data_fields=["params", "opt_state", "step"], meta_fields=[])
+jax.tree_util.register_dataclass(NeuFaceState, data_fields=["params", "rest", "opt_state", "step"], meta_fields=[])
 
 
 class NeuFace:
@@ -327,60 +329,92 @@ class NeuFace:
         if encoder is None:
             encoder = encoder_lib.init_encoder(self.encoder_config, seed=self.config.seed if seed is None else seed)
         graphdef, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=self.config.freeze_bn)
-        self._graphdef, self._rest = graphdef, rest
-        # A copy: the epoch step donates its state, which must not delete the encoder's own buffers.
+        self._graphdef = graphdef
+        # Copies: the epoch step donates its state, which must not delete the encoder's own buffers.
         params = jax.tree.map(jnp.array, trainable)
-        return NeuFaceState(params=params, opt_state=self.optimizer.init(params), step=jnp.zeros((), jnp.int32))
+        rest = jax.tree.map(jnp.array, rest)
+        return NeuFaceState(
+            params=params, rest=rest, opt_state=self.optimizer.init(params), step=jnp.zeros((), jnp.int32)
+        )
 
     # ---------------------------------------------------------------- pure pieces
-    def predict(self, params, rest, images):
-        """Encoder on [..., S, S, 3] images → ``FlameParams`` with the same leading dims."""
+    def predict(self, params, rest, images, *, update_bn_stats: bool = False):
+        """Encoder on [..., S, S, 3] images → ``FlameParams`` with the same leading dims
+        (and the updated encoder state when ``update_bn_stats``)."""
         lead = images.shape[:-3]
         flat = images.reshape((-1,) + images.shape[-3:])
-        raw = encoder_lib.apply(self._graphdef, params, rest, flat)
+        raw = encoder_lib.apply(self._graphdef, params, rest, flat, update_bn_stats=update_bn_stats)
+        if update_bn_stats:
+            raw, rest = raw
         decoded = encoder_lib.decode_outputs(raw, self.encoder_config)
-        return jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), decoded)
+        decoded = jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), decoded)
+        return (decoded, rest) if update_bn_stats else decoded
 
     def chunk_loss(self, params, rest, chunk: ClipData, key, prev=None):
-        p = self.predict(params, rest, chunk.images)
+        """Loss of one chunk; returns (total, (parts, new_rest))."""
+        train_bn = not self.config.freeze_bn
+        p = self.predict(params, rest, chunk.images, update_bn_stats=train_bn)
+        if train_bn:
+            p, rest = p
         c, w = chunk.frame_mask.shape
         shape = encoder_lib.clip_shape(p.shape.reshape(c * w, -1), chunk.frame_mask.reshape(c * w))
-        return _loss_batch(self.face, chunk, shape, p.expression, p.pose, p.cam, key, config=self.config, prev=prev)
+        total, parts = _loss_batch(self.face, chunk, shape, p.expression, p.pose, p.cam, key, config=self.config, prev=prev)
+        return total, (parts, rest)
 
-    def _epoch(self, state: NeuFaceState, rest, chunks: ClipData, key):
-        """One epoch: a scan over the chunks [K, C, ...] in order. Returns (state, mean parts)."""
-        names = _parts_template(self.config, chunks.frame_mask.shape[2])
-        context = 2
+    _CONTEXT = 2  # frames of the previous chunk carried into the temporal windows
 
-        def body(carry, inputs):
-            st, prev = carry
-            chunk, k = inputs
-            prev_batch = None
-            if self.config.temporal_across_chunks:
-                prev_batch = {"prev_global_pose": prev[0], "prev_frame_mask": prev[1]}
-            (loss, parts), grads = jax.value_and_grad(self.chunk_loss, has_aux=True)(
-                st.params, rest, chunk, k, prev_batch
-            )
-            # A chunk with no valid frame (all padding) must not move the weights.
-            has_data = (jnp.sum(chunk.frame_mask) > 0).astype(jnp.float32)
-            grads = jax.tree.map(lambda g: g * has_data, grads)
-            updates, opt_state = self.optimizer.update(grads, st.opt_state, st.params)
-            new_params = optax.apply_updates(st.params, updates)
-            keep = has_data > 0
-            new_params = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_params, st.params)
-            opt_state = jax.tree.map(lambda n, o: jnp.where(keep, n, o), opt_state, st.opt_state)
-            new_state = NeuFaceState(params=new_params, opt_state=opt_state, step=st.step + has_data.astype(jnp.int32))
-            # Context for the next chunk: this chunk's last frames, fixed.
-            p = self.predict(jax.lax.stop_gradient(new_params), rest, chunk.images[-context:])
-            new_prev = (p.pose[..., 0:3], chunk.frame_mask[-context:])
-            stats = jnp.stack([parts.get(n, jnp.zeros(())) for n in names] + [loss]) * has_data
-            return (new_state, new_prev), (stats, has_data)
+    def _step(self, state: NeuFaceState, chunk: ClipData, key, prev):
+        """One Adam step on one chunk [C, W, ...]. Returns (state, stats [parts..., total], has_data, prev)."""
+        names = _parts_template(self.config, chunk.frame_mask.shape[1])
+        prev_batch = None
+        if self.config.temporal_across_chunks:
+            prev_batch = {"prev_global_pose": prev[0], "prev_frame_mask": prev[1]}
+        (loss, (parts, new_rest)), grads = jax.value_and_grad(self.chunk_loss, has_aux=True)(
+            state.params, state.rest, chunk, key, prev_batch
+        )
+        # A chunk with no valid frame (all padding) must not move the weights.
+        has_data = (jnp.sum(chunk.frame_mask) > 0).astype(jnp.float32)
+        keep = has_data > 0
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        select = lambda n, o: jnp.where(keep, n, o)  # noqa: E731
+        new_state = NeuFaceState(
+            params=jax.tree.map(select, new_params, state.params),
+            rest=jax.tree.map(select, new_rest, state.rest),
+            opt_state=jax.tree.map(select, opt_state, state.opt_state),
+            step=state.step + has_data.astype(jnp.int32),
+        )
+        new_prev = prev
+        if self.config.temporal_across_chunks:
+            # Context for the next chunk: this chunk's last frames under the new weights, fixed.
+            p = self.predict(jax.lax.stop_gradient(new_state.params), new_state.rest, chunk.images[-self._CONTEXT :])
+            new_prev = (p.pose[..., 0:3], chunk.frame_mask[-self._CONTEXT :])
+        stats = jnp.stack([parts.get(n, jnp.zeros(())) for n in names] + [loss]) * has_data
+        return new_state, stats, has_data, new_prev
 
-        w = chunks.frame_mask.shape[2]
-        prev0 = (jnp.zeros((context, w, 3)), jnp.zeros((context, w)))
-        keys = jax.random.split(key, chunks.frame_mask.shape[0])
-        (state, _), (stats, has_data) = jax.lax.scan(body, (state, prev0), (chunks, keys))
-        mean = jnp.sum(stats, 0) / jnp.maximum(jnp.sum(has_data), 1.0)
+    def initial_context(self, num_views: int, lead: tuple[int, ...] = ()):
+        """Empty temporal context (masked) for the first chunk."""
+        c = self._CONTEXT
+        return (jnp.zeros(lead + (c, num_views, 3)), jnp.zeros(lead + (c, num_views)))
+
+    def run_epoch(self, state, chunk_list, key, *, packed: bool = False):
+        """One epoch: the chunks in order, one compiled step each. Returns (state, mean stats).
+
+        A Python loop over a compiled step rather than ``lax.scan``: XLA:CPU compiles the
+        scan body of a conv net several times slower than the same step on its own.
+        """
+        step = self.step_fn_packed if packed else self.step_fn
+        lead = chunk_list[0].frame_mask.shape[:-2]
+        prev = self.initial_context(chunk_list[0].frame_mask.shape[-1], lead)
+        keys = jax.random.split(key, len(chunk_list))
+        total = 0.0
+        count = 0.0
+        for k, chunk in enumerate(chunk_list):
+            kk = jnp.stack([keys[k]] * lead[0]) if packed else keys[k]
+            state, stats, has_data, prev = step(state, chunk, kk, prev)
+            total = total + stats
+            count = count + has_data
+        mean = total / jnp.maximum(count, 1.0)[..., None] if packed else total / jnp.maximum(count, 1.0)
         return state, mean
 
     def _export(self, params, rest, data: ClipData):
@@ -397,14 +431,14 @@ class NeuFace:
 
     # ---------------------------------------------------------------- compiled entry points
     @functools.cached_property
-    def epoch_fn(self) -> Callable:
-        """jit(epoch) for one clip: (state, rest, chunks, key) → (state, mean parts)."""
-        return jax.jit(self._epoch, donate_argnums=(0,))
+    def step_fn(self) -> Callable:
+        """jit(step) for one clip: (state, chunk, key, prev) → (state, stats, has_data, prev)."""
+        return jax.jit(self._step, donate_argnums=(0,))
 
     @functools.cached_property
-    def epoch_fn_packed(self) -> Callable:
-        """jit(vmap(epoch)) over stacked clips: every argument has a leading clip axis except ``rest``."""
-        return jax.jit(jax.vmap(self._epoch, in_axes=(0, None, 0, 0)), donate_argnums=(0,))
+    def step_fn_packed(self) -> Callable:
+        """jit(vmap(step)) over stacked clips: every argument has a leading clip axis."""
+        return jax.jit(jax.vmap(self._step), donate_argnums=(0,))
 
     @functools.cached_property
     def export_fn(self) -> Callable:
@@ -412,20 +446,22 @@ class NeuFace:
 
     @functools.cached_property
     def export_fn_packed(self) -> Callable:
-        return jax.jit(jax.vmap(self._export, in_axes=(0, None, 0)))
+        return jax.jit(jax.vmap(self._export))
 
-    def to_chunks(self, data: ClipData) -> ClipData:
-        """[T_pad, ...] → [K, C, ...] (T_pad a multiple of the chunk length)."""
+    def to_chunks(self, data: ClipData) -> list[ClipData]:
+        """[..., T_pad, ...] → a list of K chunks [..., C, ...] (T_pad a multiple of the chunk length)."""
         c = self.config.chunk_frames
-        k = data.frame_mask.shape[-2] // c
         lead = data.frame_mask.shape[:-2]
-        return jax.tree.map(lambda x: x.reshape(lead + (k, c) + x.shape[len(lead) + 1 :]), data)
+        k = data.frame_mask.shape[-2] // c
+        axis = len(lead)
+        return [
+            jax.tree.map(lambda x: jax.lax.slice_in_dim(x, i * c, (i + 1) * c, axis=axis), data) for i in range(k)
+        ]
 
     # ---------------------------------------------------------------- driver
     def fit(self, data: ClipData, *, encoder=None, progress: Callable[[int, dict], None] | None = None) -> FitResult:
         """Optimizes one clip from a fresh copy of ``encoder``'s weights."""
         state = self.init_state(encoder)
-        rest = self._rest
         t = data.num_frames
         padded = pad_clip(data, padded_length(t, self.config.chunk_frames))
         chunks = self.to_chunks(padded)
@@ -433,14 +469,14 @@ class NeuFace:
         history = {n: [] for n in names + ["total"]}
         key = jax.random.key(self.config.seed)
         for epoch in range(self.config.num_epochs):
-            state, mean = self.epoch_fn(state, rest, chunks, jax.random.fold_in(key, epoch))
+            state, mean = self.run_epoch(state, chunks, jax.random.fold_in(key, epoch))
             if progress is not None or epoch == self.config.num_epochs - 1 or epoch % 10 == 0:
                 values = np.asarray(mean)
                 for n, v in zip(names + ["total"], values):
                     history[n].append(float(v))
                 if progress is not None:
                     progress(epoch + 1, dict(zip(names + ["total"], values.tolist())))
-        out = jax.device_get(self.export_fn(state.params, rest, padded))
+        out = jax.device_get(self.export_fn(state.params, state.rest, padded))
         return _result(out, t, history)
 
 

@@ -138,15 +138,27 @@ class MotionConfig:
     gaze_amplitude_rad: float = 0.15
 
 
+def _box_filter(x: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average with edge padding; same length as ``x`` even when shorter than ``width``."""
+    pad = width // 2
+    xp = np.pad(x, (pad, width - 1 - pad), mode="edge")
+    return np.convolve(xp, np.ones(width) / width, mode="valid")
+
+
 def _smooth_noise(rng, t: int, channels: int, cutoff_hz: float, fps: float) -> np.ndarray:
-    """Gaussian-filtered white noise normalized to unit std per channel, [t, channels]."""
+    """Gaussian-filtered white noise with unit std in expectation, [t, channels].
+
+    Normalized by the filter's gain (√Σk²), not by the sample std of this clip: a short
+    clip of slow noise is mostly a drift whose sample std is tiny, and dividing by it
+    would blow the drift up.
+    """
     sigma = max(fps / (2.0 * np.pi * cutoff_hz), 0.5)
     pad = int(4 * sigma) + 1
     x = rng.normal(size=(t + 2 * pad, channels))
     k = np.exp(-0.5 * (np.arange(-pad, pad + 1) / sigma) ** 2)
     k /= k.sum()
     y = np.stack([np.convolve(x[:, c], k, mode="same") for c in range(channels)], 1)[pad : pad + t]
-    return y / np.maximum(y.std(0, keepdims=True), 1e-8)
+    return y / np.sqrt(np.sum(k**2))
 
 
 def generate_motion(
@@ -205,7 +217,7 @@ def generate_motion(
         length = int(rng.uniform(1.0, 2.5) * fps)
         speaking[pos : pos + length] = 1.0
         pos += length + int(rng.uniform(0.2, 0.8) * fps)
-    envelope = np.convolve(speaking, np.ones(5) / 5.0, mode="same")
+    envelope = _box_filter(speaking, 5)
     rate = config.syllable_rate_hz * (1.0 + 0.15 * _smooth_noise(rng, t, 1, 0.5, fps)[:, 0])
     phase = 2 * np.pi * np.cumsum(rate) / fps + rng.uniform(0, 2 * np.pi)
     syllables = 0.5 * (1.0 - np.cos(phase))
@@ -240,7 +252,7 @@ def generate_motion(
         gaze[pos : pos + dur] = target
         pos += dur
         target = rng.normal(size=2) * config.gaze_amplitude_rad * 0.5
-    gaze = np.stack([np.convolve(gaze[:, c], np.ones(3) / 3, mode="same") for c in range(2)], 1)
+    gaze = np.stack([_box_filter(gaze[:, c], 3) for c in range(2)], 1)
 
     pose = np.zeros((t, 15))
     pose[:, 0:3] = head.as_rotvec()

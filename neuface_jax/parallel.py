@@ -73,21 +73,17 @@ def fit_packed(
     padded += [_dummy_clip(padded[0])] * (k_pad - k)
 
     state0 = opt.init_state(encoder)
-    rest = opt._rest
     clip_sharding = NamedSharding(mesh, P("clips"))
-    replicated = NamedSharding(mesh, P())
     states = jax.device_put(_stack([state0] * k_pad), clip_sharding)
     data = jax.device_put(_stack(padded), clip_sharding)
     chunks = opt.to_chunks(data)
-    rest = jax.device_put(rest, replicated)
     base = jax.random.key(cfg.seed)
     for epoch in range(cfg.num_epochs):
         # The same per-clip key sequence as the single-clip path (fit.NeuFace.fit).
-        keys = jax.device_put(jnp.stack([jax.random.fold_in(base, epoch)] * k_pad), clip_sharding)
-        states, mean = opt.epoch_fn_packed(states, rest, chunks, keys)
+        states, mean = opt.run_epoch(states, chunks, jax.random.fold_in(base, epoch), packed=True)
         if progress is not None:
             progress(epoch + 1, np.asarray(mean)[:k])
-    out = jax.device_get(opt.export_fn_packed(states.params, rest, data))
+    out = jax.device_get(opt.export_fn_packed(states.params, states.rest, data))
     results = []
     for i, t in enumerate(lengths):
         results.append(fit_lib._result(jax.tree.map(lambda x: x[i], out), t, {}))
@@ -114,13 +110,12 @@ def fit_sharded_frames(
     padded = fit_lib.pad_clip(clip, fit_lib.padded_length(t, cfg.chunk_frames))
     state = opt.init_state(encoder)
     replicated = NamedSharding(mesh, P())
-    frames_in_chunk = NamedSharding(mesh, P(None, "frames"))
+    frames_in_chunk = NamedSharding(mesh, P("frames"))
     state = jax.device_put(state, replicated)
-    rest = jax.device_put(opt._rest, replicated)
     chunks = jax.device_put(opt.to_chunks(padded), frames_in_chunk)
     key = jax.random.key(cfg.seed)
     for epoch in range(cfg.num_epochs):
-        state, _ = opt.epoch_fn(state, rest, chunks, jax.random.fold_in(key, epoch))
+        state, _ = opt.run_epoch(state, chunks, jax.random.fold_in(key, epoch))
     data = jax.device_put(padded, NamedSharding(mesh, P("frames")))
-    out = jax.device_get(opt.export_fn(state.params, rest, data))
+    out = jax.device_get(opt.export_fn(state.params, state.rest, data))
     return fit_lib._result(out, t, {})

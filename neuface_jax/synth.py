@@ -226,12 +226,11 @@ def synthesize_clip(
         from flame_jax import demo
 
         model, embedding68, embedding_mp = default_assets()
+        names = list(demo.DEMO_EXPRESSION_NAMES)
         if blink_component is None:
-            blink_component = demo.DEMO_EXPRESSION_INDEX.get("blink")
+            blink_component = names.index("blink")
         if speech_components is None:
-            speech_components = tuple(
-                demo.DEMO_EXPRESSION_INDEX[k] for k in ("lips_apart", "smile") if k in demo.DEMO_EXPRESSION_INDEX
-            )
+            speech_components = tuple(names.index(k) for k in ("lips_apart", "pucker"))
     if embedding68 is None or embedding68.kind != "ibug68":
         raise ValueError("synthesize_clip needs a 68-point (ibug68) landmark embedding")
     speech_components = tuple(speech_components or ())

@@ -9,6 +9,10 @@ passes silently.
 from __future__ import annotations
 
 import os
+
+# Multi-threaded OpenBLAS makes small NumPy linear algebra 40-200x slower on a loaded
+# 2-core machine; the tests only do small host-side algebra.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import pathlib
 
 import pytest
