@@ -517,7 +517,9 @@ def apply(graphdef, trainable, rest, images: jax.Array, *, update_bn_stats: bool
       raw: [B, num_outputs] float32 when ``update_bn_stats`` is False; otherwise ``(raw, new_rest)``
       with ``new_rest`` structured like ``rest``.
     """
-    model = nnx.merge(graphdef, trainable, rest)
+    # copy=True: fresh Variables owned by the current trace, so BatchNorm may update its
+    # statistics under jax.grad (reused Variables belong to an outer trace).
+    model = nnx.merge(graphdef, trainable, rest, copy=update_bn_stats)
     raw = model(images, use_running_average=not update_bn_stats)
     if not update_bn_stats:
         return raw

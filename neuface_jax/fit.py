@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 import flame_jax
 from neuface_jax import camera as camera_lib
@@ -320,16 +321,28 @@ class NeuFace:
         self.encoder_config = encoder_config
         self.config = config
         self.optimizer = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
-        self._graphdef = None
-        self._rest = None
+        self._graphdef = encoder_lib.split_params(
+            nnx.eval_shape(lambda: encoder_lib.init_encoder(encoder_config, seed=0)), freeze_bn=config.freeze_bn
+        )[0]
+
+    # Optimizers with equal settings are equal: the class-level compiled functions take the
+    # optimizer as a static argument, so every instance with the same settings (every clip
+    # of a dataset run, every test) reuses one compiled executable per shape.
+    def _key(self):
+        return _compile_key(self)
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self._key() == other._key()
 
     # ---------------------------------------------------------------- setup
     def init_state(self, encoder=None, seed: int | None = None) -> NeuFaceState:
         """A fresh state from ``encoder`` (an ``Encoder``; default a new one from ``seed``)."""
         if encoder is None:
             encoder = encoder_lib.init_encoder(self.encoder_config, seed=self.config.seed if seed is None else seed)
-        graphdef, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=self.config.freeze_bn)
-        self._graphdef = graphdef
+        _, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=self.config.freeze_bn)
         # Copies: the epoch step donates its state, which must not delete the encoder's own buffers.
         params = jax.tree.map(jnp.array, trainable)
         rest = jax.tree.map(jnp.array, rest)
@@ -350,7 +363,7 @@ class NeuFace:
         decoded = jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), decoded)
         return (decoded, rest) if update_bn_stats else decoded
 
-    def chunk_loss(self, params, rest, chunk: ClipData, key, prev=None):
+    def chunk_loss(self, params, rest, chunk: ClipData, key, prev, face: FaceModel):
         """Loss of one chunk; returns (total, (parts, new_rest))."""
         train_bn = not self.config.freeze_bn
         p = self.predict(params, rest, chunk.images, update_bn_stats=train_bn)
@@ -358,19 +371,19 @@ class NeuFace:
             p, rest = p
         c, w = chunk.frame_mask.shape
         shape = encoder_lib.clip_shape(p.shape.reshape(c * w, -1), chunk.frame_mask.reshape(c * w))
-        total, parts = _loss_batch(self.face, chunk, shape, p.expression, p.pose, p.cam, key, config=self.config, prev=prev)
+        total, parts = _loss_batch(face, chunk, shape, p.expression, p.pose, p.cam, key, config=self.config, prev=prev)
         return total, (parts, rest)
 
     _CONTEXT = 2  # frames of the previous chunk carried into the temporal windows
 
-    def _step(self, state: NeuFaceState, chunk: ClipData, key, prev):
+    def _step(self, state: NeuFaceState, chunk: ClipData, key, prev, face: FaceModel):
         """One Adam step on one chunk [C, W, ...]. Returns (state, stats [parts..., total], has_data, prev)."""
         names = _parts_template(self.config, chunk.frame_mask.shape[1])
         prev_batch = None
         if self.config.temporal_across_chunks:
             prev_batch = {"prev_global_pose": prev[0], "prev_frame_mask": prev[1]}
         (loss, (parts, new_rest)), grads = jax.value_and_grad(self.chunk_loss, has_aux=True)(
-            state.params, state.rest, chunk, key, prev_batch
+            state.params, state.rest, chunk, key, prev_batch, face
         )
         # A chunk with no valid frame (all padding) must not move the weights.
         has_data = (jnp.sum(chunk.frame_mask) > 0).astype(jnp.float32)
@@ -411,13 +424,13 @@ class NeuFace:
         count = 0.0
         for k, chunk in enumerate(chunk_list):
             kk = jnp.stack([keys[k]] * lead[0]) if packed else keys[k]
-            state, stats, has_data, prev = step(state, chunk, kk, prev)
+            state, stats, has_data, prev = step(state, chunk, kk, prev, self.face)
             total = total + stats
             count = count + has_data
         mean = total / jnp.maximum(count, 1.0)[..., None] if packed else total / jnp.maximum(count, 1.0)
         return state, mean
 
-    def _export(self, params, rest, data: ClipData):
+    def _export(self, params, rest, data: ClipData, face: FaceModel):
         """Predictions for every frame and view of a (padded) clip, chunk by chunk."""
         k, c = data.frame_mask.shape[0] // self.config.chunk_frames, self.config.chunk_frames
         chunks = jax.tree.map(lambda x: x.reshape((k, c) + x.shape[1:]), data)
@@ -425,28 +438,29 @@ class NeuFace:
         preds = jax.tree.map(lambda x: x.reshape((k * c,) + x.shape[2:]), preds)
         t, w = data.frame_mask.shape
         shape = encoder_lib.clip_shape(preds.shape.reshape(t * w, -1), data.frame_mask.reshape(t * w))
-        verts, lmk2d, root = evaluate_params(self.face, shape, preds.expression, preds.pose, preds.cam)
+        verts, lmk2d, root = evaluate_params(face, shape, preds.expression, preds.pose, preds.cam)
         canon = losses_lib.canonical_vertices(verts, preds.pose[..., 0:3], root)
         return shape, preds.expression, preds.pose, preds.cam, lmk2d, verts, canon
 
     # ---------------------------------------------------------------- compiled entry points
-    @functools.cached_property
+    @property
     def step_fn(self) -> Callable:
-        """jit(step) for one clip: (state, chunk, key, prev) → (state, stats, has_data, prev)."""
-        return jax.jit(self._step, donate_argnums=(0,))
+        """Compiled step for one clip: (state, chunk, key, prev, face) → (state, stats, has_data, prev)."""
+        return functools.partial(_neuface_step, self)
 
-    @functools.cached_property
+    @property
     def step_fn_packed(self) -> Callable:
-        """jit(vmap(step)) over stacked clips: every argument has a leading clip axis."""
-        return jax.jit(jax.vmap(self._step), donate_argnums=(0,))
+        """Compiled vmap(step) over stacked clips: all but ``face`` have a leading clip axis."""
+        return functools.partial(_neuface_step_packed, self)
 
-    @functools.cached_property
+    @property
     def export_fn(self) -> Callable:
-        return jax.jit(self._export)
+        """Compiled export: (params, rest, data, face) → arrays of a FitResult."""
+        return functools.partial(_neuface_export, self)
 
-    @functools.cached_property
+    @property
     def export_fn_packed(self) -> Callable:
-        return jax.jit(jax.vmap(self._export))
+        return functools.partial(_neuface_export_packed, self)
 
     def to_chunks(self, data: ClipData) -> list[ClipData]:
         """[..., T_pad, ...] → a list of K chunks [..., C, ...] (T_pad a multiple of the chunk length)."""
@@ -476,7 +490,7 @@ class NeuFace:
                     history[n].append(float(v))
                 if progress is not None:
                     progress(epoch + 1, dict(zip(names + ["total"], values.tolist())))
-        out = jax.device_get(self.export_fn(state.params, state.rest, padded))
+        out = jax.device_get(self.export_fn(state.params, state.rest, padded, self.face))
         return _result(out, t, history)
 
 
@@ -512,15 +526,22 @@ class DirectFit:
         self.config = config
         self.optimizer = optax.adam(config.direct_learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
 
+    def _key(self):
+        return _compile_key(self)
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return type(other) is type(self) and self._key() == other._key()
+
     def init_params(self, data: ClipData, encoder=None) -> DirectParams:
         """The encoder's prediction for every image (mean face at the initial camera when untrained)."""
         if encoder is None:
             encoder = encoder_lib.init_encoder(self.encoder_config, seed=self.config.seed)
         graphdef, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=True)
         t, w = data.frame_mask.shape
-        raw = jax.jit(lambda tr, r, x: encoder_lib.apply(graphdef, tr, r, x))(
-            trainable, rest, data.images.reshape((t * w,) + data.images.shape[2:])
-        )
+        raw = _apply_encoder(graphdef, trainable, rest, data.images.reshape((t * w,) + data.images.shape[2:]))
         p = encoder_lib.decode_outputs(raw, self.encoder_config)
         shape = encoder_lib.clip_shape(p.shape, data.frame_mask.reshape(-1))
         return DirectParams(
@@ -530,11 +551,9 @@ class DirectFit:
             cam=p.cam.reshape(t, w, 3),
         )
 
-    def _loss(self, params: DirectParams, data: ClipData, key):
+    def _loss(self, params: DirectParams, data: ClipData, key, face: FaceModel):
         pose = flame_jax.deca_pose_to_full(params.rotation)
-        total, parts = _loss_batch(
-            self.face, data, params.shape, params.expression, pose, params.cam, key, config=self.config
-        )
+        total, parts = _loss_batch(face, data, params.shape, params.expression, pose, params.cam, key, config=self.config)
         m = data.frame_mask[..., None]
         ws, we, wp = self.config.direct_prior_weights
         prior = (
@@ -545,25 +564,26 @@ class DirectFit:
         parts = dict(parts, prior=prior)
         return total + prior, parts
 
-    def _run(self, params: DirectParams, data: ClipData, key, num_steps: int):
+    def _run(self, params: DirectParams, data: ClipData, key, num_steps: int, face: FaceModel):
         opt_state = self.optimizer.init(params)
         names = _parts_template(self.config, data.frame_mask.shape[1]) + ["prior"]
 
         def body(carry, k):
             p, s = carry
-            (loss, parts), grads = jax.value_and_grad(self._loss, has_aux=True)(p, data, k)
+            (loss, parts), grads = jax.value_and_grad(self._loss, has_aux=True)(p, data, k, face)
             updates, s = self.optimizer.update(grads, s, p)
             return (optax.apply_updates(p, updates), s), jnp.stack([parts[n] for n in names] + [loss])
 
         (params, _), stats = jax.lax.scan(body, (params, opt_state), jax.random.split(key, num_steps))
         pose = flame_jax.deca_pose_to_full(params.rotation)
-        verts, lmk2d, root = evaluate_params(self.face, params.shape, params.expression, pose, params.cam)
+        verts, lmk2d, root = evaluate_params(face, params.shape, params.expression, pose, params.cam)
         canon = losses_lib.canonical_vertices(verts, pose[..., 0:3], root)
         return (params.shape, params.expression, pose, params.cam, lmk2d, verts, canon), stats
 
-    @functools.cached_property
+    @property
     def run_fn(self) -> Callable:
-        return jax.jit(self._run, static_argnums=(3,))
+        """Compiled run: (params, data, key, num_steps, face) → (FitResult arrays, per-step stats)."""
+        return functools.partial(_direct_run, self)
 
     def num_steps(self, num_frames: int) -> int:
         """As many Adam steps as NeuFace takes on a clip of this length."""
@@ -572,10 +592,59 @@ class DirectFit:
     def fit(self, data: ClipData, *, encoder=None) -> FitResult:
         params = self.init_params(data, encoder)
         steps = self.num_steps(data.num_frames)
-        out, stats = self.run_fn(params, data, jax.random.key(self.config.seed), steps)
+        out, stats = self.run_fn(params, data, jax.random.key(self.config.seed), steps, self.face)
         out = jax.device_get(out)
         names = _parts_template(self.config, data.num_views) + ["prior", "total"]
         stats = np.asarray(stats)
         block = max(1, steps // 10)
         history = {n: [float(v) for v in stats[::block, i]] for i, n in enumerate(names)}
         return _result(out, data.num_frames, history)
+
+
+# --------------------------------------------------------------------------- compiled entry points
+def _compile_key(opt) -> tuple:
+    """What a compiled step depends on: the encoder and every setting except the epoch count and
+    the seed (those only drive the Python loop and the initial weights)."""
+    cfg = dataclasses.replace(opt.config, num_epochs=0, seed=0)
+    return (type(opt).__name__, opt.encoder_config, _freeze(cfg))
+
+
+def _freeze(x):
+    """A hashable view of a config (dicts → sorted item tuples, lists → tuples)."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return (type(x).__name__,) + tuple((f.name, _freeze(getattr(x, f.name))) for f in dataclasses.fields(x))
+    if isinstance(x, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in x.items()))
+    if isinstance(x, (list, tuple)):
+        return tuple(_freeze(v) for v in x)
+    return x
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
+def _neuface_step(opt: NeuFace, state, chunk, key, prev, face):
+    return opt._step(state, chunk, key, prev, face)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
+def _neuface_step_packed(opt: NeuFace, state, chunk, key, prev, face):
+    return jax.vmap(lambda s, c, k, p: opt._step(s, c, k, p, face))(state, chunk, key, prev)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _neuface_export(opt: NeuFace, params, rest, data, face):
+    return opt._export(params, rest, data, face)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _neuface_export_packed(opt: NeuFace, params, rest, data, face):
+    return jax.vmap(lambda p, r, d: opt._export(p, r, d, face))(params, rest, data)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _direct_run(opt: DirectFit, params, data, key, num_steps, face):
+    return opt._run(params, data, key, num_steps, face)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _apply_encoder(graphdef, trainable, rest, images):
+    return encoder_lib.apply(graphdef, trainable, rest, images)

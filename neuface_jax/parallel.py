@@ -83,7 +83,7 @@ def fit_packed(
         states, mean = opt.run_epoch(states, chunks, jax.random.fold_in(base, epoch), packed=True)
         if progress is not None:
             progress(epoch + 1, np.asarray(mean)[:k])
-    out = jax.device_get(opt.export_fn_packed(states.params, states.rest, data))
+    out = jax.device_get(opt.export_fn_packed(states.params, states.rest, data, opt.face))
     results = []
     for i, t in enumerate(lengths):
         results.append(fit_lib._result(jax.tree.map(lambda x: x[i], out), t, {}))
@@ -117,5 +117,5 @@ def fit_sharded_frames(
     for epoch in range(cfg.num_epochs):
         state, _ = opt.run_epoch(state, chunks, jax.random.fold_in(key, epoch))
     data = jax.device_put(padded, NamedSharding(mesh, P("frames")))
-    out = jax.device_get(opt.export_fn(state.params, state.rest, data))
+    out = jax.device_get(opt.export_fn(state.params, state.rest, data, opt.face))
     return fit_lib._result(out, t, {})

@@ -166,6 +166,13 @@ def _background(rng, size: int) -> np.ndarray:
     return np.clip(img, 0, 1).astype(np.float32)
 
 
+def _local_max(depth: np.ndarray) -> np.ndarray:
+    """3x3 maximum filter of a depth buffer (empty pixels are +inf and stay so)."""
+    padded = np.pad(depth, 1, mode="edge")
+    h, w = depth.shape
+    return np.max(np.stack([padded[i : i + h, j : j + w] for i in range(3) for j in range(3)]), axis=0)
+
+
 # --------------------------------------------------------------------------- projection
 def project_points(points_cam: np.ndarray, focal: float, principal: np.ndarray, distance: float) -> np.ndarray:
     """Pinhole projection of FLAME-frame points seen by a camera at (0, 0, distance) looking at −z.
@@ -290,7 +297,10 @@ def synthesize_clip(
             images[ti, w] = render_lib.to_uint8(rendering.image)
             p68 = project_points(lmk68_3d[ti, w], focal, principal, config.camera_distance)
             true68[ti, w] = p68[:, :2]
-            visible = render_lib.point_visibility(p68, rendering.depth, tolerance=tol)
+            # Farthest depth in each 3x3 neighbourhood: a landmark next to an occluding edge
+            # is not declared hidden because one pixel centre sampled the nearer surface.
+            depth_far = _local_max(rendering.depth)
+            visible = render_lib.point_visibility(p68, depth_far, tolerance=tol)
             inside = (p68[:, 0] >= 0) & (p68[:, 0] < size) & (p68[:, 1] >= 0) & (p68[:, 1] < size)
             # The contour points sit on the silhouette by construction (detectors report it).
             visible[:17] = inside[:17]
@@ -298,7 +308,7 @@ def synthesize_clip(
             if n_mp:
                 pmp = project_points(lmk_mp_3d[ti, w], focal, principal, config.camera_distance)
                 true_mp[ti, w] = pmp[:, :2]
-                vis_mp[ti, w] = render_lib.point_visibility(pmp, rendering.depth, tolerance=tol)
+                vis_mp[ti, w] = render_lib.point_visibility(pmp, depth_far, tolerance=tol)
             if progress is not None:
                 progress(ti * num_w + w + 1, num_t * num_w)
 
@@ -445,7 +455,7 @@ def read_clip(clip_dir, *, load_images: bool = True) -> SynthClip:
     images = np.zeros((num_t, len(views), size, size, 3), np.uint8)
     if load_images:
         for w, name in enumerate(views):
-            frames = video_lib.read_video(d / manifest["videos"][name]).frames
+            frames = video_lib.read_video(d / manifest["videos"][name]).frames[0]
             if frames.shape[0] < num_t:
                 raise ValueError(f"{d / manifest['videos'][name]}: {frames.shape[0]} frames, clip.json says {num_t}")
             images[:, w] = frames[:num_t, :size, :size]

@@ -47,3 +47,18 @@ def make_random_model(seed=0, num_v=600, num_f=1100, n_shape=12, n_expr=8, scale
 @pytest.fixture(scope="module")
 def random_model():
     return make_random_model()
+
+
+def make_random_embedding68(num_faces: int, seed: int = 0):
+    """A random iBUG-68 embedding (51 static points + a 79x17 contour table) for a mesh with ``num_faces``."""
+    from flame_jax.landmarks import LandmarkEmbedding
+
+    rng = np.random.default_rng(seed)
+    b = rng.random((51, 3))
+    b /= b.sum(1, keepdims=True)
+    db = rng.random((79, 17, 3))
+    db /= db.sum(-1, keepdims=True)
+    return LandmarkEmbedding.from_arrays(
+        face_idx=rng.integers(0, num_faces, 51), bary_coords=b,
+        dynamic_face_idx=rng.integers(0, num_faces, (79, 17)), dynamic_bary_coords=db,
+    )

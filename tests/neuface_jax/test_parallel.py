@@ -16,16 +16,11 @@ SCRIPT = r"""
 import json, sys
 import numpy as np, jax, jax.numpy as jnp
 assert jax.device_count() == 8, jax.devices()
-from tests.flame_jax.conftest import make_random_model
-from flame_jax.landmarks import LandmarkEmbedding
+from tests.flame_jax.conftest import make_random_embedding68, make_random_model
 from neuface_jax import encoder as enc, fit, parallel
 
 model, _ = make_random_model(n_shape=6, n_expr=4, num_v=300, num_f=500)
-rng = np.random.default_rng(0)
-b = rng.random((51, 3)); b /= b.sum(1, keepdims=True)
-db = rng.random((79, 17, 3)); db /= db.sum(-1, keepdims=True)
-emb = LandmarkEmbedding.from_arrays(face_idx=rng.integers(0, 500, 51), bary_coords=b,
-                                    dynamic_face_idx=rng.integers(0, 500, (79, 17)), dynamic_bary_coords=db)
+emb = make_random_embedding68(500)
 face = fit.FaceModel(model, emb)
 ecfg = enc.EncoderConfig.small(n_shape=6, n_expr=4, image_size=16, small_widths=(4, 8), small_blocks=(1, 1), head_hidden=16)
 cfg = fit.FitConfig(num_epochs=2, chunk_frames=8, learning_rate=1e-3)

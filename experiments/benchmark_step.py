@@ -1,0 +1,410 @@
+r"""Benchmark of the NeuFace update step: one Adam step on one chunk of frames × views.
+
+What is timed is the production step, ``fit.NeuFace.step_fn`` (``jax.jit`` of ``NeuFace._step``
+with the state donated): encoder forward + backward on C·W images, FLAME forward, landmarks, the
+reference loss (10·landmark + 100·temporal + 200·multi-view) and the Adam update. Inputs are
+synthetic (random images, random landmark targets, every frame and landmark valid), built as a
+``fit.ClipData``; FLAME is the procedural demo head. Two configurations by default:
+
+* ``small``: ``EncoderConfig.small`` at 64×64, a chunk of 20 frames × 3 views (60 images/step);
+* ``resnet50``: DECA's ResNet-50 at 224×224, 20 frames × 7 views (140 images/step).
+
+Per configuration it reports: images/s of the step (the mean over back-to-back timed steps,
+as ``NeuFace.run_epoch`` issues them; the fastest of --repeats such loops), trace/lowering and XLA compile time, XLA's memory
+estimate of the compiled step (temp + arguments + outputs, and the same less donated aliases),
+the device's peak bytes in use when the backend reports it (accelerators; a process-wide
+high-water mark), the step's FLOPs from XLA's cost analysis, and how the step time splits
+between the encoder's forward + backward alone and FLAME + losses alone (each timed on its own,
+same batch). On an accelerator it reports model FLOP utilization for ResNet-50 at 224²:
+
+    MFU = 12.3 GFLOP/image (the nominal ResNet-50 forward + backward) × images/s / peak FLOP/s
+
+with the peak from --peak_tflops or, for a few known GPUs, their dense spec-sheet peak for the
+compute dtype (float32 counts as TF32: JAX's DEFAULT precision uses tensor cores on A100/H100).
+Note the nominal 12.3 GFLOP is 3 × 4.1 G multiply-adds; XLA counts 2 FLOPs per multiply-add, so
+an MFU from XLA's own count (also reported, ``mfu_xla``) is about twice the nominal one.
+
+    python experiments/benchmark_step.py                              # both configs, float32
+    python experiments/benchmark_step.py --dtype=bfloat16 --peak_tflops=989.4   # on an H100 SXM
+
+Prints one JSON line per configuration, a one-line ``SUMMARY``, and writes the JSON to --out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("configs", ["small", "resnet50"], "Configurations to measure: small, resnet50.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Encoder compute dtype (EncoderConfig.dtype).")
+flags.DEFINE_integer("frames", 20, "Frames per chunk (FitConfig.chunk_frames).")
+flags.DEFINE_integer("small_views", 3, "Views of the small configuration.")
+flags.DEFINE_integer("small_size", 64, "Image side of the small configuration.")
+flags.DEFINE_list("small_widths", None, "Override EncoderConfig.small's stage widths (e.g. 4,8 for a smoke test).")
+flags.DEFINE_integer("small_head", None, "Override EncoderConfig.small's head width.")
+flags.DEFINE_integer("resnet_views", 7, "Views of the ResNet-50 configuration.")
+flags.DEFINE_integer("resnet_size", 224, "Image side of the ResNet-50 configuration.")
+flags.DEFINE_integer("warmup", None, "Untimed steps after compiling (default: 1 on CPU, 3 on an accelerator).")
+flags.DEFINE_integer("small_steps", None, "Timed steps, small config (default: 5 on CPU, 50 on an accelerator).")
+flags.DEFINE_integer("resnet_steps", None, "Timed steps, ResNet-50 (default: 2 on CPU, 20 on an accelerator).")
+flags.DEFINE_integer("repeats", None, "Timed loops of --*_steps steps; the fastest is reported (default: 3 for "
+                     "small, 1 for ResNet-50 on CPU; 3 on an accelerator).")
+flags.DEFINE_bool("components", True, "Also time the encoder fwd+bwd and FLAME+losses fwd+bwd alone.")
+flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s of the device for the dtype used (for MFU).")
+flags.DEFINE_bool("check_host_memory", True, "On CPU, skip a config whose XLA memory estimate exceeds the "
+                  "available host memory instead of letting the OOM killer end the run.")
+flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and the encoder initialization.")
+flags.DEFINE_string("out", None, "JSON output path (default experiments/results/benchmark_step_<platform>.json).")
+
+#: ResNet-50 forward + backward per 224² image, in the usual "FLOPs = multiply-adds" convention
+#: (forward 4.1 G multiply-adds, backward about twice the forward).
+RESNET50_GFLOP_PER_IMAGE = 12.3
+
+#: Dense (no sparsity) spec-sheet peaks in TFLOP/s by device-kind substring: (bfloat16, tf32).
+#: The first matching row wins, so the more specific names come first.
+_KNOWN_PEAKS = (
+    ("H100 PCIe", 756.5, 378.0),
+    ("H100 NVL", 835.5, 417.5),
+    ("H100", 989.4, 494.7),  # SXM5
+    ("H200", 989.4, 494.7),
+    ("GH200", 989.4, 494.7),
+    ("A100", 312.0, 156.0),
+)
+
+MB = 2**20
+
+
+def _peak_tflops(device, dtype: str) -> tuple[float | None, str]:
+    """(peak TFLOP/s, where it came from) for MFU; (None, reason) when unknown."""
+    if FLAGS.peak_tflops is not None:
+        return float(FLAGS.peak_tflops), "--peak_tflops"
+    if device.platform == "cpu":
+        return None, "CPU: no peak (pass --peak_tflops to compute one)"
+    kind = str(getattr(device, "device_kind", ""))
+    for name, bf16, tf32 in _KNOWN_PEAKS:
+        if name.lower() in kind.lower():
+            peak = bf16 if dtype == "bfloat16" else tf32
+            what = "bf16" if dtype == "bfloat16" else "TF32 (float32 under JAX's DEFAULT precision)"
+            return peak, f"spec sheet, dense {what}, matched {name!r} in {kind!r}"
+    return None, f"unknown device kind {kind!r} (pass --peak_tflops)"
+
+
+def _cost_flops(compiled) -> float | None:
+    """XLA's FLOP count of a compiled executable, when the backend reports one."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - some backends raise instead of returning None
+        return None
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    flops = float(cost["flops"])
+    return flops if flops > 0 else None
+
+
+def _memory(compiled) -> dict:
+    """XLA's memory estimate of a compiled executable, in MiB."""
+    try:
+        mem = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001
+        mem = None
+    if mem is None:
+        return {}
+    total = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+    return {
+        "xla_temp_mb": mem.temp_size_in_bytes / MB,
+        "xla_argument_mb": mem.argument_size_in_bytes / MB,
+        "xla_output_mb": mem.output_size_in_bytes / MB,
+        "xla_alias_mb": mem.alias_size_in_bytes / MB,
+        # temp + arguments + outputs; donated state is counted as argument and output both ...
+        "xla_total_mb": total / MB,
+        # ... so the live high-water mark is closer to this.
+        "xla_total_less_alias_mb": (total - mem.alias_size_in_bytes) / MB,
+    }
+
+
+def _device_peak_mb(device) -> float | None:
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / MB
+    return None
+
+
+def _host_available_mb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / MB
+    except OSError:
+        pass
+    return None
+
+
+class _CompileCounter:
+    """Counts XLA backend compilations (to prove that the timed steps reuse one executable)."""
+
+    def __init__(self):
+        import jax
+
+        self.count = 0
+
+        def listener(event, duration, **kwargs):
+            if event == "/jax/core/compile/backend_compile_duration":
+                self.count += 1
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
+
+
+def _time_loop(run, block, n: int) -> float:
+    """Seconds per call of ``run`` over ``n`` back-to-back calls, blocking once at the end."""
+    t0 = time.perf_counter()
+    out = None
+    for _ in range(n):
+        out = run()
+    block(out)
+    return (time.perf_counter() - t0) / n
+
+
+def _make_chunk(frames: int, views: int, size: int, num_landmarks: int, seed: int):
+    import jax.numpy as jnp
+    import numpy as np
+
+    from neuface_jax import fit as fit_lib
+
+    rng = np.random.default_rng(seed)
+    return fit_lib.ClipData(
+        images=jnp.asarray(rng.random((frames, views, size, size, 3), np.float32)),
+        landmarks=jnp.asarray(np.clip(rng.normal(size=(frames, views, num_landmarks, 2)) * 0.3, -0.95, 0.95),
+                              jnp.float32),
+        landmarks_mask=jnp.ones((frames, views, num_landmarks), jnp.float32),
+        frame_mask=jnp.ones((frames, views), jnp.float32),
+    )
+
+
+def _encoder_config(name: str):
+    from neuface_jax import encoder as encoder_lib
+
+    if name == "small":
+        kw = {"image_size": FLAGS.small_size, "dtype": FLAGS.dtype}
+        if FLAGS.small_widths:
+            widths = tuple(int(w) for w in FLAGS.small_widths)
+            kw.update(small_widths=widths, small_blocks=(1,) * len(widths))
+        if FLAGS.small_head:
+            kw["head_hidden"] = FLAGS.small_head
+        return encoder_lib.EncoderConfig.small(**kw), FLAGS.small_views, FLAGS.small_size
+    if name == "resnet50":
+        cfg = encoder_lib.EncoderConfig(arch="resnet50", image_size=FLAGS.resnet_size, dtype=FLAGS.dtype)
+        return cfg, FLAGS.resnet_views, FLAGS.resnet_size
+    raise ValueError(f"unknown config {name!r} (small, resnet50)")
+
+
+def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from neuface_jax import encoder as encoder_lib
+    from neuface_jax import fit as fit_lib
+
+    ecfg, views, size = _encoder_config(name)
+    frames = FLAGS.frames
+    warmup = FLAGS.warmup if FLAGS.warmup is not None else (3 if accel else 1)
+    default_steps = {"small": (50, 5), "resnet50": (20, 2)}[name]
+    steps = getattr(FLAGS, f"{name.replace('50', '')}_steps")
+    steps = steps if steps is not None else default_steps[0 if accel else 1]
+    repeats = FLAGS.repeats if FLAGS.repeats is not None else (3 if accel or name == "small" else 1)
+    images_per_step = frames * views
+
+    entry: dict = {
+        "config": name, "arch": ecfg.arch, "dtype": ecfg.dtype, "image_size": size, "frames": frames,
+        "views": views, "images_per_step": images_per_step, "warmup_steps": warmup, "timed_steps": steps,
+        "repeats": repeats,
+    }
+    cfg = fit_lib.FitConfig(chunk_frames=frames, seed=FLAGS.seed)
+    opt = fit_lib.NeuFace(face, ecfg, cfg)
+    state = opt.init_state(seed=FLAGS.seed)
+    entry["trainable_params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
+    chunk = _make_chunk(frames, views, size, face.embedding.num_landmarks, FLAGS.seed)
+    key = jax.random.key(FLAGS.seed)
+    prev = opt.initial_context(views)
+
+    # ---- compile the production step ahead of time: compile time, memory and FLOPs.
+    t0 = time.perf_counter()
+    lowered = opt.step_fn.lower(state, chunk, key, prev)
+    entry["trace_lower_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    entry["compile_s"] = time.perf_counter() - t0
+    entry.update(_memory(compiled))
+    logging.info("[%s] step traced in %.1f s, compiled in %.1f s; XLA memory estimate %.0f MiB", name,
+                 entry["trace_lower_s"], entry["compile_s"], entry.get("xla_total_mb", float("nan")))
+    flops = _cost_flops(compiled)
+    entry["xla_step_gflop"] = None if flops is None else flops / 1e9
+    entry["xla_gflop_per_image"] = None if flops is None else flops / 1e9 / images_per_step
+    del lowered, compiled
+
+    if device.platform == "cpu" and FLAGS.check_host_memory and "xla_total_less_alias_mb" in entry:
+        avail = _host_available_mb()
+        if avail is not None and entry["xla_total_less_alias_mb"] > 0.9 * avail:
+            entry["skipped"] = (f"XLA estimates {entry['xla_total_less_alias_mb']:.0f} MiB, host has {avail:.0f} MiB "
+                                "available (--nocheck_host_memory to run anyway)")
+            return entry
+
+    # ---- the timed steps: NeuFace.step_fn itself (the jit cache holds the executable just built).
+    def block(out):
+        return jax.block_until_ready(out)
+
+    keys = list(jax.random.split(key, max(warmup, 1) + steps * repeats))  # made here: no eager op between steps
+    compiles_before = counter.count
+    t0 = time.perf_counter()
+    state, stats, _, _ = opt.step_fn(state, chunk, keys[0], prev)
+    block(state)
+    entry["first_call_s"] = time.perf_counter() - t0  # retrace + dispatch + one step, no recompile
+    for i in range(1, warmup):
+        state, stats, _, _ = opt.step_fn(state, chunk, keys[i], prev)
+    block(state)
+
+    holder = {"state": state, "i": max(warmup, 1)}
+
+    def run_step():
+        s, st, _, _ = opt.step_fn(holder["state"], chunk, keys[holder["i"]], prev)
+        holder["state"], holder["i"] = s, holder["i"] + 1
+        return s, st
+
+    logging.info("[%s] first call %.2f s; timing %d x %d steps", name, entry["first_call_s"], repeats, steps)
+    loop_s = [_time_loop(run_step, block, steps) for _ in range(repeats)]
+    step_s = min(loop_s)
+    entry["step_s_all_loops"] = loop_s
+    state, stats = holder["state"], None
+    entry["recompiles_in_steps"] = counter.count - compiles_before
+    entry["step_s"] = step_s
+    entry["images_per_s"] = images_per_step / step_s
+    entry["device_peak_mb"] = _device_peak_mb(device)  # process-wide high-water mark so far
+    entry["host_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+    # ---- model FLOP utilization (ResNet-50 at 224² only: the nominal 12.3 GFLOP is for that).
+    peak, source = _peak_tflops(device, ecfg.dtype)
+    entry["peak_tflops"] = peak
+    entry["peak_source"] = source
+    entry["mfu"] = entry["mfu_xla"] = None
+    if ecfg.arch == "resnet50" and size == 224 and peak:
+        entry["mfu"] = RESNET50_GFLOP_PER_IMAGE * 1e9 * entry["images_per_s"] / (peak * 1e12)
+    if flops is not None and peak:
+        entry["mfu_xla"] = flops / step_s / (peak * 1e12)
+    entry["achieved_xla_tflops"] = None if flops is None else flops / step_s / 1e12
+
+    # ---- components alone on the same batch: encoder fwd+bwd, FLAME + losses fwd+bwd.
+    if FLAGS.components:
+        train_bn = not cfg.freeze_bn
+        flat_images = chunk.images
+
+        def encoder_objective(params, rest, images):
+            p = opt.predict(params, rest, images, update_bn_stats=train_bn)
+            p = p[0] if train_bn else p
+            return sum(jnp.sum(x) for x in jax.tree.leaves(p))
+
+        enc_fn = jax.jit(jax.value_and_grad(encoder_objective))
+        t0 = time.perf_counter()
+        enc_compiled = enc_fn.lower(state.params, state.rest, flat_images).compile()
+        entry["encoder_compile_s"] = time.perf_counter() - t0
+        logging.info("[%s] step %.3f s; encoder alone compiled in %.1f s", name, step_s, entry["encoder_compile_s"])
+        enc_flops = _cost_flops(enc_compiled)
+        entry["encoder_xla_gflop"] = None if enc_flops is None else enc_flops / 1e9
+        run_enc = lambda: enc_compiled(state.params, state.rest, flat_images)  # noqa: E731
+        block(run_enc())
+        entry["encoder_fwd_bwd_s"] = min(_time_loop(run_enc, block, steps) for _ in range(repeats))
+        del enc_compiled
+
+        predicted = jax.jit(lambda p, r, x: opt.predict(p, r, x))(state.params, state.rest, chunk.images)
+
+        def flame_objective(pred, data, k):
+            c, w = data.frame_mask.shape
+            shape = encoder_lib.clip_shape(pred.shape.reshape(c * w, -1), data.frame_mask.reshape(c * w))
+            total, _ = fit_lib._loss_batch(face, data, shape, pred.expression, pred.pose, pred.cam, k, config=cfg)
+            return total
+
+        flame_fn = jax.jit(jax.value_and_grad(flame_objective))
+        flame_compiled = flame_fn.lower(predicted, chunk, key).compile()
+        run_flame = lambda: flame_compiled(predicted, chunk, key)  # noqa: E731
+        block(run_flame())
+        entry["flame_losses_fwd_bwd_s"] = min(_time_loop(run_flame, block, max(steps, 3)) for _ in range(3))
+        entry["encoder_fraction"] = entry["encoder_fwd_bwd_s"] / step_s
+        entry["flame_losses_fraction"] = entry["flame_losses_fwd_bwd_s"] / step_s
+        # Adam, the has-data select, dispatch; negative when XLA overlaps or fuses across the parts.
+        entry["other_fraction"] = 1.0 - entry["encoder_fraction"] - entry["flame_losses_fraction"]
+    return entry
+
+
+def _fmt(x):
+    return round(x, 5) if isinstance(x, float) else x
+
+
+def main(argv):
+    del argv
+    import jax
+
+    import flame_jax
+    from neuface_jax import fit as fit_lib
+
+    device = jax.devices()[0]
+    accel = device.platform != "cpu"
+    counter = _CompileCounter()
+    face = fit_lib.FaceModel(flame_jax.demo_model(), flame_jax.demo_landmark_embedding())
+    print(f"device: {device.platform} {getattr(device, 'device_kind', '')}; jax {jax.__version__}; "
+          f"{len(jax.devices())} device(s); dtype {FLAGS.dtype}; FLAME demo head V={face.flame.num_vertices}",
+          flush=True)
+
+    results = []
+    for name in FLAGS.configs:
+        entry = _bench_config(name.strip(), face, device, counter, accel)
+        results.append(entry)
+        print(json.dumps({k: _fmt(v) for k, v in entry.items()}), flush=True)
+
+    report = {
+        "benchmark": "NeuFace update step (NeuFace.step_fn: encoder fwd+bwd, FLAME, landmarks, "
+                     "landmark+temporal+multi-view losses, Adam) on one chunk of frames x views",
+        "device": f"{device.platform} {getattr(device, 'device_kind', '')}",
+        "host": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "resnet50_nominal_gflop_per_image": RESNET50_GFLOP_PER_IMAGE,
+        "results": results,
+    }
+    out = Path(FLAGS.out or Path(__file__).parent / "results" / f"benchmark_step_{device.platform}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+    parts = []
+    for e in results:
+        head = f"{e['config']} {e['image_size']}² {e['frames']}x{e['views']}"
+        if "skipped" in e:
+            parts.append(f"{head}: skipped ({e['skipped']})")
+            continue
+        mem = e.get("xla_total_mb")
+        s = f"{head}: {e['images_per_s']:.1f} img/s ({e['step_s']:.3f} s/step), compile {e['compile_s']:.1f} s, "
+        s += f"XLA mem {mem:.0f} MiB" if mem is not None else "XLA mem n/a"
+        if e.get("device_peak_mb") is not None:
+            s += f", device peak {e['device_peak_mb']:.0f} MiB"
+        if e.get("xla_step_gflop") is not None:
+            s += f", {e['xla_step_gflop']:.0f} GFLOP/step"
+        if "encoder_fraction" in e:
+            s += f", encoder {100 * e['encoder_fraction']:.0f}%"
+        if e["arch"] == "resnet50":
+            s += ", MFU " + (f"{100 * e['mfu']:.1f}%" if e["mfu"] is not None else "not computed")
+        parts.append(s)
+    print(f"SUMMARY {device.platform} {FLAGS.dtype}: " + "; ".join(parts) + f"  -> {out}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))

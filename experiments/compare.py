@@ -1,0 +1,312 @@
+r"""The paper's comparisons on the synthetic benchmark: one config per experiment.
+
+    python experiments/compare.py --config=direct_vs_neuface [--seeds=0,1,2] \
+        [--out=experiments/results/direct_vs_neuface.json]
+
+``--config=NAME`` loads ``experiments/configs/NAME.py`` (or a path to a ``.py`` file) and calls its
+``get_config()``, a plain dict:
+
+* ``seeds``: test-clip seeds (disjoint from the pretraining seeds, which start at 1,000,000);
+* ``num_frames``, ``num_epochs``: clip length and NeuFace epochs (direct takes as many Adam steps);
+* ``settings``: clips — ``{"name", "views" (a motion.parse_rig spec: "mono", "3", "mead"),
+  "noise" (×SynthConfig's landmark noise), "drop" (drop_frame_probability), optional "num_frames"}``;
+* ``methods``: fitted variants — ``{"name", "method" ("neuface" | "direct"), "init" ("random" |
+  "pretrained"), "fit" (FitConfig overrides: learning_rate, loss, chunk_frames, freeze_bn, ...)}``;
+* ``fit``: FitConfig overrides shared by every method (a method's own ``fit`` wins);
+* ``pretrained``: checkpoint of the pretrained encoder (``neuface_jax.pretrain.ensure_pretrained``
+  trains one there first if it is missing).
+
+Every (seed, setting) clip is rendered once and fitted by every method with
+``pipeline.fit_methods`` and scored with ``pipeline.evaluate`` (the metrics of ``metrics.json``).
+The table printed at the end gives mean ± std over seeds; the JSON (``--out``) holds every run,
+the summary and the ground truth's own smoothness. ``--resume`` skips runs already in ``--out``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", "direct_vs_neuface", "Experiment name in experiments/configs/, or a path to a config .py.")
+flags.DEFINE_list("seeds", None, "Override the config's seeds.")
+flags.DEFINE_list("settings", None, "Run only these settings (names).")
+flags.DEFINE_list("methods", None, "Run only these methods (names).")
+flags.DEFINE_integer("num_frames", None, "Override the clip length.")
+flags.DEFINE_integer("num_epochs", None, "Override the number of epochs.")
+flags.DEFINE_string("pretrained", None, "Override the pretrained encoder checkpoint.")
+flags.DEFINE_string("out", None, "JSON output (default experiments/results/<config>.json).")
+flags.DEFINE_bool("resume", False, "Skip (seed, setting, method) runs already present in --out.")
+flags.DEFINE_string("compile_cache", "/tmp/neuface_jax_compile_cache", "JAX persistent compilation cache ('' = off).")
+
+METRICS = ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm", "vertex_error_mm")
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+# --------------------------------------------------------------------------- configs
+def load_config(name: str) -> dict[str, Any]:
+    """``get_config()`` of ``experiments/configs/<name>.py`` (or of the file ``name``)."""
+    path = Path(name)
+    if path.suffix != ".py":
+        path = CONFIG_DIR / f"{name}.py"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
+        raise FileNotFoundError(f"no experiment config {name!r} (known: {', '.join(known)})")
+    spec = importlib.util.spec_from_file_location(f"experiment_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = dict(module.get_config())
+    cfg.setdefault("name", path.stem)
+    return normalize_config(cfg)
+
+
+def normalize_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Fills defaults and checks a config dict (raises ValueError naming the problem)."""
+    cfg = dict(cfg)
+    cfg.setdefault("description", "")
+    cfg.setdefault("seeds", [0])
+    cfg.setdefault("num_frames", 40)
+    cfg.setdefault("num_epochs", 100)
+    cfg.setdefault("fit", {})
+    cfg.setdefault("pretrained", "/tmp/pretrained_small_encoder")
+    cfg.setdefault("settings", [{"name": "3view", "views": "3"}])
+    if not cfg.get("methods"):
+        raise ValueError(f"config {cfg['name']!r} has no methods")
+    settings, methods = [], []
+    for s in cfg["settings"]:
+        s = dict(s)
+        if "name" not in s or "views" not in s:
+            raise ValueError(f"config {cfg['name']!r}: a setting needs 'name' and 'views', got {s}")
+        s.setdefault("noise", 1.0)
+        s.setdefault("drop", 0.0)
+        settings.append(s)
+    for m in cfg["methods"]:
+        m = dict(m)
+        if m.get("method") not in ("neuface", "direct"):
+            raise ValueError(f"config {cfg['name']!r}: method must be 'neuface' or 'direct', got {m}")
+        m.setdefault("name", m["method"])
+        m.setdefault("init", "random")
+        if m["init"] not in ("random", "pretrained"):
+            raise ValueError(f"config {cfg['name']!r}: init must be 'random' or 'pretrained', got {m}")
+        m.setdefault("fit", {})
+        methods.append(m)
+    for kind, items in (("setting", settings), ("method", methods)):
+        names = [i["name"] for i in items]
+        if len(set(names)) != len(names):
+            raise ValueError(f"config {cfg['name']!r}: duplicate {kind} names {names}")
+    cfg["settings"], cfg["methods"] = settings, methods
+    cfg["seeds"] = [int(s) for s in cfg["seeds"]]
+    return cfg
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if dataclasses.is_dataclass(x):
+        return _jsonable(dataclasses.asdict(x))
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    if hasattr(x, "item"):
+        return x.item()
+    return repr(x)
+
+
+# --------------------------------------------------------------------------- running
+def run_experiment(
+    cfg: dict[str, Any],
+    *,
+    previous: list[dict[str, Any]] | None = None,
+    on_run=None,
+    log=print,
+) -> dict[str, Any]:
+    """Runs every (seed, setting, method) of a normalized config; returns the results dict."""
+    import flame_jax
+    from neuface_jax import fit as fit_lib
+    from neuface_jax import pipeline
+    from neuface_jax import synth as synth_lib
+
+    model, embedding = flame_jax.demo_model(), flame_jax.demo_landmark_embedding()
+    face = fit_lib.FaceModel(model, embedding)
+    random_cfg = pipeline.default_encoder_config(model)
+    pretrained = None
+    if any(m["init"] == "pretrained" for m in cfg["methods"]):
+        from neuface_jax import pretrain
+
+        enc, enc_cfg, summary = pretrain.ensure_pretrained(cfg["pretrained"], log=log)
+        pretrained = (enc, enc_cfg, summary)
+    base_fit = fit_lib.FitConfig(num_epochs=cfg["num_epochs"])
+    done = {(r["seed"], r["setting"], r["method"]): r for r in (previous or [])}
+    runs: list[dict[str, Any]] = list(previous or [])
+    ground_truth: dict[str, list[dict[str, float]]] = {}
+
+    for seed in cfg["seeds"]:
+        for setting in cfg["settings"]:
+            todo = [m for m in cfg["methods"] if (seed, setting["name"], m["name"]) not in done]
+            num_frames = int(setting.get("num_frames", cfg["num_frames"]))
+            synth_cfg = dataclasses.replace(
+                synth_lib.SynthConfig().scaled_noise(float(setting["noise"])),
+                num_frames=num_frames, drop_frame_probability=float(setting["drop"]),
+            )
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            clip = synth_lib.synthesize_clip(seed=seed, rig=setting["views"], config=synth_cfg)
+            t_synth = time.perf_counter() - t0
+            ground_truth.setdefault(setting["name"], []).append(pipeline.ground_truth_reference(clip, face))
+            prepared = {}
+            for m in todo:
+                enc, enc_cfg = (None, random_cfg) if m["init"] == "random" else pretrained[:2]
+                size = enc_cfg.image_size
+                if size not in prepared:
+                    prepared[size] = fit_lib.prepare_clip(
+                        clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=size,
+                        visible=clip.visible68, valid=clip.valid, crop_size=synth_cfg.crop_size,
+                        name=f"seed {seed} {setting['name']}",
+                    )
+                fit_cfg = base_fit.replace(**{**cfg["fit"], **m["fit"]})
+                fits = pipeline.fit_methods(
+                    prepared[size], face, fit_config=fit_cfg, encoder_config=enc_cfg, methods=(m["method"],),
+                    encoder=enc,
+                )
+                res, secs = fits[m["method"]]
+                metrics = pipeline.evaluate(
+                    res, face, crop_transforms=clip.crop_transforms,
+                    reference_landmarks_px=clip.gt["landmarks68_true"],
+                    reference_visible=clip.visible68 | ~clip.valid[..., None], crop_size=synth_cfg.crop_size,
+                    gt_canonical_vertices=clip.gt["canonical_vertices"],
+                )
+                final_loss = {k: v[-1] for k, v in res.history.items() if v}
+                run = {
+                    "seed": seed, "setting": setting["name"], "method": m["name"], "metrics": metrics,
+                    "seconds": secs, "synth_seconds": t_synth, "final_loss": final_loss,
+                }
+                runs.append(run)
+                log(
+                    f"seed {seed} {setting['name']:<14} {m['name']:<22} {secs:6.1f} s  "
+                    + " ".join(f"{k}={metrics.get(k, float('nan')):.4g}" for k in METRICS)
+                )
+                if on_run is not None:
+                    on_run(runs, ground_truth)
+    return {"runs": runs, "ground_truth": ground_truth, "pretrained_summary": None if pretrained is None else {
+        k: pretrained[2].get(k) for k in ("pretrain_config", "validation", "seconds")}}
+
+
+def summarize(cfg: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """{setting: {method: {metric: [mean, std, n]}}} over seeds (in config order)."""
+    import numpy as np
+
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for s in cfg["settings"]:
+        for m in cfg["methods"]:
+            sel = [r for r in runs if r["setting"] == s["name"] and r["method"] == m["name"] and r["seed"] in cfg["seeds"]]
+            if not sel:
+                continue
+            keys = list(METRICS) + ["vertex_error_aligned_mm"]
+            row = {}
+            for k in keys + ["seconds"]:
+                vals = np.array([r["seconds"] if k == "seconds" else r["metrics"].get(k, np.nan) for r in sel], float)
+                row[k] = [float(np.mean(vals)), float(np.std(vals)), int(len(vals))]
+            out.setdefault(s["name"], {})[m["name"]] = row
+    return out
+
+
+def format_summary(summary: dict[str, dict[str, dict[str, list[float]]]], metrics=METRICS) -> str:
+    """Plain-text tables (one per setting): mean ± std over seeds."""
+    lines = []
+    for setting, rows in summary.items():
+        n = max(v["seconds"][2] for v in rows.values())
+        lines.append(f"\n[{setting}]  (mean ± std over {n} seed{'s' if n != 1 else ''})")
+        header = f"{'method':<24}" + "".join(f"{c:>20}" for c in metrics) + f"{'seconds':>10}"
+        lines.append(header)
+        lines.append("-" * len(header))
+        for method, vals in rows.items():
+            cells = "".join(f"{_pm(vals[c]):>20}" for c in metrics)
+            lines.append(f"{method:<24}{cells}{vals['seconds'][0]:>10.1f}")
+    return "\n".join(lines)
+
+
+def _pm(v) -> str:
+    mean, std = v[0], v[1]
+    if mean != mean:
+        return "nan"
+    if abs(mean) >= 100:
+        return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def _environment() -> dict[str, Any]:
+    import jax
+
+    return {
+        "python": platform.python_version(), "jax": jax.__version__, "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()], "machine": platform.machine(), "node": platform.node(),
+    }
+
+
+def main(argv):
+    del argv
+    if FLAGS.compile_cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", FLAGS.compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    cfg = load_config(FLAGS.config)
+    if FLAGS.seeds:
+        cfg["seeds"] = [int(s) for s in FLAGS.seeds]
+    if FLAGS.num_frames:
+        cfg["num_frames"] = FLAGS.num_frames
+    if FLAGS.num_epochs:
+        cfg["num_epochs"] = FLAGS.num_epochs
+    if FLAGS.pretrained:
+        cfg["pretrained"] = FLAGS.pretrained
+    if FLAGS.settings:
+        cfg["settings"] = [s for s in cfg["settings"] if s["name"] in FLAGS.settings]
+    if FLAGS.methods:
+        cfg["methods"] = [m for m in cfg["methods"] if m["name"] in FLAGS.methods]
+    if not cfg["settings"] or not cfg["methods"]:
+        raise app.UsageError("no setting or method left after --settings/--methods")
+    out = Path(FLAGS.out) if FLAGS.out else Path(__file__).resolve().parent / "results" / f"{cfg['name']}.json"
+    previous = []
+    if FLAGS.resume and out.is_file():
+        previous = json.loads(out.read_text()).get("runs", [])
+        print(f"resuming: {len(previous)} runs from {out}")
+    command = "python " + " ".join([sys.argv[0]] + sys.argv[1:])
+    t_start = time.perf_counter()
+
+    def write(runs, ground_truth, final=False, extra=None):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "config": _jsonable(cfg), "command": command, "complete": final, "environment": _environment(),
+            "summary": summarize(cfg, runs), "runs": _jsonable(runs),
+            "ground_truth": {k: {m: float(sum(d[m] for d in v) / len(v)) for m in v[0]} for k, v in ground_truth.items()},
+            "wall_seconds": time.perf_counter() - t_start,
+        }
+        if extra:
+            doc.update(_jsonable(extra))
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+
+    print(f"experiment {cfg['name']}: {cfg['description']}")
+    print(f"seeds {cfg['seeds']}, {len(cfg['settings'])} settings × {len(cfg['methods'])} methods")
+    result = run_experiment(cfg, previous=previous, on_run=write)
+    write(result["runs"], result["ground_truth"], final=True, extra={"pretrained_summary": result["pretrained_summary"]})
+    summary = summarize(cfg, result["runs"])
+    print(format_summary(summary))
+    gt = json.loads(out.read_text())["ground_truth"]
+    if gt:
+        print("\nground truth's own smoothness: " + "; ".join(
+            f"{k}: msi_vertices={v['msi_vertices']:.4g} jitter_mm={v['jitter_mm']:.4g}" for k, v in gt.items()))
+    print(f"\nwrote {out} ({time.perf_counter() - t_start:.0f} s)")
+
+
+if __name__ == "__main__":
+    app.run(main)

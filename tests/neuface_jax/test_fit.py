@@ -1,0 +1,162 @@
+"""NeuFace and direct optimizers: bad input is masked (never NaN), determinism, padding, convergence."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from neuface_jax import encoder as enc
+from neuface_jax import fit
+
+from ..flame_jax.conftest import make_random_embedding68, make_random_model
+
+
+@pytest.fixture(scope="module")
+def face():
+    # A small random FLAME-layout model keeps compile times short; the demo head runs in test_pipeline.
+    model, _ = make_random_model(seed=4, num_v=400, num_f=700, n_shape=8, n_expr=6, scale=2e-3)
+    return fit.FaceModel(model, make_random_embedding68(model.num_faces, seed=4))
+
+
+@pytest.fixture(scope="module")
+def ecfg(face):
+    m = face.flame
+    return enc.EncoderConfig.small(
+        n_shape=m.num_shape, n_expr=m.num_expression, image_size=16, small_widths=(4, 8), small_blocks=(1, 1),
+        head_hidden=16,
+    )
+
+
+def _target_clip(face, t=9, w=2, seed=0, size=16):
+    """Landmark targets produced by a known FLAME motion through the weak-perspective camera."""
+    rng = np.random.default_rng(seed)
+    pose = np.zeros((t, w, 15), np.float32)
+    pose[..., 1] = np.linspace(-0.3, 0.3, t)[:, None] + np.array([0.0, 0.4])[:w]
+    pose[..., 6] = 0.15
+    shape = rng.normal(size=face.flame.num_shape).astype(np.float32) * 0.5
+    expr = np.zeros((t, w, face.flame.num_expression), np.float32)
+    cam = np.tile(np.array([9.0, 0.0, 0.02], np.float32), (t, w, 1))
+    _, lmk2d, _ = fit.evaluate_params(face, jnp.asarray(shape), jnp.asarray(expr), jnp.asarray(pose), jnp.asarray(cam))
+    images = rng.random((t, w, size, size, 3)).astype(np.float32)
+    return fit.ClipData(
+        images=jnp.asarray(images), landmarks=lmk2d, landmarks_mask=jnp.ones((t, w, 68)), frame_mask=jnp.ones((t, w))
+    )
+
+
+def _corrupt(data: fit.ClipData) -> fit.ClipData:
+    lmk = np.array(data.landmarks)
+    lm = np.array(data.landmarks_mask)
+    fm = np.array(data.frame_mask)
+    lmk[0, 0, 5] = np.nan  # a NaN landmark
+    lm[0, 0, 5] = 0.0
+    lmk[2, 0] = np.nan  # a frame with every landmark invalid (and NaN)
+    lm[2, 0] = 0.0
+    fm[2, 0] = 0.0
+    lmk[:, 1, 3] = np.inf  # the second view: one landmark always invalid
+    lm[:, 1, 3] = 0.0
+    lmk[4:, 1] = np.nan  # the second view loses its detections from frame 4 on
+    lm[4:, 1] = 0.0
+    fm[4:, 1] = 0.0
+    return fit.ClipData(images=data.images, landmarks=jnp.asarray(lmk), landmarks_mask=jnp.asarray(lm), frame_mask=jnp.asarray(fm))
+
+
+def test_bad_input_is_masked_never_nan(face, ecfg):
+    data = _corrupt(_target_clip(face))
+    cfg = fit.FitConfig(num_epochs=2, chunk_frames=4, learning_rate=1e-3, direct_learning_rate=1e-2)
+    for opt in (fit.NeuFace(face, ecfg, cfg), fit.DirectFit(face, ecfg, cfg)):
+        res = opt.fit(data)
+        for name in ("shape", "expression", "pose", "cam", "vertices", "landmarks2d"):
+            assert np.all(np.isfinite(getattr(res, name))), (type(opt).__name__, name)
+        assert res.vertices.shape[:2] == (9, 2)  # every frame and view returned, tail frame included
+        assert all(np.all(np.isfinite(v)) for v in res.history.values())
+
+
+def test_view_with_no_valid_frame(face, ecfg):
+    data = _target_clip(face, t=8)
+    fm = np.array(data.frame_mask)
+    fm[:, 1] = 0.0
+    lmk = np.array(data.landmarks)
+    lmk[:, 1] = np.nan
+    data = fit.ClipData(images=data.images, landmarks=jnp.asarray(lmk),
+                        landmarks_mask=data.landmarks_mask * jnp.asarray(fm)[..., None], frame_mask=jnp.asarray(fm))
+    cfg = fit.FitConfig(num_epochs=1, chunk_frames=4, learning_rate=1e-3)
+    res = fit.NeuFace(face, ecfg, cfg).fit(data)
+    assert np.all(np.isfinite(res.vertices))
+
+
+def test_prepare_clip_masks_bad_input(tmp_path):
+    t, w, size = 3, 2, 32
+    images = np.full((t, w, size, size, 3), 128, np.uint8)
+    lmk = np.tile(np.linspace(8, 24, 68)[None, None, :, None], (t, w, 1, 2)).astype(np.float32)
+    lmk[0, 0, 10] = np.nan
+    crops = np.tile(np.array([[7.0, 0, 0], [0, 7.0, 0]], np.float32), (t, w, 1, 1))
+    valid = np.ones((t, w), bool)
+    valid[1, 1] = False
+    data = fit.prepare_clip(images, lmk, crops, encoder_size=16, valid=valid, crop_size=224)
+    assert float(data.landmarks_mask[0, 0, 10]) == 0.0 and float(data.landmarks_mask[0, 0, 11]) == 1.0
+    assert float(data.frame_mask[1, 1]) == 0.0 and float(data.landmarks_mask[1, 1].sum()) == 0.0
+    assert np.all(np.isfinite(np.asarray(data.landmarks)))
+    np.testing.assert_allclose(float(data.landmarks[0, 0, 0, 0]), 8 * 7 / 224 * 2 - 1, atol=1e-5)
+    with pytest.raises(ValueError, match="my clip: no frame"):
+        fit.prepare_clip(images, np.full_like(lmk, np.nan), crops, encoder_size=16, name="my clip")
+
+
+def test_same_seed_same_result(face, ecfg):
+    data = _target_clip(face, t=8)
+    cfg = fit.FitConfig(num_epochs=2, chunk_frames=4, learning_rate=1e-3, seed=3)
+    a = fit.NeuFace(face, ecfg, cfg).fit(data)
+    b = fit.NeuFace(face, ecfg, cfg).fit(data)
+    np.testing.assert_array_equal(a.vertices, b.vertices)
+    c = fit.DirectFit(face, ecfg, cfg).fit(data)
+    d = fit.DirectFit(face, ecfg, cfg).fit(data)
+    np.testing.assert_array_equal(c.cam, d.cam)
+
+
+def test_padded_tail_is_optimized_and_compiled_once(face, ecfg):
+    """7 frames in chunks of 4 → one padded chunk; the step compiles once for both chunks."""
+    data = _target_clip(face, t=7)
+    cfg = fit.FitConfig(num_epochs=2, chunk_frames=4, learning_rate=1e-3)
+    opt = fit.NeuFace(face, ecfg, cfg)
+    before = fit._neuface_step._cache_size()
+    res = opt.fit(data)
+    after = fit._neuface_step._cache_size()
+    assert after - before <= 1  # both chunks (one of them padded) share one executable
+    assert res.vertices.shape[0] == 7
+    # An equal optimizer (another clip of the same run) reuses the compiled step.
+    fit.NeuFace(face, ecfg, cfg).fit(data)
+    assert fit._neuface_step._cache_size() == after
+    # the last (tail) frame moved away from the initial mean prediction
+    init = fit.NeuFace(face, ecfg, cfg.replace(num_epochs=0)).fit(data)
+    assert np.abs(res.cam[-1] - init.cam[-1]).max() > 1e-4
+
+
+def test_direct_fit_converges_on_clean_targets(face, ecfg):
+    data = _target_clip(face, t=4, w=1)
+    cfg = fit.FitConfig(num_epochs=150, chunk_frames=4, direct_learning_rate=2e-2, loss={"landmark": 10.0})
+    res = fit.DirectFit(face, ecfg, cfg).fit(data)
+    err = np.abs(res.landmarks2d - np.asarray(data.landmarks)).mean()
+    init = np.abs(fit.DirectFit(face, ecfg, cfg.replace(num_epochs=0)).fit(data).landmarks2d - np.asarray(data.landmarks)).mean()
+    assert err < 0.2 * init
+
+
+def test_neuface_reduces_landmark_error(face, ecfg):
+    data = _target_clip(face, t=8, w=2)
+    cfg = fit.FitConfig(num_epochs=60, chunk_frames=4, learning_rate=1e-3)
+    res = fit.NeuFace(face, ecfg, cfg).fit(data)
+    init = fit.NeuFace(face, ecfg, cfg.replace(num_epochs=0)).fit(data)
+    err = lambda r: np.abs(r.landmarks2d - np.asarray(data.landmarks)).mean()  # noqa: E731
+    assert err(res) < 0.75 * err(init)
+    assert res.history["landmark"][-1] < res.history["landmark"][0]
+
+
+def test_bn_training_updates_statistics(face, ecfg):
+    data = _target_clip(face, t=4, w=1)
+    cfg = fit.FitConfig(num_epochs=1, chunk_frames=4, learning_rate=1e-3, freeze_bn=False)
+    opt = fit.NeuFace(face, ecfg, cfg)
+    state = opt.init_state()
+    before = jax.tree.map(np.array, state.rest)
+    state, *_ = opt.step_fn(state, opt.to_chunks(data)[0], jax.random.key(0), opt.initial_context(1), face)
+    changed = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state.rest, before)
+    assert max(jax.tree.leaves(changed)) > 0
