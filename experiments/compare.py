@@ -11,8 +11,10 @@ r"""The paper's comparisons on the synthetic benchmark: one config per experimen
 * ``settings``: clips — ``{"name", "views" (a motion.parse_rig spec: "mono", "3", "mead"),
   "noise" (×SynthConfig's landmark noise), "drop" (drop_frame_probability), optional "num_frames"}``;
 * ``methods``: fitted variants — ``{"name", "method" ("neuface" | "direct"), "init" ("random" |
-  "pretrained"), "fit" (FitConfig overrides: learning_rate, loss, chunk_frames, freeze_bn, ...)}``;
+  "pretrained"), "fit" (FitConfig overrides: learning_rate, loss, chunk_frames, freeze_bn, ...),
+  optional "needs_views" (skip settings with fewer views, e.g. 2 for a multi-view-only variant)}``;
 * ``fit``: FitConfig overrides shared by every method (a method's own ``fit`` wins);
+* ``images_for_undetected_frames`` (default True): see ``prepare``;
 * ``pretrained``: checkpoint of the pretrained encoder (``neuface_jax.pretrain.ensure_pretrained``
   trains one there first if it is missing).
 
@@ -48,6 +50,7 @@ flags.DEFINE_bool("resume", False, "Skip (seed, setting, method) runs already pr
 flags.DEFINE_string("compile_cache", "/tmp/neuface_jax_compile_cache", "JAX persistent compilation cache ('' = off).")
 
 METRICS = ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm", "vertex_error_mm")
+EXTRA_METRICS = ("vertex_error_aligned_mm", "vertex_error_similarity_mm", "jitter_detected_mm", "msi_vertices_detected")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -78,6 +81,7 @@ def normalize_config(cfg: dict[str, Any]) -> dict[str, Any]:
     cfg.setdefault("fit", {})
     cfg.setdefault("pretrained", "/tmp/pretrained_small_encoder")
     cfg.setdefault("settings", [{"name": "3view", "views": "3"}])
+    cfg.setdefault("images_for_undetected_frames", True)
     if not cfg.get("methods"):
         raise ValueError(f"config {cfg['name']!r} has no methods")
     settings, methods = [], []
@@ -97,6 +101,7 @@ def normalize_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if m["init"] not in ("random", "pretrained"):
             raise ValueError(f"config {cfg['name']!r}: init must be 'random' or 'pretrained', got {m}")
         m.setdefault("fit", {})
+        m.setdefault("needs_views", 1)
         methods.append(m)
     for kind, items in (("setting", settings), ("method", methods)):
         names = [i["name"] for i in items]
@@ -126,12 +131,17 @@ def run_experiment(
     cfg: dict[str, Any],
     *,
     previous: list[dict[str, Any]] | None = None,
+    previous_ground_truth: dict[str, dict[str, dict[str, float]]] | None = None,
     on_run=None,
     log=print,
 ) -> dict[str, Any]:
     """Runs every (seed, setting, method) of a normalized config; returns the results dict."""
+    import numpy as np
+
     import flame_jax
     from neuface_jax import fit as fit_lib
+    from neuface_jax import metrics as metrics_lib
+    from neuface_jax import motion as motion_lib
     from neuface_jax import pipeline
     from neuface_jax import synth as synth_lib
 
@@ -147,11 +157,16 @@ def run_experiment(
     base_fit = fit_lib.FitConfig(num_epochs=cfg["num_epochs"])
     done = {(r["seed"], r["setting"], r["method"]): r for r in (previous or [])}
     runs: list[dict[str, Any]] = list(previous or [])
-    ground_truth: dict[str, list[dict[str, float]]] = {}
+    # {setting: {seed: the ground truth's own smoothness}}
+    ground_truth: dict[str, dict[str, dict[str, float]]] = {k: dict(v) for k, v in (previous_ground_truth or {}).items()}
 
     for seed in cfg["seeds"]:
         for setting in cfg["settings"]:
-            todo = [m for m in cfg["methods"] if (seed, setting["name"], m["name"]) not in done]
+            views = motion_lib.parse_rig(setting["views"]).num_views
+            todo = [
+                m for m in cfg["methods"]
+                if (seed, setting["name"], m["name"]) not in done and views >= m["needs_views"]
+            ]
             num_frames = int(setting.get("num_frames", cfg["num_frames"]))
             synth_cfg = dataclasses.replace(
                 synth_lib.SynthConfig().scaled_noise(float(setting["noise"])),
@@ -162,22 +177,26 @@ def run_experiment(
             t0 = time.perf_counter()
             clip = synth_lib.synthesize_clip(seed=seed, rig=setting["views"], config=synth_cfg)
             t_synth = time.perf_counter() - t0
-            ground_truth.setdefault(setting["name"], []).append(pipeline.ground_truth_reference(clip, face))
+            ground_truth.setdefault(setting["name"], {})[str(seed)] = pipeline.ground_truth_reference(clip, face)
             prepared = {}
             for m in todo:
                 enc, enc_cfg = (None, random_cfg) if m["init"] == "random" else pretrained[:2]
                 size = enc_cfg.image_size
                 if size not in prepared:
-                    prepared[size] = fit_lib.prepare_clip(
-                        clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=size,
-                        visible=clip.visible68, valid=clip.valid, crop_size=synth_cfg.crop_size,
-                        name=f"seed {seed} {setting['name']}",
-                    )
+                    prepared[size] = prepare(clip, size, synth_cfg.crop_size, cfg["images_for_undetected_frames"])
                 fit_cfg = base_fit.replace(**{**cfg["fit"], **m["fit"]})
-                fits = pipeline.fit_methods(
-                    prepared[size], face, fit_config=fit_cfg, encoder_config=enc_cfg, methods=(m["method"],),
-                    encoder=enc,
-                )
+                try:
+                    fits = pipeline.fit_methods(
+                        prepared[size], face, fit_config=fit_cfg, encoder_config=enc_cfg, methods=(m["method"],),
+                        encoder=enc,
+                    )
+                except Exception as e:  # noqa: BLE001 - recorded, the other runs go on
+                    log(f"seed {seed} {setting['name']} {m['name']}: FAILED {type(e).__name__}: {e}")
+                    runs.append({"seed": seed, "setting": setting["name"], "method": m["name"],
+                                 "error": f"{type(e).__name__}: {e}"})
+                    if on_run is not None:
+                        on_run(runs, ground_truth)
+                    continue
                 res, secs = fits[m["method"]]
                 metrics = pipeline.evaluate(
                     res, face, crop_transforms=clip.crop_transforms,
@@ -185,6 +204,20 @@ def run_experiment(
                     reference_visible=clip.visible68 | ~clip.valid[..., None], crop_size=synth_cfg.crop_size,
                     gt_canonical_vertices=clip.gt["canonical_vertices"],
                 )
+                # Scale-free identity error: the weak-perspective camera cannot tell a large face far
+                # away from a small one near, so the similarity-aligned error is reported too.
+                flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
+                gt_c = np.broadcast_to(clip.gt["canonical_vertices"][:, None], res.canonical_vertices.shape)
+                metrics["vertex_error_similarity_mm"] = float(
+                    metrics_lib.vertex_error(flat(res.canonical_vertices), flat(gt_c), align="similarity")
+                )
+                if not clip.valid.all():
+                    # Smoothness over detected frames only (accelerations touching a dropped frame skipped).
+                    w = res.vertices.shape[1]
+                    metrics["jitter_detected_mm"] = float(np.nanmean(
+                        [metrics_lib.jitter(res.vertices[:, v], frame_mask=clip.valid[:, v]) for v in range(w)]))
+                    metrics["msi_vertices_detected"] = float(np.nanmean(
+                        [metrics_lib.msi(res.vertices[:, v], frame_mask=clip.valid[:, v]) for v in range(w)]))
                 final_loss = {k: v[-1] for k, v in res.history.items() if v}
                 run = {
                     "seed": seed, "setting": setting["name"], "method": m["name"], "metrics": metrics,
@@ -201,6 +234,32 @@ def run_experiment(
         k: pretrained[2].get(k) for k in ("pretrain_config", "validation", "seconds")}}
 
 
+def prepare(clip, encoder_size: int, crop_size: int, images_for_undetected_frames: bool = True):
+    """``fit.prepare_clip`` of a synthetic clip; optionally with crops for undetected frames too.
+
+    ``prepare_clip`` leaves the image of a frame without detection black. On a real video the
+    frame is there and its crop box is interpolated from the neighbours (as ``synthesize_clip``
+    does for ``crop_transforms``), so NeuFace can still predict it from pixels; with
+    ``images_for_undetected_frames`` the crops of every frame are warped and only the landmark and
+    frame masks carry the missing detections.
+    """
+    from neuface_jax import fit as fit_lib
+
+    data = fit_lib.prepare_clip(
+        clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=encoder_size, visible=clip.visible68,
+        valid=clip.valid, crop_size=crop_size,
+    )
+    if not images_for_undetected_frames or clip.valid.all():
+        return data
+    everything = fit_lib.prepare_clip(
+        clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=encoder_size, crop_size=crop_size,
+    )
+    return fit_lib.ClipData(
+        images=everything.images, landmarks=data.landmarks, landmarks_mask=data.landmarks_mask,
+        frame_mask=data.frame_mask,
+    )
+
+
 def summarize(cfg: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, list[float]]]]:
     """{setting: {method: {metric: [mean, std, n]}}} over seeds (in config order)."""
     import numpy as np
@@ -208,10 +267,13 @@ def summarize(cfg: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, dict
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
     for s in cfg["settings"]:
         for m in cfg["methods"]:
-            sel = [r for r in runs if r["setting"] == s["name"] and r["method"] == m["name"] and r["seed"] in cfg["seeds"]]
+            sel = [
+                r for r in runs
+                if r["setting"] == s["name"] and r["method"] == m["name"] and r["seed"] in cfg["seeds"] and "metrics" in r
+            ]
             if not sel:
                 continue
-            keys = list(METRICS) + ["vertex_error_aligned_mm"]
+            keys = list(METRICS) + list(EXTRA_METRICS)
             row = {}
             for k in keys + ["seconds"]:
                 vals = np.array([r["seconds"] if k == "seconds" else r["metrics"].get(k, np.nan) for r in sel], float)
@@ -276,9 +338,11 @@ def main(argv):
     if not cfg["settings"] or not cfg["methods"]:
         raise app.UsageError("no setting or method left after --settings/--methods")
     out = Path(FLAGS.out) if FLAGS.out else Path(__file__).resolve().parent / "results" / f"{cfg['name']}.json"
-    previous = []
+    previous, previous_gt = [], {}
     if FLAGS.resume and out.is_file():
-        previous = json.loads(out.read_text()).get("runs", [])
+        old = json.loads(out.read_text())
+        previous = [r for r in old.get("runs", []) if "metrics" in r]
+        previous_gt = old.get("ground_truth_per_seed", {})
         print(f"resuming: {len(previous)} runs from {out}")
     command = "python " + " ".join([sys.argv[0]] + sys.argv[1:])
     t_start = time.perf_counter()
@@ -288,7 +352,11 @@ def main(argv):
         doc = {
             "config": _jsonable(cfg), "command": command, "complete": final, "environment": _environment(),
             "summary": summarize(cfg, runs), "runs": _jsonable(runs),
-            "ground_truth": {k: {m: float(sum(d[m] for d in v) / len(v)) for m in v[0]} for k, v in ground_truth.items()},
+            "ground_truth": {
+                k: {m: float(sum(d[m] for d in v.values()) / len(v)) for m in next(iter(v.values()))}
+                for k, v in ground_truth.items() if v
+            },
+            "ground_truth_per_seed": ground_truth,
             "wall_seconds": time.perf_counter() - t_start,
         }
         if extra:
@@ -297,7 +365,7 @@ def main(argv):
 
     print(f"experiment {cfg['name']}: {cfg['description']}")
     print(f"seeds {cfg['seeds']}, {len(cfg['settings'])} settings × {len(cfg['methods'])} methods")
-    result = run_experiment(cfg, previous=previous, on_run=write)
+    result = run_experiment(cfg, previous=previous, previous_ground_truth=previous_gt, on_run=write)
     write(result["runs"], result["ground_truth"], final=True, extra={"pretrained_summary": result["pretrained_summary"]})
     summary = summarize(cfg, result["runs"])
     print(format_summary(summary))

@@ -24,7 +24,8 @@ def _progress_factory():
     from tqdm.auto import tqdm
 
     def make(desc, total):
-        return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
+        # disable=None: bars on a terminal, silent in logs and CI.
+        return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True, disable=None, mininterval=0.5)
 
     return make
 
@@ -50,7 +51,7 @@ def demo_main(argv: list[str]) -> int:
     fv = flags.FlagValues()
     flags.DEFINE_string("out", "./neuface_demo", "Output folder.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Clip seed.", flag_values=fv)
-    flags.DEFINE_integer("frames", 60, "Frames of the synthetic clip.", flag_values=fv)
+    flags.DEFINE_integer("frames", 40, "Frames of the synthetic clip.", flag_values=fv)
     flags.DEFINE_string("views", "3", "Camera rig: mono, 3, mead, MEAD view names or yaw:pitch pairs.", flag_values=fv)
     flags.DEFINE_integer("epochs", 100, "Optimization epochs over the chunks (reference: 100).", flag_values=fv)
     flags.DEFINE_integer("chunk_frames", 20, "Frames per chunk (reference: 20).", flag_values=fv)
@@ -127,7 +128,7 @@ def synth_main(argv: list[str]) -> int:
         )
     from tqdm.auto import tqdm
 
-    bar = tqdm(desc="render", total=1, dynamic_ncols=True)
+    bar = tqdm(desc="render", total=1, dynamic_ncols=True, disable=None, mininterval=0.5)
 
     def cb(done, total):
         bar.total = total

@@ -31,7 +31,7 @@ class DemoConfig:
     """Settings of the synthetic comparison (the demo's defaults fit in ~2 CPU minutes)."""
 
     seed: int = 0
-    num_frames: int = 60
+    num_frames: int = 40
     views: str = "3"
     synth: synth_lib.SynthConfig = synth_lib.SynthConfig()
     #: NeuFace on a randomly initialized small encoder needs a larger step than the

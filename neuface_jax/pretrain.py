@@ -296,22 +296,6 @@ def _batch_to_jax(data: PretrainData, idx: np.ndarray) -> dict[str, jax.Array]:
     }
 
 
-def _apply_training(graphdef, trainable, rest, images):
-    """Training-mode forward pass (batch statistics; returns the updated BatchNorm state).
-
-    Like ``encoder.apply(..., update_bn_stats=True)`` but merging with ``copy=True``: without the
-    copy, flax 0.12 refuses the running-average update under ``jax.grad`` with respect to the
-    trainable weights ("Cannot mutate BatchStat from a different trace level").
-    """
-    from flax import nnx
-
-    model = nnx.merge(graphdef, trainable, rest, copy=True)
-    raw = model(images, use_running_average=False)
-    trainable_paths = frozenset(encoder_lib.state_paths(trainable))
-    _, _, new_rest = nnx.split(model, lambda path, v: tuple(path) in trainable_paths, ...)
-    return raw, new_rest
-
-
 def _schedule(config: PretrainConfig):
     warm = max(1, min(config.warmup_steps, config.num_steps // 2))
     return optax.warmup_cosine_decay_schedule(
@@ -428,7 +412,7 @@ def pretrain(
     opt_state = optimizer.init(trainable)
 
     def loss_fn(tr, r, batch):
-        raw, new_rest = _apply_training(graphdef, tr, r, batch["images"])
+        raw, new_rest = encoder_lib.apply(graphdef, tr, r, batch["images"], update_bn_stats=True)
         total, parts = pretrain_loss(raw, batch, face, encoder_config, config)
         return total, (parts, new_rest)
 
