@@ -1,37 +1,47 @@
 r"""Benchmark of the NeuFace update step: one Adam step on one chunk of frames × views.
 
-What is timed is the production step, ``fit.NeuFace.step_fn`` (``jax.jit`` of ``NeuFace._step``
-with the state donated): encoder forward + backward on C·W images, FLAME forward, landmarks, the
-reference loss (10·landmark + 100·temporal + 200·multi-view) and the Adam update. Inputs are
-synthetic (random images, random landmark targets, every frame and landmark valid), built as a
-``fit.ClipData``; FLAME is the procedural demo head. Two configurations by default:
+What is timed is the production step, ``fit.NeuFace.step_fn`` (the jitted step with the state
+donated, called exactly as ``NeuFace.run_epoch`` calls it): encoder forward + backward on C·W
+images, FLAME forward, landmarks, the reference loss (10·landmark + 100·temporal + 200·multi-view)
+and the Adam update. Inputs are synthetic (random images, random landmark targets, every frame and
+landmark valid), built as a ``fit.ClipData``; FLAME is the procedural demo head. Two
+configurations by default:
 
 * ``small``: ``EncoderConfig.small`` at 64×64, a chunk of 20 frames × 3 views (60 images/step);
 * ``resnet50``: DECA's ResNet-50 at 224×224, 20 frames × 7 views (140 images/step).
 
-Per configuration it reports: images/s of the step (the mean over back-to-back timed steps,
-as ``NeuFace.run_epoch`` issues them; the fastest of --repeats such loops), trace/lowering and XLA compile time, XLA's memory
-estimate of the compiled step (temp + arguments + outputs, and the same less donated aliases),
-the device's peak bytes in use when the backend reports it (accelerators; a process-wide
-high-water mark), the step's FLOPs from XLA's cost analysis, and how the step time splits
-between the encoder's forward + backward alone and FLAME + losses alone (each timed on its own,
-same batch). On an accelerator it reports model FLOP utilization for ResNet-50 at 224²:
+Per configuration it reports: images/s of the step (the mean over back-to-back timed steps, as
+``run_epoch`` issues them; the fastest of --repeats such loops), trace/lowering and XLA compile
+time (the step is compiled ahead of time; the timed calls go through ``step_fn`` and must not
+compile again: ``recompiles_in_steps``), XLA's memory estimate of the compiled step (temp +
+arguments + outputs, and the same less the donated, aliased state), the device's peak bytes in
+use when the backend reports one (accelerators; a process-wide high-water mark), the step's FLOPs
+from XLA's cost analysis, and how the step time splits between the encoder's forward + backward
+alone and FLAME + losses alone (each compiled and timed on its own on the same batch). Model
+FLOP utilization, for ResNet-50 at 224² only:
 
     MFU = 12.3 GFLOP/image (the nominal ResNet-50 forward + backward) × images/s / peak FLOP/s
 
 with the peak from --peak_tflops or, for a few known GPUs, their dense spec-sheet peak for the
-compute dtype (float32 counts as TF32: JAX's DEFAULT precision uses tensor cores on A100/H100).
-Note the nominal 12.3 GFLOP is 3 × 4.1 G multiply-adds; XLA counts 2 FLOPs per multiply-add, so
-an MFU from XLA's own count (also reported, ``mfu_xla``) is about twice the nominal one.
+compute dtype (float32 counts as TF32: JAX's DEFAULT precision uses tensor cores on A100/H100);
+"not computed" on CPU. The nominal 12.3 GFLOP is 3 × 4.1 G multiply-adds; XLA counts 2 FLOPs per
+multiply-add (≈ 24 GFLOP/image here), so the MFU from XLA's own count (``mfu_xla``) is about
+twice the nominal one.
 
-    python experiments/benchmark_step.py                              # both configs, float32
-    python experiments/benchmark_step.py --dtype=bfloat16 --peak_tflops=989.4   # on an H100 SXM
+    python experiments/benchmark_step.py                                       # CPU: minutes
+    python experiments/benchmark_step.py --dtype=bfloat16 --peak_tflops=989.4  # e.g. H100 SXM
+
+On CPU the ResNet-50 step needs ≈ 12 GiB (XLA's estimate for 140 images in float32) and takes
+minutes per step on 2 cores; a configuration whose estimate exceeds the available host memory is
+skipped with the reason in the report (--nocheck_host_memory runs it anyway).
 
 Prints one JSON line per configuration, a one-line ``SUMMARY``, and writes the JSON to --out.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import platform
@@ -64,7 +74,8 @@ flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s of the device for the dtyp
 flags.DEFINE_bool("check_host_memory", True, "On CPU, skip a config whose XLA memory estimate exceeds the "
                   "available host memory instead of letting the OOM killer end the run.")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and the encoder initialization.")
-flags.DEFINE_string("out", None, "JSON output path (default experiments/results/benchmark_step_<platform>.json).")
+flags.DEFINE_string("out", None, "JSON output path (default experiments/results/benchmark_step_<platform>.json; "
+                    "_bfloat16 is appended to the name for --dtype=bfloat16, so the two GPU runs both stay).")
 
 #: ResNet-50 forward + backward per 224² image, in the usual "FLOPs = multiply-adds" convention
 #: (forward 4.1 G multiply-adds, backward about twice the forward).
@@ -167,6 +178,21 @@ class _CompileCounter:
         jax.monitoring.register_event_duration_secs_listener(listener)
 
 
+def _production_step(opt):
+    """(the jitted step function, the leading arguments bound to it, whether it takes ``face``).
+
+    ``NeuFace.step_fn`` is either a jitted function or a ``functools.partial`` binding the
+    optimizer as the static first argument of a module-level jitted function; lowering needs the
+    jitted function itself. Newer steps take the FLAME model as their last argument.
+    """
+    fn = opt.step_fn
+    bound: tuple = ()
+    if isinstance(fn, functools.partial):
+        fn, bound = fn.func, fn.args
+    takes_face = "face" in inspect.signature(opt._step).parameters
+    return fn, bound, takes_face
+
+
 def _time_loop(run, block, n: int) -> float:
     """Seconds per call of ``run`` over ``n`` back-to-back calls, blocking once at the end."""
     t0 = time.perf_counter()
@@ -240,8 +266,10 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
     prev = opt.initial_context(views)
 
     # ---- compile the production step ahead of time: compile time, memory and FLOPs.
+    step_jit, bound, takes_face = _production_step(opt)
+    extra = (face,) if takes_face else ()
     t0 = time.perf_counter()
-    lowered = opt.step_fn.lower(state, chunk, key, prev)
+    lowered = step_jit.lower(*bound, state, chunk, key, prev, *extra)
     entry["trace_lower_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     compiled = lowered.compile()
@@ -268,17 +296,17 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
     keys = list(jax.random.split(key, max(warmup, 1) + steps * repeats))  # made here: no eager op between steps
     compiles_before = counter.count
     t0 = time.perf_counter()
-    state, stats, _, _ = opt.step_fn(state, chunk, keys[0], prev)
+    state, stats, _, _ = opt.step_fn(state, chunk, keys[0], prev, *extra)
     block(state)
     entry["first_call_s"] = time.perf_counter() - t0  # retrace + dispatch + one step, no recompile
     for i in range(1, warmup):
-        state, stats, _, _ = opt.step_fn(state, chunk, keys[i], prev)
+        state, stats, _, _ = opt.step_fn(state, chunk, keys[i], prev, *extra)
     block(state)
 
     holder = {"state": state, "i": max(warmup, 1)}
 
     def run_step():
-        s, st, _, _ = opt.step_fn(holder["state"], chunk, keys[holder["i"]], prev)
+        s, st, _, _ = opt.step_fn(holder["state"], chunk, keys[holder["i"]], prev, *extra)
         holder["state"], holder["i"] = s, holder["i"] + 1
         return s, st
 
@@ -388,7 +416,8 @@ def main(argv):
         "resnet50_nominal_gflop_per_image": RESNET50_GFLOP_PER_IMAGE,
         "results": results,
     }
-    out = Path(FLAGS.out or Path(__file__).parent / "results" / f"benchmark_step_{device.platform}.json")
+    suffix = "" if FLAGS.dtype == "float32" else f"_{FLAGS.dtype}"
+    out = Path(FLAGS.out or Path(__file__).parent / "results" / f"benchmark_step_{device.platform}{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
 

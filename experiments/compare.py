@@ -12,8 +12,10 @@ r"""The paper's comparisons on the synthetic benchmark: one config per experimen
   "noise" (×SynthConfig's landmark noise), "drop" (drop_frame_probability), optional "num_frames"}``;
 * ``methods``: fitted variants — ``{"name", "method" ("neuface" | "direct"), "init" ("random" |
   "pretrained"), "fit" (FitConfig overrides: learning_rate, loss, chunk_frames, freeze_bn, ...),
-  optional "needs_views" (skip settings with fewer views, e.g. 2 for a multi-view-only variant)}``;
+  optional "needs_views" (skip settings with fewer views, e.g. 2 for a multi-view-only variant) and
+  "only_settings" (names of the settings it runs on)}``;
 * ``fit``: FitConfig overrides shared by every method (a method's own ``fit`` wins);
+* ``encoder``: overrides of the randomly initialized encoder's config (default the small CPU one);
 * ``images_for_undetected_frames`` (default True): see ``prepare``;
 * ``pretrained``: checkpoint of the pretrained encoder (``neuface_jax.pretrain.ensure_pretrained``
   trains one there first if it is missing).
@@ -35,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", "direct_vs_neuface", "Experiment name in experiments/configs/, or a path to a config .py.")
@@ -47,10 +49,14 @@ flags.DEFINE_integer("num_epochs", None, "Override the number of epochs.")
 flags.DEFINE_string("pretrained", None, "Override the pretrained encoder checkpoint.")
 flags.DEFINE_string("out", None, "JSON output (default experiments/results/<config>.json).")
 flags.DEFINE_bool("resume", False, "Skip (seed, setting, method) runs already present in --out.")
+flags.DEFINE_bool("markdown", False, "Also print the tables as markdown (for docs/experiments.md).")
 flags.DEFINE_string("compile_cache", "/tmp/neuface_jax_compile_cache", "JAX persistent compilation cache ('' = off).")
 
 METRICS = ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm", "vertex_error_mm")
-EXTRA_METRICS = ("vertex_error_aligned_mm", "vertex_error_similarity_mm", "jitter_detected_mm", "msi_vertices_detected")
+EXTRA_METRICS = (
+    "accel_error_mm", "vertex_error_aligned_mm", "vertex_error_similarity_mm", "jitter_detected_mm",
+    "msi_vertices_detected",
+)
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
@@ -102,6 +108,7 @@ def normalize_config(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"config {cfg['name']!r}: init must be 'random' or 'pretrained', got {m}")
         m.setdefault("fit", {})
         m.setdefault("needs_views", 1)
+        m.setdefault("only_settings", None)
         methods.append(m)
     for kind, items in (("setting", settings), ("method", methods)):
         names = [i["name"] for i in items]
@@ -148,6 +155,8 @@ def run_experiment(
     model, embedding = flame_jax.demo_model(), flame_jax.demo_landmark_embedding()
     face = fit_lib.FaceModel(model, embedding)
     random_cfg = pipeline.default_encoder_config(model)
+    if cfg.get("encoder"):
+        random_cfg = dataclasses.replace(random_cfg, **cfg["encoder"])
     pretrained = None
     if any(m["init"] == "pretrained" for m in cfg["methods"]):
         from neuface_jax import pretrain
@@ -166,6 +175,7 @@ def run_experiment(
             todo = [
                 m for m in cfg["methods"]
                 if (seed, setting["name"], m["name"]) not in done and views >= m["needs_views"]
+                and (m["only_settings"] is None or setting["name"] in m["only_settings"])
             ]
             num_frames = int(setting.get("num_frames", cfg["num_frames"]))
             synth_cfg = dataclasses.replace(
@@ -211,6 +221,11 @@ def run_experiment(
                 metrics["vertex_error_similarity_mm"] = float(
                     metrics_lib.vertex_error(flat(res.canonical_vertices), flat(gt_c), align="similarity")
                 )
+                # Acceleration error against the true motion (the motion itself accelerates: speech,
+                # head turns): RMS of a_pred − a_true = metrics.jitter of the difference, posed mesh.
+                true_posed = clip.gt["vertices"] - clip.gt["translation"][:, :, None, :]
+                metrics["accel_error_mm"] = float(np.mean(
+                    [metrics_lib.jitter(res.vertices[:, v] - true_posed[:, v]) for v in range(res.vertices.shape[1])]))
                 if not clip.valid.all():
                     # Smoothness over detected frames only (accelerations touching a dropped frame skipped).
                     w = res.vertices.shape[1]
@@ -276,6 +291,8 @@ def summarize(cfg: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, dict
             keys = list(METRICS) + list(EXTRA_METRICS)
             row = {}
             for k in keys + ["seconds"]:
+                if k != "seconds" and not any(k in r["metrics"] for r in sel):
+                    continue
                 vals = np.array([r["seconds"] if k == "seconds" else r["metrics"].get(k, np.nan) for r in sel], float)
                 row[k] = [float(np.mean(vals)), float(np.std(vals)), int(len(vals))]
             out.setdefault(s["name"], {})[m["name"]] = row
@@ -288,13 +305,34 @@ def format_summary(summary: dict[str, dict[str, dict[str, list[float]]]], metric
     for setting, rows in summary.items():
         n = max(v["seconds"][2] for v in rows.values())
         lines.append(f"\n[{setting}]  (mean ± std over {n} seed{'s' if n != 1 else ''})")
-        header = f"{'method':<24}" + "".join(f"{c:>20}" for c in metrics) + f"{'seconds':>10}"
+        metrics_here = [c for c in metrics if any(c in v for v in rows.values())]
+        header = f"{'method':<24}" + "".join(f"{c:>20}" for c in metrics_here) + f"{'seconds':>10}"
         lines.append(header)
         lines.append("-" * len(header))
         for method, vals in rows.items():
-            cells = "".join(f"{_pm(vals[c]):>20}" for c in metrics)
+            cells = "".join(f"{_pm(vals[c]) if c in vals else '':>20}" for c in metrics_here)
             lines.append(f"{method:<24}{cells}{vals['seconds'][0]:>10.1f}")
     return "\n".join(lines)
+
+
+def format_markdown(summary, ground_truth=None, metrics=METRICS + ("accel_error_mm", "vertex_error_similarity_mm")) -> str:
+    """Markdown tables (one per setting) of mean ± std, with the ground truth's own smoothness."""
+    out = []
+    for setting, rows in summary.items():
+        n = max(v["seconds"][2] for v in rows.values())
+        cols = [c for c in metrics if any(c in v for v in rows.values())]
+        out.append(f"**{setting}** (mean ± std over {n} seed{'s' if n != 1 else ''})\n")
+        out.append("| method | " + " | ".join(cols) + " | s/run |")
+        out.append("|---" * (len(cols) + 2) + "|")
+        for method, vals in rows.items():
+            out.append(f"| {method} | " + " | ".join(_pm(vals[c]) if c in vals else "" for c in cols)
+                       + f" | {vals['seconds'][0]:.0f} |")
+        if ground_truth and setting in ground_truth:
+            g = ground_truth[setting]
+            out.append("| *ground truth* | " + " | ".join(
+                f"*{g[c]:.3f}*" if c in g and c in ("msi_landmarks", "msi_vertices", "jitter_mm") else "" for c in cols) + " | |")
+        out.append("")
+    return "\n".join(out)
 
 
 def _pm(v) -> str:
@@ -317,6 +355,7 @@ def _environment() -> dict[str, Any]:
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint read at INFO
     if FLAGS.compile_cache:
         import jax
 
@@ -368,7 +407,9 @@ def main(argv):
     result = run_experiment(cfg, previous=previous, previous_ground_truth=previous_gt, on_run=write)
     write(result["runs"], result["ground_truth"], final=True, extra={"pretrained_summary": result["pretrained_summary"]})
     summary = summarize(cfg, result["runs"])
-    print(format_summary(summary))
+    print(format_summary(summary, METRICS + ("accel_error_mm", "vertex_error_similarity_mm")))
+    if FLAGS.markdown:
+        print("\n" + format_markdown(summary, json.loads(out.read_text())["ground_truth"]))
     gt = json.loads(out.read_text())["ground_truth"]
     if gt:
         print("\nground truth's own smoothness: " + "; ".join(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "/tmp/pretrained_small_encoder", "Checkpoint directory (overwritten).")
@@ -31,6 +31,7 @@ flags.DEFINE_integer("log_every", 100, "Steps between log lines.")
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint write at INFO
     from neuface_jax import pretrain
 
     overrides = {

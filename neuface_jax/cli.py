@@ -5,6 +5,8 @@ Commands:
                 metrics.json, overlay.mp4 (the embedded default: no FLAME file, no video)
   synth         write a synthetic clip with ground truth (one mp4 per view, landmarks, truth)
   fetch-models  download the MediaPipe face landmarker and check its SHA-256
+  annotate      real video(s) → MediaPipe landmarks → crops → NeuFace → params.npz, metrics.json,
+                overlay.mp4 (mesh over the original frames, views tiled), optional OBJs
 
 Flags are absl flags, one set per command (``neuface-jax <command> --help``).
 """
@@ -147,6 +149,89 @@ def synth_main(argv: list[str]) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- annotate
+def annotate_main(argv: list[str]) -> int:
+    """Real video(s) → FLAME meshes by NeuFace.
+
+    neuface-jax annotate --video PATH[,PATH...] [--view_names a,b,c] --out DIR
+        [--view_boxes x0:y0:x1:y1,...] [--flame_model F --landmark_embedding E]
+        [--landmark_set ibug68|mediapipe105] [--contour auto|static|dynamic] [--epochs N]
+        [--start/--end frames | --start_s/--end_s seconds] [--stride K] [--encoder CKPT] [--objs]
+
+    --video takes one video (monocular), several comma-separated videos (synchronized views), a
+    frame folder (MEAD img_%04d_<view>.jpg, numbered frames, or one sub-folder per view) or image(s).
+    --view_boxes cuts ONE composite video into views by half-open pixel boxes (name=x0:y0:x1:y1
+    names a view), e.g. the left column of the shared 3-view composite:
+    --view_boxes=0:0:247:360,0:360:247:720,0:720:247:1080. Without --flame_model the demo head (a
+    procedural stand-in for FLAME, not FLAME) is used. See neuface_jax/annotate.py for the contour
+    choice (static frontal contour for MediaPipe jaw points by default) and the metrics.
+    """
+    from neuface_jax import annotate as annotate_lib
+
+    fv = flags.FlagValues()
+    flags.DEFINE_list("video", None, "Input: video path(s) (comma-separated = synchronized views), a frame folder or image(s).", flag_values=fv)
+    flags.DEFINE_string("out", None, "Output folder (required).", flag_values=fv)
+    flags.DEFINE_list("view_names", None, "One name per view (default: file stems / view0, view1, ...).", flag_values=fv)
+    flags.DEFINE_list("view_boxes", None, "Cut one composite video into views: x0:y0:x1:y1 (or name=x0:y0:x1:y1) per view, half-open pixels.", flag_values=fv)
+    flags.DEFINE_string("flame_model", None, "FLAME model file (default: the demo head, not FLAME).", flag_values=fv)
+    flags.DEFINE_string("landmark_embedding", None, "Landmark embedding for --flame_model (68-point, or mediapipe_landmark_embedding.npz).", flag_values=fv)
+    flags.DEFINE_enum("landmark_set", "ibug68", list(annotate_lib.LANDMARK_SETS), "Landmarks fitted: MediaPipe → iBUG-68, or FLAME's 105-point MediaPipe set.", flag_values=fv)
+    flags.DEFINE_enum("contour", "auto", list(annotate_lib.CONTOURS), "68-point jaw contour: auto/static = frontal row for every frame (right for MediaPipe), dynamic = DECA's yaw rule.", flag_values=fv)
+    flags.DEFINE_string("face_landmarker", None, "MediaPipe face_landmarker.task (default: $NEUFACE_FACE_LANDMARKER or the user cache).", flag_values=fv)
+    flags.DEFINE_integer("epochs", annotate_lib.DEFAULT_EPOCHS, "NeuFace epochs (reference 100; the default keeps a ~150-frame clip to a few CPU minutes).", flag_values=fv)
+    flags.DEFINE_integer("chunk_frames", 20, "Frames per chunk (reference: 20).", flag_values=fv)
+    flags.DEFINE_float("lr", None, "Learning rate (default 1e-3 for the random small encoder, 2e-5 with --encoder).", flag_values=fv)
+    flags.DEFINE_string("encoder", None, "Encoder checkpoint folder (encoder.save_encoder / orbax); default: a randomly initialized small encoder.", flag_values=fv)
+    flags.DEFINE_integer("start", None, "First frame (0-based).", flag_values=fv)
+    flags.DEFINE_integer("end", None, "End frame (exclusive).", flag_values=fv)
+    flags.DEFINE_float("start_s", None, "Start time in seconds.", flag_values=fv)
+    flags.DEFINE_float("end_s", None, "End time in seconds (exclusive).", flag_values=fv)
+    flags.DEFINE_integer("stride", 1, "Take every k-th frame.", flag_values=fv)
+    flags.DEFINE_float("fps", 25.0, "Frame rate of frame folders and images.", flag_values=fv)
+    flags.DEFINE_bool("strict", False, "Views of different lengths / frame rates are an error (default: trim with a warning).", flag_values=fv)
+    flags.DEFINE_enum("crop_smoothing", "moving_average", ["moving_average", "savgol", "none"], "Temporal smoothing of the crop boxes (none = per-frame reference boxes).", flag_values=fv)
+    flags.DEFINE_integer("smoothing_window", 5, "Crop smoothing window in frames.", flag_values=fv)
+    flags.DEFINE_bool("overlay", True, "Write overlay.mp4.", flag_values=fv)
+    flags.DEFINE_bool("objs", False, "Write one OBJ per frame and view (objs/<view>/).", flag_values=fv)
+    flags.DEFINE_string("cache_dir", None, "Landmark cache folder (default ~/.cache/neuface_jax/landmarks).", flag_values=fv)
+    flags.DEFINE_bool("cache", True, "Use the landmark cache.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Encoder initialization seed.", flag_values=fv)
+    _help_requested(argv, fv, "neuface-jax annotate", annotate_main.__doc__)
+    _parse(fv, argv, "neuface-jax annotate")
+    prog = "neuface-jax annotate"
+    if not fv.video or not fv.out:
+        sys.stderr.write(f"{prog}: --video and --out are required (see --help)\n")
+        return 2
+
+    from neuface_jax import detect, video
+
+    start = time.perf_counter()
+    try:
+        summary = annotate_lib.annotate(
+            fv.video, out_dir=fv.out, view_names=fv.view_names, view_boxes=fv.view_boxes,
+            flame_model=fv.flame_model, landmark_embedding=fv.landmark_embedding, landmark_set=fv.landmark_set,
+            contour=fv.contour, face_landmarker=fv.face_landmarker, epochs=fv.epochs, chunk_frames=fv.chunk_frames,
+            learning_rate=fv.lr, encoder=fv.encoder, start=fv.start, end=fv.end, start_s=fv.start_s, end_s=fv.end_s,
+            stride=fv.stride, fps=fv.fps, strict=fv.strict,
+            crop_smoothing=None if fv.crop_smoothing == "none" else fv.crop_smoothing,
+            smoothing_window=fv.smoothing_window, write_video=fv.overlay, write_objs=fv.objs, cache_dir=fv.cache_dir,
+            use_cache=fv.cache, seed=fv.seed, progress=_progress_factory(),
+        )
+    except (detect.NoFaceError, video.VideoError, detect.ModelNotFoundError, FileNotFoundError, ValueError) as e:
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 1
+    tp = summary["throughput"]
+    secs = ", ".join(f"{k} {v:.1f}s" for k, v in summary["seconds"].items() if k != "total")
+    print(
+        f"preprocessing (decode + detect): {tp['preprocess_frames_per_s']:.1f} frames/s"
+        f" ({tp['preprocess_view_frames_per_s']:.1f} view-frames/s{', cached landmarks' if tp['detection_cached'] else ''})"
+    )
+    print(f"timings: {secs}; total {time.perf_counter() - start:.1f}s")
+    names = ", ".join(p.name for k, p in summary["files"].items())
+    print(f"wrote {Path(fv.out).resolve()}/{{{names}}}")
+    return 0
+
+
 # --------------------------------------------------------------------------- dispatch
 def fetch_models_main(argv: list[str]) -> int:
     from neuface_jax import detect
@@ -154,7 +239,7 @@ def fetch_models_main(argv: list[str]) -> int:
     return int(detect.fetch_models_main(argv[1:]) or 0)
 
 
-COMMANDS = {"demo": demo_main, "synth": synth_main, "fetch-models": fetch_models_main}
+COMMANDS = {"demo": demo_main, "synth": synth_main, "fetch-models": fetch_models_main, "annotate": annotate_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,906 @@
+"""Real videos → FLAME meshes: ``neuface-jax annotate``.
+
+Pipeline (one clip, one or more synchronized views):
+
+1. **Input.** One video file (a monocular clip); several video files (synchronized views, paired by
+   frame index, trimmed to the shortest with a warning, or an error under ``strict``); one video file
+   plus ``view_boxes`` (a tiled composite cut into views by pixel boxes); a folder of frames (MEAD
+   naming ``img_%04d_<view>.jpg``, numbered frames, or one sub-folder per view, see
+   ``video.read_frame_folder``); still images (one image = a one-frame clip; several images = views of
+   one frame); or a decoded ``video.VideoClip``. A frame range / time range / stride selects frames.
+2. **Landmarks.** The MediaPipe Face Landmarker (478 points, VIDEO mode), one landmarker per view.
+   Decoding runs in a background thread (``detect.prefetch``) and each view's detection in its own
+   worker thread, so decoding, detection of the views and the main thread overlap. Results are cached
+   per view (``detect.cache_key``: source file identity, box, frames, options, model SHA-256), so a
+   re-run only decodes. Frames without the face are invalid: excluded from the landmark loss and from
+   NME, their crops interpolated from the neighbours.
+3. **Landmark set.** ``landmark_set="ibug68"`` (default): MediaPipe → iBUG-68
+   (``landmark_sets.mediapipe_to_ibug68``) against the model's 68-point embedding;
+   ``"mediapipe105"``: the points of FLAME's MediaPipe embedding, gathered **by id** from the 478
+   detections using the embedding's own ``landmark_indices`` (the demo head's ids are a different
+   105-id list, in a different order, from ``landmark_sets.MEDIAPIPE_105_IDS``; selecting by the
+   embedding's ids is right for both).
+4. **Crops.** The reference recipe (box of the iBUG-68 points, ×1.1 then ×1.25, square, similarity
+   warp) with temporal smoothing of the box (``crop_smoothing``, default a centred 5-frame moving
+   average; ``None`` = the per-frame reference boxes). Crops always come from the 68 points, whatever
+   the landmark set (the 105 set has no jaw and would crop the chin away). The crop transforms are
+   kept, so everything maps back to the original pixels.
+5. **NeuFace.** ``fit.NeuFace`` from a randomly initialized small CPU encoder
+   (``pipeline.default_encoder_config``: predicts all of the model's shape/expression components) at
+   learning rate 1e-3, or from an encoder checkpoint (``encoder=PATH``, ``encoder.load_encoder``) at
+   the reference 2e-5. ``epochs`` defaults to ``DEFAULT_EPOCHS`` (see there for timings).
+6. **Outputs** in ``out_dir``: ``params.npz`` (``export.write_params``: the NeuFace layout and our
+   additions), ``metrics.json``, ``overlay.mp4`` (the mesh over the original frames, views tiled
+   left to right, detected landmarks as green dots) and optionally ``objs/<view>/frame_%05d.obj``.
+
+**Contour.** MediaPipe's jaw points (the iBUG 0–16 of ``mediapipe_to_ibug68``) are points of its face
+oval, fixed on the face surface: on a turned head the far-side ones stay on the (hidden) jaw and
+project inside the face; they do *not* slide to the silhouette as a 2D detector's contour does.
+FLAME's dynamic contour (DECA's yaw-dependent row of a 79-row table) models silhouette-following
+detectors, so pairing it with MediaPipe points is wrong: on a turned head the two sets describe
+different points and the landmark loss would pull the mesh's jaw sideways. ``contour="auto"``
+(default) therefore uses a **static contour** for MediaPipe-derived 68 landmarks: the embedding's
+row 0 (the frontal contour, fixed on the mesh) for every frame (``static_contour_embedding``).
+``contour="dynamic"`` forces the DECA rule (for landmarks from an outline-following detector, or to
+compare); ``"static"`` is the same as ``"auto"`` here. The 105-point MediaPipe set has no contour.
+
+**Metrics** (``metrics.json``, top level): ``nme_percent`` — the fitted mesh's landmarks against the
+detections, in original pixels, valid frames only, normalized by the detected outer-eye-corner
+distance (iBUG 36/45; for the 105 set the MediaPipe ids 33/263 located in the embedding's id list);
+``msi_landmarks``, ``msi_vertices``, ``jitter_mm`` — smoothness of the output meshes over all frames
+(mean over views with a face); ``cvd_mm`` — cross-view vertex distance in the head-canonical frame,
+frames where both views have a detection (multi-view clips only). There is no ground truth: NME is
+agreement with MediaPipe, not accuracy. ``per_view``, ``seconds``, ``throughput``, ``clip`` and
+``notes`` hold the details.
+
+**Failure handling.** No face in any frame of any view → ``detect.NoFaceError`` naming the clip. A
+view with no face at all in a multi-view clip → the view is kept but masked (no landmark loss, no
+multi-view loss, excluded from the metrics, no mesh drawn in the overlay) with a warning and a note
+in ``metrics.json``: the other views still give a result. Unreadable / truncated videos →
+``video.VideoError`` naming the file.
+
+Frames are held in memory (uint8; about 6 MB per 1080p frame and view): use a range or a stride
+for long clips.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import os
+import pathlib
+import time
+import warnings
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from neuface_jax import crops as crops_lib
+from neuface_jax import detect as detect_lib
+from neuface_jax import landmark_sets
+from neuface_jax import video as video_lib
+
+__all__ = [
+    "DEFAULT_EPOCHS",
+    "LANDMARK_SETS",
+    "CONTOURS",
+    "annotate",
+    "static_contour_embedding",
+    "parse_view_boxes",
+    "resolve_face_model",
+]
+
+#: Default NeuFace epochs. One epoch = one Adam step per 20-frame chunk (all views). Measured on the
+#: shared 2-core CPU (loaded by other work): see the module's report / README figures. 30 epochs
+#: take ~1–3 minutes for a 120–175-frame monocular clip with the small encoder.
+DEFAULT_EPOCHS = 30
+#: Learning rates: randomly initialized small encoder vs a loaded (pretrained) checkpoint.
+RANDOM_INIT_LR = 1e-3
+PRETRAINED_LR = 2e-5
+
+LANDMARK_SETS = ("ibug68", "mediapipe105")
+CONTOURS = ("auto", "static", "dynamic")
+
+# MediaPipe ids of the outer eye corners (image-left = subject's right: 33; image-right: 263).
+_EYE_CORNER_IDS = (33, 263)
+
+
+# --------------------------------------------------------------------------- landmark embeddings
+def static_contour_embedding(embedding, row: int = 0):
+    """A 68-point embedding with a fixed contour: row ``row`` of the dynamic table for every frame.
+
+    ``face_idx = concat(dynamic_face_idx[row], face_idx)`` (17 contour + 51 static points, iBUG order),
+    barycentric coordinates likewise, kind ``"static"``. Row 0 is the frontal (yaw 0) contour, which is
+    what MediaPipe's mesh-fixed jaw points correspond to.
+
+    Raises:
+      ValueError: the embedding has no dynamic contour table.
+    """
+    import flame_jax
+
+    if embedding.dynamic_face_idx is None:
+        raise ValueError(f"embedding of kind {embedding.kind!r} has no dynamic contour table to take a static row from")
+    dyn_f = np.asarray(embedding.dynamic_face_idx)
+    dyn_b = np.asarray(embedding.dynamic_bary_coords)
+    if not 0 <= row < dyn_f.shape[0]:
+        raise ValueError(f"contour row {row} out of range 0..{dyn_f.shape[0] - 1}")
+    return flame_jax.LandmarkEmbedding.from_arrays(
+        face_idx=np.concatenate([dyn_f[row], np.asarray(embedding.face_idx)]),
+        bary_coords=np.concatenate([dyn_b[row], np.asarray(embedding.bary_coords)]),
+        kind="static",
+        source=f"static contour (row {row}) of a {embedding.kind} embedding",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _FaceSetup:
+    model: Any  # flame_jax.FlameModel
+    embedding: Any  # flame_jax.LandmarkEmbedding used in the fit
+    landmark_ids: np.ndarray  # MediaPipe ids of the fitted landmarks, in embedding order
+    eye_idx: tuple[int, int]  # positions of the outer eye corners in the landmark set (for NME)
+    landmark_set: str
+    contour: str  # resolved: "static", "dynamic" or "none"
+    model_label: str
+    is_demo: bool
+
+
+def resolve_face_model(
+    flame_model=None, landmark_embedding=None, *, landmark_set: str = "ibug68", contour: str = "auto"
+) -> _FaceSetup:
+    """Loads (or takes) the FLAME model and the embedding for a landmark set and contour choice.
+
+    Without ``flame_model`` the procedural demo head (not FLAME) and its embeddings are used. With a
+    FLAME file, ``landmark_embedding`` is required (DECA's ``landmark_embedding.npy`` for ibug68,
+    ``mediapipe_landmark_embedding.npz`` for mediapipe105).
+    """
+    import flame_jax
+
+    if landmark_set not in LANDMARK_SETS:
+        raise ValueError(f"unknown landmark set {landmark_set!r}; choose one of {LANDMARK_SETS}")
+    if contour not in CONTOURS:
+        raise ValueError(f"unknown contour mode {contour!r}; choose one of {CONTOURS}")
+    is_demo = flame_model is None
+    if is_demo:
+        if landmark_embedding is not None and not isinstance(landmark_embedding, flame_jax.LandmarkEmbedding):
+            raise ValueError("a landmark embedding file needs the FLAME model it belongs to (--flame_model)")
+        model = flame_jax.demo_model()
+        label = model.name
+        if landmark_embedding is None:
+            landmark_embedding = (
+                flame_jax.demo_landmark_embedding() if landmark_set == "ibug68" else flame_jax.demo_mediapipe_embedding()
+            )
+    else:
+        model = flame_model if isinstance(flame_model, flame_jax.FlameModel) else flame_jax.load_model(flame_model)
+        label = getattr(model, "name", None) or str(flame_model)
+        if landmark_embedding is None:
+            want = "landmark_embedding.npy (68 points)" if landmark_set == "ibug68" else "mediapipe_landmark_embedding.npz"
+            raise ValueError(f"a FLAME model needs its landmark embedding for the {landmark_set} set: pass {want}")
+    emb = landmark_embedding
+    if not isinstance(emb, flame_jax.LandmarkEmbedding):
+        emb = flame_jax.load_landmark_embedding(emb, model=model)
+    else:
+        emb.check_faces(int(model.faces.shape[0]), "landmark embedding")
+
+    if landmark_set == "ibug68":
+        if emb.num_landmarks != 68:
+            raise ValueError(
+                f"landmark set ibug68 needs a 68-point embedding; got a {emb.kind} embedding with "
+                f"{emb.num_landmarks} points (use --landmark_set=mediapipe105 for a MediaPipe embedding)"
+            )
+        ids = np.asarray(landmark_sets.MEDIAPIPE_TO_IBUG68)
+        eye_idx = (36, 45)
+        if emb.dynamic_face_idx is None:
+            if contour == "dynamic":
+                raise ValueError("contour='dynamic' needs an embedding with a dynamic contour table")
+            resolved = "static"  # already static (e.g. a static 68-point file)
+        elif contour == "dynamic":
+            resolved = "dynamic"
+        else:
+            emb = static_contour_embedding(emb, 0)
+            resolved = "static"
+    else:
+        if emb.landmark_indices is None:
+            raise ValueError(
+                f"landmark set mediapipe105 needs a MediaPipe embedding with landmark_indices (MediaPipe ids); "
+                f"got a {emb.kind} embedding"
+            )
+        if emb.dynamic_face_idx is not None:
+            raise ValueError("a MediaPipe embedding must not have a dynamic contour")
+        ids = np.asarray(emb.landmark_indices).astype(np.int64)
+        if ids.min() < 0 or ids.max() >= landmark_sets.NUM_MEDIAPIPE:
+            raise ValueError(f"embedding landmark_indices must be MediaPipe ids 0..477, got {ids.min()}..{ids.max()}")
+        missing = [i for i in _EYE_CORNER_IDS if i not in ids.tolist()]
+        if missing:
+            raise ValueError(f"the MediaPipe embedding lacks the outer eye corners {missing} needed for NME")
+        eye_idx = tuple(int(np.flatnonzero(ids == i)[0]) for i in _EYE_CORNER_IDS)
+        resolved = "none"
+    return _FaceSetup(
+        model=model, embedding=emb, landmark_ids=ids.astype(np.int64), eye_idx=eye_idx, landmark_set=landmark_set,
+        contour=resolved, model_label=label, is_demo=is_demo,
+    )
+
+
+# --------------------------------------------------------------------------- inputs
+def parse_view_boxes(spec) -> dict[str, tuple[int, int, int, int]] | None:
+    """``"x0:y0:x1:y1,..."`` (or ``"name=x0:y0:x1:y1,..."``), a list of such strings, a list of 4-tuples
+    or a mapping → ``{name: (x0, y0, x1, y1)}`` (half-open pixel boxes; default names ``view0``, ...)."""
+    if spec is None or (isinstance(spec, (str, list, tuple, dict)) and len(spec) == 0):
+        return None
+    if isinstance(spec, Mapping):
+        return {str(k): tuple(int(v) for v in b) for k, b in spec.items()}
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out = {}
+    for i, item in enumerate(items):
+        name = f"view{i}"
+        if isinstance(item, str):
+            item = item.strip()
+            if "=" in item:
+                name, item = (s.strip() for s in item.split("=", 1))
+            parts = item.split(":")
+            try:
+                box = tuple(int(p) for p in parts)
+            except ValueError:
+                raise ValueError(f"view box {item!r} is not x0:y0:x1:y1 integers") from None
+        else:
+            box = tuple(int(v) for v in item)
+        if len(box) != 4:
+            raise ValueError(f"view box {item!r} needs 4 numbers x0:y0:x1:y1, got {len(box)}")
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 and 0 <= y0 < y1):
+            raise ValueError(f"view box {item!r} is empty (need x0 < x1 and y0 < y1)")
+        if name in out:
+            raise ValueError(f"two view boxes named {name!r}")
+        out[name] = box
+    return out
+
+
+@dataclasses.dataclass
+class _Source:
+    """Where the frames come from, per view, and how to stream them."""
+
+    label: str  # the clip, for messages
+    view_names: tuple[str, ...]
+    fps: float
+    stream: Callable[[], Iterator[tuple[int, tuple[np.ndarray, ...]]]]
+    cache_ids: list[tuple[str, Any, Any] | None]  # per view: (source file, box, frames key) or None
+    kind: str
+    paths: tuple[str, ...]
+    frame_range: video_lib.FrameRange | None
+
+
+def _is_image(path) -> bool:
+    return pathlib.Path(path).suffix.lower() in video_lib.IMAGE_EXTENSIONS
+
+
+def _clip_source(clip: video_lib.VideoClip, label: str, kind: str, paths, rng) -> _Source:
+    def stream():
+        for t, idx in enumerate(clip.frame_indices):
+            yield int(idx), tuple(f[t] for f in clip.frames)
+
+    cache_ids = []
+    for v in range(clip.num_views):
+        src = clip.sources[v]
+        ok = src is not None and pathlib.Path(src).is_file()
+        cache_ids.append((src, clip.source_boxes[v], clip.frame_indices.tolist()) if ok else None)
+    return _Source(
+        label=label, view_names=clip.view_names, fps=float(clip.fps or 25.0), stream=stream, cache_ids=cache_ids,
+        kind=kind, paths=tuple(paths), frame_range=rng,
+    )
+
+
+def _open_source(videos, view_names, view_boxes, rng: video_lib.FrameRange, strict: bool, fps: float) -> _Source:
+    boxes = parse_view_boxes(view_boxes)
+    if isinstance(videos, video_lib.VideoClip):
+        clip = videos
+        if boxes:
+            clip = video_lib.split_views(clip, boxes)
+        if view_names:
+            clip = dataclasses.replace(clip, view_names=tuple(view_names))
+        label = ", ".join(s for s in dict.fromkeys(clip.sources) if s) or "clip"
+        return _clip_source(clip, label, "clip", [s for s in clip.sources if s], rng)
+    if isinstance(videos, (str, os.PathLike)):
+        paths = [str(videos)]
+    else:
+        paths = [str(p) for p in videos]
+    paths = [p.strip() for p in paths if str(p).strip()]
+    if not paths:
+        raise ValueError("no input video given")
+    label = ",".join(paths)
+    names = list(view_names) if view_names else None
+
+    if len(paths) == 1 and pathlib.Path(paths[0]).is_dir():
+        clip = video_lib.read_frame_folder(paths[0], view_names=names, fps=fps, strict=strict, frames=rng)
+        if boxes:
+            if clip.num_views != 1:
+                raise ValueError("view boxes cut a single-view composite; the frame folder holds several views")
+            clip = video_lib.split_views(clip, boxes)
+        return _clip_source(clip, label, "folder", paths, rng)
+
+    if all(_is_image(p) for p in paths):
+        imgs = []
+        for p in paths:
+            pp = pathlib.Path(p)
+            if not pp.is_file():
+                raise video_lib.VideoError(pp, "no such file")
+            imgs.append(video_lib._read_image(pp)[None])
+        vnames = tuple(names) if names else video_lib._view_names(paths, None)
+        if len(vnames) != len(paths):
+            raise ValueError(f"{len(vnames)} view names for {len(paths)} images")
+        clip = video_lib.VideoClip(
+            frames=imgs, view_names=vnames, fps=fps, frame_indices=np.zeros(1, np.int64), sources=tuple(paths)
+        )
+        if boxes:
+            if clip.num_views != 1:
+                raise ValueError("view boxes cut one composite image, not several")
+            clip = video_lib.split_views(clip, boxes)
+        return _clip_source(clip, label, "images", paths, rng)
+
+    infos = [video_lib.probe_video(p) for p in paths]  # VideoError naming the file
+    rate = infos[0].fps or fps
+    frames_key = dataclasses.asdict(rng)
+    if boxes:
+        if len(paths) != 1:
+            raise ValueError("view boxes cut one composite video into views; give a single video with them")
+        info = infos[0]
+        for name, (x0, y0, x1, y1) in boxes.items():
+            if not (x1 <= info.width and y1 <= info.height):
+                raise ValueError(f"view box {name!r} {(x0, y0, x1, y1)} is outside the {info.width}x{info.height} video {paths[0]}")
+        vnames = tuple(names) if names else tuple(boxes)
+        if len(vnames) != len(boxes):
+            raise ValueError(f"{len(vnames)} view names for {len(boxes)} view boxes")
+        box_list = list(boxes.values())
+
+        def stream():
+            for i, f in video_lib.iter_video_frames(paths[0], frames=rng, info=info):
+                yield i, tuple(np.ascontiguousarray(f[y0:y1, x0:x1]) for x0, y0, x1, y1 in box_list)
+
+        return _Source(
+            label=label, view_names=vnames, fps=rate, stream=stream,
+            cache_ids=[(paths[0], b, frames_key) for b in box_list], kind="composite", paths=tuple(paths),
+            frame_range=rng,
+        )
+    if any(_is_image(p) for p in paths):
+        raise ValueError(f"mixing images and videos is not supported: {paths}")
+    vnames = video_lib._view_names(paths, names)
+    if len(paths) == 1:
+        info = infos[0]
+
+        def stream():
+            for i, f in video_lib.iter_video_frames(paths[0], frames=rng, info=info):
+                yield i, (f,)
+
+    else:
+        for name, inf in zip(vnames, infos):
+            if rate and inf.fps and abs(inf.fps - rate) > 0.01 * rate:
+                msg = f"view {name!r} ({inf.path}) runs at {inf.fps} fps, view {vnames[0]!r} at {rate} fps"
+                if strict:
+                    raise ValueError(msg + " and strict=True")
+                warnings.warn(msg + f"; frames are paired by index at {rate} fps", stacklevel=3)
+
+        def stream():
+            yield from video_lib.iter_synchronized(paths, strict=strict, frames=rng)
+
+    return _Source(
+        label=label, view_names=vnames, fps=rate, stream=stream, cache_ids=[(p, None, frames_key) for p in paths],
+        kind="videos", paths=tuple(paths), frame_range=rng,
+    )
+
+
+# --------------------------------------------------------------------------- decoding + detection
+class _ViewDetector:
+    """One view's landmarker on its own worker thread (VIDEO mode needs in-order calls)."""
+
+    def __init__(self, model_path, options, fps):
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="neuface-detect")
+        self.landmarker = self.pool.submit(detect_lib.FaceLandmarker, model_path, options).result()
+        self.tracker = detect_lib.FaceTracker(options, fps)
+
+    def submit(self, frame, ts):
+        return self.pool.submit(self.landmarker.detect, frame, ts)
+
+    def close(self):
+        with contextlib.suppress(Exception):
+            self.pool.submit(self.landmarker.close).result()
+        self.pool.shutdown(wait=True)
+
+
+def _decode_and_detect(src: _Source, *, model_path, options, cache_dir, use_cache, bar=None, prefetch_size=8, in_flight=4):
+    """Streams the frames once: stores them and detects the views that are not cached.
+
+    Returns (frames per view [T, H, W, 3], FaceLandmarks per view, frame indices [T], cache hits per view).
+    """
+    w = len(src.view_names)
+    hits: list[detect_lib.FaceLandmarks | None] = [None] * w
+    cache_paths: list[pathlib.Path | None] = [None] * w
+    if use_cache:
+        cdir = cache_dir or detect_lib.default_landmark_cache_dir()
+        for v, cid in enumerate(src.cache_ids):
+            if cid is None:
+                continue
+            path, box, frames_key = cid
+            key = detect_lib.cache_key(path, box=box, frames=frames_key, options=options, model_path=model_path)
+            cache_paths[v] = detect_lib._cache_file(cdir, path, src.view_names[v] if w > 1 or box else None, key)
+            hits[v] = detect_lib._load_cached(cache_paths[v])
+    todo = [v for v in range(w) if hits[v] is None]
+    detectors = {v: _ViewDetector(model_path, options, src.fps) for v in todo}
+    frames: list[list[np.ndarray]] = [[] for _ in range(w)]
+    indices: list[int] = []
+    rows = {v: [] for v in todo}
+    valid = {v: [] for v in todo}
+    counts = {v: [] for v in todo}
+    pending: collections.deque = collections.deque()
+
+    def finish(item):
+        index, fr, futs = item
+        for v, fut in futs.items():
+            faces = fut.result()
+            k = detectors[v].tracker.choose(faces, index, (fr[v].shape[1], fr[v].shape[0]))
+            rows[v].append(np.zeros((detect_lib.NUM_LANDMARKS, 3), np.float32) if k is None else faces[k])
+            valid[v].append(k is not None)
+            counts[v].append(int(faces.shape[0]))
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        for index, fr in detect_lib.prefetch(src.stream(), prefetch_size):
+            if len(fr) != w:
+                raise ValueError(f"{src.label}: {len(fr)} views in a frame, expected {w}")
+            if indices:
+                for v in range(w):
+                    if fr[v].shape != frames[v][0].shape:
+                        raise ValueError(
+                            f"{src.label}: view {src.view_names[v]!r} frame {index} is {fr[v].shape}, "
+                            f"earlier frames {frames[v][0].shape}"
+                        )
+            indices.append(int(index))
+            for v in range(w):
+                frames[v].append(fr[v])
+            ts = detect_lib._timestamp_ms(index, src.fps)
+            futs = {v: detectors[v].submit(fr[v], ts) for v in todo}
+            pending.append((int(index), fr, futs))
+            while len(pending) > in_flight:
+                finish(pending.popleft())
+        while pending:
+            finish(pending.popleft())
+    finally:
+        for d in detectors.values():
+            d.close()
+    if not indices:
+        raise video_lib.VideoError(src.label, "no frames to read")
+    idx = np.asarray(indices, np.int64)
+    results = []
+    for v, name in enumerate(src.view_names):
+        label = f"view {name!r} of {src.label}"
+        if hits[v] is not None:
+            res = hits[v]
+            if res.num_frames != len(idx) or not np.array_equal(res.frame_indices, idx):
+                raise RuntimeError(f"{label}: cached landmarks do not match the decoded frames; clear {cache_paths[v]}")
+        else:
+            f0 = frames[v][0]
+            res = detect_lib.FaceLandmarks(
+                points=np.stack(rows[v]), valid=np.asarray(valid[v]), frame_indices=idx,
+                image_size=(int(f0.shape[1]), int(f0.shape[0])), num_faces=np.asarray(counts[v]), fps=src.fps,
+                name=label,
+            )
+            if cache_paths[v] is not None:
+                res.save(cache_paths[v])
+        results.append(res)
+    return frames, results, idx, [h is not None for h in hits]
+
+
+def _stack_views(frames: list[list[np.ndarray]]) -> np.ndarray:
+    """Per-view frame lists → uint8 [T, W, H, Wd, 3], padded (bottom/right, black) to the largest view.
+
+    Frees the lists as it copies (peak memory ≈ one copy)."""
+    t = len(frames[0])
+    h = max(f[0].shape[0] for f in frames)
+    wd = max(f[0].shape[1] for f in frames)
+    out = np.zeros((t, len(frames), h, wd, 3), np.uint8)
+    for v, lst in enumerate(frames):
+        for ti in range(t):
+            f = lst[ti]
+            out[ti, v, : f.shape[0], : f.shape[1]] = f
+            lst[ti] = None
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+def _progress_bar(enabled, desc, total):
+    if not enabled:
+        return None
+    if callable(enabled):
+        return enabled(desc, total)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True, disable=None, mininterval=0.5)
+
+
+def _close(bar):
+    if bar is not None:
+        bar.close()
+
+
+def _load_encoder(encoder, model):
+    """``encoder``: None, a checkpoint path, an ``Encoder`` with ``encoder_config`` given, or (Encoder, EncoderConfig)."""
+    from neuface_jax import encoder as encoder_lib
+
+    if encoder is None:
+        return None, None
+    if isinstance(encoder, (str, os.PathLike)):
+        enc, cfg = encoder_lib.load_encoder(encoder)
+    elif isinstance(encoder, tuple) and len(encoder) == 2:
+        enc, cfg = encoder
+    else:
+        return encoder, None
+    if cfg.n_shape > model.num_shape or cfg.n_expr > model.num_expression:
+        raise ValueError(
+            f"encoder predicts {cfg.n_shape} shape / {cfg.n_expr} expression coefficients but the model has "
+            f"{model.num_shape} / {model.num_expression}"
+        )
+    return enc, cfg
+
+
+def _finite_or_nan(x) -> float:
+    x = float(x)
+    return x if np.isfinite(x) else float("nan")
+
+
+# --------------------------------------------------------------------------- main entry
+def annotate(
+    videos,
+    *,
+    out_dir,
+    view_names: Sequence[str] | None = None,
+    view_boxes=None,
+    flame_model=None,
+    landmark_embedding=None,
+    landmark_set: str = "ibug68",
+    contour: str = "auto",
+    face_landmarker=None,
+    landmarker_options: detect_lib.LandmarkerOptions | None = None,
+    epochs: int = DEFAULT_EPOCHS,
+    chunk_frames: int = 20,
+    learning_rate: float | None = None,
+    frames: video_lib.FrameRange | None = None,
+    start: int | None = None,
+    end: int | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    stride: int = 1,
+    fps: float = 25.0,
+    strict: bool = False,
+    crop_smoothing: str | None = "moving_average",
+    smoothing_window: int = 5,
+    encoder=None,
+    encoder_config=None,
+    fit_config=None,
+    write_video: bool = True,
+    write_objs: bool = False,
+    overlay_max_side: int = 480,
+    cache_dir=None,
+    use_cache: bool = True,
+    seed: int = 0,
+    progress=True,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Annotates one clip (one or more synchronized views) with FLAME meshes by NeuFace.
+
+    Args:
+      videos: a video path, several (synchronized views), a frame folder, image path(s), or a
+        ``video.VideoClip``.
+      out_dir: output folder (created).
+      view_names: one name per view (file stems / box names by default).
+      view_boxes: cut a single composite video into views: ``"x0:y0:x1:y1,..."``, optionally
+        ``name=x0:y0:x1:y1``, a list of boxes or a ``{name: box}`` mapping (half-open pixel boxes).
+      flame_model, landmark_embedding: paths (or loaded objects); None → the demo head (not FLAME).
+      landmark_set: ``"ibug68"`` or ``"mediapipe105"``.
+      contour: ``"auto"`` / ``"static"`` (frontal contour row for every frame) or ``"dynamic"``
+        (DECA's yaw rule); see the module docstring.
+      face_landmarker: the MediaPipe model file (else ``$NEUFACE_FACE_LANDMARKER`` or the user cache).
+      epochs, chunk_frames, learning_rate: NeuFace settings (lr None → 1e-3 for a random encoder,
+        2e-5 with a loaded checkpoint).
+      frames / start / end / start_s / end_s / stride: frame selection (``video.FrameRange``).
+      fps: frame rate for frame folders and images (videos carry their own).
+      strict: views of different lengths / frame rates are an error instead of a warning.
+      crop_smoothing, smoothing_window: temporal smoothing of the crop boxes (None = per-frame).
+      encoder: an orbax checkpoint folder (``encoder.save_encoder``), an ``(Encoder, EncoderConfig)``
+        pair, or None (random init of ``encoder_config``, default ``pipeline.default_encoder_config``).
+      fit_config: a full ``fit.FitConfig`` (overrides epochs / chunk_frames / learning_rate / seed).
+      write_video, write_objs: write ``overlay.mp4`` / ``objs/``.
+      cache_dir, use_cache: the landmark cache (default ``~/.cache/neuface_jax/landmarks``).
+      progress: tqdm bars (shown on a terminal only), False, or a factory ``(desc, total) -> bar``.
+      log: where messages go (None = silent).
+
+    Returns:
+      A summary: ``out_dir``, ``files``, ``metrics`` (the metrics.json content), ``seconds``,
+      ``throughput``, ``num_frames``, ``views``, ``valid_fraction``, ``model``, ``notes`` and ``result``
+      (the ``fit.FitResult``).
+
+    Raises:
+      detect.NoFaceError: no face in any frame of any view (naming the clip).
+      video.VideoError: unreadable / truncated input (naming the file).
+      detect.ModelNotFoundError: no MediaPipe model (the message says how to get one).
+    """
+    from neuface_jax import encoder as encoder_lib
+    from neuface_jax import export as export_lib
+    from neuface_jax import fit as fit_lib
+    from neuface_jax import metrics as metrics_lib
+    from neuface_jax import pipeline
+
+    say = log or (lambda s: None)
+    t_start = time.perf_counter()
+    seconds: dict[str, float] = {}
+    notes: list[str] = []
+    out = pathlib.Path(out_dir)
+
+    # ---- model, landmarker, input (cheap checks first: bad arguments fail before any decoding)
+    t0 = time.perf_counter()
+    face_setup = resolve_face_model(flame_model, landmark_embedding, landmark_set=landmark_set, contour=contour)
+    model = face_setup.model
+    if face_setup.is_demo:
+        msg = "no --flame_model: using the demo head (a procedural stand-in for FLAME, not FLAME)"
+        say(f"neuface-jax annotate: {msg}")
+        notes.append(msg)
+    if face_setup.landmark_set == "ibug68":
+        notes.append(
+            f"contour: {face_setup.contour}"
+            + (" (MediaPipe's jaw points are fixed on the face: frontal contour row for every frame)" if face_setup.contour == "static" else "")
+        )
+    enc, enc_cfg_loaded = _load_encoder(encoder, model)
+    enc_cfg = enc_cfg_loaded or encoder_config or pipeline.default_encoder_config(model)
+    if enc is not None and enc_cfg_loaded is None and encoder_config is None:
+        raise ValueError("an Encoder object needs its encoder_config (or pass an (Encoder, EncoderConfig) pair)")
+    if learning_rate is None:
+        learning_rate = PRETRAINED_LR if enc is not None else RANDOM_INIT_LR
+    if fit_config is None:
+        fit_config = fit_lib.FitConfig(
+            num_epochs=int(epochs), chunk_frames=int(chunk_frames), learning_rate=float(learning_rate), seed=int(seed)
+        )
+    model_path = detect_lib.resolve_model_path(face_landmarker)
+    options = landmarker_options or detect_lib.LandmarkerOptions()
+    rng = video_lib._frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    src = _open_source(videos, view_names, view_boxes, rng, strict, fps)
+    seconds["setup"] = time.perf_counter() - t0
+
+    # ---- decode + detect (background decoding, one detection worker per view)
+    t0 = time.perf_counter()
+    total = None
+    if src.kind in ("videos", "composite"):
+        info = video_lib.probe_video(src.paths[0])
+        n_est = info.estimated_num_frames
+        if n_est:
+            total = len(rng.indices(n_est, info.fps))
+    bar = _progress_bar(progress, f"decode + detect ({len(src.view_names)} view{'s' * (len(src.view_names) > 1)})", total)
+    try:
+        view_frames, lmks, frame_indices, cached = _decode_and_detect(
+            src, model_path=model_path, options=options, cache_dir=cache_dir, use_cache=use_cache, bar=bar
+        )
+    finally:
+        _close(bar)
+    seconds["decode_detect"] = time.perf_counter() - t0
+    t_frames, w = len(frame_indices), len(src.view_names)
+    valid = np.stack([l.valid for l in lmks], axis=1)  # [T, W]
+    if not valid.any():
+        raise detect_lib.NoFaceError(
+            f"{src.label}: no face detected in any of its {t_frames} frames"
+            + (f" (views {', '.join(src.view_names)})" if w > 1 else "")
+        )
+    faceless = [src.view_names[v] for v in range(w) if not valid[:, v].any()]
+    for name in faceless:
+        msg = f"view {name!r} of {src.label}: no face detected in any of its {t_frames} frames; the view is masked"
+        warnings.warn(msg, stacklevel=2)
+        say(f"neuface-jax annotate: warning: {msg}")
+        notes.append(msg)
+    if any(cached):
+        notes.append(f"landmarks from the cache for views {[n for n, c in zip(src.view_names, cached) if c]}")
+    say(
+        f"neuface-jax annotate: {t_frames} frames x {w} view(s) decoded and detected in {seconds['decode_detect']:.1f}s "
+        f"({t_frames * w / max(seconds['decode_detect'], 1e-9):.1f} view-frames/s); faces in "
+        + ", ".join(f"{n} {100 * valid[:, v].mean():.0f}%" for v, n in enumerate(src.view_names))
+    )
+
+    # ---- crops + encoder inputs
+    t0 = time.perf_counter()
+    images = _stack_views(view_frames)
+    del view_frames
+    sizes = [l.image_size for l in lmks]
+    crop_size = crops_lib.CROP_SIZE
+    points478 = np.stack([l.xy for l in lmks], axis=1).astype(np.float64)  # [T, W, 478, 2]
+    pts68 = landmark_sets.mediapipe_to_ibug68(points478)
+    crop_m = np.zeros((t_frames, w, 2, 3))
+    crop_boxes = np.zeros((t_frames, w, 3))
+    for v in range(w):
+        if valid[:, v].any():
+            ct = crops_lib.compute_crops(
+                pts68[:, v], valid[:, v], size=crop_size, smoothing=crop_smoothing, window=smoothing_window
+            )
+            crop_m[:, v], crop_boxes[:, v] = ct.matrices, ct.boxes
+        else:  # a view without a face: a centred square, frames masked anyway
+            cw, ch = sizes[v]
+            box = np.array([cw / 2.0, ch / 2.0, float(min(cw, ch))])
+            crop_boxes[:, v] = box
+            crop_m[:, v] = crops_lib.box_to_transform(box, crop_size)
+    target_px = points478[:, :, face_setup.landmark_ids]  # [T, W, L, 2], gathered by MediaPipe id
+    target_px = np.where(valid[..., None, None], target_px, np.nan)
+    data = fit_lib.prepare_clip(
+        images, target_px, crop_m, encoder_size=enc_cfg.image_size, crop_size=crop_size, valid=valid, name=src.label
+    )
+    seconds["crops"] = time.perf_counter() - t0
+
+    # ---- NeuFace
+    t0 = time.perf_counter()
+    face = fit_lib.FaceModel(model, face_setup.embedding)
+    opt = fit_lib.NeuFace(face, enc_cfg, fit_config)
+    bar = _progress_bar(progress, "NeuFace", fit_config.num_epochs)
+
+    def on_epoch(epoch, parts):
+        if bar is not None:
+            bar.n = epoch
+            bar.set_postfix(loss=f"{parts.get('total', float('nan')):.4g}", refresh=False)
+            bar.refresh()
+
+    try:
+        result = opt.fit(data, encoder=enc, progress=on_epoch)
+    finally:
+        _close(bar)
+    seconds["fit"] = time.perf_counter() - t0
+    say(f"neuface-jax annotate: NeuFace {fit_config.num_epochs} epochs in {seconds['fit']:.1f}s")
+
+    # ---- metrics
+    t0 = time.perf_counter()
+    metrics, per_view = _metrics(
+        result, face, face_setup, crop_m=crop_m, target_px=target_px, valid=valid, crop_size=crop_size,
+        view_names=src.view_names, pipeline=pipeline, metrics_lib=metrics_lib,
+    )
+    seconds["metrics"] = time.perf_counter() - t0
+
+    # ---- outputs
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    files["params"] = export_lib.write_params(
+        out / "params.npz", result, view_names=src.view_names, detected_landmarks=np.asarray(data.landmarks),
+        landmarks_mask=np.asarray(data.landmarks_mask) > 0, crop_transforms=crop_m, valid=valid,
+        frame_indices=frame_indices, crop_size=crop_size, model_name=face_setup.model_label, method="neuface",
+    )
+    if write_objs:
+        objs = export_lib.write_objs(out / "objs", result.vertices, np.asarray(model.faces), src.view_names)
+        files["objs"] = out / "objs"
+        say(f"neuface-jax annotate: wrote {len(objs)} OBJ files")
+    if write_video:
+        bar = _progress_bar(progress, "overlay video", t_frames)
+        try:
+            files["overlay"] = _write_overlay(
+                out / "overlay.mp4", images, result, crop_m, np.asarray(model.faces), target_px, valid,
+                crop_size=crop_size, fps=src.fps / max(1, rng.stride) if src.kind != "images" else 1.0,
+                max_side=overlay_max_side, bar=bar, export_lib=export_lib,
+            )
+        finally:
+            _close(bar)
+    seconds["export"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_start
+    pre = seconds["decode_detect"]
+    throughput = {
+        "preprocess_frames_per_s": t_frames / pre if pre > 0 else float("nan"),
+        "preprocess_view_frames_per_s": t_frames * w / pre if pre > 0 else float("nan"),
+        "detection_cached": bool(all(cached)),
+        "seconds_per_clip": seconds["total"],
+    }
+    doc = {
+        **metrics,
+        "per_view": per_view,
+        "seconds": seconds,
+        "throughput": throughput,
+        "clip": {
+            "input": list(src.paths) or [src.label],
+            "kind": src.kind,
+            "views": list(src.view_names),
+            "view_boxes": {n: list(c[1]) for n, c in zip(src.view_names, src.cache_ids) if c and c[1] is not None} or None,
+            "image_sizes": {n: list(s) for n, s in zip(src.view_names, sizes)},
+            "frames": t_frames,
+            "frame_indices": [int(frame_indices[0]), int(frame_indices[-1])],
+            "stride": int(rng.stride),
+            "fps": src.fps,
+            "valid_fraction": {n: float(valid[:, v].mean()) for v, n in enumerate(src.view_names)},
+            "views_without_face": faceless,
+            "model": face_setup.model_label,
+            "landmark_set": face_setup.landmark_set,
+            "num_landmarks": int(face_setup.landmark_ids.shape[0]),
+            "contour": face_setup.contour,
+            "encoder": str(encoder) if isinstance(encoder, (str, os.PathLike)) else ("given" if enc is not None else "random init"),
+            "encoder_config": enc_cfg.to_dict(),
+            "epochs": fit_config.num_epochs,
+            "chunk_frames": fit_config.chunk_frames,
+            "learning_rate": fit_config.learning_rate,
+            "crop_smoothing": crop_smoothing,
+            "smoothing_window": smoothing_window,
+        },
+        "notes": notes,
+    }
+    files["metrics"] = export_lib.write_json(out / "metrics.json", doc)
+    say(
+        "neuface-jax annotate: "
+        + ", ".join(f"{k} {metrics[k]:.4g}" for k in ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm") if k in metrics)
+    )
+    return {
+        "out_dir": out,
+        "files": files,
+        "metrics": doc,
+        "seconds": seconds,
+        "throughput": throughput,
+        "num_frames": t_frames,
+        "views": list(src.view_names),
+        "valid_fraction": doc["clip"]["valid_fraction"],
+        "model": face_setup.model_label,
+        "notes": notes,
+        "result": result,
+    }
+
+
+def _metrics(result, face, setup: _FaceSetup, *, crop_m, target_px, valid, crop_size, view_names, pipeline, metrics_lib):
+    """metrics.json's fixed names (top level) and per-view values."""
+    t, w = valid.shape
+    keep = [v for v in range(w) if valid[:, v].any()]
+    vis = np.isfinite(target_px).all(-1) & valid[..., None]
+    pred_px = pipeline.landmarks_to_pixels(result.landmarks2d, crop_m, crop_size)
+    li, ri = setup.eye_idx
+
+    def nme(views):
+        return _finite_or_nan(
+            metrics_lib.nme(
+                pred_px[:, views], np.nan_to_num(target_px[:, views]), vis[:, views], left_eye_idx=li, right_eye_idx=ri
+            )
+        )
+
+    out: dict[str, float] = {}
+    sub = dataclasses.replace(
+        result,
+        expression=result.expression[:, keep], pose=result.pose[:, keep], cam=result.cam[:, keep],
+        landmarks2d=result.landmarks2d[:, keep], vertices=result.vertices[:, keep],
+        canonical_vertices=result.canonical_vertices[:, keep],
+    )
+    if t >= 3:
+        ev = pipeline.evaluate(
+            sub, face, crop_transforms=crop_m[:, keep], reference_landmarks_px=np.nan_to_num(target_px[:, keep]),
+            reference_visible=vis[:, keep], crop_size=crop_size,
+        )
+        out.update({k: ev[k] for k in ("msi_landmarks", "msi_vertices", "jitter_mm")})
+    else:  # smoothness needs 3 frames
+        out.update({k: float("nan") for k in ("msi_landmarks", "msi_vertices", "jitter_mm")})
+    # NME with the set's own eye corners (pipeline.evaluate assumes iBUG 36/45).
+    out = {"nme_percent": nme(keep), **out}
+    if w > 1:
+        out["cvd_mm"] = _finite_or_nan(metrics_lib.cvd(result.canonical_vertices, view_mask=valid))
+    per_view = {}
+    lmk3d = pipeline.landmarks3d(face, result.vertices, result.pose) if t >= 3 else None
+    for v, name in enumerate(view_names):
+        d = {"nme_percent": nme([v]) if valid[:, v].any() else float("nan"), "valid_fraction": float(valid[:, v].mean())}
+        if t >= 3:
+            d["msi_landmarks"] = float(metrics_lib.msi(lmk3d[:, v]))
+            d["msi_vertices"] = float(metrics_lib.msi(result.vertices[:, v]))
+            d["jitter_mm"] = float(metrics_lib.jitter(result.vertices[:, v]))
+        per_view[name] = d
+    return out, per_view
+
+
+def _write_overlay(path, images, result, crop_m, faces, target_px, valid, *, crop_size, fps, max_side, bar, export_lib):
+    """Mesh over the original frames, views tiled; streamed to the mp4 in blocks of frames."""
+    verts = np.array(result.vertices, np.float64, copy=True)
+    for v in range(valid.shape[1]):
+        if not valid[:, v].any():
+            verts[:, v] = np.nan  # no mesh on a view that never saw the face
+    writer = video_lib.VideoWriter(path, fps=max(fps, 1e-3))
+    block = 8
+    with writer:
+        for s in range(0, images.shape[0], block):
+            e = min(images.shape[0], s + block)
+            tiles = export_lib.overlay_frames(
+                images[s:e], verts[s:e], np.asarray(result.cam[s:e]), crop_m[s:e], faces, crop_size=crop_size,
+                landmarks=target_px[s:e], max_side=max_side,
+            )
+            writer.extend(tiles)
+            if bar is not None:
+                bar.update(e - s)
+    return pathlib.Path(path)

@@ -1,0 +1,211 @@
+"""Tests of neuface_jax.annotate (``neuface-jax annotate``): real clips end to end, failure paths,
+the static-contour embedding and the landmark-set plumbing.
+
+The end-to-end runs use a tiny encoder and 1–2 epochs: they check the plumbing (files, keys, shapes,
+metric names, the overlay), not fit quality.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import flame_jax
+from neuface_jax import annotate as annotate_lib
+from neuface_jax import cli, detect, encoder, video
+from neuface_jax import landmark_sets as ls
+
+MEAD = "videos/mead_M003_level_1_disgusted_015.mp4"
+COMPOSITE = "videos/multiview/vhap_nersemble_038_EMO-1_3views.mp4"
+COMPOSITE_BOXES = "cam0=0:0:247:360,cam1=0:360:247:720,cam2=0:720:247:1080"
+PROFILE = "images/deca_AFLW2000_image00181.jpg"
+FRONTAL = "images/deca_AFLW2000_image00480.jpg"
+
+PARAM_KEYS = {
+    "cam", "pose", "expr", "shapes", "landmarks2d", "full_pose", "predicted_landmarks2d", "frame_index",
+    "view_index", "view_names", "frame_indices", "crop_transforms", "crop_size", "valid", "landmarks_mask",
+    "model", "method", "format",
+}
+METRICS = ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm")
+
+
+def _tiny_encoder_config():
+    model = flame_jax.demo_model()
+    return encoder.EncoderConfig.small(
+        n_shape=model.num_shape, n_expr=model.num_expression, image_size=32, small_widths=(8, 16),
+        small_blocks=(1, 1), head_hidden=32,
+    )
+
+
+def _run(shared_data, landmarker_model, tmp_path, videos, **kw):
+    args = dict(
+        out_dir=tmp_path / "out", face_landmarker=landmarker_model, cache_dir=tmp_path / "cache", epochs=1,
+        chunk_frames=6, encoder_config=_tiny_encoder_config(), progress=False, log=None,
+    )
+    args.update(kw)
+    return annotate_lib.annotate(videos, **args)
+
+
+# --------------------------------------------------------------------------- no data needed
+def test_static_contour_embedding():
+    dyn = flame_jax.demo_landmark_embedding()
+    st = annotate_lib.static_contour_embedding(dyn)
+    assert st.kind == "static" and st.dynamic_face_idx is None and st.num_landmarks == 68
+    np.testing.assert_array_equal(np.asarray(st.face_idx[:17]), np.asarray(dyn.dynamic_face_idx[0]))
+    np.testing.assert_array_equal(np.asarray(st.face_idx[17:]), np.asarray(dyn.face_idx))
+    np.testing.assert_allclose(np.asarray(st.bary_coords[:17]), np.asarray(dyn.dynamic_bary_coords[0]))
+    model = flame_jax.demo_model()
+    verts = np.asarray(flame_jax.forward(model, shape=np.zeros(10), expression=np.zeros(10), pose=np.zeros(15)).vertices)
+    # Frontal head: the static contour is the dynamic one (row 0).
+    np.testing.assert_allclose(
+        np.asarray(flame_jax.landmarks(model, st, verts)), np.asarray(flame_jax.landmarks(model, dyn, verts, np.zeros(15))),
+        atol=1e-6,
+    )
+    # Turned head: the dynamic contour moves to another row, the static one stays on the mesh.
+    pose = np.zeros(15, np.float32)
+    pose[1] = np.radians(30.0)
+    turned = np.asarray(flame_jax.forward(model, shape=np.zeros(10), expression=np.zeros(10), pose=pose).vertices)
+    d = np.asarray(flame_jax.landmarks(model, dyn, turned, pose))
+    s = np.asarray(flame_jax.landmarks(model, st, turned))
+    assert np.abs(d[:17] - s[:17]).max() > 1e-3
+    np.testing.assert_allclose(d[17:], s[17:], atol=1e-6)
+    with pytest.raises(ValueError, match="no dynamic contour"):
+        annotate_lib.static_contour_embedding(st)
+
+
+def test_resolve_face_model_sets_and_contours():
+    auto = annotate_lib.resolve_face_model(landmark_set="ibug68", contour="auto")
+    assert auto.is_demo and auto.contour == "static" and auto.embedding.kind == "static"
+    np.testing.assert_array_equal(auto.landmark_ids, ls.MEDIAPIPE_TO_IBUG68)
+    assert auto.eye_idx == (36, 45)
+    dyn = annotate_lib.resolve_face_model(landmark_set="ibug68", contour="dynamic")
+    assert dyn.contour == "dynamic" and dyn.embedding.kind == "ibug68"
+    # The demo head's MediaPipe ids are not MEDIAPIPE_105_IDS in the same order: targets are
+    # gathered by the embedding's own ids.
+    mp = annotate_lib.resolve_face_model(landmark_set="mediapipe105")
+    ids = np.asarray(flame_jax.demo_mediapipe_embedding().landmark_indices)
+    np.testing.assert_array_equal(mp.landmark_ids, ids)
+    assert not np.array_equal(ids, ls.MEDIAPIPE_105_IDS)
+    assert mp.contour == "none" and ids[mp.eye_idx[0]] == 33 and ids[mp.eye_idx[1]] == 263
+    fake = np.random.default_rng(0).normal(size=(2, 478, 2))
+    np.testing.assert_array_equal(fake[:, mp.landmark_ids], fake[:, ids])
+    with pytest.raises(ValueError, match="68-point"):
+        annotate_lib.resolve_face_model(landmark_embedding=flame_jax.demo_mediapipe_embedding(), landmark_set="ibug68")
+    with pytest.raises(ValueError, match="dynamic"):
+        annotate_lib.resolve_face_model(landmark_embedding=auto.embedding, contour="dynamic")
+    with pytest.raises(ValueError, match="landmark_indices"):
+        annotate_lib.resolve_face_model(landmark_embedding=auto.embedding, landmark_set="mediapipe105")
+
+
+def test_parse_view_boxes():
+    assert annotate_lib.parse_view_boxes("0:0:247:360,0:360:247:720") == {
+        "view0": (0, 0, 247, 360), "view1": (0, 360, 247, 720)
+    }
+    assert annotate_lib.parse_view_boxes(["a=1:2:3:4", "b=5:6:7:8"]) == {"a": (1, 2, 3, 4), "b": (5, 6, 7, 8)}
+    assert annotate_lib.parse_view_boxes(None) is None
+    for bad in ("1:2:3", "3:0:1:5", "a:b:c:d"):
+        with pytest.raises(ValueError):
+            annotate_lib.parse_view_boxes(bad)
+
+
+def test_corrupt_video_names_the_file(tmp_path):
+    bad = tmp_path / "broken_clip.mp4"
+    bad.write_bytes(b"not a video at all\n" * 500)
+    model = tmp_path / "fake.task"  # never opened: the video is probed first
+    model.write_bytes(b"x")
+    with pytest.raises(video.VideoError, match="broken_clip.mp4"):
+        annotate_lib.annotate(bad, out_dir=tmp_path / "out", face_landmarker=model, progress=False, log=None)
+    # The command reports it and exits 1.
+    rc = cli.main(["neuface-jax", "annotate", f"--video={bad}", f"--out={tmp_path / 'out'}", f"--face_landmarker={model}"])
+    assert rc == 1
+    assert not (tmp_path / "out" / "params.npz").exists()
+
+
+# --------------------------------------------------------------------------- real data
+@pytest.mark.shared_data
+def test_profile_image_is_a_clip_without_face(shared_data, landmarker_model, tmp_path):
+    path = shared_data / PROFILE
+    with pytest.raises(detect.NoFaceError, match="deca_AFLW2000_image00181.jpg.*no face"):
+        _run(shared_data, landmarker_model, tmp_path, [path])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.shared_data
+def test_truncated_real_video_names_the_file(shared_data, landmarker_model, tmp_path):
+    cut = tmp_path / "mead_cut.mp4"
+    cut.write_bytes((shared_data / MEAD).read_bytes()[:30_000])
+    with pytest.raises(video.VideoError, match="mead_cut.mp4"):
+        _run(shared_data, landmarker_model, tmp_path, cut)
+
+
+@pytest.mark.shared_data
+def test_annotate_monocular_clip(shared_data, landmarker_model, tmp_path):
+    s = _run(shared_data, landmarker_model, tmp_path, shared_data / MEAD, end=24, stride=2, epochs=2, write_objs=True)
+    out = tmp_path / "out"
+    t = 12
+    assert s["num_frames"] == t and s["views"] == ["mead_M003_level_1_disgusted_015"]
+    for name in ("params.npz", "metrics.json", "overlay.mp4"):
+        assert (out / name).is_file(), name
+    with np.load(out / "params.npz") as p:
+        assert set(p.files) == PARAM_KEYS
+        model = flame_jax.demo_model()
+        assert p["cam"].shape == (t, 3) and p["pose"].shape == (t, 6) and p["full_pose"].shape == (t, 15)
+        assert p["expr"].shape == (t, model.num_expression) and p["shapes"].shape == (t, model.num_shape)
+        assert p["landmarks2d"].shape == (t, 68, 2) and p["predicted_landmarks2d"].shape == (t, 68, 2)
+        assert p["crop_transforms"].shape == (t, 2, 3) and int(p["crop_size"]) == 224
+        np.testing.assert_array_equal(p["frame_indices"], np.arange(0, 24, 2))
+        assert p["valid"].all() and p["landmarks_mask"].all()
+        assert all(np.isfinite(p[k]).all() for k in ("cam", "pose", "expr", "shapes", "predicted_landmarks2d"))
+    m = json.loads((out / "metrics.json").read_text())
+    for k in METRICS:
+        assert isinstance(m[k], float) and np.isfinite(m[k]), k
+    assert "cvd_mm" not in m
+    assert m["clip"]["contour"] == "static" and m["clip"]["landmark_set"] == "ibug68"
+    assert any("demo head" in n for n in m["notes"])
+    assert m["throughput"]["preprocess_frames_per_s"] > 0
+    ov = video.read_video(out / "overlay.mp4")
+    assert ov.num_frames == t and ov.frames[0].shape[1:] == (270, 480, 3)
+    objs = sorted((out / "objs").rglob("*.obj"))
+    assert len(objs) == t
+    # A second run reads the landmark cache (no detection).
+    s2 = _run(shared_data, landmarker_model, tmp_path, shared_data / MEAD, end=24, stride=2, write_video=False,
+              out_dir=tmp_path / "out2")
+    assert s2["throughput"]["detection_cached"]
+
+
+@pytest.mark.shared_data
+def test_annotate_composite_three_views(shared_data, landmarker_model, tmp_path):
+    s = _run(shared_data, landmarker_model, tmp_path, shared_data / COMPOSITE, view_boxes=COMPOSITE_BOXES, end=9, stride=4)
+    assert s["views"] == ["cam0", "cam1", "cam2"] and s["num_frames"] == 3
+    m = s["metrics"]
+    assert "cvd_mm" in m and np.isfinite(m["cvd_mm"]) and m["cvd_mm"] > 0
+    for k in METRICS:
+        assert np.isfinite(m[k]), k
+    assert set(m["per_view"]) == {"cam0", "cam1", "cam2"}
+    with np.load(tmp_path / "out" / "params.npz") as p:
+        assert p["cam"].shape == (9, 3) and list(p["view_names"]) == ["cam0", "cam1", "cam2"]
+        np.testing.assert_array_equal(p["view_index"], np.tile([0, 1, 2], 3))
+    ov = video.read_video(tmp_path / "out" / "overlay.mp4")
+    # Three 247x360 views (under the 480-px cap: unscaled), tiled left to right, padded to even width.
+    assert ov.num_frames == 3 and ov.frames[0].shape[1:3] == (360, 742)
+
+
+@pytest.mark.shared_data
+def test_view_without_face_is_masked(shared_data, landmarker_model, tmp_path):
+    import imageio.v3 as iio
+
+    frontal = iio.imread(shared_data / FRONTAL)[..., :3]
+    profile = iio.imread(shared_data / PROFILE)[..., :3]
+    clip = video.VideoClip(
+        frames=[np.stack([frontal] * 3), np.stack([profile] * 3)], view_names=("frontal", "profile"), fps=25.0,
+        frame_indices=np.arange(3),
+    )
+    with pytest.warns(UserWarning, match="'profile'.*no face"):
+        s = _run(shared_data, landmarker_model, tmp_path, clip, write_video=False)
+    m = s["metrics"]
+    assert m["clip"]["views_without_face"] == ["profile"]
+    assert np.isfinite(m["nme_percent"]) and np.isnan(m["per_view"]["profile"]["nme_percent"])
+    with np.load(tmp_path / "out" / "params.npz") as p:
+        np.testing.assert_array_equal(p["valid"], np.tile([True, False], 3))
