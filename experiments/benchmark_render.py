@@ -43,6 +43,7 @@ flags.DEFINE_integer("frames", 60, "Frames of the turning head rendered per time
 flags.DEFINE_integer("repeats", 3, "Timed repeats; the best is reported.")
 flags.DEFINE_bool("jax_reference", True, "Also time the jitted JAX tile rasterizer.")
 flags.DEFINE_integer("loop_frames", 3, "Frames timed with the Python-loop reference (0 = skip).")
+flags.DEFINE_integer("jax_frames", 6, "Frames timed (once, after a compile) with the JAX reference.")
 flags.DEFINE_string("png_dir", "/tmp/benchmark_render", "Where sample frames are written as PNG ('' = none).")
 flags.DEFINE_string("out", None, "JSON output path (default experiments/results/benchmark_render_cpu.json).")
 
@@ -224,10 +225,10 @@ def _bench_mesh(mesh: str, size: int):
     if FLAGS.jax_reference:
         tile = int(2 ** np.ceil(np.log2(np.ceil(span.max()) + 2)))
         jr = _jax_tile_rasterizer(faces, size, size, tile)
-        jframes = [jnp.asarray(f, jnp.float32) for f in frames]
-        fps = _fps(lambda v: jr(v)[0], jframes, FLAGS.repeats)
+        jframes = [jnp.asarray(f, jnp.float32) for f in frames[: FLAGS.jax_frames]]
+        fps = _fps(lambda v: jr(v)[0], jframes, 1)
         agree = []
-        for f, jf in zip(frames[:: max(1, len(frames) // 6)], jframes[:: max(1, len(frames) // 6)]):
+        for f, jf in zip(frames, jframes):
             ours = render.rasterize(f, faces, size, size, cull_backfaces=True).face_index
             theirs = np.asarray(jr(jf)[0])
             covered = (ours >= 0) | (theirs >= 0)

@@ -9,7 +9,8 @@ r"""The paper's comparisons on the synthetic benchmark: one config per experimen
 * ``seeds``: test-clip seeds (disjoint from the pretraining seeds, which start at 1,000,000);
 * ``num_frames``, ``num_epochs``: clip length and NeuFace epochs (direct takes as many Adam steps);
 * ``settings``: clips — ``{"name", "views" (a motion.parse_rig spec: "mono", "3", "mead"),
-  "noise" (×SynthConfig's landmark noise), "drop" (drop_frame_probability), optional "num_frames"}``;
+  "noise" (×SynthConfig's landmark noise), "drop" (drop_frame_probability), optional "num_frames"
+  and "seeds" (a subset of the seeds, for expensive settings)}``;
 * ``methods``: fitted variants — ``{"name", "method" ("neuface" | "direct"), "init" ("random" |
   "pretrained"), "fit" (FitConfig overrides: learning_rate, loss, chunk_frames, freeze_bn, ...),
   optional "needs_views" (skip settings with fewer views, e.g. 2 for a multi-view-only variant) and
@@ -171,6 +172,8 @@ def run_experiment(
 
     for seed in cfg["seeds"]:
         for setting in cfg["settings"]:
+            if setting.get("seeds") is not None and seed not in setting["seeds"]:
+                continue
             views = motion_lib.parse_rig(setting["views"]).num_views
             todo = [
                 m for m in cfg["methods"]

@@ -268,6 +268,7 @@ class _Source:
     kind: str
     paths: tuple[str, ...]
     frame_range: video_lib.FrameRange | None
+    num_frames: int | None = None  # known up front for decoded clips; estimated from the header for videos
 
 
 def _is_image(path) -> bool:
@@ -286,7 +287,7 @@ def _clip_source(clip: video_lib.VideoClip, label: str, kind: str, paths, rng) -
         cache_ids.append((src, clip.source_boxes[v], clip.frame_indices.tolist()) if ok else None)
     return _Source(
         label=label, view_names=clip.view_names, fps=float(clip.fps or 25.0), stream=stream, cache_ids=cache_ids,
-        kind=kind, paths=tuple(paths), frame_range=rng,
+        kind=kind, paths=tuple(paths), frame_range=rng, num_frames=clip.num_frames,
     )
 
 
@@ -406,8 +407,13 @@ class _ViewDetector:
         self.pool.shutdown(wait=True)
 
 
-def _decode_and_detect(src: _Source, *, model_path, options, cache_dir, use_cache, bar=None, prefetch_size=8, in_flight=4):
+def _decode_and_detect(
+    src: _Source, *, model_path, options, cache_dir, use_cache, bar=None, prefetch_size=8, in_flight=4, on_first_face=None
+):
     """Streams the frames once: stores them and detects the views that are not cached.
+
+    ``on_first_face()`` is called once, as soon as some view has a face (a cached one, or the first
+    detection), so the caller can start work that is only worth doing when the clip has a face.
 
     Returns (frames per view [T, H, W, 3], FaceLandmarks per view, frame indices [T], cache hits per view).
     """
@@ -424,6 +430,15 @@ def _decode_and_detect(src: _Source, *, model_path, options, cache_dir, use_cach
             cache_paths[v] = detect_lib._cache_file(cdir, path, src.view_names[v] if w > 1 or box else None, key)
             hits[v] = detect_lib._load_cached(cache_paths[v])
     todo = [v for v in range(w) if hits[v] is None]
+    signalled = [False]
+
+    def face_found():
+        if not signalled[0] and on_first_face is not None:
+            signalled[0] = True
+            on_first_face()
+
+    if any(h is not None and h.valid.any() for h in hits):
+        face_found()
     detectors = {v: _ViewDetector(model_path, options, src.fps) for v in todo}
     frames: list[list[np.ndarray]] = [[] for _ in range(w)]
     indices: list[int] = []
@@ -440,6 +455,8 @@ def _decode_and_detect(src: _Source, *, model_path, options, cache_dir, use_cach
             rows[v].append(np.zeros((detect_lib.NUM_LANDMARKS, 3), np.float32) if k is None else faces[k])
             valid[v].append(k is not None)
             counts[v].append(int(faces.shape[0]))
+            if k is not None:
+                face_found()
         if bar is not None:
             bar.update(1)
 
@@ -547,6 +564,57 @@ def _finite_or_nan(x) -> float:
     return x if np.isfinite(x) else float("nan")
 
 
+def _warm_compile(opt, encoder, num_views: int, num_landmarks: int, est_frames: int | None) -> None:
+    """Compiles NeuFace's step (and, with a frame-count estimate, its export) on dummy inputs of the
+    clip's shapes, so that compilation overlaps decoding and detection. The real fit then finds the
+    executables in jit's cache (same static optimizer, same avals)."""
+    import jax
+    import jax.numpy as jnp
+
+    from neuface_jax import fit as fit_lib
+
+    c, s = opt.config.chunk_frames, opt.encoder_config.image_size
+
+    def data(t):
+        return fit_lib.ClipData(
+            images=jnp.zeros((t, num_views, s, s, 3), jnp.float32),
+            landmarks=jnp.zeros((t, num_views, num_landmarks, 2), jnp.float32),
+            landmarks_mask=jnp.zeros((t, num_views, num_landmarks), jnp.float32),
+            frame_mask=jnp.zeros((t, num_views), jnp.float32),
+        )
+
+    state = opt.init_state(encoder)
+    key = jax.random.split(jax.random.key(0), 2)[0]
+    new_state, *_ = jax.block_until_ready(opt.step_fn(state, data(c), key, opt.initial_context(num_views), opt.face))
+    if est_frames:
+        t_pad = fit_lib.padded_length(int(est_frames), c)
+        jax.block_until_ready(opt.export_fn(new_state.params, new_state.rest, data(t_pad), opt.face))
+
+
+class _Background:
+    """A function run once in a daemon thread; errors are kept, not raised (it is only a warm-up)."""
+
+    def __init__(self, fn):
+        import threading
+
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+
+        def run():
+            t0 = time.perf_counter()
+            try:
+                fn()
+            except BaseException as e:  # noqa: BLE001 - a failed warm-up only costs the compile later
+                self.error = e
+            self.seconds = time.perf_counter() - t0
+
+        self.thread = threading.Thread(target=run, name="neuface-warm-compile", daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join()
+
+
 # --------------------------------------------------------------------------- main entry
 def annotate(
     videos,
@@ -582,6 +650,7 @@ def annotate(
     cache_dir=None,
     use_cache: bool = True,
     seed: int = 0,
+    warm_compile: bool = True,
     progress=True,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
@@ -610,6 +679,8 @@ def annotate(
       fit_config: a full ``fit.FitConfig`` (overrides epochs / chunk_frames / learning_rate / seed).
       write_video, write_objs: write ``overlay.mp4`` / ``objs/``.
       cache_dir, use_cache: the landmark cache (default ``~/.cache/neuface_jax/landmarks``).
+      warm_compile: compile NeuFace's step in a background thread while decoding and detecting
+        (started at the first detected face, so a clip without a face never pays for it).
       progress: tqdm bars (shown on a terminal only), False, or a factory ``(desc, total) -> bar``.
       log: where messages go (None = silent).
 
@@ -666,16 +737,26 @@ def annotate(
 
     # ---- decode + detect (background decoding, one detection worker per view)
     t0 = time.perf_counter()
-    total = None
-    if src.kind in ("videos", "composite"):
+    total = src.num_frames
+    if total is None:
         info = video_lib.probe_video(src.paths[0])
         n_est = info.estimated_num_frames
         if n_est:
             total = len(rng.indices(n_est, info.fps))
+    face = fit_lib.FaceModel(model, face_setup.embedding)
+    opt = fit_lib.NeuFace(face, enc_cfg, fit_config)
+    warm: list[_Background] = []
+
+    def start_warm_compile():
+        if warm_compile:
+            n_lmk = int(face_setup.landmark_ids.shape[0])
+            warm.append(_Background(lambda: _warm_compile(opt, enc, len(src.view_names), n_lmk, total)))
+
     bar = _progress_bar(progress, f"decode + detect ({len(src.view_names)} view{'s' * (len(src.view_names) > 1)})", total)
     try:
         view_frames, lmks, frame_indices, cached = _decode_and_detect(
-            src, model_path=model_path, options=options, cache_dir=cache_dir, use_cache=use_cache, bar=bar
+            src, model_path=model_path, options=options, cache_dir=cache_dir, use_cache=use_cache, bar=bar,
+            on_first_face=start_warm_compile,
         )
     finally:
         _close(bar)
@@ -731,8 +812,11 @@ def annotate(
 
     # ---- NeuFace
     t0 = time.perf_counter()
-    face = fit_lib.FaceModel(model, face_setup.embedding)
-    opt = fit_lib.NeuFace(face, enc_cfg, fit_config)
+    for wt in warm:
+        wt.join()  # waiting for a compile in flight costs no more than compiling here
+        seconds["warm_compile_background"] = wt.seconds
+        if wt.error is not None:
+            notes.append(f"background compile failed ({type(wt.error).__name__}: {wt.error}); compiled in the fit")
     bar = _progress_bar(progress, "NeuFace", fit_config.num_epochs)
 
     def on_epoch(epoch, parts):

@@ -26,6 +26,7 @@ with a_ti = x_{t+1,i} − 2 x_{t,i} + x_{t−1,i} the second difference over fra
 from __future__ import annotations
 
 import itertools
+import sys
 from typing import Any
 
 import numpy as np
@@ -54,9 +55,8 @@ MSI_VARIANCE_FLOOR = 1e-6
 
 
 def _is_jax(*xs: Any) -> bool:
-    import jax
-
-    return any(isinstance(x, jax.Array) for x in xs if x is not None)
+    jax = sys.modules.get("jax")  # without jax loaded, nothing can be a JAX array
+    return jax is not None and any(isinstance(x, jax.Array) for x in xs if x is not None)
 
 
 def _xp(*xs: Any):
@@ -97,7 +97,8 @@ def nme_per_frame(
     Args:
       pred_2d: [..., L, 2] predicted landmarks (any leading axes: frames, views).
       gt_2d: [..., L, 2] ground-truth landmarks, same unit.
-      visible: optional [..., L] bool/float mask; invisible landmarks are excluded.
+      visible: optional [..., L] bool/float mask; invisible landmarks are excluded,
+        and so are landmarks whose prediction or ground truth is not finite.
       left_eye_idx, right_eye_idx: landmark indices of the normalizing eye corners
         (of ``gt_2d``, used even when those landmarks are marked invisible).
       normalizer: optional [...] per-frame normalizing distance that replaces the
@@ -122,6 +123,9 @@ def nme_per_frame(
         d = _asarray(xp, normalizer)
         if d.shape != err.shape[:-1]:
             raise ValueError(f"normalizer must be {err.shape[:-1]}, got {d.shape}")
+    finite = xp.isfinite(err)  # a missing (NaN) prediction or ground truth counts as invisible
+    m = xp.where(finite, m, 0.0)
+    err = xp.where(finite, err, 0.0)
     count = m.sum(-1)
     ok = (count > 0) & (d > 0)
     safe = xp.where(ok, count * d, 1.0)

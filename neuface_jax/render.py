@@ -23,27 +23,29 @@ Conventions
   negative signed area ``(x1-x0)(y2-y0) - (y1-y0)(x2-x0)``, and its normal
   ``(v1-v0) x (v2-v0)`` computed from screen vertices points toward the camera.
 
-Algorithm (``rasterize``): every triangle enumerates the pixel centres in its
-bounding box (vectorised with ``np.repeat``, no Python loop over triangles), keeps
-those inside all three edge functions, interpolates depth, and a scatter-min
-(``np.minimum.at``) builds the z-buffer; the fragments whose depth equals the buffer
-write their face index and barycentric coordinates. Shading is deferred to the
-visible pixels only. Each edge function is evaluated with the edge's endpoints in a
-canonical order (lexicographic in (x, y)), so the two triangles sharing an edge
-compute exactly opposite values at every pixel centre: a centre on the shared edge
-is covered by both (the z-test picks one) and never by neither — no cracks. The
-inside test is inclusive; there is no top-left rule.
+Algorithm (``rasterize``): triangles are binned by their pixel bounding box rounded
+up to a power-of-two tile; each bin evaluates the three edge functions at every pixel
+centre of its tiles in one broadcast NumPy expression (no Python loop over triangles),
+keeps the centres inside, interpolates depth, and a scatter-min (``np.minimum.at``)
+builds the z-buffer; the fragments whose depth equals the buffer write their face
+index and barycentric coordinates. Shading is deferred to the visible pixels only.
+Each edge function is evaluated with the edge's endpoints in a canonical order
+(lexicographic in (x, y)), so the two triangles sharing an edge compute exactly
+opposite values at every pixel centre: a centre on the shared edge is covered by both
+(the z-test picks one) and never, by rounding, by neither — no cracks. The inside test
+is inclusive; there is no top-left rule.
 
 Why NumPy rather than JAX: the number of fragments per triangle varies, which NumPy
-handles with ``np.repeat``; a jitted JAX rasterizer must pad every triangle to a
-fixed bounding box and XLA's CPU scatter is slow. ``experiments/benchmark_render.py``
-measures both.
+handles with data-dependent shapes; a jitted JAX rasterizer must pad every triangle
+to one fixed tile (the largest bounding box) and XLA's CPU scatter is slow.
+``experiments/benchmark_render.py`` measures both.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -107,11 +109,9 @@ class Rendering:
 
 # ----------------------------------------------------------------------- geometry
 def _is_jax(x: Any) -> bool:
-    try:
-        import jax
-    except ImportError:  # pragma: no cover - jax is a dependency
-        return False
-    return isinstance(x, jax.Array)
+    """True for JAX arrays and tracers (never imports jax: without it loaded, x is not one)."""
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(x, jax.Array)
 
 
 def face_normals(vertices, faces, *, normalize: bool = True, eps: float = 1e-12):
@@ -348,40 +348,45 @@ def rasterize(
     if perspective_correct:
         zt = [1.0 / a for a in zt]  # 1/z is linear in the image
 
-    counts = nx * ny
-    ends = np.cumsum(counts)
-    # Split triangles into chunks of at most _CHUNK_CANDIDATES candidate pixels.
-    bounds = [0]
-    while bounds[-1] < ids.size:
-        start_total = ends[bounds[-1] - 1] if bounds[-1] else 0
-        nxt = int(np.searchsorted(ends, start_total + _CHUNK_CANDIDATES, side="right"))
-        bounds.append(max(nxt, bounds[-1] + 1))
+    # Candidates: triangles are binned by their bounding box rounded up to a power-of-two
+    # tile (tw x th); each bin is one dense broadcast (m, th, tw) — no per-candidate
+    # gathers of the edge coefficients — and bins are split so that a block holds at
+    # most _CHUNK_CANDIDATES candidates. The padding costs less than the gathers it saves.
+    log_w = np.ceil(np.log2(nx)).astype(np.int64)
+    log_h = np.ceil(np.log2(ny)).astype(np.int64)
+    key = log_h * 64 + log_w
+    order = np.argsort(key, kind="stable")
+    skey = key[order]
+    cuts = np.flatnonzero(np.diff(skey)) + 1
     kept = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        cnt = counts[a:b]
-        total = int(ends[b - 1] - (ends[a - 1] if a else 0))
-        local = np.repeat(np.arange(a, b), cnt)  # triangle (into ids) of each candidate
-        offset = np.arange(total) - np.repeat(ends[a:b] - cnt, cnt) + (ends[a - 1] if a else 0)
-        nxr = nx[local]
-        dy = offset // nxr
-        px = col0[local] + (offset - dy * nxr)
-        py = row0[local] + dy
-        cx = px + 0.5
-        cy = py + 0.5
-        e0 = coef[0][local] * cx + coef[1][local] * cy + coef[2][local]
-        inside = e0 >= 0
-        e1 = coef[3][local] * cx + coef[4][local] * cy + coef[5][local]
-        inside &= e1 >= 0
-        e2 = coef[6][local] * cx + coef[7][local] * cy + coef[8][local]
-        inside &= e2 >= 0
-        sel = np.flatnonzero(inside)
-        local, e0, e1, e2 = local[sel], e0[sel], e1[sel], e2[sel]
-        esum = e0 + e1 + e2
-        w = e0 * zt[0][local] + e1 * zt[1][local] + e2 * zt[2][local]
-        zz = esum / w if perspective_correct else w / esum
-        pix = py[sel] * width + px[sel]
-        np.minimum.at(depth_flat, pix, zz)
-        kept.append((pix, zz, local, e0, e1, e2, esum))
+    for grp in np.split(order, cuts):
+        lw, lh = int(log_w[grp[0]]), int(log_h[grp[0]])
+        tw, th = 1 << lw, 1 << lh
+        step = max(1, _CHUNK_CANDIDATES // (tw * th))
+        ox = np.arange(tw, dtype=np.float64)
+        oy = np.arange(th, dtype=np.float64)[:, None]
+        for start in range(0, grp.size, step):
+            t = grp[start:start + step]
+            cx = (col0[t].astype(np.float64) + 0.5)[:, None, None] + ox  # (m, 1, tw)
+            cy = (row0[t].astype(np.float64) + 0.5)[:, None, None] + oy  # (m, th, 1)
+            e = []
+            inside = (ox < nx[t][:, None, None]) & (oy < ny[t][:, None, None])
+            for k in range(3):
+                ek = coef[3 * k][t][:, None, None] * cx + coef[3 * k + 1][t][:, None, None] * cy
+                ek += coef[3 * k + 2][t][:, None, None]
+                inside &= ek >= 0
+                e.append(ek)
+            sel = np.flatnonzero(inside)
+            local = t[sel >> (lw + lh)]
+            dx = sel & (tw - 1)
+            dy = (sel >> lw) & (th - 1)
+            e0, e1, e2 = (ek.reshape(-1)[sel] for ek in e)
+            esum = e0 + e1 + e2
+            w = e0 * zt[0][local] + e1 * zt[1][local] + e2 * zt[2][local]
+            zz = esum / w if perspective_correct else w / esum
+            pix = (row0[local] + dy) * width + col0[local] + dx
+            np.minimum.at(depth_flat, pix, zz)
+            kept.append((pix, zz, local, e0, e1, e2, esum))
 
     for pix, zz, local, e0, e1, e2, esum in kept:
         win = np.flatnonzero(zz == depth_flat[pix])  # ties (equal depth) resolve arbitrarily
@@ -440,7 +445,7 @@ def interpolate(fragments: Fragments, faces, vertex_attributes) -> np.ndarray:
     sel = np.flatnonzero(fragments.face_index >= 0)
     fi = fragments.face_index.reshape(-1)[sel]
     b = fragments.barycentric.reshape(-1, 3)[sel]
-    out[sel] = np.einsum("nk,nkc->nc", b, attr[f[fi]])
+    out[sel] = _interpolate_rows(fi, b, f, attr)
     return out.reshape(h, w, -1)
 
 

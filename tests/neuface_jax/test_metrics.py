@@ -147,6 +147,9 @@ def test_nme_is_a_mean_over_frames():
     vis[0, 50:60] = True
     vis[1, 50] = True
     np.testing.assert_allclose(metrics.nme_per_frame(pred, gt, vis), [1.0, 4.0])
+    pred_nan = pred.copy()
+    pred_nan[0, 51] = np.nan  # a missing prediction is skipped like an invisible landmark
+    np.testing.assert_allclose(metrics.nme_per_frame(pred_nan, gt, vis), [1.0, 4.0])
     assert metrics.nme(pred, gt, vis) == pytest.approx(2.5)
     # A custom normalizer (e.g. box size 200 px) halves it; other eye indices are honoured.
     assert metrics.nme(pred, gt, vis, normalizer=np.full(2, 200.0)) == pytest.approx(1.25)
