@@ -68,8 +68,8 @@ flags.DEFINE_integer("resnet_steps", None, "Timed steps, ResNet-50 (default: 2 o
 flags.DEFINE_integer("repeats", None, "Timed loops of --*_steps steps; the fastest is reported (default: 3 for "
                      "small, 1 for ResNet-50 on CPU; 3 on an accelerator).")
 flags.DEFINE_bool("components", True, "Also time the encoder fwd+bwd and FLAME+losses fwd+bwd alone.")
-flags.DEFINE_integer("component_steps", None, "Timed encoder-alone passes (default: the config's timed steps; "
-                     "1 for ResNet-50 on CPU, where a pass takes tens of seconds and there is no warm-up).")
+flags.DEFINE_integer("component_steps", None, "Timed encoder-alone passes per loop (default: the config's timed "
+                     "steps; 0 = not timed for ResNet-50 on CPU, where one pass takes minutes).")
 flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s of the device for the dtype used (for MFU).")
 flags.DEFINE_bool("check_host_memory", True, "On CPU, skip a config whose XLA memory estimate exceeds the "
                   "available host memory instead of letting the OOM killer end the run.")
@@ -289,10 +289,49 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
                                 "available (--nocheck_host_memory to run anyway)")
             return entry
 
-    # ---- the timed steps: NeuFace.step_fn itself (the jit cache holds the executable just built).
     def block(out):
         return jax.block_until_ready(out)
 
+    # ---- components alone on the same batch, compiled up front so that their timing loops can be
+    # interleaved with the step's (on a shared machine, load then hits all three alike).
+    timers = {}
+    comp_steps = 0
+    if FLAGS.components:
+        train_bn = not cfg.freeze_bn
+        # Own copies: the step donates (deletes) the state's buffers.
+        params, rest = jax.tree.map(jnp.copy, (state.params, state.rest))
+        # The encoder alone costs as much as a step: on CPU a ResNet-50 pass takes minutes, so
+        # there it is off by default and the split comes from FLAME + losses alone.
+        comp_steps = FLAGS.component_steps
+        if comp_steps is None:
+            comp_steps = 0 if (name == "resnet50" and not accel) else steps
+        if comp_steps > 0:
+            def encoder_objective(params, rest, images):
+                p = opt.predict(params, rest, images, update_bn_stats=train_bn)
+                p = p[0] if train_bn else p
+                return sum(jnp.sum(x) for x in jax.tree.leaves(p))
+
+            t0 = time.perf_counter()
+            enc_compiled = jax.jit(jax.value_and_grad(encoder_objective)).lower(params, rest, chunk.images).compile()
+            entry["encoder_compile_s"] = time.perf_counter() - t0
+            enc_flops = _cost_flops(enc_compiled)
+            entry["encoder_xla_gflop"] = None if enc_flops is None else enc_flops / 1e9
+            entry["encoder_timed_passes"] = comp_steps
+            timers["encoder"] = (lambda: enc_compiled(params, rest, chunk.images), comp_steps)
+
+        predicted = jax.jit(lambda p, r, x: opt.predict(p, r, x))(params, rest, chunk.images)
+
+        def flame_objective(pred, data, k, face_model):
+            c, w = data.frame_mask.shape
+            shape = encoder_lib.clip_shape(pred.shape.reshape(c * w, -1), data.frame_mask.reshape(c * w))
+            total, _ = fit_lib._loss_batch(face_model, data, shape, pred.expression, pred.pose, pred.cam, k,
+                                           config=cfg)
+            return total
+
+        flame_compiled = jax.jit(jax.value_and_grad(flame_objective)).lower(predicted, chunk, key, face).compile()
+        timers["flame_losses"] = (lambda: flame_compiled(predicted, chunk, key, face), max(steps, 3))
+
+    # ---- the timed steps: NeuFace.step_fn itself (the jit cache holds the executable just built).
     keys = list(jax.random.split(key, max(warmup, 1) + steps * repeats))  # made here: no eager op between steps
     compiles_before = counter.count
     t0 = time.perf_counter()
@@ -302,6 +341,13 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
     for i in range(1, warmup):
         state, stats, _, _ = opt.step_fn(state, chunk, keys[i], prev, *extra)
     block(state)
+    recompiles = counter.count - compiles_before
+    entry["device_peak_mb"] = _device_peak_mb(device)  # process-wide high-water mark so far
+    # Warm the components too where a pass is cheap (an AOT-compiled executable compiles nothing on
+    # its first call; the warm-up is for allocators and caches).
+    for comp, (run, _) in timers.items():
+        if comp != "encoder" or accel or name != "resnet50":
+            block(run())
 
     holder = {"state": state, "i": max(warmup, 1)}
 
@@ -310,15 +356,21 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
         holder["state"], holder["i"] = s, holder["i"] + 1
         return s, st
 
-    logging.info("[%s] first call %.2f s; timing %d x %d steps", name, entry["first_call_s"], repeats, steps)
-    loop_s = [_time_loop(run_step, block, steps) for _ in range(repeats)]
+    logging.info("[%s] first call %.2f s; timing %d x %d steps (and %s)", name, entry["first_call_s"], repeats,
+                 steps, ", ".join(timers) or "no components")
+    loop_s, comp_s = [], {comp: [] for comp in timers}
+    for _ in range(repeats):
+        before = counter.count
+        loop_s.append(_time_loop(run_step, block, steps))
+        recompiles += counter.count - before
+        for comp, (run, n) in timers.items():
+            comp_s[comp].append(_time_loop(run, block, n))
     step_s = min(loop_s)
     entry["step_s_all_loops"] = loop_s
     state, stats = holder["state"], None
-    entry["recompiles_in_steps"] = counter.count - compiles_before
+    entry["recompiles_in_steps"] = recompiles
     entry["step_s"] = step_s
     entry["images_per_s"] = images_per_step / step_s
-    entry["device_peak_mb"] = _device_peak_mb(device)  # process-wide high-water mark so far
     entry["host_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
     # ---- model FLOP utilization (ResNet-50 at 224² only: the nominal 12.3 GFLOP is for that).
@@ -332,50 +384,18 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
         entry["mfu_xla"] = flops / step_s / (peak * 1e12)
     entry["achieved_xla_tflops"] = None if flops is None else flops / step_s / 1e12
 
-    # ---- components alone on the same batch: encoder fwd+bwd, FLAME + losses fwd+bwd.
-    if FLAGS.components:
-        train_bn = not cfg.freeze_bn
-        flat_images = chunk.images
-
-        def encoder_objective(params, rest, images):
-            p = opt.predict(params, rest, images, update_bn_stats=train_bn)
-            p = p[0] if train_bn else p
-            return sum(jnp.sum(x) for x in jax.tree.leaves(p))
-
-        enc_fn = jax.jit(jax.value_and_grad(encoder_objective))
-        t0 = time.perf_counter()
-        enc_compiled = enc_fn.lower(state.params, state.rest, flat_images).compile()
-        entry["encoder_compile_s"] = time.perf_counter() - t0
-        logging.info("[%s] step %.3f s; encoder alone compiled in %.1f s", name, step_s, entry["encoder_compile_s"])
-        enc_flops = _cost_flops(enc_compiled)
-        entry["encoder_xla_gflop"] = None if enc_flops is None else enc_flops / 1e9
-        run_enc = lambda: enc_compiled(state.params, state.rest, flat_images)  # noqa: E731
-        # An AOT-compiled executable compiles nothing on its first call: the warm-up is only for the
-        # accelerator's allocator, and skipping it on CPU saves a ResNet-50 pass of tens of seconds.
-        comp_steps = FLAGS.component_steps or (1 if (name == "resnet50" and not accel) else steps)
-        if accel or name != "resnet50":
-            block(run_enc())
-        entry["encoder_timed_passes"] = comp_steps
-        entry["encoder_fwd_bwd_s"] = min(_time_loop(run_enc, block, comp_steps) for _ in range(repeats))
-        del enc_compiled
-
-        predicted = jax.jit(lambda p, r, x: opt.predict(p, r, x))(state.params, state.rest, chunk.images)
-
-        def flame_objective(pred, data, k):
-            c, w = data.frame_mask.shape
-            shape = encoder_lib.clip_shape(pred.shape.reshape(c * w, -1), data.frame_mask.reshape(c * w))
-            total, _ = fit_lib._loss_batch(face, data, shape, pred.expression, pred.pose, pred.cam, k, config=cfg)
-            return total
-
-        flame_fn = jax.jit(jax.value_and_grad(flame_objective))
-        flame_compiled = flame_fn.lower(predicted, chunk, key).compile()
-        run_flame = lambda: flame_compiled(predicted, chunk, key)  # noqa: E731
-        block(run_flame())
-        entry["flame_losses_fwd_bwd_s"] = min(_time_loop(run_flame, block, max(steps, 3)) for _ in range(3))
+    # ---- where the step time goes (fastest loop of each part over the fastest step loop).
+    if "encoder" in comp_s:
+        entry["encoder_fwd_bwd_s"] = min(comp_s["encoder"])
         entry["encoder_fraction"] = entry["encoder_fwd_bwd_s"] / step_s
+    if "flame_losses" in comp_s:
+        entry["flame_losses_fwd_bwd_s"] = min(comp_s["flame_losses"])
         entry["flame_losses_fraction"] = entry["flame_losses_fwd_bwd_s"] / step_s
-        # Adam, the has-data select, dispatch; negative when XLA overlaps or fuses across the parts.
-        entry["other_fraction"] = 1.0 - entry["encoder_fraction"] - entry["flame_losses_fraction"]
+        if "encoder" in comp_s:
+            # Adam, the has-data select, dispatch; negative when XLA overlaps or fuses across parts.
+            entry["other_fraction"] = 1.0 - entry["encoder_fraction"] - entry["flame_losses_fraction"]
+        else:
+            entry["encoder_and_adam_fraction"] = 1.0 - entry["flame_losses_fraction"]
     return entry
 
 
@@ -435,7 +455,9 @@ def main(argv):
         if e.get("xla_step_gflop") is not None:
             s += f", {e['xla_step_gflop']:.0f} GFLOP/step"
         if "encoder_fraction" in e:
-            s += f", encoder {100 * e['encoder_fraction']:.0f}%"
+            s += f", encoder alone {100 * e['encoder_fraction']:.0f}%"
+        if "flame_losses_fraction" in e:
+            s += f", FLAME+losses alone {100 * e['flame_losses_fraction']:.1f}%"
         if e["arch"] == "resnet50":
             s += ", MFU " + (f"{100 * e['mfu']:.1f}%" if e["mfu"] is not None else "not computed")
         parts.append(s)

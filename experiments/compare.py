@@ -342,6 +342,8 @@ def _pm(v) -> str:
     mean, std = v[0], v[1]
     if mean != mean:
         return "nan"
+    if len(v) > 2 and v[2] == 1:  # one seed: no spread to show
+        return f"{mean:.1f}" if abs(mean) >= 100 else f"{mean:.3f}"
     if abs(mean) >= 100:
         return f"{mean:.1f} ± {std:.1f}"
     return f"{mean:.3f} ± {std:.3f}"

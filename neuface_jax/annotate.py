@@ -28,7 +28,8 @@ Pipeline (one clip, one or more synchronized views):
 5. **NeuFace.** ``fit.NeuFace`` from a randomly initialized small CPU encoder
    (``pipeline.default_encoder_config``: predicts all of the model's shape/expression components) at
    learning rate 1e-3, or from an encoder checkpoint (``encoder=PATH``, ``encoder.load_encoder``) at
-   the reference 2e-5. ``epochs`` defaults to ``DEFAULT_EPOCHS`` (see there for timings).
+   the reference 2e-5. ``epochs`` defaults to ``DEFAULT_EPOCHS`` = 100, the reference (see there for
+   timings: 1.5–2.5 minutes per shared clip on the 2-core CPU).
 6. **Outputs** in ``out_dir``: ``params.npz`` (``export.write_params``: the NeuFace layout and our
    additions), ``metrics.json``, ``overlay.mp4`` (the mesh over the original frames, views tiled
    left to right, detected landmarks as green dots) and optionally ``objs/<view>/frame_%05d.obj``.
@@ -92,10 +93,13 @@ __all__ = [
     "resolve_face_model",
 ]
 
-#: Default NeuFace epochs. One epoch = one Adam step per 20-frame chunk (all views). Measured on the
-#: shared 2-core CPU (loaded by other work): see the module's report / README figures. 30 epochs
-#: take ~1–3 minutes for a 120–175-frame monocular clip with the small encoder.
-DEFAULT_EPOCHS = 30
+#: Default NeuFace epochs: the reference's 100. One epoch = one Adam step per 20-frame chunk (all
+#: views); a step costs ~0.05–0.1 s on the shared 2-core CPU and compiling the step + export ~30 s,
+#: so 100 epochs take 1.5 min (MEAD, 118 frames) to 2.5 min (400 frames; 97 frames × 3 views) for
+#: the whole command. From the randomly initialized encoder fewer epochs underfit the head rotation
+#: badly on turned heads (400-frame clip: NME 16 % at 30 epochs, 8.2 % at 100; frontal MEAD: 3.9 % →
+#: 3.3 %).
+DEFAULT_EPOCHS = 100
 #: Learning rates: randomly initialized small encoder vs a loaded (pretrained) checkpoint.
 RANDOM_INIT_LR = 1e-3
 PRETRAINED_LR = 2e-5
@@ -268,7 +272,7 @@ class _Source:
     kind: str
     paths: tuple[str, ...]
     frame_range: video_lib.FrameRange | None
-    num_frames: int | None = None  # known up front for decoded clips; estimated from the header for videos
+    num_frames: int | None = None  # exact for decoded clips; estimated from the header for videos (or None)
 
 
 def _is_image(path) -> bool:
@@ -341,6 +345,8 @@ def _open_source(videos, view_names, view_boxes, rng: video_lib.FrameRange, stri
     infos = [video_lib.probe_video(p) for p in paths]  # VideoError naming the file
     rate = infos[0].fps or fps
     frames_key = dataclasses.asdict(rng)
+    est = [i.estimated_num_frames for i in infos]
+    n_est = len(rng.indices(min(est), rate)) if all(est) and rate else None
     if boxes:
         if len(paths) != 1:
             raise ValueError("view boxes cut one composite video into views; give a single video with them")
@@ -360,7 +366,7 @@ def _open_source(videos, view_names, view_boxes, rng: video_lib.FrameRange, stri
         return _Source(
             label=label, view_names=vnames, fps=rate, stream=stream,
             cache_ids=[(paths[0], b, frames_key) for b in box_list], kind="composite", paths=tuple(paths),
-            frame_range=rng,
+            frame_range=rng, num_frames=n_est,
         )
     if any(_is_image(p) for p in paths):
         raise ValueError(f"mixing images and videos is not supported: {paths}")
@@ -385,7 +391,7 @@ def _open_source(videos, view_names, view_boxes, rng: video_lib.FrameRange, stri
 
     return _Source(
         label=label, view_names=vnames, fps=rate, stream=stream, cache_ids=[(p, None, frames_key) for p in paths],
-        kind="videos", paths=tuple(paths), frame_range=rng,
+        kind="videos", paths=tuple(paths), frame_range=rng, num_frames=n_est,
     )
 
 
@@ -650,7 +656,7 @@ def annotate(
     cache_dir=None,
     use_cache: bool = True,
     seed: int = 0,
-    warm_compile: bool = True,
+    warm_compile: bool = False,
     progress=True,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
@@ -679,8 +685,11 @@ def annotate(
       fit_config: a full ``fit.FitConfig`` (overrides epochs / chunk_frames / learning_rate / seed).
       write_video, write_objs: write ``overlay.mp4`` / ``objs/``.
       cache_dir, use_cache: the landmark cache (default ``~/.cache/neuface_jax/landmarks``).
-      warm_compile: compile NeuFace's step in a background thread while decoding and detecting
-        (started at the first detected face, so a clip without a face never pays for it).
+      warm_compile: compile NeuFace's step (and export) in a background thread while decoding and
+        detecting, started at the first detected face (a clip without a face never pays for it).
+        Off by default: on the shared 2-core CPU compilation and MediaPipe compete for the same
+        cores and the whole command was no faster (49.8/52.5 s vs 53.1/49.2 s on the 400-frame
+        clip); it pays where cores are spare (an accelerator host).
       progress: tqdm bars (shown on a terminal only), False, or a factory ``(desc, total) -> bar``.
       log: where messages go (None = silent).
 
@@ -694,7 +703,6 @@ def annotate(
       video.VideoError: unreadable / truncated input (naming the file).
       detect.ModelNotFoundError: no MediaPipe model (the message says how to get one).
     """
-    from neuface_jax import encoder as encoder_lib
     from neuface_jax import export as export_lib
     from neuface_jax import fit as fit_lib
     from neuface_jax import metrics as metrics_lib
@@ -738,11 +746,6 @@ def annotate(
     # ---- decode + detect (background decoding, one detection worker per view)
     t0 = time.perf_counter()
     total = src.num_frames
-    if total is None:
-        info = video_lib.probe_video(src.paths[0])
-        n_est = info.estimated_num_frames
-        if n_est:
-            total = len(rng.indices(n_est, info.fps))
     face = fit_lib.FaceModel(model, face_setup.embedding)
     opt = fit_lib.NeuFace(face, enc_cfg, fit_config)
     warm: list[_Background] = []

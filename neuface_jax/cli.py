@@ -196,6 +196,7 @@ def annotate_main(argv: list[str]) -> int:
     flags.DEFINE_string("cache_dir", None, "Landmark cache folder (default ~/.cache/neuface_jax/landmarks).", flag_values=fv)
     flags.DEFINE_bool("cache", True, "Use the landmark cache.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Encoder initialization seed.", flag_values=fv)
+    flags.DEFINE_bool("warm_compile", False, "Compile the NeuFace step in the background during detection (helps with spare cores).", flag_values=fv)
     _help_requested(argv, fv, "neuface-jax annotate", annotate_main.__doc__)
     _parse(fv, argv, "neuface-jax annotate")
     prog = "neuface-jax annotate"
@@ -215,7 +216,7 @@ def annotate_main(argv: list[str]) -> int:
             stride=fv.stride, fps=fv.fps, strict=fv.strict,
             crop_smoothing=None if fv.crop_smoothing == "none" else fv.crop_smoothing,
             smoothing_window=fv.smoothing_window, write_video=fv.overlay, write_objs=fv.objs, cache_dir=fv.cache_dir,
-            use_cache=fv.cache, seed=fv.seed, progress=_progress_factory(),
+            use_cache=fv.cache, seed=fv.seed, warm_compile=fv.warm_compile, progress=_progress_factory(),
         )
     except (detect.NoFaceError, video.VideoError, detect.ModelNotFoundError, FileNotFoundError, ValueError) as e:
         sys.stderr.write(f"{prog}: error: {e}\n")

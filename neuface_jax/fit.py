@@ -304,7 +304,19 @@ class NeuFaceState:
 jax.tree_util.register_dataclass(NeuFaceState, data_fields=["params", "rest", "opt_state", "step"], meta_fields=[])
 
 
-class NeuFace:
+class _EqualBySettings:
+    """Optimizers with equal settings are equal (and hash alike): the module-level compiled
+    functions take the optimizer as a static argument, so every instance with the same
+    settings — every clip of a dataset run, every test — reuses one executable per shape."""
+
+    def __hash__(self):
+        return hash(_compile_key(self))
+
+    def __eq__(self, other):
+        return type(other) is type(self) and _compile_key(self) == _compile_key(other)
+
+
+class NeuFace(_EqualBySettings):
     """NeuFace optimizer bound to one encoder architecture and one FLAME model.
 
     Usage::
@@ -324,18 +336,6 @@ class NeuFace:
         self._graphdef = encoder_lib.split_params(
             nnx.eval_shape(lambda: encoder_lib.init_encoder(encoder_config, seed=0)), freeze_bn=config.freeze_bn
         )[0]
-
-    # Optimizers with equal settings are equal: the class-level compiled functions take the
-    # optimizer as a static argument, so every instance with the same settings (every clip
-    # of a dataset run, every test) reuses one compiled executable per shape.
-    def _key(self):
-        return _compile_key(self)
-
-    def __hash__(self):
-        return hash(self._key())
-
-    def __eq__(self, other):
-        return type(other) is type(self) and self._key() == other._key()
 
     # ---------------------------------------------------------------- setup
     def init_state(self, encoder=None, seed: int | None = None) -> NeuFaceState:
@@ -517,7 +517,7 @@ class DirectParams:
 jax.tree_util.register_dataclass(DirectParams, data_fields=["shape", "expression", "rotation", "cam"], meta_fields=[])
 
 
-class DirectFit:
+class DirectFit(_EqualBySettings):
     """Direct 3DMM optimization of per-frame FLAME and camera parameters (the paper's baseline)."""
 
     def __init__(self, face: FaceModel, encoder_config: encoder_lib.EncoderConfig, config: FitConfig = FitConfig()):
@@ -525,15 +525,6 @@ class DirectFit:
         self.encoder_config = encoder_config
         self.config = config
         self.optimizer = optax.adam(config.direct_learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
-
-    def _key(self):
-        return _compile_key(self)
-
-    def __hash__(self):
-        return hash(self._key())
-
-    def __eq__(self, other):
-        return type(other) is type(self) and self._key() == other._key()
 
     def init_params(self, data: ClipData, encoder=None) -> DirectParams:
         """The encoder's prediction for every image (mean face at the initial camera when untrained)."""

@@ -108,7 +108,7 @@ class PretrainConfig:
     weight_cam: float = 0.1
     weight_landmark: float = 10.0
     weight_vertex: float = 100.0
-    weight_canonical: float = 1000.0
+    weight_canonical: float = 0.0
     seed: int = 0
 
     def replace(self, **kw) -> "PretrainConfig":

@@ -1,7 +1,8 @@
 """NeuFace settings beyond the learning rate: chunk size, frozen BatchNorm, loss weights, extended
-temporal terms — all from the pretrained encoder, on 3-view clips (the multi-view term is active).
+temporal terms — from the pretrained encoder, monocular 20-frame clips, clean and noisy landmarks.
 
-The base is the reference loss (10·L_lmk + 100·L_temp + 200·L_mv), frozen BN, chunks of 10 frames.
+The base ("reference") is the released code's loss (10·L_lmk + 100·L_temp [+ 200·L_mv]), frozen BN,
+chunks of 10 frames, lr 3e-4 (the best pretrained rate of lr_sweep).
 """
 
 from neuface_jax import losses
@@ -17,23 +18,27 @@ def _nf(name, **fit):
 def get_config():
     return {
         "name": "options",
-        "description": "NeuFace options: chunk size, BN, loss weights, smoothing terms (pretrained init, 3-view)",
+        "description": "NeuFace options: chunk size, BN, loss weights, smoothing terms (pretrained init, mono)",
         "seeds": [0, 1],
         "num_frames": 20,
         "num_epochs": 100,
         "fit": {"chunk_frames": 10},
         "pretrained": "/tmp/pretrained_small_encoder",
-        "settings": [{"name": "3view", "views": "3"}],
+        "settings": [
+            {"name": "mono", "views": "mono"},
+            {"name": "mono_noisy", "views": "mono", "noise": 3.0, "drop": 0.1},
+        ],
         "methods": [
             _nf("reference"),
             _nf("chunk_5", chunk_frames=5),
             _nf("chunk_20", chunk_frames=20),
             _nf("bn_trained", freeze_bn=False),
             _nf("temporal_x10", loss={**REFERENCE, "temporal": 1000.0}),
-            _nf("multiview_x5", loss={**REFERENCE, "multiview": 1000.0}),
             _nf("landmark_weights", landmark_weights=tuple(float(w) for w in losses.IBUG68_REFERENCE_WEIGHTS)),
-            _nf("smooth_expr_jaw_across_chunks", temporal_across_chunks=True,
+            _nf("smooth_expr_jaw", temporal_across_chunks=True,
                 loss={**REFERENCE, "expression_smooth": 100.0, "jaw_smooth": 100.0}),
             {"name": "direct_pretrained", "method": "direct", "init": "pretrained", "fit": {"direct_learning_rate": 1e-2}},
+            {"name": "direct_pretrained_smooth", "method": "direct", "init": "pretrained",
+             "fit": {"direct_learning_rate": 1e-2, "loss": {**REFERENCE, "expression_smooth": 100.0, "jaw_smooth": 100.0}}},
         ],
     }

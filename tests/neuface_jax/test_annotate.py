@@ -177,19 +177,21 @@ def test_annotate_monocular_clip(shared_data, landmarker_model, tmp_path):
 
 @pytest.mark.shared_data
 def test_annotate_composite_three_views(shared_data, landmarker_model, tmp_path):
-    s = _run(shared_data, landmarker_model, tmp_path, shared_data / COMPOSITE, view_boxes=COMPOSITE_BOXES, end=9, stride=4)
-    assert s["views"] == ["cam0", "cam1", "cam2"] and s["num_frames"] == 3
+    # 4 frames: MSI needs 2 accelerations.
+    s = _run(shared_data, landmarker_model, tmp_path, shared_data / COMPOSITE, view_boxes=COMPOSITE_BOXES, end=13, stride=4)
+    assert s["views"] == ["cam0", "cam1", "cam2"] and s["num_frames"] == 4
     m = s["metrics"]
     assert "cvd_mm" in m and np.isfinite(m["cvd_mm"]) and m["cvd_mm"] > 0
     for k in METRICS:
         assert np.isfinite(m[k]), k
     assert set(m["per_view"]) == {"cam0", "cam1", "cam2"}
     with np.load(tmp_path / "out" / "params.npz") as p:
-        assert p["cam"].shape == (9, 3) and list(p["view_names"]) == ["cam0", "cam1", "cam2"]
-        np.testing.assert_array_equal(p["view_index"], np.tile([0, 1, 2], 3))
+        assert p["cam"].shape == (12, 3) and list(p["view_names"]) == ["cam0", "cam1", "cam2"]
+        np.testing.assert_array_equal(p["view_index"], np.tile([0, 1, 2], 4))
+        np.testing.assert_array_equal(p["frame_indices"], [0, 4, 8, 12])
     ov = video.read_video(tmp_path / "out" / "overlay.mp4")
     # Three 247x360 views (under the 480-px cap: unscaled), tiled left to right, padded to even width.
-    assert ov.num_frames == 3 and ov.frames[0].shape[1:3] == (360, 742)
+    assert ov.num_frames == 4 and ov.frames[0].shape[1:3] == (360, 742)
 
 
 @pytest.mark.shared_data
