@@ -273,6 +273,7 @@ class _Source:
     paths: tuple[str, ...]
     frame_range: video_lib.FrameRange | None
     num_frames: int | None = None  # exact for decoded clips; estimated from the header for videos (or None)
+    out_fps: float = 25.0  # frame rate of the selected frames (after the stride), for the overlay video
 
 
 def _is_image(path) -> bool:
@@ -292,6 +293,7 @@ def _clip_source(clip: video_lib.VideoClip, label: str, kind: str, paths, rng) -
     return _Source(
         label=label, view_names=clip.view_names, fps=float(clip.fps or 25.0), stream=stream, cache_ids=cache_ids,
         kind=kind, paths=tuple(paths), frame_range=rng, num_frames=clip.num_frames,
+        out_fps=float(clip.fps or 25.0) / max(1, int(clip.stride)),
     )
 
 
@@ -366,7 +368,7 @@ def _open_source(videos, view_names, view_boxes, rng: video_lib.FrameRange, stri
         return _Source(
             label=label, view_names=vnames, fps=rate, stream=stream,
             cache_ids=[(paths[0], b, frames_key) for b in box_list], kind="composite", paths=tuple(paths),
-            frame_range=rng, num_frames=n_est,
+            frame_range=rng, num_frames=n_est, out_fps=rate / rng.stride,
         )
     if any(_is_image(p) for p in paths):
         raise ValueError(f"mixing images and videos is not supported: {paths}")
@@ -391,7 +393,7 @@ def _open_source(videos, view_names, view_boxes, rng: video_lib.FrameRange, stri
 
     return _Source(
         label=label, view_names=vnames, fps=rate, stream=stream, cache_ids=[(p, None, frames_key) for p in paths],
-        kind="videos", paths=tuple(paths), frame_range=rng, num_frames=n_est,
+        kind="videos", paths=tuple(paths), frame_range=rng, num_frames=n_est, out_fps=rate / rng.stride,
     )
 
 
@@ -861,7 +863,7 @@ def annotate(
         try:
             files["overlay"] = _write_overlay(
                 out / "overlay.mp4", images, result, crop_m, np.asarray(model.faces), target_px, valid,
-                crop_size=crop_size, fps=src.fps / max(1, rng.stride) if src.kind != "images" else 1.0,
+                crop_size=crop_size, fps=src.out_fps,
                 max_side=overlay_max_side, bar=bar, export_lib=export_lib,
             )
         finally:
@@ -887,7 +889,7 @@ def annotate(
             "view_boxes": {n: list(c[1]) for n, c in zip(src.view_names, src.cache_ids) if c and c[1] is not None} or None,
             "image_sizes": {n: list(s) for n, s in zip(src.view_names, sizes)},
             "frames": t_frames,
-            "frame_indices": [int(frame_indices[0]), int(frame_indices[-1])],
+            "first_last_frame_index": [int(frame_indices[0]), int(frame_indices[-1])],
             "stride": int(rng.stride),
             "fps": src.fps,
             "valid_fraction": {n: float(valid[:, v].mean()) for v, n in enumerate(src.view_names)},

@@ -169,34 +169,46 @@ def annotate_main(argv: list[str]) -> int:
     from neuface_jax import annotate as annotate_lib
 
     fv = flags.FlagValues()
-    flags.DEFINE_list("video", None, "Input: video path(s) (comma-separated = synchronized views), a frame folder or image(s).", flag_values=fv)
-    flags.DEFINE_string("out", None, "Output folder (required).", flag_values=fv)
-    flags.DEFINE_list("view_names", None, "One name per view (default: file stems / view0, view1, ...).", flag_values=fv)
-    flags.DEFINE_list("view_boxes", None, "Cut one composite video into views: x0:y0:x1:y1 (or name=x0:y0:x1:y1) per view, half-open pixels.", flag_values=fv)
-    flags.DEFINE_string("flame_model", None, "FLAME model file (default: the demo head, not FLAME).", flag_values=fv)
-    flags.DEFINE_string("landmark_embedding", None, "Landmark embedding for --flame_model (68-point, or mediapipe_landmark_embedding.npz).", flag_values=fv)
-    flags.DEFINE_enum("landmark_set", "ibug68", list(annotate_lib.LANDMARK_SETS), "Landmarks fitted: MediaPipe → iBUG-68, or FLAME's 105-point MediaPipe set.", flag_values=fv)
-    flags.DEFINE_enum("contour", "auto", list(annotate_lib.CONTOURS), "68-point jaw contour: auto/static = frontal row for every frame (right for MediaPipe), dynamic = DECA's yaw rule.", flag_values=fv)
-    flags.DEFINE_string("face_landmarker", None, "MediaPipe face_landmarker.task (default: $NEUFACE_FACE_LANDMARKER or the user cache).", flag_values=fv)
-    flags.DEFINE_integer("epochs", annotate_lib.DEFAULT_EPOCHS, "NeuFace epochs (reference 100; the default keeps a ~150-frame clip to a few CPU minutes).", flag_values=fv)
-    flags.DEFINE_integer("chunk_frames", 20, "Frames per chunk (reference: 20).", flag_values=fv)
-    flags.DEFINE_float("lr", None, "Learning rate (default 1e-3 for the random small encoder, 2e-5 with --encoder).", flag_values=fv)
-    flags.DEFINE_string("encoder", None, "Encoder checkpoint folder (encoder.save_encoder / orbax); default: a randomly initialized small encoder.", flag_values=fv)
-    flags.DEFINE_integer("start", None, "First frame (0-based).", flag_values=fv)
-    flags.DEFINE_integer("end", None, "End frame (exclusive).", flag_values=fv)
-    flags.DEFINE_float("start_s", None, "Start time in seconds.", flag_values=fv)
-    flags.DEFINE_float("end_s", None, "End time in seconds (exclusive).", flag_values=fv)
-    flags.DEFINE_integer("stride", 1, "Take every k-th frame.", flag_values=fv)
-    flags.DEFINE_float("fps", 25.0, "Frame rate of frame folders and images.", flag_values=fv)
-    flags.DEFINE_bool("strict", False, "Views of different lengths / frame rates are an error (default: trim with a warning).", flag_values=fv)
-    flags.DEFINE_enum("crop_smoothing", "moving_average", ["moving_average", "savgol", "none"], "Temporal smoothing of the crop boxes (none = per-frame reference boxes).", flag_values=fv)
-    flags.DEFINE_integer("smoothing_window", 5, "Crop smoothing window in frames.", flag_values=fv)
-    flags.DEFINE_bool("overlay", True, "Write overlay.mp4.", flag_values=fv)
-    flags.DEFINE_bool("objs", False, "Write one OBJ per frame and view (objs/<view>/).", flag_values=fv)
-    flags.DEFINE_string("cache_dir", None, "Landmark cache folder (default ~/.cache/neuface_jax/landmarks).", flag_values=fv)
-    flags.DEFINE_bool("cache", True, "Use the landmark cache.", flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "Encoder initialization seed.", flag_values=fv)
-    flags.DEFINE_bool("warm_compile", False, "Compile the NeuFace step in the background during detection (helps with spare cores).", flag_values=fv)
+    s, i, f, b, ls, en = (flags.DEFINE_string, flags.DEFINE_integer, flags.DEFINE_float, flags.DEFINE_bool,
+                          flags.DEFINE_list, flags.DEFINE_enum)
+    ls("video", None, "Input: video path(s) (comma-separated = synchronized views), a frame folder or image(s).",
+       flag_values=fv)
+    s("out", None, "Output folder (required).", flag_values=fv)
+    ls("view_names", None, "One name per view (default: file stems, box names or view0, view1, ...).", flag_values=fv)
+    ls("view_boxes", None, "Cut ONE composite video into views: x0:y0:x1:y1 (or name=x0:y0:x1:y1) per view, "
+       "half-open pixel boxes.", flag_values=fv)
+    s("flame_model", None, "FLAME model file (default: the demo head, a stand-in, not FLAME).", flag_values=fv)
+    s("landmark_embedding", None, "Landmark embedding of --flame_model: 68-point (DECA landmark_embedding.npy) "
+      "or mediapipe_landmark_embedding.npz.", flag_values=fv)
+    en("landmark_set", "ibug68", list(annotate_lib.LANDMARK_SETS),
+       "Fitted landmarks: MediaPipe -> iBUG-68, or FLAME's 105-point MediaPipe set (gathered by id).", flag_values=fv)
+    en("contour", "auto", list(annotate_lib.CONTOURS), "68-point jaw contour: auto/static = the frontal row for "
+       "every frame (right for MediaPipe's mesh-fixed jaw points), dynamic = DECA's yaw rule.", flag_values=fv)
+    s("face_landmarker", None, "MediaPipe face_landmarker.task (default: $NEUFACE_FACE_LANDMARKER, then the user "
+      "cache; see fetch-models).", flag_values=fv)
+    i("epochs", annotate_lib.DEFAULT_EPOCHS, "NeuFace epochs (the reference 100: 1.5-2.5 min per shared clip on "
+      "the 2-core CPU).", flag_values=fv)
+    i("chunk_frames", 20, "Frames per chunk (reference: 20).", flag_values=fv)
+    f("lr", None, "Learning rate (default 1e-3 for the random small encoder, 2e-5 with --encoder).", flag_values=fv)
+    s("encoder", None, "Encoder checkpoint folder (encoder.save_encoder, orbax); default: a randomly initialized "
+      "small encoder.", flag_values=fv)
+    i("start", None, "First frame (0-based).", flag_values=fv)
+    i("end", None, "End frame (exclusive).", flag_values=fv)
+    f("start_s", None, "Start time in seconds.", flag_values=fv)
+    f("end_s", None, "End time in seconds (exclusive).", flag_values=fv)
+    i("stride", 1, "Take every k-th frame.", flag_values=fv)
+    f("fps", 25.0, "Frame rate of frame folders and images.", flag_values=fv)
+    b("strict", False, "Views of different lengths or frame rates are an error (default: trim, warn).", flag_values=fv)
+    en("crop_smoothing", "moving_average", ["moving_average", "savgol", "none"],
+       "Temporal smoothing of the crop boxes (none = the per-frame reference boxes).", flag_values=fv)
+    i("smoothing_window", 5, "Crop smoothing window in frames.", flag_values=fv)
+    b("overlay", True, "Write overlay.mp4.", flag_values=fv)
+    b("objs", False, "Write one OBJ per frame and view (objs/<view>/).", flag_values=fv)
+    s("cache_dir", None, "Landmark cache folder (default ~/.cache/neuface_jax/landmarks).", flag_values=fv)
+    b("cache", True, "Use the landmark cache.", flag_values=fv)
+    i("seed", 0, "Encoder initialization seed.", flag_values=fv)
+    b("warm_compile", False, "Compile the NeuFace step in the background during detection (pays with spare "
+      "cores).", flag_values=fv)
     _help_requested(argv, fv, "neuface-jax annotate", annotate_main.__doc__)
     _parse(fv, argv, "neuface-jax annotate")
     prog = "neuface-jax annotate"

@@ -198,16 +198,23 @@ def test_annotate_composite_three_views(shared_data, landmarker_model, tmp_path)
 def test_view_without_face_is_masked(shared_data, landmarker_model, tmp_path):
     import imageio.v3 as iio
 
-    frontal = iio.imread(shared_data / FRONTAL)[..., :3]
+    # Two composite views and a "view" that is the full-profile image (no face): 3 views × 4 frames,
+    # the composite test's compiled shapes (views may differ in size; they are padded).
+    comp = video.read_video(shared_data / COMPOSITE, end=13, stride=4)
+    two = video.split_views(comp, annotate_lib.parse_view_boxes(COMPOSITE_BOXES.rsplit(",", 1)[0]))
     profile = iio.imread(shared_data / PROFILE)[..., :3]
     clip = video.VideoClip(
-        frames=[np.stack([frontal] * 3), np.stack([profile] * 3)], view_names=("frontal", "profile"), fps=25.0,
-        frame_indices=np.arange(3),
+        frames=[*two.frames, np.stack([profile] * 4)], view_names=("cam0", "cam1", "profile"), fps=25.0,
+        frame_indices=two.frame_indices,
     )
     with pytest.warns(UserWarning, match="'profile'.*no face"):
-        s = _run(shared_data, landmarker_model, tmp_path, clip, write_video=False)
+        s = _run(shared_data, landmarker_model, tmp_path, clip)
     m = s["metrics"]
     assert m["clip"]["views_without_face"] == ["profile"]
     assert np.isfinite(m["nme_percent"]) and np.isnan(m["per_view"]["profile"]["nme_percent"])
+    assert np.isfinite(m["cvd_mm"])  # over the two views with a face
     with np.load(tmp_path / "out" / "params.npz") as p:
-        np.testing.assert_array_equal(p["valid"], np.tile([True, False], 3))
+        np.testing.assert_array_equal(p["valid"], np.tile([True, True, False], 4))
+        assert not p["landmarks_mask"][2::3].any()
+    # The overlay tiles all three views (padded to 450x450; max side 450 < 480: unscaled).
+    assert video.read_video(tmp_path / "out" / "overlay.mp4").frames[0].shape[1:3] == (450, 1350)
