@@ -448,6 +448,10 @@ class NeuFace(_EqualBySettings):
         """Compiled step for one clip: (state, chunk, key, prev, face) → (state, stats, has_data, prev)."""
         return functools.partial(_neuface_step, self)
 
+    def lower_step(self, state, chunk, key, prev, face):
+        """Ahead-of-time lowering of the production step (for compile time, memory and cost analysis)."""
+        return _neuface_step.lower(self, state, chunk, key, prev, face)
+
     @property
     def step_fn_packed(self) -> Callable:
         """Compiled vmap(step) over stacked clips: all but ``face`` have a leading clip axis."""

@@ -1,5 +1,6 @@
 """NeuFace settings beyond the learning rate: chunk size, frozen BatchNorm, loss weights, extended
-temporal terms — from the pretrained encoder, monocular 20-frame clips, clean and noisy landmarks.
+temporal terms — from the pretrained encoder, monocular 40-frame clips (realistic head motion, see
+long_clips.py) with noisy/occluded landmarks (detector noise ×3, 10 % of frames without detection).
 
 The base ("reference") is the released code's loss (10·L_lmk + 100·L_temp [+ 200·L_mv]), frozen BN,
 chunks of 10 frames, lr 3e-4 (the best pretrained rate of lr_sweep).
@@ -20,18 +21,16 @@ def get_config():
         "name": "options",
         "description": "NeuFace options: chunk size, BN, loss weights, smoothing terms (pretrained init, mono)",
         "seeds": [0, 1],
-        "num_frames": 20,
+        "num_frames": 40,
         "num_epochs": 100,
         "fit": {"chunk_frames": 10},
         "pretrained": "/tmp/pretrained_small_encoder",
-        "settings": [
-            {"name": "mono", "views": "mono"},
-            {"name": "mono_noisy", "views": "mono", "noise": 3.0, "drop": 0.1},
-        ],
+        "settings": [{"name": "mono40_noisy", "views": "mono", "noise": 3.0, "drop": 0.1}],
         "methods": [
             _nf("reference"),
             _nf("chunk_5", chunk_frames=5),
             _nf("chunk_20", chunk_frames=20),
+            _nf("chunk_40", chunk_frames=40),
             _nf("bn_trained", freeze_bn=False),
             _nf("temporal_x10", loss={**REFERENCE, "temporal": 1000.0}),
             _nf("landmark_weights", landmark_weights=tuple(float(w) for w in losses.IBUG68_REFERENCE_WEIGHTS)),
