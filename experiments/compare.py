@@ -51,6 +51,7 @@ flags.DEFINE_string("pretrained", None, "Override the pretrained encoder checkpo
 flags.DEFINE_string("out", None, "JSON output (default experiments/results/<config>.json).")
 flags.DEFINE_bool("resume", False, "Skip (seed, setting, method) runs already present in --out.")
 flags.DEFINE_bool("markdown", False, "Also print the tables as markdown (for docs/experiments.md).")
+flags.DEFINE_bool("report_only", False, "Run nothing: print the tables of the existing --out JSON.")
 flags.DEFINE_string("compile_cache", "/tmp/neuface_jax_compile_cache", "JAX persistent compilation cache ('' = off).")
 
 METRICS = ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm", "vertex_error_mm")
@@ -382,6 +383,14 @@ def main(argv):
     if not cfg["settings"] or not cfg["methods"]:
         raise app.UsageError("no setting or method left after --settings/--methods")
     out = Path(FLAGS.out) if FLAGS.out else Path(__file__).resolve().parent / "results" / f"{cfg['name']}.json"
+    if FLAGS.report_only:
+        doc = json.loads(out.read_text())
+        summary = summarize(normalize_config(doc["config"]), doc["runs"])
+        print(f"{out}: {doc['command']} ({doc['wall_seconds']:.0f} s)")
+        print(format_summary(summary, METRICS + ("accel_error_mm", "vertex_error_similarity_mm")))
+        if FLAGS.markdown:
+            print("\n" + format_markdown(summary, doc["ground_truth"]))
+        return
     previous, previous_gt = [], {}
     if FLAGS.resume and out.is_file():
         old = json.loads(out.read_text())

@@ -50,7 +50,6 @@ import numpy as np
 import optax
 
 import flame_jax
-from neuface_jax import camera as camera_lib
 from neuface_jax import encoder as encoder_lib
 from neuface_jax import fit as fit_lib
 from neuface_jax import motion as motion_lib
@@ -64,7 +63,7 @@ DEFAULT_CHECKPOINT = "/tmp/pretrained_small_encoder"
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
-    """Settings of the synthetic pretraining (defaults: ≈ 4 minutes on a 2-core CPU).
+    """Settings of the synthetic pretraining (defaults: ≈ 2.5 minutes on an idle 2-core CPU).
 
     Data:
       num_clips: synthetic identities (one short clip each).
