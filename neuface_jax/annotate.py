@@ -30,7 +30,7 @@ Pipeline (one clip, one or more synchronized views):
    learning rate 1e-3, or from an encoder checkpoint (``encoder=PATH``, ``encoder.load_encoder``) at
    the reference 2e-5. ``epochs`` defaults to ``DEFAULT_EPOCHS`` = 100, the reference (see there for
    timings: 1.5–2.5 minutes per shared clip on the 2-core CPU).
-6. **Outputs** in ``out_dir``: ``params.npz`` (``export.write_params``: the NeuFace layout and our
+6. **Outputs** in ``out_dir`` (``write_outputs``; ``params.npz`` and ``metrics.json`` atomically): ``params.npz`` (``export.write_params``: the NeuFace layout and our
    additions), ``metrics.json``, ``overlay.mp4`` (the mesh over the original frames, views tiled
    left to right, detected landmarks as green dots) and optionally ``objs/<view>/frame_%05d.obj``.
 
@@ -60,6 +60,11 @@ multi-view loss, excluded from the metrics, no mesh drawn in the overlay) with a
 in ``metrics.json``: the other views still give a result. Unreadable / truncated videos →
 ``video.VideoError`` naming the file.
 
+**Stages.** ``annotate`` = ``make_setup`` (once per run: model, embedding, encoder, optimizer) →
+``prepare`` (per clip: decode, landmarks — MediaPipe or a precomputed ``landmarks_file`` — and crops)
+→ ``setup.optimizer.fit`` → ``write_outputs``. ``neuface_jax.dataset`` runs the same stages over a
+manifest, packing several clips per device.
+
 Frames are held in memory (uint8; about 6 MB per 1080p frame and view): use a range or a stride
 for long clips.
 """
@@ -87,7 +92,13 @@ __all__ = [
     "DEFAULT_EPOCHS",
     "LANDMARK_SETS",
     "CONTOURS",
+    "AnnotateSetup",
+    "PreparedClip",
     "annotate",
+    "make_setup",
+    "prepare",
+    "read_precomputed_landmarks",
+    "write_outputs",
     "static_contour_embedding",
     "parse_view_boxes",
     "resolve_face_model",
@@ -623,6 +634,460 @@ class _Background:
         self.thread.join()
 
 
+# --------------------------------------------------------------------------- stages
+@dataclasses.dataclass(frozen=True)
+class AnnotateSetup:
+    """What a run resolves once and every clip shares: model, embedding, encoder, optimizer, landmarker.
+
+    Attributes:
+      face_setup: the model / embedding / landmark-set choice (``resolve_face_model``).
+      face: the ``fit.FaceModel`` the fit runs through.
+      encoder: the initial ``Encoder`` (None = a fresh random one per clip from ``fit_config.seed``).
+      encoder_config: its ``EncoderConfig``.
+      encoder_label: how the encoder was chosen, for ``metrics.json``.
+      fit_config: the ``fit.FitConfig``.
+      optimizer: the ``fit.NeuFace`` optimizer (equal settings share compiled steps across clips).
+      model_path: the MediaPipe model (None when it is not needed: precomputed landmarks only).
+      options: MediaPipe landmarker options.
+      notes: run-level notes copied into every clip's ``metrics.json``.
+    """
+
+    face_setup: _FaceSetup
+    face: Any
+    encoder: Any
+    encoder_config: Any
+    encoder_label: str
+    fit_config: Any
+    optimizer: Any
+    model_path: pathlib.Path | None
+    options: detect_lib.LandmarkerOptions
+    notes: tuple[str, ...]
+
+
+def make_setup(
+    *,
+    flame_model=None,
+    landmark_embedding=None,
+    landmark_set: str = "ibug68",
+    contour: str = "auto",
+    face_landmarker=None,
+    landmarker_options: detect_lib.LandmarkerOptions | None = None,
+    epochs: int = DEFAULT_EPOCHS,
+    chunk_frames: int = 20,
+    learning_rate: float | None = None,
+    encoder=None,
+    encoder_config=None,
+    fit_config=None,
+    seed: int = 0,
+    need_landmarker: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> AnnotateSetup:
+    """Resolves the model, embedding, encoder and optimizer once for one clip or a whole dataset.
+
+    Arguments as in ``annotate``. ``need_landmarker=False`` tolerates a missing MediaPipe model
+    (every clip brings precomputed landmarks); a clip that then needs detection fails with
+    ``detect.ModelNotFoundError``.
+    """
+    from neuface_jax import fit as fit_lib
+    from neuface_jax import pipeline
+
+    say = log or (lambda s: None)
+    notes: list[str] = []
+    face_setup = resolve_face_model(flame_model, landmark_embedding, landmark_set=landmark_set, contour=contour)
+    model = face_setup.model
+    if face_setup.is_demo:
+        msg = "no --flame_model: using the demo head (a procedural stand-in for FLAME, not FLAME)"
+        say(f"neuface-jax annotate: {msg}")
+        notes.append(msg)
+    if face_setup.landmark_set == "ibug68":
+        notes.append(
+            f"contour: {face_setup.contour}"
+            + (" (MediaPipe's jaw points are fixed on the face: frontal contour row for every frame)" if face_setup.contour == "static" else "")
+        )
+    enc, enc_cfg_loaded = _load_encoder(encoder, model)
+    enc_cfg = enc_cfg_loaded or encoder_config or pipeline.default_encoder_config(model)
+    if enc is not None and enc_cfg_loaded is None and encoder_config is None:
+        raise ValueError("an Encoder object needs its encoder_config (or pass an (Encoder, EncoderConfig) pair)")
+    if learning_rate is None:
+        learning_rate = PRETRAINED_LR if enc is not None else RANDOM_INIT_LR
+    if fit_config is None:
+        fit_config = fit_lib.FitConfig(
+            num_epochs=int(epochs), chunk_frames=int(chunk_frames), learning_rate=float(learning_rate), seed=int(seed)
+        )
+    try:
+        model_path = detect_lib.resolve_model_path(face_landmarker)
+    except detect_lib.ModelNotFoundError:
+        if need_landmarker:
+            raise
+        model_path = None
+    face = fit_lib.FaceModel(model, face_setup.embedding)
+    label = str(encoder) if isinstance(encoder, (str, os.PathLike)) else ("given" if enc is not None else "random init")
+    return AnnotateSetup(
+        face_setup=face_setup, face=face, encoder=enc, encoder_config=enc_cfg, encoder_label=label,
+        fit_config=fit_config, optimizer=fit_lib.NeuFace(face, enc_cfg, fit_config), model_path=model_path,
+        options=landmarker_options or detect_lib.LandmarkerOptions(), notes=tuple(notes),
+    )
+
+
+@dataclasses.dataclass
+class PreparedClip:
+    """One clip ready for the optimizer, with what its outputs need.
+
+    Attributes:
+      label: the clip, for messages.
+      view_names: one name per view.
+      images: uint8 ``[T, W, H, Wd, 3]`` original frames (views padded to the largest).
+      data: the unpadded ``fit.ClipData`` (encoder-sized crops, normalized landmark targets, masks).
+      crop_transforms: ``[T, W, 2, 3]`` original pixels → crop pixels of ``crop_size``.
+      crop_size: side of the reference crop (224).
+      target_px: ``[T, W, L, 2]`` fitted landmark targets in original pixels (NaN = no target).
+      valid: ``bool [T, W]`` the face was detected.
+      frame_indices: ``int64 [T]`` source frame of each row.
+      image_sizes: ``(width, height)`` per view.
+      out_fps: frame rate of the selected frames (for the overlay video).
+      info: the ``clip`` block of ``metrics.json``.
+      notes: clip-level notes (warnings) for ``metrics.json``.
+      seconds: time spent per stage so far.
+      throughput: preprocessing rates.
+    """
+
+    label: str
+    view_names: tuple[str, ...]
+    images: np.ndarray
+    data: Any
+    crop_transforms: np.ndarray
+    crop_size: int
+    target_px: np.ndarray
+    valid: np.ndarray
+    frame_indices: np.ndarray
+    image_sizes: list[tuple[int, int]]
+    out_fps: float
+    info: dict[str, Any]
+    notes: list[str]
+    seconds: dict[str, float]
+    throughput: dict[str, Any]
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frame_indices.shape[0])
+
+    @property
+    def num_views(self) -> int:
+        return len(self.view_names)
+
+
+def read_precomputed_landmarks(path, view_names: Sequence[str], frame_indices: np.ndarray, label: str):
+    """68-point landmarks from a file instead of MediaPipe: ``(points [T, W, 68, 2] px, NaN = invisible,
+    valid [T, W])`` for the decoded frames.
+
+    The file is an ``.npz`` with ``landmarks68`` ``[N, W, 68, 2]`` (pixels of each view), optional
+    ``visible68`` ``[N, W, 68]`` and ``valid`` ``[N, W]``, and ``view_names`` — the ``landmarks.npz``
+    that ``neuface-jax synth`` writes. Rows are source frames 0..N-1; the decoded frames pick theirs.
+
+    Raises:
+      ValueError: naming the file when it is unreadable, lacks a key, or does not match the clip.
+    """
+    path = pathlib.Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path}: cannot read precomputed landmarks ({type(e).__name__}: {e})") from None
+    if "landmarks68" not in arrays:
+        raise ValueError(f"{path}: no 'landmarks68' array (keys: {sorted(arrays)})")
+    pts = np.asarray(arrays["landmarks68"], np.float64)
+    n = pts.shape[0]
+    if pts.ndim != 4 or pts.shape[2:] != (68, 2):
+        raise ValueError(f"{path}: landmarks68 must be [N, W, 68, 2], got {pts.shape}")
+    if "view_names" in arrays:
+        names = [str(s) for s in arrays["view_names"].tolist()]
+        try:
+            order = [names.index(v) for v in view_names]
+        except ValueError:
+            raise ValueError(f"{path}: views {names} do not include all of {label}'s views {list(view_names)}") from None
+    elif pts.shape[1] == len(view_names):
+        order = list(range(len(view_names)))
+    else:
+        raise ValueError(f"{path}: {pts.shape[1]} views of landmarks for {len(view_names)} views of {label}")
+    idx = np.asarray(frame_indices, np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"{path}: landmarks for {n} frames but {label} has frame {int(idx.max())}")
+    pts = pts[idx][:, order]
+    vis = np.ones(pts.shape[:3], bool)
+    if "visible68" in arrays:
+        vis = np.asarray(arrays["visible68"], bool)[idx][:, order]
+    valid = np.ones(pts.shape[:2], bool)
+    if "valid" in arrays:
+        valid = np.asarray(arrays["valid"], bool)[idx][:, order]
+    valid &= np.isfinite(pts).all(-1).any(-1)
+    pts = np.where((vis & valid[..., None])[..., None], pts, np.nan)
+    return pts, valid
+
+
+def _decode_frames(src: _Source, bar=None, prefetch_size: int = 8):
+    """Decodes every selected frame of every view (no detection): (frames per view, indices)."""
+    w = len(src.view_names)
+    frames: list[list[np.ndarray]] = [[] for _ in range(w)]
+    indices: list[int] = []
+    for index, fr in detect_lib.prefetch(src.stream(), prefetch_size):
+        if len(fr) != w:
+            raise ValueError(f"{src.label}: {len(fr)} views in a frame, expected {w}")
+        indices.append(int(index))
+        for v in range(w):
+            frames[v].append(fr[v])
+        if bar is not None:
+            bar.update(1)
+    if not indices:
+        raise video_lib.VideoError(src.label, "no frames to read")
+    return frames, np.asarray(indices, np.int64)
+
+
+def prepare(
+    setup: AnnotateSetup,
+    videos,
+    *,
+    view_names: Sequence[str] | None = None,
+    view_boxes=None,
+    frames: video_lib.FrameRange | None = None,
+    start: int | None = None,
+    end: int | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    stride: int = 1,
+    fps: float = 25.0,
+    strict: bool = False,
+    crop_smoothing: str | None = "moving_average",
+    smoothing_window: int = 5,
+    landmarks_file=None,
+    cache_dir=None,
+    use_cache: bool = True,
+    label: str | None = None,
+    progress=True,
+    log: Callable[[str], None] | None = print,
+    on_first_face: Callable[[], None] | None = None,
+) -> PreparedClip:
+    """Decodes a clip, finds its landmarks (MediaPipe, or ``landmarks_file``) and builds the crops.
+
+    Arguments as in ``annotate``; ``landmarks_file`` takes precomputed 68-point landmarks
+    (``read_precomputed_landmarks``) instead of running MediaPipe (ibug68 set only); ``label``
+    names the clip in messages (default: its input paths).
+
+    Raises:
+      detect.NoFaceError, video.VideoError, detect.ModelNotFoundError, ValueError: as ``annotate``.
+    """
+    from neuface_jax import fit as fit_lib
+
+    say = log or (lambda s: None)
+    seconds: dict[str, float] = {}
+    notes: list[str] = []
+    face_setup = setup.face_setup
+    t0 = time.perf_counter()
+    if landmarks_file is not None and face_setup.landmark_set != "ibug68":
+        raise ValueError(f"precomputed 68-point landmarks ({landmarks_file}) need landmark_set='ibug68'")
+    rng = video_lib._frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    src = _open_source(videos, view_names, view_boxes, rng, strict, fps)
+    if label:
+        src = dataclasses.replace(src, label=str(label))
+    seconds["setup"] = time.perf_counter() - t0
+
+    # ---- decode + detect (background decoding, one detection worker per view)
+    t0 = time.perf_counter()
+    total = src.num_frames
+    w = len(src.view_names)
+    what = "decode" if landmarks_file is not None else "decode + detect"
+    bar = _progress_bar(progress, f"{what} ({w} view{'s' * (w > 1)})", total)
+    try:
+        if landmarks_file is not None:
+            view_frames, frame_indices = _decode_frames(src, bar)
+            cached = [True] * w
+            pts68, valid = read_precomputed_landmarks(landmarks_file, src.view_names, frame_indices, src.label)
+            target_px = pts68
+            if valid.any() and on_first_face is not None:
+                on_first_face()
+        else:
+            if setup.model_path is None:
+                setup_path = detect_lib.resolve_model_path(None)  # raises ModelNotFoundError with instructions
+            else:
+                setup_path = setup.model_path
+            view_frames, lmks, frame_indices, cached = _decode_and_detect(
+                src, model_path=setup_path, options=setup.options, cache_dir=cache_dir, use_cache=use_cache, bar=bar,
+                on_first_face=on_first_face,
+            )
+            valid = np.stack([l.valid for l in lmks], axis=1)  # [T, W]
+            points478 = np.stack([l.xy for l in lmks], axis=1).astype(np.float64)  # [T, W, 478, 2]
+            pts68 = landmark_sets.mediapipe_to_ibug68(points478)
+            target_px = points478[:, :, face_setup.landmark_ids]  # [T, W, L, 2], gathered by MediaPipe id
+    finally:
+        _close(bar)
+    seconds["decode_detect"] = time.perf_counter() - t0
+    t_frames = len(frame_indices)
+    if not valid.any():
+        raise detect_lib.NoFaceError(
+            f"{src.label}: no face {'in the precomputed landmarks of' if landmarks_file is not None else 'detected in'} "
+            f"any of its {t_frames} frames" + (f" (views {', '.join(src.view_names)})" if w > 1 else "")
+        )
+    faceless = [src.view_names[v] for v in range(w) if not valid[:, v].any()]
+    for name in faceless:
+        msg = f"view {name!r} of {src.label}: no face detected in any of its {t_frames} frames; the view is masked"
+        warnings.warn(msg, stacklevel=2)
+        say(f"neuface-jax annotate: warning: {msg}")
+        notes.append(msg)
+    if landmarks_file is not None:
+        notes.append(f"landmarks from {landmarks_file} (precomputed, not MediaPipe)")
+    elif any(cached):
+        notes.append(f"landmarks from the cache for views {[n for n, c in zip(src.view_names, cached) if c]}")
+    say(
+        f"neuface-jax annotate: {src.label}: {t_frames} frames x {w} view(s) decoded"
+        f"{'' if landmarks_file is not None else ' and detected'} in {seconds['decode_detect']:.1f}s "
+        f"({t_frames * w / max(seconds['decode_detect'], 1e-9):.1f} view-frames/s); faces in "
+        + ", ".join(f"{n} {100 * valid[:, v].mean():.0f}%" for v, n in enumerate(src.view_names))
+    )
+
+    # ---- crops + encoder inputs
+    t0 = time.perf_counter()
+    images = _stack_views(view_frames)
+    del view_frames
+    sizes = [(int(images.shape[3]), int(images.shape[2]))] * w
+    if landmarks_file is None:
+        sizes = [l.image_size for l in lmks]
+    crop_size = crops_lib.CROP_SIZE
+    crop_m = np.zeros((t_frames, w, 2, 3))
+    crop_boxes = np.zeros((t_frames, w, 3))
+    for v in range(w):
+        if valid[:, v].any():
+            ct = crops_lib.compute_crops(
+                pts68[:, v], valid[:, v], size=crop_size, smoothing=crop_smoothing, window=smoothing_window
+            )
+            crop_m[:, v], crop_boxes[:, v] = ct.matrices, ct.boxes
+        else:  # a view without a face: a centred square, frames masked anyway
+            cw, ch = sizes[v]
+            box = np.array([cw / 2.0, ch / 2.0, float(min(cw, ch))])
+            crop_boxes[:, v] = box
+            crop_m[:, v] = crops_lib.box_to_transform(box, crop_size)
+    target_px = np.where(valid[..., None, None], target_px, np.nan)
+    data = fit_lib.prepare_clip(
+        images, target_px, crop_m, encoder_size=setup.encoder_config.image_size, crop_size=crop_size, valid=valid,
+        name=src.label,
+    )
+    seconds["crops"] = time.perf_counter() - t0
+    pre = seconds["decode_detect"]
+    throughput = {
+        "preprocess_frames_per_s": t_frames / pre if pre > 0 else float("nan"),
+        "preprocess_view_frames_per_s": t_frames * w / pre if pre > 0 else float("nan"),
+        "detection_cached": bool(all(cached)),
+    }
+    info = {
+        "input": list(src.paths) or [src.label],
+        "kind": src.kind,
+        "views": list(src.view_names),
+        "view_boxes": {n: list(c[1]) for n, c in zip(src.view_names, src.cache_ids) if c and c[1] is not None} or None,
+        "image_sizes": {n: list(s) for n, s in zip(src.view_names, sizes)},
+        "frames": t_frames,
+        "first_last_frame_index": [int(frame_indices[0]), int(frame_indices[-1])],
+        "stride": int(rng.stride),
+        "fps": src.fps,
+        "valid_fraction": {n: float(valid[:, v].mean()) for v, n in enumerate(src.view_names)},
+        "views_without_face": faceless,
+        "landmarks": str(landmarks_file) if landmarks_file is not None else "mediapipe",
+        "crop_smoothing": crop_smoothing,
+        "smoothing_window": smoothing_window,
+    }
+    return PreparedClip(
+        label=src.label, view_names=tuple(src.view_names), images=images, data=data, crop_transforms=crop_m,
+        crop_size=crop_size, target_px=target_px, valid=valid, frame_indices=np.asarray(frame_indices, np.int64),
+        image_sizes=[tuple(s) for s in sizes], out_fps=src.out_fps, info=info, notes=notes, seconds=seconds,
+        throughput=throughput,
+    )
+
+
+def write_outputs(
+    setup: AnnotateSetup,
+    clip: PreparedClip,
+    result,
+    out_dir,
+    *,
+    write_video: bool = True,
+    write_objs: bool = False,
+    overlay_max_side: int = 480,
+    progress=True,
+    log: Callable[[str], None] | None = print,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, pathlib.Path], dict[str, Any]]:
+    """Scores a fitted clip and writes ``params.npz``, ``metrics.json`` (each atomically: temporary
+    file, fsync, rename) and optionally ``overlay.mp4`` and ``objs/`` into ``out_dir``.
+
+    ``params.npz`` is written before ``metrics.json``; ``extra`` is merged into ``metrics.json``.
+    Returns ``(files, metrics document)``.
+    """
+    from neuface_jax import export as export_lib
+    from neuface_jax import metrics as metrics_lib
+    from neuface_jax import pipeline
+
+    say = log or (lambda s: None)
+    seconds = dict(clip.seconds)
+    fs = setup.face_setup
+    t0 = time.perf_counter()
+    metrics, per_view = _metrics(
+        result, setup.face, fs, crop_m=clip.crop_transforms, target_px=clip.target_px, valid=clip.valid,
+        crop_size=clip.crop_size, view_names=clip.view_names, pipeline=pipeline, metrics_lib=metrics_lib,
+    )
+    seconds["metrics"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, pathlib.Path] = {}
+    files["params"] = export_lib.write_params(
+        out / "params.npz", result, view_names=clip.view_names, detected_landmarks=np.asarray(clip.data.landmarks),
+        landmarks_mask=np.asarray(clip.data.landmarks_mask) > 0, crop_transforms=clip.crop_transforms,
+        valid=clip.valid, frame_indices=clip.frame_indices, crop_size=clip.crop_size, model_name=fs.model_label,
+        method="neuface",
+    )
+    if write_objs:
+        objs = export_lib.write_objs(out / "objs", result.vertices, np.asarray(fs.model.faces), clip.view_names)
+        files["objs"] = out / "objs"
+        say(f"neuface-jax annotate: wrote {len(objs)} OBJ files")
+    if write_video:
+        bar = _progress_bar(progress, "overlay video", clip.num_frames)
+        try:
+            files["overlay"] = _write_overlay(
+                out / "overlay.mp4", clip.images, result, clip.crop_transforms, np.asarray(fs.model.faces),
+                clip.target_px, clip.valid, crop_size=clip.crop_size, fps=clip.out_fps, max_side=overlay_max_side,
+                bar=bar, export_lib=export_lib,
+            )
+        finally:
+            _close(bar)
+    seconds["export"] = time.perf_counter() - t0
+    cfg = setup.fit_config
+    doc = {
+        **metrics,
+        "per_view": per_view,
+        "seconds": seconds,
+        "throughput": dict(clip.throughput),
+        "clip": {
+            **clip.info,
+            "model": fs.model_label,
+            "landmark_set": fs.landmark_set,
+            "num_landmarks": int(fs.landmark_ids.shape[0]),
+            "contour": fs.contour,
+            "encoder": setup.encoder_label,
+            "encoder_config": setup.encoder_config.to_dict(),
+            "epochs": cfg.num_epochs,
+            "chunk_frames": cfg.chunk_frames,
+            "learning_rate": cfg.learning_rate,
+        },
+        "notes": list(setup.notes) + list(clip.notes),
+    }
+    if extra:
+        doc.update(extra)
+    files["metrics"] = export_lib.write_json(out / "metrics.json", doc)
+    say(
+        f"neuface-jax annotate: {clip.label}: "
+        + ", ".join(f"{k} {metrics[k]:.4g}" for k in ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm") if k in metrics)
+    )
+    return files, doc
+
+
 # --------------------------------------------------------------------------- main entry
 def annotate(
     videos,
@@ -659,10 +1124,15 @@ def annotate(
     use_cache: bool = True,
     seed: int = 0,
     warm_compile: bool = False,
+    landmarks_file=None,
     progress=True,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Annotates one clip (one or more synchronized views) with FLAME meshes by NeuFace.
+
+    The stages are public for dataset runs (``neuface_jax.dataset``): ``make_setup`` (once per run),
+    ``prepare`` (per clip: decode, landmarks, crops), the optimizer (``setup.optimizer.fit``, or
+    several clips packed with ``parallel.fit_packed``) and ``write_outputs``.
 
     Args:
       videos: a video path, several (synchronized views), a frame folder, image path(s), or a
@@ -692,6 +1162,8 @@ def annotate(
         Off by default: on the shared 2-core CPU compilation and MediaPipe compete for the same
         cores and the whole command was no faster (49.8/52.5 s vs 53.1/49.2 s on the 400-frame
         clip); it pays where cores are spare (an accelerator host).
+      landmarks_file: precomputed 68-point landmarks instead of MediaPipe
+        (``read_precomputed_landmarks``; e.g. a synthetic clip's ``landmarks.npz``).
       progress: tqdm bars (shown on a terminal only), False, or a factory ``(desc, total) -> bar``.
       log: where messages go (None = silent).
 
@@ -705,123 +1177,46 @@ def annotate(
       video.VideoError: unreadable / truncated input (naming the file).
       detect.ModelNotFoundError: no MediaPipe model (the message says how to get one).
     """
-    from neuface_jax import export as export_lib
-    from neuface_jax import fit as fit_lib
-    from neuface_jax import metrics as metrics_lib
-    from neuface_jax import pipeline
-
-    say = log or (lambda s: None)
     t_start = time.perf_counter()
-    seconds: dict[str, float] = {}
-    notes: list[str] = []
-    out = pathlib.Path(out_dir)
-
-    # ---- model, landmarker, input (cheap checks first: bad arguments fail before any decoding)
     t0 = time.perf_counter()
-    face_setup = resolve_face_model(flame_model, landmark_embedding, landmark_set=landmark_set, contour=contour)
-    model = face_setup.model
-    if face_setup.is_demo:
-        msg = "no --flame_model: using the demo head (a procedural stand-in for FLAME, not FLAME)"
-        say(f"neuface-jax annotate: {msg}")
-        notes.append(msg)
-    if face_setup.landmark_set == "ibug68":
-        notes.append(
-            f"contour: {face_setup.contour}"
-            + (" (MediaPipe's jaw points are fixed on the face: frontal contour row for every frame)" if face_setup.contour == "static" else "")
-        )
-    enc, enc_cfg_loaded = _load_encoder(encoder, model)
-    enc_cfg = enc_cfg_loaded or encoder_config or pipeline.default_encoder_config(model)
-    if enc is not None and enc_cfg_loaded is None and encoder_config is None:
-        raise ValueError("an Encoder object needs its encoder_config (or pass an (Encoder, EncoderConfig) pair)")
-    if learning_rate is None:
-        learning_rate = PRETRAINED_LR if enc is not None else RANDOM_INIT_LR
-    if fit_config is None:
-        fit_config = fit_lib.FitConfig(
-            num_epochs=int(epochs), chunk_frames=int(chunk_frames), learning_rate=float(learning_rate), seed=int(seed)
-        )
-    model_path = detect_lib.resolve_model_path(face_landmarker)
-    options = landmarker_options or detect_lib.LandmarkerOptions()
-    rng = video_lib._frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
-    src = _open_source(videos, view_names, view_boxes, rng, strict, fps)
-    seconds["setup"] = time.perf_counter() - t0
-
-    # ---- decode + detect (background decoding, one detection worker per view)
-    t0 = time.perf_counter()
-    total = src.num_frames
-    face = fit_lib.FaceModel(model, face_setup.embedding)
-    opt = fit_lib.NeuFace(face, enc_cfg, fit_config)
+    setup = make_setup(
+        flame_model=flame_model, landmark_embedding=landmark_embedding, landmark_set=landmark_set, contour=contour,
+        face_landmarker=face_landmarker, landmarker_options=landmarker_options, epochs=epochs,
+        chunk_frames=chunk_frames, learning_rate=learning_rate, encoder=encoder, encoder_config=encoder_config,
+        fit_config=fit_config, seed=seed, need_landmarker=landmarks_file is None, log=log,
+    )
+    setup_seconds = time.perf_counter() - t0
+    say = log or (lambda s: None)
+    opt = setup.optimizer
     warm: list[_Background] = []
 
     def start_warm_compile():
         if warm_compile:
-            n_lmk = int(face_setup.landmark_ids.shape[0])
-            warm.append(_Background(lambda: _warm_compile(opt, enc, len(src.view_names), n_lmk, total)))
+            n_lmk = int(setup.face_setup.landmark_ids.shape[0])
+            warm.append(_Background(lambda: _warm_compile(opt, setup.encoder, len(src0.view_names), n_lmk, src0.num_frames)))
 
-    bar = _progress_bar(progress, f"decode + detect ({len(src.view_names)} view{'s' * (len(src.view_names) > 1)})", total)
-    try:
-        view_frames, lmks, frame_indices, cached = _decode_and_detect(
-            src, model_path=model_path, options=options, cache_dir=cache_dir, use_cache=use_cache, bar=bar,
-            on_first_face=start_warm_compile,
-        )
-    finally:
-        _close(bar)
-    seconds["decode_detect"] = time.perf_counter() - t0
-    t_frames, w = len(frame_indices), len(src.view_names)
-    valid = np.stack([l.valid for l in lmks], axis=1)  # [T, W]
-    if not valid.any():
-        raise detect_lib.NoFaceError(
-            f"{src.label}: no face detected in any of its {t_frames} frames"
-            + (f" (views {', '.join(src.view_names)})" if w > 1 else "")
-        )
-    faceless = [src.view_names[v] for v in range(w) if not valid[:, v].any()]
-    for name in faceless:
-        msg = f"view {name!r} of {src.label}: no face detected in any of its {t_frames} frames; the view is masked"
-        warnings.warn(msg, stacklevel=2)
-        say(f"neuface-jax annotate: warning: {msg}")
-        notes.append(msg)
-    if any(cached):
-        notes.append(f"landmarks from the cache for views {[n for n, c in zip(src.view_names, cached) if c]}")
-    say(
-        f"neuface-jax annotate: {t_frames} frames x {w} view(s) decoded and detected in {seconds['decode_detect']:.1f}s "
-        f"({t_frames * w / max(seconds['decode_detect'], 1e-9):.1f} view-frames/s); faces in "
-        + ", ".join(f"{n} {100 * valid[:, v].mean():.0f}%" for v, n in enumerate(src.view_names))
+    src0 = None
+    if warm_compile:
+        # Shapes are needed before the clip is prepared; opening the source only probes headers.
+        rng0 = video_lib._frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+        src0 = _open_source(videos, view_names, view_boxes, rng0, strict, fps)
+    clip = prepare(
+        setup, videos, view_names=view_names, view_boxes=view_boxes, frames=frames, start=start, end=end,
+        start_s=start_s, end_s=end_s, stride=stride, fps=fps, strict=strict, crop_smoothing=crop_smoothing,
+        smoothing_window=smoothing_window, landmarks_file=landmarks_file, cache_dir=cache_dir, use_cache=use_cache,
+        progress=progress, log=log, on_first_face=start_warm_compile,
     )
-
-    # ---- crops + encoder inputs
-    t0 = time.perf_counter()
-    images = _stack_views(view_frames)
-    del view_frames
-    sizes = [l.image_size for l in lmks]
-    crop_size = crops_lib.CROP_SIZE
-    points478 = np.stack([l.xy for l in lmks], axis=1).astype(np.float64)  # [T, W, 478, 2]
-    pts68 = landmark_sets.mediapipe_to_ibug68(points478)
-    crop_m = np.zeros((t_frames, w, 2, 3))
-    crop_boxes = np.zeros((t_frames, w, 3))
-    for v in range(w):
-        if valid[:, v].any():
-            ct = crops_lib.compute_crops(
-                pts68[:, v], valid[:, v], size=crop_size, smoothing=crop_smoothing, window=smoothing_window
-            )
-            crop_m[:, v], crop_boxes[:, v] = ct.matrices, ct.boxes
-        else:  # a view without a face: a centred square, frames masked anyway
-            cw, ch = sizes[v]
-            box = np.array([cw / 2.0, ch / 2.0, float(min(cw, ch))])
-            crop_boxes[:, v] = box
-            crop_m[:, v] = crops_lib.box_to_transform(box, crop_size)
-    target_px = points478[:, :, face_setup.landmark_ids]  # [T, W, L, 2], gathered by MediaPipe id
-    target_px = np.where(valid[..., None, None], target_px, np.nan)
-    data = fit_lib.prepare_clip(
-        images, target_px, crop_m, encoder_size=enc_cfg.image_size, crop_size=crop_size, valid=valid, name=src.label
-    )
-    seconds["crops"] = time.perf_counter() - t0
+    clip.seconds["setup"] += setup_seconds
 
     # ---- NeuFace
     t0 = time.perf_counter()
+    notes = clip.notes
     for wt in warm:
         wt.join()  # waiting for a compile in flight costs no more than compiling here
-        seconds["warm_compile_background"] = wt.seconds
+        clip.seconds["warm_compile_background"] = wt.seconds
         if wt.error is not None:
             notes.append(f"background compile failed ({type(wt.error).__name__}: {wt.error}); compiled in the fit")
+    fit_config = setup.fit_config
     bar = _progress_bar(progress, "NeuFace", fit_config.num_epochs)
 
     def on_epoch(epoch, parts):
@@ -831,102 +1226,37 @@ def annotate(
             bar.refresh()
 
     try:
-        result = opt.fit(data, encoder=enc, progress=on_epoch)
+        result = opt.fit(clip.data, encoder=setup.encoder, progress=on_epoch)
     finally:
         _close(bar)
-    seconds["fit"] = time.perf_counter() - t0
-    say(f"neuface-jax annotate: NeuFace {fit_config.num_epochs} epochs in {seconds['fit']:.1f}s")
-
-    # ---- metrics
-    t0 = time.perf_counter()
-    metrics, per_view = _metrics(
-        result, face, face_setup, crop_m=crop_m, target_px=target_px, valid=valid, crop_size=crop_size,
-        view_names=src.view_names, pipeline=pipeline, metrics_lib=metrics_lib,
-    )
-    seconds["metrics"] = time.perf_counter() - t0
+    clip.seconds["fit"] = time.perf_counter() - t0
+    say(f"neuface-jax annotate: NeuFace {fit_config.num_epochs} epochs in {clip.seconds['fit']:.1f}s")
 
     # ---- outputs
-    t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    files = {}
-    files["params"] = export_lib.write_params(
-        out / "params.npz", result, view_names=src.view_names, detected_landmarks=np.asarray(data.landmarks),
-        landmarks_mask=np.asarray(data.landmarks_mask) > 0, crop_transforms=crop_m, valid=valid,
-        frame_indices=frame_indices, crop_size=crop_size, model_name=face_setup.model_label, method="neuface",
+    clip.throughput["seconds_per_clip"] = None  # filled below, after the outputs are written
+    files, doc = write_outputs(
+        setup, clip, result, out_dir, write_video=write_video, write_objs=write_objs,
+        overlay_max_side=overlay_max_side, progress=progress, log=log,
     )
-    if write_objs:
-        objs = export_lib.write_objs(out / "objs", result.vertices, np.asarray(model.faces), src.view_names)
-        files["objs"] = out / "objs"
-        say(f"neuface-jax annotate: wrote {len(objs)} OBJ files")
-    if write_video:
-        bar = _progress_bar(progress, "overlay video", t_frames)
-        try:
-            files["overlay"] = _write_overlay(
-                out / "overlay.mp4", images, result, crop_m, np.asarray(model.faces), target_px, valid,
-                crop_size=crop_size, fps=src.out_fps,
-                max_side=overlay_max_side, bar=bar, export_lib=export_lib,
-            )
-        finally:
-            _close(bar)
-    seconds["export"] = time.perf_counter() - t0
-    seconds["total"] = time.perf_counter() - t_start
-    pre = seconds["decode_detect"]
-    throughput = {
-        "preprocess_frames_per_s": t_frames / pre if pre > 0 else float("nan"),
-        "preprocess_view_frames_per_s": t_frames * w / pre if pre > 0 else float("nan"),
-        "detection_cached": bool(all(cached)),
-        "seconds_per_clip": seconds["total"],
-    }
-    doc = {
-        **metrics,
-        "per_view": per_view,
-        "seconds": seconds,
-        "throughput": throughput,
-        "clip": {
-            "input": list(src.paths) or [src.label],
-            "kind": src.kind,
-            "views": list(src.view_names),
-            "view_boxes": {n: list(c[1]) for n, c in zip(src.view_names, src.cache_ids) if c and c[1] is not None} or None,
-            "image_sizes": {n: list(s) for n, s in zip(src.view_names, sizes)},
-            "frames": t_frames,
-            "first_last_frame_index": [int(frame_indices[0]), int(frame_indices[-1])],
-            "stride": int(rng.stride),
-            "fps": src.fps,
-            "valid_fraction": {n: float(valid[:, v].mean()) for v, n in enumerate(src.view_names)},
-            "views_without_face": faceless,
-            "model": face_setup.model_label,
-            "landmark_set": face_setup.landmark_set,
-            "num_landmarks": int(face_setup.landmark_ids.shape[0]),
-            "contour": face_setup.contour,
-            "encoder": str(encoder) if isinstance(encoder, (str, os.PathLike)) else ("given" if enc is not None else "random init"),
-            "encoder_config": enc_cfg.to_dict(),
-            "epochs": fit_config.num_epochs,
-            "chunk_frames": fit_config.chunk_frames,
-            "learning_rate": fit_config.learning_rate,
-            "crop_smoothing": crop_smoothing,
-            "smoothing_window": smoothing_window,
-        },
-        "notes": notes,
-    }
-    files["metrics"] = export_lib.write_json(out / "metrics.json", doc)
-    say(
-        "neuface-jax annotate: "
-        + ", ".join(f"{k} {metrics[k]:.4g}" for k in ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm") if k in metrics)
-    )
+    total = time.perf_counter() - t_start
+    doc["seconds"]["total"] = total
+    doc["throughput"]["seconds_per_clip"] = total
+    from neuface_jax import export as export_lib
+
+    files["metrics"] = export_lib.write_json(files["metrics"], doc)  # with the total time
     return {
-        "out_dir": out,
+        "out_dir": pathlib.Path(out_dir),
         "files": files,
         "metrics": doc,
-        "seconds": seconds,
-        "throughput": throughput,
-        "num_frames": t_frames,
-        "views": list(src.view_names),
+        "seconds": doc["seconds"],
+        "throughput": doc["throughput"],
+        "num_frames": clip.num_frames,
+        "views": list(clip.view_names),
         "valid_fraction": doc["clip"]["valid_fraction"],
-        "model": face_setup.model_label,
-        "notes": notes,
+        "model": setup.face_setup.model_label,
+        "notes": doc["notes"],
         "result": result,
     }
-
 
 def _metrics(result, face, setup: _FaceSetup, *, crop_m, target_px, valid, crop_size, view_names, pipeline, metrics_lib):
     """metrics.json's fixed names (top level) and per-view values."""
