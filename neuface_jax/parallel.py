@@ -43,6 +43,22 @@ def _dummy_clip(like: fit_lib.ClipData) -> fit_lib.ClipData:
     )
 
 
+class PackedCheckpoint:
+    """Interface of ``fit_packed``'s optional mid-optimization checkpoint (see ``dataset.GroupCheckpoint``).
+
+    ``restore(template)`` returns ``(epochs_done, states)`` or None, with ``states`` shaped like the
+    stacked ``template``; ``save(epochs_done, states)`` stores them; ``every`` is the epoch period.
+    """
+
+    every: int = 0
+
+    def restore(self, template):  # pragma: no cover - interface
+        return None
+
+    def save(self, epochs_done: int, states) -> None:  # pragma: no cover - interface
+        pass
+
+
 def fit_packed(
     opt: fit_lib.NeuFace,
     clips: list[fit_lib.ClipData],
@@ -50,11 +66,20 @@ def fit_packed(
     encoder=None,
     mesh: jax.sharding.Mesh | None = None,
     progress=None,
+    num_frames: int | None = None,
+    num_slots: int | None = None,
+    checkpoint: PackedCheckpoint | None = None,
 ) -> list[fit_lib.FitResult]:
     """Optimizes several clips at once, one fresh copy of ``encoder``'s weights per clip.
 
     Clips must share view count and image size; they are padded to the longest clip's
-    chunk count (padded frames are masked). Returns one result per input clip.
+    chunk count, or to ``num_frames`` (padded frames are masked). The clip axis is padded
+    with fully masked dummy clips to a multiple of the device count, or to ``num_slots``
+    (a multiple of it): fixed ``num_frames`` / ``num_slots`` give one compiled shape per
+    bucket however many clips a group holds. ``checkpoint`` (``PackedCheckpoint``) saves the
+    stacked states every ``checkpoint.every`` epochs and resumes from the last save: the epoch
+    keys are the same, so a resumed run continues the same optimization. Returns one result
+    per input clip.
     """
     if not clips:
         return []
@@ -67,22 +92,41 @@ def fit_packed(
     cfg = opt.config
     lengths = [c.num_frames for c in clips]
     t_pad = max(fit_lib.padded_length(t, cfg.chunk_frames) for t in lengths)
+    if num_frames is not None:
+        if num_frames % cfg.chunk_frames or num_frames < t_pad:
+            raise ValueError(
+                f"num_frames={num_frames} must be a multiple of chunk_frames={cfg.chunk_frames} and hold {t_pad} frames"
+            )
+        t_pad = int(num_frames)
     padded = [fit_lib.pad_clip(c, t_pad) for c in clips]
     k = len(padded)
     k_pad = -(-k // n_dev) * n_dev
+    if num_slots is not None:
+        if num_slots % n_dev or num_slots < k:
+            raise ValueError(f"num_slots={num_slots} must be a multiple of the {n_dev} devices and hold {k} clips")
+        k_pad = int(num_slots)
     padded += [_dummy_clip(padded[0])] * (k_pad - k)
 
     state0 = opt.init_state(encoder)
     clip_sharding = NamedSharding(mesh, P("clips"))
     states = jax.device_put(_stack([state0] * k_pad), clip_sharding)
+    first_epoch = 0
+    every = int(getattr(checkpoint, "every", 0) or 0) if checkpoint is not None else 0
+    if checkpoint is not None:
+        restored = checkpoint.restore(states)
+        if restored is not None:
+            first_epoch, states = restored
+            states = jax.device_put(states, clip_sharding)
     data = jax.device_put(_stack(padded), clip_sharding)
     chunks = opt.to_chunks(data)
     base = jax.random.key(cfg.seed)
-    for epoch in range(cfg.num_epochs):
+    for epoch in range(first_epoch, cfg.num_epochs):
         # The same per-clip key sequence as the single-clip path (fit.NeuFace.fit).
         states, mean = opt.run_epoch(states, chunks, jax.random.fold_in(base, epoch), packed=True)
         if progress is not None:
             progress(epoch + 1, np.asarray(mean)[:k])
+        if every and (epoch + 1) % every == 0 and epoch + 1 < cfg.num_epochs:
+            checkpoint.save(epoch + 1, states)
     out = jax.device_get(opt.export_fn_packed(states.params, states.rest, data, opt.face))
     results = []
     for i, t in enumerate(lengths):
