@@ -590,9 +590,10 @@ def run(
     pinned_of = {cid: m["group_id"] for m in pinned for cid in m["clip_ids"]}
     # Pinned clips first, then by length (similar lengths share buckets), then by id.
     todo.sort(key=lambda e: (e.clip_id not in pinned_of, e.num_frames or 0, e.clip_id))
+    n_failed = sum(1 for e in mine if e.clip_id in failed_before)
     say(
         f"neuface-jax annotate-dataset: shard {eff_shard}/{eff_num}: {len(mine)} clips, {summary.skipped_done} done, "
-        f"{summary.skipped_failed} failed before (skipped{'' if retry_failed else '; --retry_failed re-runs them'}), "
+        f"{n_failed} failed before ({'retried' if retry_failed else 'skipped; --retry_failed re-runs them'}), "
         f"{len(todo)} to run; {runner.n_dev} device(s) x K={config.clips_per_device}"
         + (f"; resuming {len(pinned)} checkpointed group(s)" if pinned else "")
     )

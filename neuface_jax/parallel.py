@@ -122,7 +122,9 @@ def fit_packed(
     base = jax.random.key(cfg.seed)
     for epoch in range(first_epoch, cfg.num_epochs):
         # The same per-clip key sequence as the single-clip path (fit.NeuFace.fit).
-        states, mean = opt.run_epoch(states, chunks, jax.random.fold_in(base, epoch), packed=True)
+        states, mean = opt.run_epoch(
+            states, chunks, jax.random.fold_in(base, epoch), packed=True, sharding=clip_sharding
+        )
         if progress is not None:
             progress(epoch + 1, np.asarray(mean)[:k])
         if every and (epoch + 1) % every == 0 and epoch + 1 < cfg.num_epochs:
