@@ -74,7 +74,7 @@ def _run(entries, out, setup, **kw):
     # One K and one set of buckets everywhere: the tests share two compiled shapes (16 and 32 frames).
     defaults = {"workers": 2, "checkpoint_every": 0, "clips_per_device": 2, "bucket_chunks": (2, 4)}
     cfg = dataset.DatasetConfig(**{**defaults, **kw.pop("config", {})})
-    return dataset.run(entries, out, setup, cfg, progress=False, log=None, **kw)
+    return dataset.run(entries, out, setup, cfg, **{"progress": False, "log": None, **kw})
 
 
 def _params(out, cid):
@@ -307,3 +307,35 @@ def test_two_processes_with_jax_distributed(cli_manifest, tmp_path):
     assert sorted(done) == sorted(ids)  # every clip once, by exactly one process
     for s, i in zip(summaries, range(2)):
         assert all(manifest.shard_of(c, 2) == i for c in s["done_ids"])
+
+
+class _Bar:
+    def __init__(self, desc, total):
+        self.desc, self.total, self.n, self.postfix = desc, total, 0, []
+
+    def set_postfix_str(self, s, refresh=True):
+        self.postfix.append(s)
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_progress_summary_and_report_command(clips, setup, tmp_path, capsys):
+    from neuface_jax import cli
+
+    bars = []
+    out = tmp_path / "out"
+    summary = _run(clips[:3], out, setup, progress=lambda d, t: bars.append(_Bar(d, t)) or bars[-1])
+    assert bars[0].total == 3 and bars[0].n == 3
+    assert "done=3 failed=0" in bars[0].postfix[-1] and "clips/h" in bars[0].postfix[-1]
+    doc = json.loads((out / "summary-00000-of-00001.json").read_text())
+    assert doc["done"] == 3 and doc["clips_per_hour"] > 0 and doc["seconds_by_stage"]["fit"] > 0
+    assert summary.to_dict()["done_ids"] == ["a", "b", "c"]
+    (out / "report.json").unlink()
+    assert cli.main(["neuface-jax", "report", f"--out={out}"]) == 0
+    assert "Completed clips: **3**" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["completed"] == 3
+    assert cli.main(["neuface-jax", "report", f"--out={tmp_path / 'nothing'}"]) == 2
