@@ -52,6 +52,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from neuface_jax import manifest as manifest_lib
+from neuface_jax.atomic import TMP_SUFFIX, atomic_write_text
 
 DONE_FILE = "done.json"
 FAILURES_FILE = "failures.jsonl"
@@ -137,30 +138,6 @@ def clip_dir(out_dir, clip_id: str) -> pathlib.Path:
     if not manifest_lib.is_safe_clip_id(clip_id):
         raise ValueError(f"unsafe clip id {clip_id!r} (it must stay inside the output folder)")
     return pathlib.Path(out_dir) / clip_id
-
-
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: pathlib.Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def is_done(out_dir, clip_id: str) -> bool:
@@ -275,7 +252,7 @@ class GroupCheckpoint:
         mgr = self._mgr()
         mgr.save(int(epochs_done), args=ocp.args.StandardSave(self._flat(states)))
         mgr.wait_until_finished()
-        _atomic_write_text(self.dir / "group.json", json.dumps({**self.meta, "epochs_done": int(epochs_done)}, indent=1))
+        atomic_write_text(self.dir / "group.json", json.dumps({**self.meta, "epochs_done": int(epochs_done)}, indent=1))
         self.saves += 1
 
     def restore(self, template):
@@ -454,7 +431,7 @@ class _Runner:
                 raise FloatingPointError(f"{cid}: non-finite fitted {', '.join(bad)}")
             d = clip_dir(self.out, cid)
             d.mkdir(parents=True, exist_ok=True)
-            for stale in list(d.glob(".*.tmp")) + [d / DONE_FILE]:
+            for stale in list(d.glob(f".*{TMP_SUFFIX}")) + [d / DONE_FILE]:
                 stale.unlink(missing_ok=True)  # leftovers of a killed run
             files, doc = annotate_lib.write_outputs(
                 self.setup, clip, result, d, write_video=self.config.write_video, write_objs=self.config.write_objs,
@@ -474,7 +451,7 @@ class _Runner:
                 "pid": os.getpid(),
                 "shard": f"{self.shard_id}/{self.num_shards}",
             }
-            _atomic_write_text(d / DONE_FILE, json.dumps(record, indent=1) + "\n")
+            atomic_write_text(d / DONE_FILE, json.dumps(record, indent=1) + "\n")
         except Exception as e:  # noqa: BLE001 - one clip's failure never stops the run
             self.record_failure(summary, cid, "write", e)
             return
@@ -735,7 +712,7 @@ def run(
     summary.done_ids.sort()
     summary.failed_ids.sort()
     name = f"summary-{eff_shard:05d}-of-{eff_num:05d}.json"
-    _atomic_write_text(out / name, json.dumps(summary.to_dict(), indent=1, default=_json_default) + "\n")
+    atomic_write_text(out / name, json.dumps(summary.to_dict(), indent=1, default=_json_default) + "\n")
     say(
         f"neuface-jax annotate-dataset: shard {eff_shard}/{eff_num}: {summary.done} done, {summary.failed} failed, "
         f"{summary.skipped_done} already done in {summary.seconds:.1f}s ({summary.clips_per_hour:.0f} clips/hour; "
@@ -826,8 +803,8 @@ def write_report(out_dir, *, worst: int = 10) -> dict[str, Any]:
                                           "clips_per_hour", "groups")} for s in summaries],
         "generated_at": time.time(),
     }
-    _atomic_write_text(out / "report.json", json.dumps(doc, indent=1, default=_json_default) + "\n")
-    _atomic_write_text(out / "report.md", _report_markdown(doc))
+    atomic_write_text(out / "report.json", json.dumps(doc, indent=1, default=_json_default) + "\n")
+    atomic_write_text(out / "report.md", _report_markdown(doc))
     return doc
 
 

@@ -22,32 +22,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+
 from flame_jax import export as mesh_export
 from neuface_jax import crops as crops_lib
+from neuface_jax.atomic import atomic_write
 from neuface_jax import render as render_lib
 
 PARAMS_FORMAT = "neuface-jax-params-v1"
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_params(
@@ -98,7 +84,7 @@ def write_params(
         "method": np.asarray(method),
         "format": np.asarray(PARAMS_FORMAT),
     }
-    _atomic_write_bytes(path, lambda fh: np.savez(fh, **arrays))
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
     return path
 
 
@@ -121,7 +107,7 @@ def write_json(path, data: Mapping[str, Any]) -> Path:
         return x
 
     text = json.dumps(clean(dict(data)), indent=2) + "\n"
-    _atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+    atomic_write(path, lambda fh: fh.write(text.encode()))
     return path
 
 

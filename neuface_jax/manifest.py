@@ -94,7 +94,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Sequence
@@ -102,6 +101,7 @@ from typing import Any, Callable, Iterable, Sequence
 from absl import flags
 
 from neuface_jax import video as video_lib
+from neuface_jax.atomic import atomic_write_text
 
 __all__ = [
     "ClipEntry",
@@ -390,27 +390,7 @@ def write_manifest(entries: Iterable[ClipEntry], path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     base = os.path.abspath(folder)
     lines = [json.dumps(e.to_json(base)) + "\n" for e in entries]
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write_text(path, "".join(lines))
     return path
 
 
