@@ -18,11 +18,14 @@ r"""The paper's comparisons on the synthetic benchmark: one config per experimen
 * ``fit``: FitConfig overrides shared by every method (a method's own ``fit`` wins);
 * ``encoder``: overrides of the randomly initialized encoder's config (default the small CPU one);
 * ``images_for_undetected_frames`` (default True): see ``prepare``;
-* ``pretrained``: checkpoint of the pretrained encoder (``neuface_jax.pretrain.ensure_pretrained``
-  trains one there first if it is missing).
+* ``pretrained``: the pretrained encoder: ``"packaged"`` (default: the checkpoint shipped in
+  ``neuface_jax/assets``, ``pretrain.packaged_checkpoint()``) or a checkpoint directory
+  (``neuface_jax.pretrain.ensure_pretrained`` trains one there first if it is missing).
 
 Every (seed, setting) clip is rendered once and fitted by every method with
-``pipeline.fit_methods`` and scored with ``pipeline.evaluate`` (the metrics of ``metrics.json``).
+``pipeline.fit_methods`` and scored with ``pipeline.evaluate_synthetic`` (the metrics of
+``metrics.json`` plus the extra ones against the ground truth: ``accel_error_mm``,
+``vertex_error_similarity_mm``, ... — see ``pipeline.evaluate``).
 The table printed at the end gives mean ± std over seeds; the JSON (``--out``) holds every run,
 the summary and the ground truth's own smoothness. ``--resume`` skips runs already in ``--out``.
 """
@@ -47,7 +50,7 @@ flags.DEFINE_list("settings", None, "Run only these settings (names).")
 flags.DEFINE_list("methods", None, "Run only these methods (names).")
 flags.DEFINE_integer("num_frames", None, "Override the clip length.")
 flags.DEFINE_integer("num_epochs", None, "Override the number of epochs.")
-flags.DEFINE_string("pretrained", None, "Override the pretrained encoder checkpoint.")
+flags.DEFINE_string("pretrained", None, "Override the pretrained encoder: 'packaged' or a checkpoint directory.")
 flags.DEFINE_string("out", None, "JSON output (default experiments/results/<config>.json).")
 flags.DEFINE_bool("resume", False, "Skip (seed, setting, method) runs already present in --out.")
 flags.DEFINE_bool("markdown", False, "Also print the tables as markdown (for docs/experiments.md).")
@@ -87,7 +90,7 @@ def normalize_config(cfg: dict[str, Any]) -> dict[str, Any]:
     cfg.setdefault("num_frames", 40)
     cfg.setdefault("num_epochs", 100)
     cfg.setdefault("fit", {})
-    cfg.setdefault("pretrained", "/tmp/pretrained_small_encoder")
+    cfg.setdefault("pretrained", "packaged")
     cfg.setdefault("settings", [{"name": "3view", "views": "3"}])
     cfg.setdefault("images_for_undetected_frames", True)
     if not cfg.get("methods"):
@@ -145,11 +148,8 @@ def run_experiment(
     log=print,
 ) -> dict[str, Any]:
     """Runs every (seed, setting, method) of a normalized config; returns the results dict."""
-    import numpy as np
-
     import flame_jax
     from neuface_jax import fit as fit_lib
-    from neuface_jax import metrics as metrics_lib
     from neuface_jax import motion as motion_lib
     from neuface_jax import pipeline
     from neuface_jax import synth as synth_lib
@@ -163,7 +163,8 @@ def run_experiment(
     if any(m["init"] == "pretrained" for m in cfg["methods"]):
         from neuface_jax import pretrain
 
-        enc, enc_cfg, summary = pretrain.ensure_pretrained(cfg["pretrained"], log=log)
+        path = None if cfg["pretrained"] == "packaged" else cfg["pretrained"]
+        enc, enc_cfg, summary = pretrain.ensure_pretrained(path, log=log)
         pretrained = (enc, enc_cfg, summary)
     base_fit = fit_lib.FitConfig(num_epochs=cfg["num_epochs"])
     done = {(r["seed"], r["setting"], r["method"]): r for r in (previous or [])}
@@ -212,31 +213,9 @@ def run_experiment(
                         on_run(runs, ground_truth)
                     continue
                 res, secs = fits[m["method"]]
-                metrics = pipeline.evaluate(
-                    res, face, crop_transforms=clip.crop_transforms,
-                    reference_landmarks_px=clip.gt["landmarks68_true"],
-                    reference_visible=clip.visible68 | ~clip.valid[..., None], crop_size=synth_cfg.crop_size,
-                    gt_canonical_vertices=clip.gt["canonical_vertices"],
-                )
-                # Scale-free identity error: the weak-perspective camera cannot tell a large face far
-                # away from a small one near, so the similarity-aligned error is reported too.
-                flat = lambda x: x.reshape((-1,) + x.shape[2:])  # noqa: E731
-                gt_c = np.broadcast_to(clip.gt["canonical_vertices"][:, None], res.canonical_vertices.shape)
-                metrics["vertex_error_similarity_mm"] = float(
-                    metrics_lib.vertex_error(flat(res.canonical_vertices), flat(gt_c), align="similarity")
-                )
-                # Acceleration error against the true motion (the motion itself accelerates: speech,
-                # head turns): RMS of a_pred − a_true = metrics.jitter of the difference, posed mesh.
-                true_posed = clip.gt["vertices"] - clip.gt["translation"][:, :, None, :]
-                metrics["accel_error_mm"] = float(np.mean(
-                    [metrics_lib.jitter(res.vertices[:, v] - true_posed[:, v]) for v in range(res.vertices.shape[1])]))
-                if not clip.valid.all():
-                    # Smoothness over detected frames only (accelerations touching a dropped frame skipped).
-                    w = res.vertices.shape[1]
-                    metrics["jitter_detected_mm"] = float(np.nanmean(
-                        [metrics_lib.jitter(res.vertices[:, v], frame_mask=clip.valid[:, v]) for v in range(w)]))
-                    metrics["msi_vertices_detected"] = float(np.nanmean(
-                        [metrics_lib.msi(res.vertices[:, v], frame_mask=clip.valid[:, v]) for v in range(w)]))
+                # The fixed metrics plus the ground-truth ones (acceleration error, similarity-aligned
+                # vertex error, smoothness over detected frames): all in pipeline.evaluate.
+                metrics = pipeline.evaluate_synthetic(res, face, clip, crop_size=synth_cfg.crop_size)
                 final_loss = {k: v[-1] for k, v in res.history.items() if v}
                 run = {
                     "seed": seed, "setting": setting["name"], "method": m["name"], "metrics": metrics,
@@ -254,13 +233,13 @@ def run_experiment(
 
 
 def prepare(clip, encoder_size: int, crop_size: int, images_for_undetected_frames: bool = True):
-    """``fit.prepare_clip`` of a synthetic clip; optionally with crops for undetected frames too.
+    """``fit.prepare_clip`` of a synthetic clip.
 
-    ``prepare_clip`` leaves the image of a frame without detection black. On a real video the
-    frame is there and its crop box is interpolated from the neighbours (as ``synthesize_clip``
-    does for ``crop_transforms``), so NeuFace can still predict it from pixels; with
-    ``images_for_undetected_frames`` the crops of every frame are warped and only the landmark and
-    frame masks carry the missing detections.
+    ``prepare_clip`` warps the crop of every frame whose crop box is known, undetected frames
+    included (on a real video the frame is there and its box is interpolated from the neighbours, as
+    ``synthesize_clip`` does for ``crop_transforms``), so NeuFace can still predict them from pixels;
+    only the landmark and frame masks carry the missing detections. ``images_for_undetected_frames=False``
+    blacks out the images of masked frames instead (what ``prepare_clip`` did before).
     """
     from neuface_jax import fit as fit_lib
 
@@ -268,14 +247,11 @@ def prepare(clip, encoder_size: int, crop_size: int, images_for_undetected_frame
         clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=encoder_size, visible=clip.visible68,
         valid=clip.valid, crop_size=crop_size,
     )
-    if not images_for_undetected_frames or clip.valid.all():
+    if images_for_undetected_frames:
         return data
-    everything = fit_lib.prepare_clip(
-        clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=encoder_size, crop_size=crop_size,
-    )
     return fit_lib.ClipData(
-        images=everything.images, landmarks=data.landmarks, landmarks_mask=data.landmarks_mask,
-        frame_mask=data.frame_mask,
+        images=data.images * data.frame_mask[..., None, None, None], landmarks=data.landmarks,
+        landmarks_mask=data.landmarks_mask, frame_mask=data.frame_mask,
     )
 
 

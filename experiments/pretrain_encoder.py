@@ -6,8 +6,13 @@ r"""Pretrains the small encoder on synthetic faces (our stand-in for DECA's pret
 Renders ``num_clips`` short synthetic clips (seeds from 1,000,000 on, disjoint from the test clips),
 trains the small encoder supervised (``neuface_jax.pretrain``), saves it with orbax
 (``encoder.save_encoder``) at ``--out`` and a summary (settings, validation errors, seconds) next to
-it as ``<out>.pretrain.json``. Use it with ``experiments/compare.py`` (methods with
-``"init": "pretrained"``) or ``encoder.load_encoder(out)``.
+it as ``<out>.pretrain.json``. Use it with ``experiments/compare.py --pretrained=<out>`` (methods
+with ``"init": "pretrained"``), ``neuface-jax demo --encoder=<out>`` or ``encoder.load_encoder(out)``.
+
+The package ships the checkpoint these defaults made (``neuface_jax/assets/pretrained_small_encoder``
+and its ``.pretrain.json``, ``pretrain.packaged_checkpoint()``); the default ``--out``
+(``pretrain.RETRAINED_CHECKPOINT``) is outside the package so a re-run never overwrites it. To ship a
+re-trained one, copy both into ``neuface_jax/assets/``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import time
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "/tmp/pretrained_small_encoder", "Checkpoint directory (overwritten).")
+flags.DEFINE_string("out", "/tmp/pretrained_small_encoder",  # = pretrain.RETRAINED_CHECKPOINT
+                    "Checkpoint directory (overwritten).")
 flags.DEFINE_integer("num_clips", None, "Synthetic identities (default: PretrainConfig's).")
 flags.DEFINE_integer("frames_per_clip", None, "Frames per clip.")
 flags.DEFINE_integer("views_per_clip", None, "Random cameras per clip.")

@@ -7,6 +7,12 @@ Commands:
   fetch-models  download the MediaPipe face landmarker and check its SHA-256
   annotate      real video(s) → MediaPipe landmarks → crops → NeuFace → params.npz, metrics.json,
                 overlay.mp4 (mesh over the original frames, views tiled), optional OBJs
+  manifest      a folder tree of clips (MEAD, one video per clip, frame folders, synth clips) → a
+                jsonl manifest with stable clip ids
+  annotate-dataset
+                a manifest → <out>/<clip_id>/{params.npz,metrics.json,done.json}: sharded, K clips
+                packed per device, resumable, failures in failures.jsonl, a quality report
+  report        the dataset quality report (report.json, report.md) of an annotate-dataset output
 
 Flags are absl flags, one set per command (``neuface-jax <command> --help``).
 """
@@ -49,7 +55,14 @@ def _help_requested(argv, fv, prog, doc):
 
 # --------------------------------------------------------------------------- demo
 def demo_main(argv: list[str]) -> int:
-    """Synthetic 3-view clip → direct baseline vs NeuFace; writes params.npz, metrics.json, overlay.mp4."""
+    """Synthetic 3-view clip → direct baseline vs NeuFace; writes params.npz, metrics.json, overlay.mp4.
+
+    NeuFace starts from the pretrained small encoder shipped with the package (--encoder=pretrained,
+    trained on synthetic renders of the demo head), the direct baseline from its predictions.
+    --encoder=random starts both from a randomly initialized encoder (NeuFace then underfits within
+    this step budget: docs/experiments.md), --encoder=PATH from a checkpoint made by
+    experiments/pretrain_encoder.py.
+    """
     fv = flags.FlagValues()
     flags.DEFINE_string("out", "./neuface_demo", "Output folder.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Clip seed.", flag_values=fv)
@@ -57,7 +70,15 @@ def demo_main(argv: list[str]) -> int:
     flags.DEFINE_string("views", "3", "Camera rig: mono, 3, mead, MEAD view names or yaw:pitch pairs.", flag_values=fv)
     flags.DEFINE_integer("epochs", 100, "Optimization epochs over the chunks (reference: 100).", flag_values=fv)
     flags.DEFINE_integer("chunk_frames", 20, "Frames per chunk (reference: 20).", flag_values=fv)
-    flags.DEFINE_float("lr", 1e-3, "NeuFace learning rate (randomly initialized small encoder).", flag_values=fv)
+    flags.DEFINE_string(
+        "encoder", "pretrained",
+        "Where NeuFace starts (and the direct baseline's initial prediction comes from): 'pretrained' (the "
+        "checkpoint shipped with the package), 'random', or a checkpoint directory.", flag_values=fv,
+    )
+    flags.DEFINE_float(
+        "lr", None, "NeuFace learning rate (default 3e-4 from a pretrained encoder, 1e-3 from a random one).",
+        flag_values=fv,
+    )
     flags.DEFINE_float("direct_lr", 1e-2, "Direct-optimization learning rate.", flag_values=fv)
     flags.DEFINE_list("methods", ["direct", "neuface"], "Methods to run.", flag_values=fv)
     flags.DEFINE_bool("video", True, "Write overlay.mp4.", flag_values=fv)
@@ -69,23 +90,37 @@ def demo_main(argv: list[str]) -> int:
 
     start = time.perf_counter()
     print("neuface-jax demo: the demo head is a procedural stand-in for FLAME (no FLAME file needed).")
+    lr = fv.lr
+    if lr is None:
+        lr = pipeline.DEMO_LEARNING_RATES["random" if fv.encoder == "random" else "pretrained"]
     cfg = pipeline.DemoConfig(
         seed=fv.seed,
         num_frames=fv.frames,
         views=fv.views,
+        encoder_init=fv.encoder,
         fit=pipeline.DemoConfig().fit.replace(
-            num_epochs=fv.epochs, chunk_frames=fv.chunk_frames, learning_rate=fv.lr, direct_learning_rate=fv.direct_lr,
+            num_epochs=fv.epochs, chunk_frames=fv.chunk_frames, learning_rate=lr, direct_learning_rate=fv.direct_lr,
             seed=fv.seed,
         ),
         methods=tuple(fv.methods),
     )
-    out = pipeline.run_synthetic(
-        cfg, out_dir=fv.out, write_video=fv.video, write_objs=fv.objs, progress_factory=_progress_factory()
-    )
+    try:
+        out = pipeline.run_synthetic(
+            cfg, out_dir=fv.out, write_video=fv.video, write_objs=fv.objs, progress_factory=_progress_factory()
+        )
+    except FileNotFoundError as e:  # a missing --encoder checkpoint
+        sys.stderr.write(f"neuface-jax demo: {e}\n")
+        return 2
     print()
     print(pipeline.format_table(out["metrics"]))
     print()
-    print("units: nme %, msi mm^-2 frame^4 (higher = smoother), jitter mm/frame^2, cvd mm, vertex error mm")
+    extra = pipeline.format_table(
+        {k: v for k, v in out["metrics"].items() if k != "ground_truth"}, pipeline.EXTRA_METRIC_NAMES
+    )
+    print(extra)
+    print()
+    print("units: nme %, msi mm^-2 frame^4 (higher = smoother), jitter and accel_error mm/frame^2, cvd mm, "
+          "vertex errors mm (canonical frame; _similarity after per-frame similarity alignment)")
     secs = ", ".join(f"{k} {v:.1f}s" for k, v in out["seconds"].items())
     print(f"timings: {secs}; total {time.perf_counter() - start:.1f}s")
     print(f"wrote {Path(fv.out).resolve()}/{{params.npz, metrics.json{', overlay.mp4' if fv.video else ''}}}")
@@ -245,6 +280,136 @@ def annotate_main(argv: list[str]) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- datasets
+def annotate_dataset_main(argv: list[str]) -> int:
+    """A manifest of clips → FLAME meshes by NeuFace, at dataset scale.
+
+    neuface-jax annotate-dataset --manifest FILE --out DIR [--shard_id I --num_shards N]
+        [--clips_per_device K] [--retry_failed] [--distributed] [annotate's model/encoder flags]
+
+    Writes <out>/<clip_id>/{params.npz, metrics.json, done.json} (atomically; done.json last),
+    failures.jsonl, summary-<shard>-of-<N>.json and report.{json,md}. Re-running the same command
+    skips completed clips and resumes checkpointed groups; --retry_failed re-runs only the failed
+    clips. See neuface_jax/dataset.py.
+    """
+    from neuface_jax import annotate as annotate_lib
+
+    fv = flags.FlagValues()
+    s, i, f, b, ls, en = (flags.DEFINE_string, flags.DEFINE_integer, flags.DEFINE_float, flags.DEFINE_bool,
+                          flags.DEFINE_list, flags.DEFINE_enum)
+    s("manifest", None, "Manifest jsonl (neuface-jax manifest).", flag_values=fv)
+    s("out", None, "Output root.", flag_values=fv)
+    i("shard_id", 0, "This job's shard (0-based).", flag_values=fv)
+    i("num_shards", 1, "Number of shards (stable hash of the clip id).", flag_values=fv)
+    b("retry_failed", False, "Run only the clips recorded in failures.jsonl (and not completed since).",
+      flag_values=fv)
+    i("clips_per_device", 1, "K: clips packed per device in one optimization group.", flag_values=fv)
+    ls("bucket_chunks", ["1", "2", "4", "8", "16", "32"], "Padded clip lengths, in chunks.", flag_values=fv)
+    i("workers", 2, "Preprocessing threads (decode + landmarks + crops).", flag_values=fv)
+    i("prefetch", None, "Clips prepared ahead of the optimizer (default: two groups).", flag_values=fv)
+    i("checkpoint_every", 10, "Epochs between orbax checkpoints of long groups (0 = never).", flag_values=fv)
+    i("checkpoint_min_frames", 200, "Groups padded to at least this many frames checkpoint.", flag_values=fv)
+    s("flame_model", None, "FLAME model file (default: the demo head, a stand-in, not FLAME).", flag_values=fv)
+    s("landmark_embedding", None, "Landmark embedding of --flame_model.", flag_values=fv)
+    en("landmark_set", "ibug68", list(annotate_lib.LANDMARK_SETS), "Fitted landmark set.", flag_values=fv)
+    en("contour", "auto", list(annotate_lib.CONTOURS), "68-point jaw contour (see annotate --help); use dynamic "
+       "for precomputed silhouette-following landmarks such as synthetic clips'.", flag_values=fv)
+    s("face_landmarker", None, "MediaPipe face_landmarker.task.", flag_values=fv)
+    i("epochs", annotate_lib.DEFAULT_EPOCHS, "NeuFace epochs.", flag_values=fv)
+    i("chunk_frames", 20, "Frames per chunk.", flag_values=fv)
+    f("lr", None, "Learning rate (default as annotate).", flag_values=fv)
+    s("encoder", None, "Encoder checkpoint folder (default as annotate).", flag_values=fv)
+    i("stride", 1, "Take every k-th frame.", flag_values=fv)
+    f("fps", 25.0, "Frame rate of frame folders without one in the manifest.", flag_values=fv)
+    b("strict", False, "Views of different lengths are a failure (default: trim, warn).", flag_values=fv)
+    b("overlay", False, "Write overlay.mp4 per clip.", flag_values=fv)
+    b("objs", False, "Write OBJs per clip.", flag_values=fv)
+    s("cache_dir", None, "Landmark cache folder.", flag_values=fv)
+    b("cache", True, "Use the landmark cache.", flag_values=fv)
+    i("seed", 0, "Encoder initialization seed.", flag_values=fv)
+    b("distributed", False, "Call jax.distributed.initialize (TPU pods, Slurm, Kubernetes) and shard by process.",
+      flag_values=fv)
+    s("coordinator_address", None, "With --distributed: host:port of process 0 (default: auto-detect).",
+      flag_values=fv)
+    i("num_processes", None, "With --distributed: process count (default: auto-detect).", flag_values=fv)
+    i("process_id", None, "With --distributed: this process (default: auto-detect).", flag_values=fv)
+    b("report", True, "Write report.json / report.md at the end.", flag_values=fv)
+    s("compilation_cache", None, "JAX persistent compilation cache folder: every process and re-run of the job "
+      "reuses compiled steps instead of compiling its buckets again.", flag_values=fv)
+    _help_requested(argv, fv, "neuface-jax annotate-dataset", annotate_dataset_main.__doc__)
+    _parse(fv, argv, "neuface-jax annotate-dataset")
+    prog = "neuface-jax annotate-dataset"
+    if not fv.manifest or not fv.out:
+        sys.stderr.write(f"{prog}: --manifest and --out are required (see --help)\n")
+        return 2
+
+    from neuface_jax import dataset, detect, manifest
+
+    if fv.compilation_cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", str(Path(fv.compilation_cache).expanduser().absolute()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if fv.distributed:
+        pidx, pcount = dataset.init_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
+        print(f"{prog}: process {pidx} of {pcount}")
+    try:
+        entries = manifest.read_manifest(fv.manifest)
+        cfg = dataset.DatasetConfig(
+            clips_per_device=fv.clips_per_device, bucket_chunks=tuple(int(x) for x in fv.bucket_chunks),
+            workers=fv.workers, prefetch=fv.prefetch, checkpoint_every=fv.checkpoint_every,
+            checkpoint_min_frames=fv.checkpoint_min_frames, write_video=fv.overlay, write_objs=fv.objs,
+            stride=fv.stride, fps=fv.fps, strict=fv.strict, use_cache=fv.cache, cache_dir=fv.cache_dir,
+        )
+        need_mp = any(e.landmarks is None for e in entries)
+        setup = annotate_lib.make_setup(
+            flame_model=fv.flame_model, landmark_embedding=fv.landmark_embedding, landmark_set=fv.landmark_set,
+            contour=fv.contour, face_landmarker=fv.face_landmarker, epochs=fv.epochs, chunk_frames=fv.chunk_frames,
+            learning_rate=fv.lr, encoder=fv.encoder, seed=fv.seed, need_landmarker=need_mp,
+        )
+        summary = dataset.run(
+            entries, fv.out, setup, cfg, shard_id=fv.shard_id, num_shards=fv.num_shards,
+            retry_failed=fv.retry_failed, progress=_progress_factory(), report=fv.report,
+        )
+    except (detect.ModelNotFoundError, FileNotFoundError, ValueError) as e:
+        sys.stderr.write(f"{prog}: error: {e}\n")
+        return 1
+    print(
+        f"{prog}: {summary.done} done, {summary.failed} failed, {summary.skipped_done} skipped (done before), "
+        f"{summary.skipped_failed} skipped (failed before) in {summary.seconds:.1f}s"
+        f" = {summary.clips_per_hour:.0f} clips/hour; outputs in {Path(fv.out).resolve()}"
+    )
+    return 0
+
+
+def manifest_main(argv: list[str]) -> int:
+    from neuface_jax import manifest
+
+    return int(manifest.manifest_main(argv) or 0)
+
+
+def report_main(argv: list[str]) -> int:
+    """The dataset quality report of an annotate-dataset output folder: report.json and report.md.
+
+    neuface-jax report --out DIR
+    """
+    fv = flags.FlagValues()
+    flags.DEFINE_string("out", None, "annotate-dataset output root.", flag_values=fv)
+    flags.DEFINE_integer("worst", 10, "Worst clips listed per metric.", flag_values=fv)
+    _help_requested(argv, fv, "neuface-jax report", report_main.__doc__)
+    _parse(fv, argv, "neuface-jax report")
+    if not fv.out or not Path(fv.out).is_dir():
+        sys.stderr.write(f"neuface-jax report: --out must be an existing annotate-dataset folder, got {fv.out!r}\n")
+        return 2
+    from neuface_jax import dataset
+
+    doc = dataset.write_report(fv.out, worst=fv.worst)
+    print((Path(fv.out) / "report.md").read_text())
+    print(f"wrote {Path(fv.out).resolve()}/report.{{json,md}} ({doc['completed']} clips, {doc['failed']} failed)")
+    return 0
+
+
 # --------------------------------------------------------------------------- dispatch
 def fetch_models_main(argv: list[str]) -> int:
     from neuface_jax import detect
@@ -252,7 +417,15 @@ def fetch_models_main(argv: list[str]) -> int:
     return int(detect.fetch_models_main(argv[1:]) or 0)
 
 
-COMMANDS = {"demo": demo_main, "synth": synth_main, "fetch-models": fetch_models_main, "annotate": annotate_main}
+COMMANDS = {
+    "demo": demo_main,
+    "synth": synth_main,
+    "fetch-models": fetch_models_main,
+    "annotate": annotate_main,
+    "manifest": manifest_main,
+    "annotate-dataset": annotate_dataset_main,
+    "report": report_main,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

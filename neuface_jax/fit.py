@@ -147,8 +147,13 @@ def prepare_clip(
       crop_transforms: [T, W, 2, 3] image pixels → crop pixels of ``crop_size``.
       encoder_size: side of the encoder input; crops are warped straight to it.
       visible: [T, W, L] bool; False or non-finite landmarks are masked out.
-      valid: [T, W] bool detection validity; invalid frames are masked out entirely.
+      valid: [T, W] bool detection validity; invalid frames are masked out of every loss term.
       name: clip name for error messages.
+
+    Every frame whose crop transform is finite gets its crop, masked frames included (a frame
+    without a detection has an interpolated crop box on a real video): the encoder still sees the
+    face there and predicts it, while the losses ignore it. Only frames with a non-finite crop
+    transform (no box at all) are left black.
 
     Raises:
       ValueError: naming the clip when shapes disagree or no frame of any view is usable.
@@ -179,7 +184,7 @@ def prepare_clip(
     out_images = np.zeros((t, w, encoder_size, encoder_size, 3), np.float32)
     for ti in range(t):
         for wi in range(w):
-            if frame_ok[ti, wi]:
+            if np.all(np.isfinite(crops[ti, wi])):
                 out_images[ti, wi] = crops_lib.warp_crop(images[ti, wi], safe_m[ti, wi], encoder_size) / 255.0
     crop_px = crops_lib.apply_transform(np.where(np.isfinite(lmk), lmk, 0.0), np.where(np.isfinite(crops), crops, 0.0))
     target = crops_lib.to_normalized(crop_px, crop_size)
@@ -410,15 +415,20 @@ class NeuFace(_EqualBySettings):
         c = self._CONTEXT
         return (jnp.zeros(lead + (c, num_views, 3)), jnp.zeros(lead + (c, num_views)))
 
-    def run_epoch(self, state, chunk_list, key, *, packed: bool = False):
+    def run_epoch(self, state, chunk_list, key, *, packed: bool = False, sharding=None):
         """One epoch: the chunks in order, one compiled step each. Returns (state, mean stats).
 
         A Python loop over a compiled step rather than ``lax.scan``: XLA:CPU compiles the
         scan body of a conv net several times slower than the same step on its own.
+        ``sharding``: where the packed clip axis lives; the empty temporal context is placed
+        there too, so that the first step of an epoch sees the same input shardings as the
+        others (one compiled step, not two).
         """
         step = self.step_fn_packed if packed else self.step_fn
         lead = chunk_list[0].frame_mask.shape[:-2]
         prev = self.initial_context(chunk_list[0].frame_mask.shape[-1], lead)
+        if sharding is not None:
+            prev = jax.device_put(prev, sharding)
         keys = jax.random.split(key, len(chunk_list))
         total = 0.0
         count = 0.0

@@ -127,6 +127,10 @@ class MotionConfig:
     #: probability that a clip contains a large head turn past 45°.
     big_turn_probability: float = 0.5
     big_turn_deg: float = 55.0
+    #: the large turn is a Gaussian in time of width max(T/6, this · fps) frames: never faster than a
+    #: ~0.3 s turn, whatever the clip length (a fixed 4-frame minimum made 20-frame clips turn 55° in
+    #: ~4 frames, up to 10°/frame).
+    min_turn_width_s: float = 0.3
     pitch_amplitude_deg: float = 10.0
     roll_amplitude_deg: float = 6.0
     translation_amplitude_m: float = 0.01
@@ -200,7 +204,7 @@ def generate_motion(
     yaw = config.yaw_amplitude_deg * 0.6 * wander[:, 0]
     if rng.random() < config.big_turn_probability:
         center = rng.uniform(0.3, 0.7) * t
-        width = max(t / 6.0, 4.0)
+        width = max(t / 6.0, config.min_turn_width_s * fps)
         sign = rng.choice([-1.0, 1.0])
         yaw = yaw + sign * config.big_turn_deg * np.exp(-0.5 * ((np.arange(t) - center) / width) ** 2)
     else:

@@ -24,13 +24,19 @@ Training (``pretrain``): Adam (cosine-decayed learning rate) on a weighted sum o
 parameter regression (squared error per group), 2D landmark L1 through the predicted FLAME
 mesh and weak-perspective camera (as DECA's landmark loss), and a 3D vertex L1 in the model frame.
 BatchNorm trains with batch statistics so its running averages are meaningful for NeuFace's frozen
-(EFT-style) BatchNorm afterwards. ``ensure_pretrained`` loads a checkpoint (``encoder.load_encoder``)
-or trains and saves one on first use.
+(EFT-style) BatchNorm afterwards.
+
+Checkpoints: the package ships one (``packaged_checkpoint()``: the small encoder for the demo head,
+trained by ``python experiments/pretrain_encoder.py`` with the defaults below, 1.5 MB). It is an orbax
+checkpoint (tensorstore/OCDBT arrays + JSON metadata) read by ``encoder.load_encoder``: loading
+executes no code from the files (no pickle). ``ensure_pretrained()`` loads the packaged one;
+``ensure_pretrained(path)`` loads ``path`` or, when it does not exist, trains and saves one there
+(``RETRAINED_CHECKPOINT`` is where the experiments put a re-trained one).
 
 Example::
 
     from neuface_jax import pretrain
-    enc, cfg, info = pretrain.ensure_pretrained("/tmp/pretrained_small_encoder")
+    enc, cfg, info = pretrain.ensure_pretrained()          # the shipped checkpoint
     result = fit.NeuFace(face, cfg, fit_config).fit(clip_data, encoder=enc)
 """
 
@@ -57,8 +63,12 @@ from neuface_jax import synth as synth_lib
 
 #: First synthetic seed used for pretraining data (test clips use small seeds).
 DEFAULT_SEED_OFFSET = 1_000_000
-#: Where ``ensure_pretrained`` puts the default checkpoint.
-DEFAULT_CHECKPOINT = "/tmp/pretrained_small_encoder"
+#: Where ``experiments/pretrain_encoder.py`` writes a re-trained checkpoint (the shipped one is
+#: ``packaged_checkpoint()``).
+RETRAINED_CHECKPOINT = "/tmp/pretrained_small_encoder"
+#: Folder name of the shipped checkpoint inside ``neuface_jax/assets/`` (its summary is
+#: ``<name>.pretrain.json`` beside it).
+PACKAGED_CHECKPOINT_NAME = "pretrained_small_encoder"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +85,9 @@ class PretrainConfig:
       noise_range: the detector-noise factor of each clip (``SynthConfig.scaled_noise``) is uniform
         in this range; the noisy detections place the crop, so this is crop-jitter augmentation.
       seed_offset: the clips use seeds ``seed_offset + i``; validation clips follow the training clips.
+      min_turn_width_s: ``MotionConfig.min_turn_width_s`` of the training motion. 2 s = the 4-frame
+        minimum at 2 fps that the shipped checkpoint's data was rendered with (test clips use 0.3 s);
+        kept so that the default settings reproduce that data exactly.
       num_val_clips: held-out clips for the validation errors.
       synth: other settings of the rendered clips (image size, head fill, ...).
 
@@ -94,6 +107,7 @@ class PretrainConfig:
     pitch_range_deg: float = 30.0
     noise_range: tuple[float, float] = (1.0, 3.0)
     seed_offset: int = DEFAULT_SEED_OFFSET
+    min_turn_width_s: float = 2.0
     num_val_clips: int = 16
     synth: synth_lib.SynthConfig = synth_lib.SynthConfig()
 
@@ -228,7 +242,7 @@ def generate_dataset(
     disjoint from the test clips' small seeds.
     """
     num_clips = config.num_clips if num_clips is None else num_clips
-    motion = dataclasses.replace(config.synth.motion, fps=config.motion_fps)
+    motion = dataclasses.replace(config.synth.motion, fps=config.motion_fps, min_turn_width_s=config.min_turn_width_s)
     parts = []
     for k in range(num_clips):
         i = first_clip + k
@@ -494,18 +508,47 @@ def summary_path(path) -> Path:
     return path.parent / (path.name + ".pretrain.json")
 
 
+def packaged_checkpoint() -> Path:
+    """The pretrained small encoder shipped inside the package (``neuface_jax/assets/``).
+
+    Trained on renders of the procedural demo head (not FLAME) by ``python
+    experiments/pretrain_encoder.py`` with the default ``PretrainConfig``; its summary (settings,
+    validation errors, seconds) is ``summary_path(packaged_checkpoint())``. It predicts the demo
+    head's 100 identity / 50 expression components from 64×64 crops.
+
+    Raises:
+      FileNotFoundError: the package was installed without its data files.
+    """
+    path = Path(__file__).resolve().parent / "assets" / PACKAGED_CHECKPOINT_NAME
+    if not (path / "_CHECKPOINT_METADATA").is_file():
+        raise FileNotFoundError(
+            f"the packaged pretrained encoder is missing ({path}): this neuface-jax installation lacks its "
+            "data files (reinstall with `pip install .`), or pass a checkpoint made by "
+            "`python experiments/pretrain_encoder.py --out=DIR`"
+        )
+    return path
+
+
 def ensure_pretrained(
-    path=DEFAULT_CHECKPOINT,
+    path=None,
     config: PretrainConfig = PretrainConfig(),
     encoder_config: encoder_lib.EncoderConfig | None = None,
     *,
     log: Callable[[str], None] | None = None,
 ) -> tuple[encoder_lib.Encoder, encoder_lib.EncoderConfig, dict[str, Any]]:
-    """Loads the pretrained encoder at ``path``, training and saving it first if it does not exist.
+    """Loads a pretrained encoder: the packaged one by default.
+
+    Args:
+      path: None for ``packaged_checkpoint()`` (never trains); otherwise a checkpoint directory,
+        trained with ``config`` / ``encoder_config`` and saved there first if it does not exist.
+      config, encoder_config: settings of that training.
+      log: optional line logger.
 
     Returns ``(encoder, encoder_config, summary)`` (the summary of ``save_pretrained``; empty when the
     checkpoint was made elsewhere).
     """
+    if path is None:
+        path = packaged_checkpoint()
     path = Path(path).expanduser().absolute()
     if not path.is_dir():
         if log:
@@ -519,8 +562,9 @@ def ensure_pretrained(
 
 
 __all__ = [
-    "DEFAULT_CHECKPOINT",
     "DEFAULT_SEED_OFFSET",
+    "PACKAGED_CHECKPOINT_NAME",
+    "RETRAINED_CHECKPOINT",
     "PretrainConfig",
     "PretrainData",
     "PretrainResult",
@@ -529,6 +573,7 @@ __all__ = [
     "evaluate_encoder",
     "fit_weak_perspective",
     "generate_dataset",
+    "packaged_checkpoint",
     "pretrain",
     "pretrain_loss",
     "random_rig",

@@ -21,7 +21,6 @@ def get_config():
         "num_frames": 20,
         "num_epochs": 100,
         "fit": {"chunk_frames": 10},
-        "pretrained": "/tmp/pretrained_small_encoder",
         "settings": [
             {"name": "mono", "views": "mono"},
             {"name": "mono_noisy", "views": "mono", "noise": 3.0, "drop": 0.1},

@@ -4,7 +4,8 @@ The direct baseline is initialized with the same encoder's predictions as NeuFac
 for a random encoder), uses the same loss (10·L_lmk + 100·L_temp + 200·L_mv) plus L2 priors and
 takes as many Adam steps as NeuFace (100 epochs × 2 chunks of 10 frames = 200). "pretrained" = the
 small encoder trained on synthetic faces by experiments/pretrain_encoder.py (seeds ≥ 1,000,000; the
-test clips use seeds 0, 1, 2). Learning rates from experiments/configs/lr_sweep.py.
+test clips use seeds 0, 1, 2) — the checkpoint shipped in neuface_jax/assets (the runner's default
+"pretrained": "packaged"). Learning rates from experiments/configs/lr_sweep.py.
 """
 
 
@@ -16,7 +17,6 @@ def get_config():
         "num_frames": 20,
         "num_epochs": 100,
         "fit": {"chunk_frames": 10},
-        "pretrained": "/tmp/pretrained_small_encoder",
         "settings": [
             {"name": "mono", "views": "mono"},
             {"name": "mono_noisy", "views": "mono", "noise": 3.0, "drop": 0.1},

@@ -1,10 +1,11 @@
-"""The comparison again on 40-frame clips, where the synthetic head motion is realistic.
+"""The comparison again on 40-frame clips (longer, slower head motion than 20-frame clips).
 
-``motion.generate_motion`` gives a clip's large head turn a Gaussian width of max(T/6, 4) frames,
-so in 20-frame clips a 55° turn happens within ~4 frames (~10°/frame, head-rotation acceleration
-~1.5°/frame² against ~0.2°/frame² at T ≥ 40). A smoothing prior is then misspecified; this
-config checks the main conclusions (and the temporal term) on 40-frame clips: mono (3 seeds) and
-3-view (front ±30°, 2 seeds; 7-view × 40 frames costs ~5 CPU-minutes per NeuFace run).
+Written when ``motion.generate_motion`` gave a clip's large head turn a Gaussian width of
+max(T/6, 4) frames, so that in 20-frame clips a 55° turn happened within ~4 frames (~10°/frame);
+the width is now max(T/6, 0.3 s · fps) (7.5 frames at 25 fps), so 20-frame clips turn at most
+~4.5°/frame and 40-frame clips barely changed. This config checks the main conclusions (and the
+temporal term) on 40-frame clips: mono (3 seeds) and 3-view (front ±30°, 2 seeds; 7-view × 40
+frames costs ~5 CPU-minutes per NeuFace run).
 """
 
 REFERENCE = {"landmark": 10.0, "temporal": 100.0, "multiview": 200.0}
@@ -19,7 +20,6 @@ def get_config():
         "num_frames": 40,
         "num_epochs": 100,
         "fit": {"chunk_frames": 10},
-        "pretrained": "/tmp/pretrained_small_encoder",
         "settings": [
             {"name": "mono40", "views": "mono"},
             {"name": "3view40", "views": "3", "seeds": [0, 1]},

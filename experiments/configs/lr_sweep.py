@@ -27,7 +27,6 @@ def get_config():
         "num_frames": 20,
         "num_epochs": 100,
         "fit": {"chunk_frames": 10},
-        "pretrained": "/tmp/pretrained_small_encoder",
         "settings": [{"name": "mono", "views": "mono"}, {"name": "3view", "views": "3"}],
         "methods": methods,
     }

@@ -24,7 +24,6 @@ def get_config():
         "num_frames": 40,
         "num_epochs": 100,
         "fit": {"chunk_frames": 10},
-        "pretrained": "/tmp/pretrained_small_encoder",
         "settings": [{"name": "mono40_noisy", "views": "mono", "noise": 3.0, "drop": 0.1}],
         "methods": [
             _nf("reference"),

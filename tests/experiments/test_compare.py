@@ -75,3 +75,23 @@ def test_tiny_experiment_runs_and_summarizes(compare, tmp_path):
     again = compare.run_experiment(cfg, previous=runs, previous_ground_truth=result["ground_truth"], log=lambda s: None)
     assert len(again["runs"]) == 1
     json.dumps(compare._jsonable({"config": cfg, "runs": runs}))
+
+
+def test_prepare_undetected_frames(compare):
+    """Undetected frames keep their crops (``fit.prepare_clip``), or are blacked out on request."""
+    import numpy as np
+
+    from neuface_jax import synth
+
+    clip = synth.synthesize_clip(seed=2, rig="mono", config=synth.SynthConfig(num_frames=12, image_size=64,
+                                                                              crop_size=64, drop_frame_probability=0.3))
+    dropped = ~clip.valid
+    assert dropped.any() and clip.valid.any()
+    kept = compare.prepare(clip, 16, 64)
+    black = compare.prepare(clip, 16, 64, images_for_undetected_frames=False)
+    img_kept, img_black = np.asarray(kept.images), np.asarray(black.images)
+    assert np.all(img_kept[dropped].reshape(int(dropped.sum()), -1).std(-1) > 0.02)
+    assert np.all(img_black[dropped] == 0.0)
+    np.testing.assert_array_equal(img_kept[clip.valid], img_black[clip.valid])
+    np.testing.assert_array_equal(np.asarray(kept.frame_mask), clip.valid.astype(np.float32))
+    assert compare.load_config("smoke")["pretrained"] == "packaged"

@@ -103,6 +103,31 @@ def test_prepare_clip_masks_bad_input(tmp_path):
         fit.prepare_clip(images, np.full_like(lmk, np.nan), crops, encoder_size=16, name="my clip")
 
 
+def test_prepare_clip_keeps_pixels_of_undetected_frames():
+    """A frame without detection keeps its crop when the crop box is known (the encoder still sees the
+    face; only the losses ignore it); a frame without a finite crop transform is left black."""
+    t, w, size = 3, 2, 32
+    rng = np.random.default_rng(0)
+    images = rng.integers(30, 230, size=(t, w, size, size, 3), dtype=np.uint8)
+    lmk = np.tile(np.linspace(8, 24, 68)[None, None, :, None], (t, w, 1, 2)).astype(np.float32)
+    clean_crops = np.tile(np.array([[7.0, 0, 0], [0, 7.0, 0]], np.float32), (t, w, 1, 1))
+    all_valid = fit.prepare_clip(images, lmk, clean_crops, encoder_size=16, crop_size=224)
+    crops = clean_crops.copy()
+    valid = np.ones((t, w), bool)
+    valid[1, 0] = False  # no detection, interpolated crop box
+    lmk[2, 1] = np.nan  # detector returned nothing usable
+    crops[0, 1] = np.nan  # no crop box at all
+    data = fit.prepare_clip(images, lmk, crops, encoder_size=16, valid=valid, crop_size=224)
+    img = np.asarray(data.images)
+    ref = np.asarray(all_valid.images)
+    for ti, wi in [(1, 0), (2, 1)]:
+        assert float(data.frame_mask[ti, wi]) == 0.0 and float(data.landmarks_mask[ti, wi].sum()) == 0.0
+        assert img[ti, wi].std() > 0.05  # real pixels, not a black square
+        np.testing.assert_array_equal(img[ti, wi], ref[ti, wi])  # the same crop as a detected frame
+    assert float(data.frame_mask[0, 1]) == 0.0 and np.all(img[0, 1] == 0.0)
+    assert float(data.frame_mask[0, 0]) == 1.0 and img[0, 0].std() > 0.05
+
+
 def test_same_seed_same_result(face, ecfg):
     data = _target_clip(face, t=8)
     cfg = fit.FitConfig(num_epochs=2, chunk_frames=4, learning_rate=1e-3, seed=3)

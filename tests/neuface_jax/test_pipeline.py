@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from neuface_jax import cli, export, pipeline
+import flame_jax
+from neuface_jax import cli, crops, export, fit, pipeline, synth
 
 METRICS = ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm", "vertex_error_mm")
 
@@ -31,6 +33,13 @@ def test_demo_writes_metrics_with_fixed_names(demo_dir):
         assert data[method]["cvd_mm"] >= 0.0 and data[method]["vertex_error_mm"] > 0.0
     assert data["ground_truth"]["jitter_mm"] > 0.0
     assert data["clip"]["views"] == ["front", "left_30", "right_30"]
+    for method in ("neuface", "direct"):  # extra metrics against the ground truth
+        for name in ("accel_error_mm", "vertex_error_similarity_mm"):
+            assert np.isfinite(data[method][name]) and data[method][name] > 0.0, (method, name)
+    # The demo starts from the packaged pretrained encoder at its learning rate.
+    s = data["settings"]
+    assert s["encoder_init"] == "pretrained" and s["learning_rate"] == pytest.approx(3e-4)
+    assert s["encoder_checkpoint"].endswith("pretrained_small_encoder") and s["encoder_image_size"] == 64
 
 
 def test_demo_params_npz_layout(demo_dir):
@@ -76,6 +85,74 @@ def test_cli_errors(capsys):
         cli.main(["neuface-jax", "demo", "--frames", "notanumber"])
 
 
+def test_demo_missing_encoder_checkpoint(tmp_path, capsys):
+    rc = cli.main(["neuface-jax", "demo", "--out", str(tmp_path / "d"), "--encoder", str(tmp_path / "nothing")])
+    assert rc == 2
+    assert "no encoder checkpoint" in capsys.readouterr().err
+
+
+def test_start_encoder_choices():
+    model = flame_jax.demo_model()
+    enc, cfg, path = pipeline.load_start_encoder("random", model)
+    assert enc is None and path is None and cfg == pipeline.default_encoder_config(model)
+    enc, cfg, path = pipeline.load_start_encoder("pretrained", model)
+    assert enc is not None and cfg.image_size == 64 and path.endswith("pretrained_small_encoder")
+    enc2, cfg2, path2 = pipeline.load_start_encoder(path, model)  # a path works the same
+    assert cfg2 == cfg and path2 == path
+    assert pipeline.DemoConfig().encoder_init == "pretrained"
+    # The packaged encoder knows the demo head only.
+    with pytest.raises(ValueError, match="trained on the demo head"):
+        pipeline.load_start_encoder("pretrained", dataclasses.replace(model, name="FLAME 2020"))
+    assert pipeline.DemoConfig().fit.learning_rate == pipeline.DEMO_LEARNING_RATES["pretrained"] == 3e-4
+
+
+def _perfect_fit(clip, crop_size):
+    """A FitResult equal to the clip's ground truth."""
+    gt = clip.gt
+    t, w = clip.num_frames, clip.num_views
+    norm = crops.to_normalized(crops.apply_transform(gt["landmarks68_true"], clip.crop_transforms), crop_size)
+    return fit.FitResult(
+        shape=gt["shape"], expression=np.broadcast_to(gt["expression"][:, None], (t, w, gt["expression"].shape[-1])),
+        pose=gt["pose"], cam=np.zeros((t, w, 3)), landmarks2d=norm,
+        vertices=gt["vertices"] - gt["translation"][:, :, None, :],
+        canonical_vertices=np.broadcast_to(gt["canonical_vertices"][:, None], gt["vertices"].shape).copy(),
+        history={},
+    )
+
+
+def test_evaluate_extra_metrics_against_ground_truth():
+    cfg = synth.SynthConfig(num_frames=8, image_size=96, drop_frame_probability=0.3)
+    clip = synth.synthesize_clip(seed=2, rig="front,left_30", config=cfg)
+    assert not clip.valid.all()
+    face = fit.FaceModel(flame_jax.demo_model(), flame_jax.demo_landmark_embedding())
+    perfect = _perfect_fit(clip, cfg.crop_size)
+    m = pipeline.evaluate_synthetic(perfect, face, clip)
+    assert set(pipeline.METRIC_NAMES) | set(pipeline.EXTRA_METRIC_NAMES) <= set(m)
+    for k in ("nme_percent", "vertex_error_mm", "vertex_error_similarity_mm", "accel_error_mm"):
+        assert m[k] == pytest.approx(0.0, abs=1e-2), k
+    assert m["jitter_mm"] == pytest.approx(pipeline.ground_truth_reference(clip, face)["jitter_mm"], rel=1e-4)
+    assert np.isfinite(m["jitter_detected_mm"]) and np.isfinite(m["msi_vertices_detected"])
+    # A drift with constant acceleration a (1.5 mm/frame² along x) → accel error exactly a; the
+    # jitter changes, the identity does not. A 10 % larger face: vertex error, but none after a
+    # similarity alignment.
+    t = np.arange(clip.num_frames, dtype=np.float64)
+    drift = np.zeros(perfect.vertices.shape)
+    drift[..., 0] = (0.5 * 1.5e-3 * t**2)[:, None, None]
+    big = perfect.canonical_vertices * 1.1
+    moved = pipeline.evaluate_synthetic(
+        dataclasses.replace(perfect, vertices=perfect.vertices + drift, canonical_vertices=big), face, clip)
+    assert moved["accel_error_mm"] == pytest.approx(1.5, rel=1e-3)
+    assert moved["vertex_error_mm"] > 1.0
+    assert moved["vertex_error_similarity_mm"] == pytest.approx(0.0, abs=1e-2)
+    assert moved["vertex_error_aligned_mm"] > moved["vertex_error_similarity_mm"]
+    # No ground truth, no extra keys (what annotate gets for real videos).
+    plain = pipeline.evaluate(perfect, face, crop_transforms=clip.crop_transforms,
+                              reference_landmarks_px=clip.gt["landmarks68_true"], reference_visible=clip.visible68)
+    assert set(plain) == set(pipeline.METRIC_NAMES) - {"vertex_error_mm"}
+
+
 def test_format_table():
     table = pipeline.format_table({"neuface": {n: 1.0 for n in METRICS}, "direct": {n: 2.0 for n in METRICS}})
     assert "neuface" in table and "vertex_error_mm" in table and "2.0000" in table
+    extra = pipeline.format_table({"neuface": {"accel_error_mm": 1.0}, "ground_truth": {}}, pipeline.EXTRA_METRIC_NAMES)
+    assert "accel_error_mm" in extra and "jitter_detected_mm" not in extra and " -" in extra

@@ -130,3 +130,96 @@ def jax_leaves(model):
     import jax
 
     return jax.tree.leaves(nnx.state(model))
+
+
+# --------------------------------------------------------------------------- the packaged checkpoint
+def test_packaged_checkpoint_loads_with_the_expected_config():
+    path = pretrain.packaged_checkpoint()
+    assert path.is_dir() and path.parent.name == "assets" and path.parent.parent.name == "neuface_jax"
+    loaded, cfg, summary = pretrain.ensure_pretrained()  # the default is the packaged checkpoint
+    assert cfg == enc.EncoderConfig.small(n_shape=100, n_expr=50)  # the demo head's components, 64×64 crops
+    assert (cfg.arch, cfg.image_size, cfg.n_shape, cfg.n_expr) == ("small", 64, 100, 50)
+    model = flame_jax.demo_model()
+    assert (cfg.n_shape, cfg.n_expr) == (model.num_shape, model.num_expression)
+    # Its summary sits beside it and describes it.
+    assert pretrain.summary_path(path).is_file()
+    assert summary["encoder_config"] == cfg.to_dict()
+    assert summary["validation"]["rotation_deg"] < 0.5 * summary["validation"]["untrained"]["rotation_deg"]
+    n = sum(int(np.prod(np.shape(x))) for x in jax_leaves(loaded))
+    assert 100_000 < n < 1_000_000  # the small encoder (1.5 MB of float32)
+
+
+def test_packaged_checkpoint_settings_are_the_defaults():
+    """``python experiments/pretrain_encoder.py`` with the defaults re-makes the shipped checkpoint's
+    training data: every setting recorded in its summary equals today's default."""
+    shipped = pretrain.ensure_pretrained()[2]["pretrain_config"]
+    now = pretrain.PretrainConfig().to_dict()
+
+    def check(a, b, where):
+        for k, v in a.items():
+            assert k in b, f"{where}{k}"
+            if isinstance(v, dict):
+                check(v, b[k], f"{where}{k}.")
+            else:
+                assert v == b[k], (f"{where}{k}", v, b[k])
+
+    check(shipped, now, "")
+
+
+def test_packaged_checkpoint_is_data_only(monkeypatch):
+    """The checkpoint holds JSON, text markers and tensorstore OCDBT/zstd data only, and loading it
+    unpickles nothing (no code from the files runs)."""
+    import json
+    import pickle
+
+    root = pretrain.packaged_checkpoint()
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert len(files) >= 5
+    for p in files:
+        head = p.read_bytes()[:4]
+        if head[:1] == b"{":
+            json.loads(p.read_text())
+        elif p.name == "commit_success.txt":
+            assert p.read_text().isprintable()
+        else:  # OCDBT manifest/B-tree nodes, or zstd-compressed array chunks
+            assert head[:2] == b"\x0c\xdb" or head == b"\x28\xb5\x2f\xfd", (p, head)
+
+    def forbidden(*a, **k):
+        raise AssertionError("loading an encoder checkpoint must not unpickle")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, forbidden)
+    real_np_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: real_np_load(*a, **{**k, "allow_pickle": False}))
+    loaded, cfg = enc.load_encoder(root)
+    assert cfg.arch == "small" and len(jax_leaves(loaded)) > 10
+
+
+def test_packaged_checkpoint_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(pretrain, "PACKAGED_CHECKPOINT_NAME", "no_such_checkpoint")
+    with pytest.raises(FileNotFoundError, match="packaged pretrained encoder is missing"):
+        pretrain.ensure_pretrained()  # never trains silently into the package
+
+
+def test_packaged_encoder_predicts_synthetic_faces():
+    """Raw predictions (no optimization) of the packaged encoder on a synthetic clip it never saw land
+    near the true landmarks; a randomly initialized encoder (the mean face) is far off."""
+    from neuface_jax import metrics, pipeline
+
+    face = fit.FaceModel(flame_jax.demo_model(), flame_jax.demo_landmark_embedding())
+    clip = synth.synthesize_clip(seed=0, rig="mono", config=synth.SynthConfig(num_frames=4))
+    loaded, cfg, _ = pretrain.ensure_pretrained()
+    data = fit.prepare_clip(clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=cfg.image_size,
+                            visible=clip.visible68, valid=clip.valid)
+    t, w = clip.num_frames, clip.num_views
+
+    def raw_nme(model):
+        g, tr, rest = enc.split_params(model, freeze_bn=True)
+        p = enc.decode_outputs(enc.apply(g, tr, rest, data.images.reshape((t * w,) + data.images.shape[2:])), cfg)
+        _, lmk2d, _ = fit.evaluate_params(face, p.shape, p.expression, p.pose, p.cam)
+        px = pipeline.landmarks_to_pixels(np.asarray(lmk2d).reshape(t, w, 68, 2), clip.crop_transforms, 224)
+        return float(metrics.nme(px, clip.gt["landmarks68_true"], clip.visible68))
+
+    pretrained, random = raw_nme(loaded), raw_nme(enc.init_encoder(cfg, seed=0))
+    # Measured: 3.5 % vs 23 %.
+    assert pretrained < 8.0 and pretrained < random / 3, (pretrained, random)

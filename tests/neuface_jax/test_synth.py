@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -41,6 +43,20 @@ def test_motion_is_deterministic_and_realistic():
     turns = [np.degrees(np.abs(motion.generate_motion(num_frames=100, n_shape=1, n_expr=1, seed=s)["pose"][:, 1])).max()
              for s in range(8)]
     assert max(turns) > 45.0  # some clips turn past 45°
+
+
+def test_head_turn_never_faster_than_a_third_of_a_second():
+    """The large turn is a Gaussian of width max(T/6, 0.3 s · fps) frames: on a 20-frame clip at 25 fps
+    it spans 7.5 frames (peak speed 55° · e^-½ / 7.5 ≈ 4.4°/frame), not 4 frames (≈ 8.3°/frame)."""
+    turn_only = motion.MotionConfig(yaw_amplitude_deg=0, pitch_amplitude_deg=0, roll_amplitude_deg=0,
+                                    big_turn_probability=1.0)
+    for t, fps, width in [(20, 25.0, 7.5), (90, 25.0, 15.0), (20, 10.0, 20 / 6)]:
+        cfg = dataclasses.replace(turn_only, fps=fps)
+        for seed in range(3):
+            yaw = np.degrees(motion.generate_motion(num_frames=t, n_shape=1, n_expr=1, seed=seed, config=cfg)["pose"][:, 1])
+            peak = 55.0 * np.exp(-0.5) / width  # the Gaussian's steepest slope, degrees per frame
+            speed = np.abs(np.diff(yaw)).max()
+            assert 0.85 * peak < speed <= 1.001 * peak, (t, fps, seed, speed, peak)
 
 
 def test_clip_shapes_and_determinism(clip3):
