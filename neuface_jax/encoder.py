@@ -592,8 +592,12 @@ def load_encoder(path) -> tuple[Encoder, EncoderConfig]:
         config = EncoderConfig.from_dict(meta["config"])
         abstract = nnx.eval_shape(lambda: Encoder(config, rngs=nnx.Rngs(0)))
         graphdef, abstract_state = nnx.split(abstract)
-        restored = ckptr.restore(
-            path, args=ocp.args.Composite(state=ocp.args.StandardRestore(_to_pure_dict(abstract_state)))
-        )["state"]
+        # Explicit target shardings (this process's first device): a checkpoint saved on a CPU
+        # loads on a GPU/TPU host and vice versa, whatever device its metadata names.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), _to_pure_dict(abstract_state)
+        )
+        restored = ckptr.restore(path, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     nnx.replace_by_pure_dict(abstract_state, restored)
     return nnx.merge(graphdef, abstract_state), config
