@@ -415,14 +415,16 @@ class NeuFace(_EqualBySettings):
         c = self._CONTEXT
         return (jnp.zeros(lead + (c, num_views, 3)), jnp.zeros(lead + (c, num_views)))
 
-    def run_epoch(self, state, chunk_list, key, *, packed: bool = False, sharding=None):
+    def run_epoch(self, state, chunk_list, key, *, packed: bool = False, sharding=None, active: int | None = None):
         """One epoch: the chunks in order, one compiled step each. Returns (state, mean stats).
 
         A Python loop over a compiled step rather than ``lax.scan``: XLA:CPU compiles the
         scan body of a conv net several times slower than the same step on its own.
         ``sharding``: where the packed clip axis lives; the empty temporal context is placed
         there too, so that the first step of an epoch sees the same input shardings as the
-        others (one compiled step, not two).
+        others (one compiled step, not two). ``active``: only the first ``active`` chunks hold
+        frames (the rest is bucket padding, whose steps would leave the state unchanged); they
+        are skipped, with the same per-chunk keys as a full epoch.
         """
         step = self.step_fn_packed if packed else self.step_fn
         lead = chunk_list[0].frame_mask.shape[:-2]
@@ -432,7 +434,7 @@ class NeuFace(_EqualBySettings):
         keys = jax.random.split(key, len(chunk_list))
         total = 0.0
         count = 0.0
-        for k, chunk in enumerate(chunk_list):
+        for k, chunk in enumerate(chunk_list[: active or len(chunk_list)]):
             kk = jnp.stack([keys[k]] * lead[0]) if packed else keys[k]
             state, stats, has_data, prev = step(state, chunk, kk, prev, self.face)
             total = total + stats

@@ -119,11 +119,13 @@ def fit_packed(
             states = jax.device_put(states, clip_sharding)
     data = jax.device_put(_stack(padded), clip_sharding)
     chunks = opt.to_chunks(data)
+    # Chunks past every clip's end (bucket padding) would be no-op steps: skipped.
+    active = max(fit_lib.padded_length(t, cfg.chunk_frames) for t in lengths) // cfg.chunk_frames
     base = jax.random.key(cfg.seed)
     for epoch in range(first_epoch, cfg.num_epochs):
         # The same per-clip key sequence as the single-clip path (fit.NeuFace.fit).
         states, mean = opt.run_epoch(
-            states, chunks, jax.random.fold_in(base, epoch), packed=True, sharding=clip_sharding
+            states, chunks, jax.random.fold_in(base, epoch), packed=True, sharding=clip_sharding, active=active
         )
         if progress is not None:
             progress(epoch + 1, np.asarray(mean)[:k])
