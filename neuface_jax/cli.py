@@ -430,6 +430,10 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    # Orbax logs every checkpoint read at INFO through absl; the commands report what matters.
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(USAGE.strip())
         return 0 if len(argv) >= 2 else 2
