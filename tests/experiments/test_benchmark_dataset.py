@@ -39,8 +39,9 @@ def test_tiny_dataset_benchmark_runs(tmp_path):
     assert report["data"]["generated"] == 2
     assert "head" in report["git"] and "modified" in report["git"]
 
-    # The first K's per-length warm-up: the one clip length the bucket warm-up did not see.
-    assert report["per_length_warmup"]["clips"] == 1 and report["per_length_warmup"]["compile_s"] > 0
+    # The first K's per-length warm-up: the one clip length the bucket warm-up did not see (whether it
+    # compiles anything new depends on what earlier work in the process already compiled).
+    assert report["per_length_warmup"]["clips"] == 1 and report["per_length_warmup"]["compile_s"] >= 0
 
     rows = report["results"]
     assert [r["k"] for r in rows] == [1, 2]
