@@ -13,7 +13,8 @@ Pipeline (one clip, one or more synchronized views):
    worker thread, so decoding, detection of the views and the main thread overlap. Results are cached
    per view (``detect.cache_key``: source file identity, box, frames, options, model SHA-256), so a
    re-run only decodes. Frames without the face are invalid: excluded from the landmark loss and from
-   NME, their crops interpolated from the neighbours.
+   NME, their crops interpolated from the neighbours. Points MediaPipe only guesses (the far side of
+   a turned head: ``detect.FaceLandmarks.visible``) get no target (NaN): no landmark loss, no NME.
 3. **Landmark set.** ``landmark_set="ibug68"`` (default): MediaPipe → iBUG-68
    (``landmark_sets.mediapipe_to_ibug68``) against the model's 68-point embedding;
    ``"mediapipe105"``: the points of FLAME's MediaPipe embedding, gathered **by id** from the 478
@@ -25,11 +26,19 @@ Pipeline (one clip, one or more synchronized views):
    average; ``None`` = the per-frame reference boxes). Crops always come from the 68 points, whatever
    the landmark set (the 105 set has no jaw and would crop the chin away). The crop transforms are
    kept, so everything maps back to the original pixels.
-5. **NeuFace.** ``fit.NeuFace`` from a randomly initialized small CPU encoder
-   (``pipeline.default_encoder_config``: predicts all of the model's shape/expression components) at
-   learning rate 1e-3, or from an encoder checkpoint (``encoder=PATH``, ``encoder.load_encoder``) at
-   the reference 2e-5. ``epochs`` defaults to ``DEFAULT_EPOCHS`` = 100, the reference (see there for
-   timings: 1.5–2.5 minutes per shared clip on the 2-core CPU).
+5. **NeuFace.** ``fit.NeuFace`` from an encoder checkpoint (``encoder=PATH``, ``encoder.load_encoder``)
+   or, on the demo head by default, from the packaged pretrained small encoder
+   (``pretrain.packaged_checkpoint()``, trained on renders of the demo head), at learning rate 1e-4
+   for a small encoder (2e-5, the reference, for a ResNet-50); or, with ``encoder="random"``, a FLAME
+   model, or an ``encoder_config`` given, from a randomly initialized small CPU encoder
+   (``pipeline.default_encoder_config``: predicts all of the model's shape/expression components)
+   at 1e-3. On the shared clips the pretrained start mostly fixes the random start's under-rotation
+   of turned heads (``experiments/annotate_encoder_comparison.py``, whole 400-frame wojtek clip, 100
+   epochs: mean |fitted − MediaPipe yaw| 3.2° vs 9.6°, 7.9° vs 24.4° on the frames turned > 25°; NME
+   6.6 vs 7.3 %), although the encoder itself does not transfer to real faces (its untrained yaw
+   does not follow the head): it is a better-conditioned start, not a pose prior. ``epochs``
+   defaults to ``DEFAULT_EPOCHS`` = 100, the reference (see there for timings: 1.5–2.5 minutes per
+   shared clip on the 2-core CPU).
 6. **Outputs** in ``out_dir`` (``write_outputs``; ``params.npz`` and ``metrics.json`` atomically): ``params.npz`` (``export.write_params``: the NeuFace layout and our
    additions), ``metrics.json``, ``overlay.mp4`` (the mesh over the original frames, views tiled
    left to right, detected landmarks as green dots) and optionally ``objs/<view>/frame_%05d.obj``.
@@ -111,9 +120,18 @@ __all__ = [
 #: badly on turned heads (400-frame clip: NME 16 % at 30 epochs, 8.2 % at 100; frontal MEAD: 3.9 % →
 #: 3.3 %).
 DEFAULT_EPOCHS = 100
-#: Learning rates: randomly initialized small encoder vs a loaded (pretrained) checkpoint.
+#: Learning rates: a randomly initialized small encoder; a loaded small-encoder checkpoint (the
+#: packaged pretrained one); any other loaded checkpoint (the reference 2e-5, tuned for DECA's
+#: ResNet-50). For the packaged encoder on the four whole shared clips at 100 epochs
+#: (``experiments/results/annotate_encoder_comparison.json``), 1e-4 had the best mean NME (5.07 %;
+#: random init 5.54, 2e-5 5.42, 3e-4 5.43) and cut the yaw error on every clip; 3e-4 is better on
+#: ≤ 100-frame clips but under-rotates the 400-frame wojtek clip as badly as random init (more
+#: chunks per epoch), 2e-5 fits that clip best (NME 5.2 %) but the frontal clips worst.
 RANDOM_INIT_LR = 1e-3
+PRETRAINED_SMALL_LR = 1e-4
 PRETRAINED_LR = 2e-5
+#: ``encoder=RANDOM_ENCODER`` asks for a randomly initialized encoder even on the demo head.
+RANDOM_ENCODER = "random"
 
 LANDMARK_SETS = ("ibug68", "mediapipe105")
 CONTOURS = ("auto", "static", "dynamic")
@@ -342,8 +360,8 @@ def _open_source(videos, view_names, view_boxes, rng: video_lib.FrameRange, stri
             pp = pathlib.Path(p)
             if not pp.is_file():
                 raise video_lib.VideoError(pp, "no such file")
-            imgs.append(video_lib._read_image(pp)[None])
-        vnames = tuple(names) if names else video_lib._view_names(paths, None)
+            imgs.append(video_lib.read_image(pp)[None])
+        vnames = tuple(names) if names else video_lib.resolve_view_names(paths, None)
         if len(vnames) != len(paths):
             raise ValueError(f"{len(vnames)} view names for {len(paths)} images")
         clip = video_lib.VideoClip(
@@ -383,7 +401,7 @@ def _open_source(videos, view_names, view_boxes, rng: video_lib.FrameRange, stri
         )
     if any(_is_image(p) for p in paths):
         raise ValueError(f"mixing images and videos is not supported: {paths}")
-    vnames = video_lib._view_names(paths, names)
+    vnames = video_lib.resolve_view_names(paths, names)
     if len(paths) == 1:
         info = infos[0]
 
@@ -446,8 +464,8 @@ def _decode_and_detect(
                 continue
             path, box, frames_key = cid
             key = detect_lib.cache_key(path, box=box, frames=frames_key, options=options, model_path=model_path)
-            cache_paths[v] = detect_lib._cache_file(cdir, path, src.view_names[v] if w > 1 or box else None, key)
-            hits[v] = detect_lib._load_cached(cache_paths[v])
+            cache_paths[v] = detect_lib.cache_file(cdir, path, src.view_names[v] if w > 1 or box else None, key)
+            hits[v] = detect_lib.load_cached(cache_paths[v])
     todo = [v for v in range(w) if hits[v] is None]
     signalled = [False]
 
@@ -493,7 +511,7 @@ def _decode_and_detect(
             indices.append(int(index))
             for v in range(w):
                 frames[v].append(fr[v])
-            ts = detect_lib._timestamp_ms(index, src.fps)
+            ts = detect_lib.timestamp_ms(index, src.fps)
             futs = {v: detectors[v].submit(fr[v], ts) for v in todo}
             pending.append((int(index), fr, futs))
             while len(pending) > in_flight:
@@ -556,6 +574,21 @@ def _progress_bar(enabled, desc, total):
 def _close(bar):
     if bar is not None:
         bar.close()
+
+
+def _packaged_encoder(notes: list, say) -> pathlib.Path | None:
+    """The packaged pretrained encoder (the demo head's default), or None with a note when it is missing."""
+    from neuface_jax import pretrain
+
+    try:
+        path = pretrain.packaged_checkpoint()
+    except (AttributeError, FileNotFoundError) as e:
+        msg = f"no packaged pretrained encoder ({e}); using a randomly initialized encoder"
+        say(f"neuface-jax annotate: {msg}")
+        notes.append(msg)
+        return None
+    notes.append("encoder: the packaged pretrained small encoder (trained on demo-head renders; encoder='random' for a random init)")
+    return path
 
 
 def _load_encoder(encoder, model):
@@ -704,12 +737,19 @@ def make_setup(
             f"contour: {face_setup.contour}"
             + (" (MediaPipe's jaw points are fixed on the face: frontal contour row for every frame)" if face_setup.contour == "static" else "")
         )
+    if isinstance(encoder, str) and encoder == RANDOM_ENCODER:
+        encoder = None
+    elif encoder is None and face_setup.is_demo and encoder_config is None:
+        encoder = _packaged_encoder(notes, say)  # None (random init) when the package lacks it
     enc, enc_cfg_loaded = _load_encoder(encoder, model)
     enc_cfg = enc_cfg_loaded or encoder_config or pipeline.default_encoder_config(model)
     if enc is not None and enc_cfg_loaded is None and encoder_config is None:
         raise ValueError("an Encoder object needs its encoder_config (or pass an (Encoder, EncoderConfig) pair)")
     if learning_rate is None:
-        learning_rate = PRETRAINED_LR if enc is not None else RANDOM_INIT_LR
+        if enc is None:
+            learning_rate = RANDOM_INIT_LR
+        else:
+            learning_rate = PRETRAINED_SMALL_LR if enc_cfg.arch == "small" else PRETRAINED_LR
     if fit_config is None:
         fit_config = fit_lib.FitConfig(
             num_epochs=int(epochs), chunk_frames=int(chunk_frames), learning_rate=float(learning_rate), seed=int(seed)
@@ -777,8 +817,9 @@ class PreparedClip:
 
 
 def read_precomputed_landmarks(path, view_names: Sequence[str], frame_indices: np.ndarray, label: str):
-    """68-point landmarks from a file instead of MediaPipe: ``(points [T, W, 68, 2] px, NaN = invisible,
-    valid [T, W])`` for the decoded frames.
+    """68-point landmarks from a file instead of MediaPipe, for the decoded frames:
+    ``(points [T, W, 68, 2] px, targets [T, W, 68, 2] px with NaN where invisible, valid [T, W])``.
+    ``points`` (all 68, occluded ones included) place the crops; ``targets`` are fitted.
 
     The file is an ``.npz`` with ``landmarks68`` ``[N, W, 68, 2]`` (pixels of each view), optional
     ``visible68`` ``[N, W, 68]`` and ``valid`` ``[N, W]``, and ``view_names`` — the ``landmarks.npz``
@@ -819,9 +860,9 @@ def read_precomputed_landmarks(path, view_names: Sequence[str], frame_indices: n
     valid = np.ones(pts.shape[:2], bool)
     if "valid" in arrays:
         valid = np.asarray(arrays["valid"], bool)[idx][:, order]
-    valid &= np.isfinite(pts).all(-1).any(-1)
-    pts = np.where((vis & valid[..., None])[..., None], pts, np.nan)
-    return pts, valid
+    valid &= np.isfinite(pts).all(-1).all(-1)
+    pts = np.where(valid[..., None, None], pts, np.nan)
+    return pts, np.where((vis & valid[..., None])[..., None], pts, np.nan), valid
 
 
 def _decode_frames(src: _Source, bar=None, prefetch_size: int = 8):
@@ -884,7 +925,7 @@ def prepare(
     t0 = time.perf_counter()
     if landmarks_file is not None and face_setup.landmark_set != "ibug68":
         raise ValueError(f"precomputed 68-point landmarks ({landmarks_file}) need landmark_set='ibug68'")
-    rng = video_lib._frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    rng = video_lib.frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
     src = _open_source(videos, view_names, view_boxes, rng, strict, fps)
     if label:
         src = dataclasses.replace(src, label=str(label))
@@ -900,8 +941,9 @@ def prepare(
         if landmarks_file is not None:
             view_frames, frame_indices = _decode_frames(src, bar)
             cached = [True] * w
-            pts68, valid = read_precomputed_landmarks(landmarks_file, src.view_names, frame_indices, src.label)
-            target_px = pts68
+            pts68, target_px, valid = read_precomputed_landmarks(
+                landmarks_file, src.view_names, frame_indices, src.label
+            )
             if valid.any() and on_first_face is not None:
                 on_first_face()
         else:
@@ -917,6 +959,9 @@ def prepare(
             points478 = np.stack([l.xy for l in lmks], axis=1).astype(np.float64)  # [T, W, 478, 2]
             pts68 = landmark_sets.mediapipe_to_ibug68(points478)
             target_px = points478[:, :, face_setup.landmark_ids]  # [T, W, L, 2], gathered by MediaPipe id
+            # Far-side guesses of a turned head (detect.FaceLandmarks.visible): no target, no NME.
+            seen = np.stack([l.visible for l in lmks], axis=1)[:, :, face_setup.landmark_ids]  # [T, W, L]
+            target_px = np.where(seen[..., None], target_px, np.nan)
     finally:
         _close(bar)
     seconds["decode_detect"] = time.perf_counter() - t0
@@ -1147,13 +1192,16 @@ def annotate(
         (DECA's yaw rule); see the module docstring.
       face_landmarker: the MediaPipe model file (else ``$NEUFACE_FACE_LANDMARKER`` or the user cache).
       epochs, chunk_frames, learning_rate: NeuFace settings (lr None → 1e-3 for a random encoder,
-        2e-5 with a loaded checkpoint).
+        1e-4 for a loaded small encoder, such as the packaged one, 2e-5 for a loaded ResNet-50).
       frames / start / end / start_s / end_s / stride: frame selection (``video.FrameRange``).
       fps: frame rate for frame folders and images (videos carry their own).
       strict: views of different lengths / frame rates are an error instead of a warning.
       crop_smoothing, smoothing_window: temporal smoothing of the crop boxes (None = per-frame).
       encoder: an orbax checkpoint folder (``encoder.save_encoder``), an ``(Encoder, EncoderConfig)``
-        pair, or None (random init of ``encoder_config``, default ``pipeline.default_encoder_config``).
+        pair, ``"random"`` (random init of ``encoder_config``, default
+        ``pipeline.default_encoder_config``), or None: on the demo head (no ``flame_model``) without an
+        ``encoder_config``, the packaged pretrained encoder (``pretrain.packaged_checkpoint()``);
+        otherwise random init.
       fit_config: a full ``fit.FitConfig`` (overrides epochs / chunk_frames / learning_rate / seed).
       write_video, write_objs: write ``overlay.mp4`` / ``objs/``.
       cache_dir, use_cache: the landmark cache (default ``~/.cache/neuface_jax/landmarks``).
@@ -1198,7 +1246,7 @@ def annotate(
     src0 = None
     if warm_compile:
         # Shapes are needed before the clip is prepared; opening the source only probes headers.
-        rng0 = video_lib._frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+        rng0 = video_lib.frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
         src0 = _open_source(videos, view_names, view_boxes, rng0, strict, fps)
     clip = prepare(
         setup, videos, view_names=view_names, view_boxes=view_boxes, frames=frames, start=start, end=end,
@@ -1263,6 +1311,8 @@ def _metrics(result, face, setup: _FaceSetup, *, crop_m, target_px, valid, crop_
     t, w = valid.shape
     keep = [v for v in range(w) if valid[:, v].any()]
     vis = np.isfinite(target_px).all(-1) & valid[..., None]
+    # NME divides by the detected eye-corner distance: frames with a hidden (NaN) eye corner are left out.
+    vis &= np.isfinite(target_px[..., list(setup.eye_idx), :]).all((-1, -2))[..., None]
     pred_px = pipeline.landmarks_to_pixels(result.landmarks2d, crop_m, crop_size)
     li, ri = setup.eye_idx
 

@@ -224,9 +224,11 @@ def annotate_main(argv: list[str]) -> int:
     i("epochs", annotate_lib.DEFAULT_EPOCHS, "NeuFace epochs (the reference 100: 1.5-2.5 min per shared clip on "
       "the 2-core CPU).", flag_values=fv)
     i("chunk_frames", 20, "Frames per chunk (reference: 20).", flag_values=fv)
-    f("lr", None, "Learning rate (default 1e-3 for the random small encoder, 2e-5 with --encoder).", flag_values=fv)
-    s("encoder", None, "Encoder checkpoint folder (encoder.save_encoder, orbax); default: a randomly initialized "
-      "small encoder.", flag_values=fv)
+    f("lr", None, "Learning rate (default 1e-4 from the packaged or another small checkpoint, 2e-5 from a "
+      "ResNet-50 checkpoint, 1e-3 from a random encoder).", flag_values=fv)
+    s("encoder", None, "Encoder checkpoint folder (encoder.save_encoder, orbax), or 'random'; default: the packaged "
+      "pretrained small encoder on the demo head, a randomly initialized small encoder with a FLAME model.",
+      flag_values=fv)
     i("start", None, "First frame (0-based).", flag_values=fv)
     i("end", None, "End frame (exclusive).", flag_values=fv)
     f("start_s", None, "Start time in seconds.", flag_values=fv)

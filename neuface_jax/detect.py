@@ -6,8 +6,13 @@
   and checks its SHA-256 (``neuface-jax fetch-models``, or ``python -m neuface_jax.detect fetch-models``).
 * **Detection.** One ``FaceLandmarker`` per view (VIDEO mode keeps tracking state and needs increasing
   timestamps). Output per clip view: ``FaceLandmarks`` with points ``[T, 478, 3]`` in the view's pixels,
-  a validity mask ``[T]`` (frames without the tracked face are invalid; their points are zeros) and
-  the source frame indices.
+  a validity mask ``[T]`` (frames without the tracked face are invalid; their points are zeros),
+  a per-landmark visibility mask ``[T, 478]`` and the source frame indices.
+* **Far-side guesses.** On a strongly turned head MediaPipe still returns all 478 points; those on
+  the far side of the face are guesses. ``FaceLandmarks.visible`` marks them False: the canonical
+  mesh's normals, turned by the head rotation fitted to MediaPipe's own 3D output, must face the
+  camera (``landmark_sets.landmark_visibility``). Fitting code drops invisible points from the
+  landmark loss.
 * **Several faces.** The first face is the one with the best size/centrality score; later frames take
   the candidate nearest the previous choice (within ``max_jump`` face sizes), so the identity stays
   consistent. A track lost for more than ``reacquire_s`` seconds is re-acquired by the initial rule.
@@ -40,6 +45,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from neuface_jax import landmark_sets
 from neuface_jax import video as video_lib
 
 __all__ = [
@@ -65,7 +71,11 @@ __all__ = [
     "detect_clip",
     "prefetch",
     "cache_key",
+    "cache_file",
+    "load_cached",
+    "timestamp_ms",
     "default_landmark_cache_dir",
+    "CACHE_VERSION",
 ]
 
 MODEL_URL = (
@@ -76,7 +86,9 @@ MODEL_ENV_VAR = "NEUFACE_FACE_LANDMARKER"
 MODEL_FILENAME = "face_landmarker.task"
 FETCH_COMMAND = "neuface-jax fetch-models"
 NUM_LANDMARKS = 478
-_CACHE_VERSION = 1
+#: Version of the cached landmark files (part of the cache key). 2: files carry ``visible``.
+CACHE_VERSION = 2
+_CACHE_VERSION = CACHE_VERSION
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -393,6 +405,9 @@ class FaceLandmarks:
       num_faces: ``int16 [T]`` faces MediaPipe returned in each frame.
       fps: source frame rate.
       name: clip/view name used in messages.
+      visible: ``bool [T, 478]``: the landmark is seen, not a far-side guess (False on invalid
+        frames). Computed from ``points`` by ``landmark_sets.landmark_visibility`` when not given;
+        a given mask is kept (and-ed with ``valid``).
     """
 
     points: np.ndarray
@@ -402,6 +417,7 @@ class FaceLandmarks:
     num_faces: np.ndarray
     fps: float = 25.0
     name: str = "clip"
+    visible: np.ndarray | None = None
 
     def __post_init__(self):
         self.points = np.asarray(self.points, np.float32)
@@ -414,6 +430,13 @@ class FaceLandmarks:
             raise ValueError(f"{self.name}: points must be [{t}, {NUM_LANDMARKS}, 3], got {self.points.shape}")
         if self.frame_indices.shape[0] != t or self.num_faces.shape[0] != t:
             raise ValueError(f"{self.name}: frame_indices/num_faces need {t} entries")
+        if self.visible is None:
+            self.visible = landmark_sets.landmark_visibility(self.points, self.valid)
+        else:
+            self.visible = np.asarray(self.visible, bool)
+            if self.visible.shape != (t, NUM_LANDMARKS):
+                raise ValueError(f"{self.name}: visible must be [{t}, {NUM_LANDMARKS}], got {self.visible.shape}")
+            self.visible = self.visible & self.valid[:, None]
 
     @property
     def num_frames(self) -> int:
@@ -428,6 +451,16 @@ class FaceLandmarks:
     def valid_fraction(self) -> float:
         return float(self.valid.mean()) if self.num_frames else 0.0
 
+    @property
+    def visible_xy(self) -> np.ndarray:
+        """``[T, 478, 2]`` pixel positions with NaN where the point is not visible (or the frame invalid)."""
+        return np.where(self.visible[..., None], self.xy, np.nan).astype(np.float32)
+
+    def with_visibility(self, min_facing: float = landmark_sets.DEFAULT_MIN_FACING) -> "FaceLandmarks":
+        """A copy whose ``visible`` is recomputed with another ``min_facing`` margin."""
+        vis = landmark_sets.landmark_visibility(self.points, self.valid, min_facing=min_facing)
+        return dataclasses.replace(self, visible=vis)
+
     def to_npz_dict(self) -> dict:
         return dict(
             points=self.points,
@@ -437,6 +470,7 @@ class FaceLandmarks:
             num_faces=self.num_faces,
             fps=np.float64(self.fps),
             name=np.str_(self.name),
+            visible=self.visible,
         )
 
     @classmethod
@@ -449,6 +483,7 @@ class FaceLandmarks:
             num_faces=data["num_faces"],
             fps=float(data["fps"]),
             name=str(data["name"]),
+            visible=data["visible"] if "visible" in getattr(data, "files", data) else None,
         )
 
     def save(self, path) -> None:
@@ -472,8 +507,16 @@ class FaceLandmarks:
 # Detection loops
 
 
-def _timestamp_ms(index: int, fps: float) -> int:
+def timestamp_ms(index: int, fps: float) -> int:
+    """MediaPipe VIDEO-mode timestamp of source frame ``index``: ``round(index · 1000 / fps)`` ms.
+
+    An unknown or non-positive ``fps`` counts as 25. Strided selections keep their source times,
+    so timestamps still increase (``FaceLandmarker.detect`` also forces them to increase).
+    """
     return int(round(index * 1000.0 / (fps if fps and fps > 0 else 25.0)))
+
+
+_timestamp_ms = timestamp_ms  # the former private name, kept for existing callers
 
 
 def iter_detect(
@@ -496,7 +539,7 @@ def iter_detect(
     tracker = FaceTracker(options, fps)
     with FaceLandmarker(model_path, options) as lm:
         for index, frame in frames:
-            faces = lm.detect(frame, _timestamp_ms(index, fps))
+            faces = lm.detect(frame, timestamp_ms(index, fps))
             k = tracker.choose(faces, index, (frame.shape[1], frame.shape[0]))
             yield index, frame, (None if k is None else faces[k]), int(faces.shape[0])
 
@@ -586,7 +629,7 @@ def cache_key(source, *, box=None, frames, options: LandmarkerOptions, model_pat
     """
     model = pathlib.Path(model_path)
     payload = {
-        "version": _CACHE_VERSION,
+        "version": CACHE_VERSION,
         "source": _source_stat(source),
         "box": None if box is None else [int(v) for v in box],
         "frames": frames,
@@ -607,17 +650,35 @@ def _cached_sha256(path: pathlib.Path) -> str:
     return _SHA_MEMO[k]
 
 
-def _cache_file(cache_dir, source, view: str | None, key: str) -> pathlib.Path:
+def cache_file(cache_dir, source, view: str | None, key: str) -> pathlib.Path:
+    """Path of a cached detection result: ``<cache_dir>/<source stem>[-<view>]-<key[:20]>.npz``.
+
+    Args:
+      cache_dir: the landmark cache folder (``default_landmark_cache_dir()`` by default elsewhere).
+      source: the source video or image file (its stem names the file; unsafe characters → ``_``).
+      view: the view's name when the source holds several views (a box of a composite), else None.
+      key: ``cache_key(...)`` of the result.
+    """
     stem = pathlib.Path(source).stem + (f"-{view}" if view else "")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80]
     return pathlib.Path(cache_dir) / f"{safe}-{key[:20]}.npz"
+
+
+_cache_file = cache_file  # the former private name, kept for existing callers
 
 
 def default_landmark_cache_dir() -> pathlib.Path:
     return default_cache_dir() / "landmarks"
 
 
-def _load_cached(path: pathlib.Path) -> FaceLandmarks | None:
+def load_cached(path) -> FaceLandmarks | None:
+    """The cached ``FaceLandmarks`` at ``path``, or None when there is none.
+
+    A damaged or unreadable file is not fatal: it warns and returns None, so the caller detects
+    again (and overwrites it). Files written before ``visible`` existed have a different cache key
+    (``CACHE_VERSION``) and are not found; if read directly, their visibility is computed.
+    """
+    path = pathlib.Path(path)
     if not path.is_file():
         return None
     try:
@@ -625,6 +686,9 @@ def _load_cached(path: pathlib.Path) -> FaceLandmarks | None:
     except Exception as e:  # a damaged cache entry is recomputed, never fatal
         warnings.warn(f"ignoring unreadable landmark cache {path}: {e}", stacklevel=3)
         return None
+
+
+_load_cached = load_cached  # the former private name, kept for existing callers
 
 
 # ----------------------------------------------------------------------------------------------
@@ -665,7 +729,7 @@ def detect_video(
       VideoError: unreadable or truncated video.
       NoFaceError: no face in any selected frame (``require_face``), naming the video.
     """
-    rng = video_lib._frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    rng = video_lib.frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
     options = options or LandmarkerOptions()
     model = resolve_model_path(model_path)
     info = video_lib.probe_video(path)
@@ -673,8 +737,8 @@ def detect_video(
     cache_path = None
     if use_cache:
         key = cache_key(path, box=box, frames=dataclasses.asdict(rng), options=options, model_path=model)
-        cache_path = _cache_file(cache_dir or default_landmark_cache_dir(), path, view_name, key)
-        hit = _load_cached(cache_path)
+        cache_path = cache_file(cache_dir or default_landmark_cache_dir(), path, view_name, key)
+        hit = load_cached(cache_path)
         if hit is not None:
             _check_faces(hit, require_face)
             return hit
@@ -720,8 +784,8 @@ def detect_clip(
         cache_path = None
         if use_cache and src and pathlib.Path(src).is_file():
             key = cache_key(src, box=box, frames=clip.frame_indices.tolist(), options=options, model_path=model)
-            cache_path = _cache_file(cache_dir or default_landmark_cache_dir(), src, name, key)
-            hit = _load_cached(cache_path)
+            cache_path = cache_file(cache_dir or default_landmark_cache_dir(), src, name, key)
+            hit = load_cached(cache_path)
             if hit is not None:
                 _check_faces(hit, require_face)
                 out[name] = hit

@@ -48,6 +48,14 @@ __all__ = [
     "write_video",
     "pad_to_even",
     "ffmpeg_exe",
+    "frame_range",
+    "read_image",
+    "resolve_view_names",
+    "check_file",
+    "spawn",
+    "parse_header",
+    "last_lines",
+    "scan_frame_folder",
 ]
 
 #: File extensions read as still frames by ``read_frame_folder``.
@@ -145,12 +153,32 @@ class FrameRange:
         return np.arange(start, max(start, end), int(self.stride), dtype=np.int64)
 
 
-def _frame_range(frames: FrameRange | None, **kwargs) -> FrameRange:
+def frame_range(
+    frames: FrameRange | None = None,
+    *,
+    start: int | None = None,
+    end: int | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    stride: int = 1,
+) -> FrameRange:
+    """The ``FrameRange`` of a reader's arguments: ``frames`` itself, or one built from the rest.
+
+    Every reader takes either ``frames=FrameRange(...)`` or the loose ``start`` / ``end`` (frames,
+    end exclusive), ``start_s`` / ``end_s`` (seconds) and ``stride``; this resolves the two forms.
+
+    Raises:
+      ValueError: ``frames`` is given together with any loose argument (or a stride other than 1),
+        or a loose argument is invalid (negative, stride < 1).
+    """
     if frames is not None:
-        if any(v is not None for k, v in kwargs.items() if k != "stride") or kwargs.get("stride", 1) != 1:
+        if any(v is not None for v in (start, end, start_s, end_s)) or stride != 1:
             raise ValueError("give either frames=FrameRange(...) or start/end/start_s/end_s/stride, not both")
         return frames
-    return FrameRange(**kwargs)
+    return FrameRange(start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+
+
+_frame_range = frame_range  # the former private name, kept for existing callers
 
 
 @dataclasses.dataclass
@@ -248,7 +276,12 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def _check_file(path) -> pathlib.Path:
+def check_file(path) -> pathlib.Path:
+    """``path`` as a ``pathlib.Path`` after checking it is an existing, non-empty file.
+
+    Raises:
+      VideoError: naming the path when it is missing, a folder or empty.
+    """
     p = pathlib.Path(path)
     if not p.exists():
         raise VideoError(p, "no such file")
@@ -259,11 +292,20 @@ def _check_file(path) -> pathlib.Path:
     return p
 
 
-def _spawn(cmd, **kwargs) -> subprocess.Popen:
-    # close_fds=False lets CPython use posix_spawn instead of fork: no fork of a multithreaded
-    # process (JAX, MediaPipe, prefetch threads) and no at-fork warnings. Python's own descriptors
-    # are non-inheritable, so nothing leaks into ffmpeg.
+_check_file = check_file  # the former private name, kept for existing callers
+
+
+def spawn(cmd, **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen(cmd, **kwargs)`` the way this module starts ffmpeg.
+
+    ``close_fds=False`` lets CPython use posix_spawn instead of fork: no fork of a multithreaded
+    process (JAX, MediaPipe, prefetch threads) and no at-fork warnings. Python's own descriptors
+    are non-inheritable, so nothing leaks into the child.
+    """
     return subprocess.Popen(cmd, close_fds=False, **kwargs)
+
+
+_spawn = spawn  # the former private name, kept for existing callers
 
 
 _RE_DURATION = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
@@ -275,11 +317,20 @@ _RE_TBR = re.compile(r"([\d.]+)(k?) tbr")
 _RE_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
 
 
-def _parse_header(path: pathlib.Path, text: str) -> VideoInfo:
+def parse_header(path, text: str) -> VideoInfo:
+    """``VideoInfo`` of the first video stream in ffmpeg's stderr text (``ffmpeg -i ...``).
+
+    Reads the stream's codec, frame size (sides swapped for a ±90° display rotation, which
+    ffmpeg applies on decode), frame rate (fps, else tbr; 0 when unknown) and the duration.
+
+    Raises:
+      VideoError: naming ``path`` when the text has no video stream or no frame size.
+    """
+    path = pathlib.Path(path)
     lines = text.splitlines()
     vi = next((i for i, ln in enumerate(lines) if _RE_VIDEO.search(ln)), None)
     if vi is None:
-        raise VideoError(path, f"not a readable video ({_last_lines(text)})")
+        raise VideoError(path, f"not a readable video ({last_lines(text)})")
     m = _RE_VIDEO.search(lines[vi])
     rest = m.group("rest")
     size = _RE_SIZE.search(rest)
@@ -304,14 +355,17 @@ def _parse_header(path: pathlib.Path, text: str) -> VideoInfo:
     return VideoInfo(path=str(path), width=w, height=h, fps=fps, duration_s=duration, codec=m.group("codec"))
 
 
+_parse_header = parse_header  # the former private name, kept for existing callers
+
+
 def probe_video(path) -> VideoInfo:
     """Reads a video's header with ffmpeg (``ffmpeg -i``), without decoding.
 
     Raises:
       VideoError: the file is missing, empty, not a video, or has no video stream.
     """
-    p = _check_file(path)
-    proc = _spawn(
+    p = check_file(path)
+    proc = spawn(
         [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(p)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -322,13 +376,17 @@ def probe_video(path) -> VideoInfo:
     # ffmpeg exits 1 here ("At least one output file must be specified"); errors opening the
     # input show up in the text.
     if "Error opening input" in text or "Invalid data found" in text or "moov atom not found" in text:
-        raise VideoError(p, f"not a readable video ({_last_lines(text)})")
-    return _parse_header(p, text)
+        raise VideoError(p, f"not a readable video ({last_lines(text)})")
+    return parse_header(p, text)
 
 
-def _last_lines(text: str, n: int = 3) -> str:
+def last_lines(text: str, n: int = 3) -> str:
+    """The last ``n`` non-empty lines of a tool's message joined with `` | `` (for error messages)."""
     lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip() and not ln.startswith("===")]
     return " | ".join(lines[-n:]) if lines else "no message"
+
+
+_last_lines = last_lines  # the former private name, kept for existing callers
 
 
 def iter_video_frames(
@@ -356,7 +414,7 @@ def iter_video_frames(
       VideoError: unreadable file; no frames in the requested range; or a truncated/corrupt stream
         (ffmpeg reports a partial file or fails) reached while decoding the range.
     """
-    rng = _frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    rng = frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
     info = info or probe_video(path)
     first, last = rng.bounds(info.fps)
     w, h = info.width, info.height
@@ -365,7 +423,7 @@ def iter_video_frames(
     if last is not None:
         cmd += ["-frames:v", str(max(last, 1))]
     cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-    proc = _spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err_chunks: list[bytes] = []
     err_thread = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
     err_thread.start()
@@ -381,17 +439,17 @@ def iter_video_frames(
                 err_thread.join()
                 err = _err(err_chunks)
                 if rc != 0:
-                    raise VideoError(info.path, f"ffmpeg failed after {index + 1} frames ({_last_lines(err)})")
+                    raise VideoError(info.path, f"ffmpeg failed after {index + 1} frames ({last_lines(err)})")
                 if any(m in err for m in _TRUNCATION_MARKERS):
                     raise VideoError(
                         info.path,
-                        f"truncated or corrupt video: decoding stopped after {index + 1} frames ({_last_lines(err)})",
+                        f"truncated or corrupt video: decoding stopped after {index + 1} frames ({last_lines(err)})",
                     )
                 break
             if got != nbytes:
                 proc.wait()
                 err_thread.join()
-                raise VideoError(info.path, f"truncated frame {index + 1} ({_last_lines(_err(err_chunks))})")
+                raise VideoError(info.path, f"truncated frame {index + 1} ({last_lines(_err(err_chunks))})")
             index += 1
             if index >= first and (index - first) % rng.stride == 0:
                 yielded += 1
@@ -447,7 +505,7 @@ def read_video(
     Raises:
       VideoError: unreadable, empty or truncated file, naming it.
     """
-    rng = _frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    rng = frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
     info = probe_video(path)
     idx, imgs = [], []
     for i, frame in iter_video_frames(path, frames=rng, info=info):
@@ -463,7 +521,15 @@ def read_video(
     )
 
 
-def _view_names(paths: Sequence, view_names: Sequence[str] | None) -> tuple[str, ...]:
+def resolve_view_names(paths: Sequence, view_names: Sequence[str] | None = None) -> tuple[str, ...]:
+    """One name per input: ``view_names`` checked against ``paths``, or names from the file stems.
+
+    Without ``view_names`` each path's stem is its view's name; when two stems coincide (e.g.
+    ``cam0/video.mp4`` and ``cam1/video.mp4``) the views are named ``view0``, ``view1``, ...
+
+    Raises:
+      ValueError: ``view_names`` has a different length than ``paths``.
+    """
     if view_names is None:
         names = [pathlib.Path(p).stem for p in paths]
         if len(set(names)) != len(names):
@@ -472,6 +538,9 @@ def _view_names(paths: Sequence, view_names: Sequence[str] | None) -> tuple[str,
     if len(view_names) != len(paths):
         raise ValueError(f"{len(view_names)} view names for {len(paths)} videos")
     return tuple(str(v) for v in view_names)
+
+
+_view_names = resolve_view_names  # the former private name, kept for existing callers
 
 
 def _align_lengths(lengths: Mapping[str, int], strict: bool, what: str) -> int:
@@ -515,8 +584,8 @@ def read_videos(
         paths = [paths]
     if not paths:
         raise ValueError("no videos given")
-    names = _view_names(paths, view_names)
-    rng = _frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    names = resolve_view_names(paths, view_names)
+    rng = frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
     infos = [probe_video(p) for p in paths]
     fps = infos[0].fps
     for name, inf in zip(names, infos):
@@ -559,7 +628,7 @@ def iter_synchronized(
     Stops at the shortest view. A length mismatch is only known at the end: it then warns, or
     raises ``ValueError`` under ``strict`` after the common frames were yielded.
     """
-    rng = _frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    rng = frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
     infos = [probe_video(p) for p in paths]
     fps = infos[0].fps
     its = [iter_video_frames(p, frames=rng, info=dataclasses.replace(inf, fps=fps or inf.fps)) for p, inf in zip(paths, infos)]
@@ -594,15 +663,26 @@ def _number_in(stem: str) -> int | None:
     return int(nums[-1]) if nums else None
 
 
-def _scan_folder(folder: pathlib.Path, pattern: str | None) -> dict[str, dict[int, pathlib.Path]]:
-    """Maps view name → {frame number: file}."""
+def scan_frame_folder(folder, pattern: str | None = None) -> dict[str, dict[int, pathlib.Path]]:
+    """The frames of a frame folder without reading them: view name → {frame number: image file}.
+
+    Layouts (as ``read_frame_folder``): files matching ``pattern`` (a regex with optional named
+    groups ``index`` and ``view``; default ``MEAD_FRAME_PATTERN``, ``img_%04d_<view>``); plain
+    numbered images (one view named after the folder; the last number in the name is the frame
+    number); or one sub-folder per view holding numbered images.
+
+    Raises:
+      VideoError: a file name without a frame number, two files with the same number and view, or
+        a view sub-folder holding several views.
+    """
+    folder = pathlib.Path(folder)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
     views: dict[str, dict[int, pathlib.Path]] = {}
     if not files and subdirs:
         # One sub-folder per view, plain numbered frames inside.
         for d in subdirs:
-            sub = _scan_folder(d, pattern)
+            sub = scan_frame_folder(d, pattern)
             if sub:
                 if len(sub) != 1:
                     raise VideoError(d, "a view sub-folder must hold a single view's frames")
@@ -633,9 +713,24 @@ def _scan_folder(folder: pathlib.Path, pattern: str | None) -> dict[str, dict[in
     return views
 
 
-def _read_image(path: pathlib.Path) -> np.ndarray:
+_scan_folder = scan_frame_folder  # the former private name, kept for existing callers
+
+
+def read_image(path) -> np.ndarray:
+    """Reads one still image (JPEG, PNG, ... through Pillow) as RGB ``uint8 [H, W, 3]``.
+
+    Grey images are repeated to three channels, an alpha channel is dropped and 16-bit images are
+    reduced to 8 bits.
+
+    Raises:
+      VideoError: naming the file when it is missing, empty, not a readable image, or of an
+        unsupported shape or dtype.
+    """
     import imageio.v3 as iio
 
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise VideoError(path, "no such file")
     if path.stat().st_size == 0:
         raise VideoError(path, "file is empty")
     try:
@@ -652,6 +747,9 @@ def _read_image(path: pathlib.Path) -> np.ndarray:
         else:
             raise VideoError(path, f"unsupported image dtype {img.dtype}")
     return np.ascontiguousarray(img[..., :3])
+
+
+_read_image = read_image  # the former private name, kept for existing callers
 
 
 def read_frame_folder(
@@ -693,8 +791,8 @@ def read_frame_folder(
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise VideoError(folder, "no such folder")
-    rng = _frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
-    views = _scan_folder(folder, pattern)
+    rng = frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    views = scan_frame_folder(folder, pattern)
     if not views:
         raise VideoError(folder, f"no frames found (image files {', '.join(IMAGE_EXTENSIONS)})")
     if view_names is None:
@@ -716,7 +814,7 @@ def read_frame_folder(
     nums = [common[i] for i in pos]
     per_view = []
     for v in names:
-        imgs = [_read_image(views[v][k]) for k in nums]
+        imgs = [read_image(views[v][k]) for k in nums]
         shapes = {im.shape for im in imgs}
         if len(shapes) != 1:
             raise VideoError(views[v][nums[0]].parent, f"view {v!r} frames differ in size: {sorted(shapes)}")
@@ -847,7 +945,7 @@ class VideoWriter:
         if self.codec == "libx264":
             cmd += ["-crf", str(self.crf), "-preset", self.preset]
         cmd += ["-movflags", "+faststart", str(self.path)]
-        self._proc = _spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._proc = spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._err_thread = threading.Thread(target=lambda: self._err.append(self._proc.stderr.read()), daemon=True)
         self._err_thread.start()
         self.size = size
@@ -874,7 +972,7 @@ class VideoWriter:
             self._proc.stdin.write(memoryview(frame).cast("B"))
         except (BrokenPipeError, OSError) as e:
             self._finish()
-            raise VideoError(self.path, f"ffmpeg stopped accepting frames ({_last_lines(_err(self._err))})") from e
+            raise VideoError(self.path, f"ffmpeg stopped accepting frames ({last_lines(_err(self._err))})") from e
         self.num_frames += 1
 
     def extend(self, frames: Iterable[np.ndarray]) -> None:
@@ -898,7 +996,7 @@ class VideoWriter:
         """Finishes the file; raises ``VideoError`` if ffmpeg failed."""
         rc = self._finish()
         if rc != 0:
-            raise VideoError(self.path, f"ffmpeg failed writing the video ({_last_lines(_err(self._err))})")
+            raise VideoError(self.path, f"ffmpeg failed writing the video ({last_lines(_err(self._err))})")
 
     def __enter__(self) -> "VideoWriter":
         return self

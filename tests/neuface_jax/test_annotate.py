@@ -99,6 +99,25 @@ def test_resolve_face_model_sets_and_contours():
         annotate_lib.resolve_face_model(landmark_embedding=auto.embedding, landmark_set="mediapipe105")
 
 
+def test_default_encoder_is_the_packaged_one_on_the_demo_head():
+    from neuface_jax import pretrain
+
+    kw = dict(need_landmarker=False, log=None)
+    packaged = pretrain.packaged_checkpoint()
+    s = annotate_lib.make_setup(**kw)
+    assert s.encoder is not None and s.encoder_label == str(packaged)
+    assert s.encoder_config.arch == "small" and s.fit_config.learning_rate == annotate_lib.PRETRAINED_SMALL_LR == 1e-4
+    assert any("packaged pretrained" in n for n in s.notes)
+    # Opting out, or asking for a specific architecture: a random start at 1e-3.
+    r = annotate_lib.make_setup(encoder="random", **kw)
+    assert r.encoder is None and r.encoder_label == "random init" and r.fit_config.learning_rate == 1e-3
+    t = annotate_lib.make_setup(encoder_config=_tiny_encoder_config(), **kw)
+    assert t.encoder is None and t.encoder_config.image_size == 32
+    # An explicit checkpoint and an explicit lr are kept.
+    e = annotate_lib.make_setup(encoder=packaged, learning_rate=2e-5, **kw)
+    assert e.encoder is not None and e.fit_config.learning_rate == 2e-5
+
+
 def test_parse_view_boxes():
     assert annotate_lib.parse_view_boxes("0:0:247:360,0:360:247:720") == {
         "view0": (0, 0, 247, 360), "view1": (0, 360, 247, 720)
@@ -173,6 +192,23 @@ def test_annotate_monocular_clip(shared_data, landmarker_model, tmp_path):
     s2 = _run(shared_data, landmarker_model, tmp_path, shared_data / MEAD, end=24, stride=2, write_video=False,
               out_dir=tmp_path / "out2")
     assert s2["throughput"]["detection_cached"]
+
+
+@pytest.mark.shared_data
+def test_far_side_guesses_get_no_target(shared_data, landmarker_model, tmp_path):
+    # wojtek frames 150-170: the head is turned far to the image right; MediaPipe still returns the
+    # far-side jaw points (guesses), which must not be landmark targets.
+    s = _run(shared_data, landmarker_model, tmp_path, shared_data / "videos/metrical_tracker_wojtek.mp4",
+             start=150, end=174, stride=4, write_video=False)
+    lmk = detect.detect_video(shared_data / "videos/metrical_tracker_wojtek.mp4", model_path=landmarker_model,
+                              start=150, end=174, stride=4, cache_dir=tmp_path / "cache")
+    assert s["num_frames"] == 6 and lmk.valid.all()
+    with np.load(tmp_path / "out" / "params.npz") as p:
+        mask = p["landmarks_mask"]  # [T, 68]
+    np.testing.assert_array_equal(mask, lmk.visible[:, ls.MEDIAPIPE_TO_IBUG68])
+    assert not mask[:, 11:17].any()  # far-side jaw (image right)
+    assert mask[:, :8].all() and mask[:, 17:26].all()  # near-side jaw, brows, ...
+    assert np.isfinite(s["metrics"]["nme_percent"])
 
 
 @pytest.mark.shared_data

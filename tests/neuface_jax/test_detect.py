@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pathlib
 import threading
@@ -355,3 +356,95 @@ def test_detection_runs_in_background_thread(shared_data, landmarker_model):
     out = list(detect.prefetch(detect.iter_detect(frames, fps=25.0, model_path=landmarker_model), size=2))
     assert [o[0] for o in out] == [0, 1, 2]
     assert all(o[2] is not None and o[2].shape == (478, 3) and o[3] == 1 for o in out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public helpers, per-landmark visibility (far-side guesses) and its cache
+
+
+def test_public_helpers_keep_private_aliases():
+    assert detect.cache_file is detect._cache_file and detect.load_cached is detect._load_cached
+    assert detect.timestamp_ms is detect._timestamp_ms
+    for name in ("cache_file", "load_cached", "timestamp_ms", "CACHE_VERSION"):
+        assert name in detect.__all__
+    assert detect.timestamp_ms(50, 25.0) == 2000 and detect.timestamp_ms(3, 0.0) == 120  # unknown fps → 25
+    p = detect.cache_file("/c", "/x/My clip (1).mp4", "cam 0", "ab" * 32)
+    assert p == pathlib.Path("/c/My_clip__1_-cam_0-" + "ab" * 10 + ".npz")
+    assert detect.cache_file("dir", "/v/a.mp4", None, "f" * 64) == pathlib.Path("dir/a-" + "f" * 20 + ".npz")
+
+
+def _turned_points(yaw_deg: float, scale: float = 40.0) -> np.ndarray:
+    """Image-frame 478 landmarks of the canonical mesh turned by ``yaw_deg`` (a synthetic detection)."""
+    c = np.radians(yaw_deg)
+    r = np.array([[np.cos(c), 0, np.sin(c)], [0, 1, 0], [-np.sin(c), 0, np.cos(c)]])
+    return (scale * (ls.CANONICAL_MESH_VERTICES * [1, -1, -1]) @ r.T + [256, 256, 0]).astype(np.float32)
+
+
+def test_face_landmarks_visibility_round_trips_through_npz(tmp_path):
+    pts = np.stack([_turned_points(0), _turned_points(60), np.zeros((478, 3), np.float32)])
+    lm = detect.FaceLandmarks(
+        points=pts, valid=[True, True, False], frame_indices=[0, 1, 2], image_size=(512, 512), num_faces=[1, 1, 0]
+    )
+    assert lm.visible.shape == (3, 478) and lm.visible.dtype == bool
+    assert lm.visible[0].all() and not lm.visible[2].any()
+    assert 60 < (~lm.visible[1]).sum() < 200  # the far side of the 60° turn
+    np.testing.assert_array_equal(lm.visible, ls.landmark_visibility(pts, [True, True, False]))
+    vxy = lm.visible_xy
+    assert np.isnan(vxy[1][~lm.visible[1]]).all() and np.isfinite(vxy[1][lm.visible[1]]).all()
+    # A given mask is kept (and-ed with valid) and survives save/load.
+    mask = np.ones((3, 478), bool)
+    mask[0, :10] = False
+    given = dataclasses.replace(lm, visible=mask)
+    np.testing.assert_array_equal(given.visible, mask & np.array([True, True, False])[:, None])
+    given.save(tmp_path / "a.npz")
+    back = detect.FaceLandmarks.load(tmp_path / "a.npz")
+    np.testing.assert_array_equal(back.visible, given.visible)
+    with np.load(tmp_path / "a.npz") as f:
+        assert f["visible"].shape == (3, 478)
+    # A file written before `visible` existed gets it computed on load.
+    old = {k: v for k, v in lm.to_npz_dict().items() if k != "visible"}
+    np.savez(tmp_path / "old.npz", **old)
+    np.testing.assert_array_equal(detect.FaceLandmarks.load(tmp_path / "old.npz").visible, lm.visible)
+    # A stricter margin hides more.
+    assert lm.with_visibility(0.3).visible.sum() < lm.visible.sum()
+    with pytest.raises(ValueError, match="visible must be"):
+        dataclasses.replace(lm, visible=np.ones((3, 68), bool))
+
+
+def test_cache_key_depends_on_the_cache_version(tmp_path, monkeypatch):
+    src = tmp_path / "v.mp4"
+    src.write_bytes(b"0" * 100)
+    model = tmp_path / "m.task"
+    model.write_bytes(b"model")
+    kw = dict(frames=[0, 1], options=detect.LandmarkerOptions(), model_path=model)
+    k2 = detect.cache_key(src, **kw)
+    assert detect.CACHE_VERSION >= 2  # files carry `visible`
+    monkeypatch.setattr(detect, "CACHE_VERSION", 1)
+    assert detect.cache_key(src, **kw) != k2
+
+
+@pytest.mark.shared_data
+def test_far_side_points_invisible_on_turned_head(shared_data, landmarker_model):
+    """metrical-tracker wojtek turns its head far to one side around frames 130-185 and faces the camera
+    around frames 80-100: far-side jaw points are marked invisible there, frontal frames keep everything."""
+    res = detect.detect_video(
+        shared_data / MONOCULAR[2], model_path=landmarker_model, start=80, end=200, stride=2, use_cache=False
+    )
+    assert res.valid.all() and res.visible.shape == (60, 478)
+    x = res.xy[..., 0]
+    # How far the head is turned, from the image alone: where the nose tip sits between the outer
+    # eye corners (1 = centred; > 3 or < 0: beyond three quarters of the way / past the far eye).
+    ratio = (x[:, 4] - x[:, 33]) / (x[:, 263] - x[:, 4])
+    turned = (ratio > 3) | (ratio < 0)
+    frontal = (ratio > 0.8) & (ratio < 1.25)
+    assert turned.sum() >= 15 and frontal.sum() >= 8
+    jaw = ls.MEDIAPIPE_TO_IBUG68[:17]
+    for t in np.flatnonzero(turned):
+        # The nose points to the far side; here that is image-right (iBUG 10-16) in every turned frame.
+        far, near = (jaw[10:], jaw[:7]) if x[t, 4] > x[t, [33, 263]].mean() else (jaw[:7], jaw[10:])
+        assert (~res.visible[t, far]).mean() >= 0.8, (t, res.visible[t, far])
+        assert res.visible[t, near].all(), t
+    assert (~res.visible[turned]).sum(-1).mean() > 25
+    vis_f = res.visible[frontal]
+    assert vis_f.mean(-1).min() >= 0.99
+    assert vis_f[:, ls.MEDIAPIPE_TO_IBUG68].all()

@@ -281,3 +281,41 @@ def test_probe_parses_headers_and_rotation(tmp_path):
     )
     info = video._parse_header(tmp_path / "x.ts", text)
     assert (info.width, info.height, info.fps, info.duration_s) == (1280, 720, 29.97, 62.5)
+
+
+def test_public_helpers_keep_private_aliases(tmp_path):
+    pairs = {
+        "frame_range": "_frame_range", "read_image": "_read_image", "resolve_view_names": "_view_names",
+        "check_file": "_check_file", "spawn": "_spawn", "parse_header": "_parse_header",
+        "last_lines": "_last_lines", "scan_frame_folder": "_scan_folder",
+    }  # fmt: skip
+    for public, private in pairs.items():
+        assert getattr(video, public) is getattr(video, private) and public in video.__all__, public
+    # frame_range: either a FrameRange or the loose arguments, never both.
+    rng = video.FrameRange(start=2, end=9, stride=3)
+    assert video.frame_range(rng) is rng
+    assert video.frame_range(start=2, end=9, stride=3) == rng
+    with pytest.raises(ValueError, match="not both"):
+        video.frame_range(rng, stride=2)
+    with pytest.raises(ValueError, match="stride"):
+        video.frame_range(stride=0)
+    # resolve_view_names: stems, view0.. on clashes, explicit names checked against the count.
+    assert video.resolve_view_names(["a/front.mp4", "b/left.mp4"]) == ("front", "left")
+    assert video.resolve_view_names(["a/v.mp4", "b/v.mp4"]) == ("view0", "view1")
+    assert video.resolve_view_names(["x.mp4"], ["cam"]) == ("cam",)
+    with pytest.raises(ValueError, match="2 view names for 1 videos"):
+        video.resolve_view_names(["x.mp4"], ["a", "b"])
+    # read_image: RGB uint8, grey → 3 channels; missing / empty / garbage files name the file.
+    import imageio.v3 as iio
+
+    grey = (np.arange(12 * 10) % 256).astype(np.uint8).reshape(12, 10)
+    iio.imwrite(tmp_path / "g.png", grey)
+    img = video.read_image(tmp_path / "g.png")
+    assert img.shape == (12, 10, 3) and img.dtype == np.uint8
+    np.testing.assert_array_equal(img[..., 1], grey)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    for name, msg in [("missing.png", "no such file"), ("empty.png", "empty"), ("junk.png", "not a readable image")]:
+        with pytest.raises(video.VideoError, match=msg) as e:
+            video.read_image(tmp_path / name)
+        assert name in str(e.value)
