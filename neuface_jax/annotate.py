@@ -410,12 +410,7 @@ def _open_source(videos, view_names, view_boxes, rng: video_lib.FrameRange, stri
                 yield i, (f,)
 
     else:
-        for name, inf in zip(vnames, infos):
-            if rate and inf.fps and abs(inf.fps - rate) > 0.01 * rate:
-                msg = f"view {name!r} ({inf.path}) runs at {inf.fps} fps, view {vnames[0]!r} at {rate} fps"
-                if strict:
-                    raise ValueError(msg + " and strict=True")
-                warnings.warn(msg + f"; frames are paired by index at {rate} fps", stacklevel=3)
+        video_lib.check_frame_rates(vnames, infos, strict=strict, rate=rate, stacklevel=3)
 
         def stream():
             yield from video_lib.iter_synchronized(paths, strict=strict, frames=rng)
@@ -1057,12 +1052,14 @@ def write_outputs(
     progress=True,
     log: Callable[[str], None] | None = print,
     extra: Mapping[str, Any] | None = None,
+    started: float | None = None,
 ) -> tuple[dict[str, pathlib.Path], dict[str, Any]]:
     """Scores a fitted clip and writes ``params.npz``, ``metrics.json`` (each atomically: temporary
     file, fsync, rename) and optionally ``overlay.mp4`` and ``objs/`` into ``out_dir``.
 
     ``params.npz`` is written before ``metrics.json``; ``extra`` is merged into ``metrics.json``.
-    Returns ``(files, metrics document)``.
+    ``started`` (a ``time.perf_counter()`` value): the clip's start, for ``seconds.total`` and
+    ``throughput.seconds_per_clip``. Returns ``(files, metrics document)``.
     """
     from neuface_jax import export as export_lib
     from neuface_jax import metrics as metrics_lib
@@ -1125,6 +1122,10 @@ def write_outputs(
     }
     if extra:
         doc.update(extra)
+    if started is not None:
+        total = time.perf_counter() - started
+        doc["seconds"]["total"] = total
+        doc["throughput"]["seconds_per_clip"] = total
     files["metrics"] = export_lib.write_json(out / "metrics.json", doc)
     say(
         f"neuface-jax annotate: {clip.label}: "
@@ -1281,17 +1282,10 @@ def annotate(
     say(f"neuface-jax annotate: NeuFace {fit_config.num_epochs} epochs in {clip.seconds['fit']:.1f}s")
 
     # ---- outputs
-    clip.throughput["seconds_per_clip"] = None  # filled below, after the outputs are written
     files, doc = write_outputs(
         setup, clip, result, out_dir, write_video=write_video, write_objs=write_objs,
-        overlay_max_side=overlay_max_side, progress=progress, log=log,
+        overlay_max_side=overlay_max_side, progress=progress, log=log, started=t_start,
     )
-    total = time.perf_counter() - t_start
-    doc["seconds"]["total"] = total
-    doc["throughput"]["seconds_per_clip"] = total
-    from neuface_jax import export as export_lib
-
-    files["metrics"] = export_lib.write_json(files["metrics"], doc)  # with the total time
     return {
         "out_dir": pathlib.Path(out_dir),
         "files": files,

@@ -185,6 +185,36 @@ def synth_main(argv: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- annotate
+def _define_model_and_fit_flags(fv: flags.FlagValues) -> None:
+    """The model, landmark, encoder, optimizer and cache flags that annotate and annotate-dataset share."""
+    from neuface_jax import annotate as annotate_lib
+
+    s, i, f, b, en = (flags.DEFINE_string, flags.DEFINE_integer, flags.DEFINE_float, flags.DEFINE_bool,
+                      flags.DEFINE_enum)
+    s("flame_model", None, "FLAME model file (default: the demo head, a stand-in, not FLAME).", flag_values=fv)
+    s("landmark_embedding", None, "Landmark embedding of --flame_model: 68-point (DECA landmark_embedding.npy) "
+      "or mediapipe_landmark_embedding.npz.", flag_values=fv)
+    en("landmark_set", "ibug68", list(annotate_lib.LANDMARK_SETS),
+       "Fitted landmarks: MediaPipe -> iBUG-68, or FLAME's 105-point MediaPipe set (gathered by id).", flag_values=fv)
+    en("contour", "auto", list(annotate_lib.CONTOURS), "68-point jaw contour: auto/static = the frontal row for "
+       "every frame (right for MediaPipe's mesh-fixed jaw points), dynamic = DECA's yaw rule (use it for "
+       "precomputed silhouette-following landmarks such as synthetic clips').", flag_values=fv)
+    s("face_landmarker", None, "MediaPipe face_landmarker.task (default: $NEUFACE_FACE_LANDMARKER, then the user "
+      "cache; see fetch-models).", flag_values=fv)
+    i("epochs", annotate_lib.DEFAULT_EPOCHS, "NeuFace epochs (the reference 100: 1.5-2.5 min per shared clip on "
+      "the 2-core CPU).", flag_values=fv)
+    i("chunk_frames", 20, "Frames per chunk (reference: 20).", flag_values=fv)
+    f("lr", None, "Learning rate (default 1e-4 from the packaged or another small checkpoint, 2e-5 from a "
+      "ResNet-50 checkpoint, 1e-3 from a random encoder).", flag_values=fv)
+    s("encoder", None, "Encoder checkpoint folder (encoder.save_encoder, orbax), or 'random'; default: the packaged "
+      "pretrained small encoder on the demo head, a randomly initialized small encoder with a FLAME model.",
+      flag_values=fv)
+    i("stride", 1, "Take every k-th frame.", flag_values=fv)
+    s("cache_dir", None, "Landmark cache folder (default ~/.cache/neuface_jax/landmarks).", flag_values=fv)
+    b("cache", True, "Use the landmark cache.", flag_values=fv)
+    i("seed", 0, "Encoder initialization seed.", flag_values=fv)
+
+
 def annotate_main(argv: list[str]) -> int:
     """Real video(s) → FLAME meshes by NeuFace.
 
@@ -212,28 +242,11 @@ def annotate_main(argv: list[str]) -> int:
     ls("view_names", None, "One name per view (default: file stems, box names or view0, view1, ...).", flag_values=fv)
     ls("view_boxes", None, "Cut ONE composite video into views: x0:y0:x1:y1 (or name=x0:y0:x1:y1) per view, "
        "half-open pixel boxes.", flag_values=fv)
-    s("flame_model", None, "FLAME model file (default: the demo head, a stand-in, not FLAME).", flag_values=fv)
-    s("landmark_embedding", None, "Landmark embedding of --flame_model: 68-point (DECA landmark_embedding.npy) "
-      "or mediapipe_landmark_embedding.npz.", flag_values=fv)
-    en("landmark_set", "ibug68", list(annotate_lib.LANDMARK_SETS),
-       "Fitted landmarks: MediaPipe -> iBUG-68, or FLAME's 105-point MediaPipe set (gathered by id).", flag_values=fv)
-    en("contour", "auto", list(annotate_lib.CONTOURS), "68-point jaw contour: auto/static = the frontal row for "
-       "every frame (right for MediaPipe's mesh-fixed jaw points), dynamic = DECA's yaw rule.", flag_values=fv)
-    s("face_landmarker", None, "MediaPipe face_landmarker.task (default: $NEUFACE_FACE_LANDMARKER, then the user "
-      "cache; see fetch-models).", flag_values=fv)
-    i("epochs", annotate_lib.DEFAULT_EPOCHS, "NeuFace epochs (the reference 100: 1.5-2.5 min per shared clip on "
-      "the 2-core CPU).", flag_values=fv)
-    i("chunk_frames", 20, "Frames per chunk (reference: 20).", flag_values=fv)
-    f("lr", None, "Learning rate (default 1e-4 from the packaged or another small checkpoint, 2e-5 from a "
-      "ResNet-50 checkpoint, 1e-3 from a random encoder).", flag_values=fv)
-    s("encoder", None, "Encoder checkpoint folder (encoder.save_encoder, orbax), or 'random'; default: the packaged "
-      "pretrained small encoder on the demo head, a randomly initialized small encoder with a FLAME model.",
-      flag_values=fv)
+    _define_model_and_fit_flags(fv)
     i("start", None, "First frame (0-based).", flag_values=fv)
     i("end", None, "End frame (exclusive).", flag_values=fv)
     f("start_s", None, "Start time in seconds.", flag_values=fv)
     f("end_s", None, "End time in seconds (exclusive).", flag_values=fv)
-    i("stride", 1, "Take every k-th frame.", flag_values=fv)
     f("fps", 25.0, "Frame rate of frame folders and images.", flag_values=fv)
     b("strict", False, "Views of different lengths or frame rates are an error (default: trim, warn).", flag_values=fv)
     en("crop_smoothing", "moving_average", ["moving_average", "savgol", "none"],
@@ -241,9 +254,6 @@ def annotate_main(argv: list[str]) -> int:
     i("smoothing_window", 5, "Crop smoothing window in frames.", flag_values=fv)
     b("overlay", True, "Write overlay.mp4.", flag_values=fv)
     b("objs", False, "Write one OBJ per frame and view (objs/<view>/).", flag_values=fv)
-    s("cache_dir", None, "Landmark cache folder (default ~/.cache/neuface_jax/landmarks).", flag_values=fv)
-    b("cache", True, "Use the landmark cache.", flag_values=fv)
-    i("seed", 0, "Encoder initialization seed.", flag_values=fv)
     b("warm_compile", False, "Compile the NeuFace step in the background during detection (pays with spare "
       "cores).", flag_values=fv)
     _help_requested(argv, fv, "neuface-jax annotate", annotate_main.__doc__)
@@ -311,24 +321,11 @@ def annotate_dataset_main(argv: list[str]) -> int:
     i("prefetch", None, "Clips prepared ahead of the optimizer (default: two groups).", flag_values=fv)
     i("checkpoint_every", 10, "Epochs between orbax checkpoints of long groups (0 = never).", flag_values=fv)
     i("checkpoint_min_frames", 200, "Groups padded to at least this many frames checkpoint.", flag_values=fv)
-    s("flame_model", None, "FLAME model file (default: the demo head, a stand-in, not FLAME).", flag_values=fv)
-    s("landmark_embedding", None, "Landmark embedding of --flame_model.", flag_values=fv)
-    en("landmark_set", "ibug68", list(annotate_lib.LANDMARK_SETS), "Fitted landmark set.", flag_values=fv)
-    en("contour", "auto", list(annotate_lib.CONTOURS), "68-point jaw contour (see annotate --help); use dynamic "
-       "for precomputed silhouette-following landmarks such as synthetic clips'.", flag_values=fv)
-    s("face_landmarker", None, "MediaPipe face_landmarker.task.", flag_values=fv)
-    i("epochs", annotate_lib.DEFAULT_EPOCHS, "NeuFace epochs.", flag_values=fv)
-    i("chunk_frames", 20, "Frames per chunk.", flag_values=fv)
-    f("lr", None, "Learning rate (default as annotate).", flag_values=fv)
-    s("encoder", None, "Encoder checkpoint folder (default as annotate).", flag_values=fv)
-    i("stride", 1, "Take every k-th frame.", flag_values=fv)
+    _define_model_and_fit_flags(fv)
     f("fps", 25.0, "Frame rate of frame folders without one in the manifest.", flag_values=fv)
     b("strict", False, "Views of different lengths are a failure (default: trim, warn).", flag_values=fv)
     b("overlay", False, "Write overlay.mp4 per clip.", flag_values=fv)
     b("objs", False, "Write OBJs per clip.", flag_values=fv)
-    s("cache_dir", None, "Landmark cache folder.", flag_values=fv)
-    b("cache", True, "Use the landmark cache.", flag_values=fv)
-    i("seed", 0, "Encoder initialization seed.", flag_values=fv)
     b("distributed", False, "Call jax.distributed.initialize (TPU pods, Slurm, Kubernetes) and shard by process.",
       flag_values=fv)
     s("coordinator_address", None, "With --distributed: host:port of process 0 (default: auto-detect).",

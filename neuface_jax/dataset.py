@@ -585,6 +585,7 @@ def run(
     buckets: dict[tuple, list] = collections.OrderedDict()
     pinned_ready: dict[str, list] = collections.defaultdict(list)
     waiting = 0
+    unprepared = {e.clip_id for e in todo}  # queued or being prepared: what a pinned group waits for
     t_last = time.perf_counter()
 
     def timed_prepare(entry):
@@ -662,6 +663,7 @@ def run(
                 done_f, _ = concurrent.futures.wait(list(running), return_when=concurrent.futures.FIRST_COMPLETED)
                 for f in sorted(done_f, key=lambda f: running[f].clip_id):
                     entry = running.pop(f)
+                    unprepared.discard(entry.clip_id)
                     try:
                         clip = f.result()
                     except Exception as e:  # noqa: BLE001
@@ -680,9 +682,7 @@ def run(
             # Pinned groups go as soon as all their (surviving) members are prepared.
             for meta in list(pinned):
                 gid = meta["group_id"]
-                outstanding = [i for i in meta["clip_ids"] if any(e.clip_id == i for e in queue)
-                               or any(e.clip_id == i for e in running.values())]
-                if outstanding:
+                if any(i in unprepared for i in meta["clip_ids"]):
                     continue
                 pinned.remove(meta)
                 members = sorted(pinned_ready.pop(gid, []), key=lambda m: meta["clip_ids"].index(m[0].clip_id))
@@ -693,9 +693,11 @@ def run(
                     for m in members:
                         waiting -= 1
                         queue.appendleft(m[0])
+                        unprepared.add(m[0].clip_id)
                         pinned_of.pop(m[0].clip_id, None)
-            # Nothing more can arrive for a partial bucket (or the look-ahead is full): run it.
-            if buckets and ((not queue and not running) or (queue and len(running) + waiting >= prefetch and not running)):
+            # Nothing is being prepared and nothing more can start (queue empty or look-ahead full):
+            # the partial buckets will not fill; run the fullest.
+            if buckets and not running and (not queue or waiting >= prefetch):
                 flush_fullest()
             if time.perf_counter() - t_last > 0.5:
                 tick()

@@ -33,6 +33,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 __all__ = [
+    "check_frame_rates",
     "VideoError",
     "VideoInfo",
     "VideoClip",
@@ -588,12 +589,7 @@ def read_videos(
     rng = frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
     infos = [probe_video(p) for p in paths]
     fps = infos[0].fps
-    for name, inf in zip(names, infos):
-        if fps and inf.fps and abs(inf.fps - fps) > 0.01 * fps:
-            msg = f"view {name!r} ({inf.path}) runs at {inf.fps} fps, view {names[0]!r} at {fps} fps"
-            if strict:
-                raise ValueError(msg + " and strict=True")
-            warnings.warn(msg + f"; frames are paired by index at {fps} fps", stacklevel=2)
+    check_frame_rates(names, infos, strict=strict, stacklevel=3)
     per_view = []
     for p, inf in zip(paths, infos):
         idx, imgs = [], []
@@ -610,6 +606,22 @@ def read_videos(
         sources=tuple(str(p) for p in paths),
         stride=rng.stride,
     )
+
+
+def check_frame_rates(
+    view_names: Sequence[str], infos: Sequence["VideoInfo"], *, strict: bool, rate: float | None = None,
+    stacklevel: int = 2,
+) -> None:
+    """Synchronized views are paired by frame index at ``rate`` (default: the first view's): a view
+    whose rate differs by more than 1 % is a ``ValueError`` under ``strict``, else a warning naming
+    both files."""
+    rate = infos[0].fps if rate is None else rate
+    for name, inf in zip(view_names, infos):
+        if rate and inf.fps and abs(inf.fps - rate) > 0.01 * rate:
+            msg = f"view {name!r} ({inf.path}) runs at {inf.fps} fps, view {view_names[0]!r} at {rate} fps"
+            if strict:
+                raise ValueError(msg + " and strict=True")
+            warnings.warn(msg + f"; frames are paired by index at {rate} fps", stacklevel=stacklevel + 1)
 
 
 def iter_synchronized(
