@@ -85,7 +85,7 @@ def _yaw_pitch(r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _default_encoder() -> str:
-    from neuface_jax import pretrain
+    from neuface_jax.synthetic import pretrain
 
     try:
         return str(pretrain.packaged_checkpoint())
@@ -141,10 +141,10 @@ def main(argv):
     import imageio.v3 as iio
 
     import flame_jax
-    from neuface_jax import annotate as annotate_lib
-    from neuface_jax import detect as detect_lib
-    from neuface_jax import landmark_sets
-    from neuface_jax import video as video_lib
+    from neuface_jax.annotation import pipeline as annotate_lib
+    from neuface_jax.media import detect as detect_lib
+    from neuface_jax.media import landmark_sets
+    from neuface_jax.media import video as video_lib
 
     if not FLAGS.shared_data:
         raise app.UsageError("set --shared_data or NEUFACE_SHARED_DATA")

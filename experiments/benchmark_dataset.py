@@ -1,12 +1,12 @@
 r"""Clips/hour of the dataset runner (``neuface-jax annotate-dataset``, issue 6 §7) for K packed clips.
 
-What is timed is ``neuface_jax.dataset.run`` — the runner ``annotate-dataset`` calls — in-process,
+What is timed is ``neuface_jax.dataset.runner.run`` — the runner ``annotate-dataset`` calls — in-process,
 end to end: background preparation (mp4 decode, precomputed landmarks, crops), bucketing, packed
 optimization (``parallel.fit_packed``: K clips per device, vmap over stacked encoder weights),
 atomic writes of ``params.npz`` / ``metrics.json`` / ``done.json`` and the quality report. One run
 per K = ``clips_per_device`` in ``--ks``, each into a fresh output folder, on the same clips.
 
-Data: ``--clips`` synthetic clips of the demo head (``neuface_jax.synth``, what ``neuface-jax synth``
+Data: ``--clips`` synthetic clips of the demo head (``neuface_jax.synthetic.synth``, what ``neuface-jax synth``
 writes: one mp4 per view + ``landmarks.npz``, which the runner reads instead of running MediaPipe),
 lengths ``--frames`` ± ``--frames_spread`` (deterministic per clip, so several length buckets are
 used), ``--size`` pixels, ``--views`` rig. They are written once into ``--data_dir`` and reused by
@@ -220,8 +220,8 @@ def make_data(data_dir: Path, n: int, frames: int, spread: int, views: str, size
     """Writes the missing synthetic clips under ``data_dir/<views>_<size>px/`` (each atomically: a hidden
     temporary folder renamed into place) and returns (manifest entries of exactly these clips, seconds
     spent generating, clips generated)."""
-    from neuface_jax import manifest as manifest_lib
-    from neuface_jax import synth
+    from neuface_jax.dataset import manifest as manifest_lib
+    from neuface_jax.synthetic import synth
 
     root = data_dir / f"{views.replace(',', '+').replace(':', '_')}_{size}px"
     root.mkdir(parents=True, exist_ok=True)
@@ -253,7 +253,7 @@ def make_data(data_dir: Path, n: int, frames: int, spread: int, views: str, size
 
 def warmup_entries(entries, chunk: int, bucket_chunks) -> list:
     """One clip per length bucket (groups are padded to K slots, so one clip compiles a bucket's shapes)."""
-    from neuface_jax import dataset
+    from neuface_jax.dataset import runner as dataset
 
     seen = {}
     for e in entries:
@@ -265,7 +265,8 @@ def warmup_entries(entries, chunk: int, bucket_chunks) -> list:
 # --------------------------------------------------------------------------- the benchmark
 def _setup(epochs: int):
     import flame_jax
-    from neuface_jax import annotate, pipeline
+    from neuface_jax.annotation import pipeline as annotate
+    from neuface_jax.synthetic import demo as pipeline
 
     enc_cfg = None
     over = {}
@@ -330,7 +331,7 @@ def _log_fn():
 
 def run_k(k: int, entries, setup, warm_setup, work: Path, clock: _CompileClock, bucket_chunks,
           length_warmup: bool = False) -> dict:
-    from neuface_jax import dataset
+    from neuface_jax.dataset import runner as dataset
 
     import jax
 

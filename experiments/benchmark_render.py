@@ -1,4 +1,4 @@
-r"""Benchmark of the NumPy z-buffer renderer (neuface_jax.render) on the CPU.
+r"""Benchmark of the NumPy z-buffer renderer (neuface_jax.media.render) on the CPU.
 
 Renders a turning head — the demo FLAME-format head (5,582 vertices, 11,152 triangles)
 and/or a UV sphere the size of FLAME (4,972 vertices, 9,940 triangles) — at
@@ -53,7 +53,7 @@ def _turning_head(mesh: str, frames: int, size: int, fill: float):
     """Screen vertices [T, V, 3], faces, per-vertex colours for a head turning ±60° in yaw."""
     import numpy as np
 
-    from neuface_jax import render
+    from neuface_jax.media import render
 
     yaw = np.radians(60.0) * np.sin(np.linspace(0, 2 * np.pi, frames, endpoint=False))
     pitch = np.radians(15.0) * np.sin(np.linspace(0, 4 * np.pi, frames, endpoint=False))
@@ -61,7 +61,7 @@ def _turning_head(mesh: str, frames: int, size: int, fill: float):
         import jax.numpy as jnp
 
         import flame_jax
-        from neuface_jax import synth
+        from neuface_jax.synthetic import synth
 
         model = flame_jax.demo_model()
         pose = np.zeros((frames, 15), np.float32)
@@ -187,7 +187,7 @@ def _bench_mesh(mesh: str, size: int):
     import jax.numpy as jnp
     import numpy as np
 
-    from neuface_jax import render
+    from neuface_jax.media import render
 
     screen, faces, colors, name = _turning_head(mesh, FLAGS.frames, size, FLAGS.fill)
     bg = _background(size)
@@ -263,7 +263,7 @@ def main(argv):
     import numpy as np
 
     results = {
-        "benchmark": "neuface_jax.render (NumPy z-buffer rasterizer)",
+        "benchmark": "neuface_jax.media.render (NumPy z-buffer rasterizer)",
         "size": FLAGS.size,
         "frames": FLAGS.frames,
         "repeats": FLAGS.repeats,

@@ -207,7 +207,7 @@ def _make_chunk(frames: int, views: int, size: int, num_landmarks: int, seed: in
     import jax.numpy as jnp
     import numpy as np
 
-    from neuface_jax import fit as fit_lib
+    from neuface_jax.core import fit as fit_lib
 
     rng = np.random.default_rng(seed)
     return fit_lib.ClipData(
@@ -220,7 +220,7 @@ def _make_chunk(frames: int, views: int, size: int, num_landmarks: int, seed: in
 
 
 def _encoder_config(name: str):
-    from neuface_jax import encoder as encoder_lib
+    from neuface_jax.core import encoder as encoder_lib
 
     if name == "small":
         kw = {"image_size": FLAGS.small_size, "dtype": FLAGS.dtype}
@@ -240,8 +240,8 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
     import jax
     import jax.numpy as jnp
 
-    from neuface_jax import encoder as encoder_lib
-    from neuface_jax import fit as fit_lib
+    from neuface_jax.core import encoder as encoder_lib
+    from neuface_jax.core import fit as fit_lib
 
     ecfg, views, size = _encoder_config(name)
     frames = FLAGS.frames
@@ -408,7 +408,7 @@ def main(argv):
     import jax
 
     import flame_jax
-    from neuface_jax import fit as fit_lib
+    from neuface_jax.core import fit as fit_lib
 
     device = jax.devices()[0]
     accel = device.platform != "cpu"

@@ -24,7 +24,7 @@ flags.DEFINE_string("out", None, "JSON output (default experiments/results/bench
 
 def main(argv):
     del argv
-    from neuface_jax import synth
+    from neuface_jax.synthetic import synth
 
     cfg = synth.SynthConfig(num_frames=FLAGS.frames, image_size=FLAGS.size)
     t0 = time.perf_counter()

@@ -20,7 +20,7 @@ r"""The paper's comparisons on the synthetic benchmark: one config per experimen
 * ``images_for_undetected_frames`` (default True): see ``prepare``;
 * ``pretrained``: the pretrained encoder: ``"packaged"`` (default: the checkpoint shipped in
   ``neuface_jax/assets``, ``pretrain.packaged_checkpoint()``) or a checkpoint directory
-  (``neuface_jax.pretrain.ensure_pretrained`` trains one there first if it is missing).
+  (``neuface_jax.synthetic.pretrain.ensure_pretrained`` trains one there first if it is missing).
 
 Every (seed, setting) clip is rendered once and fitted by every method with
 ``pipeline.fit_methods`` and scored with ``pipeline.evaluate_synthetic`` (the metrics of
@@ -149,10 +149,10 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Runs every (seed, setting, method) of a normalized config; returns the results dict."""
     import flame_jax
-    from neuface_jax import fit as fit_lib
-    from neuface_jax import motion as motion_lib
-    from neuface_jax import pipeline
-    from neuface_jax import synth as synth_lib
+    from neuface_jax.core import fit as fit_lib
+    from neuface_jax.synthetic import motion as motion_lib
+    from neuface_jax.synthetic import demo as pipeline
+    from neuface_jax.synthetic import synth as synth_lib
 
     model, embedding = flame_jax.demo_model(), flame_jax.demo_landmark_embedding()
     face = fit_lib.FaceModel(model, embedding)
@@ -161,7 +161,7 @@ def run_experiment(
         random_cfg = dataclasses.replace(random_cfg, **cfg["encoder"])
     pretrained = None
     if any(m["init"] == "pretrained" for m in cfg["methods"]):
-        from neuface_jax import pretrain
+        from neuface_jax.synthetic import pretrain
 
         path = None if cfg["pretrained"] == "packaged" else cfg["pretrained"]
         enc, enc_cfg, summary = pretrain.ensure_pretrained(path, log=log)
@@ -241,7 +241,7 @@ def prepare(clip, encoder_size: int, crop_size: int, images_for_undetected_frame
     only the landmark and frame masks carry the missing detections. ``images_for_undetected_frames=False``
     blacks out the images of masked frames instead (what ``prepare_clip`` did before).
     """
-    from neuface_jax import fit as fit_lib
+    from neuface_jax.core import fit as fit_lib
 
     data = fit_lib.prepare_clip(
         clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=encoder_size, visible=clip.visible68,

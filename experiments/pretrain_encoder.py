@@ -4,7 +4,7 @@ r"""Pretrains the small encoder on synthetic faces (our stand-in for DECA's pret
         [--num_clips=200] [--num_steps=600]
 
 Renders ``num_clips`` short synthetic clips (seeds from 1,000,000 on, disjoint from the test clips),
-trains the small encoder supervised (``neuface_jax.pretrain``), saves it with orbax
+trains the small encoder supervised (``neuface_jax.synthetic.pretrain``), saves it with orbax
 (``encoder.save_encoder``) at ``--out`` and a summary (settings, validation errors, seconds) next to
 it as ``<out>.pretrain.json``. Use it with ``experiments/compare.py --pretrained=<out>`` (methods
 with ``"init": "pretrained"``), ``neuface-jax demo --encoder=<out>`` or ``encoder.load_encoder(out)``.
@@ -38,7 +38,7 @@ flags.DEFINE_integer("log_every", 100, "Steps between log lines.")
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint write at INFO
-    from neuface_jax import pretrain
+    from neuface_jax.synthetic import pretrain
 
     overrides = {
         k: getattr(FLAGS, k)

@@ -6,7 +6,7 @@ The base ("reference") is the released code's loss (10·L_lmk + 100·L_temp [+ 2
 chunks of 10 frames, lr 3e-4 (the best pretrained rate of lr_sweep).
 """
 
-from neuface_jax import losses
+from neuface_jax.core import losses
 
 LR = 3e-4
 REFERENCE = {"landmark": 10.0, "temporal": 100.0, "multiview": 200.0}

@@ -81,7 +81,7 @@ def test_prepare_undetected_frames(compare):
     """Undetected frames keep their crops (``fit.prepare_clip``), or are blacked out on request."""
     import numpy as np
 
-    from neuface_jax import synth
+    from neuface_jax.synthetic import synth
 
     clip = synth.synthesize_clip(seed=2, rig="mono", config=synth.SynthConfig(num_frames=12, image_size=64,
                                                                               crop_size=64, drop_frame_probability=0.3))

@@ -1,4 +1,4 @@
-"""Tests of neuface_jax.annotate (``neuface-jax annotate``): real clips end to end, failure paths,
+"""Tests of neuface_jax.annotation.pipeline (``neuface-jax annotate``): real clips end to end, failure paths,
 the static-contour embedding and the landmark-set plumbing.
 
 The end-to-end runs use a tiny encoder and 1–2 epochs: they check the plumbing (files, keys, shapes,
@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 import flame_jax
-from neuface_jax import annotate as annotate_lib
-from neuface_jax import cli, detect, encoder, video
-from neuface_jax import landmark_sets as ls
+from neuface_jax.annotation import pipeline as annotate_lib
+from neuface_jax import cli
+from neuface_jax.media import detect
+from neuface_jax.core import encoder
+from neuface_jax.media import video
+from neuface_jax.media import landmark_sets as ls
 
 MEAD = "videos/mead_M003_level_1_disgusted_015.mp4"
 COMPOSITE = "videos/multiview/vhap_nersemble_038_EMO-1_3views.mp4"
@@ -100,7 +103,7 @@ def test_resolve_face_model_sets_and_contours():
 
 
 def test_default_encoder_is_the_packaged_one_on_the_demo_head():
-    from neuface_jax import pretrain
+    from neuface_jax.synthetic import pretrain
 
     kw = dict(need_landmarker=False, log=None)
     packaged = pretrain.packaged_checkpoint()

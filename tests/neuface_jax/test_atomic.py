@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from neuface_jax import atomic, export
+from neuface_jax.common import atomic
+from neuface_jax.media import export
 
 
 def test_atomic_write_replaces_and_leaves_nothing(tmp_path):

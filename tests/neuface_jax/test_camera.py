@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neuface_jax import camera
+from neuface_jax.core import camera
 
 
 def test_project_unit_camera_flips_y():

@@ -1,11 +1,11 @@
-"""Tests of neuface_jax.crops: recipe, transforms, pixel convention of the warp, smoothing, real crops."""
+"""Tests of neuface_jax.media.crops: recipe, transforms, pixel convention of the warp, smoothing, real crops."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from neuface_jax import crops
+from neuface_jax.media import crops
 
 MEAD = "videos/mead_M003_level_1_disgusted_015.mp4"
 
@@ -52,7 +52,7 @@ def test_transform_round_trip_within_1e4_px():
 
 
 def test_numpy_helpers_match_camera_module():
-    from neuface_jax import camera
+    from neuface_jax.core import camera
     rng = np.random.default_rng(1)
     m = crops.boxes_to_transforms(_random_boxes(rng, 4), 224)
     pts = rng.uniform(0, 1000, (4, 10, 2))
@@ -133,8 +133,9 @@ def test_interpolation_and_smoothing():
 
 @pytest.mark.shared_data
 def test_crop_of_detected_face(shared_data, landmarker_model):
-    from neuface_jax import detect, video
-    from neuface_jax import landmark_sets as ls
+    from neuface_jax.media import detect
+    from neuface_jax.media import video
+    from neuface_jax.media import landmark_sets as ls
 
     clip = video.read_video(shared_data / MEAD, end=6, stride=2)
     lmk = detect.detect_clip(clip, model_path=landmarker_model, use_cache=False)[clip.view_names[0]]

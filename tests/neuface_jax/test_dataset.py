@@ -15,8 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuface_jax import annotate, dataset, fit, manifest, video
-from neuface_jax import encoder as encoder_lib
+from neuface_jax.annotation import pipeline as annotate
+from neuface_jax.dataset import runner as dataset
+from neuface_jax.core import fit
+from neuface_jax.dataset import manifest
+from neuface_jax.media import video
+from neuface_jax.core import encoder as encoder_lib
 from tests.flame_jax.conftest import make_random_embedding68, make_random_model
 
 ROOT = Path(__file__).resolve().parents[2]

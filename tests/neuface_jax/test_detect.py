@@ -1,4 +1,4 @@
-"""Tests of neuface_jax.detect (model file, tracker, prefetch, detection, cache) and neuface_jax.landmark_sets."""
+"""Tests of neuface_jax.media.detect (model file, tracker, prefetch, detection, cache) and neuface_jax.media.landmark_sets."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import threading
 import numpy as np
 import pytest
 
-from neuface_jax import detect, video
-from neuface_jax import landmark_sets as ls
+from neuface_jax.media import detect
+from neuface_jax.media import video
+from neuface_jax.media import landmark_sets as ls
 
 MONOCULAR = (
     "videos/mead_M003_level_1_disgusted_015.mp4",

@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from neuface_jax import encoder as enc
+from neuface_jax.core import encoder as enc
 
 # A tiny configuration: every test here compiles it, so keep it small.
 TINY = enc.EncoderConfig.small(small_widths=(8, 16), small_blocks=(1, 1), head_hidden=32, image_size=32)

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neuface_jax import encoder as enc
-from neuface_jax import fit
+from neuface_jax.core import encoder as enc
+from neuface_jax.core import fit
 
 from ..flame_jax.conftest import make_random_embedding68, make_random_model
 

@@ -1,4 +1,4 @@
-"""Tests of neuface_jax.landmark_sets: the shipped canonical MediaPipe mesh, head rotation, far-side visibility."""
+"""Tests of neuface_jax.media.landmark_sets: the shipped canonical MediaPipe mesh, head rotation, far-side visibility."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from neuface_jax import landmark_sets as ls
+from neuface_jax.media import landmark_sets as ls
 
 # Canonical frame → image frame (x right, y down, z away from the camera).
 TO_IMAGE = np.array([1.0, -1.0, -1.0])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flame_jax.rotations import axis_angle_to_matrix
-from neuface_jax import losses
+from neuface_jax.core import losses
 
 
 def jcall(fn, *args, **kwargs):

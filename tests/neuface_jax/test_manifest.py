@@ -1,4 +1,4 @@
-"""Tests of neuface_jax.manifest: layouts, clip ids, JSON-lines round trip, sharding, errors, CLI."""
+"""Tests of neuface_jax.dataset.manifest: layouts, clip ids, JSON-lines round trip, sharding, errors, CLI."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import zlib
 import numpy as np
 import pytest
 
-from neuface_jax import manifest as mf
-from neuface_jax import video
+from neuface_jax.dataset import manifest as mf
+from neuface_jax.media import video
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,7 +58,8 @@ def _mead_tree(root, takes):
 
 
 def test_constants_match_synth_and_motion():
-    from neuface_jax import motion, synth
+    from neuface_jax.synthetic import motion
+    from neuface_jax.synthetic import synth
 
     assert mf.SYNTH_CLIP_FORMAT == synth.CLIP_FORMAT
     assert mf.MEAD_VIEWS == tuple(name for name, _, _ in motion.MEAD_VIEWS)
@@ -76,7 +77,7 @@ def test_mead_layout_groups_views_in_canonical_order(tmp_path, caplog):
     takes += [(v, "angry", "level_1", "002") for v in views if v != "left_60"]  # incomplete take
     takes += [(v, "neutral", "level_1", "001") for v in views]
     _mead_tree(root, takes)
-    with caplog.at_level(logging.WARNING, logger="neuface_jax.manifest"):
+    with caplog.at_level(logging.WARNING, logger="neuface_jax.dataset.manifest"):
         entries = mf.build_manifest(root)
     ids = [e.clip_id for e in entries]
     assert ids == ["M003/angry/level_1/001", "M003/angry/level_1/002", "M003/neutral/level_1/001"]
@@ -209,7 +210,7 @@ def test_undecodable_names_and_symlink_loops(tmp_path, caplog):
         pytest.skip("the filesystem refuses non-UTF-8 names")
     _touch(root / "sub" / "v.mp4")
     os.symlink(root, root / "sub" / "loop")  # a cycle: must not recurse forever nor list v twice
-    with caplog.at_level(logging.WARNING, logger="neuface_jax.manifest"):
+    with caplog.at_level(logging.WARNING, logger="neuface_jax.dataset.manifest"):
         entries = mf.build_manifest(root)
     ids = [e.clip_id for e in entries]
     assert len(ids) == 2 and "sub/v" in ids and all(mf.is_safe_clip_id(i) for i in ids)
@@ -260,7 +261,7 @@ def test_unreadable_frame_folder_is_skipped_with_a_warning(tmp_path, caplog):
     root = tmp_path / "r"
     _tiny_jpg(root / "bad" / "cover.jpg")  # no frame number: read_frame_folder would reject it
     _touch(root / "bad" / "movie.mp4")  # the video next to it is still a clip
-    with caplog.at_level(logging.WARNING, logger="neuface_jax.manifest"):
+    with caplog.at_level(logging.WARNING, logger="neuface_jax.dataset.manifest"):
         entries = mf.build_manifest(root)
     assert [(e.clip_id, e.kind) for e in entries] == [("bad/movie", "video")]
     assert any("not a readable frame folder" in r.message for r in caplog.records)
@@ -271,7 +272,7 @@ def test_unreadable_frame_folder_is_skipped_with_a_warning(tmp_path, caplog):
 
 
 def _write_tiny_synth(out, views=("front", "left_30"), frames=3, seed=7):
-    from neuface_jax import synth
+    from neuface_jax.synthetic import synth
 
     t, w = frames, len(views)
     clip = synth.SynthClip(
@@ -312,7 +313,7 @@ def test_clip_json_of_another_format_is_an_ordinary_folder(tmp_path, caplog):
     root = tmp_path / "r"
     _touch(root / "c" / "clip.json", json.dumps({"format": "something-else"}).encode())
     _touch(root / "c" / "v.mp4")
-    with caplog.at_level(logging.WARNING, logger="neuface_jax.manifest"):
+    with caplog.at_level(logging.WARNING, logger="neuface_jax.dataset.manifest"):
         entries = mf.build_manifest(root)
     assert [(e.clip_id, e.kind) for e in entries] == [("c/v", "video")]
     assert any("something-else" in r.message for r in caplog.records)
@@ -518,7 +519,7 @@ def test_probe_frames_counts_and_unreadable_videos(tmp_path, caplog):
     _tiny_video(root / "five.mp4", 5, fps=10.0)
     _tiny_video(root / "seven.mkv", 7, fps=30.0)
     _touch(root / "broken.mp4", b"this is not a video" * 10)
-    with caplog.at_level(logging.WARNING, logger="neuface_jax.manifest"):
+    with caplog.at_level(logging.WARNING, logger="neuface_jax.dataset.manifest"):
         entries = _by_id(mf.build_manifest(root, probe_frames=True))
     assert (entries["five"].num_frames, entries["five"].fps) == (5, pytest.approx(10.0))
     assert (entries["seven"].num_frames, entries["seven"].fps) == (7, pytest.approx(30.0))

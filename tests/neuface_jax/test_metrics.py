@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from neuface_jax import metrics
+from neuface_jax.core import metrics
 
 
 def _trajectory(fn, t=20, n=5):

@@ -17,7 +17,9 @@ import json, sys
 import numpy as np, jax, jax.numpy as jnp
 assert jax.device_count() == 8, jax.devices()
 from tests.flame_jax.conftest import make_random_embedding68, make_random_model
-from neuface_jax import encoder as enc, fit, parallel
+from neuface_jax.core import encoder as enc
+from neuface_jax.core import fit
+from neuface_jax.core import parallel
 
 model, _ = make_random_model(n_shape=6, n_expr=4, num_v=300, num_f=500)
 emb = make_random_embedding68(500)

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 import flame_jax
-from neuface_jax import cli, crops, export, fit, pipeline, synth
+from neuface_jax import cli
+from neuface_jax.media import crops
+from neuface_jax.media import export
+from neuface_jax.core import fit
+from neuface_jax.synthetic import demo as pipeline
+from neuface_jax.synthetic import synth
 
 METRICS = ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm", "vertex_error_mm")
 

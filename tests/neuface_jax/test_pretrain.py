@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import flame_jax
-from neuface_jax import camera
-from neuface_jax import encoder as enc
-from neuface_jax import fit
-from neuface_jax import pretrain
-from neuface_jax import synth
+from neuface_jax.core import camera
+from neuface_jax.core import encoder as enc
+from neuface_jax.core import fit
+from neuface_jax.synthetic import pretrain
+from neuface_jax.synthetic import synth
 
 # Tiny everything: two clips of 2 frames × 2 views rendered at 64 px, a 16 px encoder.
 TINY_SYNTH = synth.SynthConfig(image_size=64, crop_size=64)
@@ -204,7 +204,8 @@ def test_packaged_checkpoint_missing_is_a_clear_error(monkeypatch):
 def test_packaged_encoder_predicts_synthetic_faces():
     """Raw predictions (no optimization) of the packaged encoder on a synthetic clip it never saw land
     near the true landmarks; a randomly initialized encoder (the mean face) is far off."""
-    from neuface_jax import metrics, pipeline
+    from neuface_jax.core import metrics
+    from neuface_jax.synthetic import demo as pipeline
 
     face = fit.FaceModel(flame_jax.demo_model(), flame_jax.demo_landmark_embedding())
     clip = synth.synthesize_clip(seed=0, rig="mono", config=synth.SynthConfig(num_frames=4))

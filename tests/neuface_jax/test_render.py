@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neuface_jax import render
+from neuface_jax.media import render
 
 
 def _brute_force_mask(tri2d, h, w):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import flame_jax
-from neuface_jax import crops, motion, synth
+from neuface_jax.media import crops
+from neuface_jax.synthetic import motion
+from neuface_jax.synthetic import synth
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of neuface_jax.video: readers, frame ranges, view alignment, corrupt files, writer, split."""
+"""Tests of neuface_jax.media.video: readers, frame ranges, view alignment, corrupt files, writer, split."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from neuface_jax import video
+from neuface_jax.media import video
 
 MEAD = "videos/mead_M003_level_1_disgusted_015.mp4"
 LIVEPORTRAIT = "videos/liveportrait_d20.mp4"

@@ -4,7 +4,7 @@ Recipe (NeuFace/DECA): the box of the landmarks (68 points or any set), side ``m
 then ``· 1.25``, centred on the box centre; a similarity warp (scale + translation, no rotation) of
 that square to ``size × size`` pixels (224 by default).
 
-Coordinates follow ``neuface_jax.camera``: pixels are continuous with an image spanning
+Coordinates follow ``neuface_jax.core.camera``: pixels are continuous with an image spanning
 ``[0, W] × [0, H]`` (pixel ``(row i, column j)`` centred at ``(j + 0.5, i + 0.5)``); a crop transform
 ``M`` is a 2×3 matrix mapping original pixels to crop pixels, ``p_crop = M[:, :2] @ p + M[:, 2]``;
 normalized crop coordinates are ``p_crop / size · 2 − 1`` (−1 the crop's left/top edge, +1 its

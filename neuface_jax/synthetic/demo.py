@@ -18,12 +18,12 @@ import jax
 import numpy as np
 
 import flame_jax
-from neuface_jax import crops as crops_lib
-from neuface_jax import encoder as encoder_lib
-from neuface_jax import export as export_lib
-from neuface_jax import fit as fit_lib
-from neuface_jax import metrics as metrics_lib
-from neuface_jax import synth as synth_lib
+from neuface_jax.media import crops as crops_lib
+from neuface_jax.core import encoder as encoder_lib
+from neuface_jax.media import export as export_lib
+from neuface_jax.core import fit as fit_lib
+from neuface_jax.core import metrics as metrics_lib
+from neuface_jax.synthetic import synth as synth_lib
 
 #: The fixed names of ``metrics.json`` (issue 4 §6), for every method.
 METRIC_NAMES = ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm", "vertex_error_mm")
@@ -80,7 +80,7 @@ def load_start_encoder(
     """
     if init == "random":
         return None, encoder_config or default_encoder_config(model), None
-    from neuface_jax import pretrain
+    from neuface_jax.synthetic import pretrain
 
     if init == "pretrained" and not str(model.name).startswith("demo head"):
         raise ValueError(

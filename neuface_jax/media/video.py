@@ -3,7 +3,7 @@
 Decoding runs the ``ffmpeg`` binary that ``imageio-ffmpeg`` ships (or the one named by the
 ``IMAGEIO_FFMPEG_EXE`` environment variable) and reads raw RGB frames from its pipe, so frames stream
 one at a time (``iter_video_frames``) and a background thread can decode ahead
-(``neuface_jax.detect.prefetch``). The eager readers (``read_video``, ``read_videos``,
+(``neuface_jax.media.detect.prefetch``). The eager readers (``read_video``, ``read_videos``,
 ``read_frame_folder``) return a ``VideoClip``.
 
 Conventions:

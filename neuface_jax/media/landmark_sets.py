@@ -20,7 +20,7 @@ the eye on the image left, the subject's right eye).
 * ``IRIS_IDS``: 468–477 (468 right-iris centre + 4 ring points, 473 left-iris centre + 4).
 * ``CANONICAL_MESH_VERTICES`` / ``CANONICAL_MESH_TRIANGLES``: MediaPipe's canonical face mesh with
   irises (478 vertices, 906 triangles; derived from MediaPipe's Apache-2.0 ``face_model_with_iris.obj``,
-  see ``neuface_jax._mediapipe_mesh_data``), and ``CANONICAL_VERTEX_NORMALS``.
+  see ``neuface_jax.media._mediapipe_mesh_data``), and ``CANONICAL_VERTEX_NORMALS``.
 * **Far-side guesses.** MediaPipe returns all 478 points even on a strongly turned head; the ones on
   the far side of the face are guesses (it packs them along the silhouette). ``landmark_visibility``
   marks them: ``head_rotation`` fits the canonical mesh's upper face (everything above the upper
@@ -218,7 +218,7 @@ def vertex_normals(vertices, triangles) -> np.ndarray:
 
 
 def _load_canonical_mesh():
-    from neuface_jax import _mediapipe_mesh_data as data
+    from neuface_jax.media import _mediapipe_mesh_data as data
 
     verts = _parse_table(data.VERTICES, np.float64)
     tris = _parse_table(data.TRIANGLES, np.int32)

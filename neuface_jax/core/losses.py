@@ -26,7 +26,7 @@ Composition — a loss is a mapping from term names to weights; a user adds a te
 function of the batch dict, no library edit::
 
     import functools
-    from neuface_jax import losses
+    from neuface_jax.core import losses
 
     def my_term(batch):                       # returns a scalar, or (values, mask)
         return batch["expression"] ** 2, None

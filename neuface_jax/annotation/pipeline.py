@@ -71,7 +71,7 @@ in ``metrics.json``: the other views still give a result. Unreadable / truncated
 
 **Stages.** ``annotate`` = ``make_setup`` (once per run: model, embedding, encoder, optimizer) →
 ``prepare`` (per clip: decode, landmarks — MediaPipe or a precomputed ``landmarks_file`` — and crops)
-→ ``setup.optimizer.fit`` → ``write_outputs``. ``neuface_jax.dataset`` runs the same stages over a
+→ ``setup.optimizer.fit`` → ``write_outputs``. ``neuface_jax.dataset.runner`` runs the same stages over a
 manifest, packing several clips per device.
 
 Frames are held in memory (uint8; about 6 MB per 1080p frame and view): use a range or a stride
@@ -92,10 +92,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from neuface_jax import crops as crops_lib
-from neuface_jax import detect as detect_lib
-from neuface_jax import landmark_sets
-from neuface_jax import video as video_lib
+from neuface_jax.media import crops as crops_lib
+from neuface_jax.media import detect as detect_lib
+from neuface_jax.media import landmark_sets
+from neuface_jax.media import video as video_lib
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -573,7 +573,7 @@ def _close(bar):
 
 def _packaged_encoder(notes: list, say) -> pathlib.Path | None:
     """The packaged pretrained encoder (the demo head's default), or None with a note when it is missing."""
-    from neuface_jax import pretrain
+    from neuface_jax.synthetic import pretrain
 
     try:
         path = pretrain.packaged_checkpoint()
@@ -588,7 +588,7 @@ def _packaged_encoder(notes: list, say) -> pathlib.Path | None:
 
 def _load_encoder(encoder, model):
     """``encoder``: None, a checkpoint path, an ``Encoder`` with ``encoder_config`` given, or (Encoder, EncoderConfig)."""
-    from neuface_jax import encoder as encoder_lib
+    from neuface_jax.core import encoder as encoder_lib
 
     if encoder is None:
         return None, None
@@ -618,7 +618,7 @@ def _warm_compile(opt, encoder, num_views: int, num_landmarks: int, est_frames: 
     import jax
     import jax.numpy as jnp
 
-    from neuface_jax import fit as fit_lib
+    from neuface_jax.core import fit as fit_lib
 
     c, s = opt.config.chunk_frames, opt.encoder_config.image_size
 
@@ -716,8 +716,8 @@ def make_setup(
     (every clip brings precomputed landmarks); a clip that then needs detection fails with
     ``detect.ModelNotFoundError``.
     """
-    from neuface_jax import fit as fit_lib
-    from neuface_jax import pipeline
+    from neuface_jax.core import fit as fit_lib
+    from neuface_jax.synthetic import demo as pipeline
 
     say = log or (lambda s: None)
     notes: list[str] = []
@@ -911,7 +911,7 @@ def prepare(
     Raises:
       detect.NoFaceError, video.VideoError, detect.ModelNotFoundError, ValueError: as ``annotate``.
     """
-    from neuface_jax import fit as fit_lib
+    from neuface_jax.core import fit as fit_lib
 
     say = log or (lambda s: None)
     seconds: dict[str, float] = {}
@@ -1061,9 +1061,9 @@ def write_outputs(
     ``started`` (a ``time.perf_counter()`` value): the clip's start, for ``seconds.total`` and
     ``throughput.seconds_per_clip``. Returns ``(files, metrics document)``.
     """
-    from neuface_jax import export as export_lib
-    from neuface_jax import metrics as metrics_lib
-    from neuface_jax import pipeline
+    from neuface_jax.media import export as export_lib
+    from neuface_jax.core import metrics as metrics_lib
+    from neuface_jax.synthetic import demo as pipeline
 
     say = log or (lambda s: None)
     seconds = dict(clip.seconds)
@@ -1176,7 +1176,7 @@ def annotate(
 ) -> dict[str, Any]:
     """Annotates one clip (one or more synchronized views) with FLAME meshes by NeuFace.
 
-    The stages are public for dataset runs (``neuface_jax.dataset``): ``make_setup`` (once per run),
+    The stages are public for dataset runs (``neuface_jax.dataset.runner``): ``make_setup`` (once per run),
     ``prepare`` (per clip: decode, landmarks, crops), the optimizer (``setup.optimizer.fit``, or
     several clips packed with ``parallel.fit_packed``) and ``write_outputs``.
 

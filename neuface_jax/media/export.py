@@ -28,10 +28,10 @@ from typing import Any, Mapping
 import numpy as np
 
 
-from flame_jax import export as mesh_export
-from neuface_jax import crops as crops_lib
-from neuface_jax.atomic import atomic_write
-from neuface_jax import render as render_lib
+from flame_jax import mesh_io as mesh_export
+from neuface_jax.media import crops as crops_lib
+from neuface_jax.common.atomic import atomic_write
+from neuface_jax.media import render as render_lib
 
 PARAMS_FORMAT = "neuface-jax-params-v1"
 
@@ -183,6 +183,6 @@ def overlay_frames(
 
 def write_overlay_video(path, frames: np.ndarray, fps: float) -> Path:
     """Writes tiled overlay frames [T, H, W, 3] as an mp4 (H.264, yuv420p)."""
-    from neuface_jax import video as video_lib
+    from neuface_jax.media import video as video_lib
 
     return video_lib.write_video(Path(path), frames, fps=fps)

@@ -4,7 +4,7 @@
 when given), a seed, a frame count and a camera rig into, deterministically:
 
 * ground truth: one identity, smooth head motion with turns past 45°, speech-like jaw
-  and expressions, blinks and gaze (``neuface_jax.motion``); per-frame, per-view FLAME
+  and expressions, blinks and gaze (``neuface_jax.synthetic.motion``); per-frame, per-view FLAME
   parameters and vertices;
 * shaded RGB renders per frame and view (procedural albedo: skin, darker brows, red
   lips, eyes with iris and pupil) over a procedural background;
@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import flame_jax
-from neuface_jax import crops as crops_lib
-from neuface_jax import motion as motion_lib
-from neuface_jax import render as render_lib
+from neuface_jax.media import crops as crops_lib
+from neuface_jax.synthetic import motion as motion_lib
+from neuface_jax.media import render as render_lib
 
 #: iBUG-68 groups used to paint the albedo.
 _BROWS = np.arange(17, 27)
@@ -396,7 +396,7 @@ def write_clip(clip: SynthClip, out_dir, *, write_videos: bool = True) -> Path:
     ``crop_transforms``, ``view_names``) and ``out_dir/ground_truth.npz`` (every
     ``clip.gt`` array plus the camera).
     """
-    from neuface_jax import video as video_lib
+    from neuface_jax.media import video as video_lib
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -435,7 +435,7 @@ def write_clip(clip: SynthClip, out_dir, *, write_videos: bool = True) -> Path:
 
 def read_clip(clip_dir, *, load_images: bool = True) -> SynthClip:
     """Reads a clip written by ``write_clip`` (images decoded from the per-view videos)."""
-    from neuface_jax import video as video_lib
+    from neuface_jax.media import video as video_lib
 
     d = Path(clip_dir)
     manifest_path = d / "clip.json"

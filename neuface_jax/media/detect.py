@@ -3,7 +3,7 @@
 * **Model file.** ``resolve_model_path``: an explicit path (argument / flag) > the environment variable
   ``NEUFACE_FACE_LANDMARKER`` > the user cache ``~/.cache/neuface_jax/face_landmarker.task``
   (``$XDG_CACHE_HOME/neuface_jax`` when set). ``fetch_model`` downloads the official float16 v1 bundle
-  and checks its SHA-256 (``neuface-jax fetch-models``, or ``python -m neuface_jax.detect fetch-models``).
+  and checks its SHA-256 (``neuface-jax fetch-models``, or ``python -m neuface_jax.media.detect fetch-models``).
 * **Detection.** One ``FaceLandmarker`` per view (VIDEO mode keeps tracking state and needs increasing
   timestamps). Output per clip view: ``FaceLandmarks`` with points ``[T, 478, 3]`` in the view's pixels,
   a validity mask ``[T]`` (frames without the tracked face are invalid; their points are zeros),
@@ -25,7 +25,7 @@
 
 Pixel coordinates: x right, y down, continuous with the image spanning ``[0, W] × [0, H]`` (pixel
 ``(row i, column j)`` has its centre at ``(j + 0.5, i + 0.5)``), the convention of MediaPipe's
-normalized outputs (``x_px = x_norm · W``) and of ``neuface_jax.camera``. The third coordinate is
+normalized outputs (``x_px = x_norm · W``) and of ``neuface_jax.core.camera``. The third coordinate is
 MediaPipe's relative depth scaled like x (``z_norm · W``; smaller is nearer the camera; origin near
 the head centre), useful for visibility but not metric.
 """
@@ -45,8 +45,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from neuface_jax import landmark_sets
-from neuface_jax import video as video_lib
+from neuface_jax.media import landmark_sets
+from neuface_jax.media import video as video_lib
 
 __all__ = [
     "MODEL_URL",
@@ -881,7 +881,7 @@ def prefetch(iterable: Iterable, size: int = 8) -> Iterator:
     return consume()
 
 
-if __name__ == "__main__":  # python -m neuface_jax.detect fetch-models [...]
+if __name__ == "__main__":  # python -m neuface_jax.media.detect fetch-models [...]
     import sys
 
     args = sys.argv[1:]

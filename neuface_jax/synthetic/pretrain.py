@@ -35,7 +35,7 @@ executes no code from the files (no pickle). ``ensure_pretrained()`` loads the p
 
 Example::
 
-    from neuface_jax import pretrain
+    from neuface_jax.synthetic import pretrain
     enc, cfg, info = pretrain.ensure_pretrained()          # the shipped checkpoint
     result = fit.NeuFace(face, cfg, fit_config).fit(clip_data, encoder=enc)
 """
@@ -56,10 +56,10 @@ import numpy as np
 import optax
 
 import flame_jax
-from neuface_jax import encoder as encoder_lib
-from neuface_jax import fit as fit_lib
-from neuface_jax import motion as motion_lib
-from neuface_jax import synth as synth_lib
+from neuface_jax.core import encoder as encoder_lib
+from neuface_jax.core import fit as fit_lib
+from neuface_jax.synthetic import motion as motion_lib
+from neuface_jax.synthetic import synth as synth_lib
 
 #: First synthetic seed used for pretraining data (test clips use small seeds).
 DEFAULT_SEED_OFFSET = 1_000_000
@@ -519,7 +519,7 @@ def packaged_checkpoint() -> Path:
     Raises:
       FileNotFoundError: the package was installed without its data files.
     """
-    path = Path(__file__).resolve().parent / "assets" / PACKAGED_CHECKPOINT_NAME
+    path = Path(__file__).resolve().parent.parent / "assets" / PACKAGED_CHECKPOINT_NAME
     if not (path / "_CHECKPOINT_METADATA").is_file():
         raise FileNotFoundError(
             f"the packaged pretrained encoder is missing ({path}): this neuface-jax installation lacks its "

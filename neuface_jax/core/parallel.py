@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from neuface_jax import fit as fit_lib
+from neuface_jax.core import fit as fit_lib
 
 
 def make_mesh(axis: str, devices=None) -> jax.sharding.Mesh:

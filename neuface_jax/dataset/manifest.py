@@ -8,7 +8,7 @@ layouts below, gives each a stable, filesystem-safe ``clip_id`` and writes them,
 Layouts (``layout=``; ``auto`` detects them per sub-tree, in this order of precedence):
 
 * ``synth`` — a folder holding a ``clip.json`` whose ``"format"`` is ``"neuface-clip-v1"`` (written
-  by ``neuface-jax synth``, ``neuface_jax.synth.write_clip``). One clip, kind ``"synth"``: inputs are
+  by ``neuface-jax synth``, ``neuface_jax.synthetic.synth.write_clip``). One clip, kind ``"synth"``: inputs are
   the per-view videos in ``clip.json``'s view order, ``view_names`` from ``clip.json``, ``landmarks``
   the clip's ``landmarks.npz``, ``num_frames`` and ``fps`` from ``clip.json``, ``meta`` =
   ``{"synthetic": true, "seed": ..., "model": ..., "image_size": ...}``. Nothing below such a
@@ -24,7 +24,7 @@ Layouts (``layout=``; ``auto`` detects them per sub-tree, in this order of prece
   where ``<subject>`` is the path of the folder holding ``video`` relative to the root (its name
   when that folder is the root or above it); ``meta`` = ``{"subject", "emotion", "level",
   "take"}``. Files at other depths under ``video`` are warned about and skipped.
-* ``frames`` — a frame folder, read by ``neuface_jax.video.read_frame_folder``: a folder whose
+* ``frames`` — a frame folder, read by ``neuface_jax.media.video.read_frame_folder``: a folder whose
   image files (``.jpg .jpeg .png .bmp .webp``) are MEAD-named ``img_%04d_<view>.jpg`` (views from
   the names) or numbered frames (one view, named after the folder, as the reader names it); or a
   folder with no images of its own whose image-holding sub-folders are all named as views (a MEAD
@@ -93,15 +93,13 @@ import logging
 import os
 import re
 import subprocess
-import sys
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Sequence
 
-from absl import flags
 
-from neuface_jax import video as video_lib
-from neuface_jax.atomic import atomic_write_text
+from neuface_jax.media import video as video_lib
+from neuface_jax.common.atomic import atomic_write_text
 
 __all__ = [
     "ClipEntry",
@@ -128,13 +126,13 @@ logger = logging.getLogger(__name__)
 KINDS = ("mead", "video", "frames", "synth")
 #: ``build_manifest`` layouts.
 LAYOUTS = ("auto", "mead", "videos", "frames", "synth")
-#: MEAD's 7 camera views in the canonical order (the order of ``neuface_jax.motion.MEAD_VIEWS``).
+#: MEAD's 7 camera views in the canonical order (the order of ``neuface_jax.synthetic.motion.MEAD_VIEWS``).
 MEAD_VIEWS = ("front", "left_30", "right_30", "left_60", "right_60", "top", "down")
 #: File extensions listed as videos (lower case).
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-#: File extensions of frame images (those ``neuface_jax.video.read_frame_folder`` reads).
+#: File extensions of frame images (those ``neuface_jax.media.video.read_frame_folder`` reads).
 IMAGE_EXTENSIONS = tuple(video_lib.IMAGE_EXTENSIONS)
-#: ``clip.json`` format of ``neuface_jax.synth.write_clip``.
+#: ``clip.json`` format of ``neuface_jax.synthetic.synth.write_clip``.
 SYNTH_CLIP_FORMAT = "neuface-clip-v1"
 
 _ID_PART = re.compile(r"[A-Za-z0-9._+=-]+")
@@ -438,7 +436,7 @@ def probe_video_frames(path, timeout_s: float = 300.0) -> tuple[int, float | Non
     decode yields.
 
     Raises:
-      neuface_jax.video.VideoError: missing, empty or unreadable file, or no video stream.
+      neuface_jax.media.video.VideoError: missing, empty or unreadable file, or no video stream.
     """
     p = video_lib._check_file(path)
     cmd = [video_lib.ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(p), "-map", "0:v:0", "-c", "copy",
@@ -794,72 +792,3 @@ def build_manifest(
         for cid, f in zip(ids, found)
     ]
     return sorted(entries, key=lambda e: e.clip_id)
-
-
-# --------------------------------------------------------------------------------------- command
-def manifest_main(argv: list[str]) -> int:
-    """Lists the clips of a dataset folder as a JSON-lines manifest.
-
-    neuface-jax manifest --root DIR --out FILE [--layout auto|mead|videos|frames|synth] [--probe_frames]
-
-    Layouts: MEAD (<subject>/video/<view>/<emotion>/<level_k>/<take>.mp4, one clip per take with
-    its views), one video per clip (VoxCeleb2, CelebV-HQ, any tree of .mp4/.avi/.mov/.mkv/.webm),
-    frame folders (img_%04d_<view>.jpg, numbered frames, or one cam*/view*/MEAD-view sub-folder per
-    view) and `neuface-jax synth` clip folders (clip.json); auto detects them per sub-tree. One JSON
-    object per line, sorted by clip_id, written atomically; paths under FILE's folder are stored
-    relative to it. --probe_frames counts every video's frames with ffmpeg (no decoding). See
-    neuface_jax/manifest.py for the format.
-    """
-    from neuface_jax.cli import _help_requested, _parse
-
-    fv = flags.FlagValues()
-    flags.DEFINE_string("root", None, "Dataset folder to scan (required).", flag_values=fv)
-    flags.DEFINE_string("out", None, "Manifest file to write (.jsonl; required).", flag_values=fv)
-    flags.DEFINE_enum("layout", "auto", list(LAYOUTS), "Which layouts to look for (auto: all, detected per "
-                      "sub-tree).", flag_values=fv)
-    flags.DEFINE_bool("probe_frames", False, "Count every video's frames and read its frame rate with ffmpeg "
-                      "(stream copy, no decoding).", flag_values=fv)
-    flags.DEFINE_integer("probe_workers", None, "Parallel ffmpeg processes for --probe_frames "
-                         "(default min(8, cpus)).", flag_values=fv)
-    prog = "neuface-jax manifest"
-    _help_requested(argv, fv, prog, manifest_main.__doc__)
-    _parse(fv, argv, prog)
-    if not fv.root or not fv.out:
-        sys.stderr.write(f"{prog}: --root and --out are required (see --help)\n")
-        return 2
-    if not logging.getLogger().handlers and not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-
-    bar = None
-    progress = None
-    if fv.probe_frames:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="probe", total=0, dynamic_ncols=True, disable=None, mininterval=0.5)
-
-        def progress(done, total):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-    try:
-        entries = build_manifest(fv.root, layout=fv.layout, probe_frames=fv.probe_frames,
-                                 probe_workers=fv.probe_workers, progress=progress)
-        out = write_manifest(entries, fv.out)
-    except (ValueError, OSError) as e:
-        sys.stderr.write(f"{prog}: error: {e}\n")
-        return 1
-    finally:
-        if bar is not None:
-            bar.close()
-    kinds = {}
-    for e in entries:
-        kinds[e.kind] = kinds.get(e.kind, 0) + 1
-    by_kind = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
-    views = sum(e.num_views for e in entries)
-    print(f"wrote {len(entries)} clips ({by_kind}; {views} views) to {Path(out).resolve()}")
-    return 0
-

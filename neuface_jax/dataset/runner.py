@@ -51,8 +51,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from neuface_jax import manifest as manifest_lib
-from neuface_jax.atomic import TMP_SUFFIX, atomic_write_text
+from neuface_jax.dataset import manifest as manifest_lib
+from neuface_jax.common.atomic import TMP_SUFFIX, atomic_write_text
 
 DONE_FILE = "done.json"
 FAILURES_FILE = "failures.jsonl"
@@ -396,7 +396,7 @@ class _Runner:
 
     # ---------------------------------------------------------------- stages
     def prepare(self, entry: manifest_lib.ClipEntry):
-        from neuface_jax import annotate as annotate_lib
+        from neuface_jax.annotation import pipeline as annotate_lib
 
         cfg = self.config
         for p in entry.inputs:
@@ -420,7 +420,7 @@ class _Runner:
 
     def finish(self, summary: RunSummary, entry, clip, result, group_info: dict) -> None:
         """Writes one clip's outputs and then its completion record (in the writer thread)."""
-        from neuface_jax import annotate as annotate_lib
+        from neuface_jax.annotation import pipeline as annotate_lib
 
         t0 = time.perf_counter()
         cid = entry.clip_id
@@ -463,7 +463,7 @@ class _Runner:
             summary.done_ids.append(cid)
 
     def fit_group(self, summary: RunSummary, members, t_bucket: int, checkpoint: GroupCheckpoint | None):
-        from neuface_jax import parallel
+        from neuface_jax.core import parallel
 
         t0 = time.perf_counter()
         try:
@@ -519,7 +519,7 @@ def run(
     """
     import jax
 
-    from neuface_jax import parallel
+    from neuface_jax.core import parallel
 
     t_run = time.perf_counter()
     say = log or (lambda s: None)

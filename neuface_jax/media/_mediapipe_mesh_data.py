@@ -10,7 +10,7 @@ Texture coordinates were dropped. The first 468 vertices and 898 triangles are
 ``canonical_face_model.obj``; vertices 468–477 are the iris points (a fan of 4 triangles around each
 iris centre). The vertex order is the Face Landmarker's landmark order. The test
 ``tests/neuface_jax/test_landmark_sets.py`` checks these tables against the original files.
-Use them through ``neuface_jax.landmark_sets`` (``CANONICAL_MESH_VERTICES``, ``CANONICAL_MESH_TRIANGLES``).
+Use them through ``neuface_jax.media.landmark_sets`` (``CANONICAL_MESH_VERTICES``, ``CANONICAL_MESH_TRIANGLES``).
 """
 
 # fmt: off

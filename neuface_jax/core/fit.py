@@ -18,7 +18,7 @@ optimized with the same loss terms plus L2 priors. Every step sees the whole cli
 direct step is cheap), with as many steps as NeuFace takes.
 
 Several clips are packed by ``jax.vmap`` over stacked per-clip states; see
-``neuface_jax.parallel`` for the device mesh.
+``neuface_jax.core.parallel`` for the device mesh.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ import optax
 from flax import nnx
 
 import flame_jax
-from neuface_jax import camera as camera_lib
-from neuface_jax import crops as crops_lib
-from neuface_jax import encoder as encoder_lib
-from neuface_jax import losses as losses_lib
+from neuface_jax.core import camera as camera_lib
+from neuface_jax.media import crops as crops_lib
+from neuface_jax.core import encoder as encoder_lib
+from neuface_jax.core import losses as losses_lib
 
 
 # --------------------------------------------------------------------------- config

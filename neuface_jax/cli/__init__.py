@@ -1,0 +1,58 @@
+"""The ``neuface-jax`` command: ``neuface-jax <command> [--flags]``.
+
+Commands:
+  demo          synthetic 3-view clip → direct baseline and NeuFace → table, params.npz,
+                metrics.json, overlay.mp4 (the embedded default: no FLAME file, no video)
+  synth         write a synthetic clip with ground truth (one mp4 per view, landmarks, truth)
+  fetch-models  download the MediaPipe face landmarker and check its SHA-256
+  annotate      real video(s) → MediaPipe landmarks → crops → NeuFace → params.npz, metrics.json,
+                overlay.mp4 (mesh over the original frames, views tiled), optional OBJs
+  manifest      a folder tree of clips (MEAD, one video per clip, frame folders, synth clips) → a
+                jsonl manifest with stable clip ids
+  annotate-dataset
+                a manifest → <out>/<clip_id>/{params.npz,metrics.json,done.json}: sharded, K clips
+                packed per device, resumable, failures in failures.jsonl, a quality report
+  report        the dataset quality report (report.json, report.md) of an annotate-dataset output
+
+Flags are absl flags, one set per command (``neuface-jax <command> --help``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = __doc__
+
+from neuface_jax.cli import annotate, annotate_dataset, demo, fetch_models, manifest, report, synth
+
+COMMANDS = {
+    "demo": demo.demo_main,
+    "synth": synth.synth_main,
+    "fetch-models": fetch_models.fetch_models_main,
+    "annotate": annotate.annotate_main,
+    "manifest": manifest.manifest_main,
+    "annotate-dataset": annotate_dataset.annotate_dataset_main,
+    "report": report.report_main,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    # Orbax logs every checkpoint read at INFO through absl; the commands report what matters.
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(USAGE.strip())
+        return 0 if len(argv) >= 2 else 2
+    command = argv[1]
+    if command not in COMMANDS:
+        sys.stderr.write(f"neuface-jax: unknown command {command!r}\n\n{USAGE.strip()}\n")
+        return 2
+    return COMMANDS[command]([f"neuface-jax {command}"] + argv[2:])
+
+
+def run() -> None:
+    """Console-script entry point."""
+    raise SystemExit(main())
+
