@@ -1,0 +1,96 @@
+"""The annotation stage's settings, each declared once (field, default, help and flag together).
+
+``SetupConfig`` is resolved once per run (model, landmarks, encoder, optimizer: ``make_setup``),
+``PrepareConfig`` once per clip's decoding/detection/crops (``prepare``), ``OutputConfig`` for what
+``write_outputs`` writes. ``annotate`` and the dataset runner take the same three objects; the
+command line builds them from flags (``neuface_jax.cli.flags``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from neuface_jax.common.settings import setting
+from neuface_jax.media.video import FrameRange
+
+LANDMARK_SETS = ("ibug68", "mediapipe105")
+CONTOURS = ("auto", "static", "dynamic")
+CROP_SMOOTHING = ("moving_average", "savgol", "none")
+RANDOM_ENCODER = "random"
+DEFAULT_EPOCHS = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class SetupConfig:
+    """What a run resolves once: face model, landmark set, landmarker, encoder and optimizer settings."""
+
+    flame_model: str | None = setting(None, "FLAME model file (default: the demo head, a stand-in, not FLAME).")
+    landmark_embedding: str | None = setting(
+        None, "Landmark embedding of --flame_model: 68-point (DECA landmark_embedding.npy) or "
+        "mediapipe_landmark_embedding.npz.")
+    landmark_set: str = setting(
+        "ibug68", "Fitted landmarks: MediaPipe -> iBUG-68, or FLAME's 105-point MediaPipe set (gathered by id).",
+        choices=LANDMARK_SETS)
+    contour: str = setting(
+        "auto", "68-point jaw contour: auto/static = the frontal row for every frame (right for MediaPipe's "
+        "mesh-fixed jaw points), dynamic = DECA's yaw rule (for precomputed silhouette-following landmarks "
+        "such as synthetic clips').", choices=CONTOURS)
+    face_landmarker: str | None = setting(
+        None, "MediaPipe face_landmarker.task (default: $NEUFACE_FACE_LANDMARKER, then the user cache; see "
+        "fetch-models).")
+    encoder: str | None = setting(
+        None, "Encoder checkpoint folder (orbax), or 'random'; default: the packaged pretrained small encoder "
+        "on the demo head, a randomly initialized small encoder with a FLAME model.")
+    epochs: int = setting(DEFAULT_EPOCHS, "NeuFace epochs over the chunks (reference: 100).")
+    chunk_frames: int = setting(20, "Frames per chunk (reference: 20).")
+    learning_rate: float | None = setting(
+        None, "Learning rate (default: by the starting encoder, see annotation.setup.default_learning_rate).",
+        flag="lr")
+    seed: int = setting(0, "Encoder initialization and optimization seed.")
+
+    def __post_init__(self):
+        if self.landmark_set not in LANDMARK_SETS:
+            raise ValueError(f"landmark_set must be one of {LANDMARK_SETS}, got {self.landmark_set!r}")
+        if self.contour not in CONTOURS:
+            raise ValueError(f"contour must be one of {CONTOURS}, got {self.contour!r}")
+        if int(self.epochs) < 1 or int(self.chunk_frames) < 1:
+            raise ValueError(f"epochs and chunk_frames must be >= 1, got {self.epochs}, {self.chunk_frames}")
+
+    def replace(self, **kw) -> "SetupConfig":
+        return dataclasses.replace(self, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """How one clip is decoded, detected and cropped."""
+
+    frames: FrameRange = setting(FrameRange(), "Frames to take (start/end, start_s/end_s, stride).", cli=False)
+    fps: float = setting(25.0, "Frame rate of frame folders and images.")
+    strict: bool = setting(False, "Views of different lengths or frame rates are an error (default: trim, warn).")
+    crop_smoothing: str = setting(
+        "moving_average", "Temporal smoothing of the crop boxes (none = the per-frame reference boxes).",
+        choices=CROP_SMOOTHING)
+    smoothing_window: int = setting(5, "Crop smoothing window in frames.")
+    use_cache: bool = setting(True, "Use the landmark cache.", flag="cache")
+    cache_dir: str | None = setting(None, "Landmark cache folder (default ~/.cache/neuface_jax/landmarks).")
+
+    def __post_init__(self):
+        if self.crop_smoothing not in CROP_SMOOTHING:
+            raise ValueError(f"crop_smoothing must be one of {CROP_SMOOTHING}, got {self.crop_smoothing!r}")
+        if int(self.smoothing_window) < 1:
+            raise ValueError(f"smoothing_window must be >= 1, got {self.smoothing_window}")
+
+    def replace(self, **kw) -> "PrepareConfig":
+        return dataclasses.replace(self, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputConfig:
+    """What is written per clip besides params.npz and metrics.json."""
+
+    write_video: bool = setting(True, "Write overlay.mp4.", flag="overlay")
+    write_objs: bool = setting(False, "Write one OBJ per frame and view (objs/<view>/).", flag="objs")
+    overlay_max_side: int = setting(480, "Longest side of the overlay video in pixels.")
+
+    def replace(self, **kw) -> "OutputConfig":
+        return dataclasses.replace(self, **kw)
