@@ -2,8 +2,8 @@
 
 ``SetupConfig`` is resolved once per run (model, landmarks, encoder, optimizer: ``make_setup``),
 ``PrepareConfig`` once per clip's decoding/detection/crops (``prepare``), ``OutputConfig`` for what
-``write_outputs`` writes. ``annotate`` and the dataset runner take the same three objects; the
-command line builds them from flags (``neuface_jax.cli.flags``).
+``write_outputs`` writes. ``annotate`` and the dataset runner take the same objects; the command
+line builds them from flags (``neuface_jax.cli.flags``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from neuface_jax.media.video import FrameRange
 
 LANDMARK_SETS = ("ibug68", "mediapipe105")
 CONTOURS = ("auto", "static", "dynamic")
+#: Crop-box smoothing methods; "none" keeps the per-frame reference boxes.
 CROP_SMOOTHING = ("moving_average", "savgol", "none")
+#: ``SetupConfig.encoder`` value that asks for a randomly initialized encoder (even on the demo head).
 RANDOM_ENCODER = "random"
+#: NeuFace epochs: the reference's 100. From a random encoder fewer epochs underfit the head
+#: rotation of turned heads badly (README: real-video figures).
 DEFAULT_EPOCHS = 100
 
 
@@ -44,9 +48,12 @@ class SetupConfig:
     epochs: int = setting(DEFAULT_EPOCHS, "NeuFace epochs over the chunks (reference: 100).")
     chunk_frames: int = setting(20, "Frames per chunk (reference: 20).")
     learning_rate: float | None = setting(
-        None, "Learning rate (default: by the starting encoder, see annotation.setup.default_learning_rate).",
-        flag="lr")
+        None, "Learning rate (default: by the starting encoder: 1e-4 from the packaged or another small "
+        "checkpoint, 2e-5 from a ResNet-50 checkpoint, 1e-3 from a random encoder).", flag="lr")
     seed: int = setting(0, "Encoder initialization and optimization seed.")
+    warm_compile: bool = setting(
+        False, "Compile the NeuFace step in the background during detection (pays with spare cores; "
+        "annotate only).")
 
     def __post_init__(self):
         if self.landmark_set not in LANDMARK_SETS:
@@ -64,7 +71,8 @@ class SetupConfig:
 class PrepareConfig:
     """How one clip is decoded, detected and cropped."""
 
-    frames: FrameRange = setting(FrameRange(), "Frames to take (start/end, start_s/end_s, stride).", cli=False)
+    frames: FrameRange = setting(
+        FrameRange(), "Frames to take (start/end, start_s/end_s, stride; flags in cli.flags).", cli=False)
     fps: float = setting(25.0, "Frame rate of frame folders and images.")
     strict: bool = setting(False, "Views of different lengths or frame rates are an error (default: trim, warn).")
     crop_smoothing: str = setting(
@@ -79,6 +87,11 @@ class PrepareConfig:
             raise ValueError(f"crop_smoothing must be one of {CROP_SMOOTHING}, got {self.crop_smoothing!r}")
         if int(self.smoothing_window) < 1:
             raise ValueError(f"smoothing_window must be >= 1, got {self.smoothing_window}")
+
+    @property
+    def smoothing_method(self) -> str | None:
+        """``crop_smoothing`` as ``media.crops`` takes it (None = no smoothing)."""
+        return None if self.crop_smoothing == "none" else self.crop_smoothing
 
     def replace(self, **kw) -> "PrepareConfig":
         return dataclasses.replace(self, **kw)

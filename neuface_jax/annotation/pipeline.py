@@ -80,15 +80,12 @@ for long clips.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import contextlib
 import dataclasses
 import os
 import pathlib
 import time
 import warnings
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -96,6 +93,8 @@ from neuface_jax.media import crops as crops_lib
 from neuface_jax.media import detect as detect_lib
 from neuface_jax.media import landmark_sets
 from neuface_jax.media import video as video_lib
+from neuface_jax.media.detect import decode_and_detect, read_precomputed_landmarks
+from neuface_jax.media.sources import decode_frames, open_source, parse_view_boxes, stack_views
 
 __all__ = [
     "DEFAULT_EPOCHS",
@@ -253,306 +252,6 @@ def resolve_face_model(
         model=model, embedding=emb, landmark_ids=ids.astype(np.int64), eye_idx=eye_idx, landmark_set=landmark_set,
         contour=resolved, model_label=label, is_demo=is_demo,
     )
-
-
-# --------------------------------------------------------------------------- inputs
-def parse_view_boxes(spec) -> dict[str, tuple[int, int, int, int]] | None:
-    """``"x0:y0:x1:y1,..."`` (or ``"name=x0:y0:x1:y1,..."``), a list of such strings, a list of 4-tuples
-    or a mapping → ``{name: (x0, y0, x1, y1)}`` (half-open pixel boxes; default names ``view0``, ...)."""
-    if spec is None or (isinstance(spec, (str, list, tuple, dict)) and len(spec) == 0):
-        return None
-    if isinstance(spec, Mapping):
-        return {str(k): tuple(int(v) for v in b) for k, b in spec.items()}
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    out = {}
-    for i, item in enumerate(items):
-        name = f"view{i}"
-        if isinstance(item, str):
-            item = item.strip()
-            if "=" in item:
-                name, item = (s.strip() for s in item.split("=", 1))
-            parts = item.split(":")
-            try:
-                box = tuple(int(p) for p in parts)
-            except ValueError:
-                raise ValueError(f"view box {item!r} is not x0:y0:x1:y1 integers") from None
-        else:
-            box = tuple(int(v) for v in item)
-        if len(box) != 4:
-            raise ValueError(f"view box {item!r} needs 4 numbers x0:y0:x1:y1, got {len(box)}")
-        x0, y0, x1, y1 = box
-        if not (0 <= x0 < x1 and 0 <= y0 < y1):
-            raise ValueError(f"view box {item!r} is empty (need x0 < x1 and y0 < y1)")
-        if name in out:
-            raise ValueError(f"two view boxes named {name!r}")
-        out[name] = box
-    return out
-
-
-@dataclasses.dataclass
-class _Source:
-    """Where the frames come from, per view, and how to stream them."""
-
-    label: str  # the clip, for messages
-    view_names: tuple[str, ...]
-    fps: float
-    stream: Callable[[], Iterator[tuple[int, tuple[np.ndarray, ...]]]]
-    cache_ids: list[tuple[str, Any, Any] | None]  # per view: (source file, box, frames key) or None
-    kind: str
-    paths: tuple[str, ...]
-    frame_range: video_lib.FrameRange | None
-    num_frames: int | None = None  # exact for decoded clips; estimated from the header for videos (or None)
-    out_fps: float = 25.0  # frame rate of the selected frames (after the stride), for the overlay video
-
-
-def _is_image(path) -> bool:
-    return pathlib.Path(path).suffix.lower() in video_lib.IMAGE_EXTENSIONS
-
-
-def _clip_source(clip: video_lib.VideoClip, label: str, kind: str, paths, rng) -> _Source:
-    def stream():
-        for t, idx in enumerate(clip.frame_indices):
-            yield int(idx), tuple(f[t] for f in clip.frames)
-
-    cache_ids = []
-    for v in range(clip.num_views):
-        src = clip.sources[v]
-        ok = src is not None and pathlib.Path(src).is_file()
-        cache_ids.append((src, clip.source_boxes[v], clip.frame_indices.tolist()) if ok else None)
-    return _Source(
-        label=label, view_names=clip.view_names, fps=float(clip.fps or 25.0), stream=stream, cache_ids=cache_ids,
-        kind=kind, paths=tuple(paths), frame_range=rng, num_frames=clip.num_frames,
-        out_fps=float(clip.fps or 25.0) / max(1, int(clip.stride)),
-    )
-
-
-def _open_source(videos, view_names, view_boxes, rng: video_lib.FrameRange, strict: bool, fps: float) -> _Source:
-    boxes = parse_view_boxes(view_boxes)
-    if isinstance(videos, video_lib.VideoClip):
-        clip = videos
-        if boxes:
-            clip = video_lib.split_views(clip, boxes)
-        if view_names:
-            clip = dataclasses.replace(clip, view_names=tuple(view_names))
-        label = ", ".join(s for s in dict.fromkeys(clip.sources) if s) or "clip"
-        return _clip_source(clip, label, "clip", [s for s in clip.sources if s], rng)
-    if isinstance(videos, (str, os.PathLike)):
-        paths = [str(videos)]
-    else:
-        paths = [str(p) for p in videos]
-    paths = [p.strip() for p in paths if str(p).strip()]
-    if not paths:
-        raise ValueError("no input video given")
-    label = ",".join(paths)
-    names = list(view_names) if view_names else None
-
-    if len(paths) == 1 and pathlib.Path(paths[0]).is_dir():
-        clip = video_lib.read_frame_folder(paths[0], view_names=names, fps=fps, strict=strict, frames=rng)
-        if boxes:
-            if clip.num_views != 1:
-                raise ValueError("view boxes cut a single-view composite; the frame folder holds several views")
-            clip = video_lib.split_views(clip, boxes)
-        return _clip_source(clip, label, "folder", paths, rng)
-
-    if all(_is_image(p) for p in paths):
-        imgs = []
-        for p in paths:
-            pp = pathlib.Path(p)
-            if not pp.is_file():
-                raise video_lib.VideoError(pp, "no such file")
-            imgs.append(video_lib.read_image(pp)[None])
-        vnames = tuple(names) if names else video_lib.resolve_view_names(paths, None)
-        if len(vnames) != len(paths):
-            raise ValueError(f"{len(vnames)} view names for {len(paths)} images")
-        clip = video_lib.VideoClip(
-            frames=imgs, view_names=vnames, fps=fps, frame_indices=np.zeros(1, np.int64), sources=tuple(paths)
-        )
-        if boxes:
-            if clip.num_views != 1:
-                raise ValueError("view boxes cut one composite image, not several")
-            clip = video_lib.split_views(clip, boxes)
-        return _clip_source(clip, label, "images", paths, rng)
-
-    infos = [video_lib.probe_video(p) for p in paths]  # VideoError naming the file
-    rate = infos[0].fps or fps
-    frames_key = dataclasses.asdict(rng)
-    est = [i.estimated_num_frames for i in infos]
-    n_est = len(rng.indices(min(est), rate)) if all(est) and rate else None
-    if boxes:
-        if len(paths) != 1:
-            raise ValueError("view boxes cut one composite video into views; give a single video with them")
-        info = infos[0]
-        for name, (x0, y0, x1, y1) in boxes.items():
-            if not (x1 <= info.width and y1 <= info.height):
-                raise ValueError(f"view box {name!r} {(x0, y0, x1, y1)} is outside the {info.width}x{info.height} video {paths[0]}")
-        vnames = tuple(names) if names else tuple(boxes)
-        if len(vnames) != len(boxes):
-            raise ValueError(f"{len(vnames)} view names for {len(boxes)} view boxes")
-        box_list = list(boxes.values())
-
-        def stream():
-            for i, f in video_lib.iter_video_frames(paths[0], frames=rng, info=info):
-                yield i, tuple(np.ascontiguousarray(f[y0:y1, x0:x1]) for x0, y0, x1, y1 in box_list)
-
-        return _Source(
-            label=label, view_names=vnames, fps=rate, stream=stream,
-            cache_ids=[(paths[0], b, frames_key) for b in box_list], kind="composite", paths=tuple(paths),
-            frame_range=rng, num_frames=n_est, out_fps=rate / rng.stride,
-        )
-    if any(_is_image(p) for p in paths):
-        raise ValueError(f"mixing images and videos is not supported: {paths}")
-    vnames = video_lib.resolve_view_names(paths, names)
-    if len(paths) == 1:
-        info = infos[0]
-
-        def stream():
-            for i, f in video_lib.iter_video_frames(paths[0], frames=rng, info=info):
-                yield i, (f,)
-
-    else:
-        video_lib.check_frame_rates(vnames, infos, strict=strict, rate=rate, stacklevel=3)
-
-        def stream():
-            yield from video_lib.iter_synchronized(paths, strict=strict, frames=rng)
-
-    return _Source(
-        label=label, view_names=vnames, fps=rate, stream=stream, cache_ids=[(p, None, frames_key) for p in paths],
-        kind="videos", paths=tuple(paths), frame_range=rng, num_frames=n_est, out_fps=rate / rng.stride,
-    )
-
-
-# --------------------------------------------------------------------------- decoding + detection
-class _ViewDetector:
-    """One view's landmarker on its own worker thread (VIDEO mode needs in-order calls)."""
-
-    def __init__(self, model_path, options, fps):
-        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="neuface-detect")
-        self.landmarker = self.pool.submit(detect_lib.FaceLandmarker, model_path, options).result()
-        self.tracker = detect_lib.FaceTracker(options, fps)
-
-    def submit(self, frame, ts):
-        return self.pool.submit(self.landmarker.detect, frame, ts)
-
-    def close(self):
-        with contextlib.suppress(Exception):
-            self.pool.submit(self.landmarker.close).result()
-        self.pool.shutdown(wait=True)
-
-
-def _decode_and_detect(
-    src: _Source, *, model_path, options, cache_dir, use_cache, bar=None, prefetch_size=8, in_flight=4, on_first_face=None
-):
-    """Streams the frames once: stores them and detects the views that are not cached.
-
-    ``on_first_face()`` is called once, as soon as some view has a face (a cached one, or the first
-    detection), so the caller can start work that is only worth doing when the clip has a face.
-
-    Returns (frames per view [T, H, W, 3], FaceLandmarks per view, frame indices [T], cache hits per view).
-    """
-    w = len(src.view_names)
-    hits: list[detect_lib.FaceLandmarks | None] = [None] * w
-    cache_paths: list[pathlib.Path | None] = [None] * w
-    if use_cache:
-        cdir = cache_dir or detect_lib.default_landmark_cache_dir()
-        for v, cid in enumerate(src.cache_ids):
-            if cid is None:
-                continue
-            path, box, frames_key = cid
-            key = detect_lib.cache_key(path, box=box, frames=frames_key, options=options, model_path=model_path)
-            cache_paths[v] = detect_lib.cache_file(cdir, path, src.view_names[v] if w > 1 or box else None, key)
-            hits[v] = detect_lib.load_cached(cache_paths[v])
-    todo = [v for v in range(w) if hits[v] is None]
-    signalled = [False]
-
-    def face_found():
-        if not signalled[0] and on_first_face is not None:
-            signalled[0] = True
-            on_first_face()
-
-    if any(h is not None and h.valid.any() for h in hits):
-        face_found()
-    detectors = {v: _ViewDetector(model_path, options, src.fps) for v in todo}
-    frames: list[list[np.ndarray]] = [[] for _ in range(w)]
-    indices: list[int] = []
-    rows = {v: [] for v in todo}
-    valid = {v: [] for v in todo}
-    counts = {v: [] for v in todo}
-    pending: collections.deque = collections.deque()
-
-    def finish(item):
-        index, fr, futs = item
-        for v, fut in futs.items():
-            faces = fut.result()
-            k = detectors[v].tracker.choose(faces, index, (fr[v].shape[1], fr[v].shape[0]))
-            rows[v].append(np.zeros((detect_lib.NUM_LANDMARKS, 3), np.float32) if k is None else faces[k])
-            valid[v].append(k is not None)
-            counts[v].append(int(faces.shape[0]))
-            if k is not None:
-                face_found()
-        if bar is not None:
-            bar.update(1)
-
-    try:
-        for index, fr in detect_lib.prefetch(src.stream(), prefetch_size):
-            if len(fr) != w:
-                raise ValueError(f"{src.label}: {len(fr)} views in a frame, expected {w}")
-            if indices:
-                for v in range(w):
-                    if fr[v].shape != frames[v][0].shape:
-                        raise ValueError(
-                            f"{src.label}: view {src.view_names[v]!r} frame {index} is {fr[v].shape}, "
-                            f"earlier frames {frames[v][0].shape}"
-                        )
-            indices.append(int(index))
-            for v in range(w):
-                frames[v].append(fr[v])
-            ts = detect_lib.timestamp_ms(index, src.fps)
-            futs = {v: detectors[v].submit(fr[v], ts) for v in todo}
-            pending.append((int(index), fr, futs))
-            while len(pending) > in_flight:
-                finish(pending.popleft())
-        while pending:
-            finish(pending.popleft())
-    finally:
-        for d in detectors.values():
-            d.close()
-    if not indices:
-        raise video_lib.VideoError(src.label, "no frames to read")
-    idx = np.asarray(indices, np.int64)
-    results = []
-    for v, name in enumerate(src.view_names):
-        label = f"view {name!r} of {src.label}"
-        if hits[v] is not None:
-            res = hits[v]
-            if res.num_frames != len(idx) or not np.array_equal(res.frame_indices, idx):
-                raise RuntimeError(f"{label}: cached landmarks do not match the decoded frames; clear {cache_paths[v]}")
-        else:
-            f0 = frames[v][0]
-            res = detect_lib.FaceLandmarks(
-                points=np.stack(rows[v]), valid=np.asarray(valid[v]), frame_indices=idx,
-                image_size=(int(f0.shape[1]), int(f0.shape[0])), num_faces=np.asarray(counts[v]), fps=src.fps,
-                name=label,
-            )
-            if cache_paths[v] is not None:
-                res.save(cache_paths[v])
-        results.append(res)
-    return frames, results, idx, [h is not None for h in hits]
-
-
-def _stack_views(frames: list[list[np.ndarray]]) -> np.ndarray:
-    """Per-view frame lists → uint8 [T, W, H, Wd, 3], padded (bottom/right, black) to the largest view.
-
-    Frees the lists as it copies (peak memory ≈ one copy)."""
-    t = len(frames[0])
-    h = max(f[0].shape[0] for f in frames)
-    wd = max(f[0].shape[1] for f in frames)
-    out = np.zeros((t, len(frames), h, wd, 3), np.uint8)
-    for v, lst in enumerate(frames):
-        for ti in range(t):
-            f = lst[ti]
-            out[ti, v, : f.shape[0], : f.shape[1]] = f
-            lst[ti] = None
-    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -811,73 +510,6 @@ class PreparedClip:
         return len(self.view_names)
 
 
-def read_precomputed_landmarks(path, view_names: Sequence[str], frame_indices: np.ndarray, label: str):
-    """68-point landmarks from a file instead of MediaPipe, for the decoded frames:
-    ``(points [T, W, 68, 2] px, targets [T, W, 68, 2] px with NaN where invisible, valid [T, W])``.
-    ``points`` (all 68, occluded ones included) place the crops; ``targets`` are fitted.
-
-    The file is an ``.npz`` with ``landmarks68`` ``[N, W, 68, 2]`` (pixels of each view), optional
-    ``visible68`` ``[N, W, 68]`` and ``valid`` ``[N, W]``, and ``view_names`` — the ``landmarks.npz``
-    that ``neuface-jax synth`` writes. Rows are source frames 0..N-1; the decoded frames pick theirs.
-
-    Raises:
-      ValueError: naming the file when it is unreadable, lacks a key, or does not match the clip.
-    """
-    path = pathlib.Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"{path}: cannot read precomputed landmarks ({type(e).__name__}: {e})") from None
-    if "landmarks68" not in arrays:
-        raise ValueError(f"{path}: no 'landmarks68' array (keys: {sorted(arrays)})")
-    pts = np.asarray(arrays["landmarks68"], np.float64)
-    n = pts.shape[0]
-    if pts.ndim != 4 or pts.shape[2:] != (68, 2):
-        raise ValueError(f"{path}: landmarks68 must be [N, W, 68, 2], got {pts.shape}")
-    if "view_names" in arrays:
-        names = [str(s) for s in arrays["view_names"].tolist()]
-        try:
-            order = [names.index(v) for v in view_names]
-        except ValueError:
-            raise ValueError(f"{path}: views {names} do not include all of {label}'s views {list(view_names)}") from None
-    elif pts.shape[1] == len(view_names):
-        order = list(range(len(view_names)))
-    else:
-        raise ValueError(f"{path}: {pts.shape[1]} views of landmarks for {len(view_names)} views of {label}")
-    idx = np.asarray(frame_indices, np.int64)
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        raise ValueError(f"{path}: landmarks for {n} frames but {label} has frame {int(idx.max())}")
-    pts = pts[idx][:, order]
-    vis = np.ones(pts.shape[:3], bool)
-    if "visible68" in arrays:
-        vis = np.asarray(arrays["visible68"], bool)[idx][:, order]
-    valid = np.ones(pts.shape[:2], bool)
-    if "valid" in arrays:
-        valid = np.asarray(arrays["valid"], bool)[idx][:, order]
-    valid &= np.isfinite(pts).all(-1).all(-1)
-    pts = np.where(valid[..., None, None], pts, np.nan)
-    return pts, np.where((vis & valid[..., None])[..., None], pts, np.nan), valid
-
-
-def _decode_frames(src: _Source, bar=None, prefetch_size: int = 8):
-    """Decodes every selected frame of every view (no detection): (frames per view, indices)."""
-    w = len(src.view_names)
-    frames: list[list[np.ndarray]] = [[] for _ in range(w)]
-    indices: list[int] = []
-    for index, fr in detect_lib.prefetch(src.stream(), prefetch_size):
-        if len(fr) != w:
-            raise ValueError(f"{src.label}: {len(fr)} views in a frame, expected {w}")
-        indices.append(int(index))
-        for v in range(w):
-            frames[v].append(fr[v])
-        if bar is not None:
-            bar.update(1)
-    if not indices:
-        raise video_lib.VideoError(src.label, "no frames to read")
-    return frames, np.asarray(indices, np.int64)
-
-
 def prepare(
     setup: AnnotateSetup,
     videos,
@@ -921,7 +553,7 @@ def prepare(
     if landmarks_file is not None and face_setup.landmark_set != "ibug68":
         raise ValueError(f"precomputed 68-point landmarks ({landmarks_file}) need landmark_set='ibug68'")
     rng = video_lib.frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
-    src = _open_source(videos, view_names, view_boxes, rng, strict, fps)
+    src = open_source(videos, view_names, view_boxes, rng, strict, fps)
     if label:
         src = dataclasses.replace(src, label=str(label))
     seconds["setup"] = time.perf_counter() - t0
@@ -934,7 +566,7 @@ def prepare(
     bar = _progress_bar(progress, f"{what} ({w} view{'s' * (w > 1)})", total)
     try:
         if landmarks_file is not None:
-            view_frames, frame_indices = _decode_frames(src, bar)
+            view_frames, frame_indices = decode_frames(src, bar)
             cached = [True] * w
             pts68, target_px, valid = read_precomputed_landmarks(
                 landmarks_file, src.view_names, frame_indices, src.label
@@ -946,7 +578,7 @@ def prepare(
                 setup_path = detect_lib.resolve_model_path(None)  # raises ModelNotFoundError with instructions
             else:
                 setup_path = setup.model_path
-            view_frames, lmks, frame_indices, cached = _decode_and_detect(
+            view_frames, lmks, frame_indices, cached = decode_and_detect(
                 src, model_path=setup_path, options=setup.options, cache_dir=cache_dir, use_cache=use_cache, bar=bar,
                 on_first_face=on_first_face,
             )
@@ -985,7 +617,7 @@ def prepare(
 
     # ---- crops + encoder inputs
     t0 = time.perf_counter()
-    images = _stack_views(view_frames)
+    images = stack_views(view_frames)
     del view_frames
     sizes = [(int(images.shape[3]), int(images.shape[2]))] * w
     if landmarks_file is None:
@@ -1248,7 +880,7 @@ def annotate(
     if warm_compile:
         # Shapes are needed before the clip is prepared; opening the source only probes headers.
         rng0 = video_lib.frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
-        src0 = _open_source(videos, view_names, view_boxes, rng0, strict, fps)
+        src0 = open_source(videos, view_names, view_boxes, rng0, strict, fps)
     clip = prepare(
         setup, videos, view_names=view_names, view_boxes=view_boxes, frames=frames, start=start, end=end,
         start_s=start_s, end_s=end_s, stride=stride, fps=fps, strict=strict, crop_smoothing=crop_smoothing,

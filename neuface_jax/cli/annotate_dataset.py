@@ -8,7 +8,12 @@ from pathlib import Path
 
 from absl import flags
 
-from neuface_jax.cli.common import help_requested, parse, progress_factory
+from neuface_jax.annotation.config import OutputConfig, PrepareConfig
+from neuface_jax.cli import flags as flags_lib
+from neuface_jax.cli.annotate import define_model_and_fit_flags
+from neuface_jax.cli.common import help_requested, parse
+from neuface_jax.common import log as log_lib
+from neuface_jax.dataset.config import DatasetConfig
 
 
 def annotate_dataset_main(argv: list[str]) -> int:
@@ -33,12 +38,7 @@ def annotate_dataset_main(argv: list[str]) -> int:
     i("num_shards", 1, "Number of shards (stable hash of the clip id).", flag_values=fv)
     b("retry_failed", False, "Run only the clips recorded in failures.jsonl (and not completed since).",
       flag_values=fv)
-    i("clips_per_device", 1, "K: clips packed per device in one optimization group.", flag_values=fv)
-    ls("bucket_chunks", ["1", "2", "4", "8", "16", "32"], "Padded clip lengths, in chunks.", flag_values=fv)
-    i("workers", 2, "Preprocessing threads (decode + landmarks + crops).", flag_values=fv)
-    i("prefetch", None, "Clips prepared ahead of the optimizer (default: two groups).", flag_values=fv)
-    i("checkpoint_every", 10, "Epochs between orbax checkpoints of long groups (0 = never).", flag_values=fv)
-    i("checkpoint_min_frames", 200, "Groups padded to at least this many frames checkpoint.", flag_values=fv)
+    flags_lib.define(fv, DatasetConfig)
     define_model_and_fit_flags(fv)
     f("fps", 25.0, "Frame rate of frame folders without one in the manifest.", flag_values=fv)
     b("strict", False, "Views of different lengths are a failure (default: trim, warn).", flag_values=fv)
@@ -56,13 +56,14 @@ def annotate_dataset_main(argv: list[str]) -> int:
     help_requested(argv, fv, "neuface-jax annotate-dataset", annotate_dataset_main.__doc__)
     parse(fv, argv, "neuface-jax annotate-dataset")
     prog = "neuface-jax annotate-dataset"
+    log_lib.configure()
     if not fv.manifest or not fv.out:
         sys.stderr.write(f"{prog}: --manifest and --out are required (see --help)\n")
         return 2
 
-    from neuface_jax.dataset import runner as dataset
+    from neuface_jax import dataset
     from neuface_jax.media import detect
-    from neuface_jax.dataset import manifest
+    from neuface_jax.media.video import FrameRange
 
     if fv.compilation_cache:
         import jax
@@ -74,13 +75,11 @@ def annotate_dataset_main(argv: list[str]) -> int:
         pidx, pcount = dataset.init_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
         print(f"{prog}: process {pidx} of {pcount}")
     try:
-        entries = manifest.read_manifest(fv.manifest)
-        cfg = dataset.DatasetConfig(
-            clips_per_device=fv.clips_per_device, bucket_chunks=tuple(int(x) for x in fv.bucket_chunks),
-            workers=fv.workers, prefetch=fv.prefetch, checkpoint_every=fv.checkpoint_every,
-            checkpoint_min_frames=fv.checkpoint_min_frames, write_video=fv.overlay, write_objs=fv.objs,
-            stride=fv.stride, fps=fv.fps, strict=fv.strict, use_cache=fv.cache, cache_dir=fv.cache_dir,
-        )
+        entries = dataset.read_manifest(fv.manifest)
+        prepare = PrepareConfig(frames=FrameRange(stride=fv.stride), fps=fv.fps, strict=fv.strict,
+                                use_cache=fv.cache, cache_dir=fv.cache_dir)
+        output = OutputConfig(write_video=fv.overlay, write_objs=fv.objs)
+        cfg = flags_lib.build(fv, DatasetConfig, prepare=prepare, output=output)
         need_mp = any(e.landmarks is None for e in entries)
         setup = annotate_lib.make_setup(
             flame_model=fv.flame_model, landmark_embedding=fv.landmark_embedding, landmark_set=fv.landmark_set,
@@ -89,7 +88,7 @@ def annotate_dataset_main(argv: list[str]) -> int:
         )
         summary = dataset.run(
             entries, fv.out, setup, cfg, shard_id=fv.shard_id, num_shards=fv.num_shards,
-            retry_failed=fv.retry_failed, progress=progress_factory(), report=fv.report,
+            retry_failed=fv.retry_failed, progress=log_lib.progress_factory(), report=fv.report,
         )
     except (detect.ModelNotFoundError, FileNotFoundError, ValueError) as e:
         sys.stderr.write(f"{prog}: error: {e}\n")

@@ -59,7 +59,7 @@ DEFAULT_CAM_SCALE = 9.0
 _ARCHS = ("resnet50", "small")
 _LAYOUTS = ("deca", "compact")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-_CHECKPOINT_FORMAT = "neuface_jax.core.encoder"
+_CHECKPOINT_FORMAT = "neuface_jax.encoder"  # the on-disk format name (not the module path)
 _CHECKPOINT_VERSION = 1
 
 

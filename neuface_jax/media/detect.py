@@ -32,12 +32,14 @@ the head centre), useful for visibility but not metric.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import pathlib
-import queue
 import threading
 import urllib.request
 import warnings
@@ -46,7 +48,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from neuface_jax.media import landmark_sets
+from neuface_jax.media import sources as sources_lib
 from neuface_jax.media import video as video_lib
+from neuface_jax.media.sources import prefetch
 
 __all__ = [
     "MODEL_URL",
@@ -807,78 +811,173 @@ def detect_clip(
 
 
 # ----------------------------------------------------------------------------------------------
-# Background prefetching
+# One clip: decode + detect every view
 
 
-class _Raised:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
+class ViewDetector:
+    """One view's landmarker on its own worker thread (VIDEO mode needs in-order calls)."""
+
+    def __init__(self, model_path, options, fps):
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="neuface-detect")
+        self.landmarker = self.pool.submit(FaceLandmarker, model_path, options).result()
+        self.tracker = FaceTracker(options, fps)
+
+    def submit(self, frame, ts):
+        return self.pool.submit(self.landmarker.detect, frame, ts)
+
+    def close(self):
+        with contextlib.suppress(Exception):
+            self.pool.submit(self.landmarker.close).result()
+        self.pool.shutdown(wait=True)
 
 
-_DONE = object()
+def decode_and_detect(
+    src: sources_lib.Source, *, model_path, options, cache_dir, use_cache, bar=None, prefetch_size=8, in_flight=4, on_first_face=None
+):
+    """Streams the frames once: stores them and detects the views that are not cached.
 
+    ``on_first_face()`` is called once, as soon as some view has a face (a cached one, or the first
+    detection), so the caller can start work that is only worth doing when the clip has a face.
 
-def prefetch(iterable: Iterable, size: int = 8) -> Iterator:
-    """Iterates ``iterable`` in a background thread, up to ``size`` items ahead.
-
-    Exceptions raised by the iterable are re-raised in the consumer. Stopping early (``break``,
-    ``close()``, garbage collection) stops the thread and closes the iterable if it is a generator
-    (so decoders release their ffmpeg process).
+    Returns (frames per view [T, H, W, 3], FaceLandmarks per view, frame indices [T], cache hits per view).
     """
-    if size < 1:
-        raise ValueError(f"prefetch size must be >= 1, got {size}")
-    q: queue.Queue = queue.Queue(maxsize=size)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
+    w = len(src.view_names)
+    hits: list[FaceLandmarks | None] = [None] * w
+    cache_paths: list[pathlib.Path | None] = [None] * w
+    if use_cache:
+        cdir = cache_dir or default_landmark_cache_dir()
+        for v, cid in enumerate(src.cache_ids):
+            if cid is None:
                 continue
-        return False
+            path, box, frames_key = cid
+            key = cache_key(path, box=box, frames=frames_key, options=options, model_path=model_path)
+            cache_paths[v] = cache_file(cdir, path, src.view_names[v] if w > 1 or box else None, key)
+            hits[v] = load_cached(cache_paths[v])
+    todo = [v for v in range(w) if hits[v] is None]
+    signalled = [False]
 
-    def worker():
-        it = iter(iterable)
+    def face_found():
+        if not signalled[0] and on_first_face is not None:
+            signalled[0] = True
+            on_first_face()
+
+    if any(h is not None and h.valid.any() for h in hits):
+        face_found()
+    detectors = {v: ViewDetector(model_path, options, src.fps) for v in todo}
+    frames: list[list[np.ndarray]] = [[] for _ in range(w)]
+    indices: list[int] = []
+    rows = {v: [] for v in todo}
+    valid = {v: [] for v in todo}
+    counts = {v: [] for v in todo}
+    pending: collections.deque = collections.deque()
+
+    def finish(item):
+        index, fr, futs = item
+        for v, fut in futs.items():
+            faces = fut.result()
+            k = detectors[v].tracker.choose(faces, index, (fr[v].shape[1], fr[v].shape[0]))
+            rows[v].append(np.zeros((NUM_LANDMARKS, 3), np.float32) if k is None else faces[k])
+            valid[v].append(k is not None)
+            counts[v].append(int(faces.shape[0]))
+            if k is not None:
+                face_found()
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        for index, fr in prefetch(src.stream(), prefetch_size):
+            if len(fr) != w:
+                raise ValueError(f"{src.label}: {len(fr)} views in a frame, expected {w}")
+            if indices:
+                for v in range(w):
+                    if fr[v].shape != frames[v][0].shape:
+                        raise ValueError(
+                            f"{src.label}: view {src.view_names[v]!r} frame {index} is {fr[v].shape}, "
+                            f"earlier frames {frames[v][0].shape}"
+                        )
+            indices.append(int(index))
+            for v in range(w):
+                frames[v].append(fr[v])
+            ts = timestamp_ms(index, src.fps)
+            futs = {v: detectors[v].submit(fr[v], ts) for v in todo}
+            pending.append((int(index), fr, futs))
+            while len(pending) > in_flight:
+                finish(pending.popleft())
+        while pending:
+            finish(pending.popleft())
+    finally:
+        for d in detectors.values():
+            d.close()
+    if not indices:
+        raise video_lib.VideoError(src.label, "no frames to read")
+    idx = np.asarray(indices, np.int64)
+    results = []
+    for v, name in enumerate(src.view_names):
+        label = f"view {name!r} of {src.label}"
+        if hits[v] is not None:
+            res = hits[v]
+            if res.num_frames != len(idx) or not np.array_equal(res.frame_indices, idx):
+                raise RuntimeError(f"{label}: cached landmarks do not match the decoded frames; clear {cache_paths[v]}")
+        else:
+            f0 = frames[v][0]
+            res = FaceLandmarks(
+                points=np.stack(rows[v]), valid=np.asarray(valid[v]), frame_indices=idx,
+                image_size=(int(f0.shape[1]), int(f0.shape[0])), num_faces=np.asarray(counts[v]), fps=src.fps,
+                name=label,
+            )
+            if cache_paths[v] is not None:
+                res.save(cache_paths[v])
+        results.append(res)
+    return frames, results, idx, [h is not None for h in hits]
+
+
+def read_precomputed_landmarks(path, view_names: Sequence[str], frame_indices: np.ndarray, label: str):
+    """68-point landmarks from a file instead of MediaPipe, for the decoded frames:
+    ``(points [T, W, 68, 2] px, targets [T, W, 68, 2] px with NaN where invisible, valid [T, W])``.
+    ``points`` (all 68, occluded ones included) place the crops; ``targets`` are fitted.
+
+    The file is an ``.npz`` with ``landmarks68`` ``[N, W, 68, 2]`` (pixels of each view), optional
+    ``visible68`` ``[N, W, 68]`` and ``valid`` ``[N, W]``, and ``view_names`` — the ``landmarks.npz``
+    that ``neuface-jax synth`` writes. Rows are source frames 0..N-1; the decoded frames pick theirs.
+
+    Raises:
+      ValueError: naming the file when it is unreadable, lacks a key, or does not match the clip.
+    """
+    path = pathlib.Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path}: cannot read precomputed landmarks ({type(e).__name__}: {e})") from None
+    if "landmarks68" not in arrays:
+        raise ValueError(f"{path}: no 'landmarks68' array (keys: {sorted(arrays)})")
+    pts = np.asarray(arrays["landmarks68"], np.float64)
+    n = pts.shape[0]
+    if pts.ndim != 4 or pts.shape[2:] != (68, 2):
+        raise ValueError(f"{path}: landmarks68 must be [N, W, 68, 2], got {pts.shape}")
+    if "view_names" in arrays:
+        names = [str(s) for s in arrays["view_names"].tolist()]
         try:
-            for item in it:
-                if not put(item):
-                    break
-            else:
-                put(_DONE)
-        except BaseException as e:  # handed to the consumer
-            put(_Raised(e))
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:  # pragma: no cover
-                    pass
-
-    thread = threading.Thread(target=worker, name="neuface-prefetch", daemon=True)
-    thread.start()
-
-    def consume():
-        try:
-            while True:
-                item = q.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, _Raised):
-                    raise item.exc
-                yield item
-        finally:
-            stop.set()
-            while thread.is_alive():
-                try:
-                    q.get_nowait()
-                except queue.Empty:
-                    pass
-                thread.join(timeout=0.05)
-
-    return consume()
+            order = [names.index(v) for v in view_names]
+        except ValueError:
+            raise ValueError(f"{path}: views {names} do not include all of {label}'s views {list(view_names)}") from None
+    elif pts.shape[1] == len(view_names):
+        order = list(range(len(view_names)))
+    else:
+        raise ValueError(f"{path}: {pts.shape[1]} views of landmarks for {len(view_names)} views of {label}")
+    idx = np.asarray(frame_indices, np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"{path}: landmarks for {n} frames but {label} has frame {int(idx.max())}")
+    pts = pts[idx][:, order]
+    vis = np.ones(pts.shape[:3], bool)
+    if "visible68" in arrays:
+        vis = np.asarray(arrays["visible68"], bool)[idx][:, order]
+    valid = np.ones(pts.shape[:2], bool)
+    if "valid" in arrays:
+        valid = np.asarray(arrays["valid"], bool)[idx][:, order]
+    valid &= np.isfinite(pts).all(-1).all(-1)
+    pts = np.where(valid[..., None, None], pts, np.nan)
+    return pts, np.where((vis & valid[..., None])[..., None], pts, np.nan), valid
 
 
 if __name__ == "__main__":  # python -m neuface_jax.media.detect fetch-models [...]
