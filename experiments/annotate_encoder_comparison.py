@@ -141,9 +141,10 @@ def main(argv):
     import imageio.v3 as iio
 
     import flame_jax
-    from neuface_jax.annotation import pipeline as annotate_lib
+    from neuface_jax import annotation as annotate_lib
     from neuface_jax.media import detect as detect_lib
     from neuface_jax.media import landmark_sets
+    from neuface_jax.media import sources as sources_lib
     from neuface_jax.media import video as video_lib
 
     if not FLAGS.shared_data:
@@ -183,13 +184,9 @@ def main(argv):
         rel, boxes_spec, (start, end) = CLIPS[clip]
         start, end = ranges.get(clip, (start, end))
         path = shared / "videos" / rel
-        boxes = annotate_lib.parse_view_boxes(boxes_spec) or {None: None}
         # MediaPipe's own head yaw per frame and view ([T, W]), through annotate's landmark cache.
-        lmks = [
-            detect_lib.detect_video(path, box=box, view_name=name, model_path=model_path, start=start, end=end,
-                                    cache_dir=cache)
-            for name, box in boxes.items()
-        ]  # fmt: skip
+        src = sources_lib.open_source(path, view_boxes=boxes_spec, frames=video_lib.frame_range(start=start, end=end))
+        lmks = detect_lib.decode_and_detect(src, model_path=model_path, cache_dir=cache).landmarks
         valid = np.stack([l.valid for l in lmks], axis=1)
         r_img, _, _ = landmark_sets.head_rotation(np.stack([l.points for l in lmks], axis=1))
         yaw_mp, pitch_mp = _yaw_pitch(_FLIP @ r_img @ _FLIP)
@@ -216,9 +213,12 @@ def main(argv):
             out_dir = work / clip / spec.replace(":", "_")
             t0 = time.perf_counter()
             summary = annotate_lib.annotate(
-                str(path), out_dir=out_dir, view_boxes=boxes_spec, start=start, end=end, epochs=FLAGS.epochs,
-                encoder=encoder if init == "pretrained" else "random", learning_rate=lr, cache_dir=cache,
-                face_landmarker=model_path, progress=False, log=None,
+                str(path), out_dir=out_dir, view_boxes=boxes_spec,
+                setup=annotate_lib.SetupConfig(
+                    epochs=FLAGS.epochs, encoder=str(encoder) if init == "pretrained" else "random",
+                    learning_rate=lr, face_landmarker=str(model_path)),
+                prepare=annotate_lib.PrepareConfig(frames=video_lib.FrameRange(start=start, end=end),
+                                                   cache_dir=str(cache)),
             )
             seconds = time.perf_counter() - t0
             m = summary["metrics"]

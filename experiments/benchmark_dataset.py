@@ -1,6 +1,6 @@
-r"""Clips/hour of the dataset runner (``neuface-jax annotate-dataset``, issue 6 §7) for K packed clips.
+r"""Clips/hour of the dataset runner (``neuface-jax annotate-dataset``) for K packed clips.
 
-What is timed is ``neuface_jax.dataset.runner.run`` — the runner ``annotate-dataset`` calls — in-process,
+What is timed is ``neuface_jax.dataset.run`` — the runner ``annotate-dataset`` calls — in-process,
 end to end: background preparation (mp4 decode, precomputed landmarks, crops), bucketing, packed
 optimization (``parallel.fit_packed``: K clips per device, vmap over stacked encoder weights),
 atomic writes of ``params.npz`` / ``metrics.json`` / ``done.json`` and the quality report. One run
@@ -11,10 +11,10 @@ writes: one mp4 per view + ``landmarks.npz``, which the runner reads instead of 
 lengths ``--frames`` ± ``--frames_spread`` (deterministic per clip, so several length buckets are
 used), ``--size`` pixels, ``--views`` rig. They are written once into ``--data_dir`` and reused by
 later runs; the manifest comes from ``manifest.build_manifest`` (synth layout). The optimizer is
-annotate's small configuration (``annotate.make_setup`` defaults: ``EncoderConfig.small``, 64² crops,
-and whatever initial encoder annotate picks for the demo head — at the time of writing the packaged
-pretrained small encoder at lr 3e-4, a random init at 1e-3 without it or with ``--encoder=random``
-or ``--encoder_size``/``--small_*``; the JSON records which) with ``contour="dynamic"`` (the
+annotate's small configuration (``annotation.make_setup`` defaults: ``EncoderConfig.small``, 64² crops,
+and whatever initial encoder and learning rate annotate picks for the demo head: the packaged
+pretrained small encoder, or a random init without it or with ``--encoder=random`` or
+``--encoder_size``/``--small_*``; the JSON records which) with ``contour="dynamic"`` (the
 synthetic contour follows the silhouette), ``--epochs`` epochs, ``--chunk_frames`` frames per chunk.
 The compute per step does not depend on the initial weights.
 
@@ -22,8 +22,8 @@ Compilation is measured apart from throughput. Before each K's timed run, the sa
 **warm-up**: one clip of each length bucket, 1 epoch, into a throw-away folder. A group is always
 padded to K·devices slots and to its bucket's length, so the warm-up compiles the shapes the timed
 run's optimization needs (the packed step depends on K and the chunk only; the export on K and the
-bucket); the optimizer compares equal across epoch counts, so the timed run (``--epochs``) finds
-the executables in jit's cache. ``compile_s`` is what JAX reports (``jax.monitoring``: jaxpr
+bucket); the compiled steps are keyed by the settings without the epoch count
+(``FitConfig.compile_key``), so the timed run (``--epochs``) finds the executables in jit's cache. ``compile_s`` is what JAX reports (``jax.monitoring``: jaxpr
 tracing + lowering to MLIR + XLA backend compile) during the warm-up. The first K's warm-up also
 pays one-time compiles shared by every K (encoder init, eager ops).
 
@@ -50,19 +50,18 @@ equal K=1 to float precision (``--check_tol_1epoch``). After many epochs the run
 that is expected: K=1 runs plain convolutions, K ≥ 2 the grouped convolutions that vmap over
 per-clip weights lowers to (a different grouping per K), so the sums run in another order; Adam,
 whose early steps move weights by about the learning rate whatever the gradient's size, amplifies
-that float noise over the epochs (~4e-3 in params, ~0.1 px in landmarks after 10 epochs here; the
-unpacked single-clip path ``fit.NeuFace.fit`` drifts from packed K=1 by the same order while it
-equals it after one epoch). Those figures are reported (``vs_k1``, ``packed_consistency``, and
+that float noise over the epochs (the unpacked single-clip path ``fit.NeuFace.fit`` drifts from
+packed K=1 by the same order while it equals it after one epoch). Those figures are reported (``vs_k1``, ``packed_consistency``, and
 ``within_tol_after_epochs`` against ``--check_tol`` / ``--check_tol_px``) but do not decide the
 check.
 
-    python experiments/benchmark_dataset.py --epochs=10    # the CPU figures: ~8 min on the shared 2-core CPU
-    python experiments/benchmark_dataset.py                # defaults (20 epochs): ~15-30 min there, load-dependent
+    python experiments/benchmark_dataset.py --epochs=10    # the CPU figures
+    python experiments/benchmark_dataset.py                # defaults (20 epochs)
     python experiments/benchmark_dataset.py --clips=64     # e.g. on a GPU
 
-On the 2-core CPU packing is *slower* per clip (K=2 about half of K=1's clips/hour): XLA:CPU runs
-the grouped convolutions of a vmap over per-clip weights several times slower than K plain ones,
-and there is no idle hardware for packing to fill. Packing is meant for accelerators.
+On a CPU packing is *slower* per clip: XLA:CPU runs the grouped convolutions of a vmap over
+per-clip weights slower than K plain ones, and there is no idle hardware for packing to fill.
+Packing is meant for accelerators.
 
 Prints a Markdown table and a one-line ``SUMMARY``; writes JSON to --out (default
 ``experiments/results/benchmark_dataset_<platform>.json``).
@@ -73,6 +72,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import os
 import platform
 import shutil
@@ -82,7 +82,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
 from absl import app, flags
+
+import flame_jax
+from neuface_jax import annotation, dataset
+from neuface_jax.common import log as log_lib
+from neuface_jax.synthetic import synth
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("ks", ["1", "2", "4", "8"], "Clips per device (K) to measure, in order; K=1 is the reference.")
@@ -132,8 +139,6 @@ class _CompileClock:
     """Accumulates JAX's compile-time events (seconds and backend compile count)."""
 
     def __init__(self):
-        import jax
-
         self.seconds = collections.Counter()
         self.backend_compiles = 0
 
@@ -207,8 +212,6 @@ def _uptime() -> str:
 # --------------------------------------------------------------------------- data
 def clip_lengths(n: int, frames: int, spread: int, seed: int) -> list[int]:
     """Deterministic per-clip lengths frames ± spread (at least 2 frames)."""
-    import numpy as np
-
     out = []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
@@ -216,13 +219,10 @@ def clip_lengths(n: int, frames: int, spread: int, seed: int) -> list[int]:
     return out
 
 
-def make_data(data_dir: Path, n: int, frames: int, spread: int, views: str, size: int, seed: int, log=print):
+def make_data(data_dir: Path, n: int, frames: int, spread: int, views: str, size: int, seed: int):
     """Writes the missing synthetic clips under ``data_dir/<views>_<size>px/`` (each atomically: a hidden
     temporary folder renamed into place) and returns (manifest entries of exactly these clips, seconds
     spent generating, clips generated)."""
-    from neuface_jax.dataset import manifest as manifest_lib
-    from neuface_jax.synthetic import synth
-
     root = data_dir / f"{views.replace(',', '+').replace(':', '_')}_{size}px"
     root.mkdir(parents=True, exist_ok=True)
     names = []
@@ -241,9 +241,9 @@ def make_data(data_dir: Path, n: int, frames: int, spread: int, views: str, size
             shutil.rmtree(final)
         os.replace(tmp, final)
         made += 1
-        log(f"  synth {name}: {t} frames x {clip.num_views} view(s) at {size}px")
+        print(f"  synth {name}: {t} frames x {clip.num_views} view(s) at {size}px")
     gen_s = time.perf_counter() - t0
-    entries = manifest_lib.build_manifest(root, layout="synth")
+    entries = dataset.build_manifest(root, layout="synth")
     wanted = set(names)
     entries = [e for e in entries if e.clip_id in wanted]
     if len(entries) != n:
@@ -253,8 +253,6 @@ def make_data(data_dir: Path, n: int, frames: int, spread: int, views: str, size
 
 def warmup_entries(entries, chunk: int, bucket_chunks) -> list:
     """One clip per length bucket (groups are padded to K slots, so one clip compiles a bucket's shapes)."""
-    from neuface_jax.dataset import runner as dataset
-
     seen = {}
     for e in entries:
         b = dataset.bucket_frames(int(e.num_frames), chunk, bucket_chunks)
@@ -264,10 +262,6 @@ def warmup_entries(entries, chunk: int, bucket_chunks) -> list:
 
 # --------------------------------------------------------------------------- the benchmark
 def _setup(epochs: int):
-    import flame_jax
-    from neuface_jax.annotation import pipeline as annotate
-    from neuface_jax.synthetic import demo as pipeline
-
     enc_cfg = None
     over = {}
     if FLAGS.encoder_size:
@@ -278,12 +272,10 @@ def _setup(epochs: int):
     if FLAGS.small_head:
         over["head_hidden"] = FLAGS.small_head
     if over:
-        enc_cfg = dataclasses.replace(pipeline.default_encoder_config(flame_jax.demo_model()), **over)
-    return annotate.make_setup(
-        contour="dynamic", epochs=epochs, chunk_frames=FLAGS.chunk_frames, encoder_config=enc_cfg,
-        encoder=FLAGS.encoder,
-        need_landmarker=False, log=None,
-    )
+        enc_cfg = dataclasses.replace(annotation.default_encoder_config(flame_jax.demo_model()), **over)
+    config = annotation.SetupConfig(contour="dynamic", epochs=epochs, chunk_frames=FLAGS.chunk_frames,
+                                    encoder=FLAGS.encoder)
+    return annotation.make_setup(config, encoder_config=enc_cfg, need_landmarker=False)
 
 
 def _occupancy(summary, entries, slots: int) -> float:
@@ -299,8 +291,6 @@ def _occupancy(summary, entries, slots: int) -> float:
 
 def _compare(dir_a: Path, dir_b: Path, clip_ids) -> dict:
     """Max abs differences of each clip's params.npz between two runs."""
-    import numpy as np
-
     per_clip = {}
     for cid in clip_ids:
         pa, pb = dir_a / cid / "params.npz", dir_b / cid / "params.npz"
@@ -323,18 +313,8 @@ def _compare(dir_a: Path, dir_b: Path, clip_ids) -> dict:
     }
 
 
-def _log_fn():
-    if FLAGS.verbose:
-        return lambda s: print("  " + s, flush=True)
-    return lambda s: print("  " + s, flush=True) if "FAILED" in s else None
-
-
 def run_k(k: int, entries, setup, warm_setup, work: Path, clock: _CompileClock, bucket_chunks,
           length_warmup: bool = False) -> dict:
-    from neuface_jax.dataset import runner as dataset
-
-    import jax
-
     cfg_kw = {"clips_per_device": k, "workers": FLAGS.workers}
     if bucket_chunks is not None:
         cfg_kw["bucket_chunks"] = tuple(bucket_chunks)
@@ -346,7 +326,7 @@ def run_k(k: int, entries, setup, warm_setup, work: Path, clock: _CompileClock, 
         warm = warmup_entries(entries, chunk, cfg.bucket_chunks)
         snap = clock.snapshot()
         t0 = time.perf_counter()
-        s = dataset.run(warm, work / f"warmup_k{k}", warm_setup, cfg, progress=False, log=_log_fn(), report=False)
+        s = dataset.run(warm, work / f"warmup_k{k}", warm_setup, cfg, report=False)
         row["warmup_wall_s"] = time.perf_counter() - t0
         row["warmup_clips"] = len(warm)
         row["warmup_failed"] = s.failed
@@ -365,8 +345,8 @@ def run_k(k: int, entries, setup, warm_setup, work: Path, clock: _CompileClock, 
             t0 = time.perf_counter()
             failed = 0
             if rest:
-                failed = dataset.run(list(rest.values()), work / "warmup_lengths", warm_setup, cfg, progress=False,
-                                     log=_log_fn(), report=False).failed
+                failed = dataset.run(list(rest.values()), work / "warmup_lengths", warm_setup, cfg,
+                                     report=False).failed
             comp = clock.since(snap)
             row["length_warmup"] = {
                 "clips": len(rest), "failed": failed, "wall_s": time.perf_counter() - t0, "compile": comp,
@@ -380,7 +360,7 @@ def run_k(k: int, entries, setup, warm_setup, work: Path, clock: _CompileClock, 
     rss_reset = _reset_peak_rss()
     snap = clock.snapshot()
     t0 = time.perf_counter()
-    summary = dataset.run(entries, out, setup, cfg, progress=False, log=_log_fn(), report=True)
+    summary = dataset.run(entries, out, setup, cfg, report=True)
     wall = time.perf_counter() - t0
     compile_run = clock.since(snap)
     row["load_after"] = _loadavg()
@@ -429,8 +409,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 def main(argv):
     del argv
-    import jax
-
+    # The runner's messages: failures always (warnings), everything with --verbose.
+    log_lib.configure(logging.INFO if FLAGS.verbose else logging.WARNING)
     ks = [int(k) for k in FLAGS.ks]
     if not ks or ks[0] != 1:
         raise app.UsageError("--ks must start with 1 (the reference every speedup is measured against)")
@@ -455,7 +435,8 @@ def main(argv):
 
     setup = _setup(FLAGS.epochs)
     warm_setup = _setup(1)
-    assert warm_setup.optimizer == setup.optimizer, "the warm-up must share the timed run's compiled steps"
+    # The compiled steps are keyed by these static settings (all but the epoch count and the seed).
+    assert warm_setup.optimizer.static == setup.optimizer.static, "the warm-up must share the timed run's steps"
     work = Path(FLAGS.work_dir) if FLAGS.work_dir else Path(tempfile.mkdtemp(prefix="runs.", dir=data_dir))
     work.mkdir(parents=True, exist_ok=True)
     try:

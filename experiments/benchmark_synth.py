@@ -1,4 +1,4 @@
-r"""Time to generate synthetic clips (issue 3's target: 7 views × 64 frames at 224 px in < 1 minute).
+r"""Time to generate synthetic clips (target: 7 views × 64 frames at 224 px in under a minute).
 
     python experiments/benchmark_synth.py --views=mead --frames=64 --size=224
 

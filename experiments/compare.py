@@ -233,7 +233,7 @@ def run_experiment(
 
 
 def prepare(clip, encoder_size: int, crop_size: int, images_for_undetected_frames: bool = True):
-    """``fit.prepare_clip`` of a synthetic clip.
+    """``crops.prepare_clip`` of a synthetic clip.
 
     ``prepare_clip`` warps the crop of every frame whose crop box is known, undetected frames
     included (on a real video the frame is there and its box is interpolated from the neighbours, as
@@ -242,8 +242,9 @@ def prepare(clip, encoder_size: int, crop_size: int, images_for_undetected_frame
     blacks out the images of masked frames instead (what ``prepare_clip`` did before).
     """
     from neuface_jax.core import fit as fit_lib
+    from neuface_jax.media import crops as crops_lib
 
-    data = fit_lib.prepare_clip(
+    data = crops_lib.prepare_clip(
         clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=encoder_size, visible=clip.visible68,
         valid=clip.valid, crop_size=crop_size,
     )

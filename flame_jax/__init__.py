@@ -1,8 +1,9 @@
 """flame_jax: a pure-JAX FLAME face model.
 
 Public API: ``load_model``, ``save_model``, ``forward``, ``load_landmark_embedding``,
-``save_landmark_embedding``, ``landmarks``, ``demo_model``, rotation helpers and
-mesh export. No flax/optax here: this package knows nothing about videos or losses.
+``save_landmark_embedding``, ``landmarks``, ``demo_model``, rotation helpers, mesh
+geometry (normals, Procrustes alignment) and mesh export (``flame_jax.mesh_io``). No
+flax/optax here: this package knows nothing about videos or losses.
 """
 
 from flame_jax.demo import (
@@ -14,6 +15,7 @@ from flame_jax.demo import (
     demo_model,
     demo_vertex_masks,
 )
+from flame_jax.geometry import face_normals, rigid_align, rigid_transform, vertex_normals
 from flame_jax.io import (
     UnsafeModelFileError,
     load_landmark_embedding,
@@ -45,6 +47,10 @@ __all__ = [
     "demo_mediapipe_embedding",
     "demo_model",
     "demo_vertex_masks",
+    "face_normals",
+    "rigid_align",
+    "rigid_transform",
+    "vertex_normals",
     "UnsafeModelFileError",
     "load_landmark_embedding",
     "load_model",

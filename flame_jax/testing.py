@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 __all__ = [
     "write_deca_landmark_embedding",
@@ -243,8 +244,6 @@ def chumpy_select(a, idxs, preferred_shape) -> New:
 
 def sparse_csc(dense, *, private_path: bool = True) -> New:
     """A scipy csc_matrix as (old) SciPy pickled it: NEWOBJ + state dict."""
-    import scipy.sparse as sp
-
     m = sp.csc_matrix(np.asarray(dense))
     module = "scipy.sparse.csc" if private_path else "scipy.sparse._csc"
     return New(
@@ -335,8 +334,6 @@ def write_flame2020_pickle(
     a = _random_model_arrays(rng, num_vertices, num_faces, n_shape, n_expr)
     joints = a["J_regressor"] @ a["v_template"]
     if open_2023:
-        import scipy.sparse as sp
-
         kintree = np.array([[-1, 0, 1, 1, 1], [0, 1, 2, 3, 4]], np.int64)
         kintree[0, 0] = _KINTREE_ROOT
         data = {

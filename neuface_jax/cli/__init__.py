@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import sys
 
-USAGE = __doc__
+from absl import logging as absl_logging
 
 from neuface_jax.cli import annotate, annotate_dataset, demo, fetch_models, manifest, report, synth
+from neuface_jax.cli import evaluate_motion, generate_motion, train_motion_prior
+from neuface_jax.common import log as log_lib
+
+USAGE = __doc__
 
 COMMANDS = {
     "demo": demo.demo_main,
@@ -33,15 +37,17 @@ COMMANDS = {
     "manifest": manifest.manifest_main,
     "annotate-dataset": annotate_dataset.annotate_dataset_main,
     "report": report.report_main,
+    "train-motion-prior": train_motion_prior.train_motion_prior_main,
+    "generate-motion": generate_motion.generate_motion_main,
+    "evaluate-motion": evaluate_motion.evaluate_motion_main,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     # Orbax logs every checkpoint read at INFO through absl; the commands report what matters.
-    from absl import logging as absl_logging
-
     absl_logging.set_verbosity(absl_logging.WARNING)
+    log_lib.configure()  # the library's messages (logging.getLogger(__name__)) go to stderr
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(USAGE.strip())
         return 0 if len(argv) >= 2 else 2

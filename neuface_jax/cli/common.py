@@ -1,20 +1,11 @@
-"""What every command shares: absl flag parsing, --help, progress bars."""
+"""What every command shares: absl flag parsing and --help."""
 
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 from absl import flags
-
-
-def progress_factory():
-    from tqdm.auto import tqdm
-
-    def make(desc, total):
-        # disable=None: bars on a terminal, silent in logs and CI.
-        return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True, disable=None, mininterval=0.5)
-
-    return make
 
 
 def parse(fv: flags.FlagValues, argv: list[str], prog: str) -> None:
@@ -31,3 +22,20 @@ def help_requested(argv, fv, prog, doc):
         print(fv.get_help())
         raise SystemExit(0)
 
+
+def parse_command(argv: list[str], prog: str, doc: str, define: Callable[[flags.FlagValues], None]) -> flags.FlagValues:
+    """A command's flags: defined by ``define``, ``--help`` answered (with ``doc``), ``argv`` parsed."""
+    fv = flags.FlagValues()
+    define(fv)
+    help_requested(argv, fv, prog, doc)
+    parse(fv, argv, prog)
+    return fv
+
+
+def missing(fv: flags.FlagValues, prog: str, *names: str) -> bool:
+    """True (and says so on stderr) when a required flag is not set."""
+    if all(fv[n].value for n in names):
+        return False
+    listed = " and ".join(f"--{n}" for n in names)
+    sys.stderr.write(f"{prog}: {listed} {'is' if len(names) == 1 else 'are'} required (see --help)\n")
+    return True

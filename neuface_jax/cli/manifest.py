@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import sys
 from pathlib import Path
 
 from absl import flags
 
-from neuface_jax.cli.common import help_requested, parse, progress_factory
-from neuface_jax.dataset.manifest import LAYOUTS, build_manifest, logger, write_manifest
+from neuface_jax.cli.common import help_requested, parse
+from neuface_jax.common import log as log_lib
+from neuface_jax.dataset.manifest import LAYOUTS, build_manifest, write_manifest
 
 
 def manifest_main(argv: list[str]) -> int:
@@ -40,34 +41,17 @@ def manifest_main(argv: list[str]) -> int:
     if not fv.root or not fv.out:
         sys.stderr.write(f"{prog}: --root and --out are required (see --help)\n")
         return 2
-    if not logging.getLogger().handlers and not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-
-    bar = None
-    progress = None
-    if fv.probe_frames:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc="probe", total=0, dynamic_ncols=True, disable=None, mininterval=0.5)
-
-        def progress(done, total):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-    try:
-        entries = build_manifest(fv.root, layout=fv.layout, probe_frames=fv.probe_frames,
-                                 probe_workers=fv.probe_workers, progress=progress)
-        out = write_manifest(entries, fv.out)
-    except (ValueError, OSError) as e:
-        sys.stderr.write(f"{prog}: error: {e}\n")
-        return 1
-    finally:
-        if bar is not None:
-            bar.close()
+    with contextlib.ExitStack() as stack:
+        progress = None
+        if fv.probe_frames:
+            progress = stack.enter_context(log_lib.progress_factory()("probe", 0)).callback()
+        try:
+            entries = build_manifest(fv.root, layout=fv.layout, probe_frames=fv.probe_frames,
+                                     probe_workers=fv.probe_workers, progress=progress)
+            out = write_manifest(entries, fv.out)
+        except (ValueError, OSError) as e:
+            sys.stderr.write(f"{prog}: error: {e}\n")
+            return 1
     kinds = {}
     for e in entries:
         kinds[e.kind] = kinds.get(e.kind, 0) + 1

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 from absl import flags
 
-from neuface_jax.cli.common import help_requested, parse, progress_factory
+from neuface_jax import dataset
+from neuface_jax.cli.common import help_requested, parse
 
 
 def report_main(argv: list[str]) -> int:
@@ -24,8 +24,6 @@ def report_main(argv: list[str]) -> int:
     if not fv.out or not Path(fv.out).is_dir():
         sys.stderr.write(f"neuface-jax report: --out must be an existing annotate-dataset folder, got {fv.out!r}\n")
         return 2
-    from neuface_jax.dataset import runner as dataset
-
     doc = dataset.write_report(fv.out, worst=fv.worst)
     print((Path(fv.out) / "report.md").read_text())
     print(f"wrote {Path(fv.out).resolve()}/report.{{json,md}} ({doc['completed']} clips, {doc['failed']} failed)")

@@ -8,7 +8,10 @@ from pathlib import Path
 
 from absl import flags
 
-from neuface_jax.cli.common import help_requested, parse, progress_factory
+import flame_jax
+from neuface_jax.cli.common import help_requested, parse
+from neuface_jax.common import log as log_lib
+from neuface_jax.synthetic import synth
 
 
 def synth_main(argv: list[str]) -> int:
@@ -30,9 +33,6 @@ def synth_main(argv: list[str]) -> int:
         sys.stderr.write("neuface-jax synth: --out is required\n")
         return 2
 
-    import flame_jax
-    from neuface_jax.synthetic import synth
-
     cfg = synth.SynthConfig(
         num_frames=fv.frames, image_size=fv.size, landmark_noise_px=fv.noise_px, landmark_jitter_px=fv.jitter_px,
         drop_frame_probability=fv.drop_frames,
@@ -46,18 +46,10 @@ def synth_main(argv: list[str]) -> int:
             model=flame_jax.load_model(fv.flame_model),
             embedding68=flame_jax.load_landmark_embedding(fv.landmark_embedding),
         )
-    from tqdm.auto import tqdm
-
-    bar = tqdm(desc="render", total=1, dynamic_ncols=True, disable=None, mininterval=0.5)
-
-    def cb(done, total):
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
     t0 = time.perf_counter()
-    clip = synth.synthesize_clip(seed=fv.seed, rig=",".join(fv.views), config=cfg, progress=cb, **kwargs)
-    bar.close()
+    with log_lib.progress_factory()("render", 1) as bar:
+        clip = synth.synthesize_clip(seed=fv.seed, rig=",".join(fv.views), config=cfg, progress=bar.callback(),
+                                     **kwargs)
     gen = time.perf_counter() - t0
     synth.write_clip(clip, fv.out)
     print(

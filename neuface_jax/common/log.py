@@ -54,6 +54,7 @@ class Progress:
         self._log = logger or logging.getLogger(ROOT)
         self._start = self._last = time.monotonic()
         self._closed = False
+        self._emitted = None
         self._bar = None
         if bar is None:
             bar = _is_terminal(sys.stderr)
@@ -99,6 +100,7 @@ class Progress:
 
     def _emit(self) -> None:
         self._last = time.monotonic()
+        self._emitted = (self.done, self.total, self._text)
         self._log.info(self.line())
 
     def close(self) -> None:
@@ -107,7 +109,7 @@ class Progress:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        else:
+        elif self._emitted != (self.done, self.total, self._text):  # the last state, once
             self._emit()
 
     def __enter__(self) -> "Progress":

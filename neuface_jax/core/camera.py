@@ -12,10 +12,15 @@ Coordinate frames:
   image warp.
 
 Every function is written for one example and broadcasts over leading batch dimensions (frames,
-views, clips), so ``jax.vmap`` is never required.
+views, clips), so ``jax.vmap`` is never required. The crop maths (``normalized_to_pixels``,
+``pixels_to_normalized``, ``check_affine``, ``invert_affine``, ``apply_affine``) take ``xp``, the array
+module: ``jax.numpy`` (default, traced code) or ``numpy`` (host preprocessing in float64,
+``neuface_jax.media.crops``), so both use this one implementation.
 """
 
 from __future__ import annotations
+
+from types import ModuleType
 
 import jax
 import jax.numpy as jnp
@@ -46,45 +51,46 @@ def project(points: jax.Array, cam: jax.Array) -> jax.Array:
     return xy * jnp.asarray([1.0, -1.0], xy.dtype)
 
 
-def normalized_to_pixels(p: jax.Array, size) -> jax.Array:
+def normalized_to_pixels(p: jax.Array, size, *, xp: ModuleType = jnp) -> jax.Array:
     """Normalized crop coordinates [-1, 1] → crop pixels: ``(p + 1) · size / 2``.
 
     Args:
       p: [..., 2] normalized coordinates (x, y).
       size: crop side in pixels, a scalar, or ``(width, height)`` broadcastable to [..., 2].
     """
-    p = jnp.asarray(p)
-    return (p + 1.0) * (jnp.asarray(size, p.dtype) / 2.0)
+    p = xp.asarray(p)
+    return (p + 1.0) * (xp.asarray(size, p.dtype) / 2.0)
 
 
-def pixels_to_normalized(px: jax.Array, size) -> jax.Array:
+def pixels_to_normalized(px: jax.Array, size, *, xp: ModuleType = jnp) -> jax.Array:
     """Crop pixels → normalized crop coordinates: ``px · 2 / size − 1`` (inverse of the above)."""
-    px = jnp.asarray(px)
-    return px * (2.0 / jnp.asarray(size, px.dtype)) - 1.0
+    px = xp.asarray(px)
+    return px * (2.0 / xp.asarray(size, px.dtype)) - 1.0
 
 
-def _check_affine(m: jax.Array) -> jax.Array:
-    m = jnp.asarray(m)
+def check_affine(m: jax.Array, *, xp: ModuleType = jnp) -> jax.Array:
+    """``m`` as an array of 2×3 affine maps ``[..., 2, 3]`` (ValueError otherwise)."""
+    m = xp.asarray(m)
     if m.ndim < 2 or m.shape[-2:] != (2, 3):
         raise ValueError(f"crop transform must be [..., 2, 3], got shape {m.shape}")
     return m
 
 
-def invert_affine(m: jax.Array) -> jax.Array:
+def invert_affine(m: jax.Array, *, xp: ModuleType = jnp) -> jax.Array:
     """Inverse of a 2×3 affine map: [..., 2, 3] → [..., 2, 3].
 
     ``y = A x + b`` ⇒ ``x = A⁻¹ y − A⁻¹ b``. Computed in closed form (2×2 adjugate) so it is cheap
     and differentiable.
     """
-    m = _check_affine(m)
+    m = check_affine(m, xp=xp)
     a, b, c, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
     det = a * d - b * c
-    inv = jnp.stack([jnp.stack([d, -b], -1), jnp.stack([-c, a], -1)], -2) / det[..., None, None]
-    t = -jnp.einsum("...ij,...j->...i", inv, m[..., :, 2])
-    return jnp.concatenate([inv, t[..., None]], -1)
+    inv = xp.stack([xp.stack([d, -b], -1), xp.stack([-c, a], -1)], -2) / det[..., None, None]
+    t = -xp.einsum("...ij,...j->...i", inv, m[..., :, 2])
+    return xp.concatenate([inv, t[..., None]], -1)
 
 
-def apply_affine(points: jax.Array, m: jax.Array) -> jax.Array:
+def apply_affine(points: jax.Array, m: jax.Array, *, xp: ModuleType = jnp) -> jax.Array:
     """Applies a 2×3 affine map to points.
 
     Args:
@@ -94,11 +100,11 @@ def apply_affine(points: jax.Array, m: jax.Array) -> jax.Array:
     Returns:
       [..., N, 2] mapped points.
     """
-    m = _check_affine(m)
-    points = jnp.asarray(points)
+    m = check_affine(m, xp=xp)
+    points = xp.asarray(points)
     if points.ndim < 2 or points.shape[-1] != 2:
         raise ValueError(f"points must be [..., N, 2], got shape {points.shape}")
-    return jnp.einsum("...ij,...nj->...ni", m[..., :, :2], points) + m[..., None, :, 2]
+    return xp.einsum("...ij,...nj->...ni", m[..., :, :2], points) + m[..., None, :, 2]
 
 
 def original_to_crop(p_original_px: jax.Array, m: jax.Array) -> jax.Array:

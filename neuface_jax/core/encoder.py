@@ -1,7 +1,7 @@
 """Image encoder Φ_w: a face crop → FLAME parameters and a weak-perspective camera (Flax NNX).
 
 NeuFace optimizes the *weights* of this network per clip instead of the FLAME parameters
-themselves (method.md §2). Two backbones share one head:
+themselves (docs/method_notes.md). Two backbones share one head:
 
 * ``arch="resnet50"``: torchvision-layout ResNet-50 (bottleneck blocks [3, 4, 6, 3], widths
   64…512 ×4 = 2048, stride on the 3×3 convolution, BatchNorm, 7×7 stem and 3×3 max-pool with
@@ -559,7 +559,7 @@ def save_encoder(path, model_or_state, config: EncoderConfig, *, overwrite: bool
       config: the ``EncoderConfig`` the weights belong to.
       overwrite: replace an existing checkpoint at ``path``.
     """
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # lazy: a slow import, needed only to save or load weights
 
     state = _to_pure_dict(_full_state(model_or_state))
     meta = {"format": _CHECKPOINT_FORMAT, "version": _CHECKPOINT_VERSION, "config": config.to_dict()}
@@ -578,7 +578,7 @@ def load_encoder(path) -> tuple[Encoder, EncoderConfig]:
     The arrays are restored into an abstract target built with ``nnx.eval_shape`` (no weights are
     initialized only to be overwritten), so a mismatch between config and weights is an error.
     """
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # lazy: a slow import, needed only to save or load weights
 
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):

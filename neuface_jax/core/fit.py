@@ -4,21 +4,22 @@ Both consume a :class:`ClipData` — encoder-sized face crops, 2D landmark targe
 normalized crop coordinates and validity masks for frames × views — and return FLAME
 parameters for every frame and view (:class:`FitResult`).
 
-NeuFace (method.md §2): a fresh copy of the encoder weights per clip; chunks of
-``chunk_frames`` consecutive frames × all views per Adam step, in order, for
-``num_epochs`` epochs. The clip is padded to a whole number of chunks and the padded
-frames are masked (never dropped), so a clip compiles once per padded shape: one
-``jax.lax.scan`` over the chunks is one compiled epoch. Inside a chunk all images
-share one identity (the masked mean of the chunk's predicted shapes); at export the
-clip's identity is the masked mean over all its images.
+NeuFace: a fresh copy of the encoder weights per clip; chunks of ``chunk_frames``
+consecutive frames × all views per Adam step, in order, for ``num_epochs`` epochs. The
+clip is padded to a whole number of chunks and the padded frames are masked (never
+dropped), so a clip compiles once per padded shape. An epoch is a Python loop over one
+compiled, state-donating step (see :meth:`NeuFace.run_epoch` for why not ``lax.scan``).
+Inside a chunk all images share one identity (the masked mean of the chunk's predicted
+shapes); at export the clip's identity is the masked mean over all its images.
 
 Direct (the paper's baseline): per-frame, per-view expression, head/jaw rotation and
 camera plus one identity per clip, initialized from the same encoder's prediction,
 optimized with the same loss terms plus L2 priors. Every step sees the whole clip (a
-direct step is cheap), with as many steps as NeuFace takes.
+direct step is cheap; the steps are one ``lax.scan``), with as many steps as NeuFace takes.
 
 Several clips are packed by ``jax.vmap`` over stacked per-clip states; see
-``neuface_jax.core.parallel`` for the device mesh.
+``neuface_jax.core.parallel`` for the device mesh. The settings and the method are
+summarized in ``docs/method_notes.md``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from flax import nnx
 
 import flame_jax
 from neuface_jax.core import camera as camera_lib
-from neuface_jax.media import crops as crops_lib
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import losses as losses_lib
 
@@ -45,7 +45,11 @@ from neuface_jax.core import losses as losses_lib
 # --------------------------------------------------------------------------- config
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """Optimization settings. The defaults are the released code's (method.md §2)."""
+    """Optimization settings; the defaults are the released NeuFace code's (docs/method_notes.md).
+
+    Frozen and hashable, so the compiled steps take it as a static argument: ``loss`` may be given
+    as a dict and is stored as a ``losses.FrozenDict``; sequences are stored as tuples.
+    """
 
     num_epochs: int = 100
     chunk_frames: int = 20
@@ -54,7 +58,7 @@ class FitConfig:
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
     #: loss terms (``losses.total_loss`` config). The reference: 10·L_lmk + 100·L_temp + 200·L_mv.
-    loss: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(losses_lib.REFERENCE_LOSS_CONFIG))
+    loss: Mapping[str, Any] = losses_lib.freeze(losses_lib.REFERENCE_LOSS_CONFIG)
     #: frames of a chunk drawn for the multi-view loss per step (reference 5).
     multiview_frames: int = 5
     #: EFT-style frozen BatchNorm (running statistics, BN scale/bias not trained).
@@ -68,8 +72,20 @@ class FitConfig:
     direct_prior_weights: tuple[float, float, float] = (1e-4, 1e-4, 1e-4)
     seed: int = 0
 
+    def __post_init__(self):
+        object.__setattr__(self, "loss", losses_lib.freeze(self.loss))
+        if self.landmark_weights is not None:
+            object.__setattr__(self, "landmark_weights", tuple(float(w) for w in np.ravel(self.landmark_weights)))
+        object.__setattr__(self, "direct_prior_weights", tuple(self.direct_prior_weights))
+
     def replace(self, **kw) -> "FitConfig":
         return dataclasses.replace(self, **kw)
+
+    def compile_key(self) -> "FitConfig":
+        """The settings a compiled step depends on: all but the epoch count and the seed (those
+        drive only the Python loop and the initial weights), zeroed so that runs differing in
+        them share one executable per shape."""
+        return dataclasses.replace(self, num_epochs=0, seed=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,75 +144,6 @@ class FitResult:
 
 
 # --------------------------------------------------------------------------- data preparation
-def prepare_clip(
-    images: np.ndarray,
-    landmarks_px: np.ndarray,
-    crop_transforms: np.ndarray,
-    *,
-    encoder_size: int,
-    crop_size: int = crops_lib.CROP_SIZE,
-    visible: np.ndarray | None = None,
-    valid: np.ndarray | None = None,
-    name: str = "clip",
-) -> ClipData:
-    """Crops frames and maps landmarks into normalized crop coordinates.
-
-    Args:
-      images: uint8 [T, W, H, Wd, 3] frames (every view the same size; pad first otherwise).
-      landmarks_px: [T, W, L, 2] detected landmarks in image pixels (NaN allowed).
-      crop_transforms: [T, W, 2, 3] image pixels → crop pixels of ``crop_size``.
-      encoder_size: side of the encoder input; crops are warped straight to it.
-      visible: [T, W, L] bool; False or non-finite landmarks are masked out.
-      valid: [T, W] bool detection validity; invalid frames are masked out of every loss term.
-      name: clip name for error messages.
-
-    Every frame whose crop transform is finite gets its crop, masked frames included (a frame
-    without a detection has an interpolated crop box on a real video): the encoder still sees the
-    face there and predicts it, while the losses ignore it. Only frames with a non-finite crop
-    transform (no box at all) are left black.
-
-    Raises:
-      ValueError: naming the clip when shapes disagree or no frame of any view is usable.
-    """
-    images = np.asarray(images)
-    lmk = np.asarray(landmarks_px, np.float64)
-    crops = np.asarray(crop_transforms, np.float64)
-    if images.ndim != 5 or images.shape[-1] != 3:
-        raise ValueError(f"{name}: images must be [T, W, H, W, 3], got {images.shape}")
-    t, w = images.shape[:2]
-    if lmk.shape[:2] != (t, w) or lmk.shape[-1] != 2:
-        raise ValueError(f"{name}: landmarks must be [{t}, {w}, L, 2], got {lmk.shape}")
-    if crops.shape != (t, w, 2, 3):
-        raise ValueError(f"{name}: crop transforms must be [{t}, {w}, 2, 3], got {crops.shape}")
-    mask = np.all(np.isfinite(lmk), axis=-1)
-    if visible is not None:
-        mask &= np.asarray(visible, bool)
-    frame_ok = mask.any(-1)
-    if valid is not None:
-        frame_ok &= np.asarray(valid, bool)
-    frame_ok &= np.all(np.isfinite(crops.reshape(t, w, -1)), axis=-1)
-    if not frame_ok.any():
-        raise ValueError(f"{name}: no frame of any view has a usable detection")
-    mask &= frame_ok[..., None]
-    scale = encoder_size / float(crop_size)
-    enc_m = crops * scale
-    safe_m = np.where(np.isfinite(enc_m), enc_m, np.array([[scale, 0, 0], [0, scale, 0]]))
-    out_images = np.zeros((t, w, encoder_size, encoder_size, 3), np.float32)
-    for ti in range(t):
-        for wi in range(w):
-            if np.all(np.isfinite(crops[ti, wi])):
-                out_images[ti, wi] = crops_lib.warp_crop(images[ti, wi], safe_m[ti, wi], encoder_size) / 255.0
-    crop_px = crops_lib.apply_transform(np.where(np.isfinite(lmk), lmk, 0.0), np.where(np.isfinite(crops), crops, 0.0))
-    target = crops_lib.to_normalized(crop_px, crop_size)
-    target = np.where(mask[..., None], target, 0.0)
-    return ClipData(
-        images=jnp.asarray(out_images),
-        landmarks=jnp.asarray(target, jnp.float32),
-        landmarks_mask=jnp.asarray(mask, jnp.float32),
-        frame_mask=jnp.asarray(frame_ok, jnp.float32),
-    )
-
-
 def pad_clip(data: ClipData, num_frames: int) -> ClipData:
     """Pads the frame axis to ``num_frames`` with masked frames (edge-replicated images)."""
     t = data.num_frames
@@ -309,28 +256,17 @@ class NeuFaceState:
 jax.tree_util.register_dataclass(NeuFaceState, data_fields=["params", "rest", "opt_state", "step"], meta_fields=[])
 
 
-class _EqualBySettings:
-    """Optimizers with equal settings are equal (and hash alike): the module-level compiled
-    functions take the optimizer as a static argument, so every instance with the same
-    settings — every clip of a dataset run, every test — reuses one executable per shape."""
-
-    def __hash__(self):
-        return hash(_compile_key(self))
-
-    def __eq__(self, other):
-        return type(other) is type(self) and _compile_key(self) == _compile_key(other)
-
-
-class NeuFace(_EqualBySettings):
+class NeuFace:
     """NeuFace optimizer bound to one encoder architecture and one FLAME model.
 
     Usage::
 
         opt = NeuFace(face_model, encoder_config, FitConfig(num_epochs=100))
-        result = opt.fit(clip_data, init_encoder=my_pretrained_encoder)
+        result = opt.fit(clip_data, encoder=my_pretrained_encoder)
 
-    The compiled functions are cached per padded clip shape: every clip of the same
-    padded length, view count and image size reuses them.
+    The compiled functions are module-level and take ``(encoder_config, config.compile_key())``
+    as static arguments: every optimizer with the same settings reuses one executable per padded
+    clip shape (length, view count, image size).
     """
 
     def __init__(self, face: FaceModel, encoder_config: encoder_lib.EncoderConfig, config: FitConfig = FitConfig()):
@@ -338,6 +274,7 @@ class NeuFace(_EqualBySettings):
         self.encoder_config = encoder_config
         self.config = config
         self.optimizer = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+        self.static = (encoder_config, config.compile_key())
         self._graphdef = encoder_lib.split_params(
             nnx.eval_shape(lambda: encoder_lib.init_encoder(encoder_config, seed=0)), freeze_bn=config.freeze_bn
         )[0]
@@ -458,25 +395,25 @@ class NeuFace(_EqualBySettings):
     @property
     def step_fn(self) -> Callable:
         """Compiled step for one clip: (state, chunk, key, prev, face) → (state, stats, has_data, prev)."""
-        return functools.partial(_neuface_step, self)
+        return functools.partial(_neuface_step, *self.static)
 
     def lower_step(self, state, chunk, key, prev, face):
         """Ahead-of-time lowering of the production step (for compile time, memory and cost analysis)."""
-        return _neuface_step.lower(self, state, chunk, key, prev, face)
+        return _neuface_step.lower(*self.static, state, chunk, key, prev, face)
 
     @property
     def step_fn_packed(self) -> Callable:
         """Compiled vmap(step) over stacked clips: all but ``face`` have a leading clip axis."""
-        return functools.partial(_neuface_step_packed, self)
+        return functools.partial(_neuface_step_packed, *self.static)
 
     @property
     def export_fn(self) -> Callable:
         """Compiled export: (params, rest, data, face) → arrays of a FitResult."""
-        return functools.partial(_neuface_export, self)
+        return functools.partial(_neuface_export, *self.static)
 
     @property
     def export_fn_packed(self) -> Callable:
-        return functools.partial(_neuface_export_packed, self)
+        return functools.partial(_neuface_export_packed, *self.static)
 
     def to_chunks(self, data: ClipData) -> list[ClipData]:
         """[..., T_pad, ...] → a list of K chunks [..., C, ...] (T_pad a multiple of the chunk length)."""
@@ -533,7 +470,7 @@ class DirectParams:
 jax.tree_util.register_dataclass(DirectParams, data_fields=["shape", "expression", "rotation", "cam"], meta_fields=[])
 
 
-class DirectFit(_EqualBySettings):
+class DirectFit:
     """Direct 3DMM optimization of per-frame FLAME and camera parameters (the paper's baseline)."""
 
     def __init__(self, face: FaceModel, encoder_config: encoder_lib.EncoderConfig, config: FitConfig = FitConfig()):
@@ -541,6 +478,7 @@ class DirectFit(_EqualBySettings):
         self.encoder_config = encoder_config
         self.config = config
         self.optimizer = optax.adam(config.direct_learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+        self.static = (encoder_config, config.compile_key())
 
     def init_params(self, data: ClipData, encoder=None) -> DirectParams:
         """The encoder's prediction for every image (mean face at the initial camera when untrained)."""
@@ -590,7 +528,7 @@ class DirectFit(_EqualBySettings):
     @property
     def run_fn(self) -> Callable:
         """Compiled run: (params, data, key, num_steps, face) → (FitResult arrays, per-step stats)."""
-        return functools.partial(_direct_run, self)
+        return functools.partial(_direct_run, *self.static)
 
     def num_steps(self, num_frames: int) -> int:
         """As many Adam steps as NeuFace takes on a clip of this length."""
@@ -609,47 +547,33 @@ class DirectFit(_EqualBySettings):
 
 
 # --------------------------------------------------------------------------- compiled entry points
-def _compile_key(opt) -> tuple:
-    """What a compiled step depends on: the encoder and every setting except the epoch count and
-    the seed (those only drive the Python loop and the initial weights)."""
-    cfg = dataclasses.replace(opt.config, num_epochs=0, seed=0)
-    return (type(opt).__name__, opt.encoder_config, _freeze(cfg))
+# Static arguments: (encoder_config, config) — both frozen and hashable; the optimizer object is
+# rebuilt from them at trace time (building it is cheap and happens once per compilation).
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
+def _neuface_step(encoder_config, config, state, chunk, key, prev, face):
+    return NeuFace(face, encoder_config, config)._step(state, chunk, key, prev, face)
 
 
-def _freeze(x):
-    """A hashable view of a config (dicts → sorted item tuples, lists → tuples)."""
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return (type(x).__name__,) + tuple((f.name, _freeze(getattr(x, f.name))) for f in dataclasses.fields(x))
-    if isinstance(x, Mapping):
-        return tuple(sorted((str(k), _freeze(v)) for k, v in x.items()))
-    if isinstance(x, (list, tuple)):
-        return tuple(_freeze(v) for v in x)
-    return x
-
-
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
-def _neuface_step(opt: NeuFace, state, chunk, key, prev, face):
-    return opt._step(state, chunk, key, prev, face)
-
-
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(1,))
-def _neuface_step_packed(opt: NeuFace, state, chunk, key, prev, face):
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
+def _neuface_step_packed(encoder_config, config, state, chunk, key, prev, face):
+    opt = NeuFace(face, encoder_config, config)
     return jax.vmap(lambda s, c, k, p: opt._step(s, c, k, p, face))(state, chunk, key, prev)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _neuface_export(opt: NeuFace, params, rest, data, face):
-    return opt._export(params, rest, data, face)
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _neuface_export(encoder_config, config, params, rest, data, face):
+    return NeuFace(face, encoder_config, config)._export(params, rest, data, face)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _neuface_export_packed(opt: NeuFace, params, rest, data, face):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _neuface_export_packed(encoder_config, config, params, rest, data, face):
+    opt = NeuFace(face, encoder_config, config)
     return jax.vmap(lambda p, r, d: opt._export(p, r, d, face))(params, rest, data)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _direct_run(opt: DirectFit, params, data, key, num_steps, face):
-    return opt._run(params, data, key, num_steps, face)
+@functools.partial(jax.jit, static_argnums=(0, 1, 5))
+def _direct_run(encoder_config, config, params, data, key, num_steps, face):
+    return DirectFit(face, encoder_config, config)._run(params, data, key, num_steps, face)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

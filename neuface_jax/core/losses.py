@@ -1,4 +1,4 @@
-"""Loss terms of NeuFace (method.md §4) as pure functions, composable by configuration.
+"""Loss terms of NeuFace as pure functions, composable by configuration (see docs/method_notes.md).
 
 Every element-wise term returns ``(values, mask)``: per-element values (no reduction) and a float
 mask of the same shape (1 = counts, 0 = ignored, fractional = confidence). Reduce with
@@ -67,6 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flame_jax.geometry import vertex_normals
 from flame_jax.rotations import axis_angle_to_matrix, axis_angle_to_quaternion
 
 # ---------------------------------------------------------------------------------------------------
@@ -451,39 +452,8 @@ DEFAULT_VISIBILITY_THRESHOLD = 0.28
 DEFAULT_DEPTH_THRESHOLD = -0.08
 DEFAULT_VIEW_TEMPERATURE = 0.1
 _INVISIBLE_LOGIT = -1000.0
-
-
-def vertex_normals(vertices: jax.Array, faces, eps: float = 1e-6) -> jax.Array:
-    """Area-weighted unit vertex normals.
-
-    Each face's unnormalized normal (v1 − v0) × (v2 − v0) (length = 2 × area) is added to its three
-    vertices; the sums are divided by max(‖n‖, eps). Counter-clockwise faces (FLAME's winding) give
-    outward normals.
-
-    Args:
-      vertices: [..., N, 3].
-      faces: [F, 3] integer vertex indices.
-
-    Returns:
-      [..., N, 3] unit normals (zero for vertices in no face).
-    """
-    vertices = jnp.asarray(vertices)
-    faces = jnp.asarray(faces)
-    if vertices.ndim < 2 or vertices.shape[-1] != 3:
-        raise ValueError(f"vertices must be [..., N, 3], got shape {vertices.shape}")
-    if faces.ndim != 2 or faces.shape[-1] != 3:
-        raise ValueError(f"faces must be [F, 3], got shape {faces.shape}")
-    v0 = vertices[..., faces[:, 0], :]
-    v1 = vertices[..., faces[:, 1], :]
-    v2 = vertices[..., faces[:, 2], :]
-    fn = jnp.cross(v1 - v0, v2 - v0)
-    n = jnp.zeros_like(vertices)
-    for k in range(3):
-        n = n.at[..., faces[:, k], :].add(fn)
-    # sqrt(max(‖n‖², eps²)) = max(‖n‖, eps), but with a finite gradient at ‖n‖ = 0 (empty or
-    # masked-out meshes), where sqrt'(0) = ∞ would turn a zero cotangent into NaN.
-    norm = jnp.sqrt(jnp.maximum(jnp.sum(n * n, -1, keepdims=True), eps * eps))
-    return n / norm
+#: Norm floor of the vertex normals of the visibility score (meshes in metres).
+_NORMAL_EPS = 1e-6
 
 
 def visibility_scores(
@@ -503,7 +473,7 @@ def visibility_scores(
       [..., N] visibility scores (0 = not visible).
     """
     posed_vertices = jnp.asarray(posed_vertices)
-    c = vertex_normals(posed_vertices, faces)[..., 2]
+    c = vertex_normals(posed_vertices, faces, eps=_NORMAL_EPS)[..., 2]
     visible = (c >= visibility_threshold) & (posed_vertices[..., 2] >= depth_threshold)
     return jnp.where(visible, c, 0.0)
 
@@ -603,7 +573,7 @@ def multiview_l1(
 ) -> tuple[jax.Array, jax.Array]:
     """Multi-view bootstrapping loss |Ĉ − C| per frame, view, vertex and coordinate.
 
-    Steps (method.md §4): visibility of every vertex in its own view from the posed mesh M's
+    Steps (docs/method_notes.md): visibility of every vertex in its own view from the posed mesh M's
     normals and depth; per-vertex softmax over views (temperature 0.1); merged canonical mesh Ĉ;
     L1 of each view's canonical mesh C to Ĉ.
 
@@ -838,6 +808,47 @@ BUILTIN_TERMS: dict[str, TermFn] = {
 REFERENCE_LOSS_CONFIG: dict[str, float] = {"landmark": 10.0, "temporal": 100.0, "multiview": 200.0}
 
 
+class FrozenDict(dict):
+    """An immutable, hashable dict: a loss config that can live in a frozen, hashable config.
+
+    A ``dict`` subclass, so ``json``, ``dataclasses.asdict`` and ``dict(...)`` treat it as a dict and
+    its ``repr`` is a dict's. Two frozen dicts are equal when their items are equal *in order*
+    (term order fixes the order of the per-term statistics a compiled step returns); against a
+    plain dict, equality is a dict's.
+    """
+
+    def __hash__(self):
+        return hash(tuple(self.items()))
+
+    def __eq__(self, other):
+        if isinstance(other, FrozenDict):
+            return tuple(self.items()) == tuple(other.items())
+        return dict.__eq__(self, other)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def _immutable(self, *args, **kwargs):
+        raise TypeError("FrozenDict is immutable; build a new one (e.g. FrozenDict({**d, key: value}))")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _immutable
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
+
+
+def freeze(value):
+    """A hashable copy of a loss-config value: mappings → ``FrozenDict``, lists/tuples → tuples,
+    ``LossTerm`` options frozen; numbers, strings and callables as they are."""
+    if isinstance(value, LossTerm):
+        return dataclasses.replace(value, options=freeze(value.options))
+    if isinstance(value, Mapping):
+        return FrozenDict((k, freeze(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
 def register_term(name: str, fn: TermFn, *, registry: dict[str, TermFn] | None = None, overwrite: bool = False) -> None:
     """Adds a named term to ``registry`` (default ``BUILTIN_TERMS``)."""
     registry = BUILTIN_TERMS if registry is None else registry
@@ -914,11 +925,13 @@ def total_loss(
 
 __all__ = [
     "BUILTIN_TERMS",
+    "FrozenDict",
     "IBUG68_REFERENCE_WEIGHTS",
     "LossTerm",
     "REFERENCE_LOSS_CONFIG",
     "REFERENCE_WINDOW",
     "canonical_vertices",
+    "freeze",
     "l2_prior",
     "landmark_l1",
     "masked_mean",

@@ -1,4 +1,4 @@
-"""4D face metrics over whole clips (NeuFace paper §4, method.md §5).
+"""4D face metrics over whole clips (the NeuFace paper's evaluation; see docs/method_notes.md).
 
 Every function is pure and works on NumPy arrays (evaluated in NumPy float64 and
 returned as a Python ``float`` — exact hand-checkable values) and on JAX arrays
@@ -13,7 +13,8 @@ are already in millimetres. Time is in frames. 2D inputs are in any consistent u
 
 Summary (leading axes: T frames, optionally views; N points):
 
-* ``nme``: 100 · mean_t [ mean_{k visible} ‖p_tk − g_tk‖₂ / ‖g_t,36 − g_t,45‖₂ ], in %.
+* ``nme``: 100 · mean_t [ mean_{k visible} ‖p_tk − g_tk‖₂ / ‖g_t,36 − g_t,45‖₂ ], in %;
+  ``landmark_set_nme`` picks the outer eye corners of any MediaPipe-id landmark set.
 * ``msi`` (MSI_3D): mean_i 1 / σ²(a_i), in mm⁻² · frame⁴ (higher = smoother).
 * ``jitter``: sqrt(mean_{t,i} ‖a_ti‖₂²), in mm / frame².
 * ``cvd``: mean_{views v<w, t, i} ‖C_tvi − C_twi‖₂ (or ‖·‖₁), in mm.
@@ -21,22 +22,31 @@ Summary (leading axes: T frames, optionally views; N points):
   with A_t the identity or a per-frame translation / rigid / similarity alignment.
 
 with a_ti = x_{t+1,i} − 2 x_{t,i} + x_{t−1,i} the second difference over frames.
+
+``METRIC_NAMES`` / ``EXTRA_METRIC_NAMES`` are the names of ``metrics.json`` (every writer uses them).
 """
 
 from __future__ import annotations
 
 import itertools
-import sys
 from typing import Any
 
 import numpy as np
 
+from flame_jax.geometry import array_namespace, rigid_align, rigid_transform
+
 __all__ = [
+    "EXTRA_METRIC_NAMES",
+    "EYE_CORNER_MEDIAPIPE_IDS",
+    "IBUG68_EYE_CORNERS",
+    "METRIC_NAMES",
     "MSI_VARIANCE_FLOOR",
     "acceleration",
     "cvd",
+    "eye_corners",
     "jitter",
     "landmark_error_3d",
+    "landmark_set_nme",
     "msi",
     "msi_landmarks",
     "msi_vertices",
@@ -53,18 +63,23 @@ __all__ = [
 #: capped at 1/floor = 1e6 instead of +inf, so results stay finite and JSON-serializable.
 MSI_VARIANCE_FLOOR = 1e-6
 
+#: The fixed names of ``metrics.json``, for every method.
+METRIC_NAMES = ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm", "vertex_error_mm")
+#: Extra names an evaluation adds when it has what they need (the ground truth, detection validity).
+EXTRA_METRIC_NAMES = (
+    "accel_error_mm", "vertex_error_similarity_mm", "vertex_error_aligned_mm", "jitter_detected_mm",
+    "msi_vertices_detected",
+)
 
-def _is_jax(*xs: Any) -> bool:
-    jax = sys.modules.get("jax")  # without jax loaded, nothing can be a JAX array
-    return jax is not None and any(isinstance(x, jax.Array) for x in xs if x is not None)
+#: MediaPipe ids of the outer eye corners that normalize NME (image-left = the subject's right: 33;
+#: image-right: 263).
+EYE_CORNER_MEDIAPIPE_IDS = (33, 263)
+#: Their positions in the iBUG-68 set (the 300-W convention).
+IBUG68_EYE_CORNERS = (36, 45)
 
 
 def _xp(*xs: Any):
-    if _is_jax(*xs):
-        import jax.numpy as jnp
-
-        return jnp
-    return np
+    return array_namespace(*(x for x in xs if x is not None))
 
 
 def _out(xp, value):
@@ -165,6 +180,38 @@ def nme(
     ok = ~xp.isnan(per)
     n = ok.sum()
     return _out(xp, xp.where(n > 0, xp.where(ok, per, 0.0).sum() / xp.maximum(n, 1), xp.nan))
+
+
+def eye_corners(landmark_ids=None) -> tuple[int, int]:
+    """Positions of the outer eye corners (NME's normalizer) in a landmark set.
+
+    Args:
+      landmark_ids: the set's points as MediaPipe ids (e.g. ``landmark_sets.landmark_set_ids(name)``:
+        the iBUG-68 or MediaPipe-105 set); None for the iBUG-68 order.
+
+    Returns:
+      ``(left, right)`` positions: (36, 45) for iBUG-68; those of MediaPipe ids 33 and 263 otherwise.
+
+    Raises:
+      ValueError: the set lacks one of the eye corners.
+    """
+    if landmark_ids is None:
+        return IBUG68_EYE_CORNERS
+    ids = np.asarray(landmark_ids).reshape(-1).tolist()
+    missing = [i for i in EYE_CORNER_MEDIAPIPE_IDS if i not in ids]
+    if missing:
+        raise ValueError(f"the landmark set lacks the outer eye corners {missing} (MediaPipe ids) needed for NME")
+    return tuple(ids.index(i) for i in EYE_CORNER_MEDIAPIPE_IDS)
+
+
+def landmark_set_nme(pred_2d, gt_2d, visible=None, *, landmark_ids=None):
+    """:func:`nme` normalized by the outer eye corners of the landmark set (:func:`eye_corners`).
+
+    Frames whose ground-truth eye corners are not finite (hidden, undetected) have no normalizer
+    and are left out; non-finite points count as invisible.
+    """
+    left, right = eye_corners(landmark_ids)
+    return nme(pred_2d, gt_2d, visible, left_eye_idx=left, right_eye_idx=right)
 
 
 # -------------------------------------------------------------- temporal metrics
@@ -328,64 +375,6 @@ def cvd(canonical_vertices, *, scale: float = 1000.0, norm: str = "l2", view_mas
 
 
 # ----------------------------------------------------------- ground-truth errors
-def rigid_transform(source, target, *, with_scale: bool = False, weights=None):
-    """Least-squares rigid (or similarity) transform from source to target.
-
-    Finds s, R, t minimizing Σ_n w_n ‖s R x_n + t − y_n‖² (Kabsch; Umeyama with
-    ``with_scale=True``); R is a proper rotation (det = +1).
-
-    Args:
-      source: [..., N, 3] points x.
-      target: [..., N, 3] points y (leading axes broadcast; one transform each).
-      with_scale: also fit a uniform scale s (else s = 1).
-      weights: optional [..., N] non-negative weights.
-
-    Returns:
-      (s [...], R [..., 3, 3], t [..., 3]) as arrays of the input's library.
-    """
-    xp = _xp(source, target, weights)
-    x = _asarray(xp, source)
-    y = _asarray(xp, target)
-    if x.shape[-1] != 3 or y.shape[-1] != 3 or x.shape[-2] != y.shape[-2]:
-        raise ValueError(f"source and target must be [..., N, 3] with equal N, got {x.shape} and {y.shape}")
-    w = xp.ones(x.shape[:-1], x.dtype) if weights is None else _asarray(xp, weights)
-    w = w / xp.maximum(w.sum(-1, keepdims=True), 1e-30)
-    mx = (w[..., None] * x).sum(-2)
-    my = (w[..., None] * y).sum(-2)
-    xc = x - mx[..., None, :]
-    yc = y - my[..., None, :]
-    cov = xp.einsum("...n,...ni,...nj->...ij", w, yc, xc)  # Σ w y xᵀ
-    u, sv, vt = xp.linalg.svd(cov)
-    d = xp.sign(xp.linalg.det(u) * xp.linalg.det(vt))
-    d = xp.where(d == 0, 1.0, d)
-    diag = xp.stack([xp.ones_like(d), xp.ones_like(d), d], -1)
-    rot = xp.einsum("...ij,...j,...jk->...ik", u, diag, vt)
-    if with_scale:
-        var_x = (w * (xc * xc).sum(-1)).sum(-1)
-        s = (sv * diag).sum(-1) / xp.maximum(var_x, 1e-30)
-    else:
-        s = xp.ones(rot.shape[:-2], rot.dtype)
-    t = my - s[..., None] * xp.einsum("...ij,...j->...i", rot, mx)
-    return s, rot, t
-
-
-def rigid_align(source, target, *, with_scale: bool = False, weights=None):
-    """Source points rigidly (or similarity-) aligned to target.
-
-    Args:
-      source, target: [..., N, 3]; one transform per leading index.
-      with_scale: also fit a uniform scale (Umeyama).
-      weights: optional [..., N] weights.
-
-    Returns:
-      [..., N, 3] s R source + t (see :func:`rigid_transform`).
-    """
-    xp = _xp(source, target, weights)
-    s, rot, t = rigid_transform(source, target, with_scale=with_scale, weights=weights)
-    x = _asarray(xp, source)
-    return s[..., None, None] * xp.einsum("...ij,...nj->...ni", rot, x) + t[..., None, :]
-
-
 def vertex_error(pred, gt, *, align: str | None = None, scale: float = 1000.0, valid=None):
     """Mean per-vertex Euclidean error, mm.
 

@@ -1,6 +1,6 @@
 """Dataset manifests: the clips of a folder tree as a sorted JSON-lines file, one clip per line.
 
-``neuface-jax manifest --root DIR --out FILE`` (``manifest_main``) walks ``DIR``, finds clips in the
+``neuface-jax manifest --root DIR --out FILE`` (``build_manifest``) walks ``DIR``, finds clips in the
 layouts below, gives each a stable, filesystem-safe ``clip_id`` and writes them, sorted by id, to
 ``FILE`` atomically. ``neuface-jax annotate-dataset`` reads the file (``read_manifest``), shards it
 (``select_shard``) and writes each clip's outputs to ``<out>/<clip_id>/``.
@@ -55,8 +55,12 @@ inside ``<out>``. ``sanitize_clip_id`` replaces other characters by ``_``, drops
 parts, replaces all-dot parts, shortens long parts and, whenever it changed anything, appends
 ``=<crc32 of the original, 8 hex digits>`` so different originals stay different. Two clips whose
 ids still coincide (``a.mp4`` next to ``a.avi``, or a frame folder ``a`` next to ``a.mp4``) each get
-``=<crc32 of their own relative path with extension>`` appended (with a warning). Ids are therefore
-a deterministic function of the file tree; sorting is by ``clip_id`` (code-point order).
+``=<crc32 of their own relative path with extension>`` appended (with a warning). An id a dataset
+run refuses (``neuface_jax.dataset.layout``) is renamed, with a warning: one whose first part is a
+name of the run's own files or starts with ``_`` or ``.`` gets ``clip-`` in front (and the crc32
+of its path appended), and a clip whose folder would hold another clip (``a`` beside ``a/b``) gets
+the crc32 of its path appended. Ids are therefore a deterministic function of the file tree;
+sorting is by ``clip_id`` (code-point order). ``read_manifest`` refuses reserved and nested ids.
 
 JSON-lines format (``write_manifest``/``read_manifest``): one object per line, keys in this order::
 
@@ -76,7 +80,7 @@ records a missing file as that clip's failure).
 
 ``num_frames`` is filled when cheap: synth clips (``clip.json``), frame folders (file counts),
 and, with ``probe_frames=True`` (``--probe_frames``), videos — counted by a stream copy of the
-video track with ffmpeg (no decoding; ~10-30 ms per file), the minimum over a MEAD clip's views
+video track with ffmpeg (no decoding), the minimum over a MEAD clip's views
 (``meta["frames_per_view"]`` when they differ). A video ffmpeg cannot read keeps ``num_frames``
 ``null`` and gets ``meta["probe_error"]``.
 
@@ -100,6 +104,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from neuface_jax.media import video as video_lib
 from neuface_jax.common.atomic import atomic_write_text
+from neuface_jax.common.views import MEAD_VIEWS
+from neuface_jax.dataset.layout import ancestors, check_clip_ids, reserved_reason
 
 __all__ = [
     "ClipEntry",
@@ -117,7 +123,6 @@ __all__ = [
     "shard_of",
     "select_shard",
     "probe_video_frames",
-    "manifest_main",
 ]
 
 logger = logging.getLogger(__name__)
@@ -126,8 +131,6 @@ logger = logging.getLogger(__name__)
 KINDS = ("mead", "video", "frames", "synth")
 #: ``build_manifest`` layouts.
 LAYOUTS = ("auto", "mead", "videos", "frames", "synth")
-#: MEAD's 7 camera views in the canonical order (the order of ``neuface_jax.synthetic.motion.MEAD_VIEWS``).
-MEAD_VIEWS = ("front", "left_30", "right_30", "left_60", "right_60", "top", "down")
 #: File extensions listed as videos (lower case).
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 #: File extensions of frame images (those ``neuface_jax.media.video.read_frame_folder`` reads).
@@ -399,32 +402,52 @@ def read_manifest(path) -> list[ClipEntry]:
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: ``<path>:<line>: <what is wrong>`` — bad JSON, a missing or invalid field,
-        an unsafe or duplicate ``clip_id`` (naming the line of its first use).
+      ValueError: ``<path>: <what is wrong>`` — a folder or an unreadable file; or
+        ``<path>:<line>: <what is wrong>`` — text that is not UTF-8, bad JSON, a missing or invalid
+        field, an unsafe, reserved, nested or duplicate ``clip_id`` (``layout.check_clip_ids``;
+        naming the line of its first use).
     """
     path = Path(path)
     base = os.path.abspath(path.parent if str(path.parent) else ".")
     entries: list[ClipEntry] = []
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: bad JSON ({e.msg} at column {e.colno})") from None
-            try:
-                entry = ClipEntry.from_json(obj, base_dir=base)
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from None
-            if entry.clip_id in first_line:
-                raise ValueError(
-                    f"{path}:{lineno}: duplicate clip_id {entry.clip_id!r} (first on line {first_line[entry.clip_id]})"
-                )
-            first_line[entry.clip_id] = lineno
-            entries.append(entry)
+    for lineno, line in _manifest_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: bad JSON ({e.msg} at column {e.colno})") from None
+        try:
+            entry = ClipEntry.from_json(obj, base_dir=base)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}:{lineno}: {e}") from None
+        if entry.clip_id in first_line:
+            raise ValueError(
+                f"{path}:{lineno}: duplicate clip_id {entry.clip_id!r} (first on line {first_line[entry.clip_id]})"
+            )
+        first_line[entry.clip_id] = lineno
+        entries.append(entry)
+    check_clip_ids((cid, f"{path}:{n}") for cid, n in first_line.items())
     return entries
+
+
+def _manifest_lines(path: Path) -> Iterable[tuple[int, str]]:
+    """``(line number, text)`` of a manifest file; errors name the file (and the line)."""
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a manifest file (neuface-jax manifest writes one)")
+    try:
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    yield lineno, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                     f"{e.start + 1}); a manifest is JSON lines in UTF-8") from None
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the manifest: {e.strerror or e}") from None
 
 
 # --------------------------------------------------------------------------------------- probing
@@ -697,6 +720,7 @@ def _assign_ids(found: list[_Found]) -> list[str]:
                            len(members), cid, ", ".join(found[i].source for i in members))
             for i in members:
                 ids[i] = f"{cid}={_crc_hex(found[i].source)}"
+    _avoid_reserved_and_nested(ids, found)
     # Pathological leftovers (a file literally named like a suffixed id, a crc32 collision): counters.
     while len(set(ids)) != len(ids):
         seen: dict[str, int] = {}
@@ -707,6 +731,20 @@ def _assign_ids(found: list[_Found]) -> list[str]:
             else:
                 seen[ids[i]] = 1
     return ids
+
+
+def _avoid_reserved_and_nested(ids: list[str], found: list[_Found]) -> None:
+    """Renames, in place, ids a run would refuse (``layout``): a reserved first part gets ``clip-``
+    in front, a clip whose folder would hold another clip gets its path's crc32 appended."""
+    for i, cid in enumerate(ids):
+        if reserved_reason(cid) is not None:
+            ids[i] = f"clip-{cid}={_crc_hex(found[i].source)}"
+            logger.warning("manifest: %s would be a reserved clip id; it is %r", found[i].source, ids[i])
+    outer = {a for cid in ids for a in ancestors(cid)}
+    for i, cid in enumerate(ids):
+        if cid in outer:
+            ids[i] = f"{cid}={_crc_hex(found[i].source)}"
+            logger.warning("manifest: other clips lie inside %s; its clip id is %r", found[i].source, ids[i])
 
 
 def _probe_all(found: list[_Found], workers: int, progress: Callable[[int, int], None] | None) -> None:

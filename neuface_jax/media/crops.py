@@ -10,15 +10,21 @@ Coordinates follow ``neuface_jax.core.camera``: pixels are continuous with an im
 normalized crop coordinates are ``p_crop / size · 2 − 1`` (−1 the crop's left/top edge, +1 its
 right/bottom edge). Boxes are ``[..., 3]`` rows ``(centre_x, centre_y, side)`` in original pixels.
 
-The helpers here are NumPy (preprocessing runs on the host); ``camera.apply_affine`` /
-``camera.invert_affine`` are the JAX equivalents for use inside jitted code.
+The helpers here are NumPy in float64 (preprocessing runs on the host); the affine and
+normalization maths are ``neuface_jax.core.camera``'s, called with ``xp=numpy``, so host and jitted
+code share one implementation. ``prepare_clip`` turns a clip's frames, landmarks and crop transforms
+into the optimizer's device pytree ``fit.ClipData`` (the optimizer itself does no image processing).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
+
+from neuface_jax.core import camera as camera_lib
+from neuface_jax.core import fit as fit_lib
 
 __all__ = [
     "BOX_SCALE",
@@ -38,6 +44,7 @@ __all__ = [
     "warp_crop",
     "crop_frames",
     "compute_crops",
+    "prepare_clip",
 ]
 
 BOX_SCALE = 1.1
@@ -161,10 +168,7 @@ def boxes_to_transforms(boxes, size: int = CROP_SIZE) -> np.ndarray:
 
 
 def _check_m(m) -> np.ndarray:
-    m = np.asarray(m, np.float64)
-    if m.ndim < 2 or m.shape[-2:] != (2, 3):
-        raise ValueError(f"transforms must be [..., 2, 3], got {m.shape}")
-    return m
+    return camera_lib.check_affine(np.asarray(m, np.float64), xp=np)
 
 
 def apply_transform(points, m) -> np.ndarray:
@@ -179,7 +183,7 @@ def apply_transform(points, m) -> np.ndarray:
     p = np.asarray(points, np.float64)
     if p.ndim < 2 or p.shape[-1] not in (2, 3):
         raise ValueError(f"points must be [..., N, 2|3], got {p.shape}")
-    xy = np.einsum("...ij,...nj->...ni", m[..., :2], p[..., :2]) + m[..., None, :, 2]
+    xy = camera_lib.apply_affine(p[..., :2], m, xp=np)
     if p.shape[-1] == 2:
         return xy
     scale = np.sqrt(np.abs(np.linalg.det(m[..., :2])))
@@ -188,11 +192,7 @@ def apply_transform(points, m) -> np.ndarray:
 
 def invert_transform(m) -> np.ndarray:
     """Inverse of ``[..., 2, 3]`` affine maps (crop pixels → original pixels for a crop transform)."""
-    m = _check_m(m)
-    a = m[..., :2]
-    inv = np.linalg.inv(a)
-    t = -np.einsum("...ij,...j->...i", inv, m[..., 2])
-    return np.concatenate([inv, t[..., None]], axis=-1)
+    return camera_lib.invert_affine(np.asarray(m, np.float64), xp=np)
 
 
 def compose_transforms(second, first) -> np.ndarray:
@@ -206,16 +206,15 @@ def compose_transforms(second, first) -> np.ndarray:
 def to_normalized(p_crop, size: int = CROP_SIZE) -> np.ndarray:
     """Crop pixels → normalized crop coordinates ``p / size · 2 − 1`` (x, y; a third coordinate is scaled by ``2 / size``)."""
     p = np.asarray(p_crop, np.float64)
-    out = p * (2.0 / size)
-    out[..., :2] -= 1.0
-    return out
+    xy = camera_lib.pixels_to_normalized(p[..., :2], float(size), xp=np)
+    return np.concatenate([xy, p[..., 2:] * (2.0 / size)], axis=-1)
 
 
 def from_normalized(q, size: int = CROP_SIZE) -> np.ndarray:
     """Normalized crop coordinates → crop pixels ``(q + 1) · size / 2`` (inverse of ``to_normalized``)."""
-    q = np.array(q, np.float64)
-    q[..., :2] += 1.0
-    return q * (size / 2.0)
+    q = np.asarray(q, np.float64)
+    xy = camera_lib.normalized_to_pixels(q[..., :2], float(size), xp=np)
+    return np.concatenate([xy, q[..., 2:] * (size / 2.0)], axis=-1)
 
 
 def _cv2_matrix(m: np.ndarray) -> np.ndarray:
@@ -232,6 +231,8 @@ def warp_crop(image: np.ndarray, m, size: int = CROP_SIZE, *, border_value=0, in
     ``border_value``. When shrinking by more than 2× the image is pre-blurred with an area resize
     to avoid aliasing.
     """
+    # cv2 (opencv-python-headless, a declared dependency) is imported when the first crop is warped:
+    # it is heavy, and the crop maths here do not need it.
     import cv2
 
     m = _check_m(m)
@@ -342,3 +343,73 @@ def compute_crops(
     raw = landmark_boxes(p, valid, box_scale=box_scale, crop_scale=crop_scale)
     boxes = smooth_boxes(raw, valid, method=smoothing, window=window)
     return CropTransforms(matrices=boxes_to_transforms(boxes, size), boxes=boxes, size=int(size), valid=valid)
+
+
+def prepare_clip(
+    images: np.ndarray,
+    landmarks_px: np.ndarray,
+    crop_transforms: np.ndarray,
+    *,
+    encoder_size: int,
+    crop_size: int = CROP_SIZE,
+    visible: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
+    name: str = "clip",
+) -> fit_lib.ClipData:
+    """Host-side clip preparation: warps the encoder crops and maps landmarks into normalized crop
+    coordinates, giving the optimizer's device pytree ``fit.ClipData``.
+
+    Args:
+      images: uint8 [T, W, H, Wd, 3] frames (every view the same size; pad first otherwise).
+      landmarks_px: [T, W, L, 2] detected landmarks in image pixels (NaN allowed).
+      crop_transforms: [T, W, 2, 3] image pixels → crop pixels of ``crop_size``.
+      encoder_size: side of the encoder input; crops are warped straight to it.
+      visible: [T, W, L] bool; False or non-finite landmarks are masked out.
+      valid: [T, W] bool detection validity; invalid frames are masked out of every loss term.
+      name: clip name for error messages.
+
+    Every frame whose crop transform is finite gets its crop, masked frames included (a frame
+    without a detection has an interpolated crop box on a real video): the encoder still sees the
+    face there and predicts it, while the losses ignore it. Only frames with a non-finite crop
+    transform (no box at all) are left black.
+
+    Raises:
+      ValueError: naming the clip when shapes disagree or no frame of any view is usable.
+    """
+    images = np.asarray(images)
+    lmk = np.asarray(landmarks_px, np.float64)
+    crops = np.asarray(crop_transforms, np.float64)
+    if images.ndim != 5 or images.shape[-1] != 3:
+        raise ValueError(f"{name}: images must be [T, W, H, W, 3], got {images.shape}")
+    t, w = images.shape[:2]
+    if lmk.shape[:2] != (t, w) or lmk.shape[-1] != 2:
+        raise ValueError(f"{name}: landmarks must be [{t}, {w}, L, 2], got {lmk.shape}")
+    if crops.shape != (t, w, 2, 3):
+        raise ValueError(f"{name}: crop transforms must be [{t}, {w}, 2, 3], got {crops.shape}")
+    mask = np.all(np.isfinite(lmk), axis=-1)
+    if visible is not None:
+        mask &= np.asarray(visible, bool)
+    frame_ok = mask.any(-1)
+    if valid is not None:
+        frame_ok &= np.asarray(valid, bool)
+    frame_ok &= np.all(np.isfinite(crops.reshape(t, w, -1)), axis=-1)
+    if not frame_ok.any():
+        raise ValueError(f"{name}: no frame of any view has a usable detection")
+    mask &= frame_ok[..., None]
+    scale = encoder_size / float(crop_size)
+    enc_m = crops * scale
+    safe_m = np.where(np.isfinite(enc_m), enc_m, np.array([[scale, 0, 0], [0, scale, 0]]))
+    out_images = np.zeros((t, w, encoder_size, encoder_size, 3), np.float32)
+    for ti in range(t):
+        for wi in range(w):
+            if np.all(np.isfinite(crops[ti, wi])):
+                out_images[ti, wi] = warp_crop(images[ti, wi], safe_m[ti, wi], encoder_size) / 255.0
+    crop_px = apply_transform(np.where(np.isfinite(lmk), lmk, 0.0), np.where(np.isfinite(crops), crops, 0.0))
+    target = to_normalized(crop_px, crop_size)
+    target = np.where(mask[..., None], target, 0.0)
+    return fit_lib.ClipData(
+        images=jnp.asarray(out_images),
+        landmarks=jnp.asarray(target, jnp.float32),
+        landmarks_mask=jnp.asarray(mask, jnp.float32),
+        frame_mask=jnp.asarray(frame_ok, jnp.float32),
+    )

@@ -1,33 +1,19 @@
-"""Face landmarks with the MediaPipe Face Landmarker (Tasks API, 478 points, VIDEO running mode).
+"""One clip's decoding and landmark detection: a ``sources.Source`` → one ``DetectedClip``.
 
-* **Model file.** ``resolve_model_path``: an explicit path (argument / flag) > the environment variable
-  ``NEUFACE_FACE_LANDMARKER`` > the user cache ``~/.cache/neuface_jax/face_landmarker.task``
-  (``$XDG_CACHE_HOME/neuface_jax`` when set). ``fetch_model`` downloads the official float16 v1 bundle
-  and checks its SHA-256 (``neuface-jax fetch-models``, or ``python -m neuface_jax.media.detect fetch-models``).
-* **Detection.** One ``FaceLandmarker`` per view (VIDEO mode keeps tracking state and needs increasing
-  timestamps). Output per clip view: ``FaceLandmarks`` with points ``[T, 478, 3]`` in the view's pixels,
-  a validity mask ``[T]`` (frames without the tracked face are invalid; their points are zeros),
-  a per-landmark visibility mask ``[T, 478]`` and the source frame indices.
-* **Far-side guesses.** On a strongly turned head MediaPipe still returns all 478 points; those on
-  the far side of the face are guesses. ``FaceLandmarks.visible`` marks them False: the canonical
-  mesh's normals, turned by the head rotation fitted to MediaPipe's own 3D output, must face the
-  camera (``landmark_sets.landmark_visibility``). Fitting code drops invisible points from the
-  landmark loss.
-* **Several faces.** The first face is the one with the best size/centrality score; later frames take
-  the candidate nearest the previous choice (within ``max_jump`` face sizes), so the identity stays
-  consistent. A track lost for more than ``reacquire_s`` seconds is re-acquired by the initial rule.
-* **Cache.** ``detect_video`` / ``detect_clip`` store one npz per view in a cache folder, keyed by the
-  source file (absolute path, size, mtime), the crop box, the selected frames, the options and the
-  model file's SHA-256, so re-runs skip detection.
-* **Background work.** ``prefetch(iterable, size)`` runs any iterator in a thread and hands its items
-  over through a bounded queue; ``detect_video`` decodes ahead with it, and a caller can wrap
-  ``iter_detect`` in it to detect ahead of an optimizer.
+The third stage of the video path: ``video`` decodes, ``sources`` turns the input into synchronized
+views and a frame range, this module gives every view its landmarks (from ``landmark_cache`` or the
+``landmarker``), and ``crops`` cuts the encoder inputs.
 
-Pixel coordinates: x right, y down, continuous with the image spanning ``[0, W] × [0, H]`` (pixel
-``(row i, column j)`` has its centre at ``(j + 0.5, i + 0.5)``), the convention of MediaPipe's
-normalized outputs (``x_px = x_norm · W``) and of ``neuface_jax.core.camera``. The third coordinate is
-MediaPipe's relative depth scaled like x (``z_norm · W``; smaller is nearer the camera; origin near
-the head centre), useful for visibility but not metric.
+``decode_and_detect`` streams the frames once: decoding runs in a background thread
+(``sources.prefetch``) and each view that is not cached gets its own landmarker on its own worker
+thread (VIDEO mode needs in-order calls), so decoding, the views' detections and the consumer
+overlap. Results are cached per view, so a re-run only decodes. With ``detect=False`` it only
+decodes (landmarks come from elsewhere, ``read_precomputed_landmarks``).
+
+Every frame's colour histogram is compared with the previous one to find shot cuts
+(``landmarker.is_cut``); the face tracker follows one face across them, and ``shot_ranges`` gives
+the shots for clips split at cuts. A view whose face is upside down (``landmarker.orientation_scores``)
+is masked with a warning; when every view is, it is a ``NoFaceError`` saying so.
 """
 
 from __future__ import annotations
@@ -36,791 +22,149 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
-import json
-import os
+import logging
 import pathlib
-import threading
-import urllib.request
 import warnings
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from neuface_jax.media import landmark_cache
 from neuface_jax.media import landmark_sets
-from neuface_jax.media import sources as sources_lib
+from neuface_jax.media import landmarker as landmarker_lib
 from neuface_jax.media import video as video_lib
-from neuface_jax.media.sources import prefetch
+from neuface_jax.media.landmarker import (  # the detection stage's public names, importable from here too
+    FaceLandmarks,
+    LandmarkerOptions,
+    ModelNotFoundError,
+    resolve_model_path,
+)
+from neuface_jax.media.sources import Source, prefetch, stack_views
 
 __all__ = [
-    "MODEL_URL",
-    "MODEL_SHA256",
-    "MODEL_ENV_VAR",
-    "ModelNotFoundError",
-    "ModelChecksumError",
-    "NoFaceError",
-    "LandmarkerOptions",
+    "DetectedClip",
     "FaceLandmarks",
-    "default_cache_dir",
-    "default_model_path",
+    "LandmarkerOptions",
+    "ModelNotFoundError",
+    "NoFaceError",
+    "ViewDetector",
+    "check_faces",
+    "decode_and_detect",
+    "read_precomputed_landmarks",
     "resolve_model_path",
-    "fetch_model",
-    "fetch_models_main",
-    "sha256_file",
-    "FaceLandmarker",
-    "FaceTracker",
-    "iter_detect",
-    "detect_frames",
-    "detect_video",
-    "detect_clip",
-    "prefetch",
-    "cache_key",
-    "cache_file",
-    "load_cached",
-    "timestamp_ms",
-    "default_landmark_cache_dir",
-    "CACHE_VERSION",
+    "shot_ranges",
 ]
 
-MODEL_URL = (
-    "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task"
-)
-MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
-MODEL_ENV_VAR = "NEUFACE_FACE_LANDMARKER"
-MODEL_FILENAME = "face_landmarker.task"
-FETCH_COMMAND = "neuface-jax fetch-models"
-NUM_LANDMARKS = 478
-#: Version of the cached landmark files (part of the cache key). 2: files carry ``visible``.
-CACHE_VERSION = 2
-_CACHE_VERSION = CACHE_VERSION
 
+logger = logging.getLogger(__name__)
 
-class ModelNotFoundError(FileNotFoundError):
-    """No face landmarker model file; the message says how to get one."""
-
-
-class ModelChecksumError(ValueError):
-    """A downloaded model's SHA-256 does not match the expected one (the file was deleted)."""
+#: An upside-down view: the face detector scores the frames turned 180° at least this much better.
+UPSIDE_DOWN_MARGIN = 0.1
 
 
 class NoFaceError(ValueError):
     """No face was detected in any frame of a clip (or view)."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Model file
+def shot_ranges(cuts: Sequence[int], num_frames: int) -> list[tuple[int, int]]:
+    """The shots of a clip as ``[(start, end), ...]`` row positions (end exclusive), given the
+    positions of the rows that start a new shot (``DetectedClip.cuts``)."""
+    bounds = [0] + sorted({int(c) for c in cuts if 0 < int(c) < num_frames}) + [int(num_frames)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def default_cache_dir() -> pathlib.Path:
-    """``$XDG_CACHE_HOME/neuface_jax`` or ``~/.cache/neuface_jax``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return pathlib.Path(base) / "neuface_jax"
-
-
-def default_model_path() -> pathlib.Path:
-    """Where ``fetch_model`` puts the model and ``resolve_model_path`` looks last."""
-    return default_cache_dir() / MODEL_FILENAME
-
-
-def _how_to_get_model() -> str:
-    return (
-        f"Get the MediaPipe Face Landmarker model with `{FETCH_COMMAND}` (downloads {MODEL_URL} to "
-        f"{default_model_path()} and checks its SHA-256 {MODEL_SHA256}); or, offline, download that URL "
-        f"elsewhere, copy the file here and pass its path explicitly (--face_landmarker PATH) or set "
-        f"{MODEL_ENV_VAR}=PATH."
-    )
-
-
-def resolve_model_path(model_path=None) -> pathlib.Path:
-    """Finds the face landmarker model: explicit path > ``$NEUFACE_FACE_LANDMARKER`` > user cache.
-
-    Raises:
-      ModelNotFoundError: the chosen path does not exist, or no model is found; the message names
-        the places searched, the download URL, the environment variable and the fetch command.
-    """
-    if model_path:
-        p = pathlib.Path(model_path).expanduser()
-        if not p.is_file():
-            raise ModelNotFoundError(f"face landmarker model {p} (given explicitly) does not exist. {_how_to_get_model()}")
-        return p
-    env = os.environ.get(MODEL_ENV_VAR)
-    if env:
-        p = pathlib.Path(env).expanduser()
-        if not p.is_file():
-            raise ModelNotFoundError(f"face landmarker model {p} (from ${MODEL_ENV_VAR}) does not exist. {_how_to_get_model()}")
-        return p
-    p = default_model_path()
-    if p.is_file():
-        return p
-    raise ModelNotFoundError(
-        f"no face landmarker model: none given, ${MODEL_ENV_VAR} is not set and {p} does not exist. {_how_to_get_model()}"
-    )
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _urllib_download(url: str, dest: pathlib.Path, timeout: float) -> None:
-    with urllib.request.urlopen(url, timeout=timeout) as r, open(dest, "wb") as f:
-        while True:
-            chunk = r.read(1 << 20)
-            if not chunk:
-                break
-            f.write(chunk)
-
-
-def fetch_model(
-    dest=None,
-    *,
-    url: str = MODEL_URL,
-    sha256: str | None = MODEL_SHA256,
-    downloader: Callable[[str, pathlib.Path], None] | None = None,
-    force: bool = False,
-    timeout: float = 60.0,
-) -> pathlib.Path:
-    """Downloads the face landmarker model and verifies its SHA-256.
-
-    An existing ``dest`` with the right checksum is kept (no download) unless ``force``. The
-    download goes to a temporary file next to ``dest`` and is renamed into place only after the
-    checksum matched; on a mismatch it is deleted and nothing is installed.
-
-    Args:
-      dest: target file (default ``default_model_path()``).
-      url: source; any URL ``urllib`` opens (``https://``, ``file://``).
-      sha256: expected hex digest, or None to skip the check (not recommended).
-      downloader: ``downloader(url, path)`` writing the file at ``path``; replaces urllib (tests,
-        proxies, mirrors).
-      force: download even if ``dest`` already holds the expected file.
-
-    Returns:
-      The path of the verified model.
-
-    Raises:
-      ModelChecksumError: the downloaded bytes do not match ``sha256``.
-      OSError: the download failed (offline, HTTP error); the message says how to get the file.
-    """
-    dest = pathlib.Path(dest).expanduser() if dest else default_model_path()
-    if dest.is_file() and not force and (sha256 is None or sha256_file(dest) == sha256):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-    try:
-        try:
-            if downloader is not None:
-                downloader(url, tmp)
-            else:
-                _urllib_download(url, tmp, timeout)
-        except Exception as e:
-            raise OSError(
-                f"could not download the face landmarker model from {url} ({type(e).__name__}: {e}). "
-                f"Offline: download it on a connected machine, copy it to {dest} or point "
-                f"{MODEL_ENV_VAR} at it."
-            ) from e
-        if not tmp.is_file():
-            raise OSError(f"downloading {url} produced no file")
-        if sha256 is not None:
-            got = sha256_file(tmp)
-            if got != sha256.lower():
-                raise ModelChecksumError(
-                    f"refusing the model downloaded from {url}: SHA-256 {got} != expected {sha256}; "
-                    "the download was deleted"
-                )
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return dest
-
-
-def fetch_models_main(argv: Sequence[str] | None = None) -> int:
-    """``neuface-jax fetch-models [--dest PATH] [--url URL] [--force]``: downloads and verifies the model."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog=FETCH_COMMAND, description="Download the MediaPipe Face Landmarker model.")
-    ap.add_argument("--dest", default=None, help=f"target file (default {default_model_path()})")
-    ap.add_argument("--url", default=MODEL_URL)
-    ap.add_argument("--force", action="store_true", help="download even if a verified copy exists")
-    args = ap.parse_args(argv)
-    try:
-        path = fetch_model(args.dest, url=args.url, force=args.force)
-    except (OSError, ModelChecksumError) as e:
-        print(f"error: {e}")
-        return 1
-    print(f"face landmarker model: {path} (SHA-256 {MODEL_SHA256})")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# Landmarker
-
-
-@dataclasses.dataclass(frozen=True)
-class LandmarkerOptions:
-    """Face landmarker and face-choice settings.
+@dataclasses.dataclass(frozen=True, eq=False)
+class DetectedClip:
+    """The host record of one decoded clip: frames and landmarks of every view, what the crops need.
 
     Attributes:
-      num_faces: faces MediaPipe may return per frame (>1 lets the tracker pick the right one).
-      min_face_detection_confidence, min_face_presence_confidence, min_tracking_confidence:
-        MediaPipe's thresholds in [0, 1].
-      max_jump: largest move of the tracked face's box centre between accepted frames, in face
-        sizes, per source frame elapsed (capped at 4 frames); candidates farther away are other people.
-      reacquire_s: after this many seconds without the tracked face, choose afresh.
-      centre_weight: weight of the distance to the image centre against face size when choosing
-        the first face (score = size/diag − centre_weight · distance/diag).
+      label: the clip, for messages.
+      view_names: one name per view.
+      images: ``uint8 [T, W, H, Wd, 3]`` frames, views padded (bottom/right, black) to the largest.
+      image_sizes: ``(width, height)`` of each view before padding.
+      frame_indices: ``int64 [T]`` source frame of each row (shared by the views).
+      fps: source frame rate; ``out_fps`` the rate of the selected frames (after the stride).
+      landmarks: one ``FaceLandmarks`` per view, or None when only decoded (``detect=False``).
+      cached: per view, the landmarks came from the cache.
+      source: where the frames came from (kind, paths, frame range, view boxes).
+      cuts: per view, the row positions that start a new shot (``shot_ranges``).
+      info: for ``metrics.json``: the source's timing and sync record (``Source.info``), shot cuts,
+        the invalid frames with their reasons, the orientation check.
+      notes: warnings about the clip, for ``metrics.json``.
     """
 
-    num_faces: int = 4
-    min_face_detection_confidence: float = 0.5
-    min_face_presence_confidence: float = 0.5
-    min_tracking_confidence: float = 0.5
-    max_jump: float = 0.75
-    reacquire_s: float = 1.0
-    centre_weight: float = 0.5
-
-    def __post_init__(self):
-        if self.num_faces < 1:
-            raise ValueError(f"num_faces must be >= 1, got {self.num_faces}")
-        for k in ("min_face_detection_confidence", "min_face_presence_confidence", "min_tracking_confidence"):
-            v = getattr(self, k)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{k} must be in [0, 1], got {v}")
-
-
-class FaceLandmarker:
-    """A MediaPipe Face Landmarker in VIDEO mode for one stream of frames (one view).
-
-    ``detect(frame, timestamp_ms)`` returns every face as ``[N, 478, 3]`` pixel landmarks.
-    Timestamps must increase; the landmarker keeps tracking state between calls. Close it (or use it
-    as a context manager) to free the graph. Use one instance per thread.
-    """
-
-    def __init__(self, model_path=None, options: LandmarkerOptions | None = None):
-        import mediapipe as mp
-        from mediapipe.tasks.python import vision
-
-        self.model_path = resolve_model_path(model_path)
-        self.options = options or LandmarkerOptions()
-        self._mp = mp
-        o = self.options
-        mp_options = vision.FaceLandmarkerOptions(
-            base_options=mp.tasks.BaseOptions(model_asset_path=str(self.model_path)),
-            running_mode=vision.RunningMode.VIDEO,
-            num_faces=int(o.num_faces),
-            min_face_detection_confidence=float(o.min_face_detection_confidence),
-            min_face_presence_confidence=float(o.min_face_presence_confidence),
-            min_tracking_confidence=float(o.min_tracking_confidence),
-        )
-        try:
-            self._landmarker = vision.FaceLandmarker.create_from_options(mp_options)
-        except Exception as e:
-            raise ValueError(f"{self.model_path}: not a usable face landmarker model ({e})") from e
-        self._last_ts = -1
-
-    def detect(self, frame: np.ndarray, timestamp_ms: int) -> np.ndarray:
-        """All faces in an RGB ``uint8 [H, W, 3]`` frame → ``float32 [N, 478, 3]`` pixels (N may be 0)."""
-        frame = np.ascontiguousarray(frame)
-        if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
-        ts = max(int(timestamp_ms), self._last_ts + 1)
-        self._last_ts = ts
-        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=frame)
-        result = self._landmarker.detect_for_video(image, ts)
-        h, w = frame.shape[:2]
-        faces = [
-            np.asarray([(p.x * w, p.y * h, p.z * w) for p in face], np.float32)
-            for face in result.face_landmarks
-            if len(face) == NUM_LANDMARKS
-        ]
-        if not faces:
-            return np.zeros((0, NUM_LANDMARKS, 3), np.float32)
-        return np.stack(faces)
-
-    def close(self) -> None:
-        if self._landmarker is not None:
-            self._landmarker.close()
-            self._landmarker = None
-
-    def __enter__(self) -> "FaceLandmarker":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _boxes(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centres [N, 2] and sizes [N] (max side of the 2D landmark box) of faces [N, 478, 3]."""
-    lo = faces[..., :2].min(axis=1)
-    hi = faces[..., :2].max(axis=1)
-    return (lo + hi) / 2.0, np.max(hi - lo, axis=-1)
-
-
-class FaceTracker:
-    """Chooses one face per frame among MediaPipe's candidates, consistently over time.
-
-    ``choose(faces, frame_index, image_size)`` returns the index of the chosen face or None.
-    """
-
-    def __init__(self, options: LandmarkerOptions, fps: float):
-        self.options = options
-        self.fps = float(fps) if fps and fps > 0 else 25.0
-        self.centre: np.ndarray | None = None
-        self.size: float | None = None
-        self.last_index: int | None = None
-
-    def _initial(self, centres, sizes, image_size) -> int:
-        w, h = image_size
-        diag = float(np.hypot(w, h))
-        dist = np.linalg.norm(centres - np.array([w / 2.0, h / 2.0]), axis=-1)
-        score = sizes / diag - self.options.centre_weight * dist / diag
-        return int(np.argmax(score))
-
-    def choose(self, faces: np.ndarray, frame_index: int, image_size: tuple[int, int]) -> int | None:
-        if faces.shape[0] == 0:
-            return None
-        centres, sizes = _boxes(faces)
-        lost_for = None if self.last_index is None else frame_index - self.last_index
-        if self.centre is None or lost_for / self.fps > self.options.reacquire_s:
-            k = self._initial(centres, sizes, image_size)
-        else:
-            d = np.linalg.norm(centres - self.centre, axis=-1)
-            k = int(np.argmin(d))
-            allowed = self.options.max_jump * self.size * min(max(lost_for, 1), 4)
-            if d[k] > allowed:
-                return None
-        self.centre, self.size, self.last_index = centres[k], float(sizes[k]), frame_index
-        return k
-
-
-@dataclasses.dataclass
-class FaceLandmarks:
-    """Landmarks of one face through one view of a clip.
-
-    Attributes:
-      points: ``float32 [T, 478, 3]``: x, y in the view's pixels (``[0, W] × [0, H]``), z relative
-        depth scaled like x; zeros where ``valid`` is False.
-      valid: ``bool [T]``: the tracked face was found.
-      frame_indices: ``int64 [T]`` source frame index of each row.
-      image_size: ``(width, height)`` of the view in pixels.
-      num_faces: ``int16 [T]`` faces MediaPipe returned in each frame.
-      fps: source frame rate.
-      name: clip/view name used in messages.
-      visible: ``bool [T, 478]``: the landmark is seen, not a far-side guess (False on invalid
-        frames). Computed from ``points`` by ``landmark_sets.landmark_visibility`` when not given;
-        a given mask is kept (and-ed with ``valid``).
-    """
-
-    points: np.ndarray
-    valid: np.ndarray
+    label: str
+    view_names: tuple[str, ...]
+    images: np.ndarray
+    image_sizes: tuple[tuple[int, int], ...]
     frame_indices: np.ndarray
-    image_size: tuple[int, int]
-    num_faces: np.ndarray
-    fps: float = 25.0
-    name: str = "clip"
-    visible: np.ndarray | None = None
-
-    def __post_init__(self):
-        self.points = np.asarray(self.points, np.float32)
-        self.valid = np.asarray(self.valid, bool).reshape(-1)
-        self.frame_indices = np.asarray(self.frame_indices, np.int64).reshape(-1)
-        self.num_faces = np.asarray(self.num_faces, np.int16).reshape(-1)
-        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
-        t = self.valid.shape[0]
-        if self.points.shape != (t, NUM_LANDMARKS, 3):
-            raise ValueError(f"{self.name}: points must be [{t}, {NUM_LANDMARKS}, 3], got {self.points.shape}")
-        if self.frame_indices.shape[0] != t or self.num_faces.shape[0] != t:
-            raise ValueError(f"{self.name}: frame_indices/num_faces need {t} entries")
-        if self.visible is None:
-            self.visible = landmark_sets.landmark_visibility(self.points, self.valid)
-        else:
-            self.visible = np.asarray(self.visible, bool)
-            if self.visible.shape != (t, NUM_LANDMARKS):
-                raise ValueError(f"{self.name}: visible must be [{t}, {NUM_LANDMARKS}], got {self.visible.shape}")
-            self.visible = self.visible & self.valid[:, None]
+    fps: float
+    out_fps: float
+    landmarks: tuple[FaceLandmarks, ...] | None
+    cached: tuple[bool, ...]
+    source: Source
+    cuts: tuple[tuple[int, ...], ...] = ()
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
     @property
     def num_frames(self) -> int:
-        return int(self.valid.shape[0])
+        return int(self.frame_indices.shape[0])
 
     @property
-    def xy(self) -> np.ndarray:
-        """``[T, 478, 2]`` pixel positions."""
-        return self.points[..., :2]
+    def num_views(self) -> int:
+        return len(self.view_names)
 
     @property
-    def valid_fraction(self) -> float:
-        return float(self.valid.mean()) if self.num_frames else 0.0
+    def valid(self) -> np.ndarray:
+        """``bool [T, W]``: the tracked face was found (needs landmarks)."""
+        return np.stack([lm.valid for lm in self._require_landmarks()], axis=1)
 
-    @property
-    def visible_xy(self) -> np.ndarray:
-        """``[T, 478, 2]`` pixel positions with NaN where the point is not visible (or the frame invalid)."""
-        return np.where(self.visible[..., None], self.xy, np.nan).astype(np.float32)
+    def shots(self, view: int = 0) -> list[tuple[int, int]]:
+        """``[(start, end), ...]`` row ranges of the shots of ``view`` (one range without cuts)."""
+        return shot_ranges(self.cuts[view] if self.cuts else (), self.num_frames)
 
-    def with_visibility(self, min_facing: float = landmark_sets.DEFAULT_MIN_FACING) -> "FaceLandmarks":
-        """A copy whose ``visible`` is recomputed with another ``min_facing`` margin."""
-        vis = landmark_sets.landmark_visibility(self.points, self.valid, min_facing=min_facing)
-        return dataclasses.replace(self, visible=vis)
+    def shot_frame_ranges(self, view: int = 0) -> list[video_lib.FrameRange]:
+        """One ``FrameRange`` of source frames per shot of ``view``: what a clip split at its cuts
+        reads for each of its outputs (with ``LandmarkerOptions.new_track_at_cuts`` or without)."""
+        rng = self.source.frame_range or video_lib.FrameRange()
+        idx = self.frame_indices
+        return [
+            video_lib.FrameRange(start=int(idx[a]), end=int(idx[b - 1]) + 1, stride=rng.stride) for a, b in self.shots(view)
+        ]
 
-    def to_npz_dict(self) -> dict:
-        return dict(
-            points=self.points,
-            valid=self.valid,
-            frame_indices=self.frame_indices,
-            image_size=np.asarray(self.image_size, np.int64),
-            num_faces=self.num_faces,
-            fps=np.float64(self.fps),
-            name=np.str_(self.name),
-            visible=self.visible,
-        )
+    def targets(self, landmark_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The landmarks as the fit uses them: ``(points68, targets, valid)``.
 
-    @classmethod
-    def from_npz(cls, data) -> "FaceLandmarks":
-        return cls(
-            points=data["points"],
-            valid=data["valid"],
-            frame_indices=data["frame_indices"],
-            image_size=tuple(int(v) for v in data["image_size"]),
-            num_faces=data["num_faces"],
-            fps=float(data["fps"]),
-            name=str(data["name"]),
-            visible=data["visible"] if "visible" in getattr(data, "files", data) else None,
-        )
+        ``points68`` ``[T, W, 68, 2]`` (iBUG-68 from MediaPipe, all points) place the crops;
+        ``targets`` ``[T, W, L, 2]`` are the MediaPipe points with ids ``landmark_ids``, NaN where the
+        point is a far-side guess (``FaceLandmarks.visible``) or the frame has no face; pixels.
+        """
+        lms = self._require_landmarks()
+        valid = self.valid
+        points478 = np.stack([lm.xy for lm in lms], axis=1).astype(np.float64)  # [T, W, 478, 2]
+        ids = np.asarray(landmark_ids)
+        seen = np.stack([lm.visible for lm in lms], axis=1)[:, :, ids] & valid[..., None]
+        targets = np.where(seen[..., None], points478[:, :, ids], np.nan)
+        return landmark_sets.mediapipe_to_ibug68(points478), targets, valid
 
-    def save(self, path) -> None:
-        """Writes an npz atomically (temporary file, then rename)."""
-        path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **self.to_npz_dict())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path) -> "FaceLandmarks":
-        with np.load(path, allow_pickle=False) as d:
-            return cls.from_npz(d)
-
-
-# ----------------------------------------------------------------------------------------------
-# Detection loops
-
-
-def timestamp_ms(index: int, fps: float) -> int:
-    """MediaPipe VIDEO-mode timestamp of source frame ``index``: ``round(index · 1000 / fps)`` ms.
-
-    An unknown or non-positive ``fps`` counts as 25. Strided selections keep their source times,
-    so timestamps still increase (``FaceLandmarker.detect`` also forces them to increase).
-    """
-    return int(round(index * 1000.0 / (fps if fps and fps > 0 else 25.0)))
-
-
-_timestamp_ms = timestamp_ms  # the former private name, kept for existing callers
-
-
-def iter_detect(
-    frames: Iterable[tuple[int, np.ndarray]],
-    *,
-    fps: float,
-    model_path=None,
-    options: LandmarkerOptions | None = None,
-) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, int]]:
-    """Streams detection over ``(frame_index, frame)`` pairs of one view.
-
-    The landmarker is created inside the generator, so the whole loop may run in a background
-    thread (``prefetch(iter_detect(...), size)``).
-
-    Yields:
-      ``(frame_index, frame, points, num_faces)``: ``points`` ``float32 [478, 3]`` of the tracked face
-      in pixels, or None when it was not found.
-    """
-    options = options or LandmarkerOptions()
-    tracker = FaceTracker(options, fps)
-    with FaceLandmarker(model_path, options) as lm:
-        for index, frame in frames:
-            faces = lm.detect(frame, timestamp_ms(index, fps))
-            k = tracker.choose(faces, index, (frame.shape[1], frame.shape[0]))
-            yield index, frame, (None if k is None else faces[k]), int(faces.shape[0])
-
-
-def detect_frames(
-    frames,
-    *,
-    fps: float = 25.0,
-    frame_indices: Sequence[int] | None = None,
-    model_path=None,
-    options: LandmarkerOptions | None = None,
-    name: str = "clip",
-    require_face: bool = True,
-) -> FaceLandmarks:
-    """Detects the tracked face in frames of one view.
-
-    Args:
-      frames: ``uint8 [T, H, W, 3]``, a sequence of ``[H, W, 3]`` frames, or an iterator of
-        ``(frame_index, frame)`` pairs (then ``frame_indices`` is ignored).
-      fps: frame rate, for MediaPipe's timestamps and the tracker's time limits.
-      frame_indices: source index of each frame (0..T-1 by default).
-      name: the clip/view name used in errors.
-      require_face: raise ``NoFaceError`` when no frame has a face (else return all-invalid).
-
-    Raises:
-      NoFaceError: no face in any frame and ``require_face``; the message names the clip.
-      ModelNotFoundError: no model file (see ``resolve_model_path``).
-    """
-    if isinstance(frames, np.ndarray) or isinstance(frames, (list, tuple)):
-        idx = range(len(frames)) if frame_indices is None else frame_indices
-        if len(idx) != len(frames):
-            raise ValueError(f"{name}: {len(idx)} frame indices for {len(frames)} frames")
-        pairs = zip((int(i) for i in idx), frames)
-    else:
-        pairs = iter(frames)
-    rows, valid, indices, counts = [], [], [], []
-    size = None
-    for index, frame, pts, n in iter_detect(pairs, fps=fps, model_path=model_path, options=options):
-        s = (int(frame.shape[1]), int(frame.shape[0]))
-        if size is None:
-            size = s
-        elif s != size:
-            raise ValueError(f"{name}: frame {index} is {s[0]}x{s[1]}, earlier frames {size[0]}x{size[1]}")
-        rows.append(np.zeros((NUM_LANDMARKS, 3), np.float32) if pts is None else pts)
-        valid.append(pts is not None)
-        indices.append(index)
-        counts.append(n)
-    if not rows:
-        raise ValueError(f"{name}: no frames to detect in")
-    result = FaceLandmarks(
-        points=np.stack(rows),
-        valid=np.asarray(valid),
-        frame_indices=np.asarray(indices),
-        image_size=size,
-        num_faces=np.asarray(counts),
-        fps=fps,
-        name=name,
-    )
-    _check_faces(result, require_face)
-    return result
-
-
-def _check_faces(result: FaceLandmarks, require_face: bool) -> None:
-    if result.valid.any():
-        return
-    msg = f"{result.name}: no face detected in any of its {result.num_frames} frames"
-    if require_face:
-        raise NoFaceError(msg)
-    warnings.warn(msg, stacklevel=3)
-
-
-# ----------------------------------------------------------------------------------------------
-# Cache
-
-
-def _source_stat(path) -> dict:
-    p = pathlib.Path(path).resolve()
-    st = p.stat()
-    return {"path": str(p), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
-
-
-def cache_key(source, *, box=None, frames, options: LandmarkerOptions, model_path) -> str:
-    """Hex key of a detection result: source file identity, box, frame selection, options, model.
-
-    ``frames`` is anything JSON-serialisable describing the selected frames (a ``FrameRange`` as a
-    dict, or a list of frame indices).
-    """
-    model = pathlib.Path(model_path)
-    payload = {
-        "version": CACHE_VERSION,
-        "source": _source_stat(source),
-        "box": None if box is None else [int(v) for v in box],
-        "frames": frames,
-        "options": dataclasses.asdict(options),
-        "model_sha256": _cached_sha256(model),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-_SHA_MEMO: dict[tuple, str] = {}
-
-
-def _cached_sha256(path: pathlib.Path) -> str:
-    st = path.stat()
-    k = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if k not in _SHA_MEMO:
-        _SHA_MEMO[k] = sha256_file(path)
-    return _SHA_MEMO[k]
-
-
-def cache_file(cache_dir, source, view: str | None, key: str) -> pathlib.Path:
-    """Path of a cached detection result: ``<cache_dir>/<source stem>[-<view>]-<key[:20]>.npz``.
-
-    Args:
-      cache_dir: the landmark cache folder (``default_landmark_cache_dir()`` by default elsewhere).
-      source: the source video or image file (its stem names the file; unsafe characters → ``_``).
-      view: the view's name when the source holds several views (a box of a composite), else None.
-      key: ``cache_key(...)`` of the result.
-    """
-    stem = pathlib.Path(source).stem + (f"-{view}" if view else "")
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80]
-    return pathlib.Path(cache_dir) / f"{safe}-{key[:20]}.npz"
-
-
-_cache_file = cache_file  # the former private name, kept for existing callers
-
-
-def default_landmark_cache_dir() -> pathlib.Path:
-    return default_cache_dir() / "landmarks"
-
-
-def load_cached(path) -> FaceLandmarks | None:
-    """The cached ``FaceLandmarks`` at ``path``, or None when there is none.
-
-    A damaged or unreadable file is not fatal: it warns and returns None, so the caller detects
-    again (and overwrites it). Files written before ``visible`` existed have a different cache key
-    (``CACHE_VERSION``) and are not found; if read directly, their visibility is computed.
-    """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        return None
-    try:
-        return FaceLandmarks.load(path)
-    except Exception as e:  # a damaged cache entry is recomputed, never fatal
-        warnings.warn(f"ignoring unreadable landmark cache {path}: {e}", stacklevel=3)
-        return None
-
-
-_load_cached = load_cached  # the former private name, kept for existing callers
-
-
-# ----------------------------------------------------------------------------------------------
-# Videos and clips
-
-
-def detect_video(
-    path,
-    *,
-    box: tuple[int, int, int, int] | None = None,
-    view_name: str | None = None,
-    frames: video_lib.FrameRange | None = None,
-    start: int | None = None,
-    end: int | None = None,
-    start_s: float | None = None,
-    end_s: float | None = None,
-    stride: int = 1,
-    model_path=None,
-    options: LandmarkerOptions | None = None,
-    cache_dir=None,
-    use_cache: bool = True,
-    require_face: bool = True,
-    prefetch_size: int = 8,
-) -> FaceLandmarks:
-    """Detects the face through a video file, decoding ahead in a background thread.
-
-    Args:
-      path: video file.
-      box: optional ``(x0, y0, x1, y1)`` half-open pixel box: detect in that region only (a view of a
-        tiled composite); landmarks are then in the box's pixels.
-      view_name: name for messages and the cache file (file stem by default).
-      frames / start / end / start_s / end_s / stride: the frames (see ``video.FrameRange``).
-      cache_dir: landmark cache folder (default ``~/.cache/neuface_jax/landmarks``).
-      use_cache: read and write the cache.
-      prefetch_size: frames decoded ahead.
-
-    Raises:
-      VideoError: unreadable or truncated video.
-      NoFaceError: no face in any selected frame (``require_face``), naming the video.
-    """
-    rng = video_lib.frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
-    options = options or LandmarkerOptions()
-    model = resolve_model_path(model_path)
-    info = video_lib.probe_video(path)
-    name = f"{path}" + (f" [{view_name}]" if view_name else "") + (f" box {tuple(box)}" if box is not None else "")
-    cache_path = None
-    if use_cache:
-        key = cache_key(path, box=box, frames=dataclasses.asdict(rng), options=options, model_path=model)
-        cache_path = cache_file(cache_dir or default_landmark_cache_dir(), path, view_name, key)
-        hit = load_cached(cache_path)
-        if hit is not None:
-            _check_faces(hit, require_face)
-            return hit
-    it = video_lib.iter_video_frames(path, frames=rng, info=info)
-    if box is not None:
-        x0, y0, x1, y1 = (int(v) for v in box)
-        if not (0 <= x0 < x1 <= info.width and 0 <= y0 < y1 <= info.height):
-            raise ValueError(f"box {box} is empty or outside the {info.width}x{info.height} video {path}")
-        it = ((i, np.ascontiguousarray(f[y0:y1, x0:x1])) for i, f in it)
-    result = detect_frames(
-        prefetch(it, prefetch_size), fps=info.fps, model_path=model, options=options, name=name, require_face=False
-    )
-    if cache_path is not None:
-        result.save(cache_path)
-    _check_faces(result, require_face)
-    return result
-
-
-def detect_clip(
-    clip: video_lib.VideoClip,
-    *,
-    model_path=None,
-    options: LandmarkerOptions | None = None,
-    cache_dir=None,
-    use_cache: bool = True,
-    require_face: bool = True,
-) -> dict[str, FaceLandmarks]:
-    """Detects the face in every view of a decoded clip; returns view name → ``FaceLandmarks``.
-
-    Views are detected one after another, each with its own landmarker. Views whose source is a
-    file are cached (keyed by the file, the view's box and the frame indices); in-memory views
-    (``sources`` None) are not.
-
-    Raises:
-      NoFaceError: a view has no face in any frame (``require_face``), naming the view and source.
-    """
-    options = options or LandmarkerOptions()
-    model = resolve_model_path(model_path)
-    out = {}
-    for v, name in enumerate(clip.view_names):
-        src, box = clip.sources[v], clip.source_boxes[v]
-        label = f"view {name!r}" + (f" of {src}" if src else "") + (f" box {box}" if box else "")
-        cache_path = None
-        if use_cache and src and pathlib.Path(src).is_file():
-            key = cache_key(src, box=box, frames=clip.frame_indices.tolist(), options=options, model_path=model)
-            cache_path = cache_file(cache_dir or default_landmark_cache_dir(), src, name, key)
-            hit = load_cached(cache_path)
-            if hit is not None:
-                _check_faces(hit, require_face)
-                out[name] = hit
-                continue
-        res = detect_frames(
-            clip.frames[v],
-            fps=clip.fps,
-            frame_indices=clip.frame_indices,
-            model_path=model,
-            options=options,
-            name=label,
-            require_face=False,
-        )
-        if cache_path is not None:
-            res.save(cache_path)
-        _check_faces(res, require_face)
-        out[name] = res
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# One clip: decode + detect every view
+    def _require_landmarks(self) -> tuple[FaceLandmarks, ...]:
+        if self.landmarks is None:
+            raise ValueError(f"{self.label}: decoded without detection, no landmarks")
+        return self.landmarks
 
 
 class ViewDetector:
-    """One view's landmarker on its own worker thread (VIDEO mode needs in-order calls)."""
+    """One view's landmarker and face tracker on its own worker thread (VIDEO mode needs in-order calls)."""
 
-    def __init__(self, model_path, options, fps):
+    def __init__(self, model_path, options: LandmarkerOptions, fps: float):
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="neuface-detect")
-        self.landmarker = self.pool.submit(FaceLandmarker, model_path, options).result()
-        self.tracker = FaceTracker(options, fps)
+        try:
+            self.landmarker = self.pool.submit(landmarker_lib.FaceLandmarker, model_path, options).result()
+        except BaseException:
+            self.pool.shutdown(wait=True)
+            raise
+        self.tracker = landmarker_lib.FaceTracker(options, fps)
 
     def submit(self, frame, ts):
         return self.pool.submit(self.landmarker.detect, frame, ts)
@@ -831,104 +175,237 @@ class ViewDetector:
         self.pool.shutdown(wait=True)
 
 
-def decode_and_detect(
-    src: sources_lib.Source, *, model_path, options, cache_dir, use_cache, bar=None, prefetch_size=8, in_flight=4, on_first_face=None
-):
-    """Streams the frames once: stores them and detects the views that are not cached.
+@dataclasses.dataclass
+class _Track:
+    """One detected view's rows, filled frame by frame."""
 
-    ``on_first_face()`` is called once, as soon as some view has a face (a cached one, or the first
-    detection), so the caller can start work that is only worth doing when the clip has a face.
+    rows: list = dataclasses.field(default_factory=list)
+    valid: list = dataclasses.field(default_factory=list)
+    counts: list = dataclasses.field(default_factory=list)
+    reasons: list = dataclasses.field(default_factory=list)
 
-    Returns (frames per view [T, H, W, 3], FaceLandmarks per view, frame indices [T], cache hits per view).
-    """
+
+class _Once:
+    def __init__(self, fn: Callable[[], None] | None):
+        self.fn = fn
+
+    def __call__(self):
+        fn, self.fn = self.fn, None
+        if fn is not None:
+            fn()
+
+
+def _cache_paths(src: Source, options, model_path, cache_dir) -> list[pathlib.Path | None]:
     w = len(src.view_names)
-    hits: list[FaceLandmarks | None] = [None] * w
-    cache_paths: list[pathlib.Path | None] = [None] * w
-    if use_cache:
-        cdir = cache_dir or default_landmark_cache_dir()
-        for v, cid in enumerate(src.cache_ids):
-            if cid is None:
-                continue
+    cdir = cache_dir or landmark_cache.default_landmark_cache_dir()
+    out: list[pathlib.Path | None] = [None] * w
+    for v, cid in enumerate(src.cache_ids):
+        if cid is not None:
             path, box, frames_key = cid
-            key = cache_key(path, box=box, frames=frames_key, options=options, model_path=model_path)
-            cache_paths[v] = cache_file(cdir, path, src.view_names[v] if w > 1 or box else None, key)
-            hits[v] = load_cached(cache_paths[v])
-    todo = [v for v in range(w) if hits[v] is None]
-    signalled = [False]
+            key = landmark_cache.cache_key(path, box=box, frames=frames_key, options=options, model_path=model_path)
+            out[v] = landmark_cache.cache_file(cdir, path, src.view_names[v] if w > 1 or box else None, key)
+    return out
 
-    def face_found():
-        if not signalled[0] and on_first_face is not None:
-            signalled[0] = True
-            on_first_face()
 
-    if any(h is not None and h.valid.any() for h in hits):
-        face_found()
-    detectors = {v: ViewDetector(model_path, options, src.fps) for v in todo}
+def _stream(src: Source, detectors, tracks, progress, prefetch_size, in_flight, face_found, cut_threshold):
+    """Reads every frame once, submitting each to the views' detectors; returns (frames per view,
+    indices, per view the row positions where a shot cut starts a new shot)."""
+    w = len(src.view_names)
     frames: list[list[np.ndarray]] = [[] for _ in range(w)]
     indices: list[int] = []
-    rows = {v: [] for v in todo}
-    valid = {v: [] for v in todo}
-    counts = {v: [] for v in todo}
+    cuts: list[list[int]] = [[] for _ in range(w)]
+    signatures: list[np.ndarray | None] = [None] * w
     pending: collections.deque = collections.deque()
 
     def finish(item):
-        index, fr, futs = item
+        index, fr, futs, cut = item
         for v, fut in futs.items():
             faces = fut.result()
-            k = detectors[v].tracker.choose(faces, index, (fr[v].shape[1], fr[v].shape[0]))
-            rows[v].append(np.zeros((NUM_LANDMARKS, 3), np.float32) if k is None else faces[k])
-            valid[v].append(k is not None)
-            counts[v].append(int(faces.shape[0]))
+            tracker = detectors[v].tracker
+            looks = [landmarker_lib.face_descriptor(fr[v], f) for f in faces]
+            k = tracker.choose(faces, index, (fr[v].shape[1], fr[v].shape[0]), cut=cut[v], looks=looks)
+            tracks[v].rows.append(np.zeros((landmarker_lib.NUM_LANDMARKS, 3), np.float32) if k is None else faces[k])
+            tracks[v].valid.append(k is not None)
+            tracks[v].counts.append(int(faces.shape[0]))
+            tracks[v].reasons.append(tracker.reason)
             if k is not None:
                 face_found()
-        if bar is not None:
-            bar.update(1)
+        if progress is not None:
+            progress.update(1)
 
-    try:
-        for index, fr in prefetch(src.stream(), prefetch_size):
-            if len(fr) != w:
-                raise ValueError(f"{src.label}: {len(fr)} views in a frame, expected {w}")
-            if indices:
-                for v in range(w):
-                    if fr[v].shape != frames[v][0].shape:
-                        raise ValueError(
-                            f"{src.label}: view {src.view_names[v]!r} frame {index} is {fr[v].shape}, "
-                            f"earlier frames {frames[v][0].shape}"
-                        )
-            indices.append(int(index))
-            for v in range(w):
-                frames[v].append(fr[v])
-            ts = timestamp_ms(index, src.fps)
-            futs = {v: detectors[v].submit(fr[v], ts) for v in todo}
-            pending.append((int(index), fr, futs))
-            while len(pending) > in_flight:
-                finish(pending.popleft())
-        while pending:
+    for index, fr in prefetch(src.stream(), prefetch_size):
+        if len(fr) != w:
+            raise ValueError(f"{src.label}: {len(fr)} views in a frame, expected {w}")
+        for v in range(w):
+            if indices and fr[v].shape != frames[v][0].shape:
+                raise ValueError(
+                    f"{src.label}: view {src.view_names[v]!r} frame {index} is {fr[v].shape}, "
+                    f"earlier frames {frames[v][0].shape}"
+                )
+            frames[v].append(fr[v])
+        cut = []
+        for v in range(w):
+            sig = landmarker_lib.frame_signature(fr[v])
+            cut.append(landmarker_lib.is_cut(signatures[v], sig, cut_threshold))
+            signatures[v] = sig
+            if cut[v]:
+                cuts[v].append(len(indices))
+        indices.append(int(index))
+        ts = landmarker_lib.timestamp_ms(index, src.fps)
+        pending.append((int(index), fr, {v: d.submit(fr[v], ts) for v, d in detectors.items()}, cut))
+        while len(pending) > in_flight:
             finish(pending.popleft())
+    while pending:
+        finish(pending.popleft())
+    if not indices:
+        raise video_lib.VideoError(src.label, "no frames to read")
+    return frames, np.asarray(indices, np.int64), cuts
+
+
+def _view_landmarks(src, v, hit, track, cache_path, idx, size) -> FaceLandmarks:
+    label = f"view {src.view_names[v]!r} of {src.label}"
+    if hit is not None:
+        if hit.num_frames != len(idx) or not np.array_equal(hit.frame_indices, idx):
+            raise RuntimeError(f"{label}: cached landmarks do not match the decoded frames; clear {cache_path}")
+        return hit
+    res = FaceLandmarks(
+        points=np.stack(track.rows), valid=np.asarray(track.valid), frame_indices=idx, image_size=size,
+        num_faces=np.asarray(track.counts), fps=src.fps, name=label, reason=np.asarray(track.reasons),
+    )
+    if cache_path is not None:
+        res.save(cache_path)
+    return res
+
+
+def decode_and_detect(
+    src: Source,
+    *,
+    detect: bool = True,
+    model_path=None,
+    options: LandmarkerOptions | None = None,
+    cache_dir=None,
+    use_cache: bool = True,
+    progress=None,
+    prefetch_size: int = 8,
+    in_flight: int = 4,
+    on_first_face: Callable[[], None] | None = None,
+) -> DetectedClip:
+    """Streams a clip once: keeps its frames and detects the views that are not cached.
+
+    Args:
+      src: the clip (``sources.open_source``).
+      detect: False to only decode (the record then has no landmarks).
+      model_path: the landmarker model (``landmarker.resolve_model_path`` resolves None).
+      options: landmarker and face-choice settings.
+      cache_dir, use_cache: the landmark cache (``landmark_cache``; default folder under the user cache).
+      progress: anything with ``update(n)`` (a ``common.log.Progress``), counted once per frame.
+      prefetch_size: frames decoded ahead; in_flight: frames submitted to the detectors ahead.
+      on_first_face: called once, as soon as some view has a face (a cached one, or the first
+        detection), so the caller can start work that is only worth doing when the clip has a face.
+
+    Raises:
+      video.VideoError: no frame could be read (or a file is unreadable).
+      landmarker.ModelNotFoundError: detection needed and no model file.
+    """
+    w = len(src.view_names)
+    options = options or LandmarkerOptions()
+    hits: list[FaceLandmarks | None] = [None] * w
+    cache_paths: list[pathlib.Path | None] = [None] * w
+    if detect:
+        model_path = resolve_model_path(model_path)
+        if use_cache:
+            cache_paths = _cache_paths(src, options, model_path, cache_dir)
+            hits = [None if p is None else landmark_cache.load_cached(p) for p in cache_paths]
+    face_found = _Once(on_first_face)
+    if any(h is not None and h.valid.any() for h in hits):
+        face_found()
+    todo = [v for v in range(w) if hits[v] is None] if detect else []
+    detectors = {}
+    try:
+        for v in todo:
+            detectors[v] = ViewDetector(model_path, options, src.fps)
+        tracks = {v: _Track() for v in todo}
+        frames, idx, cuts = _stream(
+            src, detectors, tracks, progress, prefetch_size, in_flight, face_found, options.cut_threshold
+        )
     finally:
         for d in detectors.values():
             d.close()
-    if not indices:
-        raise video_lib.VideoError(src.label, "no frames to read")
-    idx = np.asarray(indices, np.int64)
-    results = []
+    sizes = tuple((int(f[0].shape[1]), int(f[0].shape[0])) for f in frames)
+    images = stack_views(frames)
+    landmarks, notes = None, []
+    info = {**src.info, "shot_cuts": {n: [int(idx[c]) for c in cs] for n, cs in zip(src.view_names, cuts)}}
+    if detect:
+        landmarks = tuple(
+            _view_landmarks(src, v, hits[v], tracks.get(v), cache_paths[v], idx, sizes[v]) for v in range(w)
+        )
+        if options.check_orientation:
+            landmarks = _check_orientation(src, images, sizes, landmarks, model_path, notes, info)
+        info["invalid_frames"] = {
+            n: landmarker_lib.reason_runs(lm.reason, idx) for n, lm in zip(src.view_names, landmarks)
+        }
+    notes += [f"{src.label}: {m}" for m in src.info.get("trimmed", []) + src.info.get("resampled", [])]
+    return DetectedClip(
+        label=src.label, view_names=tuple(src.view_names), images=images, image_sizes=sizes,
+        frame_indices=idx, fps=float(src.fps), out_fps=float(src.out_fps), landmarks=landmarks,
+        cached=tuple(h is not None for h in hits), source=src, cuts=tuple(tuple(c) for c in cuts), info=info,
+        notes=tuple(notes),
+    )
+
+
+def _check_orientation(src: Source, images, sizes, landmarks, model_path, notes: list, info: dict):
+    """Masks the views whose face is upside down (``landmarker.orientation_scores``), with a warning
+    and a note; raises ``NoFaceError`` when every view is."""
+    out, flagged = list(landmarks), []
+    info["orientation"] = {}
     for v, name in enumerate(src.view_names):
-        label = f"view {name!r} of {src.label}"
-        if hits[v] is not None:
-            res = hits[v]
-            if res.num_frames != len(idx) or not np.array_equal(res.frame_indices, idx):
-                raise RuntimeError(f"{label}: cached landmarks do not match the decoded frames; clear {cache_paths[v]}")
-        else:
-            f0 = frames[v][0]
-            res = FaceLandmarks(
-                points=np.stack(rows[v]), valid=np.asarray(valid[v]), frame_indices=idx,
-                image_size=(int(f0.shape[1]), int(f0.shape[0])), num_faces=np.asarray(counts[v]), fps=src.fps,
-                name=label,
-            )
-            if cache_paths[v] is not None:
-                res.save(cache_paths[v])
-        results.append(res)
-    return frames, results, idx, [h is not None for h in hits]
+        cw, ch = sizes[v]
+        stored, turned = landmarker_lib.orientation_scores(images[:, v, :ch, :cw], model_path)
+        upside_down = turned >= 0.5 and turned - stored >= UPSIDE_DOWN_MARGIN
+        info["orientation"][name] = {
+            "detector_score": stored, "detector_score_turned_180": turned, "upside_down": upside_down
+        }
+        if not upside_down:
+            continue
+        flagged.append(name)
+        lm = out[v]
+        out[v] = dataclasses.replace(
+            lm, points=np.zeros_like(lm.points), valid=np.zeros_like(lm.valid), visible=None,
+            reason=np.full(lm.num_frames, landmarker_lib.UPSIDE_DOWN),
+        )
+        msg = (
+            f"view {name!r} of {src.label} looks upside down (face detector score {turned:.2f} turned 180° vs "
+            f"{stored:.2f} as decoded): its rotation metadata is probably wrong; the view is masked "
+            "(fix the file, e.g. ffmpeg -display_rotation 180 -i IN -c copy OUT)"
+        )
+        notes.append(msg)
+        warnings.warn(msg, stacklevel=3)
+    if flagged and len(flagged) == len(src.view_names):
+        raise NoFaceError(f"{src.label}: every view looks upside down ({', '.join(flagged)}); no upright face to fit")
+    return tuple(out)
+
+
+def check_faces(label: str, view_names: Sequence[str], valid, *, where: str = "detected in") -> dict[str, str]:
+    """Checks a clip has a face: ``{view name: warning}`` for the views without any (they get masked).
+
+    A faceless view of a multi-view clip warns (``warnings``: the caller's user sees it once and
+    the other views still give a result). ``where`` words the error (e.g. "in the precomputed
+    landmarks of").
+
+    Raises:
+      NoFaceError: no frame of any view has a face; the message names the clip (and its views).
+    """
+    valid = np.asarray(valid, bool)
+    t, w = valid.shape
+    if not valid.any():
+        views = f" (views {', '.join(view_names)})" if w > 1 else ""
+        raise NoFaceError(f"{label}: no face {where} any of its {t} frames{views}")
+    out = {}
+    for v, name in enumerate(view_names):
+        if not valid[:, v].any():
+            out[name] = f"view {name!r} of {label}: no face detected in any of its {t} frames; the view is masked"
+            warnings.warn(out[name], stacklevel=2)
+    return out
 
 
 def read_precomputed_landmarks(path, view_names: Sequence[str], frame_indices: np.ndarray, label: str):
@@ -978,12 +455,3 @@ def read_precomputed_landmarks(path, view_names: Sequence[str], frame_indices: n
     valid &= np.isfinite(pts).all(-1).all(-1)
     pts = np.where(valid[..., None, None], pts, np.nan)
     return pts, np.where((vis & valid[..., None])[..., None], pts, np.nan), valid
-
-
-if __name__ == "__main__":  # python -m neuface_jax.media.detect fetch-models [...]
-    import sys
-
-    args = sys.argv[1:]
-    if args[:1] == ["fetch-models"]:
-        args = args[1:]
-    raise SystemExit(fetch_models_main(args))

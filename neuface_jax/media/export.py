@@ -27,11 +27,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-
 from flame_jax import mesh_io as mesh_export
-from neuface_jax.media import crops as crops_lib
 from neuface_jax.common.atomic import atomic_write
+from neuface_jax.media import crops as crops_lib
 from neuface_jax.media import render as render_lib
+from neuface_jax.media import video as video_lib
 
 PARAMS_FORMAT = "neuface-jax-params-v1"
 
@@ -147,6 +147,7 @@ def overlay_frames(
     alpha: float = 0.55,
     mode: str = "solid",
     max_side: int = 480,
+    valid: np.ndarray | None = None,
 ) -> np.ndarray:
     """Tiles all views per frame with the mesh drawn over each image.
 
@@ -155,6 +156,8 @@ def overlay_frames(
       vertices: [T, W, V, 3] fitted vertices (model frame); cams [T, W, 3]; crop transforms [T, W, 2, 3].
       landmarks: optional [T, W, L, 2] image-pixel points drawn as dots.
       max_side: each view is downscaled so its longer side is at most this many pixels.
+      valid: optional bool [T, W]: where False the view had no tracked face; it is drawn as "no
+        face" (a red frame and label), without the mesh or landmarks fitted there.
 
     Returns:
       uint8 [T, H', W * Wd', 3].
@@ -169,6 +172,9 @@ def overlay_frames(
             img = images[ti, wi]
             if scale != 1.0:
                 img = crops_lib.warp_crop(img, np.vstack([resize]), size=max(oh, ow))[:oh, :ow]
+            if valid is not None and not valid[ti, wi]:
+                out[ti, :, wi * ow : (wi + 1) * ow] = _no_face(render_lib.to_uint8(img))
+                continue
             m = crops_lib.compose_transforms(crop_transforms[ti, wi], crops_lib.invert_transform(resize))
             if np.all(np.isfinite(vertices[ti, wi])) and np.all(np.isfinite(m)):
                 scr = screen_vertices(vertices[ti, wi], cams[ti, wi], m, crop_size)
@@ -181,8 +187,24 @@ def overlay_frames(
     return out
 
 
+#: Colour of the "no face" marking in overlays.
+NO_FACE_RGB = (230, 30, 30)
+
+
+def _no_face(img: np.ndarray) -> np.ndarray:
+    """A frame without the tracked face: a red frame around it and the label "no face"."""
+    # Lazy: Pillow draws the label; only overlays with faceless frames need it.
+    from PIL import Image, ImageDraw
+
+    h, w = img.shape[:2]
+    b = max(2, min(h, w) // 60)
+    out = Image.fromarray(np.ascontiguousarray(img))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle([0, 0, w - 1, h - 1], outline=NO_FACE_RGB, width=b)
+    draw.text((3 * b, 3 * b), "no face", fill=NO_FACE_RGB)
+    return np.asarray(out)
+
+
 def write_overlay_video(path, frames: np.ndarray, fps: float) -> Path:
     """Writes tiled overlay frames [T, H, W, 3] as an mp4 (H.264, yuv420p)."""
-    from neuface_jax.media import video as video_lib
-
     return video_lib.write_video(Path(path), frames, fps=fps)

@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from flame_jax.geometry import rigid_transform, vertex_normals
+
 __all__ = [
     "NUM_MEDIAPIPE",
     "NUM_MEDIAPIPE_MESH",
@@ -199,25 +201,8 @@ def _parse_table(text: str, dtype, cols: int = 3) -> np.ndarray:
     return out
 
 
-def vertex_normals(vertices, triangles) -> np.ndarray:
-    """Unit, area-weighted vertex normals of a triangle mesh: ``[..., V, 3]`` vertices → ``[..., V, 3]``.
-
-    Triangles are counter-clockwise seen from the side the normal points to. A vertex in no
-    triangle (or only degenerate ones) gets a zero normal.
-    """
-    v = np.asarray(vertices, np.float64)
-    tri = np.asarray(triangles, np.int64)
-    a, b, c = (v[..., tri[:, k], :] for k in range(3))
-    face_n = np.cross(b - a, c - a)  # length = 2 × area: area weighting for free
-    inc = np.zeros((v.shape[-2], tri.shape[0]))  # vertex × triangle incidence
-    for k in range(3):
-        np.add.at(inc, (tri[:, k], np.arange(tri.shape[0])), 1.0)
-    n = np.einsum("vf,...fc->...vc", inc, face_n)
-    norm = np.linalg.norm(n, axis=-1, keepdims=True)
-    return np.where(norm > 0, n / np.maximum(norm, 1e-300), 0.0)
-
-
 def _load_canonical_mesh():
+    # Lazy: the mesh tables are large text, parsed only when the canonical mesh is first needed.
     from neuface_jax.media import _mediapipe_mesh_data as data
 
     verts = _parse_table(data.VERTICES, np.float64)
@@ -279,22 +264,11 @@ def head_rotation(points, ids=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     y = y.reshape(-1, len(ids), 3)
     ok = np.isfinite(y).all(axis=(-2, -1))
     y = np.where(ok[:, None, None], y, 0.0)
-    xm = x.mean(axis=0)
-    ym = y.mean(axis=1)
-    xc = x - xm
-    yc = y - ym[:, None]
-    h = np.einsum("ki,tkj->tij", xc, yc)  # Σ x yᵀ
-    u, sv, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(np.einsum("tji,tkj->tik", vt, u)))  # det(V Uᵀ)
-    d = np.where(d == 0, 1.0, d)
-    dd = np.ones((y.shape[0], 3))
-    dd[:, 2] = d
-    r = np.einsum("tji,tj,tkj->tik", vt, dd, u)  # V · diag(1, 1, d) · Uᵀ
-    scale = (sv * dd).sum(-1) / (xc**2).sum()
+    scale, r, t = rigid_transform(x, y, with_scale=True)
     ok &= scale > 1e-9
     r = np.where(ok[:, None, None], r, np.eye(3))
     scale = np.where(ok, scale, 0.0)
-    t = ym - scale[:, None] * np.einsum("tij,j->ti", r, xm)
+    t = np.where(ok[:, None], t, y.mean(axis=1))
     return r.reshape(batch + (3, 3)), scale.reshape(batch), t.reshape(batch + (3,))
 
 

@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from flame_jax.geometry import face_normals, vertex_normals  # noqa: F401  (re-exported: render.vertex_normals)
+
 #: Default light: from the camera, slightly from above (-y) and the image's right (+x).
 DEFAULT_LIGHT = (0.3, -0.5, -1.0)
 #: Default mesh colour (light grey-blue) when no per-vertex colours are given.
@@ -112,82 +114,6 @@ def _is_jax(x: Any) -> bool:
     """True for JAX arrays and tracers (never imports jax: without it loaded, x is not one)."""
     jax = sys.modules.get("jax")
     return jax is not None and isinstance(x, jax.Array)
-
-
-def face_normals(vertices, faces, *, normalize: bool = True, eps: float = 1e-12):
-    """Triangle normals ``(v1 - v0) x (v2 - v0)``.
-
-    Args:
-      vertices: (..., V, 3) vertex positions (NumPy or JAX array).
-      faces: (F, 3) integer vertex indices.
-      normalize: return unit vectors (else the cross products, whose length is twice
-        the triangle's area).
-      eps: lower bound on the norm when normalizing (degenerate triangles → ~0).
-
-    Returns:
-      (..., F, 3) normals, same array library as ``vertices``.
-    """
-    xp = _xp(vertices)
-    v = xp.asarray(vertices)
-    f = xp.asarray(faces)
-    if xp is np and v.ndim == 2:  # fast path: per-coordinate gathers, explicit cross product
-        vx, vy, vz = (np.ascontiguousarray(v[:, k]) for k in range(3))
-        f0, f1, f2 = (np.ascontiguousarray(f[:, k]) for k in range(3))
-        ax, ay, az = vx[f1] - vx[f0], vy[f1] - vy[f0], vz[f1] - vz[f0]
-        bx, by, bz = vx[f2] - vx[f0], vy[f2] - vy[f0], vz[f2] - vz[f0]
-        n = np.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], axis=1)
-    else:
-        tri = v[..., f, :]
-        n = xp.cross(tri[..., 1, :] - tri[..., 0, :], tri[..., 2, :] - tri[..., 0, :])
-    if normalize:
-        n = n / xp.maximum(xp.linalg.norm(n, axis=-1, keepdims=True), eps)
-    return n
-
-
-def vertex_normals(vertices, faces, *, eps: float = 1e-12):
-    """Area-weighted unit vertex normals.
-
-    Each vertex normal is the normalized sum of the unnormalized normals (cross
-    products, length = 2 x area) of the triangles around it, as in the multi-view
-    visibility score of NeuFace (method.md §4). Works on NumPy arrays (via
-    ``np.bincount``) and on JAX arrays (via ``.at[].add``, jit/vmap/grad-friendly).
-
-    Args:
-      vertices: (..., V, 3) positions. For screen-space vertices (y down, depth
-        away) the result is in the camera frame of this module; for FLAME vertices
-        (y up, z toward the viewer) it is in the FLAME frame. Both give outward
-        normals for outward-wound (counter-clockwise from outside) meshes.
-      faces: (F, 3) integer vertex indices.
-      eps: lower bound on the norm; isolated vertices get a zero normal.
-
-    Returns:
-      (..., V, 3) unit normals, same array library as ``vertices``.
-    """
-    if _is_jax(vertices):
-        import jax.numpy as jnp
-
-        v = jnp.asarray(vertices)
-        f = jnp.asarray(faces)
-        fn = face_normals(v, f, normalize=False)  # (..., F, 3)
-        acc = jnp.zeros(v.shape, fn.dtype)
-        for k in range(3):
-            acc = acc.at[..., f[:, k], :].add(fn)
-        return acc / jnp.maximum(jnp.linalg.norm(acc, axis=-1, keepdims=True), eps)
-    v = np.asarray(vertices)
-    if not np.issubdtype(v.dtype, np.floating):
-        v = v.astype(np.float64)
-    f = np.asarray(faces, np.int64)
-    num_v = v.shape[-2]
-    lead = v.shape[:-2]
-    v2 = v.reshape((-1,) + v.shape[-2:])  # (B, V, 3)
-    out = np.empty((v2.shape[0], num_v, 3), v.dtype)
-    idx = f.T.reshape(-1)  # corner-major: all corner-0 vertices, then corner 1, corner 2
-    for b in range(v2.shape[0]):
-        fn = face_normals(v2[b], f, normalize=False)
-        for c in range(3):
-            out[b, :, c] = np.bincount(idx, weights=np.tile(fn[:, c], 3), minlength=num_v)
-    out = out.reshape(lead + (num_v, 3))
-    return out / np.maximum(np.sqrt((out * out).sum(-1, keepdims=True)), eps)
 
 
 def _xp(x):

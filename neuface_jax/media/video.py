@@ -3,18 +3,26 @@
 Decoding runs the ``ffmpeg`` binary that ``imageio-ffmpeg`` ships (or the one named by the
 ``IMAGEIO_FFMPEG_EXE`` environment variable) and reads raw RGB frames from its pipe, so frames stream
 one at a time (``iter_video_frames``) and a background thread can decode ahead
-(``neuface_jax.media.detect.prefetch``). The eager readers (``read_video``, ``read_videos``,
+(``neuface_jax.media.sources.prefetch``). The eager readers (``read_video``, ``read_videos``,
 ``read_frame_folder``) return a ``VideoClip``.
 
 Conventions:
 
 * Frames are ``uint8`` RGB arrays ``[H, W, 3]``; a view's frames stack to ``[T, H, W, 3]``.
-* Frame indices are 0-based decode indices of the source video (for frame folders: the frame number
-  in the file name). A time range in seconds selects the frames whose time ``index / fps`` lies in
-  ``[start_s, end_s)``; a frame range selects ``start <= index < end``; the stride is applied after the
-  range (``start, start + stride, ...``).
-* Views of one clip are synchronized by frame index. Views with different frame counts are trimmed
-  to the shortest with a warning, or rejected with ``ValueError`` when ``strict=True``.
+* Frame indices are 0-based indices of the frames stored in the file, in decode order (for frame
+  folders: the frame number in the file name). ffmpeg passes the stored frames through as they are:
+  a stream that starts after t = 0 (``VideoInfo.start_s``) or has gaps gets no copies of frames
+  padded in. A time range in seconds selects the frames whose time ``index / fps`` (seconds after
+  the stream's first frame) lies in ``[start_s, end_s)``; a frame range selects
+  ``start <= index < end``; the stride is applied after the range (``start, start + stride, ...``).
+* Rotation metadata (a display matrix) is applied on decode: frames come out upright as the file
+  says they should be displayed; ``VideoInfo.rotation`` records the angle.
+* Views of one clip are synchronized by time: frame ``i`` of a view is shown at
+  ``start_s + i / fps``. Views of one frame rate and start are paired by index; views of different
+  rates or starts are resampled to the slowest view's frames (nearest frame in time), with a
+  warning, or rejected with ``ValueError`` when ``strict=True``. Views with different frame counts
+  are trimmed to the shortest with a warning (``ValueError`` under ``strict``). Every trim and
+  resampling is written into a ``report`` dict when the caller passes one (``sync_report``).
 * Unreadable, empty or truncated files raise ``VideoError`` (a ``ValueError``) naming the file.
 """
 
@@ -34,6 +42,9 @@ import numpy as np
 
 __all__ = [
     "check_frame_rates",
+    "needs_time_sync",
+    "sync_report",
+    "timeline_view",
     "VideoError",
     "VideoInfo",
     "VideoClip",
@@ -90,6 +101,9 @@ class VideoInfo:
       fps: frames per second (0.0 when ffmpeg could not tell).
       duration_s: container duration in seconds (0.0 when unknown).
       codec: codec name as ffmpeg prints it, e.g. "h264".
+      start_s: time of the video stream's first frame in seconds (0.0 when it starts with the
+        container or ffmpeg does not say).
+      rotation: display rotation in degrees from the file's metadata (applied on decode).
     """
 
     path: str
@@ -98,6 +112,12 @@ class VideoInfo:
     fps: float
     duration_s: float
     codec: str
+    start_s: float = 0.0
+    rotation: float = 0.0
+
+    def frame_time(self, index) -> np.ndarray | float:
+        """Time in seconds of frame ``index`` (nominal rate; an unknown rate counts as 25 fps)."""
+        return self.start_s + np.asarray(index, np.float64) / (self.fps if self.fps > 0 else 25.0)
 
     @property
     def estimated_num_frames(self) -> int | None:
@@ -316,6 +336,8 @@ _RE_SIZE = re.compile(r"[ ,]([1-9]\d{0,5})x([1-9]\d{0,5})\b")
 _RE_FPS = re.compile(r"([\d.]+)(k?) fps")
 _RE_TBR = re.compile(r"([\d.]+)(k?) tbr")
 _RE_ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
+_RE_START = re.compile(r"Duration:.*?, start: (-?\d+(?:\.\d+)?)")
+_RE_STREAM_START = re.compile(r", start (-?\d+(?:\.\d+)?)")
 
 
 def parse_header(path, text: str) -> VideoInfo:
@@ -345,15 +367,23 @@ def parse_header(path, text: str) -> VideoInfo:
             fps = float(f.group(1)) * (1000.0 if f.group(2) else 1.0)
             break
     # ffmpeg auto-rotates on decode: a ±90° display matrix swaps the decoded frame's sides.
+    rotation = 0.0
     for ln in lines[vi + 1 : vi + 12]:
         if "Stream #" in ln:
             break
         r = _RE_ROTATION.search(ln)
-        if r and round(abs(float(r.group(1)))) % 180 == 90:
-            w, h = h, w
+        if r:
+            rotation = float(r.group(1))
+            if round(abs(rotation)) % 180 == 90:
+                w, h = h, w
     d = _RE_DURATION.search(text)
     duration = int(d.group(1)) * 3600 + int(d.group(2)) * 60 + float(d.group(3)) if d else 0.0
-    return VideoInfo(path=str(path), width=w, height=h, fps=fps, duration_s=duration, codec=m.group("codec"))
+    # The stream's own start (newer ffmpeg prints it on the stream line), else the container's.
+    start = _RE_STREAM_START.search(rest) or _RE_START.search(text)
+    return VideoInfo(
+        path=str(path), width=w, height=h, fps=fps, duration_s=duration, codec=m.group("codec"),
+        start_s=float(start.group(1)) if start else 0.0, rotation=rotation,
+    )
 
 
 _parse_header = parse_header  # the former private name, kept for existing callers
@@ -423,7 +453,8 @@ def iter_video_frames(
     cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-i", info.path, "-map", "0:v:0"]
     if last is not None:
         cmd += ["-frames:v", str(max(last, 1))]
-    cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    # passthrough: every stored frame once, none duplicated to fill a constant-rate timeline from 0.
+    cmd += ["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err_chunks: list[bytes] = []
     err_thread = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
@@ -544,15 +575,59 @@ def resolve_view_names(paths: Sequence, view_names: Sequence[str] | None = None)
 _view_names = resolve_view_names  # the former private name, kept for existing callers
 
 
-def _align_lengths(lengths: Mapping[str, int], strict: bool, what: str) -> int:
-    """Common frame count of the views; warns (or raises under ``strict``) when they differ."""
+def _align_lengths(lengths: Mapping[str, int], strict: bool, what: str, report: dict | None = None) -> int:
+    """Common frame count of the views; warns (or raises under ``strict``) when they differ.
+
+    A trim is also appended to ``report["trimmed"]`` when a report is given."""
     n = min(lengths.values())
     if len(set(lengths.values())) > 1:
         detail = ", ".join(f"{k}: {v}" for k, v in lengths.items())
         if strict:
             raise ValueError(f"{what}: views have different frame counts ({detail}) and strict=True")
-        warnings.warn(f"{what}: views have different frame counts ({detail}); trimmed to the shortest ({n})", stacklevel=3)
+        msg = f"{what}: views have different frame counts ({detail}); trimmed to the shortest ({n})"
+        if report is not None:
+            report.setdefault("trimmed", []).append(msg)
+        warnings.warn(msg, stacklevel=3)
     return n
+
+
+def needs_time_sync(infos: Sequence[VideoInfo], rate: float | None = None) -> bool:
+    """The views cannot be paired by index: their frame rates differ by more than 1 % (from
+    ``rate``, default the first view's) or their streams start more than half a frame apart."""
+    rate = rate or infos[0].fps or 25.0
+    if any(inf.fps and abs(inf.fps - rate) > 0.01 * rate for inf in infos):
+        return True
+    starts = [inf.start_s for inf in infos]
+    return max(starts) - min(starts) > 0.5 / rate
+
+
+def timeline_view(infos: Sequence[VideoInfo]) -> int:
+    """Index of the view whose frames make the common timeline: the slowest (the first of equals)."""
+    rates = [inf.fps if inf.fps > 0 else 25.0 for inf in infos]
+    return int(np.argmin(rates))
+
+
+def sync_report(view_names: Sequence[str], infos: Sequence[VideoInfo]) -> dict:
+    """How the views are put on one timeline: the facts known before decoding.
+
+    ``{"sync": "index" | "time", "timeline": {"view", "fps"}, "views": {name: {"path", "fps",
+    "start_s", "rotation"}}, "trimmed": [], "resampled": []}``; decoding adds what it drops
+    (``trimmed``, ``resampled`` messages and per view ``frames_used``, ``first_frame``,
+    ``last_frame``, ``frames_skipped``). Meant for ``metrics.json``.
+    """
+    ref = timeline_view(infos) if needs_time_sync(infos) else 0
+    return {
+        "sync": "time" if len(infos) > 1 and needs_time_sync(infos) else "index",
+        "timeline": {"view": str(view_names[ref]), "fps": float(infos[ref].fps)},
+        "views": {
+            str(n): {
+                "path": inf.path, "fps": float(inf.fps), "start_s": float(inf.start_s), "rotation": float(inf.rotation)
+            }
+            for n, inf in zip(view_names, infos)
+        },
+        "trimmed": [],
+        "resampled": [],
+    }
 
 
 def read_videos(
@@ -566,20 +641,23 @@ def read_videos(
     start_s: float | None = None,
     end_s: float | None = None,
     stride: int = 1,
+    report: dict | None = None,
 ) -> VideoClip:
     """Decodes synchronized videos, one per view, into one multi-view ``VideoClip``.
 
-    Views are aligned by frame index. The frame rate is the first view's; views whose frame rate
-    differs by more than 1% warn (or raise under ``strict``).
+    Views of one frame rate and start are aligned by frame index; otherwise by time (see the
+    module docstring): the frame indices and rate are then the slowest view's.
 
     Args:
       paths: one video per view.
       view_names: one name per view (file stems by default).
-      strict: raise ``ValueError`` instead of trimming when views differ in frame count or fps.
+      strict: raise ``ValueError`` instead of trimming or resampling when views differ in frame
+        count, frame rate or start.
+      report: a dict filled with ``sync_report`` and what was trimmed or resampled.
 
     Raises:
       VideoError: a file is unreadable, empty or truncated (naming it).
-      ValueError: ``strict`` and the views disagree in length or frame rate.
+      ValueError: ``strict`` and the views disagree in length, frame rate or start.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -588,8 +666,23 @@ def read_videos(
     names = resolve_view_names(paths, view_names)
     rng = frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
     infos = [probe_video(p) for p in paths]
-    fps = infos[0].fps
     check_frame_rates(names, infos, strict=strict, stacklevel=3)
+    report = {} if report is None else report
+    report.update(sync_report(names, infos))
+    if len(paths) > 1 and needs_time_sync(infos):
+        idx, per_view = [], [[] for _ in paths]
+        for i, fr in _iter_by_time(paths, infos, names, rng, report):
+            idx.append(i)
+            for v, f in enumerate(fr):
+                per_view[v].append(f)
+        if not idx:
+            raise VideoError(paths[0], "the views share no time span")
+        ref = timeline_view(infos)
+        return VideoClip(
+            frames=[np.stack(f) for f in per_view], view_names=names, fps=infos[ref].fps,
+            frame_indices=np.asarray(idx, np.int64), sources=tuple(str(p) for p in paths), stride=rng.stride,
+        )
+    fps = infos[0].fps
     per_view = []
     for p, inf in zip(paths, infos):
         idx, imgs = [], []
@@ -597,7 +690,9 @@ def read_videos(
             idx.append(i)
             imgs.append(frame)
         per_view.append((np.asarray(idx, np.int64), imgs))
-    n = _align_lengths({nm: len(v[0]) for nm, v in zip(names, per_view)}, strict, "read_videos")
+    n = _align_lengths({nm: len(v[0]) for nm, v in zip(names, per_view)}, strict, "read_videos", report)
+    for nm, (idx, _) in zip(names, per_view):
+        _record_used(report, nm, idx[:n], 0)
     return VideoClip(
         frames=[np.stack(imgs[:n]) for _, imgs in per_view],
         view_names=names,
@@ -608,20 +703,138 @@ def read_videos(
     )
 
 
+def _record_used(report: dict, name: str, used, skipped: int) -> None:
+    rec = report.setdefault("views", {}).setdefault(name, {})
+    used = np.asarray(used, np.int64)
+    rec["frames_used"] = int(used.size)
+    rec["first_frame"] = int(used[0]) if used.size else None
+    rec["last_frame"] = int(used[-1]) if used.size else None
+    rec["frames_skipped"] = int(skipped)
+
+
 def check_frame_rates(
     view_names: Sequence[str], infos: Sequence["VideoInfo"], *, strict: bool, rate: float | None = None,
     stacklevel: int = 2,
 ) -> None:
-    """Synchronized views are paired by frame index at ``rate`` (default: the first view's): a view
-    whose rate differs by more than 1 % is a ``ValueError`` under ``strict``, else a warning naming
-    both files."""
+    """Views are paired by index when they share a frame rate (within 1 %, default the first view's)
+    and a start; otherwise they are put on one timeline (the slowest view's frames) by time. That
+    is a ``ValueError`` under ``strict``, else a warning naming the files."""
     rate = infos[0].fps if rate is None else rate
+    msgs = []
     for name, inf in zip(view_names, infos):
         if rate and inf.fps and abs(inf.fps - rate) > 0.01 * rate:
-            msg = f"view {name!r} ({inf.path}) runs at {inf.fps} fps, view {view_names[0]!r} at {rate} fps"
-            if strict:
-                raise ValueError(msg + " and strict=True")
-            warnings.warn(msg + f"; frames are paired by index at {rate} fps", stacklevel=stacklevel + 1)
+            msgs.append(f"view {name!r} ({inf.path}) runs at {inf.fps} fps, view {view_names[0]!r} at {rate} fps")
+    starts = [inf.start_s for inf in infos]
+    if not msgs and max(starts) - min(starts) > 0.5 / (rate or 25.0):
+        detail = ", ".join(f"{n!r} at {s:.3f} s" for n, s in zip(view_names, starts))
+        msgs.append(f"the views' streams start at different times ({detail})")
+    if not msgs:
+        return
+    if strict:
+        raise ValueError("; ".join(msgs) + " and strict=True")
+    ref = timeline_view(infos)
+    warnings.warn(
+        "; ".join(msgs) + f"; the views are synchronized by time on view {view_names[ref]!r}'s frames "
+        f"({infos[ref].fps} fps, nearest frame of the others)",
+        stacklevel=stacklevel + 1,
+    )
+
+
+class _Nearest:
+    """A view's frames, picked by time: ``at(t)`` gives the frame nearest ``t`` (one frame of lookahead)."""
+
+    def __init__(self, path, info: VideoInfo):
+        self.info = info
+        self.it = iter_video_frames(path, info=info)
+        self.cur = self.nxt = None
+        self.ended = False
+        self.decoded = 0
+        self._pull()
+        self.cur, self.nxt = self.nxt, None
+        self._pull()
+        self.half = 0.5 / (info.fps if info.fps > 0 else 25.0) + 1e-6
+
+    def _pull(self):
+        try:
+            self.nxt = next(self.it)
+            self.decoded += 1
+        except StopIteration:
+            self.nxt, self.ended = None, True
+
+    def time(self, item) -> float:
+        return float(self.info.frame_time(item[0]))
+
+    def at(self, t: float):
+        """``(index, frame)`` nearest ``t``; ``"before"`` when ``t`` is before the first frame,
+        ``"after"`` after the last (by more than half a frame)."""
+        while self.nxt is not None and self.time(self.nxt) <= t:
+            self.cur = self.nxt
+            self._pull()
+        best = self.cur
+        if self.nxt is not None and abs(self.time(self.nxt) - t) < abs(self.time(self.cur) - t):
+            best = self.nxt
+        dt = t - self.time(best)
+        if abs(dt) <= self.half:
+            return best
+        return "before" if dt < 0 else "after"
+
+    def close(self):
+        self.it.close()
+
+
+def _iter_by_time(paths, infos, names, rng: FrameRange, report: dict):
+    """``(index, frames)`` on the slowest view's frames (``rng`` selects them); every other view gives
+    its frame nearest in time. Timeline frames outside another view's span are dropped (trimmed);
+    the drops and the resampling are recorded in ``report``."""
+    ref = timeline_view(infos)
+    others = {v: _Nearest(p, inf) for v, (p, inf) in enumerate(zip(paths, infos)) if v != ref}
+    used: dict[int, list[int]] = {v: [] for v in range(len(paths))}
+    before = after = 0
+    last_range = rng.bounds(infos[ref].fps)[1]
+    try:
+        for index, frame in iter_video_frames(paths[ref], frames=rng, info=infos[ref]):
+            t = float(infos[ref].frame_time(index))
+            picks = {v: nv.at(t) for v, nv in others.items()}
+            if any(p == "after" for p in picks.values()):
+                after = 1
+                break
+            if any(p == "before" for p in picks.values()):
+                before += 1
+                continue
+            used[ref].append(index)
+            for v, p in picks.items():
+                used[v].append(p[0])
+            yield index, tuple(frame if v == ref else picks[v][1] for v in range(len(paths)))
+        else:
+            ended_by_file = last_range is None or not used[ref] or used[ref][-1] + rng.stride < last_range
+            t_end = float(infos[ref].frame_time(used[ref][-1])) if used[ref] else 0.0
+            longer = [
+                names[v] for v, nv in others.items()
+                if ended_by_file and nv.nxt is not None and nv.time(nv.nxt) > t_end + nv.half
+            ]
+            if longer:
+                _trim_note(report, f"views {longer} continue after view {names[ref]!r} ends at {t_end:.3f} s: trimmed")
+    finally:
+        for nv in others.values():
+            nv.close()
+    if before:
+        _trim_note(report, f"{before} frames of view {names[ref]!r} before every view had started were dropped")
+    if after:
+        short = [names[v] for v, p in picks.items() if p == "after"]
+        _trim_note(report, f"view(s) {short} end before view {names[ref]!r} (at {t:.3f} s): trimmed there")
+    for v in range(len(paths)):
+        span = (used[v][-1] - used[v][0] + 1) if used[v] else 0
+        _record_used(report, str(names[v]), used[v], max(0, span - len(used[v])) if v != ref else 0)
+        if v != ref and abs(infos[v].fps - infos[ref].fps) > 0.01 * infos[ref].fps:
+            report.setdefault("resampled", []).append(
+                f"view {names[v]!r}: {infos[v].fps} fps resampled to view {names[ref]!r}'s {infos[ref].fps} fps "
+                f"(nearest frame in time; {span - len(used[v])} of its frames in the span skipped)"
+            )
+
+
+def _trim_note(report: dict, msg: str) -> None:
+    report.setdefault("trimmed", []).append(msg)
+    warnings.warn(msg, stacklevel=3)
 
 
 def iter_synchronized(
@@ -634,14 +847,29 @@ def iter_synchronized(
     start_s: float | None = None,
     end_s: float | None = None,
     stride: int = 1,
+    view_names: Sequence[str] | None = None,
+    report: dict | None = None,
+    check_rates: bool = True,
 ) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
     """Streams ``(frame_index, (frame_view0, frame_view1, ...))`` from synchronized videos.
 
-    Stops at the shortest view. A length mismatch is only known at the end: it then warns, or
-    raises ``ValueError`` under ``strict`` after the common frames were yielded.
+    Views of one rate and start are paired by index and stop at the shortest: a length mismatch is
+    only known at the end, it then warns, or raises ``ValueError`` under ``strict`` after the common
+    frames were yielded. Other views are synchronized by time (``read_videos``; refused under
+    ``strict``). ``view_names`` name the views in messages and in ``report`` (a dict), which
+    receives ``sync_report`` and every trim or resampling. ``check_rates=False``: the caller has
+    already run ``check_frame_rates`` (no second warning).
     """
     rng = frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
     infos = [probe_video(p) for p in paths]
+    names = list(view_names) if view_names else [str(p) for p in paths]
+    report = {} if report is None else report
+    report.update(sync_report(names, infos))
+    if len(paths) > 1 and needs_time_sync(infos):
+        if check_rates:
+            check_frame_rates(names, infos, strict=strict, stacklevel=3)
+        yield from _iter_by_time(paths, infos, names, rng, report)
+        return
     fps = infos[0].fps
     its = [iter_video_frames(p, frames=rng, info=dataclasses.replace(inf, fps=fps or inf.fps)) for p, inf in zip(paths, infos)]
     count = 0
@@ -657,7 +885,7 @@ def iter_synchronized(
                 return
             if any(x is None for x in items):
                 lengths = {str(p): count + (x is not None) + sum(1 for _ in it) for p, x, it in zip(paths, items, its)}
-                _align_lengths(lengths, strict, "iter_synchronized")
+                _align_lengths(lengths, strict, "iter_synchronized", report)
                 return
             count += 1
             yield items[0][0], tuple(x[1] for x in items)

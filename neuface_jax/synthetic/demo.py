@@ -3,65 +3,100 @@
 ``run_synthetic`` is what ``neuface-jax demo`` and the experiments call; ``evaluate``
 computes the fixed metric names of ``metrics.json`` for a fit (plus extra ones with the
 ground truth when it is known). By default NeuFace starts from the pretrained small encoder
-shipped with the package (``pretrain.packaged_checkpoint()``), as the paper starts from DECA,
-and the direct baseline starts from the same encoder's predictions.
+shipped with the package (``annotation.setup.packaged_checkpoint()``), as the paper starts from
+DECA, and the direct baseline starts from the same encoder's predictions.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import jax
 import numpy as np
 
 import flame_jax
-from neuface_jax.media import crops as crops_lib
+from neuface_jax.annotation.scoring import landmarks3d, landmarks_to_pixels
+from neuface_jax.annotation.setup import (
+    default_encoder_config,
+    default_learning_rate,
+    load_checkpoint,
+    packaged_checkpoint,
+)
+from neuface_jax.common import log as log_lib
+from neuface_jax.common.settings import setting
 from neuface_jax.core import encoder as encoder_lib
-from neuface_jax.media import export as export_lib
 from neuface_jax.core import fit as fit_lib
 from neuface_jax.core import metrics as metrics_lib
+from neuface_jax.media import crops as crops_lib
+from neuface_jax.media import export as export_lib
 from neuface_jax.synthetic import synth as synth_lib
 
-#: The fixed names of ``metrics.json`` (issue 4 §6), for every method.
-METRIC_NAMES = ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm", "vertex_error_mm")
-#: Extra names ``evaluate`` adds when it has what they need (see its docstring).
-EXTRA_METRIC_NAMES = (
-    "accel_error_mm", "vertex_error_similarity_mm", "vertex_error_aligned_mm", "jitter_detected_mm",
-    "msi_vertices_detected",
-)
+logger = logging.getLogger(__name__)
 
-#: NeuFace learning rate per starting point of the small encoder (docs/experiments.md §1: from the
-#: pretrained encoder 1e-4–3e-4 fit best, the reference 2e-5 is too small for this network; from
-#: random weights 1e-3 is the least bad, and no rate fits well).
-DEMO_LEARNING_RATES = {"pretrained": 3e-4, "random": 1e-3}
+#: The names of ``metrics.json`` live in ``core.metrics`` (re-exported here for callers of this module).
+METRIC_NAMES = metrics_lib.METRIC_NAMES
+EXTRA_METRIC_NAMES = metrics_lib.EXTRA_METRIC_NAMES
+
+#: The demo's NeuFace learning rate from a loaded encoder (the packaged one by default): 3e-4, not
+#: annotate's 1e-4 (``annotation.setup.default_learning_rate``). On the demo's short synthetic
+#: clips 1e-4–3e-4 fit best and the reference 2e-5 is too small for this network
+#: (docs/experiments.md); annotate's 1e-4 was chosen on long real clips, where 3e-4 under-rotates
+#: turned heads. A random start uses the shared table's 1e-3.
+DEMO_PRETRAINED_LR = 3e-4
+
+
+def demo_learning_rate(encoder_init: str) -> float:
+    """The demo's default NeuFace learning rate for a start (``DemoConfig.encoder_init``)."""
+    if encoder_init == "random":
+        return default_learning_rate(None, pretrained=False)
+    return DEMO_PRETRAINED_LR
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    """Settings of the synthetic comparison (the demo's defaults take ~2 CPU minutes).
+    """Settings of the synthetic comparison (``neuface-jax demo``; each field declares its flag).
 
-    Attributes:
-      encoder_init: where NeuFace starts (and the direct baseline's initialization comes from):
-        ``"pretrained"`` (the packaged checkpoint), ``"random"`` (a fresh ``encoder`` /
-        ``default_encoder_config``) or the path of a checkpoint directory (``encoder.save_encoder``).
-      fit: optimization settings; the NeuFace learning rate suits ``encoder_init`` (use
-        ``DEMO_LEARNING_RATES["random"]`` with a random start).
-      encoder: the architecture of a random start (default ``default_encoder_config``).
+    ``fit`` holds the optimizer settings without a flag (loss weights, ...); ``fit_config()`` adds
+    the epochs, chunk length, learning rates and seed set here.
     """
 
-    seed: int = 0
-    num_frames: int = 40
-    views: str = "3"
-    synth: synth_lib.SynthConfig = synth_lib.SynthConfig()
-    encoder_init: str = "pretrained"
-    fit: fit_lib.FitConfig = fit_lib.FitConfig(
-        learning_rate=DEMO_LEARNING_RATES["pretrained"], direct_learning_rate=1e-2
-    )
-    encoder: encoder_lib.EncoderConfig | None = None
-    methods: tuple[str, ...] = ("direct", "neuface")
+    seed: int = setting(0, "Clip seed.")
+    num_frames: int = setting(40, "Frames of the synthetic clip.", flag="frames")
+    views: str = setting("3", "Camera rig: mono, 3, mead, MEAD view names or yaw:pitch pairs.")
+    encoder_init: str = setting(
+        "pretrained", "Where NeuFace starts (and the direct baseline's initial prediction comes from): "
+        "'pretrained' (the checkpoint shipped with the package), 'random', or a checkpoint directory.",
+        flag="encoder")
+    epochs: int = setting(100, "Optimization epochs over the chunks (reference: 100).")
+    chunk_frames: int = setting(20, "Frames per chunk (reference: 20).")
+    learning_rate: float | None = setting(
+        None, "NeuFace learning rate (default 3e-4 from a pretrained encoder, 1e-3 from a random one: "
+        "demo_learning_rate).", flag="lr")
+    direct_learning_rate: float = setting(1e-2, "Direct-optimization learning rate.", flag="direct_lr")
+    methods: tuple[str, ...] = setting(("direct", "neuface"), "Methods to run.")
+    write_video: bool = setting(True, "Write overlay.mp4.", flag="video")
+    write_objs: bool = setting(False, "Write one OBJ per frame and view.", flag="objs")
+    synth: synth_lib.SynthConfig = setting(synth_lib.SynthConfig(), "Synthetic clip settings.", cli=False)
+    encoder: encoder_lib.EncoderConfig | None = setting(
+        None, "Architecture of a random start (default: default_encoder_config).", cli=False)
+    fit: fit_lib.FitConfig = setting(fit_lib.FitConfig(), "Other optimizer settings.", cli=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "methods", tuple(self.methods))  # flags give lists
+
+    def fit_config(self) -> fit_lib.FitConfig:
+        """``fit`` with this config's epochs, chunk length, learning rates and seed."""
+        lr = self.learning_rate if self.learning_rate is not None else demo_learning_rate(self.encoder_init)
+        return self.fit.replace(
+            num_epochs=int(self.epochs), chunk_frames=int(self.chunk_frames), learning_rate=float(lr),
+            direct_learning_rate=float(self.direct_learning_rate), seed=int(self.seed),
+        )
+
+    def replace(self, **kw) -> "DemoConfig":
+        return dataclasses.replace(self, **kw)
 
 
 def load_start_encoder(
@@ -69,10 +104,11 @@ def load_start_encoder(
 ) -> tuple[Any, encoder_lib.EncoderConfig, str | None]:
     """The encoder a run starts from: ``(encoder or None for a random start, its config, checkpoint path)``.
 
-    ``init`` is ``"pretrained"`` (``pretrain.packaged_checkpoint()``), ``"random"`` or a checkpoint
-    directory. A checkpoint must exist (it is never trained here) and predict as many identity and
-    expression components as ``model`` has at most. The packaged checkpoint was trained on the demo
-    head: with another model, "pretrained" is refused (its components mean something else).
+    ``init`` is ``"pretrained"`` (``annotation.setup.packaged_checkpoint()``), ``"random"`` or a
+    checkpoint directory. A checkpoint must exist (it is never trained here) and predict as many
+    identity and expression components as ``model`` has at most. The packaged checkpoint was
+    trained on the demo head: with another model, "pretrained" is refused (its components mean
+    something else).
 
     Raises:
       FileNotFoundError: the checkpoint does not exist.
@@ -80,36 +116,17 @@ def load_start_encoder(
     """
     if init == "random":
         return None, encoder_config or default_encoder_config(model), None
-    from neuface_jax.synthetic import pretrain
-
     if init == "pretrained" and not str(model.name).startswith("demo head"):
         raise ValueError(
             f"the packaged pretrained encoder was trained on the demo head, not on {model.name!r}: "
             "use encoder_init='random' or a checkpoint trained for this model"
         )
-    path = pretrain.packaged_checkpoint() if init == "pretrained" else Path(init).expanduser().absolute()
-    enc, cfg = encoder_lib.load_encoder(path)  # FileNotFoundError naming the path
-    if cfg.n_shape > model.num_shape or cfg.n_expr > model.num_expression:
-        raise ValueError(
-            f"encoder checkpoint {path} predicts {cfg.n_shape} identity / {cfg.n_expr} expression components, "
-            f"more than the model {model.name!r} has ({model.num_shape} / {model.num_expression})"
-        )
+    path = packaged_checkpoint() if init == "pretrained" else Path(init).expanduser().absolute()
+    enc, cfg = load_checkpoint(path, model)  # FileNotFoundError naming the path
     return enc, cfg, str(path)
 
 
 # --------------------------------------------------------------------------- evaluation
-def landmarks_to_pixels(landmarks_norm: np.ndarray, crop_transforms: np.ndarray, crop_size: int) -> np.ndarray:
-    """[T, W, L, 2] normalized crop coordinates → original image pixels."""
-    crop_px = crops_lib.from_normalized(np.asarray(landmarks_norm, np.float64), crop_size)
-    inv = crops_lib.invert_transform(np.asarray(crop_transforms, np.float64))
-    return crops_lib.apply_transform(crop_px, inv)
-
-
-def landmarks3d(face: fit_lib.FaceModel, vertices: np.ndarray, pose: np.ndarray) -> np.ndarray:
-    """3D landmarks [T, W, L, 3] of fitted meshes."""
-    return np.asarray(jax.jit(flame_jax.landmarks)(face.flame, face.embedding, vertices, pose))
-
-
 def evaluate(
     result: fit_lib.FitResult,
     face: fit_lib.FaceModel,
@@ -225,11 +242,6 @@ def ground_truth_reference(clip: synth_lib.SynthClip, face: fit_lib.FaceModel) -
 
 
 # --------------------------------------------------------------------------- running
-def default_encoder_config(model: flame_jax.FlameModel) -> encoder_lib.EncoderConfig:
-    """The CPU-sized encoder predicting all of the model's components."""
-    return encoder_lib.EncoderConfig.small(n_shape=model.num_shape, n_expr=model.num_expression)
-
-
 def fit_methods(
     data: fit_lib.ClipData,
     face: fit_lib.FaceModel,
@@ -238,26 +250,61 @@ def fit_methods(
     encoder_config: encoder_lib.EncoderConfig,
     methods=("direct", "neuface"),
     encoder=None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: log_lib.ProgressFactory | None = None,
 ) -> dict[str, tuple[fit_lib.FitResult, float]]:
     """Runs the requested methods on one clip; returns {method: (result, seconds)}."""
+    progress = progress or log_lib.quiet
     results = {}
     for method in methods:
         t0 = time.perf_counter()
         if method == "neuface":
-            opt = fit_lib.NeuFace(face, encoder_config, fit_config)
-            cb = None if progress is None else (lambda e, parts: progress("neuface", e, fit_config.num_epochs))
-            res = opt.fit(data, encoder=encoder, progress=cb)
+            with progress("neuface optimization", fit_config.num_epochs) as bar:
+                opt = fit_lib.NeuFace(face, encoder_config, fit_config)
+                res = opt.fit(data, encoder=encoder, progress=lambda epoch, parts: bar.set(epoch))
         elif method == "direct":
-            if progress is not None:
-                progress("direct", 0, 1)
-            res = fit_lib.DirectFit(face, encoder_config, fit_config).fit(data, encoder=encoder)
-            if progress is not None:
-                progress("direct", 1, 1)
+            with progress("direct optimization", 1) as bar:
+                res = fit_lib.DirectFit(face, encoder_config, fit_config).fit(data, encoder=encoder)
+                bar.update(1)
         else:
             raise ValueError(f"unknown method {method!r} (use 'neuface' or 'direct')")
         results[method] = (res, time.perf_counter() - t0)
     return results
+
+
+def _start(config: DemoConfig, model, encoder) -> tuple[Any, encoder_lib.EncoderConfig, str, str | None]:
+    """``(encoder, its config, start label, checkpoint)``: ``encoder`` (given) wins over ``config.encoder_init``."""
+    if encoder is not None:
+        return encoder, config.encoder or default_encoder_config(model), "given", None
+    enc, cfg, checkpoint = load_start_encoder(config.encoder_init, model, config.encoder)
+    return enc, cfg, config.encoder_init, checkpoint
+
+
+def _export(out: Path, config: DemoConfig, fits, data, clip, model, metrics, timings, settings) -> None:
+    """params.npz per method, metrics.json and (optionally) OBJs and the overlay video."""
+    crop_size = config.synth.crop_size
+    out.mkdir(parents=True, exist_ok=True)
+    for method, (res, _) in fits.items():
+        name = "params.npz" if method == "neuface" else f"params_{method}.npz"
+        export_lib.write_params(
+            out / name, res, view_names=clip.view_names, detected_landmarks=np.asarray(data.landmarks),
+            landmarks_mask=np.asarray(data.landmarks_mask) > 0, crop_transforms=clip.crop_transforms,
+            valid=clip.valid, crop_size=crop_size, model_name=model.name, method=method,
+        )
+        if config.write_objs:
+            export_lib.write_objs(out / f"objs_{method}", res.vertices, np.asarray(model.faces), clip.view_names)
+    export_lib.write_json(
+        out / "metrics.json",
+        {**metrics, "seconds": timings, "settings": settings,
+         "clip": {"seed": config.seed, "frames": config.num_frames, "views": list(clip.view_names),
+                  "model": model.name}},
+    )
+    if config.write_video:
+        res = fits["neuface" if "neuface" in fits else next(iter(fits))][0]
+        frames = export_lib.overlay_frames(
+            clip.images, res.vertices, res.cam, clip.crop_transforms, np.asarray(model.faces), crop_size=crop_size,
+            landmarks=clip.landmarks68,
+        )
+        export_lib.write_overlay_video(out / "overlay.mp4", frames, fps=clip.fps)
 
 
 def run_synthetic(
@@ -267,20 +314,19 @@ def run_synthetic(
     model=None,
     embedding=None,
     encoder=None,
-    write_video: bool = True,
-    write_objs: bool = False,
-    log: Callable[[str], None] = print,
-    progress_factory: Callable[[str, int], Any] | None = None,
+    progress: log_lib.ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Generates a synthetic clip, fits it with each method, evaluates and (optionally) exports.
 
     ``encoder`` (an ``encoder.Encoder``, with ``config.encoder`` its config) overrides
-    ``config.encoder_init``.
+    ``config.encoder_init``; ``progress``: a ``common.log.ProgressFactory`` (None: silent).
 
     Returns a dict with ``metrics`` ({method: {name: value}} plus "ground_truth"),
     ``seconds`` ({stage: seconds}), ``results`` ({method: FitResult}), ``clip`` and
     ``settings`` (the encoder start, checkpoint and learning rates used).
     """
+    progress = progress or log_lib.quiet
+    fit_cfg = config.fit_config()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if model is None:
@@ -289,61 +335,38 @@ def run_synthetic(
     timings["model"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    if encoder is not None:
-        init, checkpoint = "given", None
-        enc_cfg = config.encoder or default_encoder_config(model)
-    else:
-        init = config.encoder_init
-        encoder, enc_cfg, checkpoint = load_start_encoder(init, model, config.encoder)
+    encoder, enc_cfg, init, checkpoint = _start(config, model, encoder)
     timings["encoder"] = time.perf_counter() - t0
     settings = {
         "encoder_init": init, "encoder_checkpoint": checkpoint, "encoder_arch": enc_cfg.arch,
-        "encoder_image_size": enc_cfg.image_size, "learning_rate": config.fit.learning_rate,
-        "direct_learning_rate": config.fit.direct_learning_rate, "epochs": config.fit.num_epochs,
-        "chunk_frames": config.fit.chunk_frames,
+        "encoder_image_size": enc_cfg.image_size, "learning_rate": fit_cfg.learning_rate,
+        "direct_learning_rate": fit_cfg.direct_learning_rate, "epochs": fit_cfg.num_epochs,
+        "chunk_frames": fit_cfg.chunk_frames,
     }
-    log(f"NeuFace starts from {'a random encoder' if encoder is None else (checkpoint or 'the given encoder')} "
-        f"(lr {config.fit.learning_rate:g}); the direct baseline from its predictions (lr {config.fit.direct_learning_rate:g})")
+    logger.info(
+        "NeuFace starts from %s (lr %g); the direct baseline from its predictions (lr %g)",
+        "a random encoder" if encoder is None else (checkpoint or "the given encoder"), fit_cfg.learning_rate,
+        fit_cfg.direct_learning_rate,
+    )
 
     t0 = time.perf_counter()
     synth_cfg = dataclasses.replace(config.synth, num_frames=config.num_frames)
-    bar = progress_factory("render synthetic clip", 1) if progress_factory else None
-    cb = None
-    if bar is not None:
-        def cb(done, total):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
     kwargs = {} if model is flame_jax.demo_model() else {"model": model, "embedding68": embedding}
-    clip = synth_lib.synthesize_clip(seed=config.seed, rig=config.views, config=synth_cfg, progress=cb, **kwargs)
-    if bar is not None:
-        bar.close()
+    with progress("render synthetic clip", 1) as bar:
+        clip = synth_lib.synthesize_clip(
+            seed=config.seed, rig=config.views, config=synth_cfg, progress=bar.callback(), **kwargs
+        )
     timings["synthesize"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    data = fit_lib.prepare_clip(
+    data = crops_lib.prepare_clip(
         clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=enc_cfg.image_size,
         visible=clip.visible68, valid=clip.valid, crop_size=synth_cfg.crop_size, name=f"synthetic seed {config.seed}",
     )
     timings["prepare"] = time.perf_counter() - t0
 
-    bars: dict[str, Any] = {}
-
-    def progress(method, done, total):
-        if progress_factory is None:
-            return
-        if method not in bars:
-            bars[method] = progress_factory(f"{method} optimization", total)
-        b = bars[method]
-        b.n = done
-        b.refresh()
-        if done >= total:
-            b.close()
-
-    fits = fit_methods(
-        data, face, fit_config=config.fit, encoder_config=enc_cfg, methods=config.methods, encoder=encoder,
-        progress=progress,
-    )
+    fits = fit_methods(data, face, fit_config=fit_cfg, encoder_config=enc_cfg, methods=config.methods,
+                       encoder=encoder, progress=progress)
     metrics = {}
     for method, (res, secs) in fits.items():
         timings[method] = secs
@@ -352,31 +375,7 @@ def run_synthetic(
 
     if out_dir is not None:
         t0 = time.perf_counter()
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for method, (res, _) in fits.items():
-            name = "params.npz" if method == "neuface" else f"params_{method}.npz"
-            export_lib.write_params(
-                out / name, res, view_names=clip.view_names, detected_landmarks=np.asarray(data.landmarks),
-                landmarks_mask=np.asarray(data.landmarks_mask) > 0, crop_transforms=clip.crop_transforms,
-                valid=clip.valid, crop_size=synth_cfg.crop_size, model_name=model.name, method=method,
-            )
-            if write_objs:
-                export_lib.write_objs(out / f"objs_{method}", res.vertices, np.asarray(model.faces), clip.view_names)
-        export_lib.write_json(
-            out / "metrics.json",
-            {**metrics, "seconds": timings, "settings": settings,
-             "clip": {"seed": config.seed, "frames": config.num_frames, "views": list(clip.view_names),
-                      "model": model.name}},
-        )
-        if write_video:
-            main = "neuface" if "neuface" in fits else next(iter(fits))
-            res = fits[main][0]
-            frames = export_lib.overlay_frames(
-                clip.images, res.vertices, res.cam, clip.crop_transforms, np.asarray(model.faces),
-                crop_size=synth_cfg.crop_size, landmarks=clip.landmarks68,
-            )
-            export_lib.write_overlay_video(out / "overlay.mp4", frames, fps=clip.fps)
+        _export(Path(out_dir), config, fits, data, clip, model, metrics, timings, settings)
         timings["export"] = time.perf_counter() - t0
     return {"metrics": metrics, "seconds": timings, "results": {k: v[0] for k, v in fits.items()}, "clip": clip,
             "settings": settings}

@@ -20,6 +20,8 @@ from typing import Sequence
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from neuface_jax.common.views import MEAD_VIEW_ANGLES
+
 
 # --------------------------------------------------------------------------- camera rigs
 @dataclasses.dataclass(frozen=True)
@@ -55,15 +57,8 @@ class CameraRig:
         return np.stack(out)
 
 
-MEAD_VIEWS = (
-    ("front", 0.0, 0.0),
-    ("left_30", 30.0, 0.0),
-    ("right_30", -30.0, 0.0),
-    ("left_60", 60.0, 0.0),
-    ("right_60", -60.0, 0.0),
-    ("top", 0.0, 30.0),
-    ("down", 0.0, -30.0),
-)
+#: (name, yaw, pitch) of MEAD's 7 views, from the one table in ``common.views``.
+MEAD_VIEWS = MEAD_VIEW_ANGLES
 
 
 def monocular_rig() -> CameraRig:

@@ -1,6 +1,6 @@
 """A pretrained starting point for NeuFace: supervised training of an encoder on synthetic faces.
 
-NeuFace (method.md §2) optimizes the weights of an encoder that *already* regresses FLAME
+NeuFace (docs/method_notes.md) optimizes the weights of an encoder that *already* regresses FLAME
 parameters — DECA's coarse encoder in the paper. Without DECA weights (and for the small CPU
 encoder, which has no published weights at all) we build the same kind of prior ourselves: render
 many synthetic faces of the demo head (or any FLAME-format model) with known parameters and train
@@ -8,7 +8,7 @@ the encoder to regress them, supervised.
 
 Data (``generate_dataset``): ``synth.synthesize_clip`` is reused as is, so the training crops go
 through exactly the renderer, detector noise, crop recipe (``crops.landmark_boxes`` →
-``boxes_to_transforms``) and crop warp (``fit.prepare_clip`` → ``crops.warp_crop``) that the test
+``boxes_to_transforms``) and crop warp (``crops.prepare_clip`` → ``crops.warp_crop``) that the test
 clips do. For diversity each "clip" is short (a few frames) with the motion sampled at a low frame
 rate (frames far apart in time: different expressions, jaw, gaze, head pose), seen by a few cameras at
 random yaw/pitch; every clip is a new identity, albedo and background. Seeds start at
@@ -56,8 +56,10 @@ import numpy as np
 import optax
 
 import flame_jax
+from neuface_jax.annotation import setup as setup_lib
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
+from neuface_jax.media import crops as crops_lib
 from neuface_jax.synthetic import motion as motion_lib
 from neuface_jax.synthetic import synth as synth_lib
 
@@ -68,7 +70,7 @@ DEFAULT_SEED_OFFSET = 1_000_000
 RETRAINED_CHECKPOINT = "/tmp/pretrained_small_encoder"
 #: Folder name of the shipped checkpoint inside ``neuface_jax/assets/`` (its summary is
 #: ``<name>.pretrain.json`` beside it).
-PACKAGED_CHECKPOINT_NAME = "pretrained_small_encoder"
+PACKAGED_CHECKPOINT_NAME = setup_lib.PACKAGED_CHECKPOINT_NAME
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +210,7 @@ def clip_to_examples(clip: synth_lib.SynthClip, encoder_size: int, clip_index: i
     gt = clip.gt
     t, w = clip.num_frames, clip.num_views
     crop_size = int(clip.meta["config"]["crop_size"]) if "config" in clip.meta else 224
-    data = fit_lib.prepare_clip(
+    data = crops_lib.prepare_clip(
         clip.images, gt["landmarks68_true"], clip.crop_transforms, encoder_size=encoder_size,
         crop_size=crop_size, valid=None, name=f"pretraining clip {clip.meta.get('seed')}",
     )
@@ -509,24 +511,14 @@ def summary_path(path) -> Path:
 
 
 def packaged_checkpoint() -> Path:
-    """The pretrained small encoder shipped inside the package (``neuface_jax/assets/``).
+    """The pretrained small encoder shipped inside the package (``annotation.setup.packaged_checkpoint``).
 
-    Trained on renders of the procedural demo head (not FLAME) by ``python
-    experiments/pretrain_encoder.py`` with the default ``PretrainConfig``; its summary (settings,
-    validation errors, seconds) is ``summary_path(packaged_checkpoint())``. It predicts the demo
-    head's 100 identity / 50 expression components from 64×64 crops.
+    Its summary (settings, validation errors, seconds) is ``summary_path(packaged_checkpoint())``.
 
     Raises:
       FileNotFoundError: the package was installed without its data files.
     """
-    path = Path(__file__).resolve().parent.parent / "assets" / PACKAGED_CHECKPOINT_NAME
-    if not (path / "_CHECKPOINT_METADATA").is_file():
-        raise FileNotFoundError(
-            f"the packaged pretrained encoder is missing ({path}): this neuface-jax installation lacks its "
-            "data files (reinstall with `pip install .`), or pass a checkpoint made by "
-            "`python experiments/pretrain_encoder.py --out=DIR`"
-        )
-    return path
+    return setup_lib.packaged_checkpoint(PACKAGED_CHECKPOINT_NAME)
 
 
 def ensure_pretrained(

@@ -34,9 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 import flame_jax
+from flame_jax import demo
 from neuface_jax.media import crops as crops_lib
-from neuface_jax.synthetic import motion as motion_lib
 from neuface_jax.media import render as render_lib
+from neuface_jax.media import video as video_lib
+from neuface_jax.synthetic import motion as motion_lib
 
 #: iBUG-68 groups used to paint the albedo.
 _BROWS = np.arange(17, 27)
@@ -189,8 +191,6 @@ def project_points(points_cam: np.ndarray, focal: float, principal: np.ndarray, 
 # --------------------------------------------------------------------------- generator
 def default_assets():
     """The demo head with its 68-point and MediaPipe-style embeddings."""
-    from flame_jax import demo
-
     return demo.demo_model(), demo.demo_landmark_embedding(), demo.demo_mediapipe_embedding()
 
 
@@ -230,8 +230,6 @@ def synthesize_clip(
     if isinstance(rig, str):
         rig = motion_lib.parse_rig(rig)
     if model is None:
-        from flame_jax import demo
-
         model, embedding68, embedding_mp = default_assets()
         names = list(demo.DEMO_EXPRESSION_NAMES)
         if blink_component is None:
@@ -289,7 +287,7 @@ def synthesize_clip(
     for ti in range(num_t):
         for w in range(num_w):
             screen = project_points(verts[ti, w], focal, principal, config.camera_distance)
-            normals = np.asarray(render_lib.vertex_normals(verts[ti, w], faces)) * flip
+            normals = np.asarray(flame_jax.vertex_normals(verts[ti, w], faces)) * flip
             rendering = render_lib.render(
                 screen, faces, albedo, height=size, width=size, normals=normals, background=backgrounds[w],
                 perspective_correct=True, supersample=config.supersample, cull_backfaces=True,
@@ -396,8 +394,6 @@ def write_clip(clip: SynthClip, out_dir, *, write_videos: bool = True) -> Path:
     ``crop_transforms``, ``view_names``) and ``out_dir/ground_truth.npz`` (every
     ``clip.gt`` array plus the camera).
     """
-    from neuface_jax.media import video as video_lib
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     videos = {}
@@ -435,8 +431,6 @@ def write_clip(clip: SynthClip, out_dir, *, write_videos: bool = True) -> Path:
 
 def read_clip(clip_dir, *, load_images: bool = True) -> SynthClip:
     """Reads a clip written by ``write_clip`` (images decoded from the per-view videos)."""
-    from neuface_jax.media import video as video_lib
-
     d = Path(clip_dir)
     manifest_path = d / "clip.json"
     if not manifest_path.is_file():

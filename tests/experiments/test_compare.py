@@ -78,7 +78,7 @@ def test_tiny_experiment_runs_and_summarizes(compare, tmp_path):
 
 
 def test_prepare_undetected_frames(compare):
-    """Undetected frames keep their crops (``fit.prepare_clip``), or are blacked out on request."""
+    """Undetected frames keep their crops (``crops.prepare_clip``), or are blacked out on request."""
     import numpy as np
 
     from neuface_jax.synthetic import synth

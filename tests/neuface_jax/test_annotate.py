@@ -1,5 +1,5 @@
-"""Tests of neuface_jax.annotation.pipeline (``neuface-jax annotate``): real clips end to end, failure paths,
-the static-contour embedding and the landmark-set plumbing.
+"""Tests of neuface_jax.annotation (``neuface-jax annotate``): real clips end to end, failure paths,
+the static-contour embedding, the landmark-set plumbing and the flags made from the stage configs.
 
 The end-to-end runs use a tiny encoder and 1–2 epochs: they check the plumbing (files, keys, shapes,
 metric names, the overlay), not fit quality.
@@ -12,10 +12,18 @@ import json
 import numpy as np
 import pytest
 
+from absl import flags
+
 import flame_jax
-from neuface_jax.annotation import pipeline as annotate_lib
+from neuface_jax import annotation as annotate_lib
 from neuface_jax import cli
+from neuface_jax.annotation import OutputConfig, PrepareConfig, SetupConfig
+from neuface_jax.cli import flags as flags_lib
+from neuface_jax.cli.annotate import _define as define_annotate_flags
+from neuface_jax.cli.annotate_dataset import _define as define_dataset_flags
+from neuface_jax.common.settings import settings_of
 from neuface_jax.media import detect
+from neuface_jax.media import sources
 from neuface_jax.core import encoder
 from neuface_jax.media import video
 from neuface_jax.media import landmark_sets as ls
@@ -42,13 +50,17 @@ def _tiny_encoder_config():
     )
 
 
-def _run(shared_data, landmarker_model, tmp_path, videos, **kw):
-    args = dict(
-        out_dir=tmp_path / "out", face_landmarker=landmarker_model, cache_dir=tmp_path / "cache", epochs=1,
-        chunk_frames=6, encoder_config=_tiny_encoder_config(), progress=False, log=None,
+def _run(shared_data, landmarker_model, tmp_path, videos, *, out_dir=None, view_boxes=None, epochs=1,
+         frames=video.FrameRange(), **output):
+    setup = annotate_lib.make_setup(
+        SetupConfig(face_landmarker=str(landmarker_model), epochs=epochs, chunk_frames=6),
+        encoder_config=_tiny_encoder_config(),
     )
-    args.update(kw)
-    return annotate_lib.annotate(videos, **args)
+    return annotate_lib.annotate(
+        videos, out_dir=out_dir or tmp_path / "out", setup=setup,
+        prepare=PrepareConfig(frames=frames, cache_dir=str(tmp_path / "cache")), output=OutputConfig(**output),
+        view_boxes=view_boxes,
+    )
 
 
 # --------------------------------------------------------------------------- no data needed
@@ -105,20 +117,97 @@ def test_resolve_face_model_sets_and_contours():
 def test_default_encoder_is_the_packaged_one_on_the_demo_head():
     from neuface_jax.synthetic import pretrain
 
-    kw = dict(need_landmarker=False, log=None)
+    kw = dict(need_landmarker=False)
     packaged = pretrain.packaged_checkpoint()
+    assert packaged == annotate_lib.packaged_checkpoint()
     s = annotate_lib.make_setup(**kw)
     assert s.encoder is not None and s.encoder_label == str(packaged)
     assert s.encoder_config.arch == "small" and s.fit_config.learning_rate == annotate_lib.PRETRAINED_SMALL_LR == 1e-4
     assert any("packaged pretrained" in n for n in s.notes)
     # Opting out, or asking for a specific architecture: a random start at 1e-3.
-    r = annotate_lib.make_setup(encoder="random", **kw)
+    r = annotate_lib.make_setup(SetupConfig(encoder="random"), **kw)
     assert r.encoder is None and r.encoder_label == "random init" and r.fit_config.learning_rate == 1e-3
     t = annotate_lib.make_setup(encoder_config=_tiny_encoder_config(), **kw)
     assert t.encoder is None and t.encoder_config.image_size == 32
     # An explicit checkpoint and an explicit lr are kept.
-    e = annotate_lib.make_setup(encoder=packaged, learning_rate=2e-5, **kw)
+    e = annotate_lib.make_setup(SetupConfig(encoder=str(packaged), learning_rate=2e-5), **kw)
     assert e.encoder is not None and e.fit_config.learning_rate == 2e-5
+    # One table of default learning rates by start.
+    assert annotate_lib.default_learning_rate(None, pretrained=False) == annotate_lib.RANDOM_INIT_LR == 1e-3
+    assert annotate_lib.default_learning_rate(e.encoder_config, pretrained=True) == 1e-4
+    big = encoder.EncoderConfig(arch="resnet50", n_shape=10, n_expr=10)
+    assert annotate_lib.default_learning_rate(big, pretrained=True) == annotate_lib.PRETRAINED_LR == 2e-5
+
+
+def test_flags_are_the_config_declarations():
+    fv = flags.FlagValues()
+    define_annotate_flags(fv)
+    fv(["annotate", "--lr=3e-4", "--end=24", "--stride=2", "--crop_smoothing=none", "--nocache", "--objs",
+        "--nooverlay", "--encoder=random", "--epochs=7"])
+    setup = flags_lib.build(fv, SetupConfig)
+    assert setup == SetupConfig(learning_rate=3e-4, encoder="random", epochs=7)
+    prep = flags_lib.build(fv, PrepareConfig, frames=flags_lib.frame_range(fv))
+    assert prep == PrepareConfig(frames=video.FrameRange(end=24, stride=2), crop_smoothing="none", use_cache=False)
+    assert prep.smoothing_method is None and PrepareConfig().smoothing_method == "moving_average"
+    assert flags_lib.build(fv, OutputConfig) == OutputConfig(write_video=False, write_objs=True)
+    hash((setup, prep, OutputConfig()))  # frozen, hashable
+    # Defaults are the configs' own; annotate-dataset shares the setup / prepare groups (no overlay
+    # by default, whole clips: only --stride of the frame range).
+    fv0 = flags.FlagValues()
+    define_annotate_flags(fv0)
+    fv0(["annotate"])
+    assert flags_lib.build(fv0, SetupConfig) == SetupConfig()
+    assert flags_lib.build(fv0, PrepareConfig, frames=flags_lib.frame_range(fv0)) == PrepareConfig()
+    assert flags_lib.build(fv0, OutputConfig) == OutputConfig()
+    ds = flags.FlagValues()
+    define_dataset_flags(ds)
+    ds(["annotate-dataset", "--stride=3"])
+    shared = [s.flag or f.name for cls in (SetupConfig, PrepareConfig, OutputConfig)
+              for f, s in settings_of(cls) if f.name != "warm_compile"]
+    for name in shared:
+        assert name in ds and name in fv0, name
+        if name != "overlay":
+            assert ds[name].default == fv0[name].default, name
+    assert fv0["overlay"].default is True and ds["overlay"].default is False
+    assert "start" not in ds and "warm_compile" not in ds
+    assert flags_lib.frame_range(ds) == video.FrameRange(stride=3)
+
+
+def test_real_video_path_does_not_import_the_synthetic_pipeline():
+    import subprocess
+    import sys
+
+    code = ("import sys, neuface_jax.annotation; "
+            "print([m for m in sys.modules if m.startswith('neuface_jax.synthetic')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_annotate_precomputed_landmarks_with_warm_compile(tmp_path):
+    # The orchestration without MediaPipe: a synthetic two-view clip and its own landmarks file, the
+    # step compiled in the background while decoding, no overlay, a frame range.
+    from neuface_jax.synthetic import synth
+
+    clip = synth.synthesize_clip(seed=1, rig="front,left_30", config=synth.SynthConfig(num_frames=8, image_size=64))
+    synth.write_clip(clip, tmp_path / "clip")
+    videos = [str(tmp_path / "clip" / f"{v}.mp4") for v in clip.view_names]
+    setup = annotate_lib.make_setup(
+        SetupConfig(epochs=1, chunk_frames=4, contour="dynamic", warm_compile=True), encoder_config=_tiny_encoder_config(),
+        need_landmarker=False,
+    )
+    s = annotate_lib.annotate(
+        videos, out_dir=tmp_path / "out", setup=setup, prepare=PrepareConfig(frames=video.FrameRange(start=1, end=7)),
+        output=OutputConfig(write_video=False), landmarks_file=tmp_path / "clip" / "landmarks.npz",
+    )
+    assert s["num_frames"] == 6 and s["views"] == list(clip.view_names)
+    assert set(s["files"]) == {"params", "metrics"} and not (tmp_path / "out" / "overlay.mp4").exists()
+    m = s["metrics"]
+    assert "warm_compile_background" in m["seconds"] and "fit" in m["seconds"] and "total" in m["seconds"]
+    assert m["clip"]["landmarks"].endswith("landmarks.npz") and m["clip"]["first_last_frame_index"] == [1, 6]
+    assert m["throughput"]["detection_cached"] and np.isfinite(m["cvd_mm"])
+    assert not any("background compile failed" in n for n in m["notes"])
+    with np.load(tmp_path / "out" / "params.npz") as p:
+        np.testing.assert_array_equal(p["frame_indices"], np.arange(1, 7))
 
 
 def test_parse_view_boxes():
@@ -138,7 +227,7 @@ def test_corrupt_video_names_the_file(tmp_path):
     model = tmp_path / "fake.task"  # never opened: the video is probed first
     model.write_bytes(b"x")
     with pytest.raises(video.VideoError, match="broken_clip.mp4"):
-        annotate_lib.annotate(bad, out_dir=tmp_path / "out", face_landmarker=model, progress=False, log=None)
+        annotate_lib.annotate(bad, out_dir=tmp_path / "out", setup=SetupConfig(face_landmarker=str(model)))
     # The command reports it and exits 1.
     rc = cli.main(["neuface-jax", "annotate", f"--video={bad}", f"--out={tmp_path / 'out'}", f"--face_landmarker={model}"])
     assert rc == 1
@@ -164,7 +253,8 @@ def test_truncated_real_video_names_the_file(shared_data, landmarker_model, tmp_
 
 @pytest.mark.shared_data
 def test_annotate_monocular_clip(shared_data, landmarker_model, tmp_path):
-    s = _run(shared_data, landmarker_model, tmp_path, shared_data / MEAD, end=24, stride=2, epochs=2, write_objs=True)
+    s = _run(shared_data, landmarker_model, tmp_path, shared_data / MEAD, frames=video.FrameRange(end=24, stride=2), epochs=2,
+             write_objs=True)
     out = tmp_path / "out"
     t = 12
     assert s["num_frames"] == t and s["views"] == ["mead_M003_level_1_disgusted_015"]
@@ -192,8 +282,8 @@ def test_annotate_monocular_clip(shared_data, landmarker_model, tmp_path):
     objs = sorted((out / "objs").rglob("*.obj"))
     assert len(objs) == t
     # A second run reads the landmark cache (no detection).
-    s2 = _run(shared_data, landmarker_model, tmp_path, shared_data / MEAD, end=24, stride=2, write_video=False,
-              out_dir=tmp_path / "out2")
+    s2 = _run(shared_data, landmarker_model, tmp_path, shared_data / MEAD, frames=video.FrameRange(end=24, stride=2),
+              write_video=False, out_dir=tmp_path / "out2")
     assert s2["throughput"]["detection_cached"]
 
 
@@ -202,9 +292,10 @@ def test_far_side_guesses_get_no_target(shared_data, landmarker_model, tmp_path)
     # wojtek frames 150-170: the head is turned far to the image right; MediaPipe still returns the
     # far-side jaw points (guesses), which must not be landmark targets.
     s = _run(shared_data, landmarker_model, tmp_path, shared_data / "videos/metrical_tracker_wojtek.mp4",
-             start=150, end=174, stride=4, write_video=False)
-    lmk = detect.detect_video(shared_data / "videos/metrical_tracker_wojtek.mp4", model_path=landmarker_model,
-                              start=150, end=174, stride=4, cache_dir=tmp_path / "cache")
+             frames=video.FrameRange(start=150, end=174, stride=4), write_video=False)
+    src = sources.open_source(shared_data / "videos/metrical_tracker_wojtek.mp4",
+                              frames=video.frame_range(start=150, end=174, stride=4))
+    lmk = detect.decode_and_detect(src, model_path=landmarker_model, cache_dir=tmp_path / "cache").landmarks[0]
     assert s["num_frames"] == 6 and lmk.valid.all()
     with np.load(tmp_path / "out" / "params.npz") as p:
         mask = p["landmarks_mask"]  # [T, 68]
@@ -217,7 +308,8 @@ def test_far_side_guesses_get_no_target(shared_data, landmarker_model, tmp_path)
 @pytest.mark.shared_data
 def test_annotate_composite_three_views(shared_data, landmarker_model, tmp_path):
     # 4 frames: MSI needs 2 accelerations.
-    s = _run(shared_data, landmarker_model, tmp_path, shared_data / COMPOSITE, view_boxes=COMPOSITE_BOXES, end=13, stride=4)
+    s = _run(shared_data, landmarker_model, tmp_path, shared_data / COMPOSITE, view_boxes=COMPOSITE_BOXES,
+             frames=video.FrameRange(end=13, stride=4))
     assert s["views"] == ["cam0", "cam1", "cam2"] and s["num_frames"] == 4
     m = s["metrics"]
     assert "cvd_mm" in m and np.isfinite(m["cvd_mm"]) and m["cvd_mm"] > 0

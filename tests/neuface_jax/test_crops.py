@@ -134,11 +134,12 @@ def test_interpolation_and_smoothing():
 @pytest.mark.shared_data
 def test_crop_of_detected_face(shared_data, landmarker_model):
     from neuface_jax.media import detect
+    from neuface_jax.media import sources
     from neuface_jax.media import video
     from neuface_jax.media import landmark_sets as ls
 
     clip = video.read_video(shared_data / MEAD, end=6, stride=2)
-    lmk = detect.detect_clip(clip, model_path=landmarker_model, use_cache=False)[clip.view_names[0]]
+    lmk = detect.decode_and_detect(sources.open_source(clip), model_path=landmarker_model, use_cache=False).landmarks[0]
     p68 = ls.mediapipe_to_ibug68(lmk.xy)
     c = crops.compute_crops(p68, lmk.valid)
     q = c.to_normalized(p68)
@@ -157,3 +158,49 @@ def test_crop_of_detected_face(shared_data, landmarker_model):
     x, y = (int(v) for v in centre_src)
     patch = clip.frames[0][0, y - 2 : y + 3, x - 2 : x + 3].reshape(-1, 3).mean(0)
     assert np.abs(img[0, 110:115, 110:115].reshape(-1, 3).mean(0) - patch).max() < 25
+
+
+# ---------------------------------------------------------------------------------------------
+# Clip preparation (encoder crops + normalized targets)
+
+
+def test_prepare_clip_masks_bad_input(tmp_path):
+    t, w, size = 3, 2, 32
+    images = np.full((t, w, size, size, 3), 128, np.uint8)
+    lmk = np.tile(np.linspace(8, 24, 68)[None, None, :, None], (t, w, 1, 2)).astype(np.float32)
+    lmk[0, 0, 10] = np.nan
+    transforms = np.tile(np.array([[7.0, 0, 0], [0, 7.0, 0]], np.float32), (t, w, 1, 1))
+    valid = np.ones((t, w), bool)
+    valid[1, 1] = False
+    data = crops.prepare_clip(images, lmk, transforms, encoder_size=16, valid=valid, crop_size=224)
+    assert float(data.landmarks_mask[0, 0, 10]) == 0.0 and float(data.landmarks_mask[0, 0, 11]) == 1.0
+    assert float(data.frame_mask[1, 1]) == 0.0 and float(data.landmarks_mask[1, 1].sum()) == 0.0
+    assert np.all(np.isfinite(np.asarray(data.landmarks)))
+    np.testing.assert_allclose(float(data.landmarks[0, 0, 0, 0]), 8 * 7 / 224 * 2 - 1, atol=1e-5)
+    with pytest.raises(ValueError, match="my clip: no frame"):
+        crops.prepare_clip(images, np.full_like(lmk, np.nan), transforms, encoder_size=16, name="my clip")
+
+
+def test_prepare_clip_keeps_pixels_of_undetected_frames():
+    """A frame without detection keeps its crop when the crop box is known (the encoder still sees the
+    face; only the losses ignore it); a frame without a finite crop transform is left black."""
+    t, w, size = 3, 2, 32
+    rng = np.random.default_rng(0)
+    images = rng.integers(30, 230, size=(t, w, size, size, 3), dtype=np.uint8)
+    lmk = np.tile(np.linspace(8, 24, 68)[None, None, :, None], (t, w, 1, 2)).astype(np.float32)
+    clean_crops = np.tile(np.array([[7.0, 0, 0], [0, 7.0, 0]], np.float32), (t, w, 1, 1))
+    all_valid = crops.prepare_clip(images, lmk, clean_crops, encoder_size=16, crop_size=224)
+    transforms = clean_crops.copy()
+    valid = np.ones((t, w), bool)
+    valid[1, 0] = False  # no detection, interpolated crop box
+    lmk[2, 1] = np.nan  # detector returned nothing usable
+    transforms[0, 1] = np.nan  # no crop box at all
+    data = crops.prepare_clip(images, lmk, transforms, encoder_size=16, valid=valid, crop_size=224)
+    img = np.asarray(data.images)
+    ref = np.asarray(all_valid.images)
+    for ti, wi in [(1, 0), (2, 1)]:
+        assert float(data.frame_mask[ti, wi]) == 0.0 and float(data.landmarks_mask[ti, wi].sum()) == 0.0
+        assert img[ti, wi].std() > 0.05  # real pixels, not a black square
+        np.testing.assert_array_equal(img[ti, wi], ref[ti, wi])  # the same crop as a detected frame
+    assert float(data.frame_mask[0, 1]) == 0.0 and np.all(img[0, 1] == 0.0)
+    assert float(data.frame_mask[0, 0]) == 1.0 and img[0, 0].std() > 0.05

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuface_jax.annotation import pipeline as annotate
-from neuface_jax.dataset import runner as dataset
+from neuface_jax import annotation as annotate
+from neuface_jax import dataset
 from neuface_jax.core import fit
 from neuface_jax.dataset import manifest
 from neuface_jax.media import video
@@ -69,8 +69,8 @@ def setup():
     )
     cfg = fit.FitConfig(num_epochs=3, chunk_frames=8, learning_rate=1e-3)
     return annotate.make_setup(
-        flame_model=model, landmark_embedding=emb, contour="dynamic", encoder_config=ecfg, fit_config=cfg,
-        need_landmarker=False, log=None,
+        annotate.SetupConfig(contour="dynamic"), model=model, embedding=emb, encoder_config=ecfg, fit_config=cfg,
+        need_landmarker=False,
     )
 
 
@@ -78,7 +78,7 @@ def _run(entries, out, setup, **kw):
     # One K and one set of buckets everywhere: the tests share two compiled shapes (16 and 32 frames).
     defaults = {"workers": 2, "checkpoint_every": 0, "clips_per_device": 2, "bucket_chunks": (2, 4)}
     cfg = dataset.DatasetConfig(**{**defaults, **kw.pop("config", {})})
-    return dataset.run(entries, out, setup, cfg, **{"progress": False, "log": None, **kw})
+    return dataset.run(entries, out, setup, cfg, **kw)
 
 
 def _params(out, cid):
@@ -87,14 +87,13 @@ def _params(out, cid):
 
 
 # --------------------------------------------------------------------------- units
-def test_bucket_frames():
-    assert dataset.bucket_frames(5, 8, (1, 2, 4)) == 8
-    assert dataset.bucket_frames(9, 8, (1, 2, 4)) == 16
-    assert dataset.bucket_frames(17, 8, (1, 2, 4)) == 32
-    assert dataset.bucket_frames(33, 8, (1, 2, 4)) == 64  # beyond the largest: multiples of it
-    assert dataset.bucket_frames(100, 8, (4, 1, 2)) == 128
+def test_config_checks_and_normalizes():
+    # bucket_frames: tests/neuface_jax/test_dataset_scheduler.py
     with pytest.raises(ValueError):
         dataset.DatasetConfig(clips_per_device=0)
+    cfg = dataset.DatasetConfig(bucket_chunks=["2", "4"])  # as flags give them
+    assert cfg.bucket_chunks == (2, 4) and hash(cfg) == hash(dataset.DatasetConfig(bucket_chunks=(2, 4)))
+    assert not cfg.output.write_video  # datasets write no overlay by default
 
 
 def test_clip_dir_rejects_escaping_ids(tmp_path):
@@ -119,8 +118,7 @@ def test_packed_run_matches_single_clip_fits(clips, setup, tmp_path):
         assert doc["dataset"]["clip_id"] == e.clip_id and doc["clip"]["frames"] == LENGTHS[e.clip_id]
     # Packing, bucket padding and dummy slots do not change a clip's result.
     for e in (clips[3],):  # 20 frames: 24 in the single path, 32 in its bucket, beside a dummy slot
-        prep = annotate.prepare(setup, list(e.inputs), view_names=list(e.view_names), landmarks_file=e.landmarks,
-                                progress=False, log=None)
+        prep = annotate.prepare(setup, list(e.inputs), view_names=list(e.view_names), landmarks_file=e.landmarks)
         ref = setup.optimizer.fit(prep.data, encoder=setup.encoder)
         got = _params(out, e.clip_id)
         assert got["expr"].shape[0] == LENGTHS[e.clip_id]
@@ -314,14 +312,16 @@ def test_two_processes_with_jax_distributed(cli_manifest, tmp_path):
 
 
 class _Bar:
+    """A stand-in for ``common.log.Progress`` that keeps what it was told."""
+
     def __init__(self, desc, total):
-        self.desc, self.total, self.n, self.postfix = desc, total, 0, []
+        self.desc, self.total, self.n, self.texts = desc, total, 0, []
 
-    def set_postfix_str(self, s, refresh=True):
-        self.postfix.append(s)
+    def set(self, done, total=None):
+        self.n = done
 
-    def refresh(self):
-        pass
+    def postfix(self, text):
+        self.texts.append(text)
 
     def close(self):
         pass
@@ -334,7 +334,7 @@ def test_progress_summary_and_report_command(clips, setup, tmp_path, capsys):
     out = tmp_path / "out"
     summary = _run(clips[:3], out, setup, progress=lambda d, t: bars.append(_Bar(d, t)) or bars[-1])
     assert bars[0].total == 3 and bars[0].n == 3
-    assert "done=3 failed=0" in bars[0].postfix[-1] and "clips/h" in bars[0].postfix[-1]
+    assert "done=3 failed=0" in bars[0].texts[-1] and "clips/h" in bars[0].texts[-1]
     doc = json.loads((out / "summary-00000-of-00001.json").read_text())
     assert doc["done"] == 3 and doc["clips_per_hour"] > 0 and doc["seconds_by_stage"]["fit"] > 0
     assert summary.to_dict()["done_ids"] == ["a", "b", "c"]

@@ -1,4 +1,5 @@
-"""Tests of neuface_jax.media.detect (model file, tracker, prefetch, detection, cache) and neuface_jax.media.landmark_sets."""
+"""Tests of the detection stage: neuface_jax.media.landmarker (model file, tracker), sources.prefetch,
+detect (the one decode + detect pipeline), landmark_cache, and neuface_jax.media.landmark_sets."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import numpy as np
 import pytest
 
 from neuface_jax.media import detect
+from neuface_jax.media import landmark_cache
+from neuface_jax.media import landmarker
+from neuface_jax.media import sources
 from neuface_jax.media import video
 from neuface_jax.media import landmark_sets as ls
 
@@ -120,34 +124,34 @@ def test_landmark_set_gathers_shapes_and_jax():
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
-    monkeypatch.delenv(detect.MODEL_ENV_VAR, raising=False)
+    monkeypatch.delenv(landmarker.MODEL_ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return tmp_path
 
 
 def test_resolve_model_path_precedence(clean_env, monkeypatch):
     tmp = clean_env
-    with pytest.raises(detect.ModelNotFoundError) as e:
-        detect.resolve_model_path()
+    with pytest.raises(landmarker.ModelNotFoundError) as e:
+        landmarker.resolve_model_path()
     msg = str(e.value)
-    assert detect.MODEL_URL in msg and detect.MODEL_ENV_VAR in msg and "neuface-jax fetch-models" in msg
-    cached = detect.default_model_path()
+    assert landmarker.MODEL_URL in msg and landmarker.MODEL_ENV_VAR in msg and "neuface-jax fetch-models" in msg
+    cached = landmarker.default_model_path()
     assert cached == tmp / "cache" / "neuface_jax" / "face_landmarker.task"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"cache")
-    assert detect.resolve_model_path() == cached
+    assert landmarker.resolve_model_path() == cached
     env_file = tmp / "env.task"
     env_file.write_bytes(b"env")
-    monkeypatch.setenv(detect.MODEL_ENV_VAR, str(env_file))
-    assert detect.resolve_model_path() == env_file
+    monkeypatch.setenv(landmarker.MODEL_ENV_VAR, str(env_file))
+    assert landmarker.resolve_model_path() == env_file
     explicit = tmp / "explicit.task"
     explicit.write_bytes(b"explicit")
-    assert detect.resolve_model_path(explicit) == explicit
-    with pytest.raises(detect.ModelNotFoundError, match="given explicitly"):
-        detect.resolve_model_path(tmp / "missing.task")
-    monkeypatch.setenv(detect.MODEL_ENV_VAR, str(tmp / "gone.task"))
-    with pytest.raises(detect.ModelNotFoundError, match=detect.MODEL_ENV_VAR):
-        detect.resolve_model_path()
+    assert landmarker.resolve_model_path(explicit) == explicit
+    with pytest.raises(landmarker.ModelNotFoundError, match="given explicitly"):
+        landmarker.resolve_model_path(tmp / "missing.task")
+    monkeypatch.setenv(landmarker.MODEL_ENV_VAR, str(tmp / "gone.task"))
+    with pytest.raises(landmarker.ModelNotFoundError, match=landmarker.MODEL_ENV_VAR):
+        landmarker.resolve_model_path()
 
 
 def test_fetch_model_checks_sha256(clean_env):
@@ -158,24 +162,24 @@ def test_fetch_model_checks_sha256(clean_env):
     good_sha = hashlib.sha256(payload).hexdigest()
     url = src.as_uri()  # file:// works offline through urllib
 
-    dest = detect.fetch_model(url=url, sha256=good_sha)
-    assert dest == detect.default_model_path() and dest.read_bytes() == payload
+    dest = landmarker.fetch_model(url=url, sha256=good_sha)
+    assert dest == landmarker.default_model_path() and dest.read_bytes() == payload
 
     # A verified copy is kept: the downloader is not called again.
     def fail(url, path):
         raise AssertionError("should not download")
 
-    assert detect.fetch_model(url=url, sha256=good_sha, downloader=fail) == dest
+    assert landmarker.fetch_model(url=url, sha256=good_sha, downloader=fail) == dest
 
     # Wrong checksum: refused, nothing installed, no temporary left behind.
     other = tmp / "other" / "m.task"
-    with pytest.raises(detect.ModelChecksumError, match="refusing"):
-        detect.fetch_model(other, url=url, sha256="0" * 64)
+    with pytest.raises(landmarker.ModelChecksumError, match="refusing"):
+        landmarker.fetch_model(other, url=url, sha256="0" * 64)
     assert not other.exists() and list(other.parent.iterdir()) == []
 
     # The official checksum rejects these bytes too (the default expected digest).
-    with pytest.raises(detect.ModelChecksumError, match=detect.MODEL_SHA256):
-        detect.fetch_model(other, url=url)
+    with pytest.raises(landmarker.ModelChecksumError, match=landmarker.MODEL_SHA256):
+        landmarker.fetch_model(other, url=url)
 
     # Injected downloader; offline failure names the URL and how to proceed.
     calls = []
@@ -184,22 +188,22 @@ def test_fetch_model_checks_sha256(clean_env):
         calls.append(url)
         pathlib.Path(path).write_bytes(payload)
 
-    assert detect.fetch_model(other, url="https://example.invalid/m.task", sha256=good_sha, downloader=fake) == other
+    assert landmarker.fetch_model(other, url="https://example.invalid/m.task", sha256=good_sha, downloader=fake) == other
     assert calls == ["https://example.invalid/m.task"]
 
     def offline(url, path):
         raise ConnectionError("no network")
 
     with pytest.raises(OSError, match="example.invalid.*NEUFACE_FACE_LANDMARKER"):
-        detect.fetch_model(tmp / "x.task", url="https://example.invalid/m.task", downloader=offline)
-    assert detect.fetch_models_main(["--dest", str(tmp / "y.task"), "--url", (tmp / "nothing").as_uri()]) == 1
+        landmarker.fetch_model(tmp / "x.task", url="https://example.invalid/m.task", downloader=offline)
+    assert landmarker.fetch_models_main(["--dest", str(tmp / "y.task"), "--url", (tmp / "nothing").as_uri()]) == 1
 
 
 @pytest.mark.shared_data
 def test_fetch_model_accepts_official_bytes(shared_data, tmp_path):
     src = shared_data / "mediapipe" / "face_landmarker.task"
-    dest = detect.fetch_model(tmp_path / "m.task", url=src.as_uri())
-    assert detect.sha256_file(dest) == detect.MODEL_SHA256
+    dest = landmarker.fetch_model(tmp_path / "m.task", url=src.as_uri())
+    assert landmarker.sha256_file(dest) == landmarker.MODEL_SHA256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +218,8 @@ def _face(cx, cy, size):
 
 
 def test_tracker_picks_largest_central_then_follows():
-    opts = detect.LandmarkerOptions(reacquire_s=0.5)
-    tr = detect.FaceTracker(opts, fps=10)
+    opts = landmarker.LandmarkerOptions(reacquire_s=0.5)
+    tr = landmarker.FaceTracker(opts, fps=10)
     small_side = _face(80, 240, 60)
     big_centre = _face(320, 240, 150)
     assert tr.choose(np.stack([small_side, big_centre]), 0, (640, 480)) == 1
@@ -231,7 +235,7 @@ def test_tracker_picks_largest_central_then_follows():
 
 
 def test_prefetch_order_errors_and_early_stop():
-    assert list(detect.prefetch(range(100), 3)) == list(range(100))
+    assert list(sources.prefetch(range(100), 3)) == list(range(100))
     threads = []
 
     def gen():
@@ -239,7 +243,7 @@ def test_prefetch_order_errors_and_early_stop():
         yield 1
         raise RuntimeError("decoder broke")
 
-    it = detect.prefetch(gen(), 2)
+    it = sources.prefetch(gen(), 2)
     assert next(it) == 1
     with pytest.raises(RuntimeError, match="decoder broke"):
         next(it)
@@ -256,7 +260,7 @@ def test_prefetch_order_errors_and_early_stop():
         finally:
             closed.set()
 
-    it = detect.prefetch(endless(), 4)
+    it = sources.prefetch(endless(), 4)
     assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
     it.close()
     assert closed.wait(2.0)
@@ -266,15 +270,31 @@ def test_prefetch_order_errors_and_early_stop():
 # Detection on the shared data
 
 
-def _interocular(lmk: detect.FaceLandmarks) -> np.ndarray:
+def _interocular(lmk: landmarker.FaceLandmarks) -> np.ndarray:
     p = ls.mediapipe_to_ibug68(lmk.xy)
     return np.linalg.norm(p[:, 36] - p[:, 45], axis=-1)
+
+
+def _detect(inp, model_path, *, view_boxes=None, label=None, **kw) -> detect.DetectedClip:
+    """The one decode + detect pipeline on an input (path, paths or ``video.VideoClip``); ``kw``: frame
+    range (``start``/``end``/``stride``) and ``decode_and_detect`` arguments."""
+    rng = video.frame_range(**{k: kw.pop(k) for k in ("start", "end", "stride") if k in kw})
+    src = sources.open_source(inp, view_boxes=view_boxes, frames=rng)
+    if label:
+        src = dataclasses.replace(src, label=label)
+    return detect.decode_and_detect(src, model_path=model_path, **kw)
+
+
+def _arrays(**views) -> video.VideoClip:
+    """An in-memory clip: view name → uint8 [T, H, W, 3] frames."""
+    t = len(next(iter(views.values())))
+    return video.VideoClip(frames=list(views.values()), view_names=tuple(views), fps=25.0, frame_indices=np.arange(t))
 
 
 @pytest.mark.shared_data
 @pytest.mark.parametrize("rel", MONOCULAR)
 def test_detect_monocular_clips(shared_data, landmarker_model, rel):
-    res = detect.detect_video(shared_data / rel, model_path=landmarker_model, end=4, use_cache=False)
+    res = _detect(shared_data / rel, landmarker_model, end=4, use_cache=False).landmarks[0]
     w, h = res.image_size
     assert res.num_frames == 4 and res.valid.all()
     np.testing.assert_array_equal(res.frame_indices, [0, 1, 2, 3])
@@ -299,21 +319,25 @@ def test_profile_image_has_no_face(shared_data, landmarker_model):
 
     img = iio.imread(shared_data / PROFILE)[..., :3]
     frontal = iio.imread(shared_data / "images/deca_AFLW2000_image00480.jpg")[..., :3]
-    res = detect.detect_frames(np.stack([frontal, img]), model_path=landmarker_model, name="mixed")
+    res = _detect(_arrays(mixed=np.stack([frontal, img])), landmarker_model).landmarks[0]
     np.testing.assert_array_equal(res.valid, [True, False])
     assert np.all(res.points[1] == 0) and res.num_faces[1] == 0
+    clip = _detect(_arrays(v=np.stack([img] * 3)), landmarker_model, label="profile-only clip")
     with pytest.raises(detect.NoFaceError, match="profile-only clip.*no face"):
-        detect.detect_frames(np.stack([img] * 3), model_path=landmarker_model, name="profile-only clip")
+        detect.check_faces(clip.label, clip.view_names, clip.valid)
+    # A view without a face beside one with a face: a warning, the view is reported (and masked by annotate).
+    two = _detect(_arrays(front=np.stack([frontal] * 2), side=np.stack([img] * 2)), landmarker_model)
     with pytest.warns(UserWarning, match="no face"):
-        res = detect.detect_frames(np.stack([img] * 2), model_path=landmarker_model, require_face=False)
-    assert not res.valid.any()
+        faceless = detect.check_faces(two.label, two.view_names, two.valid)
+    assert list(faceless) == ["side"] and not two.landmarks[1].valid.any()
 
 
 @pytest.mark.shared_data
 def test_composite_views_each_have_a_face(shared_data, landmarker_model, tmp_path):
     comp = video.read_video(shared_data / COMPOSITE, end=9, stride=4)
     clip = video.split_views(comp, COMPOSITE_BOXES)
-    res = detect.detect_clip(clip, model_path=landmarker_model, cache_dir=tmp_path)
+    rec = _detect(clip, landmarker_model, cache_dir=tmp_path)
+    res = dict(zip(rec.view_names, rec.landmarks))
     assert list(res) == ["cam0", "cam1", "cam2"]
     for name, r in res.items():
         assert r.valid.all(), name
@@ -321,17 +345,18 @@ def test_composite_views_each_have_a_face(shared_data, landmarker_model, tmp_pat
         np.testing.assert_array_equal(r.frame_indices, [0, 4, 8])
         assert 25 < _interocular(r).min() and _interocular(r).max() < 150
     # Streaming detection on the box agrees with detection on the split frames.
-    streamed = detect.detect_video(
-        shared_data / COMPOSITE, box=COMPOSITE_BOXES["cam1"], end=9, stride=4, model_path=landmarker_model, use_cache=False
-    )
+    streamed = _detect(
+        shared_data / COMPOSITE, landmarker_model, view_boxes={"cam1": COMPOSITE_BOXES["cam1"]}, end=9, stride=4,
+        use_cache=False,
+    ).landmarks[0]
     np.testing.assert_allclose(streamed.points, res["cam1"].points, atol=1e-3)
 
 
 @pytest.mark.shared_data
 def test_landmark_cache_hit(shared_data, landmarker_model, tmp_path, monkeypatch):
     path = shared_data / MONOCULAR[1]
-    kw = dict(model_path=landmarker_model, end=3, cache_dir=tmp_path)
-    first = detect.detect_video(path, **kw)
+    kw = dict(end=3, cache_dir=tmp_path)
+    first = _detect(path, landmarker_model, **kw).landmarks[0]
     files = list(tmp_path.glob("*.npz"))
     assert len(files) == 1 and files[0].name.startswith("liveportrait_d20-")
 
@@ -339,39 +364,64 @@ def test_landmark_cache_hit(shared_data, landmarker_model, tmp_path, monkeypatch
     def boom(*a, **k):
         raise AssertionError("detection ran despite the cache")
 
-    monkeypatch.setattr(detect, "FaceLandmarker", boom)
-    second = detect.detect_video(path, **kw)
+    monkeypatch.setattr(landmarker, "FaceLandmarker", boom)
+    again = _detect(path, landmarker_model, **kw)
+    second = again.landmarks[0]
+    assert again.cached == (True,)
     np.testing.assert_array_equal(second.points, first.points)
     np.testing.assert_array_equal(second.valid, first.valid)
     assert second.image_size == first.image_size
     # Other options or frames → a different key → detection would run.
     with pytest.raises(AssertionError, match="despite the cache"):
-        detect.detect_video(path, **kw, options=detect.LandmarkerOptions(num_faces=1))
+        _detect(path, landmarker_model, **kw, options=landmarker.LandmarkerOptions(num_faces=1))
     with pytest.raises(AssertionError, match="despite the cache"):
-        detect.detect_video(path, **{**kw, "end": 4})
+        _detect(path, landmarker_model, **{**kw, "end": 4})
 
 
 @pytest.mark.shared_data
-def test_detection_runs_in_background_thread(shared_data, landmarker_model):
-    frames = video.iter_video_frames(shared_data / MONOCULAR[2], end=3)
-    out = list(detect.prefetch(detect.iter_detect(frames, fps=25.0, model_path=landmarker_model), size=2))
-    assert [o[0] for o in out] == [0, 1, 2]
-    assert all(o[2] is not None and o[2].shape == (478, 3) and o[3] == 1 for o in out)
+def test_detection_runs_in_background_thread(shared_data, landmarker_model, monkeypatch):
+    threads = []
+    real = landmarker.FaceLandmarker.detect
+
+    def spy(self, frame, ts):
+        threads.append(threading.current_thread())
+        return real(self, frame, ts)
+
+    monkeypatch.setattr(landmarker.FaceLandmarker, "detect", spy)
+    res = _detect(shared_data / MONOCULAR[2], landmarker_model, end=3, use_cache=False).landmarks[0]
+    assert list(res.frame_indices) == [0, 1, 2]
+    assert res.valid.all() and res.points.shape == (3, 478, 3) and np.all(res.num_faces == 1)
+    assert len(threads) == 3 and all(t is not threading.main_thread() for t in threads)
+
+
+def test_decode_only_and_record(tmp_path):
+    """``detect=False`` decodes without a model; the record pads views to the largest and keeps their sizes."""
+    a = np.full((2, 8, 6, 3), 10, np.uint8)
+    b = np.full((2, 4, 10, 3), 200, np.uint8)
+    rec = detect.decode_and_detect(sources.open_source(_arrays(a=a, b=b)), detect=False)
+    assert rec.images.shape == (2, 2, 8, 10, 3) and rec.image_sizes == ((6, 8), (10, 4))
+    assert rec.landmarks is None and rec.cached == (False, False) and rec.view_names == ("a", "b")
+    np.testing.assert_array_equal(rec.images[:, 1, :4, :10], b)
+    assert not rec.images[:, 1, 4:].any()
+    np.testing.assert_array_equal(rec.frame_indices, [0, 1])
+    with pytest.raises(ValueError, match="no landmarks"):
+        rec.valid
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.label = "x"
 
 
 # ---------------------------------------------------------------------------------------------
 # Public helpers, per-landmark visibility (far-side guesses) and its cache
 
 
-def test_public_helpers_keep_private_aliases():
-    assert detect.cache_file is detect._cache_file and detect.load_cached is detect._load_cached
-    assert detect.timestamp_ms is detect._timestamp_ms
-    for name in ("cache_file", "load_cached", "timestamp_ms", "CACHE_VERSION"):
-        assert name in detect.__all__
-    assert detect.timestamp_ms(50, 25.0) == 2000 and detect.timestamp_ms(3, 0.0) == 120  # unknown fps → 25
-    p = detect.cache_file("/c", "/x/My clip (1).mp4", "cam 0", "ab" * 32)
+def test_public_helpers():
+    for name in ("cache_file", "load_cached", "CACHE_VERSION"):
+        assert name in landmark_cache.__all__
+    assert "timestamp_ms" in landmarker.__all__
+    assert landmarker.timestamp_ms(50, 25.0) == 2000 and landmarker.timestamp_ms(3, 0.0) == 120  # unknown fps → 25
+    p = landmark_cache.cache_file("/c", "/x/My clip (1).mp4", "cam 0", "ab" * 32)
     assert p == pathlib.Path("/c/My_clip__1_-cam_0-" + "ab" * 10 + ".npz")
-    assert detect.cache_file("dir", "/v/a.mp4", None, "f" * 64) == pathlib.Path("dir/a-" + "f" * 20 + ".npz")
+    assert landmark_cache.cache_file("dir", "/v/a.mp4", None, "f" * 64) == pathlib.Path("dir/a-" + "f" * 20 + ".npz")
 
 
 def _turned_points(yaw_deg: float, scale: float = 40.0) -> np.ndarray:
@@ -383,7 +433,7 @@ def _turned_points(yaw_deg: float, scale: float = 40.0) -> np.ndarray:
 
 def test_face_landmarks_visibility_round_trips_through_npz(tmp_path):
     pts = np.stack([_turned_points(0), _turned_points(60), np.zeros((478, 3), np.float32)])
-    lm = detect.FaceLandmarks(
+    lm = landmarker.FaceLandmarks(
         points=pts, valid=[True, True, False], frame_indices=[0, 1, 2], image_size=(512, 512), num_faces=[1, 1, 0]
     )
     assert lm.visible.shape == (3, 478) and lm.visible.dtype == bool
@@ -398,14 +448,14 @@ def test_face_landmarks_visibility_round_trips_through_npz(tmp_path):
     given = dataclasses.replace(lm, visible=mask)
     np.testing.assert_array_equal(given.visible, mask & np.array([True, True, False])[:, None])
     given.save(tmp_path / "a.npz")
-    back = detect.FaceLandmarks.load(tmp_path / "a.npz")
+    back = landmarker.FaceLandmarks.load(tmp_path / "a.npz")
     np.testing.assert_array_equal(back.visible, given.visible)
     with np.load(tmp_path / "a.npz") as f:
         assert f["visible"].shape == (3, 478)
     # A file written before `visible` existed gets it computed on load.
     old = {k: v for k, v in lm.to_npz_dict().items() if k != "visible"}
     np.savez(tmp_path / "old.npz", **old)
-    np.testing.assert_array_equal(detect.FaceLandmarks.load(tmp_path / "old.npz").visible, lm.visible)
+    np.testing.assert_array_equal(landmarker.FaceLandmarks.load(tmp_path / "old.npz").visible, lm.visible)
     # A stricter margin hides more.
     assert lm.with_visibility(0.3).visible.sum() < lm.visible.sum()
     with pytest.raises(ValueError, match="visible must be"):
@@ -417,20 +467,18 @@ def test_cache_key_depends_on_the_cache_version(tmp_path, monkeypatch):
     src.write_bytes(b"0" * 100)
     model = tmp_path / "m.task"
     model.write_bytes(b"model")
-    kw = dict(frames=[0, 1], options=detect.LandmarkerOptions(), model_path=model)
-    k2 = detect.cache_key(src, **kw)
-    assert detect.CACHE_VERSION >= 2  # files carry `visible`
-    monkeypatch.setattr(detect, "CACHE_VERSION", 1)
-    assert detect.cache_key(src, **kw) != k2
+    kw = dict(frames=[0, 1], options=landmarker.LandmarkerOptions(), model_path=model)
+    k2 = landmark_cache.cache_key(src, **kw)
+    assert landmark_cache.CACHE_VERSION >= 2  # files carry `visible`
+    monkeypatch.setattr(landmark_cache, "CACHE_VERSION", 1)
+    assert landmark_cache.cache_key(src, **kw) != k2
 
 
 @pytest.mark.shared_data
 def test_far_side_points_invisible_on_turned_head(shared_data, landmarker_model):
     """metrical-tracker wojtek turns its head far to one side around frames 130-185 and faces the camera
     around frames 80-100: far-side jaw points are marked invisible there, frontal frames keep everything."""
-    res = detect.detect_video(
-        shared_data / MONOCULAR[2], model_path=landmarker_model, start=80, end=200, stride=2, use_cache=False
-    )
+    res = _detect(shared_data / MONOCULAR[2], landmarker_model, start=80, end=200, stride=2, use_cache=False).landmarks[0]
     assert res.valid.all() and res.visible.shape == (60, 478)
     x = res.xy[..., 0]
     # How far the head is turned, from the image alone: where the nose tip sits between the outer

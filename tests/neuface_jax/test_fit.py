@@ -86,48 +86,6 @@ def test_view_with_no_valid_frame(face, ecfg):
     assert np.all(np.isfinite(res.vertices))
 
 
-def test_prepare_clip_masks_bad_input(tmp_path):
-    t, w, size = 3, 2, 32
-    images = np.full((t, w, size, size, 3), 128, np.uint8)
-    lmk = np.tile(np.linspace(8, 24, 68)[None, None, :, None], (t, w, 1, 2)).astype(np.float32)
-    lmk[0, 0, 10] = np.nan
-    crops = np.tile(np.array([[7.0, 0, 0], [0, 7.0, 0]], np.float32), (t, w, 1, 1))
-    valid = np.ones((t, w), bool)
-    valid[1, 1] = False
-    data = fit.prepare_clip(images, lmk, crops, encoder_size=16, valid=valid, crop_size=224)
-    assert float(data.landmarks_mask[0, 0, 10]) == 0.0 and float(data.landmarks_mask[0, 0, 11]) == 1.0
-    assert float(data.frame_mask[1, 1]) == 0.0 and float(data.landmarks_mask[1, 1].sum()) == 0.0
-    assert np.all(np.isfinite(np.asarray(data.landmarks)))
-    np.testing.assert_allclose(float(data.landmarks[0, 0, 0, 0]), 8 * 7 / 224 * 2 - 1, atol=1e-5)
-    with pytest.raises(ValueError, match="my clip: no frame"):
-        fit.prepare_clip(images, np.full_like(lmk, np.nan), crops, encoder_size=16, name="my clip")
-
-
-def test_prepare_clip_keeps_pixels_of_undetected_frames():
-    """A frame without detection keeps its crop when the crop box is known (the encoder still sees the
-    face; only the losses ignore it); a frame without a finite crop transform is left black."""
-    t, w, size = 3, 2, 32
-    rng = np.random.default_rng(0)
-    images = rng.integers(30, 230, size=(t, w, size, size, 3), dtype=np.uint8)
-    lmk = np.tile(np.linspace(8, 24, 68)[None, None, :, None], (t, w, 1, 2)).astype(np.float32)
-    clean_crops = np.tile(np.array([[7.0, 0, 0], [0, 7.0, 0]], np.float32), (t, w, 1, 1))
-    all_valid = fit.prepare_clip(images, lmk, clean_crops, encoder_size=16, crop_size=224)
-    crops = clean_crops.copy()
-    valid = np.ones((t, w), bool)
-    valid[1, 0] = False  # no detection, interpolated crop box
-    lmk[2, 1] = np.nan  # detector returned nothing usable
-    crops[0, 1] = np.nan  # no crop box at all
-    data = fit.prepare_clip(images, lmk, crops, encoder_size=16, valid=valid, crop_size=224)
-    img = np.asarray(data.images)
-    ref = np.asarray(all_valid.images)
-    for ti, wi in [(1, 0), (2, 1)]:
-        assert float(data.frame_mask[ti, wi]) == 0.0 and float(data.landmarks_mask[ti, wi].sum()) == 0.0
-        assert img[ti, wi].std() > 0.05  # real pixels, not a black square
-        np.testing.assert_array_equal(img[ti, wi], ref[ti, wi])  # the same crop as a detected frame
-    assert float(data.frame_mask[0, 1]) == 0.0 and np.all(img[0, 1] == 0.0)
-    assert float(data.frame_mask[0, 0]) == 1.0 and img[0, 0].std() > 0.05
-
-
 def test_same_seed_same_result(face, ecfg):
     data = _target_clip(face, t=8)
     cfg = fit.FitConfig(num_epochs=2, chunk_frames=4, learning_rate=1e-3, seed=3)
@@ -185,3 +143,29 @@ def test_bn_training_updates_statistics(face, ecfg):
     state, *_ = opt.step_fn(state, opt.to_chunks(data)[0], jax.random.key(0), opt.initial_context(1), face)
     changed = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state.rest, before)
     assert max(jax.tree.leaves(changed)) > 0
+
+
+def test_fit_config_is_frozen_hashable_and_accepts_a_loss_dict():
+    a = fit.FitConfig(loss={"landmark": 10.0, "jaw_smooth": ("jaw_smooth", 5.0, {"stop_gradient_target": True})})
+    b = fit.FitConfig(loss={"landmark": 10.0, "jaw_smooth": ("jaw_smooth", 5.0, {"stop_gradient_target": True})})
+    assert a == b and hash(a) == hash(b)
+    assert a.loss == {"landmark": 10.0, "jaw_smooth": ("jaw_smooth", 5.0, {"stop_gradient_target": True})}
+    assert isinstance(a.loss, dict)  # json / asdict / dict(...) see a dict
+    with pytest.raises(TypeError):
+        a.loss["landmark"] = 1.0
+    with pytest.raises(Exception):
+        a.num_epochs = 3  # frozen
+    # Term order fixes the order of a compiled step's statistics: reordered terms are another config.
+    c = fit.FitConfig(loss={"jaw_smooth": ("jaw_smooth", 5.0, {"stop_gradient_target": True}), "landmark": 10.0})
+    assert c != a
+    # The epoch count and the seed do not reach the compiled steps.
+    assert a.replace(num_epochs=7, seed=3).compile_key() == a.compile_key()
+    assert hash(fit.FitConfig(landmark_weights=np.ones(68))) == hash(fit.FitConfig(landmark_weights=[1.0] * 68))
+    assert fit.FitConfig().loss == dict(fit.losses_lib.REFERENCE_LOSS_CONFIG)
+
+
+def test_optimizers_with_equal_settings_share_static_arguments(face, ecfg):
+    a = fit.NeuFace(face, ecfg, fit.FitConfig(num_epochs=2, seed=1))
+    b = fit.NeuFace(face, ecfg, fit.FitConfig(num_epochs=5, seed=2))
+    assert a.static == b.static and hash(a.static) == hash(b.static)
+    assert fit.DirectFit(face, ecfg, fit.FitConfig()).static != fit.NeuFace(face, ecfg, fit.FitConfig(chunk_frames=4)).static

@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 import pytest
 
+from neuface_jax.cli.manifest import manifest_main
 from neuface_jax.dataset import manifest as mf
 from neuface_jax.media import video
 
@@ -536,24 +537,24 @@ def test_cli(tmp_path, capsys):
     _tiny_video(root / "id1" / "yt" / "00001.mp4", 3, fps=25.0)
     _mead_tree(root, [("front", "angry", "level_1", "001")])
     out = root / "manifest.jsonl"
-    rc = mf.manifest_main(["neuface-jax manifest", f"--root={root}", f"--out={out}", "--probe_frames"])
+    rc = manifest_main(["neuface-jax manifest", f"--root={root}", f"--out={out}", "--probe_frames"])
     assert rc == 0
     assert "wrote 2 clips (mead 1, video 1; 2 views)" in capsys.readouterr().out
     entries = _by_id(mf.read_manifest(out))
     assert entries["id1/yt/00001"].num_frames == 3
     assert json.loads(out.read_text().splitlines()[1])["inputs"] == ["id1/yt/00001.mp4"]
     assert entries["M003/angry/level_1/001"].meta.get("probe_error")  # an empty file: recorded, not fatal
-    rc = mf.manifest_main(["neuface-jax manifest", f"--root={root}", f"--out={tmp_path / 'v.jsonl'}",
-                           "--layout=videos"])
+    rc = manifest_main(["neuface-jax manifest", f"--root={root}", f"--out={tmp_path / 'v.jsonl'}",
+                        "--layout=videos"])
     assert rc == 0 and len(mf.read_manifest(tmp_path / "v.jsonl")) == 2
-    assert mf.manifest_main(["neuface-jax manifest", f"--out={out}"]) == 2
-    assert mf.manifest_main(["neuface-jax manifest", f"--root={tmp_path / 'nope'}", f"--out={out}"]) == 1
+    assert manifest_main(["neuface-jax manifest", f"--out={out}"]) == 2
+    assert manifest_main(["neuface-jax manifest", f"--root={tmp_path / 'nope'}", f"--out={out}"]) == 1
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
-        mf.manifest_main(["neuface-jax manifest", "--layout=bogus", f"--root={root}", f"--out={out}"])
+        manifest_main(["neuface-jax manifest", "--layout=bogus", f"--root={root}", f"--out={out}"])
     assert info.value.code == 2
     with pytest.raises(SystemExit) as info:
-        mf.manifest_main(["neuface-jax manifest", "--help"])
+        manifest_main(["neuface-jax manifest", "--help"])
     assert info.value.code == 0 and "--probe_frames" in capsys.readouterr().out
 
 
@@ -564,8 +565,8 @@ def test_cli(tmp_path, capsys):
 @pytest.mark.shared_data
 def test_manifest_of_the_shared_videos(shared_data, tmp_path):
     out = tmp_path / "videos.jsonl"
-    rc = mf.manifest_main(["neuface-jax manifest", f"--root={shared_data / 'videos'}", f"--out={out}",
-                           "--probe_frames"])
+    rc = manifest_main(["neuface-jax manifest", f"--root={shared_data / 'videos'}", f"--out={out}",
+                        "--probe_frames"])
     assert rc == 0
     entries = _by_id(mf.read_manifest(out))
     assert {k: (e.kind, e.num_frames) for k, e in entries.items()} == {

@@ -7,6 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from neuface_jax.core import metrics
+from neuface_jax.media import landmark_sets
 
 
 def _trajectory(fn, t=20, n=5):
@@ -243,3 +244,33 @@ def test_jax_arrays_and_jit_agree_with_numpy():
     for k, v in expected.items():
         assert isinstance(v, float)
         assert float(got[k]) == pytest.approx(v, rel=2e-3), k
+
+
+def test_eye_corners_of_landmark_sets():
+    assert metrics.eye_corners() == (36, 45)
+    assert metrics.eye_corners(landmark_sets.landmark_set_ids("ibug68")) == (36, 45)
+    ids = landmark_sets.landmark_set_ids("mediapipe105")
+    left, right = metrics.eye_corners(ids)
+    assert (ids[left], ids[right]) == metrics.EYE_CORNER_MEDIAPIPE_IDS
+    with pytest.raises(ValueError, match="eye corners"):
+        metrics.eye_corners([1, 2, 33])
+
+
+def test_landmark_set_nme_uses_the_set_eye_corners_and_skips_hidden_corners():
+    rng = np.random.default_rng(0)
+    ids = np.array([5, 263, 7, 33])  # right corner at position 1, left at 3
+    gt = rng.normal(size=(3, 4, 2)) * 10
+    gt[:, 3] = [0.0, 0.0]
+    gt[:, 1] = [4.0, 0.0]  # inter-ocular distance 4
+    pred = gt + [[0.4, 0.0]]  # every point off by 0.4: 10 %
+    assert metrics.landmark_set_nme(pred, gt, landmark_ids=ids) == pytest.approx(10.0)
+    assert metrics.landmark_set_nme(pred, gt, landmark_ids=ids) == metrics.nme(pred, gt, left_eye_idx=3, right_eye_idx=1)
+    gt_hidden = gt.copy()
+    gt_hidden[0, 3] = np.nan  # frame 0 has no normalizer: left out, the others still 10 %
+    pred[1] += [[0.4, 0.0]]  # frame 1 now 20 %
+    assert metrics.landmark_set_nme(pred, gt_hidden, landmark_ids=ids) == pytest.approx(15.0)
+
+
+def test_metric_names_are_declared_once():
+    assert "nme_percent" in metrics.METRIC_NAMES and "accel_error_mm" in metrics.EXTRA_METRIC_NAMES
+    assert not set(metrics.METRIC_NAMES) & set(metrics.EXTRA_METRIC_NAMES)

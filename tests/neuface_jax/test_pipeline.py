@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import flame_jax
-from neuface_jax import cli
+from neuface_jax import annotation, cli
 from neuface_jax.media import crops
 from neuface_jax.media import export
 from neuface_jax.core import fit
@@ -108,7 +108,10 @@ def test_start_encoder_choices():
     # The packaged encoder knows the demo head only.
     with pytest.raises(ValueError, match="trained on the demo head"):
         pipeline.load_start_encoder("pretrained", dataclasses.replace(model, name="FLAME 2020"))
-    assert pipeline.DemoConfig().fit.learning_rate == pipeline.DEMO_LEARNING_RATES["pretrained"] == 3e-4
+    assert pipeline.DemoConfig().fit_config().learning_rate == pipeline.DEMO_PRETRAINED_LR == 3e-4
+    # A random start takes annotate's table (annotation.setup.default_learning_rate).
+    assert pipeline.DemoConfig(encoder_init="random").fit_config().learning_rate == annotation.RANDOM_INIT_LR == 1e-3
+    assert pipeline.DemoConfig(learning_rate=5e-4).fit_config().learning_rate == 5e-4
 
 
 def _perfect_fit(clip, crop_size):

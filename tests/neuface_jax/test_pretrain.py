@@ -12,6 +12,7 @@ import flame_jax
 from neuface_jax.core import camera
 from neuface_jax.core import encoder as enc
 from neuface_jax.core import fit
+from neuface_jax.media import crops
 from neuface_jax.synthetic import pretrain
 from neuface_jax.synthetic import synth
 
@@ -210,7 +211,7 @@ def test_packaged_encoder_predicts_synthetic_faces():
     face = fit.FaceModel(flame_jax.demo_model(), flame_jax.demo_landmark_embedding())
     clip = synth.synthesize_clip(seed=0, rig="mono", config=synth.SynthConfig(num_frames=4))
     loaded, cfg, _ = pretrain.ensure_pretrained()
-    data = fit.prepare_clip(clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=cfg.image_size,
+    data = crops.prepare_clip(clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=cfg.image_size,
                             visible=clip.visible68, valid=clip.valid)
     t, w = clip.num_frames, clip.num_views
 

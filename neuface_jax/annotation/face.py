@@ -1,0 +1,142 @@
+"""The face model a run fits: FLAME (or the demo head), its landmark embedding and landmark set.
+
+**Landmark sets.** ``"ibug68"`` (default): MediaPipe → iBUG-68 (``landmark_sets.mediapipe_to_ibug68``)
+against the model's 68-point embedding; ``"mediapipe105"``: the points of FLAME's MediaPipe
+embedding, gathered **by id** from the 478 detections using the embedding's own
+``landmark_indices`` (the demo head's ids are a different 105-id list, in a different order, from
+``landmark_sets.MEDIAPIPE_105_IDS``; selecting by the embedding's ids is right for both).
+
+**Contour.** MediaPipe's jaw points (the iBUG 0–16 of ``mediapipe_to_ibug68``) are points of its face
+oval, fixed on the face surface: on a turned head the far-side ones stay on the (hidden) jaw and
+project inside the face; they do *not* slide to the silhouette as a 2D detector's contour does.
+FLAME's dynamic contour (DECA's yaw-dependent row of a 79-row table) models silhouette-following
+detectors, so pairing it with MediaPipe points would pull the mesh's jaw sideways on a turned head.
+``contour="auto"`` (default) therefore uses a **static contour** for MediaPipe-derived 68 landmarks:
+the embedding's row 0 (the frontal contour, fixed on the mesh) for every frame
+(``static_contour_embedding``). ``contour="dynamic"`` forces the DECA rule (for landmarks from an
+outline-following detector, or to compare); ``"static"`` is the same as ``"auto"``. The 105-point
+MediaPipe set has no contour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+import flame_jax
+from neuface_jax.annotation.config import CONTOURS, LANDMARK_SETS
+from neuface_jax.core import metrics as metrics_lib
+from neuface_jax.media import landmark_sets
+
+__all__ = ["FaceSetup", "resolve_face_model", "static_contour_embedding"]
+
+
+def static_contour_embedding(embedding, row: int = 0):
+    """A 68-point embedding with a fixed contour: row ``row`` of the dynamic table for every frame.
+
+    ``face_idx = concat(dynamic_face_idx[row], face_idx)`` (17 contour + 51 static points, iBUG order),
+    barycentric coordinates likewise, kind ``"static"``. Row 0 is the frontal (yaw 0) contour, which is
+    what MediaPipe's mesh-fixed jaw points correspond to.
+
+    Raises:
+      ValueError: the embedding has no dynamic contour table.
+    """
+    if embedding.dynamic_face_idx is None:
+        raise ValueError(f"embedding of kind {embedding.kind!r} has no dynamic contour table to take a static row from")
+    dyn_f = np.asarray(embedding.dynamic_face_idx)
+    dyn_b = np.asarray(embedding.dynamic_bary_coords)
+    if not 0 <= row < dyn_f.shape[0]:
+        raise ValueError(f"contour row {row} out of range 0..{dyn_f.shape[0] - 1}")
+    return flame_jax.LandmarkEmbedding.from_arrays(
+        face_idx=np.concatenate([dyn_f[row], np.asarray(embedding.face_idx)]),
+        bary_coords=np.concatenate([dyn_b[row], np.asarray(embedding.bary_coords)]),
+        kind="static",
+        source=f"static contour (row {row}) of a {embedding.kind} embedding",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceSetup:
+    """The face model and landmark set a run fits (``resolve_face_model``)."""
+
+    model: Any  # flame_jax.FlameModel
+    embedding: Any  # flame_jax.LandmarkEmbedding used in the fit
+    landmark_ids: np.ndarray  # MediaPipe ids of the fitted landmarks, in embedding order
+    eye_idx: tuple[int, int]  # positions of the outer eye corners in the landmark set (for NME)
+    landmark_set: str
+    contour: str  # resolved: "static", "dynamic" or "none"
+    model_label: str
+    is_demo: bool
+
+
+def resolve_face_model(
+    flame_model=None, landmark_embedding=None, *, landmark_set: str = "ibug68", contour: str = "auto"
+) -> FaceSetup:
+    """Loads (or takes) the FLAME model and the embedding for a landmark set and contour choice.
+
+    Without ``flame_model`` the procedural demo head (not FLAME) and its embeddings are used. With a
+    FLAME file, ``landmark_embedding`` is required (DECA's ``landmark_embedding.npy`` for ibug68,
+    ``mediapipe_landmark_embedding.npz`` for mediapipe105).
+    """
+    if landmark_set not in LANDMARK_SETS:
+        raise ValueError(f"unknown landmark set {landmark_set!r}; choose one of {LANDMARK_SETS}")
+    if contour not in CONTOURS:
+        raise ValueError(f"unknown contour mode {contour!r}; choose one of {CONTOURS}")
+    is_demo = flame_model is None
+    if is_demo:
+        if landmark_embedding is not None and not isinstance(landmark_embedding, flame_jax.LandmarkEmbedding):
+            raise ValueError("a landmark embedding file needs the FLAME model it belongs to (--flame_model)")
+        model = flame_jax.demo_model()
+        label = model.name
+        if landmark_embedding is None:
+            landmark_embedding = (
+                flame_jax.demo_landmark_embedding() if landmark_set == "ibug68" else flame_jax.demo_mediapipe_embedding()
+            )
+    else:
+        model = flame_model if isinstance(flame_model, flame_jax.FlameModel) else flame_jax.load_model(flame_model)
+        label = getattr(model, "name", None) or str(flame_model)
+        if landmark_embedding is None:
+            want = "landmark_embedding.npy (68 points)" if landmark_set == "ibug68" else "mediapipe_landmark_embedding.npz"
+            raise ValueError(f"a FLAME model needs its landmark embedding for the {landmark_set} set: pass {want}")
+    emb = landmark_embedding
+    if not isinstance(emb, flame_jax.LandmarkEmbedding):
+        emb = flame_jax.load_landmark_embedding(emb, model=model)
+    else:
+        emb.check_faces(int(model.faces.shape[0]), "landmark embedding")
+
+    if landmark_set == "ibug68":
+        if emb.num_landmarks != 68:
+            raise ValueError(
+                f"landmark set ibug68 needs a 68-point embedding; got a {emb.kind} embedding with "
+                f"{emb.num_landmarks} points (use --landmark_set=mediapipe105 for a MediaPipe embedding)"
+            )
+        ids = np.asarray(landmark_sets.MEDIAPIPE_TO_IBUG68)
+        eye_idx = metrics_lib.eye_corners(None)
+        if emb.dynamic_face_idx is None:
+            if contour == "dynamic":
+                raise ValueError("contour='dynamic' needs an embedding with a dynamic contour table")
+            resolved = "static"  # already static (e.g. a static 68-point file)
+        elif contour == "dynamic":
+            resolved = "dynamic"
+        else:
+            emb = static_contour_embedding(emb, 0)
+            resolved = "static"
+    else:
+        if emb.landmark_indices is None:
+            raise ValueError(
+                f"landmark set mediapipe105 needs a MediaPipe embedding with landmark_indices (MediaPipe ids); "
+                f"got a {emb.kind} embedding"
+            )
+        if emb.dynamic_face_idx is not None:
+            raise ValueError("a MediaPipe embedding must not have a dynamic contour")
+        ids = np.asarray(emb.landmark_indices).astype(np.int64)
+        if ids.min() < 0 or ids.max() >= landmark_sets.NUM_MEDIAPIPE:
+            raise ValueError(f"embedding landmark_indices must be MediaPipe ids 0..477, got {ids.min()}..{ids.max()}")
+        eye_idx = metrics_lib.eye_corners(ids)  # ValueError when the set lacks one
+        resolved = "none"
+    return FaceSetup(
+        model=model, embedding=emb, landmark_ids=ids.astype(np.int64), eye_idx=eye_idx, landmark_set=landmark_set,
+        contour=resolved, model_label=label, is_demo=is_demo,
+    )
