@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+import time
 from typing import Any
 
 from neuface_jax.annotation.config import RANDOM_ENCODER, SetupConfig
@@ -24,6 +25,17 @@ from neuface_jax.annotation.face import FaceSetup, resolve_face_model
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
 from neuface_jax.media import detect as detect_lib
+from neuface_jax.priors.starting import (  # re-exported: the starting-encoder choices live in priors
+    PACKAGED_CHECKPOINT_NAME,
+    PRETRAINED_LR,
+    PRETRAINED_SMALL_LR,
+    RANDOM_INIT_LR,
+    check_fits,
+    default_encoder_config,
+    default_learning_rate,
+    load_checkpoint,
+    packaged_checkpoint,
+)
 
 __all__ = [
     "AnnotateSetup",
@@ -38,72 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Default learning rates by starting encoder: a randomly initialized small encoder; a loaded
-#: small-encoder checkpoint (the packaged pretrained one); any other loaded checkpoint (the
-#: reference 2e-5, tuned for DECA's ResNet-50). For the packaged encoder on the whole shared real
-#: clips at 100 epochs, 1e-4 had the best mean NME; 3e-4 is better on short clips but under-rotates
-#: long ones (more chunks per epoch) as badly as a random start (README: encoder comparison).
-RANDOM_INIT_LR = 1e-3
-PRETRAINED_SMALL_LR = 1e-4
-PRETRAINED_LR = 2e-5
-#: Folder of the packaged pretrained small encoder, under ``neuface_jax/assets/``.
-PACKAGED_CHECKPOINT_NAME = "pretrained_small_encoder"
-
-
-def default_learning_rate(encoder_config: encoder_lib.EncoderConfig | None, *, pretrained: bool) -> float:
-    """NeuFace's default learning rate for a start: random (``pretrained=False``) or a loaded checkpoint
-    of ``encoder_config``'s architecture (small or ResNet-50)."""
-    if not pretrained:
-        return RANDOM_INIT_LR
-    return PRETRAINED_SMALL_LR if encoder_config is not None and encoder_config.arch == "small" else PRETRAINED_LR
-
-
-def default_encoder_config(model) -> encoder_lib.EncoderConfig:
-    """The CPU-sized encoder predicting all of the model's components."""
-    return encoder_lib.EncoderConfig.small(n_shape=model.num_shape, n_expr=model.num_expression)
-
-
-def packaged_checkpoint(name: str = PACKAGED_CHECKPOINT_NAME) -> pathlib.Path:
-    """The pretrained small encoder shipped inside the package (``neuface_jax/assets/<name>``).
-
-    Trained on renders of the procedural demo head (not FLAME) by ``python
-    experiments/pretrain_encoder.py`` with the default ``PretrainConfig``; it predicts the demo
-    head's 100 identity / 50 expression components from 64×64 crops.
-
-    Raises:
-      FileNotFoundError: the package was installed without its data files.
-    """
-    path = pathlib.Path(__file__).resolve().parent.parent / "assets" / name
-    if not (path / "_CHECKPOINT_METADATA").is_file():
-        raise FileNotFoundError(
-            f"the packaged pretrained encoder is missing ({path}): this neuface-jax installation lacks its "
-            "data files (reinstall with `pip install .`), or pass a checkpoint made by "
-            "`python experiments/pretrain_encoder.py --out=DIR`"
-        )
-    return path
-
-
-def load_checkpoint(path, model) -> tuple[Any, encoder_lib.EncoderConfig]:
-    """An encoder checkpoint that fits ``model`` (no more shape / expression components than it has).
-
-    Raises:
-      FileNotFoundError: the checkpoint does not exist (naming it).
-      ValueError: the encoder predicts more components than the model has.
-    """
-    enc, cfg = encoder_lib.load_encoder(path)
-    check_fits(cfg, model, what=f"encoder checkpoint {path}")
-    return enc, cfg
-
-
-def check_fits(cfg: encoder_lib.EncoderConfig, model, *, what: str = "encoder") -> None:
-    """Raises ValueError when the encoder predicts more components than ``model`` has."""
-    if cfg.n_shape > model.num_shape or cfg.n_expr > model.num_expression:
-        raise ValueError(
-            f"{what} predicts {cfg.n_shape} shape / {cfg.n_expr} expression coefficients but the model "
-            f"{getattr(model, 'name', '')!r} has {model.num_shape} / {model.num_expression}"
-        )
-
 
 @dataclasses.dataclass(frozen=True)
 class AnnotateSetup:
@@ -140,7 +86,7 @@ def _face_notes(face_setup: FaceSetup) -> list[str]:
     notes = []
     if face_setup.is_demo:
         msg = "no --flame_model: using the demo head (a procedural stand-in for FLAME, not FLAME)"
-        logger.info("neuface-jax annotate: %s", msg)
+        logger.info("%s", msg)
         notes.append(msg)
     if face_setup.landmark_set == "ibug68":
         static = " (MediaPipe's jaw points are fixed on the face: frontal contour row for every frame)"
@@ -167,7 +113,7 @@ def _start_encoder(config: SetupConfig, face_setup: FaceSetup, encoder, encoder_
             path = packaged_checkpoint()
         except FileNotFoundError as e:
             msg = f"no packaged pretrained encoder ({e}); using a randomly initialized encoder"
-            logger.info("neuface-jax annotate: %s", msg)
+            logger.info("%s", msg)
             notes.append(msg)
         else:
             notes.append("encoder: the packaged pretrained small encoder (trained on demo-head renders; "
@@ -196,8 +142,16 @@ def make_setup(
     ``_start_encoder``), the ``encoder_config`` of a random start, a full ``fit_config`` (instead
     of ``config``'s epochs / chunk_frames / learning_rate / seed) and MediaPipe options.
     ``need_landmarker=False`` tolerates a missing MediaPipe model (every clip brings precomputed
-    landmarks); a clip that then needs detection fails with ``detect.ModelNotFoundError``.
+    landmarks); a clip that then needs detection fails with ``detect.ModelNotFoundError``. The
+    landmarker is looked up first: a missing one fails before the model and encoder are built.
     """
+    t0 = time.perf_counter()
+    try:
+        model_path = detect_lib.resolve_model_path(config.face_landmarker)
+    except detect_lib.ModelNotFoundError:
+        if need_landmarker:
+            raise
+        model_path = None
     face_setup = resolve_face_model(
         config.flame_model if model is None else model,
         config.landmark_embedding if embedding is None else embedding,
@@ -213,15 +167,11 @@ def make_setup(
             num_epochs=int(config.epochs), chunk_frames=int(config.chunk_frames), learning_rate=float(lr),
             seed=int(config.seed),
         )
-    try:
-        model_path = detect_lib.resolve_model_path(config.face_landmarker)
-    except detect_lib.ModelNotFoundError:
-        if need_landmarker:
-            raise
-        model_path = None
     face = fit_lib.FaceModel(face_setup.model, face_setup.embedding)
+    logger.info("setup: model %s (%s, %s contour), encoder %s, lr %.3g; in %.1fs", face_setup.model_label,
+                face_setup.landmark_set, face_setup.contour, label, fit_config.learning_rate, time.perf_counter() - t0)
     return AnnotateSetup(
         config=config, face_setup=face_setup, face=face, encoder=enc, encoder_config=enc_cfg, encoder_label=label,
         fit_config=fit_config, optimizer=fit_lib.NeuFace(face, enc_cfg, fit_config), model_path=model_path,
-        options=landmarker_options or detect_lib.LandmarkerOptions(), notes=tuple(notes),
+        options=landmarker_options or detect_lib.LandmarkerOptions(track=config.track), notes=tuple(notes),
     )

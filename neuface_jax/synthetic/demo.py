@@ -19,7 +19,7 @@ import numpy as np
 
 import flame_jax
 from neuface_jax.annotation.scoring import landmarks3d, landmarks_to_pixels
-from neuface_jax.annotation.setup import (
+from neuface_jax.priors.starting import (
     default_encoder_config,
     default_learning_rate,
     load_checkpoint,

@@ -56,7 +56,7 @@ import numpy as np
 import optax
 
 import flame_jax
-from neuface_jax.annotation import setup as setup_lib
+from neuface_jax.priors import starting as starting_lib
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
 from neuface_jax.media import crops as crops_lib
@@ -70,7 +70,7 @@ DEFAULT_SEED_OFFSET = 1_000_000
 RETRAINED_CHECKPOINT = "/tmp/pretrained_small_encoder"
 #: Folder name of the shipped checkpoint inside ``neuface_jax/assets/`` (its summary is
 #: ``<name>.pretrain.json`` beside it).
-PACKAGED_CHECKPOINT_NAME = setup_lib.PACKAGED_CHECKPOINT_NAME
+PACKAGED_CHECKPOINT_NAME = starting_lib.PACKAGED_CHECKPOINT_NAME
 
 
 @dataclasses.dataclass(frozen=True)
@@ -518,7 +518,7 @@ def packaged_checkpoint() -> Path:
     Raises:
       FileNotFoundError: the package was installed without its data files.
     """
-    return setup_lib.packaged_checkpoint(PACKAGED_CHECKPOINT_NAME)
+    return starting_lib.packaged_checkpoint(PACKAGED_CHECKPOINT_NAME)
 
 
 def ensure_pretrained(

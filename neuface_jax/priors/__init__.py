@@ -1,0 +1,1 @@
+"""Priors: where NeuFace starts (``starting``: the packaged encoder, checkpoints, default learning rates)."""
