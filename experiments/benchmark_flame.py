@@ -10,7 +10,8 @@ same files in the same run (see experiments/smplx_reference.py) and reports rati
 
     python experiments/benchmark_flame.py --torch_python=/tmp/smplxvenv/bin/python
 
-Prints one JSON line per batch, a one-line summary, and writes the JSON to --out.
+Prints one JSON line per batch, a one-line summary, and writes the JSON to --out (default under the
+system's temporary folder, never into the checkout unless asked to).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ flags.DEFINE_integer("n_expr", 100, "Expression components used.")
 flags.DEFINE_integer("frames_per_measure", 4096, "About this many frames per timed repeat.")
 flags.DEFINE_integer("repeats", 5, "Timed repeats; the best is reported.")
 flags.DEFINE_string("torch_python", None, "Python of a venv with torch + smplx: also time smplx FLAME.")
-flags.DEFINE_string("out", None, "JSON output path (default experiments/results/benchmark_flame_<platform>.json).")
+flags.DEFINE_string("out", None, "JSON output path (default <temporary folder>/neuface_jax_benchmarks/"
+                    "benchmark_flame_<platform>.json).")
 
 
 def _best_time(fn, iters, repeats):
@@ -171,7 +173,8 @@ def main(argv):
         "smplx": None if reference is None else {"torch": reference["torch"], "threads": reference["threads"]},
         "results": results,
     }
-    out = Path(FLAGS.out or Path(__file__).parent / "results" / f"benchmark_flame_{device.platform}.json")
+    default = Path(tempfile.gettempdir()) / "neuface_jax_benchmarks" / f"benchmark_flame_{device.platform}.json"
+    out = Path(FLAGS.out or default)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     parts = []

@@ -21,8 +21,11 @@ References measured in the same run on the same frames (ratios reported):
 
     python experiments/benchmark_render.py                  # demo head + sphere, 256 px
     python experiments/benchmark_render.py --mesh=sphere --size=224 --frames=30
+    # the committed figures (README renderer table):
+    python experiments/benchmark_render.py --out=experiments/results/benchmark_render_cpu.json
 
-Prints a table and one summary line, and writes JSON to --out.
+Prints a table and one summary line, and writes JSON to --out (default under the system's temporary
+folder: a run never rewrites a tracked results file unless asked to).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,7 +49,8 @@ flags.DEFINE_bool("jax_reference", True, "Also time the jitted JAX tile rasteriz
 flags.DEFINE_integer("loop_frames", 3, "Frames timed with the Python-loop reference (0 = skip).")
 flags.DEFINE_integer("jax_frames", 6, "Frames timed (once, after a compile) with the JAX reference.")
 flags.DEFINE_string("png_dir", "/tmp/benchmark_render", "Where sample frames are written as PNG ('' = none).")
-flags.DEFINE_string("out", None, "JSON output path (default experiments/results/benchmark_render_cpu.json).")
+flags.DEFINE_string("out", str(Path(tempfile.gettempdir()) / "neuface_jax_benchmarks" / "benchmark_render_cpu.json"),
+                    "JSON output path (experiments/results/benchmark_render_cpu.json: the committed figures).")
 
 
 # ------------------------------------------------------------------------ meshes
@@ -282,7 +287,7 @@ def main(argv):
             print(f"  ref {k:<16s} {r['fps']:8.1f} frames/s   ours/ref rasterize = "
                   f"{r['ratio_ours_rasterize_vs_reference']:.1f}x, face-index agreement {r['face_index_agreement']:.4f}")
         print(f"  stats: {res['stats']}")
-    out = Path(FLAGS.out or Path(__file__).parent / "results" / "benchmark_render_cpu.json")
+    out = Path(FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     summary = ", ".join(f"{m}: render {r['fps']['render']:.0f} fps" for m, r in results["meshes"].items())

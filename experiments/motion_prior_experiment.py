@@ -38,6 +38,7 @@ from neuface_jax.synthetic import motion as motion_lib
 
 logger = logging.getLogger("neuface_jax.experiments.motion_prior")
 RESULTS = Path(__file__).resolve().parent / "results" / "motion_prior.json"
+COMMAND = "python experiments/motion_prior_experiment.py "
 
 
 def write_synthetic_set(root: Path, seeds, seconds: float, *, fps_30_every: int = 0, gaps_every: int = 0) -> None:
@@ -118,9 +119,10 @@ def main(argv=None) -> int:
 
     table = evaluate_lib.markdown_table(doc["rows"], list(next(iter(doc["rows"].values())).keys()))
     out = {
-        "command": "python experiments/motion_prior_experiment.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": COMMAND + " ".join(sys.argv[1:] if argv is None else argv),
         "data": {"small_clips": args.small, "large_clips": args.large, "held_out_clips": args.held_out,
-                 "clip_seconds": args.clip_seconds, "source": "synthetic ground truth (generate_motion), annotation format"},
+                 "clip_seconds": args.clip_seconds,
+                 "source": "synthetic ground truth (generate_motion), annotation format"},
         "prior_config": prior_config.to_dict(), "train_config": config.__dict__, "training": results,
         "evaluation": doc, "generation_speed": speed, "rendered": [str(p) for p in paths], "seconds": seconds,
         "table_markdown": table,
@@ -132,10 +134,13 @@ def main(argv=None) -> int:
     return 0
 
 
-VARIANTS = {
-    "decoder variance, no scheduled sampling, KL 1": (dict(decoder_variance=True), dict(sampling_max=0.0, kl_weight=1.0)),
-    "deterministic decoder, scheduled sampling 0.5, KL 0.05": (dict(decoder_variance=False), dict(sampling_max=0.5, kl_weight=0.05)),
-    "deterministic decoder, scheduled sampling 0.5, KL 0.01": (dict(decoder_variance=False), dict(sampling_max=0.5, kl_weight=0.01)),
+VARIANTS = {  # name: (PriorConfig fields, TrainConfig fields)
+    "decoder variance, no scheduled sampling, KL 1":
+        (dict(decoder_variance=True), dict(sampling_max=0.0, kl_weight=1.0)),
+    "deterministic decoder, scheduled sampling 0.5, KL 0.05":
+        (dict(decoder_variance=False), dict(sampling_max=0.5, kl_weight=0.05)),
+    "deterministic decoder, scheduled sampling 0.5, KL 0.01":
+        (dict(decoder_variance=False), dict(sampling_max=0.5, kl_weight=0.01)),
 }
 
 
@@ -153,9 +158,10 @@ def ablation(work: Path, steps: int, batch: int, samples: int, results: Path) ->
         doc = evaluate_lib.compare({name: train_lib.load_prior(folder)}, held_out, seconds=10.0, samples=samples)
         rows[name] = doc["rows"][name]
         rows["held-out data"] = doc["rows"]["held-out data"]
-        logger.info("%s: %s", name, {k: round(rows[name][k], 3) for k in ("fd", "w_expr", "beyond_3sigma", "drift_10s")})
+        logger.info("%s: %s", name, {k: round(rows[name][k], 3) for k in ("fd", "w_expr", "beyond_3sigma",
+                                                                          "drift_10s")})
     table = evaluate_lib.markdown_table(rows, list(rows[name].keys()))
-    export_lib.write_json(results, {"command": "python experiments/motion_prior_experiment.py " + " ".join(sys.argv[1:]),
+    export_lib.write_json(results, {"command": COMMAND + " ".join(sys.argv[1:]),
                                     "steps": steps, "batch": batch, "rows": rows, "train_seconds": timing,
                                     "table_markdown": table})
     print(table)

@@ -1,9 +1,10 @@
 """The annotation stage: real videos → FLAME meshes by NeuFace (``neuface-jax annotate``).
 
 ``config`` (SetupConfig / PrepareConfig / OutputConfig, each setting declared once) →
-``setup`` (``make_setup``: face model, encoder, learning rate, optimizer; once per run) →
-``prepare`` (per clip: decode, landmarks, crops) → the optimizer → ``write`` (params.npz,
-metrics.json with ``scoring``'s metrics, overlay.mp4); ``run.annotate`` chains them for one clip.
+``preflight`` (every input checked before anything expensive is built) → ``setup`` (``make_setup``:
+face model, encoder, learning rate, optimizer; once per run) → ``prepare`` (per clip: decode,
+landmarks, crops) → the optimizer → ``write`` (params.npz, metrics.json with ``scoring``'s metrics,
+overlay.mp4); ``run.annotate`` chains them for one clip. Reading params.npz back: ``neuface_jax.params``.
 """
 
 from neuface_jax.annotation.config import (

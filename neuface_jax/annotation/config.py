@@ -54,6 +54,9 @@ class SetupConfig:
     warm_compile: bool = setting(
         False, "Compile the NeuFace step in the background during detection (pays with spare cores; "
         "annotate only).")
+    track: str = setting(
+        "central", "The face to follow when a clip shows several: central (size and centrality), largest, "
+        "first (the leftmost) or an index from the left (0, 1, ...).")
 
     def __post_init__(self):
         if self.landmark_set not in LANDMARK_SETS:
@@ -74,7 +77,9 @@ class PrepareConfig:
     frames: FrameRange = setting(
         FrameRange(), "Frames to take (start/end, start_s/end_s, stride; flags in cli.flags).", cli=False)
     fps: float = setting(25.0, "Frame rate of frame folders and images.")
-    strict: bool = setting(False, "Views of different lengths or frame rates are an error (default: trim, warn).")
+    strict: bool = setting(
+        False, "Views of different lengths, frame rates or starts are an error (default: trim, resample by "
+        "time, warn, record in metrics.json).")
     crop_smoothing: str = setting(
         "moving_average", "Temporal smoothing of the crop boxes (none = the per-frame reference boxes).",
         choices=CROP_SMOOTHING)

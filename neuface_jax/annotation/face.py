@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 import flame_jax
+from neuface_jax import params as params_lib
 from neuface_jax.annotation.config import CONTOURS, LANDMARK_SETS
 from neuface_jax.core import metrics as metrics_lib
 from neuface_jax.media import landmark_sets
@@ -69,6 +70,7 @@ class FaceSetup:
     contour: str  # resolved: "static", "dynamic" or "none"
     model_label: str
     is_demo: bool
+    model_info: params_lib.ModelInfo = params_lib.ModelInfo()  # recorded in params.npz (path, hash, counts)
 
 
 def resolve_face_model(
@@ -95,11 +97,11 @@ def resolve_face_model(
                 flame_jax.demo_landmark_embedding() if landmark_set == "ibug68" else flame_jax.demo_mediapipe_embedding()
             )
     else:
-        model = flame_model if isinstance(flame_model, flame_jax.FlameModel) else flame_jax.load_model(flame_model)
-        label = getattr(model, "name", None) or str(flame_model)
         if landmark_embedding is None:
             want = "landmark_embedding.npy (68 points)" if landmark_set == "ibug68" else "mediapipe_landmark_embedding.npz"
             raise ValueError(f"a FLAME model needs its landmark embedding for the {landmark_set} set: pass {want}")
+        model = flame_model if isinstance(flame_model, flame_jax.FlameModel) else flame_jax.load_model(flame_model)
+        label = getattr(model, "name", None) or str(flame_model)
     emb = landmark_embedding
     if not isinstance(emb, flame_jax.LandmarkEmbedding):
         emb = flame_jax.load_landmark_embedding(emb, model=model)
@@ -139,4 +141,6 @@ def resolve_face_model(
     return FaceSetup(
         model=model, embedding=emb, landmark_ids=ids.astype(np.int64), eye_idx=eye_idx, landmark_set=landmark_set,
         contour=resolved, model_label=label, is_demo=is_demo,
+        model_info=params_lib.model_info(model, None if is_demo or isinstance(flame_model, flame_jax.FlameModel)
+                                         else flame_model),
     )

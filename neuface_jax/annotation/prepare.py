@@ -1,8 +1,9 @@
 """One clip, ready for the optimizer: decode, landmarks, crops (``prepare``).
 
 **Input** (``media.sources.open_source``): one video file (a monocular clip); several video files
-(synchronized views, paired by frame index, trimmed to the shortest with a warning, or an error
-under ``strict``); one video plus ``view_boxes`` (a tiled composite cut into views); a folder of
+(synchronized views, paired by time: views of other frame rates or starts resampled to the slowest
+view's frames and views of other lengths trimmed, with a warning and a record in ``metrics.json``,
+or an error under ``strict``); one video plus ``view_boxes`` (a tiled composite cut into views); a folder of
 frames; still images; or a decoded ``video.VideoClip``. ``PrepareConfig.frames`` selects frames.
 
 **Landmarks.** The MediaPipe Face Landmarker, one per view, on worker threads while decoding runs in
@@ -172,7 +173,7 @@ def _log_decoded(det: DetectedClip, lm: _Landmarks, seconds: float, detected: bo
     t, w = det.num_frames, det.num_views
     faces = ", ".join(f"{n} {100 * lm.valid[:, v].mean():.0f}%" for v, n in enumerate(det.view_names))
     logger.info(
-        "neuface-jax annotate: %s: %d frames x %d view(s) decoded%s in %.1fs (%.1f view-frames/s); faces in %s",
+        "%s: %d frames x %d view(s) decoded%s in %.1fs (%.1f view-frames/s); faces in %s",
         det.label, t, w, " and detected" if detected else "", seconds, t * w / max(seconds, 1e-9), faces,
     )
 
@@ -224,6 +225,8 @@ def prepare(
     )
     seconds["crops"] = time.perf_counter() - t0
     t, w = det.num_frames, det.num_views
+    logger.info("%s: %d crops of %d px (encoder input %d px) in %.1fs", det.label, t * w, crop_size,
+                setup.encoder_config.image_size, seconds["crops"])
     throughput = {
         "preprocess_frames_per_s": t / pre if pre > 0 else float("nan"),
         "preprocess_view_frames_per_s": t * w / pre if pre > 0 else float("nan"),

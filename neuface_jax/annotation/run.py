@@ -1,9 +1,9 @@
 """Real videos → FLAME meshes: ``annotate`` (what ``neuface-jax annotate`` runs).
 
-``annotate`` = ``make_setup`` (once per run: model, embedding, encoder, optimizer) → ``prepare``
-(per clip: decode, landmarks, crops) → ``setup.optimizer.fit`` → ``write_outputs``. The dataset
-runner (``neuface_jax.dataset``) runs the same stages over a manifest, packing several clips per
-device.
+``annotate`` = ``preflight.check_inputs`` (every input checked first, cheaply) → ``make_setup``
+(once per run: model, embedding, encoder, optimizer) → ``prepare`` (per clip: decode, landmarks,
+crops) → ``setup.optimizer.fit`` → ``write_outputs``. The dataset runner (``neuface_jax.dataset``)
+runs the same stages over a manifest, packing several clips per device.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import jax
 import jax.numpy as jnp
 
 from neuface_jax.annotation.config import OutputConfig, PrepareConfig, SetupConfig
+from neuface_jax.annotation.preflight import check_inputs
 from neuface_jax.annotation.prepare import PreparedClip, prepare as prepare_clip
 from neuface_jax.annotation.setup import AnnotateSetup, make_setup
 from neuface_jax.annotation.write import write_outputs
 from neuface_jax.common import log as log_lib
 from neuface_jax.core import fit as fit_lib
+from neuface_jax.media import detect as detect_lib
 from neuface_jax.media.sources import open_source
 
 __all__ = ["annotate"]
@@ -90,13 +92,27 @@ class _WarmCompile:
 
 
 def _fit(setup: AnnotateSetup, clip: PreparedClip, progress: log_lib.ProgressFactory):
+    """``(FitResult, last total loss)``."""
     epochs = setup.fit_config.num_epochs
+    last = {"total": float("nan")}
     with progress("NeuFace", epochs) as bar:
         def on_epoch(epoch, parts):
-            bar.postfix(f"loss={parts.get('total', float('nan')):.4g}")
+            last["total"] = float(parts.get("total", float("nan")))
+            bar.postfix(f"loss={last['total']:.4g}")
             bar.set(epoch)
 
-        return setup.optimizer.fit(clip.data, encoder=setup.encoder, progress=on_epoch)
+        result = setup.optimizer.fit(clip.data, encoder=setup.encoder, progress=on_epoch)
+    return result, last["total"]
+
+
+def _check_first(setup, videos, out_dir, prepare: PrepareConfig, view_names, view_boxes, landmarks_file):
+    """``preflight.check_inputs`` for a config or a built setup (whose landmarker may be missing)."""
+    if isinstance(setup, AnnotateSetup) and landmarks_file is None and setup.model_path is None:
+        detect_lib.resolve_model_path(setup.config.face_landmarker)  # ModelNotFoundError, how to get one
+    return check_inputs(
+        videos, out_dir, None if isinstance(setup, AnnotateSetup) else setup, prepare, view_names=view_names,
+        view_boxes=view_boxes, landmarks_file=landmarks_file,
+    )
 
 
 def annotate(
@@ -133,20 +149,26 @@ def annotate(
       ``throughput``, ``num_frames``, ``views``, ``valid_fraction``, ``model``, ``notes`` and ``result``
       (the ``fit.FitResult``).
 
+    Every input is checked before anything is built (``preflight``): the model, embedding and
+    encoder files, the MediaPipe model, the output folder and the videos (a header probe).
+
     Raises:
       detect.NoFaceError: no face in any frame of any view (naming the clip).
-      video.VideoError: unreadable / truncated input (naming the file).
+      video.VideoError: missing, unreadable or truncated input (naming the file).
       detect.ModelNotFoundError: no MediaPipe model (the message says how to get one).
+      FileNotFoundError, preflight.InputError: a missing or unusable model / encoder file, an
+        output folder that cannot be written (naming it).
     """
     progress = progress or log_lib.quiet
     t_start = time.perf_counter()
+    probed = _check_first(setup, videos, out_dir, prepare, view_names, view_boxes, landmarks_file)
     if not isinstance(setup, AnnotateSetup):
         setup = make_setup(setup, need_landmarker=landmarks_file is None)
     setup_seconds = time.perf_counter() - t_start
     warm = None
     if setup.config.warm_compile:
         # Shapes are needed before the clip is prepared; opening the source only probes headers.
-        src = open_source(videos, view_names, view_boxes, prepare.frames, prepare.strict, prepare.fps)
+        src = probed or open_source(videos, view_names, view_boxes, prepare.frames, prepare.strict, prepare.fps)
         warm = _WarmCompile(setup, len(src.view_names), src.num_frames)
     clip = prepare_clip(
         setup, videos, prepare, view_names=view_names, view_boxes=view_boxes, landmarks_file=landmarks_file,
@@ -157,10 +179,11 @@ def annotate(
     t0 = time.perf_counter()
     if warm is not None:
         clip = warm.join(clip)
-    result = _fit(setup, clip, progress)
+    result, loss = _fit(setup, clip, progress)
     fit_seconds = time.perf_counter() - t0
     clip = dataclasses.replace(clip, seconds={**clip.seconds, "fit": fit_seconds})
-    logger.info("neuface-jax annotate: NeuFace %d epochs in %.1fs", setup.fit_config.num_epochs, fit_seconds)
+    logger.info("%s: NeuFace %d epochs in %.1fs, final loss %.4g", clip.label, setup.fit_config.num_epochs,
+                fit_seconds, loss)
 
     files, doc = write_outputs(setup, clip, result, out_dir, output, progress=progress, started=t_start)
     return {

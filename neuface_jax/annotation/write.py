@@ -1,7 +1,8 @@
 """A fitted clip's outputs: ``params.npz``, ``metrics.json``, ``overlay.mp4`` and optionally OBJs.
 
-``params.npz`` (``export.write_params``: the NeuFace layout and our additions) and ``metrics.json``
-are written atomically, ``params.npz`` first; ``overlay.mp4`` draws the mesh over the original
+``params.npz`` (``export.write_params``: the NeuFace layout and our additions, with the model
+file's path, SHA-256 and component counts: ``neuface_jax.params``, docs/params_format.md) and
+``metrics.json`` are written atomically, ``params.npz`` first; ``overlay.mp4`` draws the mesh over the original
 frames, views tiled left to right, detected landmarks as green dots; ``objs/<view>/frame_%05d.obj``
 on request. Metric definitions: ``annotation.scoring``.
 """
@@ -15,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from neuface_jax import params as params_lib
 from neuface_jax.annotation.config import OutputConfig
 from neuface_jax.annotation.prepare import PreparedClip
 from neuface_jax.annotation.scoring import clip_metrics
@@ -83,13 +85,13 @@ def write_outputs(
         out / "params.npz", result, view_names=clip.view_names, detected_landmarks=np.asarray(clip.data.landmarks),
         landmarks_mask=np.asarray(clip.data.landmarks_mask) > 0, crop_transforms=clip.crop_transforms,
         valid=clip.valid, frame_indices=clip.frame_indices, crop_size=clip.crop_size, model_name=fs.model_label,
-        method="neuface",
+        method="neuface", extra=params_lib.model_arrays(fs.model_info),
     )
     faces = np.asarray(fs.model.faces)
     if config.write_objs:
         objs = export_lib.write_objs(out / "objs", result.vertices, faces, clip.view_names)
         files["objs"] = out / "objs"
-        logger.info("neuface-jax annotate: wrote %d OBJ files", len(objs))
+        logger.info("%s: wrote %d OBJ files", clip.label, len(objs))
     if config.write_video:
         with progress("overlay video", clip.num_frames) as bar:
             files["overlay"] = _write_overlay(out / "overlay.mp4", clip, result, faces, config.overlay_max_side, bar)
@@ -109,11 +111,21 @@ def write_outputs(
         doc["seconds"]["total"] = total
         doc["throughput"]["seconds_per_clip"] = total
     files["metrics"] = export_lib.write_json(out / "metrics.json", doc)
-    logger.info(
-        "neuface-jax annotate: %s: %s", clip.label,
-        ", ".join(f"{k} {metrics[k]:.4g}" for k in metrics_lib.METRIC_NAMES if k in metrics),
-    )
+    logger.info("%s: metrics %s; outputs written in %.1fs", clip.label, metrics_line(metrics, clip.num_views),
+                seconds["export"])
     return files, doc
+
+
+#: How a metric that does not apply is shown (cross-view distance of a single view).
+NOT_APPLICABLE = {"cvd_mm": "n/a (one view)"}
+
+
+def metrics_line(metrics: Mapping[str, float], num_views: int) -> str:
+    """``"nme_percent 2.1, ..., cvd_mm n/a (one view)"``: the clip's metrics for a log line."""
+    parts = [f"{k} {metrics[k]:.4g}" for k in metrics_lib.METRIC_NAMES if k in metrics]
+    if num_views == 1:
+        parts += [f"{k} {text}" for k, text in NOT_APPLICABLE.items() if k not in metrics]
+    return ", ".join(parts)
 
 
 def _write_overlay(path, clip: PreparedClip, result, faces, max_side: int, bar: log_lib.Progress) -> pathlib.Path:

@@ -13,6 +13,7 @@ Commands:
                 a manifest → <out>/<clip_id>/{params.npz,metrics.json,done.json}: sharded, K clips
                 packed per device, resumable, failures in failures.jsonl, a quality report
   report        the dataset quality report (report.json, report.md) of an annotate-dataset output
+  export-meshes a params.npz → meshes (OBJ, binary PLY or npz per view; model, camera or image space)
 
 Flags are absl flags, one set per command (``neuface-jax <command> --help``).
 """
@@ -23,7 +24,7 @@ import sys
 
 from absl import logging as absl_logging
 
-from neuface_jax.cli import annotate, annotate_dataset, demo, fetch_models, manifest, report, synth
+from neuface_jax.cli import annotate, annotate_dataset, demo, export_meshes, fetch_models, manifest, report, synth
 from neuface_jax.cli import evaluate_motion, generate_motion, train_motion_prior
 from neuface_jax.common import log as log_lib
 
@@ -37,6 +38,7 @@ COMMANDS = {
     "manifest": manifest.manifest_main,
     "annotate-dataset": annotate_dataset.annotate_dataset_main,
     "report": report.report_main,
+    "export-meshes": export_meshes.export_meshes_main,
     "train-motion-prior": train_motion_prior.train_motion_prior_main,
     "generate-motion": generate_motion.generate_motion_main,
     "evaluate-motion": evaluate_motion.evaluate_motion_main,

@@ -11,6 +11,7 @@ from absl import flags
 
 from neuface_jax import annotation, dataset
 from neuface_jax.annotation.config import OutputConfig, PrepareConfig, SetupConfig
+from neuface_jax.annotation.preflight import check_setup_files
 from neuface_jax.cli import flags as flags_lib
 from neuface_jax.cli.common import missing, parse_command
 from neuface_jax.common import log as log_lib
@@ -80,13 +81,15 @@ def annotate_dataset_main(argv: list[str]) -> int:
         print(f"{PROG}: process {pidx} of {pcount}")
     try:
         entries = dataset.read_manifest(fv.manifest)
+        need_mp = any(e.landmarks is None for e in entries)
+        setup_config = flags_lib.build(fv, SetupConfig)
+        check_setup_files(setup_config, need_landmarker=need_mp)  # before anything is created or built
         out = dataset.prepare_output(fv.out)
         cfg = flags_lib.build(
             fv, DatasetConfig, prepare=flags_lib.build(fv, PrepareConfig, frames=flags_lib.frame_range(fv)),
             output=flags_lib.build(fv, OutputConfig),
         )
-        need_mp = any(e.landmarks is None for e in entries)
-        setup = annotation.make_setup(flags_lib.build(fv, SetupConfig), need_landmarker=need_mp)
+        setup = annotation.make_setup(setup_config, need_landmarker=need_mp)
         summary = dataset.run(
             entries, out, setup, cfg, shard_id=fv.shard_id, num_shards=fv.num_shards,
             retry_failed=fv.retry_failed, progress=log_lib.progress_factory(), report=fv.report,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from absl import flags
 
+from neuface_jax.annotation.write import NOT_APPLICABLE
 from neuface_jax.cli import flags as flags_lib
 from neuface_jax.cli.common import parse_command
 from neuface_jax.common import log as log_lib
@@ -21,11 +22,19 @@ def _define(fv: flags.FlagValues) -> None:
     flags_lib.define(fv, demo_lib.DemoConfig)
 
 
+def _shown(metrics: dict, num_views: int) -> dict:
+    """The table's rows: a cross-view metric of a one-view clip reads "n/a (one view)", not 0."""
+    if num_views > 1:
+        return metrics
+    return {m: {**v, **{k: text for k, text in NOT_APPLICABLE.items() if k in v}} for m, v in metrics.items()}
+
+
 def _print_results(out: dict, out_dir: str, write_video: bool, start: float) -> None:
+    metrics = _shown(out["metrics"], len(out["clip"].view_names))
     print()
-    print(demo_lib.format_table(out["metrics"]))
+    print(demo_lib.format_table(metrics))
     print()
-    extra = {k: v for k, v in out["metrics"].items() if k != "ground_truth"}
+    extra = {k: v for k, v in metrics.items() if k != "ground_truth"}
     print(demo_lib.format_table(extra, demo_lib.EXTRA_METRIC_NAMES))
     print()
     print("units: nme %, msi mm^-2 frame^4 (higher = smoother), jitter and accel_error mm/frame^2, cvd mm, "

@@ -58,7 +58,8 @@ def evaluate_motion_main(argv: list[str]) -> int:
     if fv.flame_model:
         face = evaluate_lib.Face(flame_jax.load_model(fv.flame_model),
                                  flame_jax.load_landmark_embedding(fv.landmark_embedding))
-    doc = evaluate_lib.compare(priors, held_out, ar_data={"linear AR(2)": ar_clips} if ar_clips else None, seconds=fv.seconds, samples=fv.samples,
+    ar_data = {"linear AR(2)": ar_clips} if ar_clips else None
+    doc = evaluate_lib.compare(priors, held_out, ar_data=ar_data, seconds=fv.seconds, samples=fv.samples,
                                seed=fv.seed, face=face)
     table = evaluate_lib.markdown_table(doc["rows"], list(next(iter(doc["rows"].values())).keys()))
     print(table)

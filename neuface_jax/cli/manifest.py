@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import sys
 from pathlib import Path
@@ -52,11 +53,17 @@ def manifest_main(argv: list[str]) -> int:
         except (ValueError, OSError) as e:
             sys.stderr.write(f"{prog}: error: {e}\n")
             return 1
-    kinds = {}
-    for e in entries:
-        kinds[e.kind] = kinds.get(e.kind, 0) + 1
-    by_kind = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
-    views = sum(e.num_views for e in entries)
-    print(f"wrote {len(entries)} clips ({by_kind}; {views} views) to {Path(out).resolve()}")
+    print(f"wrote {len(entries)} clips ({counts_line(entries)}) to {Path(out).resolve()}")
     return 0
+
+
+def counts_line(entries) -> str:
+    """``"mead 1, video 2; 2 clips of 1 view, 1 clip of 3 views = 5 view streams"``: views are per clip,
+    so three monocular clips are not "3 views"."""
+    kinds = collections.Counter(e.kind for e in entries)
+    per_clip = collections.Counter(e.num_views for e in entries)
+    by_kind = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+    shapes = ", ".join(f"{n} clip{'s' * (n != 1)} of {v} view{'s' * (v != 1)}" for v, n in sorted(per_clip.items()))
+    streams = sum(e.num_views for e in entries)
+    return f"{by_kind}; {shapes} = {streams} view stream{'s' * (streams != 1)}"
 

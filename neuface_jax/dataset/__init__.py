@@ -2,7 +2,10 @@
 
 - ``manifest``: finding clips in a folder tree and the JSON-lines manifest (stable clip ids).
 - ``config``: ``DatasetConfig``, what is prepared and written per clip and how clips are scheduled.
-- ``records``: clip folders, completion records, ``failures.jsonl``, shard summaries.
+- ``layout``: the names of the run's own files in the output folder; reserved and nested clip ids.
+- ``outdir``: the output folder made absolute, checked writable and leased per shard.
+- ``records``: clip folders, completion records, ``failures.jsonl`` (transient or permanent),
+  shard summaries and exit statuses.
 - ``scheduler``: pure scheduling (shards, selection, order, buckets, groups).
 - ``checkpoint``: mid-optimization orbax checkpoints of long groups.
 - ``runner``: ``run``, the orchestration (preparation workers, packed fits, writes).
@@ -29,8 +32,9 @@ from neuface_jax.dataset.manifest import (
 _LAZY = {
     "DatasetConfig": "neuface_jax.dataset.config",
     **{name: "neuface_jax.dataset.records" for name in (
-        "CHECKPOINT_DIR", "DONE_FILE", "FAILURES_FILE", "RunSummary", "clip_dir", "completed_clips", "failed_clips",
-        "is_done", "read_failures")},
+        "CHECKPOINT_DIR", "DONE_FILE", "FAILURES_FILE", "OUTCOMES", "RunSummary", "clip_dir", "completed_clips",
+        "failed_clips", "failure_class", "is_done", "read_failures")},
+    **{name: "neuface_jax.dataset.outdir" for name in ("OutputError", "OutputLockedError", "prepare_output")},
     "bucket_frames": "neuface_jax.dataset.scheduler",
     "write_report": "neuface_jax.dataset.report",
     "run": "neuface_jax.dataset.runner",
@@ -43,17 +47,22 @@ __all__ = [
     "DONE_FILE",
     "FAILURES_FILE",
     "MEAD_VIEWS",
+    "OUTCOMES",
     "ClipEntry",
     "DatasetConfig",
     "GroupCheckpoint",
+    "OutputError",
+    "OutputLockedError",
     "RunSummary",
     "bucket_frames",
     "build_manifest",
     "clip_dir",
     "completed_clips",
     "failed_clips",
+    "failure_class",
     "init_distributed",
     "is_done",
+    "prepare_output",
     "read_failures",
     "read_manifest",
     "run",

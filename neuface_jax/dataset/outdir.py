@@ -10,8 +10,8 @@
   processes of a ``--distributed`` run, or separate jobs) share a folder; a run whose shard is
   held, or that shards differently from a live run (their clips would overlap), refuses with the
   holder's host and pid. A lease is stale, and taken over, when it expired (its holder stopped
-  renewing it: killed, or a host gone) or when its holder is a process of this host that no
-  longer exists. Lock files are read and written under ``flock`` on ``_locks/.guard``, so two
+  renewing it: killed, or a host gone) or when its holder is a process of this host (and pid
+  namespace) that no longer exists. Lock files are read and written under ``flock`` on ``_locks/.guard``, so two
   runs starting together never both win.
 """
 
@@ -77,6 +77,13 @@ def make_usable(out: pathlib.Path) -> None:
             raise OutputError(f"{out / name} is a symbolic link; a run writes only inside its output folder")
 
 
+def prepare_output(out_dir) -> pathlib.Path:
+    """``out_dir`` made absolute (``resolve``), created and checked (``make_usable``)."""
+    out = resolve(out_dir)
+    make_usable(out)
+    return out
+
+
 # --------------------------------------------------------------------------- leases
 def _pid_alive(pid: int) -> bool:
     try:
@@ -88,11 +95,24 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def this_host() -> str:
+    """This machine and process namespace: pids are comparable only between equal values (two
+    containers may share a host name, not a pid namespace)."""
+    try:
+        return f"{socket.gethostname()}/pidns:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return socket.gethostname()
+
+
 def is_stale(holder: dict[str, Any], *, now: float, host: str) -> bool:
-    """Whether a lease no longer protects anything: expired, or its process (on this host) is gone."""
-    if float(holder.get("expires", 0)) < now:
+    """Whether a lease no longer protects anything: expired (or unreadable), or its process is
+    gone (judged only when it ran in this ``host``, a ``this_host()`` value)."""
+    try:
+        if float(holder["expires"]) < now:
+            return True
+        return holder.get("where") == host and not _pid_alive(int(holder["pid"]))
+    except (KeyError, TypeError, ValueError):
         return True
-    return holder.get("host") == host and not _pid_alive(int(holder.get("pid", -1)))
 
 
 def conflicts(holder: dict[str, Any], shard_id: int, num_shards: int) -> bool:
@@ -181,19 +201,19 @@ def acquire(out: pathlib.Path, shard_id: int, num_shards: int, *, lease_seconds:
     """
     lock_dir = out / LOCK_DIR
     lock_dir.mkdir(exist_ok=True)
-    host, now = socket.gethostname(), clock()
+    where, now = this_host(), clock()
     mine = lock_dir / f"shard-{shard_id:05d}-of-{num_shards:05d}.json"
     with _guarded(lock_dir):
         for path in sorted(lock_dir.glob("shard-*.json")):
             holder = _read(path)
-            if holder is None or is_stale(holder, now=now, host=host):
+            if holder is None or is_stale(holder, now=now, host=where):
                 logger.warning("removing the stale lock %s%s", path, f" of {describe(holder)}" if holder else "")
                 path.unlink(missing_ok=True)
             elif conflicts(holder, shard_id, num_shards):
                 raise OutputLockedError(
                     f"the output folder {out} is in use by another run: {describe(holder)}; wait for it to end, "
                     f"or remove {path} if that run is gone")
-        holder = {"host": host, "pid": os.getpid(), "shard_id": shard_id, "num_shards": num_shards,
+        holder = {"host": socket.gethostname(), "where": where, "pid": os.getpid(), "shard_id": shard_id, "num_shards": num_shards,
                   "token": uuid.uuid4().hex, "started": now, "expires": now + lease_seconds}
         atomic_write_text(mine, json.dumps(holder, indent=1) + "\n")
     return Lease(mine, holder, lease_seconds, clock).start()

@@ -45,7 +45,8 @@ def worst_by(completed: Sequence[Mapping[str, Any]], metric: str, count: int) ->
 def report_doc(out_dir, completed, failures: Mapping[str, Mapping[str, Any]], summaries, *,
                worst: int = 10) -> dict[str, Any]:
     """The report's content from the records (pure)."""
-    by_reason = collections.Counter(f"{r.get('stage')}: {r.get('error')}" for r in failures.values())
+    by_reason = collections.Counter(f"{r.get('stage')}: {r.get('error')} ({r.get('class', records.PERMANENT)})"
+                                    for r in failures.values())
     return {
         "out_dir": str(out_dir),
         "completed": len(completed),
@@ -55,7 +56,8 @@ def report_doc(out_dir, completed, failures: Mapping[str, Mapping[str, Any]], su
         "worst_nme": worst_by(completed, "nme_percent", worst),
         "worst_jitter": worst_by(completed, "jitter_mm", worst),
         "failures_by_reason": dict(by_reason.most_common()),
-        "failures": [{"clip_id": c, "stage": r.get("stage"), "error": r.get("error"), "message": r.get("message")}
+        "failures": [{"clip_id": c, "stage": r.get("stage"), "error": r.get("error"),
+                      "class": r.get("class", records.PERMANENT), "message": r.get("message")}
                      for c, r in failures.items()][:100],
         "shards": [{k: s.get(k) for k in _SHARD_KEYS} for s in summaries],
         "generated_at": time.time(),
@@ -76,8 +78,11 @@ def write_report(out_dir, *, worst: int = 10) -> dict[str, Any]:
 
 def _metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     lines = ["| metric | count | mean | median | p5 | p95 | max |", "|---|---|---|---|---|---|---|"]
+    any_clip = any(d.get("count") for d in metrics.values())
     for m, d in metrics.items():
-        if d.get("count"):
+        if m == "cvd_mm" and any_clip and not d.get("count"):  # a cross-view metric; every clip has one view
+            lines.append(f"| {m} | 0 | n/a (one view) | | | | |")
+        elif d.get("count"):
             lines.append(f"| {m} | {d['count']} | {d['mean']:.4g} | {d['median']:.4g} | {d['p5']:.4g} | "
                          f"{d['p95']:.4g} | {d['max']:.4g} |")
         else:
@@ -89,7 +94,7 @@ def _failures_section(doc: Mapping[str, Any]) -> list[str]:
     lines = ["", "## Failures", ""]
     if not doc["failures_by_reason"]:
         return lines + ["None."]
-    lines += ["| stage: error | clips |", "|---|---|"]
+    lines += ["| stage: error (class) | clips |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in doc["failures_by_reason"].items()]
     return lines + [""] + [f"- `{f['clip_id']}` ({f['stage']}): {str(f['message'])[:200]}" for f in doc["failures"]]
 

@@ -337,8 +337,7 @@ def run(
         entries = read_manifest(entries)
     by_id = sched_lib.index_entries(entries)
     mine = sched_lib.shard_entries(by_id, shard, shards)
-    out = outdir.resolve(out_dir)
-    outdir.make_usable(out)
+    out = outdir.prepare_output(out_dir)
     if mesh is None:
         mesh = parallel.make_mesh("clips", jax.local_devices())
     summary = records.RunSummary(shard_id=shard, num_shards=shards, clips_in_shard=len(mine))

@@ -89,7 +89,8 @@ def select(mine: Sequence[ClipEntry], done: set[str], failed: set[str], retry_fa
         elif retry_failed and cid not in failed:
             continue
         else:
-            retried += cid in transient and cid in failed
+            if cid in transient and cid in failed and not retry_failed:
+                retried += 1
             todo.append(e)
     n_failed = sum(1 for e in mine if e.clip_id in failed)
     return Selection(tuple(todo), skipped_done, skipped_failed, n_failed, retried)

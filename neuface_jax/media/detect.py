@@ -50,6 +50,7 @@ __all__ = [
     "ViewDetector",
     "check_faces",
     "decode_and_detect",
+    "find_shots",
     "read_precomputed_landmarks",
     "resolve_model_path",
     "shot_ranges",
@@ -351,6 +352,13 @@ def decode_and_detect(
         cached=tuple(h is not None for h in hits), source=src, cuts=tuple(tuple(c) for c in cuts), info=info,
         notes=tuple(notes),
     )
+
+
+def find_shots(src: Source, *, cut_threshold: float = LandmarkerOptions.cut_threshold, progress=None) -> list:
+    """The shots of a clip as one ``video.FrameRange`` of source frames each (a decode-only pass,
+    no detection): to split a clip at its cuts into separate outputs, annotate each range on its own."""
+    det = decode_and_detect(src, detect=False, options=LandmarkerOptions(cut_threshold=cut_threshold), progress=progress)
+    return det.shot_frame_ranges()
 
 
 def _check_orientation(src: Source, images, sizes, landmarks, model_path, notes: list, info: dict):

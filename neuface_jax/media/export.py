@@ -49,6 +49,7 @@ def write_params(
     crop_size: int = crops_lib.CROP_SIZE,
     model_name: str = "",
     method: str = "neuface",
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Writes a ``FitResult`` as ``params.npz`` (atomically: temporary file, fsync, rename).
 
@@ -58,6 +59,7 @@ def write_params(
       detected_landmarks: [T, W, L, 2] the targets, normalized crop coordinates.
       landmarks_mask, crop_transforms, valid: [T, W, L], [T, W, 2, 3], [T, W].
       frame_indices: [T] source frame numbers (default 0..T-1).
+      extra: more keys (e.g. ``neuface_jax.params.model_arrays``: the model file's path and hash).
     """
     path = Path(path)
     t, w = result.expression.shape[:2]
@@ -83,6 +85,7 @@ def write_params(
         "model": np.asarray(model_name),
         "method": np.asarray(method),
         "format": np.asarray(PARAMS_FORMAT),
+        **(extra or {}),
     }
     atomic_write(path, lambda fh: np.savez(fh, **arrays))
     return path

@@ -34,14 +34,18 @@ the head centre), useful for visibility but not metric.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
 import hashlib
 import os
 import pathlib
+import re
 import shutil
+import sys
+import tempfile
+import threading
 import urllib.request
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -69,7 +73,7 @@ __all__ = [
     "default_model_path",
     "resolve_model_path",
     "fetch_model",
-    "fetch_models_main",
+    "quiet_native_logs",
     "sha256_file",
     "timestamp_ms",
 ]
@@ -238,20 +242,38 @@ def _copy_file(src: pathlib.Path, out) -> None:
         shutil.copyfileobj(f, out, 1 << 20)
 
 
-def fetch_models_main(argv: Sequence[str] | None = None) -> int:
-    """``neuface-jax fetch-models [--dest PATH] [--url URL] [--force]``: downloads and verifies the model."""
-    ap = argparse.ArgumentParser(prog=FETCH_COMMAND, description="Download the MediaPipe Face Landmarker model.")
-    ap.add_argument("--dest", default=None, help=f"target file (default {default_model_path()})")
-    ap.add_argument("--url", default=MODEL_URL)
-    ap.add_argument("--force", action="store_true", help="download even if a verified copy exists")
-    args = ap.parse_args(argv)
-    try:
-        path = fetch_model(args.dest, url=args.url, force=args.force)
-    except (OSError, ModelChecksumError) as e:
-        print(f"error: {e}")
-        return 1
-    print(f"face landmarker model: {path} (SHA-256 {MODEL_SHA256})")
-    return 0
+#: MediaPipe's native logging settings, read when its C++ library loads (glog-based releases honour
+#: them; a value the user set wins). ``GLOG_minloglevel`` below 2 also keeps the lines that
+#: ``quiet_native_logs`` would drop.
+NATIVE_LOG_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+#: Native INFO/WARNING lines (absl/glog ``I0000 ...``/``W0000 ...``, TFLite ``INFO: ...``).
+_NATIVE_NOISE = re.compile(rb"^(?:[IW]\d{4} |INFO: |WARNING: Logging before InitGoogle\(\))")
+_NATIVE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_native_logs():
+    """Silences MediaPipe's C++ INFO/WARNING lines while a graph is built (recent releases ignore
+    the environment settings): stderr (fd 2, process-wide, so builds are serialized) goes to a
+    temporary file and every other line is written back."""
+    for key, value in NATIVE_LOG_ENV.items():
+        os.environ.setdefault(key, value)
+    if os.environ.get("GLOG_minloglevel", "2").strip() in ("0", "1"):
+        yield
+        return
+    with _NATIVE_LOCK, tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().splitlines(keepends=True) if not _NATIVE_NOISE.match(line)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,8 +351,9 @@ class FaceLandmarker:
 
     def __init__(self, model_path=None, options: LandmarkerOptions | None = None):
         # Lazy: mediapipe is heavy and only detection needs it (model-file helpers and tests do not).
-        import mediapipe as mp
-        from mediapipe.tasks.python import vision
+        with quiet_native_logs():  # the environment settings before the library loads
+            import mediapipe as mp
+            from mediapipe.tasks.python import vision
 
         self.model_path = resolve_model_path(model_path)
         self.options = options or LandmarkerOptions()
@@ -345,7 +368,8 @@ class FaceLandmarker:
             min_tracking_confidence=float(o.min_tracking_confidence),
         )
         try:
-            self._landmarker = vision.FaceLandmarker.create_from_options(mp_options)
+            with quiet_native_logs():
+                self._landmarker = vision.FaceLandmarker.create_from_options(mp_options)
         except Exception as e:
             raise ValueError(f"{self.model_path}: not a usable face landmarker model ({e})") from e
         self._last_ts = -1
@@ -521,8 +545,9 @@ def orientation_scores(frames, model_path, samples: int = 6) -> tuple[float, flo
     # Lazy: mediapipe is heavy and only detection needs it.
     import zipfile
 
-    import mediapipe as mp
-    from mediapipe.tasks.python import vision
+    with quiet_native_logs():  # the environment settings before the library loads
+        import mediapipe as mp
+        from mediapipe.tasks.python import vision
 
     with zipfile.ZipFile(resolve_model_path(model_path)) as z:
         buf = z.read("face_detector.tflite")
@@ -532,7 +557,8 @@ def orientation_scores(frames, model_path, samples: int = 6) -> tuple[float, flo
     )
     picks = np.unique(np.linspace(0, len(frames) - 1, min(samples, len(frames))).round().astype(int))
     scores = np.zeros((len(picks), 2))
-    detector = vision.FaceDetector.create_from_options(opts)
+    with quiet_native_logs():
+        detector = vision.FaceDetector.create_from_options(opts)
     try:
         for i, t in enumerate(picks):
             for j, img in enumerate((frames[t], frames[t][::-1, ::-1])):

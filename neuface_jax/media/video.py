@@ -210,7 +210,8 @@ class VideoClip:
       frames: one ``uint8`` array ``[T, H_v, W_v, 3]`` per view (views may differ in size), RGB.
       view_names: one name per view.
       fps: frames per second of the source (after the stride: see ``effective_fps``).
-      frame_indices: ``[T]`` int64 source frame index of each frame (shared by all views).
+      frame_indices: ``[T]`` int64 source frame index of each frame (shared by all views: for views
+        synchronized by time, the indices of the timeline view, ``timeline_view``).
       sources: per view, the file (video or first frame) the view came from, or None for arrays.
       source_boxes: per view, the pixel box ``(x0, y0, x1, y1)`` (half-open) the view was cut from
         in its source (``split_views``), or None for the whole frame.
@@ -295,6 +296,32 @@ def ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def passthrough_args(version: str | None = None) -> list[str]:
+    """ffmpeg's "every stored frame once" option: ``-fps_mode`` from ffmpeg 5.1, ``-vsync`` before
+    (ffmpeg 9 no longer knows ``-vsync``; the 4.2 binary of imageio-ffmpeg 0.5 does not know ``-fps_mode``)."""
+    if version is None:
+        version = _ffmpeg_version()
+    m = re.search(r"(\d+)\.(\d+)", version or "")
+    if m and (int(m.group(1)), int(m.group(2))) < (5, 1):
+        return ["-vsync", "passthrough"]
+    return ["-fps_mode", "passthrough"]
+
+
+_FFMPEG_VERSION: dict[str, str] = {}
+
+
+def _ffmpeg_version() -> str:
+    exe = ffmpeg_exe()
+    if exe not in _FFMPEG_VERSION:
+        import imageio_ffmpeg  # lazily, as in ffmpeg_exe
+
+        try:
+            _FFMPEG_VERSION[exe] = imageio_ffmpeg.get_ffmpeg_version()
+        except Exception:  # an unparsable banner: assume a current ffmpeg
+            _FFMPEG_VERSION[exe] = ""
+    return _FFMPEG_VERSION[exe]
 
 
 def check_file(path) -> pathlib.Path:
@@ -454,7 +481,7 @@ def iter_video_frames(
     if last is not None:
         cmd += ["-frames:v", str(max(last, 1))]
     # passthrough: every stored frame once, none duplicated to fill a constant-rate timeline from 0.
-    cmd += ["-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    cmd += passthrough_args() + ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err_chunks: list[bytes] = []
     err_thread = threading.Thread(target=lambda: err_chunks.append(proc.stderr.read()), daemon=True)
@@ -746,20 +773,12 @@ class _Nearest:
     def __init__(self, path, info: VideoInfo):
         self.info = info
         self.it = iter_video_frames(path, info=info)
-        self.cur = self.nxt = None
-        self.ended = False
-        self.decoded = 0
-        self._pull()
-        self.cur, self.nxt = self.nxt, None
+        self.cur, self.nxt = next(self.it), None  # VideoError when the file has no frames
         self._pull()
         self.half = 0.5 / (info.fps if info.fps > 0 else 25.0) + 1e-6
 
     def _pull(self):
-        try:
-            self.nxt = next(self.it)
-            self.decoded += 1
-        except StopIteration:
-            self.nxt, self.ended = None, True
+        self.nxt = next(self.it, None)
 
     def time(self, item) -> float:
         return float(self.info.frame_time(item[0]))

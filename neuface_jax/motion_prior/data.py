@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from neuface_jax.common.settings import setting
+from neuface_jax import params as params_lib
 from neuface_jax.media import export as export_lib
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class MotionClip:
       fps: frame rate of the rows.
       expression: [T, E]; pose: [T, 15] full pose (global, neck, jaw, eyes) in this view's frame.
       shape: [N] identity; cam: [T, 3] weak-perspective camera; valid: [T] bool.
-      view_name: the view read; source: the params.npz path.
+      view_name: the view read; source: the params.npz path; model: the face model it was fitted with.
     """
 
     clip_id: str
@@ -72,6 +73,7 @@ class MotionClip:
     valid: np.ndarray
     view_name: str = ""
     source: str = ""
+    model: params_lib.ModelInfo = params_lib.ModelInfo()
 
     @property
     def num_frames(self) -> int:
@@ -90,7 +92,8 @@ def find_params(dirs: Sequence[str | Path]) -> list[Path]:
         if (d / PARAMS_FILE).is_file():
             out.append(d / PARAMS_FILE)
         elif d.is_dir():
-            found = [s / PARAMS_FILE for s in sorted(d.iterdir()) if (s / PARAMS_FILE).is_file() and (s / DONE_FILE).is_file()]
+            found = [s / PARAMS_FILE for s in sorted(d.iterdir())
+                     if (s / PARAMS_FILE).is_file() and (s / DONE_FILE).is_file()]
             if not found:
                 logger.warning("%s: no params.npz with done.json below it", d)
             out += found
@@ -123,34 +126,18 @@ def load_clip(path, *, view: int | str = 0, fps: float | None = None, default_fp
     path = Path(path)
     if path.is_dir():
         path = path / PARAMS_FILE
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    names = [str(n) for n in arrays.get("view_names", np.asarray(["view0"]))]
-    v = names.index(view) if isinstance(view, str) else int(view)
-    if not 0 <= v < len(names):
-        raise ValueError(f"{path}: view {view!r} not among {names}")
-    vi = arrays.get("view_index", np.zeros(len(arrays["expr"]), np.int32))
-    fi = arrays.get("frame_index", np.arange(len(arrays["expr"])))
-    rows = np.flatnonzero(vi == v)
-    rows = rows[np.argsort(fi[rows], kind="stable")]
-    if "full_pose" in arrays:
-        pose = arrays["full_pose"][rows].astype(np.float32)
-    else:  # the NeuFace release layout: global + jaw only
-        p6 = arrays["pose"][rows]
-        pose = np.zeros((len(rows), 15), np.float32)
-        pose[:, 0:3], pose[:, 6:9] = p6[:, 0:3], p6[:, 3:6]
-    valid = arrays["valid"][rows].astype(bool) if "valid" in arrays else np.ones(len(rows), bool)
-    valid &= np.all(np.isfinite(arrays["expr"][rows]), -1) & np.all(np.isfinite(pose), -1)
+    rec = params_lib.load_params(path)
+    v = rec.view_names.index(view) if isinstance(view, str) else int(view)
+    if not 0 <= v < rec.num_views:
+        raise ValueError(f"{path}: view {view!r} not among {list(rec.view_names)}")
+    expr, pose = rec.expression[:, v], rec.pose[:, v]
+    valid = rec.valid[:, v] & np.all(np.isfinite(expr), -1) & np.all(np.isfinite(pose), -1)
     return MotionClip(
         clip_id=clip_id or path.parent.name,
         fps=float(fps) if fps else _clip_fps(path, default_fps),
-        expression=np.nan_to_num(arrays["expr"][rows].astype(np.float32)),
-        pose=np.nan_to_num(pose),
-        shape=arrays["shapes"][rows[0]].astype(np.float32) if len(rows) else np.zeros(0, np.float32),
-        cam=arrays["cam"][rows].astype(np.float32) if "cam" in arrays else np.zeros((len(rows), 3), np.float32),
-        valid=valid,
-        view_name=names[v],
-        source=str(path),
+        expression=np.nan_to_num(expr).astype(np.float32), pose=np.nan_to_num(pose).astype(np.float32),
+        shape=np.asarray(rec.shape, np.float32), cam=np.asarray(rec.cam[:, v], np.float32), valid=valid,
+        view_name=rec.view_names[v], source=str(path), model=rec.model,
     )
 
 
@@ -238,11 +225,12 @@ def split_clips(clips: Sequence[MotionClip], val_fraction: float) -> tuple[list[
 
 def write_params(path, expression: np.ndarray, pose: np.ndarray, shape: np.ndarray, *, cam=None, fps: float,
                  view_name: str = "front", crop_transform=None, num_landmarks: int = 68,
-                 method: str = "motion-prior", model_name: str = "") -> Path:
+                 method: str = "motion-prior", model: params_lib.ModelInfo | None = None) -> Path:
     """Writes one view's parameter sequence as an annotation ``params.npz`` (plus a ``metrics.json``
     carrying its frame rate, as ``annotate`` writes one).
 
     There are no images behind these frames: the landmark arrays are NaN with an all-False mask.
+    ``model``: the face model the parameters belong to (recorded as ``annotate`` records it).
     """
     t = int(expression.shape[0])
     cam = np.broadcast_to(np.asarray([9.0, 0.0, 0.0] if cam is None else cam, np.float32), (t, 3))
@@ -257,7 +245,8 @@ def write_params(path, expression: np.ndarray, pose: np.ndarray, shape: np.ndarr
     export_lib.write_params(
         path, result, view_names=[view_name], detected_landmarks=nan_l,
         landmarks_mask=np.zeros((t, 1, num_landmarks), bool), crop_transforms=np.broadcast_to(crop, (t, 1, 2, 3)),
-        valid=np.ones((t, 1), bool), model_name=model_name, method=method,
+        valid=np.ones((t, 1), bool), model_name=model.name if model else "", method=method,
+        extra=params_lib.model_arrays(model) if model else None,
     )
     export_lib.write_json(path.parent / "metrics.json", {"clip": {"fps": float(fps), "stride": 1, "frames": t,
                                                                    "views": [view_name]}, "method": method})

@@ -6,7 +6,7 @@ reference is a list of held-out sequences (each starting at a start frame) with 
 
 * realism — ``fd``: Fréchet distance between Gaussian fits of per-window motion features (mean,
   standard deviation and mean absolute velocity of the leading expressions, jaw opening and head
-  rotation over 2 s windows, scaled by the real features' spread); ``w_expr`` / ``w_jaw`` /
+  rotation over 2 s windows — shorter for shorter sequences —, scaled by the real features' spread); ``w_expr`` / ``w_jaw`` /
   ``w_head``: 1-Wasserstein distances between the per-frame speed distributions (expression
   coefficient speed, jaw and head angular speed in rad/s).
 * diversity — mean pairwise distance (normalized state, averaged over time) of the samples of one start.
@@ -16,9 +16,10 @@ reference is a list of held-out sequences (each starting at a start frame) with 
   reference's value).
 * plausibility — ``lip_penetration`` / ``eyelid_penetration``: fraction of frames whose inner
   upper-lip (upper-eyelid) landmarks lie below the lower ones by more than ``tol`` (in the head's
-  frame, model units); ``beyond_3sigma``: fraction of frames with a modeled channel beyond ±3σ of
-  the real data; ``drift_{2,5,10}s``: |generated − real| mean distance from the start state
-  (normalized) at that time, and the head's angle from its start (degrees).
+  frame, model units); ``beyond_3sigma``: fraction of frames with a summary channel (leading
+  expressions, jaw opening, head rotation) beyond ±3σ of the real data; ``drift_{2,5,10}s``: mean
+  distance from the start state (normalized RMS) at that time, ``drift_{..}s_head_deg`` the head's
+  angle from its start (degrees), ``drift_err_*`` their absolute differences from the real values.
 * continuity — mean first-step change over the real mean one-frame change (1 = seamless).
 """
 
@@ -277,7 +278,8 @@ def _diversity(cont: np.ndarray, std: np.ndarray) -> float:
 
 
 REALISM = ("fd", "w_expr", "w_jaw", "w_head")
-PLAUSIBILITY = ("lip_penetration", "eyelid_penetration", "beyond_3sigma", "drift_err_2s", "drift_err_5s", "drift_err_10s")
+PLAUSIBILITY = ("lip_penetration", "eyelid_penetration", "beyond_3sigma", "drift_err_2s", "drift_err_5s",
+                "drift_err_10s")
 
 
 def markdown_table(rows: dict[str, dict[str, float]], columns: Sequence[str] | None = None) -> str:

@@ -115,7 +115,8 @@ def fit_ar(sequences: Sequence[np.ndarray], norm: Normalizer, order: int = 2, ri
     return ARModel(w[:-1].astype(np.float64), w[-1], np.linalg.cholesky(cov), norm)
 
 
-def sample_ar(ar: ARModel, start_history: np.ndarray, *, num_frames: int, num_samples: int, seed: int = 0) -> np.ndarray:
+def sample_ar(ar: ARModel, start_history: np.ndarray, *, num_frames: int, num_samples: int,
+              seed: int = 0) -> np.ndarray:
     """[num_samples, num_frames, D] raw states from the AR baseline."""
     p = ar.order
     h = (_fill_history(start_history, p) - ar.norm.mean) / ar.norm.std
@@ -169,7 +170,7 @@ def write_continuations(result: Continuations, out, *, render: int = 1, model=No
         pose = np.concatenate([clip.pose[f : f + 1], result.pose[i]])
         d = out / f"sample_{i:03d}"
         paths.append(data_lib.write_params(d / data_lib.PARAMS_FILE, expr, pose, clip.shape, cam=clip.cam[f],
-                                           fps=result.fps, view_name=clip.view_name or "front"))
+                                           fps=result.fps, view_name=clip.view_name or "front", model=clip.model))
         if i < render:
             model = model if model is not None else flame_jax.demo_model()
             verts = render_mp.mesh_sequence(model, expr, pose, clip.shape)

@@ -9,8 +9,10 @@ every input is of unit order) and the clip's normalized identity. Three MLPs:
 * learned conditional prior p(z | past);
 * decoder Δ̂_t = g(past, z) — the change of state, added to x_{t−1} to give x_t.
 
-Training maximizes a rollout ELBO (``train``): reconstruction of Δ_t under the posterior's z plus
-β·KL(q ‖ p); generation samples z from p and integrates the decoded changes (``generate``).
+Training (``train``) minimizes, over a rollout, the reconstruction error of Δ_t under the posterior's
+z plus β·KL(q ‖ p); generation samples z from p and integrates the decoded changes (``generate``).
+With ``decoder_variance`` the decoder also predicts a per-channel variance of Δ_t (Gaussian
+likelihood; its noise is sampled when generating).
 Everything here is a pure function of ``(graphdef, params)`` for ``jax.jit`` / ``vmap`` / ``scan``.
 """
 
@@ -37,8 +39,8 @@ class PriorConfig:
     hidden: int = setting(256, "Hidden width of the posterior, prior and decoder MLPs.")
     layers: int = setting(2, "Hidden layers per MLP.")
     decoder_variance: bool = setting(
-        True, "The decoder also predicts a per-channel variance of the change (sampled when generating); "
-        "otherwise the change is the decoder's mean and all randomness comes from the latent.")
+        False, "The decoder also predicts a per-channel variance of the change (sampled when generating); "
+        "by default the change is the decoder's output and all randomness comes from the latent.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -51,7 +51,8 @@ class TrainConfig:
     batch: int = setting(64, "Windows per step.")
     rollout: int = setting(25, "Transitions rolled out per window (frames after the history).")
     learning_rate: float = setting(1e-3, "Adam learning rate (cosine decay to 5% over the steps).", flag="lr")
-    kl_weight: float = setting(1.0, "Weight of KL(posterior ‖ prior) after annealing (1: the ELBO).")
+    kl_weight: float = setting(0.05, "Weight of KL(posterior ‖ prior) after annealing (relative to the summed "
+                               "squared error of the normalized change).")
     kl_anneal: float = setting(0.3, "Fraction of the steps over which the KL weight ramps up from 0.")
     sampling_max: float = setting(0.5, "Final probability that a rollout step feeds back its own prediction.")
     target_fps: float = setting(25.0, "Frame rate every clip is resampled to (the prior's rate).")
@@ -148,7 +149,8 @@ def make_windows(clips, layout: data_lib.Layout, norm: Normalizer, length: int) 
         offset += len(x)
     if not states:
         n_id = layout.n_identity
-        return Windows(np.zeros((0, layout.size), np.float32), np.zeros((0, n_id), np.float32), np.zeros(0, np.int32), ())
+        return Windows(np.zeros((0, layout.size), np.float32), np.zeros((0, n_id), np.float32),
+                       np.zeros(0, np.int32), ())
     return Windows(
         states=np.concatenate(states).astype(np.float32), identity=np.concatenate(idents).astype(np.float32),
         starts=np.concatenate(starts).astype(np.int32) if starts else np.zeros(0, np.int32),
@@ -324,8 +326,7 @@ def train(dirs: Sequence[str | Path], out, prior_config: model_lib.PriorConfig =
     arrays = {"states": jnp.asarray(train_w.states), "identity": jnp.asarray(train_w.identity),
               "starts": jnp.asarray(train_w.starts), "delta_scale": jnp.asarray(norm.delta_scale)}
     last_step = min(config.steps, stop_after if stop_after is not None else config.steps)
-    history = list(meta.get("history", []))
-    metrics = {}
+    history = [h for h in meta.get("history", []) if h["step"] <= step0]
     with progress("train motion prior", config.steps) as bar:
         bar.set(step0)
         for step in range(step0, last_step):
@@ -341,6 +342,7 @@ def train(dirs: Sequence[str | Path], out, prior_config: model_lib.PriorConfig =
                     record.update(val_rec=float(vr), val_kl=float(vk))
                 history.append(record)
                 _save(mgr, done, params, opt_state)
+                export_lib.write_json(out / PRIOR_FILE, {**meta, "history": history})
                 bar.postfix(", ".join(f"{k} {v:.3g}" for k, v in record.items() if k != "step"))
             bar.set(done)
     mgr.close()

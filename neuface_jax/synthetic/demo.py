@@ -382,12 +382,14 @@ def run_synthetic(
 
 
 def format_table(metrics: dict[str, dict[str, float]], columns=METRIC_NAMES) -> str:
-    """A plain-text comparison table (one row per method; "-" where a method lacks a column)."""
+    """A plain-text comparison table (one row per method; "-" where a method lacks a column; a text
+    value, such as "n/a (one view)", is shown as it is)."""
     cols = [c for c in columns if any(c in vals for vals in metrics.values())] or list(columns)
     width = max(15, *(len(c) + 2 for c in cols))
     header = f"{'method':<14}" + "".join(f"{c:>{width}}" for c in cols)
     lines = [header, "-" * len(header)]
     for method, vals in metrics.items():
-        cells = "".join(f"{vals[c]:>{width}.4f}" if c in vals else f"{'-':>{width}}" for c in cols)
+        cells = "".join(f"{vals[c]:>{width}.4f}" if isinstance(vals.get(c), (int, float, np.floating))
+                        else f"{vals.get(c, '-')!s:>{width}}" for c in cols)
         lines.append(f"{method:<14}" + cells)
     return "\n".join(lines)

@@ -7,7 +7,10 @@ metric names, the overlay), not fit quality.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ import pytest
 from absl import flags
 
 import flame_jax
+import neuface_jax
 from neuface_jax import annotation as annotate_lib
 from neuface_jax import cli
 from neuface_jax.annotation import OutputConfig, PrepareConfig, SetupConfig
@@ -37,9 +41,27 @@ FRONTAL = "images/deca_AFLW2000_image00480.jpg"
 PARAM_KEYS = {
     "cam", "pose", "expr", "shapes", "landmarks2d", "full_pose", "predicted_landmarks2d", "frame_index",
     "view_index", "view_names", "frame_indices", "crop_transforms", "crop_size", "valid", "landmarks_mask",
-    "model", "method", "format",
+    "model", "method", "format", "model_kind", "model_path", "model_sha256", "n_shape", "n_expr", "n_vertices",
+    "n_faces",
 }
 METRICS = ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm")
+
+
+@contextlib.contextmanager
+def _log_lines():
+    """The messages logged under ``neuface_jax`` meanwhile (whatever handlers a command installed)."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    root = logging.getLogger("neuface_jax")
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def _tiny_encoder_config():
@@ -191,14 +213,22 @@ def test_annotate_precomputed_landmarks_with_warm_compile(tmp_path):
     clip = synth.synthesize_clip(seed=1, rig="front,left_30", config=synth.SynthConfig(num_frames=8, image_size=64))
     synth.write_clip(clip, tmp_path / "clip")
     videos = [str(tmp_path / "clip" / f"{v}.mp4") for v in clip.view_names]
-    setup = annotate_lib.make_setup(
-        SetupConfig(epochs=1, chunk_frames=4, contour="dynamic", warm_compile=True), encoder_config=_tiny_encoder_config(),
-        need_landmarker=False,
-    )
-    s = annotate_lib.annotate(
-        videos, out_dir=tmp_path / "out", setup=setup, prepare=PrepareConfig(frames=video.FrameRange(start=1, end=7)),
-        output=OutputConfig(write_video=False), landmarks_file=tmp_path / "clip" / "landmarks.npz",
-    )
+    with _log_lines() as lines:
+        setup = annotate_lib.make_setup(
+            SetupConfig(epochs=1, chunk_frames=4, contour="dynamic", warm_compile=True),
+            encoder_config=_tiny_encoder_config(), need_landmarker=False,
+        )
+        s = annotate_lib.annotate(
+            videos, out_dir=tmp_path / "out", setup=setup,
+            prepare=PrepareConfig(frames=video.FrameRange(start=1, end=7)), output=OutputConfig(write_video=False),
+            landmarks_file=tmp_path / "clip" / "landmarks.npz",
+        )
+    # One line per stage, with its time and key figure; none claims to be the annotate command.
+    for pattern in (r"^setup: model demo head.* in \d+\.\ds$", r": 6 frames x 2 view\(s\) decoded in \d+\.\ds",
+                    r": 12 crops of 224 px .* in \d+\.\ds$", r": NeuFace 1 epochs in \d+\.\ds, final loss [\d.e+-]+$",
+                    r": metrics nme_percent [\d.e+-]+, .*cvd_mm [\d.e+-]+; outputs written in \d+\.\ds$"):
+        assert any(re.search(pattern, line) for line in lines), (pattern, lines)
+    assert not any(line.startswith("neuface-jax annotate:") for line in lines), lines
     assert s["num_frames"] == 6 and s["views"] == list(clip.view_names)
     assert set(s["files"]) == {"params", "metrics"} and not (tmp_path / "out" / "overlay.mp4").exists()
     m = s["metrics"]
@@ -208,6 +238,14 @@ def test_annotate_precomputed_landmarks_with_warm_compile(tmp_path):
     assert not any("background compile failed" in n for n in m["notes"])
     with np.load(tmp_path / "out" / "params.npz") as p:
         np.testing.assert_array_equal(p["frame_indices"], np.arange(1, 7))
+        assert set(p.files) == PARAM_KEYS
+        model = flame_jax.demo_model()
+        assert str(p["model_kind"]) == "demo" and str(p["model_sha256"]) == "" and str(p["model_path"]) == ""
+        assert (int(p["n_shape"]), int(p["n_expr"]), int(p["n_vertices"])) == (
+            model.num_shape, model.num_expression, model.num_vertices)
+    rec = neuface_jax.load_params(tmp_path / "out" / "params.npz")
+    assert rec.view_names == tuple(clip.view_names) and rec.model.kind == "demo"
+    np.testing.assert_allclose(neuface_jax.vertices(rec), s["result"].vertices, atol=1e-4)
 
 
 def test_parse_view_boxes():

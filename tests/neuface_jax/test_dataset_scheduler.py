@@ -55,6 +55,25 @@ def test_select_skips_done_and_failed_unless_retried():
     assert [e.clip_id for e in retry.todo] == ["b", "c"] and retry.skipped_failed == 0
 
 
+def test_select_runs_transient_failures_again():
+    mine = [_entry(c) for c in "abcde"]
+    sel = sch.select(mine, done={"a"}, failed={"b", "c"}, transient={"c"})
+    assert [e.clip_id for e in sel.todo] == ["c", "d", "e"]
+    assert (sel.skipped_failed, sel.failed_before, sel.retried_transient) == (1, 2, 1)
+    retry = sch.select(mine, done={"a"}, failed={"b", "c"}, retry_failed=True, transient={"c"})
+    assert [e.clip_id for e in retry.todo] == ["b", "c"]
+
+
+def test_index_rejects_reserved_and_nested_ids():
+    for cid in ("report.json", "summary-00000-of-00001.json", "_checkpoints", "_locks", ".x", "failures.jsonl",
+                "Report.MD/x"):
+        with pytest.raises(ValueError, match=r"manifest entry 2: clip_id .* is reserved"):
+            sch.index_entries([_entry("ok"), _entry(cid)])
+    with pytest.raises(ValueError, match=r"'c1/params.npz' lies inside the folder of clip 'c1'"):
+        sch.index_entries([_entry("c1"), _entry("c1/params.npz")])
+    assert set(sch.index_entries([_entry("c1x"), _entry("c1/a"), _entry("c2/_a")])) == {"c1x", "c1/a", "c2/_a"}
+
+
 def test_checkpoints_resume_or_are_cleared_and_members_go_first():
     pending = [
         {"group_id": "g1", "clip_ids": ["d", "e"], "num_frames": 32, "num_slots": 2, "settings": "S", "epochs_done": 2},

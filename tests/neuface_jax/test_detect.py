@@ -11,6 +11,7 @@ import threading
 import numpy as np
 import pytest
 
+from neuface_jax import cli
 from neuface_jax.media import detect
 from neuface_jax.media import landmark_cache
 from neuface_jax.media import landmarker
@@ -196,7 +197,7 @@ def test_fetch_model_checks_sha256(clean_env):
 
     with pytest.raises(OSError, match="example.invalid.*NEUFACE_FACE_LANDMARKER"):
         landmarker.fetch_model(tmp / "x.task", url="https://example.invalid/m.task", downloader=offline)
-    assert landmarker.fetch_models_main(["--dest", str(tmp / "y.task"), "--url", (tmp / "nothing").as_uri()]) == 1
+    assert cli.main(["neuface-jax", "fetch-models", "--dest", str(tmp / "y.task"), "--url", (tmp / "nothing").as_uri()]) == 1
 
 
 @pytest.mark.shared_data

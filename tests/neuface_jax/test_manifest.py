@@ -539,7 +539,7 @@ def test_cli(tmp_path, capsys):
     out = root / "manifest.jsonl"
     rc = manifest_main(["neuface-jax manifest", f"--root={root}", f"--out={out}", "--probe_frames"])
     assert rc == 0
-    assert "wrote 2 clips (mead 1, video 1; 2 views)" in capsys.readouterr().out
+    assert "wrote 2 clips (mead 1, video 1; 2 clips of 1 view = 2 view streams)" in capsys.readouterr().out
     entries = _by_id(mf.read_manifest(out))
     assert entries["id1/yt/00001"].num_frames == 3
     assert json.loads(out.read_text().splitlines()[1])["inputs"] == ["id1/yt/00001.mp4"]

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from neuface_jax import params as params_lib
 from neuface_jax.media import export as export_lib
 from neuface_jax.motion_prior import data as data_lib
 from neuface_jax.motion_prior import evaluate as evaluate_lib
@@ -171,6 +172,8 @@ def test_written_samples_load_like_annotations(prior, dataset, tmp_path):
     assert back.num_frames == 6 and back.fps == 25.0 and back.valid.all()
     np.testing.assert_allclose(back.expression[0, :4], clip.expression[0, :4], atol=1e-6)  # the start frame first
     np.testing.assert_allclose(back.expression[1:, :4], res.expression[1], atol=1e-6)
+    record = params_lib.load_params(found[0])
+    assert record.num_frames == 6 and record.view_names == (clip.view_name,)
     with np.load(found[0]) as z:
         assert str(z["format"]) == export_lib.PARAMS_FORMAT
         assert {"cam", "pose", "expr", "shapes", "full_pose", "valid", "frame_index", "view_index"} <= set(z.files)
@@ -247,8 +250,9 @@ def test_cli_round_trip(dataset, tmp_path):
     p = tmp_path / "prior"
     tiny = ["--n_expr", "4", "--noeyes", "--n_identity", "3", "--history", "2", "--latent", "4", "--hidden", "16",
             "--layers", "1", "--batch", "4", "--rollout", "4", "--checkpoint_every", "2", "--val_fraction", "0.3"]
-    assert main(["neuface-jax", "train-motion-prior", "--data", str(dataset), "--out", str(p), "--steps", "2", *tiny]) == 0
-    assert main(["neuface-jax", "train-motion-prior", "--data", str(dataset), "--out", str(p), "--steps", "4", *tiny]) == 0
+    command = ["neuface-jax", "train-motion-prior", "--data", str(dataset), "--out", str(p), *tiny]
+    assert main([*command, "--steps", "2"]) == 0
+    assert main([*command, "--steps", "4"]) == 0  # resumes at step 2
     assert train_lib.load_prior(p).meta["result"]["steps_done"] == 4
     gen = tmp_path / "gen"
     start = f"{dataset / 'clip_02' / 'params.npz'}:3"
@@ -261,3 +265,15 @@ def test_cli_round_trip(dataset, tmp_path):
     doc = json.loads(out.read_text())
     assert set(doc["rows"]) == {"tiny", "hold start", "linear AR(2)", "held-out data"}
     assert doc["rows"]["hold start"]["diversity"] == 0.0
+
+
+def test_decoder_variance_likelihood_and_sampling():
+    mu, target = np.zeros((2, 3), np.float32), np.ones((2, 3), np.float32)
+    plain = model_lib.reconstruction(mu, target)
+    np.testing.assert_allclose(plain, [1.5, 1.5])
+    with_var = np.concatenate([mu, np.full((2, 3), np.log(4.0), np.float32)], -1)  # variance 4
+    np.testing.assert_allclose(model_lib.reconstruction(with_var, target), 0.5 * 3 * (1 / 4 + np.log(4.0)), rtol=1e-5)
+    key = jax.random.PRNGKey(0)
+    np.testing.assert_array_equal(model_lib.sample_change(mu, key, 3), mu)  # no variance: the mean
+    draws = model_lib.sample_change(np.repeat(with_var, 2000, 0), key, 3)
+    assert abs(float(np.std(draws)) - 2.0) < 0.1

@@ -151,3 +151,12 @@ def test_upside_down_view_is_flagged_not_fitted(shared_data, landmarker_model, t
     fixed = _upside_down_video(tmp_path, face, rotation=180)
     det = detect.decode_and_detect(sources.open_source(str(fixed)), model_path=landmarker_model, use_cache=False)
     assert det.landmarks[0].valid.all() and not det.info["orientation"]["fixed"]["upside_down"]
+
+
+def test_find_shots_gives_a_frame_range_per_shot():
+    a = np.full((6, 32, 48, 3), 40, np.uint8)
+    b = np.zeros((4, 32, 48, 3), np.uint8)
+    b[..., 2] = 200
+    clip = video.VideoClip(frames=[np.concatenate([a, b, a])], view_names=("v",), fps=25.0, frame_indices=np.arange(10, 26))
+    shots = detect.find_shots(sources.open_source(clip))
+    assert [(r.start, r.end) for r in shots] == [(10, 16), (16, 20), (20, 26)]

@@ -126,3 +126,10 @@ def test_rotation_metadata_is_applied_and_recorded(tmp_path):
     shown = video.read_video(rotated).frames[0][0]
     assert shown[-4, -4].mean() > 200 and shown[4, 4].mean() < 60  # displayed turned: block bottom right
     assert sources.open_source(str(rotated)).info["views"]["rotated"]["rotation"] == info.rotation
+
+
+def test_passthrough_option_follows_the_ffmpeg_version():
+    assert video.passthrough_args("4.2.2-static") == ["-vsync", "passthrough"]
+    assert video.passthrough_args("5.0.1") == ["-vsync", "passthrough"]
+    assert video.passthrough_args("5.1") == ["-fps_mode", "passthrough"]
+    assert video.passthrough_args("n9.0.2-17-g2a571b6068-20260930") == ["-fps_mode", "passthrough"]
