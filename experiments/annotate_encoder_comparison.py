@@ -185,7 +185,7 @@ def main(argv):
         start, end = ranges.get(clip, (start, end))
         path = shared / "videos" / rel
         # MediaPipe's own head yaw per frame and view ([T, W]), through annotate's landmark cache.
-        src = sources_lib.open_source(path, view_boxes=boxes_spec, frames=video_lib.frame_range(start=start, end=end))
+        src = sources_lib.open_source(path, view_boxes=boxes_spec, frames=video_lib.FrameRange(start=start, end=end))
         lmks = detect_lib.decode_and_detect(src, model_path=model_path, cache_dir=cache).landmarks
         valid = np.stack([l.valid for l in lmks], axis=1)
         r_img, _, _ = landmark_sets.head_rotation(np.stack([l.points for l in lmks], axis=1))

@@ -60,7 +60,6 @@ __all__ = [
     "write_video",
     "pad_to_even",
     "ffmpeg_exe",
-    "frame_range",
     "read_image",
     "resolve_view_names",
     "check_file",
@@ -174,32 +173,6 @@ class FrameRange:
         return np.arange(start, max(start, end), int(self.stride), dtype=np.int64)
 
 
-def frame_range(
-    frames: FrameRange | None = None,
-    *,
-    start: int | None = None,
-    end: int | None = None,
-    start_s: float | None = None,
-    end_s: float | None = None,
-    stride: int = 1,
-) -> FrameRange:
-    """The ``FrameRange`` of a reader's arguments: ``frames`` itself, or one built from the rest.
-
-    Every reader takes either ``frames=FrameRange(...)`` or the loose ``start`` / ``end`` (frames,
-    end exclusive), ``start_s`` / ``end_s`` (seconds) and ``stride``; this resolves the two forms.
-
-    Raises:
-      ValueError: ``frames`` is given together with any loose argument (or a stride other than 1),
-        or a loose argument is invalid (negative, stride < 1).
-    """
-    if frames is not None:
-        if any(v is not None for v in (start, end, start_s, end_s)) or stride != 1:
-            raise ValueError("give either frames=FrameRange(...) or start/end/start_s/end_s/stride, not both")
-        return frames
-    return FrameRange(start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
-
-
-_frame_range = frame_range  # the former private name, kept for existing callers
 
 
 @dataclasses.dataclass
@@ -451,11 +424,6 @@ def iter_video_frames(
     path,
     *,
     frames: FrameRange | None = None,
-    start: int | None = None,
-    end: int | None = None,
-    start_s: float | None = None,
-    end_s: float | None = None,
-    stride: int = 1,
     info: VideoInfo | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Streams ``(frame_index, frame)`` pairs from a video, one decoded frame at a time.
@@ -465,14 +433,14 @@ def iter_video_frames(
 
     Args:
       path: video file.
-      frames: a ``FrameRange``; or the same fields as keywords.
+      frames: a ``FrameRange`` (default: every frame).
       info: ``probe_video(path)`` if already known.
 
     Raises:
       VideoError: unreadable file; no frames in the requested range; or a truncated/corrupt stream
         (ffmpeg reports a partial file or fails) reached while decoding the range.
     """
-    rng = frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    rng = frames if frames is not None else FrameRange()
     info = info or probe_video(path)
     first, last = rng.bounds(info.fps)
     w, h = info.width, info.height
@@ -548,23 +516,18 @@ def read_video(
     *,
     view_name: str | None = None,
     frames: FrameRange | None = None,
-    start: int | None = None,
-    end: int | None = None,
-    start_s: float | None = None,
-    end_s: float | None = None,
-    stride: int = 1,
 ) -> VideoClip:
     """Decodes one video into a single-view ``VideoClip`` (frames ``uint8 [T, H, W, 3]``).
 
     Args:
       path: video file.
       view_name: name of the view; the file stem by default.
-      frames / start / end / start_s / end_s / stride: the frames to take (see ``FrameRange``).
+      frames: the frames to take (a ``FrameRange``; default: every frame).
 
     Raises:
       VideoError: unreadable, empty or truncated file, naming it.
     """
-    rng = frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    rng = frames if frames is not None else FrameRange()
     info = probe_video(path)
     idx, imgs = [], []
     for i, frame in iter_video_frames(path, frames=rng, info=info):
@@ -663,11 +626,6 @@ def read_videos(
     *,
     strict: bool = False,
     frames: FrameRange | None = None,
-    start: int | None = None,
-    end: int | None = None,
-    start_s: float | None = None,
-    end_s: float | None = None,
-    stride: int = 1,
     report: dict | None = None,
 ) -> VideoClip:
     """Decodes synchronized videos, one per view, into one multi-view ``VideoClip``.
@@ -691,7 +649,7 @@ def read_videos(
     if not paths:
         raise ValueError("no videos given")
     names = resolve_view_names(paths, view_names)
-    rng = frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    rng = frames if frames is not None else FrameRange()
     infos = [probe_video(p) for p in paths]
     check_frame_rates(names, infos, strict=strict, stacklevel=3)
     report = {} if report is None else report
@@ -861,11 +819,6 @@ def iter_synchronized(
     *,
     strict: bool = False,
     frames: FrameRange | None = None,
-    start: int | None = None,
-    end: int | None = None,
-    start_s: float | None = None,
-    end_s: float | None = None,
-    stride: int = 1,
     view_names: Sequence[str] | None = None,
     report: dict | None = None,
     check_rates: bool = True,
@@ -879,7 +832,7 @@ def iter_synchronized(
     receives ``sync_report`` and every trim or resampling. ``check_rates=False``: the caller has
     already run ``check_frame_rates`` (no second warning).
     """
-    rng = frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    rng = frames if frames is not None else FrameRange()
     infos = [probe_video(p) for p in paths]
     names = list(view_names) if view_names else [str(p) for p in paths]
     report = {} if report is None else report
@@ -1019,11 +972,6 @@ def read_frame_folder(
     fps: float = 25.0,
     strict: bool = False,
     frames: FrameRange | None = None,
-    start: int | None = None,
-    end: int | None = None,
-    start_s: float | None = None,
-    end_s: float | None = None,
-    stride: int = 1,
 ) -> VideoClip:
     """Reads a folder of frames into a ``VideoClip``.
 
@@ -1050,7 +998,7 @@ def read_frame_folder(
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise VideoError(folder, "no such folder")
-    rng = frame_range(frames, start=start, end=end, start_s=start_s, end_s=end_s, stride=stride)
+    rng = frames if frames is not None else FrameRange()
     views = scan_frame_folder(folder, pattern)
     if not views:
         raise VideoError(folder, f"no frames found (image files {', '.join(IMAGE_EXTENSIONS)})")

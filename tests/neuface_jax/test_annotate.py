@@ -332,7 +332,7 @@ def test_far_side_guesses_get_no_target(shared_data, landmarker_model, tmp_path)
     s = _run(shared_data, landmarker_model, tmp_path, shared_data / "videos/metrical_tracker_wojtek.mp4",
              frames=video.FrameRange(start=150, end=174, stride=4), write_video=False)
     src = sources.open_source(shared_data / "videos/metrical_tracker_wojtek.mp4",
-                              frames=video.frame_range(start=150, end=174, stride=4))
+                              frames=video.FrameRange(start=150, end=174, stride=4))
     lmk = detect.decode_and_detect(src, model_path=landmarker_model, cache_dir=tmp_path / "cache").landmarks[0]
     assert s["num_frames"] == 6 and lmk.valid.all()
     with np.load(tmp_path / "out" / "params.npz") as p:
@@ -369,7 +369,7 @@ def test_view_without_face_is_masked(shared_data, landmarker_model, tmp_path):
 
     # Two composite views and a "view" that is the full-profile image (no face): 3 views × 4 frames,
     # the composite test's compiled shapes (views may differ in size; they are padded).
-    comp = video.read_video(shared_data / COMPOSITE, end=13, stride=4)
+    comp = video.read_video(shared_data / COMPOSITE, frames=video.FrameRange(end=13, stride=4))
     two = video.split_views(comp, annotate_lib.parse_view_boxes(COMPOSITE_BOXES.rsplit(",", 1)[0]))
     profile = iio.imread(shared_data / PROFILE)[..., :3]
     clip = video.VideoClip(

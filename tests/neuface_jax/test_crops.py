@@ -138,7 +138,7 @@ def test_crop_of_detected_face(shared_data, landmarker_model):
     from neuface_jax.media import video
     from neuface_jax.media import landmark_sets as ls
 
-    clip = video.read_video(shared_data / MEAD, end=6, stride=2)
+    clip = video.read_video(shared_data / MEAD, frames=video.FrameRange(end=6, stride=2))
     lmk = detect.decode_and_detect(sources.open_source(clip), model_path=landmarker_model, use_cache=False).landmarks[0]
     p68 = ls.mediapipe_to_ibug68(lmk.xy)
     c = crops.compute_crops(p68, lmk.valid)

@@ -279,7 +279,7 @@ def _interocular(lmk: landmarker.FaceLandmarks) -> np.ndarray:
 def _detect(inp, model_path, *, view_boxes=None, label=None, **kw) -> detect.DetectedClip:
     """The one decode + detect pipeline on an input (path, paths or ``video.VideoClip``); ``kw``: frame
     range (``start``/``end``/``stride``) and ``decode_and_detect`` arguments."""
-    rng = video.frame_range(**{k: kw.pop(k) for k in ("start", "end", "stride") if k in kw})
+    rng = video.FrameRange(**{k: kw.pop(k) for k in ("start", "end", "stride") if k in kw})
     src = sources.open_source(inp, view_boxes=view_boxes, frames=rng)
     if label:
         src = dataclasses.replace(src, label=label)
@@ -335,7 +335,7 @@ def test_profile_image_has_no_face(shared_data, landmarker_model):
 
 @pytest.mark.shared_data
 def test_composite_views_each_have_a_face(shared_data, landmarker_model, tmp_path):
-    comp = video.read_video(shared_data / COMPOSITE, end=9, stride=4)
+    comp = video.read_video(shared_data / COMPOSITE, frames=video.FrameRange(end=9, stride=4))
     clip = video.split_views(comp, COMPOSITE_BOXES)
     rec = _detect(clip, landmarker_model, cache_dir=tmp_path)
     res = dict(zip(rec.view_names, rec.landmarks))

@@ -55,14 +55,14 @@ def test_read_mead_with_time_range_and_stride(shared_data):
     info = video.probe_video(path)
     assert (info.width, info.height, info.fps) == (1920, 1080, 25.0)
     assert info.estimated_num_frames == 118
-    clip = video.read_video(path, start_s=1.0, end_s=2.0, stride=5)
+    clip = video.read_video(path, frames=video.FrameRange(start_s=1.0, end_s=2.0, stride=5))
     np.testing.assert_array_equal(clip.frame_indices, [25, 30, 35, 40, 45])
     assert clip.view_names == ("mead_M003_level_1_disgusted_015",)
     assert clip.frames[0].shape == (5, 1080, 1920, 3) and clip.frames[0].dtype == np.uint8
     assert clip.fps == 25.0 and clip.effective_fps == 5.0
     np.testing.assert_allclose(clip.timestamps_s, [1.0, 1.2, 1.4, 1.6, 1.8])
     # Same frames by frame numbers; the image is not blank.
-    again = video.read_video(path, start=25, end=46, stride=5, view_name="front")
+    again = video.read_video(path, frames=video.FrameRange(start=25, end=46, stride=5), view_name="front")
     np.testing.assert_array_equal(again.frames[0], clip.frames[0])
     assert again.view_names == ("front",)
     assert clip.frames[0].std() > 10
@@ -74,14 +74,14 @@ def test_stream_counts_all_frames(shared_data):
     indices = [i for i, f in video.iter_video_frames(path)]
     assert indices == list(range(175))
     # Early stop releases ffmpeg without error.
-    it = video.iter_video_frames(path, stride=10)
+    it = video.iter_video_frames(path, frames=video.FrameRange(stride=10))
     assert [next(it)[0] for _ in range(3)] == [0, 10, 20]
     it.close()
 
 
 @pytest.mark.shared_data
 def test_split_composite_into_views(shared_data):
-    comp = video.read_video(shared_data / COMPOSITE, end=3)
+    comp = video.read_video(shared_data / COMPOSITE, frames=video.FrameRange(end=3))
     assert comp.sizes == ((2224, 1080),)
     mv = video.split_views(comp, COMPOSITE_BOXES)
     assert mv.view_names == ("cam0", "cam1", "cam2")
@@ -135,7 +135,7 @@ def test_truncated_stream_is_an_error_but_earlier_frames_read(tmp_path):
     with pytest.raises(video.VideoError, match="cut.mp4.*truncated"):
         video.read_video(cut)
     # Frames before the cut are still readable when the range stops early.
-    assert video.read_video(cut, end=5).num_frames == 5
+    assert video.read_video(cut, frames=video.FrameRange(end=5)).num_frames == 5
 
 
 @pytest.mark.shared_data
@@ -162,7 +162,7 @@ def test_mismatched_view_lengths_trim_with_warning_or_fail_strict(tmp_path):
     # Equal lengths: no warning; stride applies to every view.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        clip = video.read_videos([a, a], ["x", "y"], stride=3)
+        clip = video.read_videos([a, a], ["x", "y"], frames=video.FrameRange(stride=3))
     np.testing.assert_array_equal(clip.frame_indices, [0, 3, 6, 9])
     # Streaming: stops at the shortest, then warns / raises.
     with pytest.warns(UserWarning, match="different frame counts"):
@@ -210,7 +210,7 @@ def test_frame_folder_mead_naming(tmp_path):
     assert clip.frames[0].shape == (5, 48, 64, 3) and clip.fps == 30
     np.testing.assert_allclose(clip.frames[0].mean(axis=(1, 2, 3)), frames.mean(axis=(1, 2, 3)), atol=3)
     np.testing.assert_allclose(clip.frames[1].mean(axis=(1, 2, 3)), frames[::-1].mean(axis=(1, 2, 3)), atol=3)
-    sub = video.read_frame_folder(tmp_path, view_names=["left_30"], stride=2)
+    sub = video.read_frame_folder(tmp_path, view_names=["left_30"], frames=video.FrameRange(stride=2))
     assert sub.view_names == ("left_30",)
     np.testing.assert_array_equal(sub.frame_indices, [1, 3, 5])
     with pytest.raises(video.VideoError, match="views"):
@@ -229,7 +229,7 @@ def test_frame_folder_plain_numbers_and_subfolders(tmp_path):
     assert clip.view_names == ("plain",)
     np.testing.assert_array_equal(clip.frame_indices, [0, 2, 4, 6])
     np.testing.assert_array_equal(clip.frames[0], frames)  # png: lossless
-    np.testing.assert_array_equal(video.read_frame_folder(plain, start=1, end=3).frame_indices, [2, 4])
+    np.testing.assert_array_equal(video.read_frame_folder(plain, frames=video.FrameRange(start=1, end=3)).frame_indices, [2, 4])
 
     views = tmp_path / "views"
     for v in ("cam_a", "cam_b"):
@@ -285,20 +285,15 @@ def test_probe_parses_headers_and_rotation(tmp_path):
 
 def test_public_helpers_keep_private_aliases(tmp_path):
     pairs = {
-        "frame_range": "_frame_range", "read_image": "_read_image", "resolve_view_names": "_view_names",
+        "read_image": "_read_image", "resolve_view_names": "_view_names",
         "check_file": "_check_file", "spawn": "_spawn", "parse_header": "_parse_header",
         "last_lines": "_last_lines", "scan_frame_folder": "_scan_folder",
     }  # fmt: skip
     for public, private in pairs.items():
         assert getattr(video, public) is getattr(video, private) and public in video.__all__, public
-    # frame_range: either a FrameRange or the loose arguments, never both.
-    rng = video.FrameRange(start=2, end=9, stride=3)
-    assert video.frame_range(rng) is rng
-    assert video.frame_range(start=2, end=9, stride=3) == rng
-    with pytest.raises(ValueError, match="not both"):
-        video.frame_range(rng, stride=2)
+    # a frame range is one FrameRange, checked when made.
     with pytest.raises(ValueError, match="stride"):
-        video.frame_range(stride=0)
+        video.FrameRange(stride=0)
     # resolve_view_names: stems, view0.. on clashes, explicit names checked against the count.
     assert video.resolve_view_names(["a/front.mp4", "b/left.mp4"]) == ("front", "left")
     assert video.resolve_view_names(["a/v.mp4", "b/v.mp4"]) == ("view0", "view1")

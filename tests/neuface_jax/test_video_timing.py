@@ -48,7 +48,7 @@ def test_stream_starting_late_keeps_the_files_frames(tmp_path):
     np.testing.assert_array_equal(clip.frame_indices, np.arange(10))
     np.testing.assert_array_equal(_numbers(clip.frames[0]), np.arange(10))
     # A range in frames and the streaming reader give the same numbering.
-    part = video.read_video(path, start=3, end=7)
+    part = video.read_video(path, frames=video.FrameRange(start=3, end=7))
     np.testing.assert_array_equal(_numbers(part.frames[0]), [3, 4, 5, 6])
     # The start offset reaches the Source's info (metrics.json).
     src = sources.open_source(str(path))
