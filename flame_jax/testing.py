@@ -19,6 +19,8 @@ import os
 import pickle
 import shlex
 import struct
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -581,3 +583,135 @@ def write_malicious_pickle(path, marker_path, *, via: str = "os.system") -> Path
     if via == "builtins.eval":
         return write_pickle_calling(path, "builtins", "eval", f"__import__('os').system({command!r})")
     raise ValueError(f"unknown via={via!r}")
+
+
+# ------------------------------------------------------------- memory bombs (tiny files, huge asks)
+
+
+def write_zero_stride_npy(path, *, side: int = 2**14, copies: int = 3) -> Path:
+    """A DECA-style ``.npy`` whose ``copies`` torch tensors are ``side``×``side`` float32 views with
+    stride 0 of a one-element storage: under a kilobyte on disk, ``copies × side² × 4`` bytes if
+    materialized (1 GiB each at the default side)."""
+    one = np.zeros(1, np.float32)
+    item = {
+        f"dynamic_lmk_bary_coords_{i}": torch_tensor(one, size=(side, side), stride=(0, 0), key=str(1000 + i))
+        for i in range(copies)
+    }
+    item["static_lmk_faces_idx"] = py3_array(np.zeros(51, np.int64))
+    return write_npy_object(path, item, protocol=4)
+
+
+def write_list_dag_pickle(path, *, depth: int = 34, key: str = "v_template") -> Path:
+    """A FLAME-layout pickle whose ``key`` is a list DAG (each level a list holding the level below
+    twice, through the pickle memo): under a kilobyte, ``2**depth`` numbers once expanded."""
+    level: Any = [0.0]
+    for _ in range(depth):
+        level = [level, level]
+    data = _small_flame_dict()
+    data[key] = level
+    return _write(path, dumps(data, protocol=2))
+
+
+def write_counted_bytes_pickle(path, *, declared: int = 2**40) -> Path:
+    """A pickle whose BINBYTES8 opcode declares ``declared`` bytes and holds none (the C unpickler
+    allocates the declared size before reading)."""
+    return _write(path, b"\x80\x04" + b"\x8e" + struct.pack("<Q", declared) + b".")
+
+
+def write_sparse_regressor_pickle(path, *, shape=(16384, 16384), fmt: str = "coo", seed: int = 0) -> Path:
+    """A FLAME-layout pickle (small arrays) whose ``J_regressor`` sparse matrix declares ``shape``
+    (``coo``: any shape from a few entries; ``csc``: an index pointer of ``shape[1] + 1``)."""
+    if fmt == "coo":
+        reg = New(
+            Global("scipy.sparse._coo", "coo_matrix"),
+            (),
+            {
+                "_shape": tuple(int(s) for s in shape),
+                "row": py3_array(np.zeros(3, np.int64)),
+                "col": py3_array(np.arange(3, dtype=np.int64)),
+                "data": py3_array(np.ones(3)),
+            },
+        )
+    else:
+        cols = int(shape[1])
+        reg = New(
+            Global("scipy.sparse._csc", "csc_matrix"),
+            (),
+            {
+                "_shape": (int(shape[0]), cols),
+                "indices": py3_array(np.zeros(1, np.int32)),
+                "indptr": py3_array(np.concatenate([[0], np.ones(cols, np.int32)]).astype(np.int32)),
+                "data": py3_array(np.ones(1)),
+            },
+        )
+    data = _small_flame_dict(seed)
+    data["J_regressor"] = reg
+    return _write(path, dumps(data, protocol=4))
+
+
+def _small_flame_dict(seed: int = 0, v: int = 6) -> dict:
+    """The keys of a FLAME pickle with tiny arrays (6 vertices, 5 joints), for hostile variants."""
+    rng = np.random.default_rng(seed)
+    return {
+        "v_template": py3_array(rng.normal(size=(v, 3))),
+        "f": py3_array(np.zeros((2, 3), np.uint32)),
+        "shapedirs": py3_array(np.zeros((v, 3, 4))),
+        "posedirs": py3_array(np.zeros((v, 3, 36))),
+        "weights": py3_array(np.full((v, 5), 0.2)),
+        "kintree_table": py3_array(np.array([[0, 0, 1, 1, 1], [0, 1, 2, 3, 4]], np.int64)),
+        "J_regressor": py3_array(np.full((5, v), 1.0 / v)),
+    }
+
+
+def write_npz_bomb(path, *, inflated: int = 2**28, declared_shape=None, lie: bool = False) -> Path:
+    """An ``.npz`` whose one member inflates to about ``inflated`` bytes from a tiny deflate stream.
+
+    ``declared_shape``: the member's ``.npy`` header declares this shape (float64) whatever the data
+    (an allocation asked for by a header alone). ``lie``: the zip headers declare the member as 64
+    bytes while its deflate stream inflates to ``inflated``.
+    """
+    shape = tuple(declared_shape) if declared_shape is not None else (inflated // 8,)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    header = head.getvalue()
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunks, crc, size = [comp.compress(header)], zlib.crc32(header), len(header)
+    left = (inflated // 8) * 8
+    while left > 0:
+        block = bytes(min(left, 2**20))
+        chunks.append(comp.compress(block))
+        crc, size, left = zlib.crc32(block, crc), size + len(block), left - len(block)
+    chunks.append(comp.flush())
+    body = b"".join(chunks)
+    info = zipfile.ZipInfo("x.npy", date_time=(2020, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.CRC = crc
+    info.compress_size = len(body)
+    info.file_size = 64 if lie else size
+    local = info.FileHeader(zip64=False)
+    central_offset = len(local) + len(body)
+    central = _central_record(info, 0)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(central), central_offset, 0)
+    return _write(path, local + body + central + end)
+
+
+def _central_record(info, header_offset: int) -> bytes:
+    name = info.filename.encode()
+    dostime = info.date_time[3] << 11 | info.date_time[4] << 5 | info.date_time[5] // 2
+    dosdate = (info.date_time[0] - 1980) << 9 | info.date_time[1] << 5 | info.date_time[2]
+    return struct.pack(
+        "<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 20, 0, 0, info.compress_type, dostime, dosdate,
+        info.CRC, info.compress_size, info.file_size, len(name), 0, 0, 0, 0, 0, header_offset,
+    ) + name
+
+
+def write_empty_array_embedding(path) -> Path:
+    """A valid RingNet-style embedding pickle (Python 3, protocol 2) holding one empty array next to
+    the real ones, as ``pickle.dumps`` writes it (an empty array's data is pickled as ``bytes()``)."""
+    rng = np.random.default_rng(0)
+    d = {
+        "lmk_face_idx": rng.integers(0, 100, 51).astype(np.uint32),
+        "lmk_b_coords": _bary(rng, 51),
+        "unused": np.zeros((0, 3)),
+    }
+    return _write(path, pickle.dumps(d, protocol=2))

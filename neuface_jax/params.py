@@ -60,6 +60,8 @@ REQUIRED_KEYS = ("cam", "pose", "expr", "shapes", "frame_index", "view_index", "
 DEMO_KIND, FLAME_KIND, UNKNOWN_KIND = "demo", "flame", "unknown"
 DEMO_NAME_PREFIX = "demo head"
 _HASH_BLOCK = 1 << 20
+#: The reference crop side (``media.crops.CROP_SIZE``), for files that do not record theirs.
+_CROP_SIZE = 224
 
 
 class ParamsError(ValueError):
@@ -234,7 +236,8 @@ def load_params(path) -> ParamsRecord:
     for key in ("cam", "pose", "expr", "shapes", "view_index"):
         if z[key].shape[0] != s:
             raise ParamsError(f"{path}: key {key!r} has {z[key].shape[0]} rows, frame_index has {s}")
-    if s != t * w or (s and (vi.min() < 0 or vi.max() >= w)):
+    cells = np.unique(fi * max(w, 1) + vi).size if s else 0
+    if s != t * w or (s and (fi.min() < 0 or vi.min() < 0 or vi.max() >= w)) or cells != s:
         raise ParamsError(f"{path}: {s} rows do not make {t} frames x {w} views (frame_index / view_index)")
     frame_indices = np.asarray(z.get("frame_indices", np.arange(t)), np.int64)
     if frame_indices.shape != (t,):
@@ -245,14 +248,15 @@ def load_params(path) -> ParamsRecord:
     valid = grid("valid", bool)
     if valid is None:
         valid = np.ones((t, w), bool)
-    shapes = np.asarray(z["shapes"], np.float32)
-    frame_indices.setflags(write=False)
+    shape = np.array(z["shapes"][0] if s else np.zeros((0,)), np.float32)
+    for a in (frame_indices, shape):
+        a.setflags(write=False)
     return ParamsRecord(
         path=path, format=str(_scalar(z, "format", "")), method=str(_scalar(z, "method", "")),
         model=_stored_model(z), view_names=names, frame_indices=frame_indices, valid=valid,
-        shape=shapes[0] if s else np.zeros((0,), np.float32),
+        shape=shape,
         expression=grid("expr", np.float32), pose=_grid(_full_pose(z), fi, vi, t, w), cam=grid("cam", np.float32),
-        crop_transforms=grid("crop_transforms", np.float32), crop_size=int(_scalar(z, "crop_size", 224)),
+        crop_transforms=grid("crop_transforms", np.float32), crop_size=int(_scalar(z, "crop_size", _CROP_SIZE)),
         landmarks2d=grid("landmarks2d", np.float32), predicted_landmarks2d=grid("predicted_landmarks2d", np.float32),
     )
 

@@ -26,6 +26,13 @@ keep their stored array) and the handful of torch names a pickled CPU tensor use
 ``builtins.eval``, ... -- raises :class:`UnsafeModelFileError` before anything named
 in the file is called. ``.npz`` files are always read with ``allow_pickle=False``.
 
+Memory: every load has a budget (``max_bytes=``, else ``$FLAME_JAX_MAX_LOAD_BYTES``, else
+``DEFAULT_MAX_BYTES`` = 2 GiB) for what a file may make the loader build -- declared ``.npy``
+sizes, decompressed ``.npz`` member sizes (never inflating past them), pickled arrays and torch
+tensors (stride-0 views at their full size), the dense size of sparse matrices, nested lists
+expanded (shared sub-lists included) and one charge per pickle opcode. Each is checked before
+the allocation; going over raises :class:`FileTooLargeError` (a ``ValueError``) naming the file.
+
 Modules: ``errors`` (the exceptions and limits), ``unpickler`` (the restricted unpickler and
 the inert stand-ins), ``torch_stream`` (pickled torch tensors without torch), ``files`` (safe
 reading, atomic writing), ``convert`` (stand-ins → arrays), ``flame_model`` (model files),
@@ -33,11 +40,14 @@ reading, atomic writing), ``convert`` (stand-ins → arrays), ``flame_model`` (m
 """
 
 from flame_jax.io.embeddings import EMBEDDING_FORMAT, load_landmark_embedding, save_landmark_embedding
-from flame_jax.io.errors import UnsafeModelFileError
+from flame_jax.io.errors import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, FileTooLargeError, UnsafeModelFileError
 from flame_jax.io.files import _read_npy  # noqa: F401  (used by tests)
 from flame_jax.io.flame_model import MODEL_FORMAT, load_model, save_model
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MAX_BYTES_ENV",
+    "FileTooLargeError",
     "EMBEDDING_FORMAT",
     "MODEL_FORMAT",
     "UnsafeModelFileError",

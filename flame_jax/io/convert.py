@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from flame_jax.io.errors import _FileError, _MAX_DEPTH, _fail, _short
+from flame_jax.io.errors import _FileError, _MAX_DEPTH, _charge_array, _fail, _short
 from flame_jax.io.torch_stream import _PendingTensor, _StorageType, _TorchStorage
 from flame_jax.io.unpickler import _Captured, _ChumpyObject, _Function, _SparseObject, _Tag, _as_int_tuple
 
@@ -46,7 +46,8 @@ def _chumpy_value(obj: _ChumpyObject, source: str, key: str, depth: int) -> np.n
     if "a" in state and "newshape" in state:  # chumpy.reordering.reshape
         a = _numeric(state["a"], source, key, depth + 1)
         try:
-            return a.reshape(_as_int_tuple(tuple(np.atleast_1d(state["newshape"]).tolist()), "newshape"))
+            newshape = np.atleast_1d(_numeric(state["newshape"], source, key, depth + 1))
+            return a.reshape(_as_int_tuple(tuple(newshape.tolist()), "newshape"))
         except (TypeError, ValueError) as e:
             raise _fail(source, f"'{key}': chumpy {label} with invalid shape ({e})") from None
     raise _fail(
@@ -63,6 +64,8 @@ def _sparse_value(obj: _SparseObject, source: str, key: str, depth: int):
         shape = _as_int_tuple(tuple(shape), "shape")
         if len(shape) != 2:
             raise ValueError(f"shape {shape} is not 2-D")
+        # Every caller densifies the matrix: its dense size is what the file asks for.
+        _charge_array(source, shape, 8, f"'{key}' (sparse, densified)")
         if fmt == "coo":
             if "coords" in state:
                 row, col = (_numeric(c, source, key, depth + 1) for c in state["coords"])
@@ -99,6 +102,9 @@ def _numeric(obj, source: str, key: str, depth: int = 0):
         if obj.dtype.hasobject:
             raise _fail(source, f"'{key}' is an object array, not a numeric array")
         return obj
+    # Nested lists/tuples may share sub-lists through the pickle memo: a DAG of a few hundred bytes
+    # expands to 2**depth numbers. Count the expansion (memoized per node) before building it.
+    _charge_array(source, (_expanded_size(obj, source, key, {}, depth),), 8, f"'{key}' (nested lists)")
     try:
         a = np.asarray(obj)
     except Exception as e:
@@ -106,6 +112,23 @@ def _numeric(obj, source: str, key: str, depth: int = 0):
     if a.dtype.hasobject or a.dtype.kind not in "biufc":
         raise _fail(source, f"'{key}' is not a numeric array (got {type(obj).__name__})")
     return a
+
+
+def _expanded_size(obj, source: str, key: str, memo: dict, depth: int) -> int:
+    """Number of elements ``np.asarray(obj)`` would hold; shared sub-lists are counted once per
+    reference without being walked twice."""
+    if isinstance(obj, np.ndarray):
+        return obj.size
+    if not isinstance(obj, (list, tuple)):
+        return 1
+    found = memo.get(id(obj))
+    if found is not None:
+        return found
+    if depth > _MAX_DEPTH:
+        raise _fail(source, f"'{key}' nested too deeply")
+    n = sum(_expanded_size(v, source, key, memo, depth + 1) for v in obj)
+    memo[id(obj)] = n
+    return n
 
 
 def _dense(obj, source: str, key: str) -> np.ndarray:

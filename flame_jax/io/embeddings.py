@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from flame_jax.io.convert import _dense
-from flame_jax.io.errors import _fail, _named_errors
+from flame_jax.io.errors import _Source, _fail, _named_errors
 from flame_jax.io.files import (
     _atomic_savez,
     _check_format,
@@ -43,9 +43,8 @@ def _array_key(d: dict, key: str, source: str) -> np.ndarray:
     return _dense(d[key], source, key)
 
 
-def _ringnet_dynamic(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    source = str(path)
-    d = _unwrap_container(_read_npy(path), source)
+def _ringnet_dynamic(path: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
+    d = _unwrap_container(_read_npy(path, source), source)
     if not isinstance(d, dict):
         raise _fail(source, "expected a dict with 'lmk_face_idx' and 'lmk_b_coords'")
     face = _array_key(d, "lmk_face_idx", source)
@@ -59,16 +58,16 @@ def _ringnet_dynamic(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return face, bary
 
 
-def _ringnet_static(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    source = str(path)
-    d = _unwrap_container(_unpickle_file(path) if _sniff(path) == "pickle" else _read_npy(path), source)
+def _ringnet_static(path: Path, source: str) -> tuple[np.ndarray, np.ndarray]:
+    d = _unwrap_container(
+        _unpickle_file(path, source) if _sniff(path) == "pickle" else _read_npy(path, source), source
+    )
     if not isinstance(d, dict):
         raise _fail(source, "expected a dict with 'lmk_face_idx' and 'lmk_b_coords'")
     return _array_key(d, "lmk_face_idx", source), _array_key(d, "lmk_b_coords", source)
 
 
-def _embedding_from_dict(d, path: Path) -> LandmarkEmbedding:
-    source = str(path)
+def _embedding_from_dict(d, path: Path, source: _Source) -> LandmarkEmbedding:
     if not isinstance(d, dict):
         raise _fail(source, f"expected a dict of landmark arrays, got {type(d).__name__}")
     if any(k in d for k in _DECA_KEYS):  # DECA landmark_embedding.npy
@@ -98,15 +97,15 @@ def _embedding_from_dict(d, path: Path) -> LandmarkEmbedding:
                 raise _fail(
                     source, f"a dynamic contour table alone is not an embedding; {static.name} not found beside it"
                 )
-            face_s, bary_s = _ringnet_static(static)
-            dyn_f, dyn_b = _ringnet_dynamic(path)
+            face_s, bary_s = _ringnet_static(static, source.beside(static))
+            dyn_f, dyn_b = _ringnet_dynamic(path, source)
             return LandmarkEmbedding.from_arrays(
                 face_idx=face_s, bary_coords=bary_s, dynamic_face_idx=dyn_f, dynamic_bary_coords=dyn_b,
                 kind="ibug68", source=f"{static} + {path.name}",
             )
         dynamic = path.with_name(_RINGNET_DYNAMIC)
         if face.reshape(-1).shape[0] == 51 and dynamic.exists() and dynamic != path:
-            dyn_f, dyn_b = _ringnet_dynamic(dynamic)
+            dyn_f, dyn_b = _ringnet_dynamic(dynamic, source.beside(dynamic))
             return LandmarkEmbedding.from_arrays(
                 face_idx=face, bary_coords=bary, dynamic_face_idx=dyn_f, dynamic_bary_coords=dyn_b,
                 kind="ibug68", source=source,
@@ -135,7 +134,9 @@ def _embedding_from_own_npz(z: dict, source: str) -> LandmarkEmbedding:
     )
 
 
-def load_landmark_embedding(path, *, model: FlameModel | None = None) -> LandmarkEmbedding:
+def load_landmark_embedding(
+    path, *, model: FlameModel | None = None, max_bytes: int | None = None
+) -> LandmarkEmbedding:
     """Loads a landmark embedding.
 
     Recognized (from the content): DECA ``landmark_embedding.npy`` → "ibug68";
@@ -147,23 +148,26 @@ def load_landmark_embedding(path, *, model: FlameModel | None = None) -> Landmar
     Args:
       path: the file.
       model: when given, every face index is checked against ``model.num_faces``.
+      max_bytes: memory budget of the load (this file and a RingNet file beside it), as in
+        :func:`flame_jax.io.load_model`.
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
       UnsafeModelFileError: a pickle references a non-allow-listed global (nothing runs).
+      FileTooLargeError: (a ValueError) naming the file, when it asks for more than ``max_bytes``.
       ValueError: naming the file, for malformed content or out-of-range face indices.
     """
     p = _check_path(path)
-    source = str(p)
+    source = _Source(p, max_bytes)
     kind = _sniff(p)
     with _named_errors(source, "landmark arrays"):
         if kind == "npz":
-            z = _read_npz(p)
-            emb = _embedding_from_own_npz(z, source) if "format" in z else _embedding_from_dict(z, p)
+            z = _read_npz(p, source)
+            emb = _embedding_from_own_npz(z, source) if "format" in z else _embedding_from_dict(z, p, source)
         elif kind == "npy":
-            emb = _embedding_from_dict(_unwrap_container(_read_npy(p), source), p)
+            emb = _embedding_from_dict(_unwrap_container(_read_npy(p, source), source), p, source)
         else:
-            emb = _embedding_from_dict(_unwrap_container(_unpickle_file(p), source), p)
+            emb = _embedding_from_dict(_unwrap_container(_unpickle_file(p, source), source), p, source)
     if model is not None:
         emb.check_faces(model.num_faces, source=source)
     return emb

@@ -5,13 +5,16 @@ restricted unpickler, and atomic ``.npz`` writing.
 from __future__ import annotations
 
 import errno
+import io
+import math
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from flame_jax.atomic import atomic_write
-from flame_jax.io.errors import UnsafeModelFileError, _FileError, _fail, _short
+from flame_jax.io.errors import UnsafeModelFileError, _charge, _charge_array, _FileError, _fail, _short
 from flame_jax.io.unpickler import _RestrictedUnpickler, _finish
 
 
@@ -52,44 +55,112 @@ def _unpickle_stream(f, source: str):
         raise _fail(source, f"not a readable pickle of FLAME data ({type(e).__name__}: {detail})") from None
 
 
-def _unpickle_file(path: Path):
-    with open(path, "rb") as f:
-        return _unpickle_stream(f, str(path))
+def _read_bytes(f, source: str, what: str) -> bytes:
+    """The rest of the open file ``f``, charged to the budget before it is read."""
+    size = os.fstat(f.fileno()).st_size - f.tell()
+    _charge(source, size, what)
+    return f.read(size)
 
 
-def _read_npy(path: Path):
-    """Reads a ``.npy`` file; an object array's pickled payload goes through the restricted unpickler."""
-    source = str(path)
+def _unpickle_file(path: Path, source: str | None = None):
+    source = str(path) if source is None else source
     with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"unsupported .npy format version {version}")
-        except Exception as e:
-            raise _fail(source, f"not a valid .npy file ({e})") from None
+        # In memory: the C unpickler allocates a counted string's declared size before reading it
+        # from a file, but reads only what is there from a BytesIO (after the opcode pre-scan).
+        data = _read_bytes(f, source, "the pickle")
+    return _unpickle_stream(io.BytesIO(data), source)
+
+
+def _npy_header(f, source: str, what: str):
+    """Reads a ``.npy`` magic and header from ``f``: ``(shape, fortran_order, dtype)``."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(f)
+        raise ValueError(f"unsupported .npy format version {version}")
+    except Exception as e:
+        raise _fail(source, f"not a valid {what} ({e})") from None
+
+
+def _declared_nbytes(shape, dtype: np.dtype, source: str) -> int:
+    if any(int(n) < 0 for n in shape):
+        raise _fail(source, f"negative array shape {shape}")
+    return math.prod(int(n) for n in shape) * dtype.itemsize
+
+
+def _read_npy(path: Path, source: str | None = None):
+    """Reads a ``.npy`` file; an object array's pickled payload goes through the restricted unpickler.
+
+    A numeric array's declared size must be present in the file and within the budget before
+    anything is allocated.
+    """
+    source = str(path) if source is None else source
+    with open(path, "rb") as f:
+        shape, fortran, dtype = _npy_header(f, source, ".npy file")
         if not dtype.hasobject:
+            nbytes = _declared_nbytes(shape, dtype, source)
+            held = os.fstat(f.fileno()).st_size - f.tell()
+            if held < nbytes:
+                raise _fail(source, f"the header declares {shape} {dtype} ({nbytes} bytes), the file holds {held}")
+            _charge_array(source, shape, dtype.itemsize, "the array")
             try:
-                f.seek(0)
-                return np.load(f, allow_pickle=False)
+                return _array_from_stream(f, shape, fortran, dtype, nbytes)
             except Exception as e:
                 raise _fail(source, f"cannot read the array ({type(e).__name__}: {e})") from None
-        obj = _unpickle_stream(f, source)
+        obj = _unpickle_stream(io.BytesIO(_read_bytes(f, source, "the pickled payload")), source)
     if not isinstance(obj, np.ndarray) or obj.shape != tuple(shape):
         raise _fail(source, f".npy payload is not an array of the declared shape {shape}")
     return obj
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    source = str(path)
+def _array_from_stream(f, shape, fortran: bool, dtype: np.dtype, nbytes: int) -> np.ndarray:
+    """Reads exactly ``nbytes`` (already checked against the budget) into an array."""
+    buf = bytearray(nbytes)
+    view, got = memoryview(buf), 0
+    while got < nbytes:
+        n = f.readinto(view[got : got + (1 << 24)])
+        if not n:
+            raise ValueError(f"truncated array data ({got} of {nbytes} bytes)")
+        got += n
+    arr = np.frombuffer(buf, dtype=dtype)
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
+
+
+def _read_npz(path: Path, source: str | None = None) -> dict[str, np.ndarray]:
+    """Reads an ``.npz`` archive of numeric ``.npy`` members (``allow_pickle=False`` semantics).
+
+    Each member's declared decompressed size is charged before it is opened, its ``.npy`` header
+    must match that size, and no more than that is inflated (a lying zip header ends in an error).
+    """
+    source = str(path) if source is None else source
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:  # BadZipFile, object arrays (allow_pickle=False), truncation, ...
+        with zipfile.ZipFile(path) as zf:
+            return dict(_npz_member(zf, info, source) for info in zf.infolist())
+    except (UnsafeModelFileError, _FileError):
+        raise
+    except Exception as e:  # BadZipFile (bad CRC after a lying header), truncation, ...
         raise _fail(source, f"not a readable .npz archive ({type(e).__name__}: {e})") from None
+
+
+def _npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> tuple[str, np.ndarray]:
+    name = info.filename
+    what = f"member {_short(name)}"
+    _charge(source, info.file_size, f"{what} (decompressed)")
+    with zf.open(info) as m:
+        shape, fortran, dtype = _npy_header(m, source, f".npy {what}")
+        if dtype.hasobject:
+            raise _fail(source, f"{what} is an object array; .npz archives are read without pickles")
+        nbytes = _declared_nbytes(shape, dtype, source)
+        if m.tell() + nbytes != info.file_size:
+            raise _fail(
+                source, f"{what}: the header declares {shape} {dtype} ({nbytes} bytes), the zip entry {info.file_size}"
+            )
+        arr = _array_from_stream(m, shape, fortran, dtype, nbytes)
+        if m.read(1):
+            raise _fail(source, f"{what} holds more data than it declares")
+    return (name[:-4] if name.endswith(".npy") else name), arr
 
 
 def _unwrap_container(obj, source: str):

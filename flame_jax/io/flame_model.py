@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from flame_jax.io.convert import _dense, _numeric
-from flame_jax.io.errors import _fail, _named_errors
+from flame_jax.io.errors import _Source, _fail, _named_errors
 from flame_jax.io.files import _atomic_savez, _check_format, _check_path, _read_npz, _sniff, _text, _unpickle_file
 from flame_jax.io.unpickler import _as_int
 from flame_jax.model import FLAME_NUM_SHAPE_FILE, FlameModel
@@ -82,7 +82,9 @@ def _model_from_npz(z: dict, source: str) -> tuple[dict[str, Any], str | None]:
     return {k: z[k] for k in _MODEL_KEYS}, name
 
 
-def load_model(path, *, n_shape: int | None = None, n_expr: int | None = None) -> FlameModel:
+def load_model(
+    path, *, n_shape: int | None = None, n_expr: int | None = None, max_bytes: int | None = None
+) -> FlameModel:
     """Loads a FLAME model.
 
     Args:
@@ -92,6 +94,10 @@ def load_model(path, *, n_shape: int | None = None, n_expr: int | None = None) -
       n_shape: keep only the leading identity components (default: all, 300 in
         official files).
       n_expr: keep only the leading expression components (default: all, 100).
+      max_bytes: memory budget of the load: the arrays (declared sizes, decompressed sizes, dense
+        sizes of sparse matrices, expanded nested lists) and pickle objects the file may make the
+        loader build, checked before each allocation. Default: ``$FLAME_JAX_MAX_LOAD_BYTES``, else
+        ``flame_jax.io.DEFAULT_MAX_BYTES`` (2 GiB; official files need a few hundred MB).
 
     Returns:
       A :class:`FlameModel` (float32/int32).
@@ -99,18 +105,19 @@ def load_model(path, *, n_shape: int | None = None, n_expr: int | None = None) -
     Raises:
       FileNotFoundError: ``path`` does not exist.
       UnsafeModelFileError: the pickle references a non-allow-listed global (nothing runs).
+      FileTooLargeError: (a ValueError) naming the file, when it asks for more than ``max_bytes``.
       ValueError: naming the file, for any malformed content.
     """
     p = _check_path(path)
-    source = str(p)
+    source = _Source(p, max_bytes)
     kind = _sniff(p)
     name = None
     if kind == "npz":
-        arrays, name = _model_from_npz(_read_npz(p), source)
+        arrays, name = _model_from_npz(_read_npz(p, source), source)
     elif kind == "npy":
         raise _fail(source, "a .npy file is not a FLAME model (expected a .pkl or a flame_jax .npz)")
     else:
-        arrays = _model_from_pickle_dict(_unpickle_file(p), source)
+        arrays = _model_from_pickle_dict(_unpickle_file(p, source), source)
     shapedirs, exprdirs = np.asarray(arrays["shapedirs"]), np.asarray(arrays["exprdirs"])
     if shapedirs.ndim != 3 or exprdirs.ndim != 3:
         raise _fail(source, f"blend shapes must be (V, 3, K), got {shapedirs.shape} and {exprdirs.shape}")

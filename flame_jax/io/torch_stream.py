@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from flame_jax.io.errors import _MAX_TENSOR_ELEMENTS, _fail, _short
+from flame_jax.io.errors import _MAX_TENSOR_ELEMENTS, _charge, _charge_array, _fail, _short
 
 
 class _StorageType:
@@ -148,6 +148,7 @@ def _load_torch_stream(data: bytes, source: str, depth: int, unpickler: type):
         if raw_dtype.itemsize > 1:
             raw_dtype = raw_dtype.newbyteorder(order)
         nbytes = count * raw_dtype.itemsize
+        _charge(source, nbytes, f"torch storage {_short(key)}")
         raw = f.read(nbytes)
         if len(raw) != nbytes:
             raise _fail(source, f"torch stream truncated (storage {_short(key)} needs {nbytes} bytes, has {len(raw)})")
@@ -175,6 +176,8 @@ def _tensor_array(t: _PendingTensor, source: str) -> np.ndarray:
         return np.zeros(size, data.dtype)
     if count > _MAX_TENSOR_ELEMENTS:  # stride-0 views could otherwise expand a tiny storage enormously
         raise _fail(source, f"torch tensor of {count} elements is larger than any landmark or model array")
+    # Charged before the copy: a view (stride 0 included) costs its full size once materialized.
+    _charge_array(source, size, data.dtype.itemsize, "a torch tensor")
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= data.shape[0]:
         raise _fail(source, f"torch tensor reaches element {last} of a storage of {data.shape[0]}")

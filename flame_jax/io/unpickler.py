@@ -8,11 +8,20 @@ import collections
 import math
 import operator
 import pickle
+import pickletools
 from typing import Any, Callable
 
 import numpy as np
 
-from flame_jax.io.errors import UnsafeModelFileError, _MAX_DEPTH, _fail, _short
+from flame_jax.io.errors import (
+    UnsafeModelFileError,
+    _BYTES_PER_OPCODE,
+    _MAX_DEPTH,
+    _charge,
+    _charge_array,
+    _fail,
+    _short,
+)
 from flame_jax.io.torch_stream import (
     _STORAGE_TAGS,
     _TENSOR_TAG,
@@ -194,11 +203,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def __init__(self, file, source: str, *, storages: dict | None = None, depth: int = 0):
         super().__init__(file, encoding="latin1")
+        self._file = file
         self._source = source
         self._storages = storages
         self._depth = depth
         self._chumpy_classes: dict[str, type] = {}
         self._allowed = self._allow_list()
+
+    def load(self):
+        """Pre-scans the pickle (``_prescan``), then unpickles it."""
+        _prescan(self._file, self._source)
+        return super().load()
 
     # ------------------------------------------------------------------ names
     def _allow_list(self) -> dict[str, Any]:
@@ -244,6 +259,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 raise _fail(src, "_codecs.encode of a non-string")
             return text.encode("latin1")
 
+        def empty_bytes(*args):
+            # How Python 3 writes an empty bytes object at pickle protocol <= 2 (e.g. the data of an
+            # empty array): builtins.bytes(). Only the empty call is accepted.
+            if args:
+                raise UnsafeModelFileError(f"{src}: refusing to load: builtins.bytes called with arguments")
+            return b""
+
         def inert_set(items=()):
             # Python 2 sets (e.g. in chumpy's bookkeeping state): kept as a tuple, never hashed.
             return tuple(items)
@@ -261,6 +283,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             table[f"{mod}._frombuffer"] = _Function(frombuffer, f"{mod}._frombuffer")
         table["copyreg._reconstructor"] = _Function(reconstructor, "copyreg._reconstructor")
         table["_codecs.encode"] = _Function(codecs_encode, "_codecs.encode")
+        table["builtins.bytes"] = _Function(empty_bytes, "builtins.bytes")
         table["builtins.set"] = _Function(inert_set, "builtins.set")
         table["builtins.frozenset"] = _Function(inert_set, "builtins.frozenset")
         for fmt, cls in _SPARSE_CLASSES.items():
@@ -376,6 +399,26 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _finish(obj, self._source)
 
 
+def _prescan(f, source: str) -> None:
+    """Walks the pickle's opcodes (from ``f``'s position, which is restored) before it is loaded.
+
+    Each opcode is charged to the load's memory budget (``_BYTES_PER_OPCODE``): the objects the
+    unpickler builds, memo references included, are at most one per opcode. Counted strings must fit
+    in what is left of the stream (the C unpickler allocates a declared length before reading it).
+    """
+    start = f.tell()
+    count = 0
+    try:
+        for _op, _arg, _pos in pickletools.genops(f):
+            count += 1
+    except Exception as e:  # ValueError: truncated counted string, unknown opcode, ...
+        detail = str(e) if len(str(e)) <= 200 else str(e)[:197] + "..."
+        raise _fail(source, f"not a readable pickle of FLAME data ({type(e).__name__}: {detail})") from None
+    finally:
+        f.seek(start)
+    _charge(source, count * _BYTES_PER_OPCODE, f"unpickling {count} opcodes")
+
+
 def _finish(obj, source: str, memo: dict | None = None, depth: int = 0):
     """Rebuilds what the unpickler left as stand-ins: arrays (``_ArrayObject``) and
     tensors whose data followed in their stream (``_PendingTensor``), throughout
@@ -469,6 +512,7 @@ def _array_from_bytes(raw: bytes, dt: np.dtype, shape: tuple, fortran: bool, sou
     if any(n < 0 for n in shape):
         raise _fail(source, f"negative array shape {shape}")
     count = math.prod(shape)
+    _charge_array(source, shape, dt.itemsize, "a pickled array")
     if len(raw) != count * dt.itemsize:
         raise _fail(source, f"array of {shape} {dt} needs {count * dt.itemsize} bytes, the pickle holds {len(raw)}")
     arr = np.frombuffer(raw, dtype=dt, count=count).reshape(shape, order="F" if fortran else "C")
@@ -492,6 +536,7 @@ def _array_value(obj: _ArrayObject, source: str, memo: dict, depth: int) -> np.n
     if dt.hasobject:
         if not isinstance(data, list) or len(data) != math.prod(shape) or any(n < 0 for n in shape):
             raise _fail(source, f"pickled object array of shape {shape} without a matching item list")
+        _charge_array(source, shape, dt.itemsize, "a pickled object array")
         out = np.empty(len(data), dtype=object)
         for i, item in enumerate(data):
             out[i] = _finish(item, source, memo, depth + 1)

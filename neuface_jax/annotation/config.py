@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from neuface_jax.common.settings import setting
+from neuface_jax.media.export import OVERLAY_STYLES, check_overlay_style
 from neuface_jax.media.video import FrameRange
 
 LANDMARK_SETS = ("ibug68", "mediapipe105")
@@ -109,6 +110,13 @@ class OutputConfig:
     write_video: bool = setting(True, "Write overlay.mp4.", flag="overlay")
     write_objs: bool = setting(False, "Write one OBJ per frame and view (objs/<view>/).", flag="objs")
     overlay_max_side: int = setting(480, "Longest side of the overlay video in pixels.")
+    overlay_style: str = setting(
+        "wire", "Mesh in overlay.mp4: wire (hidden-line wireframe), shaded (translucent) or both.",
+        choices=OVERLAY_STYLES)
+    side_by_side: bool = setting(False, "overlay.mp4 shows each view as the image | the mesh.")
+
+    def __post_init__(self):
+        check_overlay_style(self.overlay_style)
 
     def replace(self, **kw) -> "OutputConfig":
         return dataclasses.replace(self, **kw)

@@ -18,7 +18,7 @@ import flame_jax
 from neuface_jax.core import metrics as metrics_lib
 from neuface_jax.media import crops as crops_lib
 
-__all__ = ["clip_metrics", "landmarks3d", "landmarks_to_pixels"]
+__all__ = ["clip_metrics", "frame_nme", "landmarks3d", "landmarks_to_pixels"]
 
 #: Smoothness metrics need two accelerations.
 _MIN_FRAMES = 3
@@ -42,6 +42,24 @@ def _finite_or_nan(x) -> float:
     return x if np.isfinite(x) else float("nan")
 
 
+def _scored(target_px: np.ndarray, valid: np.ndarray, eye_idx) -> np.ndarray:
+    """[T, W, L] the points NME scores: detected, on frames with a face and both eye corners."""
+    vis = np.isfinite(target_px).all(-1) & np.asarray(valid, bool)[..., None]
+    # NME divides by the detected eye-corner distance: frames with a hidden (NaN) eye corner are left out.
+    return vis & np.isfinite(target_px[..., list(eye_idx), :]).all((-1, -2))[..., None]
+
+
+def frame_nme(pred_px: np.ndarray, target_px: np.ndarray, valid: np.ndarray, eye_idx) -> np.ndarray:
+    """[T, W] NME (%) of each frame and view, as ``clip_metrics`` scores it before the mean (NaN: not scored).
+
+    ``pred_px``, ``target_px``: [T, W, L, 2] fitted and detected landmarks in original pixels
+    (NaN = no detection); ``valid`` [T, W].
+    """
+    li, ri = eye_idx
+    return np.asarray(metrics_lib.nme_per_frame(
+        pred_px, np.nan_to_num(target_px), _scored(target_px, valid, eye_idx), left_eye_idx=li, right_eye_idx=ri))
+
+
 def clip_metrics(result, face, eye_idx, *, crop_transforms, target_px, valid, crop_size, view_names):
     """``(top-level metrics, {view: metrics})`` of a fit (``fit.FitResult``) against detections.
 
@@ -49,9 +67,7 @@ def clip_metrics(result, face, eye_idx, *, crop_transforms, target_px, valid, cr
     """
     t, w = valid.shape
     keep = [v for v in range(w) if valid[:, v].any()]
-    vis = np.isfinite(target_px).all(-1) & valid[..., None]
-    # NME divides by the detected eye-corner distance: frames with a hidden (NaN) eye corner are left out.
-    vis &= np.isfinite(target_px[..., list(eye_idx), :]).all((-1, -2))[..., None]
+    vis = _scored(target_px, valid, eye_idx)
     pred_px = landmarks_to_pixels(result.landmarks2d, crop_transforms, crop_size)
     ref_px = np.nan_to_num(target_px)
     li, ri = eye_idx

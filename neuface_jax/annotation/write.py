@@ -3,8 +3,9 @@
 ``params.npz`` (``export.write_params``: the NeuFace layout and our additions, with the model
 file's path, SHA-256 and component counts: ``neuface_jax.params``, docs/params_format.md) and
 ``metrics.json`` are written atomically, ``params.npz`` first; ``overlay.mp4`` draws the mesh over the original
-frames, views tiled left to right, detected landmarks as green dots; ``objs/<view>/frame_%05d.obj``
-on request. Metric definitions: ``annotation.scoring``.
+frames (``OutputConfig.overlay_style``; side by side on request), views tiled left to right, the model's
+projected and the detected landmarks in two colours, each view labelled with its name, the frame index
+and the frame's NME; ``objs/<view>/frame_%05d.obj`` on request. Metric definitions: ``annotation.scoring``.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import numpy as np
 from neuface_jax import params as params_lib
 from neuface_jax.annotation.config import OutputConfig
 from neuface_jax.annotation.prepare import PreparedClip
-from neuface_jax.annotation.scoring import clip_metrics
+from neuface_jax.annotation.scoring import clip_metrics, frame_nme, landmarks_to_pixels
 from neuface_jax.annotation.setup import AnnotateSetup
 from neuface_jax.common import log as log_lib
 from neuface_jax.core import metrics as metrics_lib
 from neuface_jax.media import export as export_lib
 from neuface_jax.media import video as video_lib
 
-__all__ = ["write_outputs"]
+__all__ = ["check_finite_result", "write_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,15 @@ def _clip_block(setup: AnnotateSetup, clip: PreparedClip) -> dict[str, Any]:
     }
 
 
+def check_finite_result(label: str, result) -> None:
+    """Raises ``ValueError`` naming ``label`` and the arrays when a fitted result is not finite (a NaN
+    ``params.npz`` must never be written as a success)."""
+    names = ("shape", "expression", "pose", "cam", "vertices")
+    bad = [n for n in names if not np.all(np.isfinite(np.asarray(getattr(result, n))))]
+    if bad:
+        raise ValueError(f"{label}: the fit is not finite ({', '.join(bad)}); nothing was written")
+
+
 def write_outputs(
     setup: AnnotateSetup,
     clip: PreparedClip,
@@ -67,6 +77,7 @@ def write_outputs(
     clip's start, for ``seconds.total`` and ``throughput.seconds_per_clip``. Returns ``(files,
     metrics document)``.
     """
+    check_finite_result(clip.label, result)
     progress = progress or log_lib.quiet
     seconds = dict(clip.seconds)
     fs = setup.face_setup
@@ -94,7 +105,7 @@ def write_outputs(
         logger.info("%s: wrote %d OBJ files", clip.label, len(objs))
     if config.write_video:
         with progress("overlay video", clip.num_frames) as bar:
-            files["overlay"] = _write_overlay(out / "overlay.mp4", clip, result, faces, config.overlay_max_side, bar)
+            files["overlay"] = _write_overlay(out / "overlay.mp4", clip, result, faces, fs.eye_idx, config, bar)
     seconds["export"] = time.perf_counter() - t0
     doc = {
         **metrics,
@@ -128,8 +139,10 @@ def metrics_line(metrics: Mapping[str, float], num_views: int) -> str:
     return ", ".join(parts)
 
 
-def _write_overlay(path, clip: PreparedClip, result, faces, max_side: int, bar: log_lib.Progress) -> pathlib.Path:
-    """Mesh over the original frames, views tiled; streamed to the mp4 in blocks of frames."""
+def _write_overlay(path, clip: PreparedClip, result, faces, eye_idx, config: OutputConfig,
+                   bar: log_lib.Progress) -> pathlib.Path:
+    """Mesh and landmarks over the original frames, views tiled, labelled with the frames' NME; streamed to
+    the mp4 in blocks of frames."""
     if clip.images is None:
         raise ValueError(f"{clip.label}: the original frames were dropped; cannot draw the overlay video")
     verts = np.array(result.vertices, np.float64, copy=True)
@@ -137,12 +150,17 @@ def _write_overlay(path, clip: PreparedClip, result, faces, max_side: int, bar: 
         if not clip.valid[:, v].any():
             verts[:, v] = np.nan  # no mesh on a view that never saw the face
     images, cam = clip.images, np.asarray(result.cam)
+    model_px = landmarks_to_pixels(result.landmarks2d, clip.crop_transforms, clip.crop_size)
+    nme = frame_nme(model_px, clip.target_px, clip.valid, eye_idx)
     with video_lib.VideoWriter(path, fps=max(clip.out_fps, 1e-3)) as writer:
         for s in range(0, images.shape[0], _OVERLAY_BLOCK):
             e = min(images.shape[0], s + _OVERLAY_BLOCK)
             writer.extend(export_lib.overlay_frames(
                 images[s:e], verts[s:e], cam[s:e], clip.crop_transforms[s:e], faces, crop_size=clip.crop_size,
-                landmarks=clip.target_px[s:e], max_side=max_side, valid=clip.valid[s:e],
+                landmarks=clip.target_px[s:e], model_landmarks=model_px[s:e], nme=nme[s:e],
+                view_names=clip.view_names, frame_indices=np.asarray(clip.frame_indices)[s:e],
+                style=config.overlay_style, side_by_side=config.side_by_side, max_side=config.overlay_max_side,
+                valid=clip.valid[s:e],
             ))
             bar.update(e - s)
     return pathlib.Path(path)

@@ -42,6 +42,7 @@ def _report(summary, out: str, start: float) -> None:
     print(f"timings: {secs}; total {time.perf_counter() - start:.1f}s")
     names = ", ".join(p.name for k, p in summary["files"].items())
     print(f"wrote {Path(out).resolve()}/{{{names}}}")
+    print(f"meshes: neuface-jax export-meshes --params={summary['files']['params']} --format=ply --out=DIR")
 
 
 def annotate_main(argv: list[str]) -> int:
@@ -59,7 +60,9 @@ def annotate_main(argv: list[str]) -> int:
     --view_boxes=0:0:247:360,0:360:247:720,0:720:247:1080. Without --flame_model the demo head (a
     procedural stand-in for FLAME, not FLAME) is used. See neuface_jax/annotation/ for the contour
     choice (face.py: static frontal contour for MediaPipe jaw points by default) and the metrics
-    (scoring.py).
+    (scoring.py). Every input (videos, model files, the MediaPipe model, --out) is checked before
+    anything is built; a bad one exits with status 1 and a message naming it. Meshes from the
+    result: neuface-jax export-meshes (docs/params_format.md).
     """
     fv = parse_command(argv, PROG, annotate_main.__doc__, _define)
     if missing(fv, PROG, "video", "out"):

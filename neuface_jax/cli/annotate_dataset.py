@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from neuface_jax.annotation.preflight import check_setup_files
 from neuface_jax.cli import flags as flags_lib
 from neuface_jax.cli.common import missing, parse_command
 from neuface_jax.common import log as log_lib
+from neuface_jax.dataset import ray_engine
 from neuface_jax.dataset.config import DatasetConfig
 from neuface_jax.media import detect
 
@@ -30,6 +32,7 @@ def _define(fv: flags.FlagValues) -> None:
     b("retry_failed", False, "Run only the clips recorded in failures.jsonl (and not completed since).",
       flag_values=fv)
     flags_lib.define(fv, DatasetConfig)
+    flags_lib.define(fv, ray_engine.EngineConfig)
     flags_lib.define(fv, SetupConfig, exclude=("warm_compile",))  # groups compile per bucket
     flags_lib.define_frame_range(fv, only=("stride",))  # clips are taken whole
     flags_lib.define(fv, PrepareConfig)
@@ -56,6 +59,7 @@ def annotate_dataset_main(argv: list[str]) -> int:
 
     neuface-jax annotate-dataset --manifest FILE --out DIR [--shard_id I --num_shards N]
         [--clips_per_device K] [--retry_failed] [--distributed] [annotate's model/encoder flags]
+        [--engine ray [--ray_address auto|HOST:PORT] [--ray_actors N] [--workers N]]
 
     Writes <out>/<clip_id>/{params.npz, metrics.json, done.json} (atomically; done.json last),
     failures.jsonl, summary-<shard>-of-<N>.json and report.{json,md}. Re-running the same command
@@ -76,6 +80,12 @@ def annotate_dataset_main(argv: list[str]) -> int:
         return 2
     if fv.compilation_cache:
         _use_compilation_cache(fv.compilation_cache)
+    engine = flags_lib.build(fv, ray_engine.EngineConfig)
+    if engine.engine == "ray" and fv.distributed:
+        sys.stderr.write(f"{PROG}: --engine=ray and --distributed are two ways to spread one run; choose one\n")
+        return 2
+    if engine.engine == "ray":  # the setup below must not take a whole GPU on the driver's machine
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if fv.distributed:
         pidx, pcount = dataset.init_distributed(fv.coordinator_address, fv.num_processes, fv.process_id)
         print(f"{PROG}: process {pidx} of {pcount}")
@@ -90,11 +100,13 @@ def annotate_dataset_main(argv: list[str]) -> int:
             output=flags_lib.build(fv, OutputConfig),
         )
         setup = annotation.make_setup(setup_config, need_landmarker=need_mp)
-        summary = dataset.run(
-            entries, out, setup, cfg, shard_id=fv.shard_id, num_shards=fv.num_shards,
-            retry_failed=fv.retry_failed, progress=log_lib.progress_factory(), report=fv.report,
-        )
-    except (detect.ModelNotFoundError, FileNotFoundError, ValueError, dataset.OutputError) as e:
+        run_kw = dict(shard_id=fv.shard_id, num_shards=fv.num_shards, retry_failed=fv.retry_failed,
+                      progress=log_lib.progress_factory(), report=fv.report)
+        if engine.engine == "ray":
+            summary = ray_engine.run(entries, out, setup, cfg, engine, **run_kw)
+        else:
+            summary = dataset.run(entries, out, setup, cfg, **run_kw)
+    except (detect.ModelNotFoundError, FileNotFoundError, ImportError, ValueError, dataset.OutputError) as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 1
     print(

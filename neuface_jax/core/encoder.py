@@ -40,15 +40,21 @@ is pickled.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
+import math
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from flame_jax.rotations import deca_pose_to_full
+
+_log = logging.getLogger(__name__)
 
 #: Default scale of the initial camera, normalized crop units per metre. The reference crop is the
 #: 68-landmark box ×1.1 ×1.25 ≈ 1.375× the landmark extent; FLAME's landmark box is ≈ 0.14–0.16 m
@@ -61,6 +67,52 @@ _LAYOUTS = ("deca", "compact")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _CHECKPOINT_FORMAT = "neuface_jax.encoder"  # the on-disk format name (not the module path)
 _CHECKPOINT_VERSION = 1
+_CHECKSUM_ALGORITHM = "sha256 of each array's C-order little-endian bytes"
+
+# Accepted ranges of the numeric config fields (inclusive): a config read from a checkpoint is
+# validated against them before any layer is built, so a crafted file cannot ask for a huge network.
+_INT_RANGES = {
+    "n_shape": (0, 1000),
+    "n_expr": (0, 1000),
+    "n_tex": (0, 1000),
+    "n_light": (0, 1000),
+    "image_size": (8, 2048),
+    "head_hidden": (1, 16384),
+}
+_SMALL_STAGES = (1, 8)
+_SMALL_WIDTH = (1, 2048)
+_SMALL_BLOCKS = (0, 32)
+_FLOAT_RANGES = {
+    "cam_scale_init": (1e-6, 1e6),
+    "bn_momentum": (0.0, 1.0),
+    "bn_epsilon": (1e-12, 1.0),
+}
+_CAM_TRANSLATION_MAX = 1e3  # metres
+_BOOL_FIELDS = ("predict_neck", "predict_eyes", "zero_init_head")
+
+
+def _checked_int(name: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return int(value)
+
+
+def _checked_float(name: str, value, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise ValueError(f"{name} must be finite and in [{lo}, {hi}], got {value}")
+    return float(value)
+
+
+def _checked_ints(name: str, values, lo: int, hi: int) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)):
+        raise ValueError(f"{name} must be a list of integers, got {values!r}")
+    if not _SMALL_STAGES[0] <= len(values) <= _SMALL_STAGES[1]:
+        raise ValueError(f"{name} must have {_SMALL_STAGES[0]} to {_SMALL_STAGES[1]} entries, got {len(values)}")
+    return tuple(_checked_int(f"{name}[{i}]", v, lo, hi) for i, v in enumerate(values))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,20 +170,28 @@ class EncoderConfig:
             raise ValueError(f"layout must be one of {_LAYOUTS}, got {self.layout!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {self.dtype!r}")
-        for name in ("n_shape", "n_expr", "n_tex", "n_light"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
-        if len(self.small_widths) != len(self.small_blocks) or not self.small_widths:
+        # Normalized values (JSON round trips give lists; keep the dataclass hashable).
+        fixed: dict[str, Any] = {name: _checked_int(name, getattr(self, name), *r) for name, r in _INT_RANGES.items()}
+        fixed.update({name: _checked_float(name, getattr(self, name), *r) for name, r in _FLOAT_RANGES.items()})
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            fixed[name] = bool(getattr(self, name))
+        fixed["small_widths"] = _checked_ints("small_widths", self.small_widths, *_SMALL_WIDTH)
+        fixed["small_blocks"] = _checked_ints("small_blocks", self.small_blocks, *_SMALL_BLOCKS)
+        if len(fixed["small_widths"]) != len(fixed["small_blocks"]):
             raise ValueError(
-                f"small_widths {self.small_widths} and small_blocks {self.small_blocks} must be "
-                "non-empty and of equal length"
+                f"small_widths {self.small_widths} and small_blocks {self.small_blocks} must be of equal length"
             )
-        if len(self.cam_translation_init) != 2:
-            raise ValueError(f"cam_translation_init must have 2 values, got {self.cam_translation_init}")
-        # JSON round trips give lists; keep the dataclass hashable.
-        object.__setattr__(self, "small_widths", tuple(int(w) for w in self.small_widths))
-        object.__setattr__(self, "small_blocks", tuple(int(b) for b in self.small_blocks))
-        object.__setattr__(self, "cam_translation_init", tuple(float(t) for t in self.cam_translation_init))
+        t = self.cam_translation_init
+        if isinstance(t, (str, bytes)) or not isinstance(t, (tuple, list)) or len(t) != 2:
+            raise ValueError(f"cam_translation_init must have 2 values, got {t!r}")
+        fixed["cam_translation_init"] = tuple(
+            _checked_float(f"cam_translation_init[{i}]", v, -_CAM_TRANSLATION_MAX, _CAM_TRANSLATION_MAX)
+            for i, v in enumerate(t)
+        )
+        for name, value in fixed.items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def small(cls, **overrides) -> "EncoderConfig":
@@ -150,6 +210,9 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
+        """The config of a ``to_dict`` dict; unknown fields and out-of-range values are errors."""
+        if not isinstance(d, dict):
+            raise ValueError(f"an encoder config must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -549,8 +612,40 @@ def _full_state(model_or_state) -> nnx.State:
     )
 
 
+def _key_name(key) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _flat_arrays(tree) -> dict[str, np.ndarray]:
+    """``{"backbone/conv1/kernel": array, ...}`` of a pure-dict state (host copies)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(_key_name(k) for k in path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def _array_digest(a: np.ndarray) -> str:
+    """SHA-256 of the array's dtype, shape and C-order little-endian bytes (the same on any host)."""
+    a = np.asarray(a)
+    dt = a.dtype
+    if dt.byteorder == ">" or (dt.byteorder == "=" and not np.little_endian):
+        a = a.astype(dt.newbyteorder("<"))
+    h = hashlib.sha256(f"{dt.kind}{dt.itemsize}{list(a.shape)}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def array_checksums(state) -> dict[str, str]:
+    """Per-array SHA-256 digests of a pure-dict encoder state (what a checkpoint records)."""
+    return {name: _array_digest(a) for name, a in _flat_arrays(state).items()}
+
+
 def save_encoder(path, model_or_state, config: EncoderConfig, *, overwrite: bool = False) -> None:
     """Saves an encoder's weights (orbax) and its config (JSON metadata) to the directory ``path``.
+
+    The metadata also records a SHA-256 checksum of every array, checked by ``load_encoder``
+    (orbax data can be corrupted without any error when it is read back).
 
     Args:
       path: checkpoint directory (created; must not exist unless ``overwrite``).
@@ -562,7 +657,12 @@ def save_encoder(path, model_or_state, config: EncoderConfig, *, overwrite: bool
     import orbax.checkpoint as ocp  # lazy: a slow import, needed only to save or load weights
 
     state = _to_pure_dict(_full_state(model_or_state))
-    meta = {"format": _CHECKPOINT_FORMAT, "version": _CHECKPOINT_VERSION, "config": config.to_dict()}
+    meta = {
+        "format": _CHECKPOINT_FORMAT,
+        "version": _CHECKPOINT_VERSION,
+        "config": config.to_dict(),
+        "checksums": {"algorithm": _CHECKSUM_ALGORITHM, "arrays": array_checksums(state)},
+    }
     path = os.path.abspath(os.fspath(path))
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         ckptr.save(
@@ -572,11 +672,60 @@ def save_encoder(path, model_or_state, config: EncoderConfig, *, overwrite: bool
         )
 
 
+def _checkpoint_config(ckptr, ocp, path: str) -> tuple[EncoderConfig, dict]:
+    """Reads and validates the checkpoint's JSON metadata: ``(config, meta)``; errors name ``path``."""
+    if not os.path.isdir(os.path.join(path, "config")):
+        raise ValueError(f"{path}: not a complete encoder checkpoint (no config/ metadata directory)")
+    try:
+        meta = ckptr.restore(path, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    except Exception as e:  # orbax raises assorted errors for unreadable metadata
+        raise ValueError(f"{path}: cannot read the encoder checkpoint's metadata ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != _CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a neuface_jax encoder checkpoint (metadata: {json.dumps(meta)[:200]})")
+    if meta.get("version") != _CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: unsupported encoder checkpoint version {meta.get('version')}")
+    if "config" not in meta:
+        raise ValueError(f"{path}: the encoder checkpoint's metadata has no config")
+    try:
+        return EncoderConfig.from_dict(meta["config"]), meta
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: invalid encoder config ({e})") from None
+
+
+def verify_arrays(path: str, meta: dict, state) -> None:
+    """Checks restored arrays against the checksums recorded at save, then their finiteness.
+
+    A checkpoint saved without checksums (before they were recorded) loads with a warning that its
+    weights are unverified; non-finite weights are an error either way.
+    """
+    arrays = _flat_arrays(state)
+    recorded = meta.get("checksums")
+    if recorded is None:
+        _log.warning("%s: saved without checksums: its weights are unverified (only checked to be finite)", path)
+    else:
+        expected = recorded.get("arrays") if isinstance(recorded, dict) else None
+        if not isinstance(expected, dict) or recorded.get("algorithm") != _CHECKSUM_ALGORITHM:
+            raise ValueError(f"{path}: unreadable checksum block in the encoder checkpoint's metadata")
+        if set(expected) != set(arrays):
+            raise ValueError(f"{path}: the checksums name other arrays than the checkpoint holds")
+        bad = sorted(name for name, a in arrays.items() if _array_digest(a) != expected[name])
+        if bad:
+            raise ValueError(
+                f"{path}: corrupted encoder checkpoint: {len(bad)} array(s) differ from the checksums "
+                f"recorded at save ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''})"
+            )
+    nonfinite = sorted(n for n, a in arrays.items() if a.dtype.kind in "fc" and not np.isfinite(a).all())
+    if nonfinite:
+        raise ValueError(f"{path}: non-finite encoder weights in {', '.join(nonfinite[:5])}")
+
+
 def load_encoder(path) -> tuple[Encoder, EncoderConfig]:
     """Restores ``(model, config)`` saved by ``save_encoder``.
 
-    The arrays are restored into an abstract target built with ``nnx.eval_shape`` (no weights are
-    initialized only to be overwritten), so a mismatch between config and weights is an error.
+    The config is validated (bounded ranges, errors naming the checkpoint) before anything is
+    built; the arrays are restored into an abstract target built with ``nnx.eval_shape`` (no weights
+    are initialized only to be overwritten), so a mismatch between config and weights is an error;
+    then they are checked against the recorded checksums and for finiteness (``verify_arrays``).
     """
     import orbax.checkpoint as ocp  # lazy: a slow import, needed only to save or load weights
 
@@ -584,12 +733,7 @@ def load_encoder(path) -> tuple[Encoder, EncoderConfig]:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no encoder checkpoint directory at {path}")
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        meta = ckptr.restore(path, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-        if not isinstance(meta, dict) or meta.get("format") != _CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a neuface_jax encoder checkpoint (metadata: {json.dumps(meta)[:200]})")
-        if meta.get("version") != _CHECKPOINT_VERSION:
-            raise ValueError(f"{path}: unsupported encoder checkpoint version {meta.get('version')}")
-        config = EncoderConfig.from_dict(meta["config"])
+        config, meta = _checkpoint_config(ckptr, ocp, path)
         abstract = nnx.eval_shape(lambda: Encoder(config, rngs=nnx.Rngs(0)))
         graphdef, abstract_state = nnx.split(abstract)
         # Explicit target shardings (this process's first device): a checkpoint saved on a CPU
@@ -598,6 +742,12 @@ def load_encoder(path) -> tuple[Encoder, EncoderConfig]:
         target = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), _to_pure_dict(abstract_state)
         )
-        restored = ckptr.restore(path, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+        if not os.path.isdir(os.path.join(path, "state")):
+            raise ValueError(f"{path}: not a complete encoder checkpoint (no state/ weights directory)")
+        try:
+            restored = ckptr.restore(path, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+        except Exception as e:  # orbax/tensorstore raise assorted errors for unreadable data
+            raise ValueError(f"{path}: cannot read the encoder weights ({type(e).__name__}: {e})") from None
+    verify_arrays(path, meta, restored)
     nnx.replace_by_pure_dict(abstract_state, restored)
     return nnx.merge(graphdef, abstract_state), config

@@ -229,6 +229,7 @@ class RunSummary:
     groups: int = 0
     resumed_groups: int = 0
     checkpoint_saves: int = 0
+    retries: int = 0  #: groups and preparations run again after the worker running them died (Ray engine)
     seconds: float = 0.0
     seconds_by_stage: dict[str, float] = dataclasses.field(default_factory=dict)
     buckets: dict[str, int] = dataclasses.field(default_factory=dict)

@@ -81,37 +81,43 @@ def _fmt_s(s: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-class _Run:
-    """One shard's run: the settings, the summary being filled and the worker pools."""
+def show_progress(bar, summary: records.RunSummary, total: int, t_start: float) -> None:
+    """Clips finished, clips/hour and the time left, on ``bar`` (a ``common.log.Progress``)."""
+    if bar is None:
+        return
+    s = summary
+    finished = s.done + s.failed
+    elapsed = time.perf_counter() - t_start
+    rate = 3600.0 * finished / elapsed if elapsed > 0 and finished else float("nan")
+    eta = (total - finished) / rate * 3600.0 if rate == rate and rate > 0 else float("nan")
+    bar.postfix(f"done={s.done} failed={s.failed} {rate:.0f} clips/h ETA {_fmt_s(eta)}")
+    bar.set(finished)
 
-    def __init__(self, setup, out: pathlib.Path, config: DatasetConfig, mesh, summary: records.RunSummary):
-        self.setup, self.out, self.config, self.mesh, self.summary = setup, out, config, mesh, summary
-        self.slots = config.clips_per_device * int(mesh.devices.size)
-        self.settings = checkpoint_lib.settings_key(setup)
-        self.ckpt_root = out / records.CHECKPOINT_DIR
-        self.origin = {"host": socket.gethostname(), "pid": os.getpid(),
-                       "shard": f"{summary.shard_id}/{summary.num_shards}"}
+
+def origin_of(summary: records.RunSummary) -> dict[str, Any]:
+    """Who did a clip (in its ``done.json`` and failure lines): host, process and shard."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "shard": f"{summary.shard_id}/{summary.num_shards}"}
+
+
+class Recorder:
+    """Where one process puts what its clips came to: ``failures.jsonl`` and a ``RunSummary``
+    (thread-safe: the writer and preparation threads report here too)."""
+
+    def __init__(self, out: pathlib.Path, summary: records.RunSummary):
+        self.out, self.summary = out, summary
+        self.origin = origin_of(summary)
         self.lock = threading.Lock()
-        self.pool = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="neuface-prepare")
-        self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="neuface-write")
-        self.writes: list[concurrent.futures.Future] = []
-        self.bar = None
-        self.total = 0
-        self.t_start = time.perf_counter()
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.writer.shutdown(wait=True)
-        self.tick()
-        if self.bar is not None:
-            self.bar.close()
-
-    def _timed(self, stage: str, t0: float) -> None:
+    def timed(self, stage: str, t0: float) -> None:
         with self.lock:
             self.summary.add_seconds(stage, time.perf_counter() - t0)
 
-    # ---------------------------------------------------------------- outcomes
-    def record_failure(self, clip_id: str, stage: str, error: BaseException) -> None:
+    def done(self, clip_id: str) -> None:
+        with self.lock:
+            self.summary.done += 1
+            self.summary.done_ids.append(clip_id)
+
+    def failure(self, clip_id: str, stage: str, error: BaseException) -> None:
         msg = records.append_failure(self.out, clip_id, stage, error, self.origin)
         with self.lock:
             self.summary.failed += 1
@@ -119,46 +125,53 @@ class _Run:
         logger.warning("%s: FAILED %s (%s, %s): %s: %s", PROG, clip_id, stage, records.failure_class(error),
                        type(error).__name__, msg[:300])
 
-    def tick(self) -> None:
-        if self.bar is None:
-            return
-        s = self.summary
-        finished = s.done + s.failed
-        elapsed = time.perf_counter() - self.t_start
-        rate = 3600.0 * finished / elapsed if elapsed > 0 and finished else float("nan")
-        eta = (self.total - finished) / rate * 3600.0 if rate == rate and rate > 0 else float("nan")
-        self.bar.postfix(f"done={s.done} failed={s.failed} {rate:.0f} clips/h ETA {_fmt_s(eta)}")
-        self.bar.set(finished)
 
-    # ---------------------------------------------------------------- stages
+def _now(fn, *args) -> None:
+    fn(*args)
+
+
+class GroupWork:
+    """The work on clips that every engine runs: preparation, packed fits, writes and records.
+
+    One per process that fits (the local run; each Ray actor), over that process's device mesh.
+    """
+
+    def __init__(self, setup, out: pathlib.Path, config: DatasetConfig, mesh, recorder: Recorder):
+        self.setup, self.out, self.config, self.mesh, self.recorder = setup, out, config, mesh, recorder
+        self.slots = config.clips_per_device * int(mesh.devices.size)
+        self.settings = checkpoint_lib.settings_key(setup)
+        self.ckpt_root = out / records.CHECKPOINT_DIR
+
     def prepare(self, entry: ClipEntry):
         t0 = time.perf_counter()
         try:
             return prepare_entry(self.setup, entry, self.config)
         finally:
-            self._timed("prepare", t0)
+            self.recorder.timed("prepare", t0)
 
-    def write_clip(self, entry: ClipEntry, clip, result, info: dict) -> None:
-        """Writes one clip's outputs and then its completion record (in the writer thread)."""
+    def write_clip(self, entry: ClipEntry, clip, result, info: dict, skip_done: bool = False) -> None:
+        """Writes one clip's outputs and then its completion record. ``skip_done``: a clip whose
+        record exists already (written by an attempt whose worker died after it) is kept as it is."""
         t0 = time.perf_counter()
         cid = entry.clip_id
+        rec = self.recorder
         try:
-            _check_finite(cid, result)
-            folder = records.start_clip(self.out, cid)
-            files, doc = annotation.write_outputs(
-                self.setup, clip, result, folder, self.config.output,
-                extra={"dataset": {"clip_id": cid, **info, "meta": dict(entry.meta)}},
-            )
-            records.write_done(folder, records.done_record(
-                cid, files, doc, num_frames=clip.num_frames, views=clip.view_names, group=info, origin=self.origin))
+            if not (skip_done and records.is_done(self.out, cid)):
+                _check_finite(cid, result)
+                folder = records.start_clip(self.out, cid)
+                files, doc = annotation.write_outputs(
+                    self.setup, clip, result, folder, self.config.output,
+                    extra={"dataset": {"clip_id": cid, **info, "meta": dict(entry.meta)}},
+                )
+                records.write_done(folder, records.done_record(
+                    cid, files, doc, num_frames=clip.num_frames, views=clip.view_names, group=info,
+                    origin=rec.origin))
         except Exception as e:  # noqa: BLE001 - one clip's failure never stops the run
-            self.record_failure(cid, "write", e)
+            rec.failure(cid, "write", e)
             return
         finally:
-            self._timed("write", t0)
-        with self.lock:
-            self.summary.done += 1
-            self.summary.done_ids.append(cid)
+            rec.timed("write", t0)
+        rec.done(cid)
 
     def _checkpoint_for(self, group: sched_lib.Group) -> checkpoint_lib.GroupCheckpoint | None:
         cfg = self.config
@@ -177,12 +190,14 @@ class _Run:
                 num_frames=group.num_frames, num_slots=self.slots, checkpoint=checkpoint,
             )
         finally:
-            self._timed("fit", t0)
+            self.recorder.timed("fit", t0)
 
-    def dispatch(self, group: sched_lib.Group) -> None:
-        """Fits one group, then queues its clips' writes (and the checkpoint's removal after them)."""
+    def run_group(self, group: sched_lib.Group, submit=_now, skip_done: bool = False) -> bool:
+        """Fits one group, then hands its clips' writes (and the checkpoint's removal after them)
+        to ``submit(fn, *args)`` (default: now). False when the fit failed (its clips are failed)."""
         checkpoint = self._checkpoint_for(group)
-        s = self.summary
+        rec = self.recorder
+        s = rec.summary
         if group.pinned is not None:
             s.resumed_groups += 1
             logger.info("%s: resuming group %s at epoch %s (%d clips)", PROG, group.pinned.group_id,
@@ -195,22 +210,51 @@ class _Run:
             results = self.fit(group, checkpoint)
         except Exception as e:  # noqa: BLE001 - a group's failure fails its clips only
             for cid in group.clip_ids:
-                self.record_failure(cid, "fit", e)
+                rec.failure(cid, "fit", e)
             if checkpoint is not None:
                 checkpoint.close(delete=False)
-            self.tick()
-            return
+            return False
         for entry, clip, res in zip(group.entries, group.clips, results):
-            self.writes.append(self.writer.submit(self.write_clip, entry, clip, res, info))
+            submit(self.write_clip, entry, clip, res, info, skip_done)
         if checkpoint is not None:
             s.checkpoint_saves += checkpoint.saves
             # Deleted only once the members' records exist (a kill before that resumes the group).
-            self.writes.append(self.writer.submit(self._drop_checkpoint, checkpoint, group.clip_ids))
+            submit(self._drop_checkpoint, checkpoint, group.clip_ids)
+        return True
 
     def _drop_checkpoint(self, checkpoint, clip_ids) -> None:
         checkpoint.close(delete=all(records.is_done(self.out, i) for i in clip_ids))
 
-    # ---------------------------------------------------------------- the loop
+
+class _Run:
+    """The local engine's loop: preparation threads, this process's fits, a writer thread."""
+
+    def __init__(self, work: GroupWork, config: DatasetConfig):
+        self.work = work
+        self.pool = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="neuface-prepare")
+        self.writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="neuface-write")
+        self.writes: list[concurrent.futures.Future] = []
+        self.bar = None
+        self.total = 0
+        self.t_start = time.perf_counter()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.writer.shutdown(wait=True)
+        self.tick()
+        if self.bar is not None:
+            self.bar.close()
+
+    def tick(self) -> None:
+        show_progress(self.bar, self.work.recorder.summary, self.total, self.t_start)
+
+    def _write_later(self, fn, *args) -> None:
+        self.writes.append(self.writer.submit(fn, *args))
+
+    def dispatch(self, group: sched_lib.Group) -> None:
+        if not self.work.run_group(group, self._write_later):
+            self.tick()
+
     def _collect(self, sched: sched_lib.Scheduler, running: dict) -> None:
         """Waits for at least one preparation and hands the outcomes to the scheduler."""
         finished, _ = concurrent.futures.wait(list(running), return_when=concurrent.futures.FIRST_COMPLETED)
@@ -220,7 +264,7 @@ class _Run:
                 clip = f.result()
             except Exception as e:  # noqa: BLE001 - recorded; the run goes on
                 sched.failed(entry)
-                self.record_failure(entry.clip_id, "prepare", e)
+                self.work.recorder.failure(entry.clip_id, "prepare", e)
                 continue
             group = sched.prepared(entry, clip, num_views=clip.num_views, num_frames=clip.num_frames,
                                    image_shape=clip.data.images.shape[2:])
@@ -233,13 +277,10 @@ class _Run:
         t_last = time.perf_counter()
         while sched.pending or running:
             for e in sched.to_prepare(len(running)):
-                running[self.pool.submit(self.prepare, e)] = e
+                running[self.pool.submit(self.work.prepare, e)] = e
             if running:
                 self._collect(sched, running)
-            groups, dropped = sched.release_pinned()
-            for gid in dropped:  # a member failed to prepare: the checkpoint no longer applies
-                checkpoint_lib.remove(self.ckpt_root, gid)
-            for g in groups:
+            for g in release_groups(sched, self.work.ckpt_root):
                 self.dispatch(g)
             group = sched.flush(len(running))
             if group is not None:
@@ -251,37 +292,59 @@ class _Run:
             w.result()
 
 
-def _plan(state: _Run, mine: list[ClipEntry], by_id, retry_failed: bool) -> tuple[sched_lib.Selection, list, list]:
-    """What this shard runs: the selection, the resumed groups and the ordered clips to prepare."""
-    out = state.out
+def release_groups(sched: sched_lib.Scheduler, ckpt_root: pathlib.Path) -> list[sched_lib.Group]:
+    """Resumed groups whose members are all prepared; checkpoints that no longer apply (a member
+    failed to prepare) are removed."""
+    groups, dropped = sched.release_pinned()
+    for gid in dropped:
+        checkpoint_lib.remove(ckpt_root, gid)
+    return groups
+
+
+def shard_of_manifest(entries, shard: int, shards: int) -> tuple[dict[str, ClipEntry], list[ClipEntry]]:
+    """``({clip_id: entry}`` of the whole manifest (ids checked), this shard's entries``)``."""
+    if isinstance(entries, (str, os.PathLike)):
+        entries = read_manifest(entries)
+    by_id = sched_lib.index_entries(entries)
+    return by_id, sched_lib.shard_entries(by_id, shard, shards)
+
+
+def plan(out: pathlib.Path, summary: records.RunSummary, mine: list[ClipEntry], by_id, *, settings: str,
+         slots: int, retry_failed: bool) -> tuple[sched_lib.Selection, list, list]:
+    """What this shard runs: the selection, the resumed groups and the ordered clips to prepare
+    (the selection's counts go to ``summary``)."""
+    ckpt_root = out / records.CHECKPOINT_DIR
     done = {e.clip_id for e in mine if records.is_done(out, e.clip_id)}
     failed = records.failed_clips(out)
     transient = {cid for cid, rec in failed.items() if records.is_transient(rec)}
     sel = sched_lib.select(mine, done, set(failed), retry_failed, transient)
-    pending = checkpoint_lib.pending_checkpoints(state.ckpt_root)
+    pending = checkpoint_lib.pending_checkpoints(ckpt_root)
     members = {i for m in pending for i in m.get("clip_ids", []) if i in by_id}
     pinned, finished = sched_lib.match_checkpoints(
-        pending, settings=state.settings, num_slots=state.slots, todo_ids={e.clip_id for e in sel.todo},
+        pending, settings=settings, num_slots=slots, todo_ids={e.clip_id for e in sel.todo},
         done_ids={i for i in members if records.is_done(out, i)},
     )
     for gid in finished:  # left by a kill after its members' records were written
-        checkpoint_lib.remove(state.ckpt_root, gid)
+        checkpoint_lib.remove(ckpt_root, gid)
+    summary.skipped_done, summary.skipped_failed = sel.skipped_done, sel.skipped_failed
+    summary.retried_transient = sel.retried_transient
     return sel, pinned, sched_lib.order(sel.todo, pinned)
 
 
-def _log_start(summary: records.RunSummary, sel: sched_lib.Selection, pinned, state: _Run, retry_failed: bool):
-    n_dev = int(state.mesh.devices.size)
+def log_start(summary: records.RunSummary, sel: sched_lib.Selection, pinned, *, workers: str, k: int,
+              retry_failed: bool) -> None:
+    """One line: what the shard holds and runs, and on what (``workers``: e.g. "1 device(s)")."""
     retried = "retried" if retry_failed else (
         f"{sel.retried_transient} transient ones retried, the others skipped; --retry_failed re-runs them")
     logger.info(
-        "%s: shard %d/%d: %d clips, %d done, %d failed before (%s), %d to run; %d device(s) x K=%d%s",
+        "%s: shard %d/%d: %d clips, %d done, %d failed before (%s), %d to run; %s x K=%d%s",
         PROG, summary.shard_id, summary.num_shards, summary.clips_in_shard, sel.skipped_done, sel.failed_before,
-        retried, len(sel.todo), n_dev, state.config.clips_per_device,
-        f"; resuming {len(pinned)} checkpointed group(s)" if pinned else "",
+        retried, len(sel.todo), workers, k, f"; resuming {len(pinned)} checkpointed group(s)" if pinned else "",
     )
 
 
-def _finish(out: pathlib.Path, summary: records.RunSummary, seconds: float, report: bool) -> None:
+def finish(out: pathlib.Path, summary: records.RunSummary, seconds: float, report: bool) -> None:
+    """Writes the shard summary (and the report), and logs the totals."""
     summary.seconds = seconds
     summary.done_ids.sort()
     summary.failed_ids.sort()
@@ -333,27 +396,25 @@ def run(
     """
     t_run = time.perf_counter()
     shard, shards = sched_lib.process_shard(shard_id, num_shards, jax.process_index(), jax.process_count())
-    if isinstance(entries, (str, os.PathLike)):
-        entries = read_manifest(entries)
-    by_id = sched_lib.index_entries(entries)
-    mine = sched_lib.shard_entries(by_id, shard, shards)
+    by_id, mine = shard_of_manifest(entries, shard, shards)
     out = outdir.prepare_output(out_dir)
     if mesh is None:
         mesh = parallel.make_mesh("clips", jax.local_devices())
     summary = records.RunSummary(shard_id=shard, num_shards=shards, clips_in_shard=len(mine))
     with outdir.acquire(out, shard, shards):
-        state = _Run(setup, out, config, mesh, summary)
+        work = GroupWork(setup, out, config, mesh, Recorder(out, summary))
+        state = _Run(work, config)
         try:
-            sel, pinned, todo = _plan(state, mine, by_id, retry_failed)
-            summary.skipped_done, summary.skipped_failed = sel.skipped_done, sel.skipped_failed
-            summary.retried_transient = sel.retried_transient
-            _log_start(summary, sel, pinned, state, retry_failed)
+            sel, pinned, todo = plan(out, summary, mine, by_id, settings=work.settings, slots=work.slots,
+                                     retry_failed=retry_failed)
+            log_start(summary, sel, pinned, workers=f"{int(mesh.devices.size)} device(s)",
+                      k=config.clips_per_device, retry_failed=retry_failed)
             state.total, state.t_start = len(todo), t_run
             state.bar = (progress or quiet)("annotate-dataset", len(todo))
-            sched = sched_lib.Scheduler(todo, slots=state.slots, chunk_frames=setup.fit_config.chunk_frames,
+            sched = sched_lib.Scheduler(todo, slots=work.slots, chunk_frames=setup.fit_config.chunk_frames,
                                         bucket_chunks=config.bucket_chunks, prefetch=config.prefetch, pinned=pinned)
             state.loop(sched)
         finally:
             state.close()
-        _finish(out, summary, time.perf_counter() - t_run, report)
+        finish(out, summary, time.perf_counter() - t_run, report)
     return summary

@@ -1,5 +1,6 @@
 """Writing results: ``params.npz`` (NeuFace release layout + our additions), ``metrics.json``,
-per-frame OBJ files and an overlay video of the fitted mesh over the input frames.
+per-frame OBJ files and an overlay video of the fitted mesh over the input frames (wireframe,
+translucent shaded or both; model and detected landmarks; labels and a legend; optionally side by side).
 
 ``params.npz`` keys — the NeuFace release layout, S = frames × views flattened frame-major
 (row ``s = t * W + w``; ``frame_index[s]`` and ``view_index[s]`` say which):
@@ -20,8 +21,8 @@ our additions: ``full_pose`` [S, 15], ``predicted_landmarks2d`` [S, L, 2], ``fra
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -138,6 +139,35 @@ def screen_vertices(vertices: np.ndarray, cam: np.ndarray, crop_transform: np.nd
     return np.concatenate([img_px, depth[:, None]], -1)
 
 
+#: Overlay styles: the hidden-line wireframe, a translucent shaded mesh, or both (shaded, edges on top).
+OVERLAY_STYLES = ("wire", "shaded", "both")
+
+
+def check_overlay_style(style: str) -> str:
+    """``style`` if it is one of ``OVERLAY_STYLES`` (configs check it before any work is done)."""
+    if style not in OVERLAY_STYLES:
+        raise ValueError(f"overlay style must be one of {OVERLAY_STYLES}, got {style!r}")
+    return style
+
+
+#: Colours (RGB in [0, 1]) of the overlay's marks, named by its legend: the fitted model's projected
+#: landmarks, the detected landmarks (the fit's targets) and the wireframe.
+MODEL_LANDMARK_RGB = (1.0, 0.2, 0.85)
+DETECTED_LANDMARK_RGB = (0.15, 1.0, 0.25)
+WIRE_RGB = (0.1, 0.75, 1.0)
+#: Colour of the "no face" marking in overlays.
+NO_FACE_RGB = (230, 30, 30)
+
+#: style → (render.overlay_mesh mode, mesh or line opacity, line opacity in "both") over the photo,
+#: light enough to see the face through; the side-by-side mesh panel draws the mesh opaque.
+_OVER_PHOTO = {"wire": ("wireframe", 0.6, None), "shaded": ("solid", 0.35, None), "both": ("both", 0.25, 0.4)}
+_OPAQUE = {"wire": ("wireframe", 0.9, None), "shaded": ("solid", 1.0, None), "both": ("both", 1.0, 0.5)}
+#: The side-by-side mesh panel shows the photo this bright under the mesh (for context).
+_BACKDROP = 0.3
+#: Panels with a shorter side below this many pixels are not labelled (the text would cover the face).
+_MIN_LABELLED = 120
+
+
 def overlay_frames(
     images: np.ndarray,
     vertices: np.ndarray,
@@ -147,65 +177,148 @@ def overlay_frames(
     *,
     crop_size: int = crops_lib.CROP_SIZE,
     landmarks: np.ndarray | None = None,
-    alpha: float = 0.55,
-    mode: str = "solid",
+    model_landmarks: np.ndarray | None = None,
+    nme: np.ndarray | None = None,
+    view_names=None,
+    frame_indices=None,
+    style: str = "wire",
+    side_by_side: bool = False,
     max_side: int = 480,
     valid: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Tiles all views per frame with the mesh drawn over each image.
+    """Tiles all views per frame with the mesh, the landmarks and labels drawn over each image.
+
+    Each view is labelled with its name, the frame index and the frame's NME; a legend names the
+    two landmark colours (``MODEL_LANDMARK_RGB``, ``DETECTED_LANDMARK_RGB``).
 
     Args:
       images: uint8 [T, W, H, Wd, 3] original frames (views may be padded to one size).
       vertices: [T, W, V, 3] fitted vertices (model frame); cams [T, W, 3]; crop transforms [T, W, 2, 3].
-      landmarks: optional [T, W, L, 2] image-pixel points drawn as dots.
+      landmarks: optional [T, W, L, 2] detected landmarks, image pixels (NaN = none).
+      model_landmarks: optional [T, W, L, 2] the fitted model's projected landmarks, image pixels.
+      nme: optional [T, W] per-frame NME in % (NaN: not scored), shown in the label.
+      view_names: W names (default "view 0", ...); frame_indices: [T] source frame numbers (default 0..T-1).
+      style: one of ``OVERLAY_STYLES``.
+      side_by_side: each view as two panels, the image | the mesh (opaque, over the dimmed image).
       max_side: each view is downscaled so its longer side is at most this many pixels.
       valid: optional bool [T, W]: where False the view had no tracked face; it is drawn as "no
         face" (a red frame and label), without the mesh or landmarks fitted there.
 
     Returns:
-      uint8 [T, H', W * Wd', 3].
+      uint8 [T, H', W * Wd', 3] (W * 2 * Wd' side by side).
     """
+    check_overlay_style(style)
     t, w, h, wd = images.shape[:4]
     scale = min(1.0, max_side / max(h, wd))
     oh, ow = max(2, int(round(h * scale))), max(2, int(round(wd * scale)))
     resize = np.array([[scale, 0, 0], [0, scale, 0]])
-    out = np.zeros((t, oh, ow * w, 3), np.uint8)
+    frames = np.arange(t) if frame_indices is None else np.asarray(frame_indices)
+    names = [f"view {i}" for i in range(w)] if view_names is None else [str(n) for n in view_names]
+    look = _Look.for_size(oh, ow, scale * max(h, wd))
+    panels = 2 if side_by_side else 1
+    out = np.zeros((t, oh, ow * w * panels, 3), np.uint8)
     for ti in range(t):
         for wi in range(w):
             img = images[ti, wi]
             if scale != 1.0:
-                img = crops_lib.warp_crop(img, np.vstack([resize]), size=max(oh, ow))[:oh, :ow]
+                img = crops_lib.warp_crop(img, resize, size=max(oh, ow))[:oh, :ow]
+            img = render_lib.to_uint8(img)
+            header = f"{names[wi]}  frame {int(frames[ti])}"
             if valid is not None and not valid[ti, wi]:
-                out[ti, :, wi * ow : (wi + 1) * ow] = _no_face(render_lib.to_uint8(img))
-                continue
-            m = crops_lib.compose_transforms(crop_transforms[ti, wi], crops_lib.invert_transform(resize))
-            if np.all(np.isfinite(vertices[ti, wi])) and np.all(np.isfinite(m)):
-                scr = screen_vertices(vertices[ti, wi], cams[ti, wi], m, crop_size)
-                img = render_lib.overlay_mesh(img, scr, faces, alpha=alpha, mode=mode)
-            if landmarks is not None:
-                pts = np.asarray(landmarks[ti, wi], np.float64) * scale
-                pts = pts[np.all(np.isfinite(pts), -1)]
-                img = render_lib.draw_points(img, pts, color=(0.1, 1.0, 0.2), radius=max(1, int(round(2 * scale * max(h, wd) / 480))))
-            out[ti, :, wi * ow : (wi + 1) * ow] = render_lib.to_uint8(img)
+                tiles = [_no_face(img, header, look)] * panels
+            else:
+                m = crops_lib.compose_transforms(crop_transforms[ti, wi], crops_lib.invert_transform(resize))
+                scr = None
+                if np.all(np.isfinite(vertices[ti, wi])) and np.all(np.isfinite(m)):
+                    scr = screen_vertices(vertices[ti, wi], cams[ti, wi], m, crop_size)
+                pts = [None if a is None else np.asarray(a[ti, wi], np.float64) * scale
+                       for a in (landmarks, model_landmarks)]
+                lines = [header] + ([] if nme is None else [_nme_text(nme[ti, wi])])
+                tiles = _view_tiles(img, scr, faces, pts, style, side_by_side, look, lines)
+            for k, tile in enumerate(tiles):
+                c = (wi * panels + k) * ow
+                out[ti, :, c : c + ow] = tile
     return out
 
 
-#: Colour of the "no face" marking in overlays.
-NO_FACE_RGB = (230, 30, 30)
+@dataclasses.dataclass(frozen=True)
+class _Look:
+    """Sizes of an overlay's marks and text for one panel size."""
+
+    dot: float  # detected landmark radius (pixels); the model's are drawn smaller on top
+    text: float  # font scale
+    margin: int
+    labels: bool  # panels too small for readable text get only the "no face" marking
+    wire: float  # wireframe edge spacing in pixels (render.overlay_mesh's wire_spacing)
+
+    @classmethod
+    def for_size(cls, oh: int, ow: int, longer: float) -> "_Look":
+        dot = max(1.5, 2.5 * longer / 480)
+        short = min(oh, ow)
+        return cls(dot=dot, text=max(0.3, short / 800), margin=max(2, short // 80), labels=short >= _MIN_LABELLED,
+                   wire=max(5.0, short / 60))
 
 
-def _no_face(img: np.ndarray) -> np.ndarray:
-    """A frame without the tracked face: a red frame around it and the label "no face"."""
-    # Lazy: Pillow draws the label; only overlays with faceless frames need it.
-    from PIL import Image, ImageDraw
+def _nme_text(value: float) -> str:
+    return f"NME {value:.2f}%" if np.isfinite(value) else "NME n/a"
 
-    h, w = img.shape[:2]
-    b = max(2, min(h, w) // 60)
-    out = Image.fromarray(np.ascontiguousarray(img))
-    draw = ImageDraw.Draw(out)
-    draw.rectangle([0, 0, w - 1, h - 1], outline=NO_FACE_RGB, width=b)
-    draw.text((3 * b, 3 * b), "no face", fill=NO_FACE_RGB)
-    return np.asarray(out)
+
+def _view_tiles(img, scr, faces, pts, style, side_by_side, look, lines) -> list[np.ndarray]:
+    """One view's panels: the overlay, or the image | the mesh."""
+    detected, model = pts
+    if not side_by_side:
+        over = _mesh(img, scr, faces, _OVER_PHOTO[style], look)
+        return [_label(_landmarks(over, detected, model, look), lines, look, legend=True)]
+    backdrop = render_lib.to_uint8(img.astype(np.float32) / 255.0 * _BACKDROP)
+    mesh = _landmarks(_mesh(backdrop, scr, faces, _OPAQUE[style], look), detected, model, look)
+    return [_label(img, lines, look), _label(mesh, [], look, legend=True)]
+
+
+def _mesh(img, scr, faces, mode, look: _Look) -> np.ndarray:
+    if scr is None:
+        return img
+    kind, alpha, wire_alpha = mode
+    return render_lib.overlay_mesh(img, scr, faces, alpha=alpha, mode=kind, wire_color=WIRE_RGB,
+                                   wire_alpha=wire_alpha, wire_spacing=look.wire)
+
+
+def _landmarks(img, detected, model, look: _Look) -> np.ndarray:
+    """Detected landmarks as larger discs, the model's as smaller ones on top (both visible at a perfect fit)."""
+    if detected is not None:
+        img = render_lib.draw_points(img, detected, color=DETECTED_LANDMARK_RGB, radius=look.dot)
+    if model is not None:
+        img = render_lib.draw_points(img, model, color=MODEL_LANDMARK_RGB, radius=max(1.0, 0.65 * look.dot))
+    return img
+
+
+def _label(img, lines, look: _Look, *, legend: bool = False, inset: int | None = None) -> np.ndarray:
+    """Text lines (a string, or (string, RGB)) at the top left, and the landmark legend at the bottom left."""
+    if not look.labels:
+        lines, legend = [line for line in lines if not isinstance(line, str)], False  # keep "no face"
+    x = y = look.margin if inset is None else inset
+    line_h = render_lib.text_size("Ag", look.text)[1]
+    for line in lines:
+        text, rgb = (line, (1.0, 1.0, 1.0)) if isinstance(line, str) else line
+        img = render_lib.draw_text(img, text, (x, y), rgb, scale=look.text)
+        y += line_h
+    if legend:
+        y = img.shape[0] - look.margin - line_h
+        for name, rgb in (("detected", DETECTED_LANDMARK_RGB), ("model", MODEL_LANDMARK_RGB)):
+            # A colour swatch (a dot on the text's backing box), then the name.
+            img = render_lib.draw_box(img, (x, y, x + line_h, y + line_h))
+            img = render_lib.draw_points(img, [[x + line_h * 0.6, y + line_h * 0.5]], color=rgb,
+                                         radius=max(1.5, 0.28 * line_h))
+            img = render_lib.draw_text(img, name, (x + line_h, y), scale=look.text)
+            x += line_h + render_lib.text_size(name, look.text)[0] + look.margin
+    return render_lib.to_uint8(img)
+
+
+def _no_face(img: np.ndarray, header: str, look: _Look) -> np.ndarray:
+    """A frame without the tracked face: a red frame around it, the label "no face" and the header."""
+    b = max(2, min(img.shape[:2]) // 60)
+    out = np.array(img, copy=True)
+    out[:b], out[-b:], out[:, :b], out[:, -b:] = NO_FACE_RGB, NO_FACE_RGB, NO_FACE_RGB, NO_FACE_RGB
+    return _label(out, [("no face", np.asarray(NO_FACE_RGB) / 255.0), header], look, inset=2 * b)
 
 
 def write_overlay_video(path, frames: np.ndarray, fps: float) -> Path:

@@ -379,10 +379,13 @@ class FaceLandmarker:
         frame = np.ascontiguousarray(frame)
         if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
+        first = self._last_ts < 0
         ts = max(int(timestamp_ms), self._last_ts + 1)
         self._last_ts = ts
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=frame)
-        result = self._landmarker.detect_for_video(image, ts)
+        # The first inference logs native warnings (tensor alignment, accelerator set-up).
+        with quiet_native_logs() if first else contextlib.nullcontext():
+            result = self._landmarker.detect_for_video(image, ts)
         h, w = frame.shape[:2]
         faces = [
             np.asarray([(p.x * w, p.y * h, p.z * w) for p in face], np.float32)
@@ -395,7 +398,8 @@ class FaceLandmarker:
 
     def close(self) -> None:
         if self._landmarker is not None:
-            self._landmarker.close()
+            with quiet_native_logs():  # the accelerator's INFO line on teardown
+                self._landmarker.close()
             self._landmarker = None
 
     def __enter__(self) -> "FaceLandmarker":
@@ -557,15 +561,15 @@ def orientation_scores(frames, model_path, samples: int = 6) -> tuple[float, flo
     )
     picks = np.unique(np.linspace(0, len(frames) - 1, min(samples, len(frames))).round().astype(int))
     scores = np.zeros((len(picks), 2))
-    with quiet_native_logs():
+    with quiet_native_logs():  # a few images: the detector's whole life, set-up to teardown
         detector = vision.FaceDetector.create_from_options(opts)
-    try:
-        for i, t in enumerate(picks):
-            for j, img in enumerate((frames[t], frames[t][::-1, ::-1])):
-                res = detector.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(img)))
-                scores[i, j] = max((d.categories[0].score for d in res.detections), default=0.0)
-    finally:
-        detector.close()
+        try:
+            for i, t in enumerate(picks):
+                for j, img in enumerate((frames[t], frames[t][::-1, ::-1])):
+                    res = detector.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(img)))
+                    scores[i, j] = max((d.categories[0].score for d in res.detections), default=0.0)
+        finally:
+            detector.close()
     return float(np.median(scores[:, 0])), float(np.median(scores[:, 1]))
 
 

@@ -1,8 +1,8 @@
 """Z-buffered triangle rasterizer, shading and 2D overlays (NumPy, CPU).
 
 Used for the synthetic benchmark clips (shaded meshes with per-vertex colours) and
-for overlays on real video frames (a solid shaded mesh blended over a photo, a
-hidden-line wireframe, landmark dots).
+for overlays on real video frames (a translucent shaded mesh blended over a photo, a
+hidden-line wireframe or both, landmark dots, text labels on a backing box).
 
 Conventions
 -----------
@@ -44,6 +44,7 @@ to one fixed tile (the largest bounding box) and XLA's CPU scatter is slow.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 from typing import Any
@@ -626,23 +627,101 @@ def draw_wireframe(
     Returns:
       A new image, same dtype as ``image``.
     """
-    img, was_uint8 = _as_float_image(image)
-    h, w = img.shape[:2]
     v = np.asarray(vertices, np.float64)
     if v.ndim != 2 or v.shape[1] not in (2, 3):
         raise ValueError(f"vertices must be (V, 2) or (V, 3), got shape {v.shape}")
-    if depth is not None and v.shape[1] != 3:
-        raise ValueError("hidden-line removal (depth=...) needs (V, 3) screen vertices")
     f = np.asarray(faces, np.int64)
     if cull_backfaces:
-        t = v[f]
-        area2 = (t[:, 1, 0] - t[:, 0, 0]) * (t[:, 2, 1] - t[:, 0, 1]) - (t[:, 1, 1] - t[:, 0, 1]) * (t[:, 2, 0] - t[:, 0, 0])
-        f = f[area2 < 0]
-    if f.size == 0:
+        f = f[_signed_area2(v, f) < 0]
+    return draw_edges(image, v, mesh_edges(f), color, alpha, thickness=thickness, depth=depth,
+                      depth_tolerance=depth_tolerance)
+
+
+def _signed_area2(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Twice the signed pixel area of each triangle; negative = front-facing (module docstring)."""
+    t = v[f]
+    return (t[:, 1, 0] - t[:, 0, 0]) * (t[:, 2, 1] - t[:, 0, 1]) - (t[:, 1, 1] - t[:, 0, 1]) * (t[:, 2, 0] - t[:, 0, 0])
+
+
+def mesh_edges(faces) -> np.ndarray:
+    """(E, 2) int64 unique undirected edges (smaller index first, sorted) of a triangle list (F, 3)."""
+    f = np.ascontiguousarray(faces, np.int64).reshape(-1, 3)
+    return _mesh_edges(f.tobytes(), f.shape[0]).copy()
+
+
+def coarse_edges(faces, levels: int) -> np.ndarray:
+    """(E', 2) edges of a mesh's edge graph coarsened ``levels`` times (for a readable wireframe).
+
+    Each level matches neighbouring vertices greedily in the sorted edge order (every vertex
+    joins at most one neighbour; about halving the vertex count, so edges become about sqrt(2)
+    times longer) and keeps one vertex of each pair; two kept vertices are joined when some edge
+    joined their groups. It depends on the topology only, so a coarsened wireframe follows the surface and
+    does not flicker as the mesh deforms. Level 0 is :func:`mesh_edges`.
+    """
+    f = np.ascontiguousarray(faces, np.int64).reshape(-1, 3)
+    return _coarse_edges(f.tobytes(), f.shape[0], max(0, int(levels))).copy()
+
+
+# Overlays draw the same topology on every frame: edges and their coarsenings are cached by the
+# faces' bytes.
+@functools.lru_cache(maxsize=8)
+def _mesh_edges(face_bytes: bytes, num_faces: int) -> np.ndarray:
+    f = np.frombuffer(face_bytes, np.int64).reshape(num_faces, 3)
+    e = f[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    return _unique_pairs(e, int(e.max()) + 1 if e.size else 0)
+
+
+def _unique_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Sorted unique undirected pairs (smaller index first) of indices below ``n``, loops dropped."""
+    p = np.sort(pairs, axis=1)
+    p = p[p[:, 0] != p[:, 1]]
+    key = np.unique(p[:, 0] * n + p[:, 1])
+    return np.stack([key // max(n, 1), key % max(n, 1)], 1).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=16)
+def _coarse_edges(face_bytes: bytes, num_faces: int, levels: int) -> np.ndarray:
+    edges = _mesh_edges(face_bytes, num_faces)
+    num_vertices = int(edges.max()) + 1 if edges.size else 0
+    group = np.arange(num_vertices)  # vertex -> its kept vertex
+    current = edges
+    for _ in range(levels):
+        matched = np.zeros(num_vertices, bool)
+        keep = np.arange(num_vertices)
+        for a, b in current.tolist():  # greedy matching, in the deterministic (sorted) edge order
+            if not matched[a] and not matched[b]:
+                matched[a] = matched[b] = True
+                keep[b] = a
+        group = keep[group]
+        current = _unique_pairs(group[edges], num_vertices)
+    return current
+
+
+def draw_edges(
+    image,
+    vertices,
+    edges,
+    color=(0.1, 1.0, 0.3),
+    alpha: float = 1.0,
+    *,
+    thickness: int = 1,
+    depth=None,
+    depth_tolerance: float | None = None,
+) -> np.ndarray:
+    """Draws line segments between vertices (:func:`draw_wireframe` with the edges given).
+
+    Args:
+      edges: (E, 2) integer vertex indices; the other arguments as :func:`draw_wireframe`.
+    """
+    img, was_uint8 = _as_float_image(image)
+    h, w = img.shape[:2]
+    v = np.asarray(vertices, np.float64)
+    if depth is not None and v.shape[1] != 3:
+        raise ValueError("hidden-line removal (depth=...) needs (V, 3) screen vertices")
+    key = np.asarray(edges, np.int64).reshape(-1, 2)
+    if key.size == 0:
         return _restore(img, was_uint8)
-    e = np.sort(f[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    key = np.unique(e[:, 0] * v.shape[0] + e[:, 1])
-    a, b = v[key // v.shape[0]], v[key % v.shape[0]]
+    a, b = v[key[:, 0]], v[key[:, 1]]
     ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
     a, b = a[ok], b[ok]
     n = np.ceil(np.maximum(np.abs(b[:, 0] - a[:, 0]), np.abs(b[:, 1] - a[:, 1]))).astype(np.int64) + 1
@@ -745,6 +824,8 @@ def overlay_mesh(
     normals=None,
     light_direction=DEFAULT_LIGHT,
     wire_color=(0.1, 1.0, 0.3),
+    wire_alpha: float | None = None,
+    wire_spacing: float | None = None,
     cull_backfaces: bool = True,
     perspective_correct: bool = False,
 ) -> np.ndarray:
@@ -757,10 +838,15 @@ def overlay_mesh(
       alpha: opacity of the mesh (solid) or of the lines (wireframe).
       mode: "solid" — a shaded mesh (see :func:`render`) blended over the image
         where it covers it; "wireframe" — the visible edges (back faces culled and
-        hidden lines removed with the z-buffer).
+        hidden lines removed with the z-buffer); "both" — the shaded mesh at
+        ``alpha`` with its visible edges on top at ``wire_alpha``.
       colors: (V, 3) or (3,) mesh colour for "solid" (None = light grey).
       normals, light_direction: shading, see :func:`render`.
-      wire_color: RGB of the lines in "wireframe" mode.
+      wire_color: RGB of the lines in "wireframe" and "both" modes.
+      wire_alpha: opacity of the lines in "both" mode (None = ``alpha``).
+      wire_spacing: None draws every edge; a length in pixels draws the edge graph
+        coarsened (:func:`coarse_edges`) until its visible edges are about that long, so a
+        dense mesh over a small image stays a readable net instead of a solid hatch.
       cull_backfaces: skip back-facing triangles (right for closed, outward-wound
         meshes such as FLAME).
       perspective_correct: see :func:`rasterize`.
@@ -768,22 +854,121 @@ def overlay_mesh(
     Returns:
       A new image, same dtype as ``image``.
     """
+    if mode not in ("solid", "wireframe", "both"):
+        raise ValueError(f"mode must be 'solid', 'wireframe' or 'both', got {mode!r}")
     img, was_uint8 = _as_float_image(image)
     h, w = img.shape[:2]
-    if mode == "solid":
-        r = render(screen_vertices, faces, colors, height=h, width=w, normals=normals,
-                   light_direction=light_direction, background=img, cull_backfaces=cull_backfaces,
-                   perspective_correct=perspective_correct)
-        cov = r.coverage[..., None] * float(alpha)
-        out = (1.0 - cov) * img + cov * r.image
-    elif mode == "wireframe":
+    if mode == "wireframe":
         frags = rasterize(screen_vertices, faces, h, w, cull_backfaces=cull_backfaces,
                           perspective_correct=perspective_correct)
-        out = draw_wireframe(img, screen_vertices, faces, wire_color, alpha, depth=frags.depth,
-                             cull_backfaces=cull_backfaces)
-    else:
-        raise ValueError(f"mode must be 'solid' or 'wireframe', got {mode!r}")
+        out = _wire(img, screen_vertices, faces, wire_color, alpha, frags.depth, wire_spacing, cull_backfaces)
+        return _restore(np.clip(out, 0.0, 1.0).astype(np.float32), was_uint8)
+    r = render(screen_vertices, faces, colors, height=h, width=w, normals=normals,
+               light_direction=light_direction, background=img, cull_backfaces=cull_backfaces,
+               perspective_correct=perspective_correct)
+    cov = r.coverage[..., None] * float(alpha)
+    out = (1.0 - cov) * img + cov * r.image
+    if mode == "both":  # the shaded pass's depth buffer removes the hidden lines
+        out = _wire(out, screen_vertices, faces, wire_color, alpha if wire_alpha is None else wire_alpha, r.depth,
+                    wire_spacing, cull_backfaces)
     return _restore(np.clip(out, 0.0, 1.0).astype(np.float32), was_uint8)
+
+
+def _wire(img, screen_vertices, faces, color, alpha, depth, spacing, cull_backfaces) -> np.ndarray:
+    """Hidden-line wireframe, every edge or coarsened to about ``spacing`` pixels (see :func:`overlay_mesh`)."""
+    if spacing is None:
+        return draw_wireframe(img, screen_vertices, faces, color, alpha, depth=depth, cull_backfaces=cull_backfaces)
+    v = np.asarray(screen_vertices, np.float64)
+    f = np.asarray(faces, np.int64)
+    e = mesh_edges(f[_signed_area2(v, f) < 0])  # the edges of the front
+    length = np.linalg.norm(v[e[:, 0], :2] - v[e[:, 1], :2], axis=1)
+    length = length[np.isfinite(length)]
+    if length.size == 0:
+        return img
+    # Each level makes edges about sqrt(2) times longer.
+    levels = int(np.clip(np.ceil(2 * np.log2(spacing / max(float(np.median(length)), 1e-6))), 0, 8))
+    # A coarse edge is a chord across the surface's bumps (nose, lips): a larger depth slack than
+    # draw_wireframe's 1% of the depth range keeps it drawn; the far side is still hidden.
+    zs = v[:, 2][np.isfinite(v[:, 2])]
+    slack = (0.01 + 0.02 * min(levels, 2) / 2) * float(zs.max() - zs.min()) if zs.size else 0.0
+    return draw_edges(img, v, coarse_edges(faces, levels), color, alpha, depth=depth, depth_tolerance=slack)
+
+
+def draw_box(image, box: tuple[int, int, int, int], color=(0.0, 0.0, 0.0), alpha: float = 0.55) -> np.ndarray:
+    """Blends a filled rectangle ``box`` = (x0, y0, x1, y1) (pixels, end exclusive) over the image.
+
+    Returns a new image, same dtype as ``image`` (e.g. the backing of a legend's colour swatch).
+    """
+    img, was_uint8 = _as_float_image(image)
+    return _restore(_shade_box(img, box, color, alpha), was_uint8)
+
+
+def _shade_box(img: np.ndarray, box, color, alpha: float) -> np.ndarray:
+    h, w = img.shape[:2]
+    c0, r0, c1, r1 = max(0, int(box[0])), max(0, int(box[1])), min(w, int(box[2])), min(h, int(box[3]))
+    if alpha > 0 and r1 > r0 and c1 > c0:
+        img[r0:r1, c0:c1] = (1.0 - alpha) * img[r0:r1, c0:c1] + alpha * np.asarray(color, np.float32)
+    return img
+
+
+def text_size(text: str, scale: float, *, pad: int = 2) -> tuple[int, int]:
+    """(width, height) in pixels of the box :func:`draw_text` draws for one line at ``scale``."""
+    # Lazy: OpenCV (a declared dependency) only draws text; importing it costs time the renderer does not need.
+    import cv2
+
+    (tw, ascent), descent = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, float(scale), _text_thickness(scale))
+    return int(tw) + 2 * pad, int(ascent + descent) + 2 * pad
+
+
+def _text_thickness(scale: float) -> int:
+    return max(1, int(round(scale * 2)))
+
+
+def draw_text(
+    image,
+    text: str,
+    origin: tuple[int, int],
+    color=(1.0, 1.0, 1.0),
+    *,
+    scale: float = 0.5,
+    box_color=(0.0, 0.0, 0.0),
+    box_alpha: float = 0.55,
+    pad: int = 2,
+) -> np.ndarray:
+    """Draws one line of text (anti-aliased, OpenCV's Hershey font) on a translucent box.
+
+    Args:
+      image: (H, W, 3) float in [0, 1] or uint8 (not modified).
+      text: ASCII text.
+      origin: (x, y) pixel of the box's top-left corner.
+      color: RGB in [0, 1] of the letters.
+      scale: font scale (1.0 is about 22 pixels from the top of a capital to the bottom of a descender).
+      box_color, box_alpha: the backing box, which keeps the text readable on any image
+        (box_alpha 0: no box).
+      pad: box margin around the text in pixels.
+
+    Returns:
+      A new image, same dtype as ``image``.
+    """
+    import cv2  # lazy, see text_size
+
+    img, was_uint8 = _as_float_image(image)
+    h, w = img.shape[:2]
+    thick = _text_thickness(scale)
+    (tw, ascent), descent = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, float(scale), thick)
+    x0, y0 = int(origin[0]), int(origin[1])
+    x1, y1 = x0 + tw + 2 * pad, y0 + ascent + descent + 2 * pad
+    img = _shade_box(img, (x0, y0, x1, y1), box_color, box_alpha)
+    # The letters' anti-aliased coverage, drawn on a one-channel mask of the box (OpenCV draws
+    # text on 8-bit images only), blends the colour into the float image.
+    c0, r0, c1, r1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    if c1 > c0 and r1 > r0:
+        ink = np.zeros((r1 - r0, c1 - c0), np.uint8)
+        cv2.putText(ink, text, (x0 + pad - c0, y0 + pad + ascent - r0), cv2.FONT_HERSHEY_SIMPLEX, float(scale), 255,
+                    thick, cv2.LINE_AA)
+        a = ink[..., None].astype(np.float32) / 255.0
+        img[r0:r1, c0:c1] = (1.0 - a) * img[r0:r1, c0:c1] + a * np.asarray(color, np.float32)
+    return _restore(np.clip(img, 0.0, 1.0), was_uint8)
 
 
 # ---------------------------------------------------------------------------- I/O

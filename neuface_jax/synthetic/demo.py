@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 import flame_jax
-from neuface_jax.annotation.scoring import landmarks3d, landmarks_to_pixels
+from neuface_jax.annotation.scoring import frame_nme, landmarks3d, landmarks_to_pixels
+from neuface_jax.annotation.write import check_finite_result
 from neuface_jax.priors.starting import (
     default_encoder_config,
     default_learning_rate,
@@ -78,6 +79,10 @@ class DemoConfig:
     direct_learning_rate: float = setting(1e-2, "Direct-optimization learning rate.", flag="direct_lr")
     methods: tuple[str, ...] = setting(("direct", "neuface"), "Methods to run.")
     write_video: bool = setting(True, "Write overlay.mp4.", flag="video")
+    overlay_style: str = setting(
+        "wire", "Mesh in overlay.mp4: wire (hidden-line wireframe), shaded (translucent) or both.",
+        choices=export_lib.OVERLAY_STYLES)
+    side_by_side: bool = setting(False, "overlay.mp4 shows each view as the image | the mesh.")
     write_objs: bool = setting(False, "Write one OBJ per frame and view.", flag="objs")
     synth: synth_lib.SynthConfig = setting(synth_lib.SynthConfig(), "Synthetic clip settings.", cli=False)
     encoder: encoder_lib.EncoderConfig | None = setting(
@@ -86,6 +91,7 @@ class DemoConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "methods", tuple(self.methods))  # flags give lists
+        export_lib.check_overlay_style(self.overlay_style)
 
     def fit_config(self) -> fit_lib.FitConfig:
         """``fit`` with this config's epochs, chunk length, learning rates and seed."""
@@ -282,6 +288,8 @@ def _start(config: DemoConfig, model, encoder) -> tuple[Any, encoder_lib.Encoder
 def _export(out: Path, config: DemoConfig, fits, data, clip, model, metrics, timings, settings) -> None:
     """params.npz per method, metrics.json and (optionally) OBJs and the overlay video."""
     crop_size = config.synth.crop_size
+    for method, (res, _) in fits.items():
+        check_finite_result(f"demo ({method})", res)
     out.mkdir(parents=True, exist_ok=True)
     for method, (res, _) in fits.items():
         name = "params.npz" if method == "neuface" else f"params_{method}.npz"
@@ -299,12 +307,22 @@ def _export(out: Path, config: DemoConfig, fits, data, clip, model, metrics, tim
                   "model": model.name}},
     )
     if config.write_video:
-        res = fits["neuface" if "neuface" in fits else next(iter(fits))][0]
-        frames = export_lib.overlay_frames(
-            clip.images, res.vertices, res.cam, clip.crop_transforms, np.asarray(model.faces), crop_size=crop_size,
-            landmarks=clip.landmarks68,
-        )
-        export_lib.write_overlay_video(out / "overlay.mp4", frames, fps=clip.fps)
+        _write_overlay(out / "overlay.mp4", config, fits["neuface" if "neuface" in fits else next(iter(fits))][0],
+                       clip, np.asarray(model.faces))
+
+
+def _write_overlay(path: Path, config: DemoConfig, res: fit_lib.FitResult, clip: synth_lib.SynthClip, faces) -> None:
+    """The fit over the synthetic frames (also where the detection was dropped: the face is there); the
+    labels' NME is against the drawn (noisy) detections."""
+    crop_size = config.synth.crop_size
+    detected = np.where(clip.visible68[..., None], clip.landmarks68, np.nan)
+    model_px = landmarks_to_pixels(res.landmarks2d, clip.crop_transforms, crop_size)
+    frames = export_lib.overlay_frames(
+        clip.images, res.vertices, res.cam, clip.crop_transforms, faces, crop_size=crop_size, landmarks=detected,
+        model_landmarks=model_px, nme=frame_nme(model_px, detected, clip.valid, (36, 45)),
+        view_names=clip.view_names, style=config.overlay_style, side_by_side=config.side_by_side,
+    )
+    export_lib.write_overlay_video(path, frames, fps=clip.fps)
 
 
 def run_synthetic(

@@ -1,4 +1,4 @@
-"""Renderer on hand-checkable cases: coverage, depth order, interpolation, shading, overlays."""
+"""Renderer on hand-checkable cases: coverage, depth order, interpolation, shading, overlays, text."""
 
 from __future__ import annotations
 
@@ -306,6 +306,53 @@ def test_hidden_line_removal_in_wireframe_overlay():
     assert solid[32, 32].max() < 255  # blended with the grey mesh
     with pytest.raises(ValueError):
         render.overlay_mesh(img, sv, f, mode="points")
+
+
+def test_overlay_both_is_shaded_with_visible_edges_on_top():
+    v, f = render.uv_sphere(8, 12)
+    sv = render.fit_orthographic(v, 64, 64, fill=0.8)
+    img = np.zeros((64, 64, 3), np.uint8)
+    solid = render.overlay_mesh(img, sv, f, mode="solid", alpha=0.4)
+    wire = render.overlay_mesh(img, sv, f, mode="wireframe", alpha=1.0, wire_color=(1, 0, 0))
+    both = render.overlay_mesh(img, sv, f, mode="both", alpha=0.4, wire_color=(1, 0, 0), wire_alpha=1.0)
+    lines = wire[..., 0] > 0
+    np.testing.assert_array_equal(both[lines], wire[lines])  # the visible edges, opaque, on top
+    np.testing.assert_array_equal(both[~lines], solid[~lines])  # the translucent mesh elsewhere
+
+
+def test_mesh_edges_and_coarsening():
+    v, f = render.uv_sphere(16, 32)
+    e = render.mesh_edges(f)
+    assert e.shape == (v.shape[0] + f.shape[0] - 2, 2)  # Euler: E = V + F - 2 on a sphere
+    assert (e[:, 0] < e[:, 1]).all() and len(np.unique(e[:, 0] * v.shape[0] + e[:, 1])) == len(e)
+    np.testing.assert_array_equal(render.coarse_edges(f, 0), e)
+    prev = e
+    for level in (1, 2, 3):
+        c = render.coarse_edges(f, level)
+        kept = np.unique(c)
+        assert len(kept) < 0.7 * len(np.unique(prev)) and len(c) < len(prev)
+        assert set(kept.tolist()) <= set(np.unique(prev).tolist())  # a subset of the finer level's vertices
+        prev = c
+    # Coarse edges are longer: a wire overlay with a spacing draws fewer pixels than every edge.
+    sv = render.fit_orthographic(v, 96, 96, fill=0.9)
+    img = np.zeros((96, 96, 3), np.uint8)
+    every = render.overlay_mesh(img, sv, f, mode="wireframe", alpha=1.0)
+    sparse = render.overlay_mesh(img, sv, f, mode="wireframe", alpha=1.0, wire_spacing=20.0)
+    assert 0 < (sparse.sum(-1) > 0).sum() < 0.6 * (every.sum(-1) > 0).sum()
+
+
+def test_draw_text_changes_only_its_box():
+    img = np.full((40, 120, 3), 100, np.uint8)
+    out = render.draw_text(img, "frame 12", (5, 6), (1.0, 1.0, 1.0), scale=0.4)
+    tw, th = render.text_size("frame 12", 0.4)
+    changed = np.any(out != 100, axis=-1)
+    rows, cols = np.nonzero(changed)
+    assert out.dtype == np.uint8 and img.max() == 100  # input untouched
+    assert rows.min() == 6 and cols.min() == 5 and rows.max() < 6 + th and cols.max() < 5 + tw
+    assert out[changed].max() > 200 and out[changed].min() < 60  # white letters on a dark box
+    assert np.any(render.draw_text(img, "frame 13", (5, 6), scale=0.4) != out)
+    boxed = render.draw_box(img.astype(np.float32) / 255, (0, 0, 10, 5), (0, 0, 0), 1.0)
+    assert boxed.dtype == np.float32 and boxed[:5, :10].max() == 0 and boxed[5:].min() > 0
 
 
 def test_draw_points_and_save_png(tmp_path):
