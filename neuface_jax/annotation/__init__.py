@@ -19,7 +19,7 @@ from neuface_jax.annotation.config import (
 )
 from neuface_jax.annotation.face import FaceSetup, resolve_face_model, static_contour_embedding
 from neuface_jax.annotation.prepare import PreparedClip, prepare
-from neuface_jax.annotation.run import annotate
+from neuface_jax.annotation.run import annotate, annotate_shots
 from neuface_jax.annotation.scoring import clip_metrics
 from neuface_jax.annotation.setup import (
     PRETRAINED_LR,
@@ -50,6 +50,7 @@ __all__ = [
     "PreparedClip",
     "SetupConfig",
     "annotate",
+    "annotate_shots",
     "clip_metrics",
     "default_encoder_config",
     "default_learning_rate",

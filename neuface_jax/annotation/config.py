@@ -114,6 +114,9 @@ class OutputConfig:
         "wire", "Mesh in overlay.mp4: wire (hidden-line wireframe), shaded (translucent) or both.",
         choices=OVERLAY_STYLES)
     side_by_side: bool = setting(False, "overlay.mp4 shows each view as the image | the mesh.")
+    split_at_cuts: bool = setting(
+        False, "Split the clip at its shot cuts into separate outputs (<out>/shot_NN/, listed in <out>/shots.json), "
+        "each shot tracking its own face.")
 
     def __post_init__(self):
         check_overlay_style(self.overlay_style)

@@ -9,6 +9,7 @@ runs the same stages over a manifest, packing several clips per device.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import pathlib
 import threading
@@ -24,11 +25,12 @@ from neuface_jax.annotation.prepare import PreparedClip, prepare as prepare_clip
 from neuface_jax.annotation.setup import AnnotateSetup, make_setup
 from neuface_jax.annotation.write import write_outputs
 from neuface_jax.common import log as log_lib
+from neuface_jax.common.atomic import atomic_write_text
 from neuface_jax.core import fit as fit_lib
 from neuface_jax.media import detect as detect_lib
 from neuface_jax.media.sources import open_source
 
-__all__ = ["annotate"]
+__all__ = ["annotate", "annotate_shots"]
 
 logger = logging.getLogger(__name__)
 
@@ -199,3 +201,42 @@ def annotate(
         "notes": doc["notes"],
         "result": result,
     }
+
+
+def annotate_shots(
+    videos,
+    *,
+    out_dir,
+    setup: SetupConfig | AnnotateSetup = SetupConfig(),
+    prepare: PrepareConfig = PrepareConfig(),
+    output: OutputConfig = OutputConfig(),
+    view_names: Sequence[str] | None = None,
+    view_boxes=None,
+    progress: log_lib.ProgressFactory | None = None,
+) -> list[dict[str, Any]]:
+    """A clip split at its shot cuts: one ``annotate`` output per shot, ``<out_dir>/shot_NN/``.
+
+    The cuts come from a decode-only pass (``detect.find_shots``: a colour-histogram jump between
+    frames); each shot is then annotated on its own frame range with a face track of its own
+    (``LandmarkerOptions.new_track_at_cuts``), so a cut to another person starts a new identity
+    instead of being fitted as the first one. ``<out_dir>/shots.json`` lists the shots' source
+    frame ranges and folders. Returns one ``annotate`` summary per shot.
+    """
+    _check_first(setup, videos, out_dir, prepare, view_names, view_boxes, None)
+    if not isinstance(setup, AnnotateSetup):
+        setup = make_setup(setup)
+    setup = dataclasses.replace(setup, options=dataclasses.replace(setup.options, new_track_at_cuts=True))
+    src = open_source(videos, view_names, view_boxes, prepare.frames, prepare.strict, prepare.fps)
+    ranges = detect_lib.find_shots(src, cut_threshold=setup.options.cut_threshold)
+    out = pathlib.Path(out_dir)
+    summaries, listing = [], []
+    for i, rng in enumerate(ranges):
+        shot_dir = out / f"shot_{i:02d}"
+        logger.info("%s: shot %d of %d, source frames %d-%d", src.label, i + 1, len(ranges), rng.start, rng.end - 1)
+        summaries.append(annotate(
+            videos, out_dir=shot_dir, setup=setup, prepare=prepare.replace(frames=rng), output=output,
+            view_names=view_names, view_boxes=view_boxes, progress=progress,
+        ))
+        listing.append({"shot": i, "folder": shot_dir.name, "start": rng.start, "end": rng.end, "stride": rng.stride})
+    atomic_write_text(out / "shots.json", json.dumps({"clip": src.label, "shots": listing}, indent=1) + "\n")
+    return summaries

@@ -68,15 +68,18 @@ def annotate_main(argv: list[str]) -> int:
     if missing(fv, PROG, "video", "out"):
         return 2
     start = time.perf_counter()
+    output = flags_lib.build(fv, OutputConfig)
+    run = annotation.annotate_shots if output.split_at_cuts else annotation.annotate
     try:
-        summary = annotation.annotate(
+        result = run(
             fv.video, out_dir=fv.out, setup=flags_lib.build(fv, SetupConfig),
             prepare=flags_lib.build(fv, PrepareConfig, frames=flags_lib.frame_range(fv)),
-            output=flags_lib.build(fv, OutputConfig), view_names=fv.view_names, view_boxes=fv.view_boxes,
+            output=output, view_names=fv.view_names, view_boxes=fv.view_boxes,
             progress=log_lib.progress_factory(),
         )
     except (detect.NoFaceError, video.VideoError, detect.ModelNotFoundError, FileNotFoundError, ValueError) as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 1
-    _report(summary, fv.out, start)
+    for summary in result if isinstance(result, list) else [result]:
+        _report(summary, summary["out_dir"], start)
     return 0

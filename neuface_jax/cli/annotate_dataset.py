@@ -36,7 +36,8 @@ def _define(fv: flags.FlagValues) -> None:
     flags_lib.define(fv, SetupConfig, exclude=("warm_compile",))  # groups compile per bucket
     flags_lib.define_frame_range(fv, only=("stride",))  # clips are taken whole
     flags_lib.define(fv, PrepareConfig)
-    flags_lib.define(fv, OutputConfig, defaults=dataclasses.asdict(DatasetConfig().output))
+    flags_lib.define(fv, OutputConfig, defaults=dataclasses.asdict(DatasetConfig().output),
+                     exclude=("split_at_cuts",))  # a manifest's clips are taken whole
     b("distributed", False, "Call jax.distributed.initialize (TPU pods, Slurm, Kubernetes) and shard by process.",
       flag_values=fv)
     s("coordinator_address", None, "With --distributed: host:port of process 0 (default: auto-detect).",

@@ -11,6 +11,7 @@ in a background thread so decoding overlaps the consumer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import queue
@@ -87,20 +88,143 @@ def is_image(path) -> bool:
     return pathlib.Path(path).suffix.lower() in video_lib.IMAGE_EXTENSIONS
 
 
-def _clip_source(clip: video_lib.VideoClip, label: str, kind: str, paths, rng) -> Source:
-    def stream():
-        for t, idx in enumerate(clip.frame_indices):
-            yield int(idx), tuple(f[t] for f in clip.frames)
+#: A stream: (source frame index, the views' frames).
+_Frames = Iterator[tuple[int, tuple[np.ndarray, ...]]]
 
+
+def _clip_frames(clip: video_lib.VideoClip) -> _Frames:
+    for t, idx in enumerate(clip.frame_indices):
+        yield int(idx), tuple(f[t] for f in clip.frames)
+
+
+def _composite_frames(path: str, rng: video_lib.FrameRange, info, box_list) -> _Frames:
+    for i, f in video_lib.iter_video_frames(path, frames=rng, info=info):
+        yield i, tuple(np.ascontiguousarray(f[y0:y1, x0:x1]) for x0, y0, x1, y1 in box_list)
+
+
+def _single_video_frames(path: str, rng: video_lib.FrameRange, info) -> _Frames:
+    for i, f in video_lib.iter_video_frames(path, frames=rng, info=info):
+        yield i, (f,)
+
+
+def _clip_source(clip: video_lib.VideoClip, label: str, kind: str, paths, rng) -> Source:
     cache_ids = []
     for v in range(clip.num_views):
         src = clip.sources[v]
         ok = src is not None and pathlib.Path(src).is_file()
         cache_ids.append((src, clip.source_boxes[v], clip.frame_indices.tolist()) if ok else None)
     return Source(
-        label=label, view_names=clip.view_names, fps=float(clip.fps or 25.0), stream=stream, cache_ids=tuple(cache_ids),
-        kind=kind, paths=tuple(paths), frame_range=rng, num_frames=clip.num_frames,
+        label=label, view_names=clip.view_names, fps=float(clip.fps or 25.0),
+        stream=functools.partial(_clip_frames, clip), cache_ids=tuple(cache_ids), kind=kind, paths=tuple(paths),
+        frame_range=rng, num_frames=clip.num_frames,
         out_fps=float(clip.fps or 25.0) / max(1, int(clip.stride)),
+    )
+
+
+def _decoded_clip_source(clip: video_lib.VideoClip, view_names, boxes, rng) -> Source:
+    """An already decoded clip, cut into views by ``boxes`` and renamed if asked."""
+    if boxes:
+        clip = video_lib.split_views(clip, boxes)
+    if view_names:
+        clip = dataclasses.replace(clip, view_names=tuple(view_names))
+    if rng is not None and rng != video_lib.FrameRange():  # the range, in the clip's own frame numbers
+        fps = float(clip.fps or 25.0)
+        keep = [i for i, f in enumerate(clip.frame_indices.tolist()) if rng.select(int(f), fps)]
+        if not keep:
+            raise video_lib.VideoError(", ".join(s for s in clip.sources if s) or "clip", f"no frames in {rng}")
+        clip = clip.subset(keep)
+    label = ", ".join(s for s in dict.fromkeys(clip.sources) if s) or "clip"
+    return _clip_source(clip, label, "clip", [s for s in clip.sources if s], rng)
+
+
+def _input_paths(videos) -> list[str]:
+    """One path or several → the non-blank paths (at least one)."""
+    if isinstance(videos, (str, os.PathLike)):
+        paths = [str(videos)]
+    else:
+        paths = [str(p) for p in videos]
+    paths = [p.strip() for p in paths if str(p).strip()]
+    if not paths:
+        raise ValueError("no input video given")
+    return paths
+
+
+def _folder_source(path: str, names, boxes, rng, fps: float, strict: bool) -> Source:
+    clip = video_lib.read_frame_folder(path, view_names=names, fps=fps, strict=strict, frames=rng)
+    if boxes:
+        if clip.num_views != 1:
+            raise ValueError("view boxes cut a single-view composite; the frame folder holds several views")
+        clip = video_lib.split_views(clip, boxes)
+    return _clip_source(clip, path, "folder", [path], rng)
+
+
+def _images_source(paths: list[str], names, boxes, rng, fps: float) -> Source:
+    imgs = []
+    for p in paths:
+        pp = pathlib.Path(p)
+        if not pp.is_file():
+            raise video_lib.VideoError(pp, "no such file")
+        imgs.append(video_lib.read_image(pp)[None])
+    vnames = tuple(names) if names else video_lib.resolve_view_names(paths, None)
+    if len(vnames) != len(paths):
+        raise ValueError(f"{len(vnames)} view names for {len(paths)} images")
+    clip = video_lib.VideoClip(
+        frames=imgs, view_names=vnames, fps=fps, frame_indices=np.zeros(1, np.int64), sources=tuple(paths)
+    )
+    if boxes:
+        if clip.num_views != 1:
+            raise ValueError("view boxes cut one composite image, not several")
+        clip = video_lib.split_views(clip, boxes)
+    return _clip_source(clip, ",".join(paths), "images", paths, rng)
+
+
+def _composite_source(paths: list[str], names, boxes, rng, infos, rate: float, n_est) -> Source:
+    """One video cut into views by pixel boxes."""
+    if len(paths) != 1:
+        raise ValueError("view boxes cut one composite video into views; give a single video with them")
+    info = infos[0]
+    for name, (x0, y0, x1, y1) in boxes.items():
+        if not (x1 <= info.width and y1 <= info.height):
+            raise ValueError(f"view box {name!r} {(x0, y0, x1, y1)} is outside the {info.width}x{info.height} video {paths[0]}")
+    vnames = tuple(names) if names else tuple(boxes)
+    if len(vnames) != len(boxes):
+        raise ValueError(f"{len(vnames)} view names for {len(boxes)} view boxes")
+    box_list = list(boxes.values())
+    frames_key = dataclasses.asdict(rng)
+    return Source(
+        label=",".join(paths), view_names=vnames, fps=rate,
+        stream=functools.partial(_composite_frames, paths[0], rng, info, box_list),
+        cache_ids=tuple((paths[0], b, frames_key) for b in box_list), kind="composite", paths=tuple(paths),
+        frame_range=rng, num_frames=n_est, out_fps=rate / rng.stride,
+        info=video_lib.sync_report([pathlib.Path(paths[0]).stem], infos),
+    )
+
+
+def _videos_source(paths: list[str], names, rng, infos, rate: float, n_est, fps: float, strict: bool) -> Source:
+    """One video file per view (synchronized by frame index, or by time where the rates differ)."""
+    vnames = video_lib.resolve_view_names(paths, names)
+    report = video_lib.sync_report(vnames, infos)
+    frames_key = dataclasses.asdict(rng)
+    if len(paths) == 1:
+        stream = functools.partial(_single_video_frames, paths[0], rng, infos[0])
+    else:
+        # stacklevel: the warning names the caller of open_source's caller (of annotation.prepare, say).
+        video_lib.check_frame_rates(vnames, infos, strict=strict, rate=rate, stacklevel=4)
+        if video_lib.needs_time_sync(infos, rate):
+            # Frames on the slowest view's timeline: the frame indices and rate are that view's, and
+            # a view's pixels depend on the other files (so does its cache entry).
+            ref = infos[video_lib.timeline_view(infos)]
+            rate = ref.fps or fps
+            frames_key = {**frames_key, "synchronized_by_time": [str(p) for p in paths]}
+            n_est = len(rng.indices(ref.estimated_num_frames, rate)) if ref.estimated_num_frames else None
+        stream = functools.partial(
+            video_lib.iter_synchronized, paths, strict=strict, frames=rng, view_names=vnames, report=report,
+            check_rates=False,
+        )
+    return Source(
+        label=",".join(paths), view_names=vnames, fps=rate, stream=stream,
+        cache_ids=tuple((p, None, frames_key) for p in paths), kind="videos", paths=tuple(paths), frame_range=rng,
+        num_frames=n_est, out_fps=rate / rng.stride, info=report,
     )
 
 
@@ -127,107 +251,23 @@ def open_source(
     rng = frames if frames is not None else video_lib.FrameRange()
     boxes = parse_view_boxes(view_boxes)
     if isinstance(videos, video_lib.VideoClip):
-        clip = videos
-        if boxes:
-            clip = video_lib.split_views(clip, boxes)
-        if view_names:
-            clip = dataclasses.replace(clip, view_names=tuple(view_names))
-        label = ", ".join(s for s in dict.fromkeys(clip.sources) if s) or "clip"
-        return _clip_source(clip, label, "clip", [s for s in clip.sources if s], rng)
-    if isinstance(videos, (str, os.PathLike)):
-        paths = [str(videos)]
-    else:
-        paths = [str(p) for p in videos]
-    paths = [p.strip() for p in paths if str(p).strip()]
-    if not paths:
-        raise ValueError("no input video given")
-    label = ",".join(paths)
+        return _decoded_clip_source(videos, view_names, boxes, rng)
+    paths = _input_paths(videos)
     names = list(view_names) if view_names else None
-
     if len(paths) == 1 and pathlib.Path(paths[0]).is_dir():
-        clip = video_lib.read_frame_folder(paths[0], view_names=names, fps=fps, strict=strict, frames=rng)
-        if boxes:
-            if clip.num_views != 1:
-                raise ValueError("view boxes cut a single-view composite; the frame folder holds several views")
-            clip = video_lib.split_views(clip, boxes)
-        return _clip_source(clip, label, "folder", paths, rng)
-
+        return _folder_source(paths[0], names, boxes, rng, fps, strict)
     if all(is_image(p) for p in paths):
-        imgs = []
-        for p in paths:
-            pp = pathlib.Path(p)
-            if not pp.is_file():
-                raise video_lib.VideoError(pp, "no such file")
-            imgs.append(video_lib.read_image(pp)[None])
-        vnames = tuple(names) if names else video_lib.resolve_view_names(paths, None)
-        if len(vnames) != len(paths):
-            raise ValueError(f"{len(vnames)} view names for {len(paths)} images")
-        clip = video_lib.VideoClip(
-            frames=imgs, view_names=vnames, fps=fps, frame_indices=np.zeros(1, np.int64), sources=tuple(paths)
-        )
-        if boxes:
-            if clip.num_views != 1:
-                raise ValueError("view boxes cut one composite image, not several")
-            clip = video_lib.split_views(clip, boxes)
-        return _clip_source(clip, label, "images", paths, rng)
+        return _images_source(paths, names, boxes, rng, fps)
 
     infos = [video_lib.probe_video(p) for p in paths]  # VideoError naming the file
     rate = infos[0].fps or fps
-    frames_key = dataclasses.asdict(rng)
     est = [i.estimated_num_frames for i in infos]
     n_est = len(rng.indices(min(est), rate)) if all(est) and rate else None
     if boxes:
-        if len(paths) != 1:
-            raise ValueError("view boxes cut one composite video into views; give a single video with them")
-        info = infos[0]
-        for name, (x0, y0, x1, y1) in boxes.items():
-            if not (x1 <= info.width and y1 <= info.height):
-                raise ValueError(f"view box {name!r} {(x0, y0, x1, y1)} is outside the {info.width}x{info.height} video {paths[0]}")
-        vnames = tuple(names) if names else tuple(boxes)
-        if len(vnames) != len(boxes):
-            raise ValueError(f"{len(vnames)} view names for {len(boxes)} view boxes")
-        box_list = list(boxes.values())
-
-        def stream():
-            for i, f in video_lib.iter_video_frames(paths[0], frames=rng, info=info):
-                yield i, tuple(np.ascontiguousarray(f[y0:y1, x0:x1]) for x0, y0, x1, y1 in box_list)
-
-        return Source(
-            label=label, view_names=vnames, fps=rate, stream=stream,
-            cache_ids=tuple((paths[0], b, frames_key) for b in box_list), kind="composite", paths=tuple(paths),
-            frame_range=rng, num_frames=n_est, out_fps=rate / rng.stride,
-            info=video_lib.sync_report([pathlib.Path(paths[0]).stem], infos),
-        )
+        return _composite_source(paths, names, boxes, rng, infos, rate, n_est)
     if any(is_image(p) for p in paths):
         raise ValueError(f"mixing images and videos is not supported: {paths}")
-    vnames = video_lib.resolve_view_names(paths, names)
-    report = video_lib.sync_report(vnames, infos)
-    if len(paths) == 1:
-        info = infos[0]
-
-        def stream():
-            for i, f in video_lib.iter_video_frames(paths[0], frames=rng, info=info):
-                yield i, (f,)
-
-    else:
-        video_lib.check_frame_rates(vnames, infos, strict=strict, rate=rate, stacklevel=3)
-        if video_lib.needs_time_sync(infos, rate):
-            # Frames on the slowest view's timeline: the frame indices and rate are that view's, and
-            # a view's pixels depend on the other files (so does its cache entry).
-            ref = infos[video_lib.timeline_view(infos)]
-            rate = ref.fps or fps
-            frames_key = {**frames_key, "synchronized_by_time": [str(p) for p in paths]}
-            n_est = len(rng.indices(ref.estimated_num_frames, rate)) if ref.estimated_num_frames else None
-
-        def stream():
-            yield from video_lib.iter_synchronized(
-                paths, strict=strict, frames=rng, view_names=vnames, report=report, check_rates=False
-            )
-
-    return Source(
-        label=label, view_names=vnames, fps=rate, stream=stream, cache_ids=tuple((p, None, frames_key) for p in paths),
-        kind="videos", paths=tuple(paths), frame_range=rng, num_frames=n_est, out_fps=rate / rng.stride, info=report,
-    )
+    return _videos_source(paths, names, rng, infos, rate, n_est, fps, strict)
 
 
 def stack_views(frames: list[list[np.ndarray]]) -> np.ndarray:

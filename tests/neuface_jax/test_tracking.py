@@ -160,3 +160,30 @@ def test_find_shots_gives_a_frame_range_per_shot():
     clip = video.VideoClip(frames=[np.concatenate([a, b, a])], view_names=("v",), fps=25.0, frame_indices=np.arange(10, 26))
     shots = detect.find_shots(sources.open_source(clip))
     assert [(r.start, r.end) for r in shots] == [(10, 16), (16, 20), (20, 26)]
+
+
+@pytest.mark.shared_data
+def test_annotate_splits_a_clip_at_its_cuts(shared_data, landmarker_model, tmp_path):
+    """``--split_at_cuts``: one output per shot, each with its own face track, listed in shots.json."""
+    import json
+
+    from neuface_jax import annotation
+
+    a, b = video.read_image(shared_data / FACE_A), video.read_image(shared_data / FACE_B)
+    two = _canvas((40, 40, 40), (a, 20, 15, 225), (b, 270, 150, 75))
+    solo = _canvas((150, 170, 200), (b, 67, 15, 225))
+    clip = video.VideoClip(frames=[np.stack([two] * 4 + [solo] * 4)], view_names=("v",), fps=5.0,
+                           frame_indices=np.arange(8))
+    out = tmp_path / "out"
+    summaries = annotation.annotate_shots(
+        clip, out_dir=out,
+        setup=annotation.SetupConfig(epochs=1, chunk_frames=4, face_landmarker=str(landmarker_model)),
+        prepare=annotation.PrepareConfig(use_cache=False), output=annotation.OutputConfig(write_video=False),
+    )
+    listing = json.loads((out / "shots.json").read_text())["shots"]
+    assert [(s["folder"], s["start"], s["end"]) for s in listing] == [("shot_00", 0, 4), ("shot_01", 4, 8)]
+    assert len(summaries) == 2
+    for s, (lo, hi) in zip(summaries, [(0, 4), (4, 8)]):
+        with np.load(s["files"]["params"]) as p:
+            np.testing.assert_array_equal(p["frame_indices"], np.arange(lo, hi))
+        assert s["valid_fraction"] == {"v": 1.0}  # the second shot tracks B from its first frame, not "after a cut"
