@@ -123,7 +123,7 @@ flags.DEFINE_string("work_dir", None, "Where the runs write their outputs (defau
 flags.DEFINE_bool("keep_outputs", False, "Keep the runs' output folders.")
 flags.DEFINE_integer("seed", 0, "Seed offset of the synthetic clips.")
 flags.DEFINE_bool("verbose", False, "Print the runner's messages.")
-flags.DEFINE_string("out", None, "JSON output (default experiments/results/benchmark_dataset_<platform>.json).")
+flags.DEFINE_string("out", None, "JSON output (default $TMPDIR/neuface_jax_benchmarks/; the committed tables: --out=experiments/results/benchmark_dataset_<platform>.json).")
 
 MB = 2**20
 _COMPILE_EVENTS = {
@@ -524,7 +524,7 @@ def main(argv):
         "check": check,
         "table_markdown": table,
     }
-    out = Path(FLAGS.out or Path(__file__).parent / "results" / f"benchmark_dataset_{dev.platform}.json")
+    out = Path(FLAGS.out or Path(tempfile.gettempdir()) / "neuface_jax_benchmarks" / f"benchmark_dataset_{dev.platform}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=float) + "\n")
 

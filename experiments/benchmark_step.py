@@ -47,6 +47,7 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,7 +75,7 @@ flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s of the device for the dtyp
 flags.DEFINE_bool("check_host_memory", True, "On CPU, skip a config whose XLA memory estimate exceeds the "
                   "available host memory instead of letting the OOM killer end the run.")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and the encoder initialization.")
-flags.DEFINE_string("out", None, "JSON output path (default experiments/results/benchmark_step_<platform>.json; "
+flags.DEFINE_string("out", None, "JSON output path (default $TMPDIR/neuface_jax_benchmarks/; the committed tables: --out=experiments/results/benchmark_step_<platform>.json; "
                     "_bfloat16 is appended to the name for --dtype=bfloat16, so the two GPU runs both stay).")
 
 #: ResNet-50 forward + backward per 224² image, in the usual "FLOPs = multiply-adds" convention
@@ -437,7 +438,7 @@ def main(argv):
         "results": results,
     }
     suffix = "" if FLAGS.dtype == "float32" else f"_{FLAGS.dtype}"
-    out = Path(FLAGS.out or Path(__file__).parent / "results" / f"benchmark_step_{device.platform}{suffix}.json")
+    out = Path(FLAGS.out or Path(tempfile.gettempdir()) / "neuface_jax_benchmarks" / f"benchmark_step_{device.platform}{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("views", "mead", "Camera rig (mono, 3, mead, names or yaw:pitch pairs).")
 flags.DEFINE_integer("frames", 64, "Frames per clip.")
 flags.DEFINE_integer("size", 224, "Image size.")
-flags.DEFINE_string("out", None, "JSON output (default experiments/results/benchmark_synth.json).")
+flags.DEFINE_string("out", None, "JSON output (default $TMPDIR/neuface_jax_benchmarks/; the committed tables: --out=experiments/results/benchmark_synth.json).")
 
 
 def main(argv):
@@ -40,7 +41,7 @@ def main(argv):
         "warm_renders_per_second": renders / warm,
         "visible_landmark_fraction": float(clip.visible68.mean()),
     }
-    out = Path(FLAGS.out or Path(__file__).parent / "results" / "benchmark_synth.json")
+    out = Path(FLAGS.out or Path(tempfile.gettempdir()) / "neuface_jax_benchmarks" / "benchmark_synth.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report))
