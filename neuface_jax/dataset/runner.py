@@ -33,9 +33,9 @@ import time
 from typing import Any, Iterable
 
 import jax
-import numpy as np
 
 from neuface_jax import annotation
+from neuface_jax.annotation.write import check_finite_result
 from neuface_jax.common.log import ProgressFactory, quiet
 from neuface_jax.core import parallel
 from neuface_jax.dataset import checkpoint as checkpoint_lib
@@ -65,13 +65,6 @@ def prepare_entry(setup, entry: ClipEntry, config: DatasetConfig):
     )
     # The original frames are only needed for the overlay video.
     return clip if config.output.write_video else clip.without_images()
-
-
-def _check_finite(clip_id: str, result) -> None:
-    arrays = {"shape": result.shape, "expression": result.expression, "pose": result.pose, "cam": result.cam}
-    bad = [n for n, a in arrays.items() if not np.all(np.isfinite(a))]
-    if bad:
-        raise FloatingPointError(f"{clip_id}: non-finite fitted {', '.join(bad)}")
 
 
 def _fmt_s(s: float) -> str:
@@ -157,7 +150,7 @@ class GroupWork:
         rec = self.recorder
         try:
             if not (skip_done and records.is_done(self.out, cid)):
-                _check_finite(cid, result)
+                check_finite_result(cid, result)  # before the clip's folder is started
                 folder = records.start_clip(self.out, cid)
                 files, doc = annotation.write_outputs(
                     self.setup, clip, result, folder, self.config.output,

@@ -160,6 +160,71 @@ def _smooth_noise(rng, t: int, channels: int, cutoff_hz: float, fps: float) -> n
     return y / np.sqrt(np.sum(k**2))
 
 
+def _head_motion(rng, t: int, config: MotionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Head rotation [T, 3] (slow smooth wandering plus, for some clips, one large turn) and neck [T, 3]."""
+    fps = config.fps
+    time = np.arange(t) / fps
+    wander = _smooth_noise(rng, t, 3, cutoff_hz=0.4, fps=fps)
+    yaw = config.yaw_amplitude_deg * 0.6 * wander[:, 0]
+    if rng.random() < config.big_turn_probability:
+        center = rng.uniform(0.3, 0.7) * t
+        width = max(t / 6.0, config.min_turn_width_s * fps)
+        sign = rng.choice([-1.0, 1.0])
+        yaw = yaw + sign * config.big_turn_deg * np.exp(-0.5 * ((np.arange(t) - center) / width) ** 2)
+    else:
+        yaw = yaw + config.yaw_amplitude_deg * np.sin(2 * np.pi * rng.uniform(0.1, 0.3) * time + rng.uniform(0, 2 * np.pi))
+    pitch = config.pitch_amplitude_deg * wander[:, 1]
+    roll = config.roll_amplitude_deg * wander[:, 2]
+    head = Rotation.from_euler("YXZ", np.stack([yaw, pitch, roll], 1), degrees=True)
+    neck = 0.15 * _smooth_noise(rng, t, 3, cutoff_hz=0.5, fps=fps) * np.radians([4.0, 6.0, 2.0])
+    return head.as_rotvec(), neck
+
+
+def _speech(rng, t: int, config: MotionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Speech envelope × syllables [T] and jaw opening [T]: words (1–2.5 s) separated by pauses,
+    syllables at ~4 Hz inside words."""
+    fps = config.fps
+    speaking = np.zeros(t)
+    pos = int(rng.uniform(0, 0.5) * fps)
+    while pos < t:
+        length = int(rng.uniform(1.0, 2.5) * fps)
+        speaking[pos : pos + length] = 1.0
+        pos += length + int(rng.uniform(0.2, 0.8) * fps)
+    envelope = _box_filter(speaking, 5)
+    rate = config.syllable_rate_hz * (1.0 + 0.15 * _smooth_noise(rng, t, 1, 0.5, fps)[:, 0])
+    phase = 2 * np.pi * np.cumsum(rate) / fps + rng.uniform(0, 2 * np.pi)
+    syllables = 0.5 * (1.0 - np.cos(phase))
+    speech = envelope * syllables
+    jaw = config.jaw_open_max_rad * (0.15 * envelope + 0.85 * speech) * rng.uniform(0.6, 1.0)
+    return speech, jaw
+
+
+def _blinks(rng, t: int, config: MotionConfig) -> np.ndarray:
+    """Blink closure [T] in [0, 1]: every 1.5–4 s, a closure profile over a few frames."""
+    fps = config.fps
+    blink = np.zeros(t)
+    pos = int(rng.uniform(*config.blink_interval_s) * fps * rng.uniform(0.2, 1.0))
+    profile = np.sin(np.linspace(0, np.pi, config.blink_frames + 2)[1:-1]) ** 0.7
+    while pos < t:
+        end = min(t, pos + len(profile))
+        blink[pos:end] = np.maximum(blink[pos:end], profile[: end - pos])
+        pos += int(rng.uniform(*config.blink_interval_s) * fps)
+    return blink
+
+
+def _gaze(rng, t: int, config: MotionConfig) -> np.ndarray:
+    """Gaze [T, 2]: fixations with quick saccades (both eyes together)."""
+    fps = config.fps
+    gaze = np.zeros((t, 2))
+    pos, target = 0, rng.normal(size=2) * config.gaze_amplitude_rad * 0.5
+    while pos < t:
+        dur = int(rng.uniform(0.3, 1.2) * fps)
+        gaze[pos : pos + dur] = target
+        pos += dur
+        target = rng.normal(size=2) * config.gaze_amplitude_rad * 0.5
+    return np.stack([_box_filter(gaze[:, c], 3) for c in range(2)], 1)
+
+
 def generate_motion(
     *,
     num_frames: int,
@@ -187,41 +252,15 @@ def generate_motion(
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be ≥ 1, got {num_frames}")
+    # One generator drawn in a fixed order (shape, head, speech, expressions, blinks, gaze,
+    # translation): the clip of a seed stays the same.
     rng = np.random.default_rng(seed)
     t = num_frames
     fps = config.fps
-    time = np.arange(t) / fps
 
     shape = rng.normal(size=n_shape) * config.shape_std
-
-    # Head rotation: slow smooth wandering plus, for some clips, one large turn.
-    wander = _smooth_noise(rng, t, 3, cutoff_hz=0.4, fps=fps)
-    yaw = config.yaw_amplitude_deg * 0.6 * wander[:, 0]
-    if rng.random() < config.big_turn_probability:
-        center = rng.uniform(0.3, 0.7) * t
-        width = max(t / 6.0, config.min_turn_width_s * fps)
-        sign = rng.choice([-1.0, 1.0])
-        yaw = yaw + sign * config.big_turn_deg * np.exp(-0.5 * ((np.arange(t) - center) / width) ** 2)
-    else:
-        yaw = yaw + config.yaw_amplitude_deg * np.sin(2 * np.pi * rng.uniform(0.1, 0.3) * time + rng.uniform(0, 2 * np.pi))
-    pitch = config.pitch_amplitude_deg * wander[:, 1]
-    roll = config.roll_amplitude_deg * wander[:, 2]
-    head = Rotation.from_euler("YXZ", np.stack([yaw, pitch, roll], 1), degrees=True)
-    neck = 0.15 * _smooth_noise(rng, t, 3, cutoff_hz=0.5, fps=fps) * np.radians([4.0, 6.0, 2.0])
-
-    # Speech: words (1–2.5 s) separated by pauses, syllables at ~4 Hz inside words.
-    speaking = np.zeros(t)
-    pos = int(rng.uniform(0, 0.5) * fps)
-    while pos < t:
-        length = int(rng.uniform(1.0, 2.5) * fps)
-        speaking[pos : pos + length] = 1.0
-        pos += length + int(rng.uniform(0.2, 0.8) * fps)
-    envelope = _box_filter(speaking, 5)
-    rate = config.syllable_rate_hz * (1.0 + 0.15 * _smooth_noise(rng, t, 1, 0.5, fps)[:, 0])
-    phase = 2 * np.pi * np.cumsum(rate) / fps + rng.uniform(0, 2 * np.pi)
-    syllables = 0.5 * (1.0 - np.cos(phase))
-    speech = envelope * syllables
-    jaw = config.jaw_open_max_rad * (0.15 * envelope + 0.85 * speech) * rng.uniform(0.6, 1.0)
+    head, neck = _head_motion(rng, t, config)
+    speech, jaw = _speech(rng, t, config)
 
     # Expressions: slow emotional drift on all components (decaying amplitude) plus
     # syllable-driven lip components.
@@ -232,29 +271,13 @@ def generate_motion(
         if 0 <= c < n_expr:
             expr[:, c] += (1.0 if i % 2 == 0 else -0.6) * 1.2 * speech
 
-    # Blinks: every 1.5–4 s, a closure profile over a few frames.
-    blink = np.zeros(t)
-    pos = int(rng.uniform(*config.blink_interval_s) * fps * rng.uniform(0.2, 1.0))
-    profile = np.sin(np.linspace(0, np.pi, config.blink_frames + 2)[1:-1]) ** 0.7
-    while pos < t:
-        end = min(t, pos + len(profile))
-        blink[pos:end] = np.maximum(blink[pos:end], profile[: end - pos])
-        pos += int(rng.uniform(*config.blink_interval_s) * fps)
+    blink = _blinks(rng, t, config)
     if blink_component is not None and 0 <= blink_component < n_expr:
         expr[:, blink_component] = expr[:, blink_component] * 0.2 + 2.5 * blink
-
-    # Gaze: fixations with quick saccades (both eyes together).
-    gaze = np.zeros((t, 2))
-    pos, target = 0, rng.normal(size=2) * config.gaze_amplitude_rad * 0.5
-    while pos < t:
-        dur = int(rng.uniform(0.3, 1.2) * fps)
-        gaze[pos : pos + dur] = target
-        pos += dur
-        target = rng.normal(size=2) * config.gaze_amplitude_rad * 0.5
-    gaze = np.stack([_box_filter(gaze[:, c], 3) for c in range(2)], 1)
+    gaze = _gaze(rng, t, config)
 
     pose = np.zeros((t, 15))
-    pose[:, 0:3] = head.as_rotvec()
+    pose[:, 0:3] = head
     pose[:, 3:6] = neck
     pose[:, 6] = jaw
     pose[:, 9:11] = gaze[:, ::-1] * [1.0, 1.0]  # x = look down/up, y = look left/right

@@ -203,6 +203,169 @@ def _forward_all(model, emb68, emb_mp, shape, expression, pose, translation, can
     return out.vertices, lmk68, lmk_mp, canon.vertices
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Scene:
+    """Ground-truth motion of a clip and its posed geometry per frame and view (camera frame)."""
+
+    gt: dict[str, np.ndarray]  # generate_motion's output (world frame)
+    pose_views: np.ndarray  # [T, W, 15]
+    trans_views: np.ndarray  # [T, W, 3]
+    view_rot: np.ndarray  # [W, 3, 3]
+    verts: np.ndarray  # [T, W, V, 3]
+    lmk68_3d: np.ndarray  # [T, W, 68, 3]
+    lmk_mp_3d: np.ndarray | None  # [T, W, N, 3]
+    canon: np.ndarray  # [T, V, 3] head rotation zeroed
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Views:
+    """Renders and noise-free landmark projections of every frame and view."""
+
+    images: np.ndarray  # uint8 [T, W, H, H, 3]
+    true68: np.ndarray  # [T, W, 68, 2]
+    vis68: np.ndarray  # [T, W, 68]
+    true_mp: np.ndarray  # [T, W, N, 2] (N = 0 without a MediaPipe embedding)
+    vis_mp: np.ndarray  # [T, W, N]
+
+
+def _resolve_assets(model, embedding68, embedding_mp, blink_component, speech_components):
+    """The model, embeddings and blink/lip components to use: the demo head's by default."""
+    if model is None:
+        model, embedding68, embedding_mp = default_assets()
+        names = list(demo.DEMO_EXPRESSION_NAMES)
+        if blink_component is None:
+            blink_component = names.index("blink")
+        if speech_components is None:
+            speech_components = tuple(names.index(k) for k in ("lips_apart", "pucker"))
+    if embedding68 is None or embedding68.kind != "ibug68":
+        raise ValueError("synthesize_clip needs a 68-point (ibug68) landmark embedding")
+    return model, embedding68, embedding_mp, blink_component, tuple(speech_components or ())
+
+
+def _pose_scene(model, embedding68, embedding_mp, gt, rig: motion_lib.CameraRig) -> _Scene:
+    """Poses the model with the ground truth as every view of the rig sees it."""
+    num_t, num_w = gt["expression"].shape[0], rig.num_views
+    pose_views = motion_lib.per_view_pose(gt["pose"], rig)  # [T, W, 15]
+    view_rot = rig.view_rotations()  # [W, 3, 3]
+    joint0 = np.asarray(flame_jax.forward(model, shape=gt["shape"]).joints[0])
+    # Rotating the scene about the head centre (FLAME's origin) moves the root joint:
+    # per-view translation t_v = R_v (J0 + t) − J0 keeps the per-view meshes rigidly identical.
+    trans_views = np.einsum("wab,tb->twa", view_rot, joint0[None] + gt["translation"]) - joint0
+
+    shape_b = np.broadcast_to(gt["shape"], (num_t, num_w, model.num_shape))
+    expr_b = np.broadcast_to(gt["expression"][:, None], (num_t, num_w, model.num_expression))
+    canon_pose = gt["pose"].copy()
+    canon_pose[:, 0:3] = 0.0
+    verts, lmk68_3d, lmk_mp_3d, canon = jax.device_get(
+        _forward_all(
+            model, embedding68, embedding_mp, jnp.asarray(shape_b), jnp.asarray(expr_b), jnp.asarray(pose_views),
+            jnp.asarray(trans_views, jnp.float32), jnp.asarray(canon_pose),
+        )
+    )
+    return _Scene(
+        gt=gt, pose_views=pose_views, trans_views=trans_views, view_rot=view_rot, verts=verts, lmk68_3d=lmk68_3d,
+        lmk_mp_3d=lmk_mp_3d, canon=canon,
+    )
+
+
+def _render_views(model, embedding68, scene: _Scene, focal, principal, config: SynthConfig, seed, progress) -> _Views:
+    """Renders every frame and view and marks which landmarks each view sees."""
+    num_t, num_w = scene.verts.shape[:2]
+    size = config.image_size
+    albedo = procedural_albedo(model, embedding68, seed=seed)
+    faces = np.asarray(model.faces)
+    n_mp = 0 if scene.lmk_mp_3d is None else scene.lmk_mp_3d.shape[-2]
+    out = _Views(
+        images=np.zeros((num_t, num_w, size, size, 3), np.uint8),
+        true68=np.zeros((num_t, num_w, 68, 2), np.float32),
+        vis68=np.zeros((num_t, num_w, 68), bool),
+        true_mp=np.zeros((num_t, num_w, n_mp, 2), np.float32),
+        vis_mp=np.zeros((num_t, num_w, n_mp), bool),
+    )
+    backgrounds = [_background(np.random.default_rng([seed, w]), size) for w in range(num_w)]
+    flip = np.array([1.0, -1.0, -1.0])  # FLAME frame (y up, z toward camera) → camera frame (y down, z away)
+    tol = 0.004  # metres of depth slack for the landmark occlusion test
+    for ti in range(num_t):
+        for w in range(num_w):
+            screen = project_points(scene.verts[ti, w], focal, principal, config.camera_distance)
+            normals = np.asarray(flame_jax.vertex_normals(scene.verts[ti, w], faces)) * flip
+            rendering = render_lib.render(
+                screen, faces, albedo, height=size, width=size, normals=normals, background=backgrounds[w],
+                perspective_correct=True, supersample=config.supersample, cull_backfaces=True,
+            )
+            out.images[ti, w] = render_lib.to_uint8(rendering.image)
+            p68 = project_points(scene.lmk68_3d[ti, w], focal, principal, config.camera_distance)
+            out.true68[ti, w] = p68[:, :2]
+            # Farthest depth in each 3x3 neighbourhood: a landmark next to an occluding edge
+            # is not declared hidden because one pixel centre sampled the nearer surface.
+            depth_far = _local_max(rendering.depth)
+            visible = render_lib.point_visibility(p68, depth_far, tolerance=tol)
+            inside = (p68[:, 0] >= 0) & (p68[:, 0] < size) & (p68[:, 1] >= 0) & (p68[:, 1] < size)
+            # The contour points sit on the silhouette by construction (detectors report it).
+            visible[:17] = inside[:17]
+            out.vis68[ti, w] = visible & inside
+            if n_mp:
+                pmp = project_points(scene.lmk_mp_3d[ti, w], focal, principal, config.camera_distance)
+                out.true_mp[ti, w] = pmp[:, :2]
+                out.vis_mp[ti, w] = render_lib.point_visibility(pmp, depth_far, tolerance=tol)
+            if progress is not None:
+                progress(ti * num_w + w + 1, num_t * num_w)
+    return out
+
+
+def _detect(rng, true: np.ndarray, vis: np.ndarray, config: SynthConfig) -> np.ndarray:
+    """Noise-free projections [T, W, N, 2] → landmarks as a detector reports them: a per-clip bias,
+    frame-to-frame jitter and extra noise on occluded points."""
+    num_t, num_w, n = true.shape[:3]
+    bias = rng.normal(size=(1, num_w, n, 2)) * config.landmark_noise_px
+    jitter = rng.normal(size=(num_t, num_w, n, 2)) * config.landmark_jitter_px
+    occluded = rng.normal(size=(num_t, num_w, n, 2)) * config.occluded_noise_px * (~vis)[..., None]
+    return (true + bias + jitter + occluded).astype(np.float32)
+
+
+def _crop_transforms(lmk68: np.ndarray, true68: np.ndarray, valid: np.ndarray, crop_size: int) -> np.ndarray:
+    """Reference crop recipe on the noisy detections; dropped frames take the box interpolated from
+    their neighbours (as the real-video pipeline does), a view with no detection the true landmarks' box."""
+    boxes = crops_lib.landmark_boxes(lmk68, valid)  # [T, W, 3], NaN where dropped
+    for w in range(valid.shape[1]):
+        if not valid[:, w].any():
+            boxes[:, w] = crops_lib.landmark_boxes(true68[:, w])
+        else:
+            boxes[:, w] = crops_lib.interpolate_invalid(boxes[:, w], valid[:, w])
+    return crops_lib.boxes_to_transforms(boxes, crop_size).astype(np.float32)
+
+
+def _ground_truth_arrays(scene: _Scene, true68: np.ndarray) -> dict[str, np.ndarray]:
+    """``SynthClip.gt``."""
+    gt = scene.gt
+    return {
+        "shape": gt["shape"],
+        "expression": gt["expression"],
+        "pose_world": gt["pose"],
+        "translation_world": gt["translation"],
+        "pose": scene.pose_views,
+        "translation": scene.trans_views.astype(np.float32),
+        "vertices": scene.verts.astype(np.float32),
+        "canonical_vertices": scene.canon.astype(np.float32),
+        "landmarks3d": scene.lmk68_3d.astype(np.float32),
+        "landmarks68_true": true68,
+        "speech": gt["speech"],
+        "blink": gt["blink"],
+    }
+
+
+def _camera_record(focal, principal, scene: _Scene, rig: motion_lib.CameraRig, config: SynthConfig) -> dict[str, Any]:
+    """``SynthClip.camera``."""
+    return {
+        "focal_px": float(focal),
+        "principal_px": principal.astype(np.float32),
+        "distance_m": float(config.camera_distance),
+        "view_rotations": scene.view_rot.astype(np.float32),
+        "yaw_deg": np.asarray(rig.yaw_deg, np.float32),
+        "pitch_deg": np.asarray(rig.pitch_deg, np.float32),
+    }
+
+
 def synthesize_clip(
     *,
     seed: int = 0,
@@ -229,132 +392,29 @@ def synthesize_clip(
     t0 = time.perf_counter()
     if isinstance(rig, str):
         rig = motion_lib.parse_rig(rig)
-    if model is None:
-        model, embedding68, embedding_mp = default_assets()
-        names = list(demo.DEMO_EXPRESSION_NAMES)
-        if blink_component is None:
-            blink_component = names.index("blink")
-        if speech_components is None:
-            speech_components = tuple(names.index(k) for k in ("lips_apart", "pucker"))
-    if embedding68 is None or embedding68.kind != "ibug68":
-        raise ValueError("synthesize_clip needs a 68-point (ibug68) landmark embedding")
-    speech_components = tuple(speech_components or ())
+    model, embedding68, embedding_mp, blink_component, speech_components = _resolve_assets(
+        model, embedding68, embedding_mp, blink_component, speech_components
+    )
     num_t, num_w, size = config.num_frames, rig.num_views, config.image_size
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
-
     gt = motion_lib.generate_motion(
-        num_frames=num_t,
-        n_shape=model.num_shape,
-        n_expr=model.num_expression,
-        seed=seed,
-        config=config.motion,
-        blink_component=blink_component,
-        speech_components=speech_components,
+        num_frames=num_t, n_shape=model.num_shape, n_expr=model.num_expression, seed=seed, config=config.motion,
+        blink_component=blink_component, speech_components=speech_components,
     )
-    pose_views = motion_lib.per_view_pose(gt["pose"], rig)  # [T, W, 15]
-    view_rot = rig.view_rotations()  # [W, 3, 3]
-    joint0 = np.asarray(flame_jax.forward(model, shape=gt["shape"]).joints[0])
-    # Rotating the scene about the head centre (FLAME's origin) moves the root joint:
-    # per-view translation t_v = R_v (J0 + t) − J0 keeps the per-view meshes rigidly identical.
-    trans_views = np.einsum("wab,tb->twa", view_rot, joint0[None] + gt["translation"]) - joint0
-
-    shape_b = np.broadcast_to(gt["shape"], (num_t, num_w, model.num_shape))
-    expr_b = np.broadcast_to(gt["expression"][:, None], (num_t, num_w, model.num_expression))
-    canon_pose = gt["pose"].copy()
-    canon_pose[:, 0:3] = 0.0
-    verts, lmk68_3d, lmk_mp_3d, canon = jax.device_get(
-        _forward_all(
-            model, embedding68, embedding_mp, jnp.asarray(shape_b), jnp.asarray(expr_b), jnp.asarray(pose_views),
-            jnp.asarray(trans_views, jnp.float32), jnp.asarray(canon_pose),
-        )
-    )
-
+    scene = _pose_scene(model, embedding68, embedding_mp, gt, rig)
     head_width = float(np.ptp(np.asarray(model.v_template)[:, 0]))
     focal = config.head_fill * size * config.camera_distance / head_width
     principal = np.array([size / 2.0, size / 2.0])
-    albedo = procedural_albedo(model, embedding68, seed=seed)
-    faces = np.asarray(model.faces)
+    views = _render_views(model, embedding68, scene, focal, principal, config, seed, progress)
 
-    images = np.zeros((num_t, num_w, size, size, 3), np.uint8)
-    true68 = np.zeros((num_t, num_w, 68, 2), np.float32)
-    vis68 = np.zeros((num_t, num_w, 68), bool)
-    n_mp = 0 if lmk_mp_3d is None else lmk_mp_3d.shape[-2]
-    true_mp = np.zeros((num_t, num_w, n_mp, 2), np.float32)
-    vis_mp = np.zeros((num_t, num_w, n_mp), bool)
-    backgrounds = [_background(np.random.default_rng([seed, w]), size) for w in range(num_w)]
-    flip = np.array([1.0, -1.0, -1.0])  # FLAME frame (y up, z toward camera) → camera frame (y down, z away)
-    tol = 0.004  # metres of depth slack for the landmark occlusion test
-    for ti in range(num_t):
-        for w in range(num_w):
-            screen = project_points(verts[ti, w], focal, principal, config.camera_distance)
-            normals = np.asarray(flame_jax.vertex_normals(verts[ti, w], faces)) * flip
-            rendering = render_lib.render(
-                screen, faces, albedo, height=size, width=size, normals=normals, background=backgrounds[w],
-                perspective_correct=True, supersample=config.supersample, cull_backfaces=True,
-            )
-            images[ti, w] = render_lib.to_uint8(rendering.image)
-            p68 = project_points(lmk68_3d[ti, w], focal, principal, config.camera_distance)
-            true68[ti, w] = p68[:, :2]
-            # Farthest depth in each 3x3 neighbourhood: a landmark next to an occluding edge
-            # is not declared hidden because one pixel centre sampled the nearer surface.
-            depth_far = _local_max(rendering.depth)
-            visible = render_lib.point_visibility(p68, depth_far, tolerance=tol)
-            inside = (p68[:, 0] >= 0) & (p68[:, 0] < size) & (p68[:, 1] >= 0) & (p68[:, 1] < size)
-            # The contour points sit on the silhouette by construction (detectors report it).
-            visible[:17] = inside[:17]
-            vis68[ti, w] = visible & inside
-            if n_mp:
-                pmp = project_points(lmk_mp_3d[ti, w], focal, principal, config.camera_distance)
-                true_mp[ti, w] = pmp[:, :2]
-                vis_mp[ti, w] = render_lib.point_visibility(pmp, depth_far, tolerance=tol)
-            if progress is not None:
-                progress(ti * num_w + w + 1, num_t * num_w)
-
-    def detect(true, vis, n):
-        bias = rng.normal(size=(1, num_w, n, 2)) * config.landmark_noise_px
-        jitter = rng.normal(size=(num_t, num_w, n, 2)) * config.landmark_jitter_px
-        occluded = rng.normal(size=(num_t, num_w, n, 2)) * config.occluded_noise_px * (~vis)[..., None]
-        return (true + bias + jitter + occluded).astype(np.float32)
-
-    lmk68 = detect(true68, vis68, 68)
-    lmk_mp = detect(true_mp, vis_mp, n_mp) if n_mp else None
+    # Detector noise and dropped frames, drawn in this order from the clip's own generator.
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
+    has_mp = views.true_mp.shape[-2] > 0
+    lmk68 = _detect(rng, views.true68, views.vis68, config)
+    lmk_mp = _detect(rng, views.true_mp, views.vis_mp, config) if has_mp else None
     valid = rng.random((num_t, num_w)) >= config.drop_frame_probability
-    vis68 &= valid[..., None]
-    if n_mp:
-        vis_mp &= valid[..., None]
+    vis68 = views.vis68 & valid[..., None]
+    vis_mp = views.vis_mp & valid[..., None] if has_mp else None
 
-    # Reference crop recipe on the noisy detections; dropped frames take the box
-    # interpolated from their neighbours (as the real-video pipeline does).
-    boxes = crops_lib.landmark_boxes(lmk68, valid)  # [T, W, 3], NaN where dropped
-    for w in range(num_w):
-        if not valid[:, w].any():
-            boxes[:, w] = crops_lib.landmark_boxes(true68[:, w])
-        else:
-            boxes[:, w] = crops_lib.interpolate_invalid(boxes[:, w], valid[:, w])
-    crops = crops_lib.boxes_to_transforms(boxes, config.crop_size).astype(np.float32)
-
-    gt_out = {
-        "shape": gt["shape"],
-        "expression": gt["expression"],
-        "pose_world": gt["pose"],
-        "translation_world": gt["translation"],
-        "pose": pose_views,
-        "translation": trans_views.astype(np.float32),
-        "vertices": verts.astype(np.float32),
-        "canonical_vertices": canon.astype(np.float32),
-        "landmarks3d": lmk68_3d.astype(np.float32),
-        "landmarks68_true": true68,
-        "speech": gt["speech"],
-        "blink": gt["blink"],
-    }
-    camera = {
-        "focal_px": float(focal),
-        "principal_px": principal.astype(np.float32),
-        "distance_m": float(config.camera_distance),
-        "view_rotations": view_rot.astype(np.float32),
-        "yaw_deg": np.asarray(rig.yaw_deg, np.float32),
-        "pitch_deg": np.asarray(rig.pitch_deg, np.float32),
-    }
     meta = {
         "seed": int(seed),
         "model": model.name,
@@ -365,9 +425,10 @@ def synthesize_clip(
         "generation_seconds": time.perf_counter() - t0,
     }
     return SynthClip(
-        images=images, landmarks68=lmk68, visible68=vis68, landmarks_mp=lmk_mp, visible_mp=vis_mp if n_mp else None,
-        valid=valid, crop_transforms=crops, gt=gt_out, camera=camera, view_names=tuple(rig.names),
-        fps=config.motion.fps, meta=meta,
+        images=views.images, landmarks68=lmk68, visible68=vis68, landmarks_mp=lmk_mp, visible_mp=vis_mp,
+        valid=valid, crop_transforms=_crop_transforms(lmk68, views.true68, valid, config.crop_size),
+        gt=_ground_truth_arrays(scene, views.true68), camera=_camera_record(focal, principal, scene, rig, config),
+        view_names=tuple(rig.names), fps=config.motion.fps, meta=meta,
     )
 
 
