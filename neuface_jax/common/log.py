@@ -27,7 +27,8 @@ def configure(level: int = logging.INFO) -> logging.Logger:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
-        root.propagate = False
+        # Records still propagate: a handler installed on the root later (an application's, pytest's
+        # caplog) sees them too.
     return root
 
 

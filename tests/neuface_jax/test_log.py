@@ -49,3 +49,13 @@ def test_configure_attaches_one_stderr_handler(monkeypatch):
     log_lib.configure()
     log_lib.configure()
     assert len(root.handlers) == 1
+
+
+def test_configure_keeps_records_visible_to_root_handlers(caplog, monkeypatch):
+    root = logging.getLogger("neuface_jax")
+    monkeypatch.setattr(root, "handlers", [])
+    log_lib.configure()
+    assert root.propagate  # a command's configure() must not hide records from later handlers
+    with caplog.at_level(logging.WARNING, logger="neuface_jax.dataset.manifest"):
+        logging.getLogger("neuface_jax.dataset.manifest").warning("seen by the root's handlers")
+    assert any("seen by the root" in r.getMessage() for r in caplog.records)
