@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "experiments" / "benchmark_dataset.py"
 
@@ -22,6 +24,7 @@ TINY = ["--ks=1,2", "--check_k=2", "--clips=2", "--frames=10", "--frames_spread=
         "--encoder_size=16", "--small_widths=4,8", "--small_head=16", "--epochs=1", "--workers=1"]
 
 
+@pytest.mark.slow
 def test_tiny_dataset_benchmark_runs(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, JAX_PLATFORMS="cpu")

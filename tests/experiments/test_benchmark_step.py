@@ -52,6 +52,7 @@ def _check_common(stdout, report, peak=None):
     return entry
 
 
+@pytest.mark.slow
 def test_tiny_step_benchmark_runs(tmp_path):
     stdout, report = _run(tmp_path, "--nocomponents")
     entry = _check_common(stdout, report)

@@ -41,6 +41,7 @@ def test_every_config_loads(compare):
         compare.normalize_config({"name": "x", "methods": [{"method": "magic"}]})
 
 
+@pytest.mark.slow
 def test_tiny_experiment_runs_and_summarizes(compare, tmp_path):
     cfg = compare.normalize_config({
         "name": "tiny",

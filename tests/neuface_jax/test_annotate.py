@@ -205,6 +205,7 @@ def test_real_video_path_does_not_import_the_synthetic_pipeline():
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_annotate_precomputed_landmarks_with_warm_compile(tmp_path):
     # The orchestration without MediaPipe: a synthetic two-view clip and its own landmarks file, the
     # step compiled in the background while decoding, no overlay, a frame range.

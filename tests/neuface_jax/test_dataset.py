@@ -103,6 +103,7 @@ def test_clip_dir_rejects_escaping_ids(tmp_path):
 
 
 # --------------------------------------------------------------------------- runs
+@pytest.mark.slow
 def test_packed_run_matches_single_clip_fits(clips, setup, tmp_path):
     out = tmp_path / "out"
     summary = _run(clips, out, setup)
@@ -255,6 +256,7 @@ def cli_manifest(tmp_path_factory):
     return path, [e.clip_id for e in entries], flags
 
 
+@pytest.mark.slow
 def test_kill_minus_nine_then_resume_equals_uninterrupted(cli_manifest, tmp_path):
     path, ids, flags = cli_manifest
     ref = tmp_path / "ref"
@@ -291,6 +293,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_with_jax_distributed(cli_manifest, tmp_path):
     path, ids, flags = cli_manifest
     out = tmp_path / "out"

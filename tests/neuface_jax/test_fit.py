@@ -62,6 +62,7 @@ def _corrupt(data: fit.ClipData) -> fit.ClipData:
     return fit.ClipData(images=data.images, landmarks=jnp.asarray(lmk), landmarks_mask=jnp.asarray(lm), frame_mask=jnp.asarray(fm))
 
 
+@pytest.mark.slow
 def test_bad_input_is_masked_never_nan(face, ecfg):
     data = _corrupt(_target_clip(face))
     cfg = fit.FitConfig(num_epochs=2, chunk_frames=4, learning_rate=1e-3, direct_learning_rate=1e-2)
@@ -115,6 +116,7 @@ def test_padded_tail_is_optimized_and_compiled_once(face, ecfg):
     assert np.abs(res.cam[-1] - init.cam[-1]).max() > 1e-4
 
 
+@pytest.mark.slow
 def test_direct_fit_converges_on_clean_targets(face, ecfg):
     data = _target_clip(face, t=4, w=1)
     cfg = fit.FitConfig(num_epochs=150, chunk_frames=4, direct_learning_rate=2e-2, loss={"landmark": 10.0})

@@ -29,6 +29,7 @@ def demo_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_demo_writes_metrics_with_fixed_names(demo_dir):
     data = json.loads((demo_dir / "metrics.json").read_text())
     for method in ("neuface", "direct"):

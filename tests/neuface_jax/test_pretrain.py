@@ -76,6 +76,7 @@ def test_dataset_is_deterministic_and_consistent(data, face):
     np.testing.assert_array_equal(other.images, data.images[len(again) :])
 
 
+@pytest.mark.slow
 def test_pretrain_steps_and_checkpoint_roundtrip(data, face, ecfg, tmp_path):
     res = pretrain.pretrain(TINY, ecfg, data=data, val_data=data.subset(np.arange(4)), face=face, log_every=2)
     assert res.history["step"] == [2, 4]
@@ -202,6 +203,7 @@ def test_packaged_checkpoint_missing_is_a_clear_error(monkeypatch):
         pretrain.ensure_pretrained()  # never trains silently into the package
 
 
+@pytest.mark.slow
 def test_packaged_encoder_predicts_synthetic_faces():
     """Raw predictions (no optimization) of the packaged encoder on a synthetic clip it never saw land
     near the true landmarks; a randomly initialized encoder (the mean face) is far off."""

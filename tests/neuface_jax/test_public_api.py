@@ -7,6 +7,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import neuface_jax
 
 ROOT = pathlib.Path(neuface_jax.__file__).resolve().parent.parent
@@ -37,6 +39,7 @@ def _modules():
             yield name, path
 
 
+@pytest.mark.slow
 def test_every_module_imports_alone_in_a_fresh_interpreter():
     # Each module first in its own process: an import cycle shows up as an ImportError here.
     names = [n for n, _ in _modules()]
