@@ -34,7 +34,8 @@ expanded (shared sub-lists included) and one charge per pickle opcode. Each is c
 the allocation; going over raises :class:`FileTooLargeError` (a ``ValueError``) naming the file.
 
 Modules: ``errors`` (the exceptions and limits), ``unpickler`` (the restricted unpickler and
-the inert stand-ins), ``torch_stream`` (pickled torch tensors without torch), ``files`` (safe
+the inert stand-ins), ``torch_stream`` (pickled torch tensors without torch), ``torch_zip``
+(whole PyTorch checkpoints, zip and legacy formats: ``load_torch_checkpoint``), ``files`` (safe
 reading, atomic writing), ``convert`` (stand-ins → arrays), ``flame_model`` (model files),
 ``embeddings`` (landmark embeddings).
 """

@@ -118,6 +118,14 @@ def _start_encoder(config: SetupConfig, face_setup: FaceSetup, encoder, encoder_
         else:
             notes.append("encoder: the packaged pretrained small encoder (trained on demo-head renders; "
                          "encoder='random' for a random init)")
+    if path is None and not face_setup.is_demo and encoder_config is None:
+        # Never silently: from random weights NeuFace barely fits within a sane budget.
+        msg = ("no --encoder for this FLAME model: NeuFace starts from a randomly initialized small encoder, "
+               "which fits far worse than a pretrained one (head rotation, blinks, mouth range); import DECA/EMOCA "
+               "weights with `neuface-jax import-encoder --format deca|emoca --input FILE --out DIR` and pass "
+               "--encoder=DIR (or --encoder=random to choose the random start explicitly)")
+        logger.warning("%s", msg)
+        notes.append(msg)
     if path is None or str(path) == RANDOM_ENCODER:
         return None, encoder_config or default_encoder_config(model), "random init"
     enc, cfg = load_checkpoint(path, model)

@@ -14,6 +14,9 @@ Commands:
                 packed per device, resumable, failures in failures.jsonl, a quality report
   report        the dataset quality report (report.json, report.md) of an annotate-dataset output
   export-meshes a params.npz → meshes (OBJ, binary PLY or npz per view; model, camera or image space)
+  import-encoder
+                DECA's deca_model.tar or EMOCA's .ckpt (read without torch) → an encoder checkpoint
+                for --encoder
 
 Flags are absl flags, one set per command (``neuface-jax <command> --help``).
 """
@@ -25,7 +28,7 @@ import sys
 from absl import logging as absl_logging
 
 from neuface_jax.cli import annotate, annotate_dataset, demo, export_meshes, fetch_models, manifest, report, synth
-from neuface_jax.cli import evaluate_motion, generate_motion, train_motion_prior
+from neuface_jax.cli import evaluate_motion, generate_motion, import_encoder, train_motion_prior
 from neuface_jax.common import log as log_lib
 
 USAGE = __doc__
@@ -42,6 +45,7 @@ COMMANDS = {
     "train-motion-prior": train_motion_prior.train_motion_prior_main,
     "generate-motion": generate_motion.generate_motion_main,
     "evaluate-motion": evaluate_motion.evaluate_motion_main,
+    "import-encoder": import_encoder.import_encoder_main,
 }
 
 

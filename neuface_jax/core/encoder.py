@@ -9,6 +9,11 @@ themselves (docs/method_notes.md). Two backbones share one head:
 * ``arch="small"``: a tiny ResNet of basic blocks (default widths 16-32-64-128) that trains quickly
   on a CPU at 64×64 (any size works: the features are globally average-pooled).
 
+``resnet_widths`` / ``resnet_blocks`` narrow the ResNet-50 layout (same layer names, fewer channels
+or blocks): imported checkpoints of any width load, and tests use tiny ones. With
+``expression_encoder=True`` a second backbone and head of the same kind (EMOCA's expression
+encoder) predict the expression coefficients, which replace the first head's expression slice.
+
 Head: global average pool → Linear ``head_hidden`` (1024) → ReLU → Linear to the raw output vector,
 whose slices are given by ``output_slices`` (``layout="deca"``: shape 100, texture 50, expression 50,
 pose 6 = global 3 + jaw 3, camera 3, lighting 27 = 236, DECA's order; ``layout="compact"``: only what
@@ -88,7 +93,7 @@ _FLOAT_RANGES = {
     "bn_epsilon": (1e-12, 1.0),
 }
 _CAM_TRANSLATION_MAX = 1e3  # metres
-_BOOL_FIELDS = ("predict_neck", "predict_eyes", "zero_init_head")
+_BOOL_FIELDS = ("predict_neck", "predict_eyes", "zero_init_head", "expression_encoder")
 
 
 def _checked_int(name: str, value, lo: int, hi: int) -> int:
@@ -135,6 +140,11 @@ class EncoderConfig:
       head_hidden: width of the hidden Linear layer of the head.
       small_widths: channel widths of the stages of the "small" backbone.
       small_blocks: basic blocks per stage of the "small" backbone.
+      resnet_widths: bottleneck widths of the four stages of the "resnet50" backbone (torchvision's
+        64-128-256-512; the stem has the first width, the features are 4× the last).
+      resnet_blocks: bottleneck blocks per stage of the "resnet50" backbone (3-4-6-3).
+      expression_encoder: a second backbone and head (same arch and widths) predict the expression,
+        replacing the first head's expression slice (EMOCA's two-encoder form).
       cam_scale_init: initial camera scale s0 (normalized crop units per metre).
       cam_translation_init: initial camera translation (t_x, t_y), metres.
       zero_init_head: zero the final Linear's weights so the untrained output is exactly the bias.
@@ -156,6 +166,9 @@ class EncoderConfig:
     head_hidden: int = 1024
     small_widths: tuple[int, ...] = (16, 32, 64, 128)
     small_blocks: tuple[int, ...] = (1, 1, 1, 1)
+    resnet_widths: tuple[int, ...] = (64, 128, 256, 512)
+    resnet_blocks: tuple[int, ...] = (3, 4, 6, 3)
+    expression_encoder: bool = False
     cam_scale_init: float = DEFAULT_CAM_SCALE
     cam_translation_init: tuple[float, float] = (0.0, 0.0)
     zero_init_head: bool = True
@@ -179,6 +192,11 @@ class EncoderConfig:
             fixed[name] = bool(getattr(self, name))
         fixed["small_widths"] = _checked_ints("small_widths", self.small_widths, *_SMALL_WIDTH)
         fixed["small_blocks"] = _checked_ints("small_blocks", self.small_blocks, *_SMALL_BLOCKS)
+        fixed["resnet_widths"] = _checked_ints("resnet_widths", self.resnet_widths, *_SMALL_WIDTH)
+        fixed["resnet_blocks"] = _checked_ints("resnet_blocks", self.resnet_blocks, *_SMALL_BLOCKS)
+        if len(fixed["resnet_widths"]) != 4 or len(fixed["resnet_blocks"]) != 4:
+            raise ValueError(f"resnet_widths and resnet_blocks must have 4 entries, got {self.resnet_widths} "
+                             f"and {self.resnet_blocks}")
         if len(fixed["small_widths"]) != len(fixed["small_blocks"]):
             raise ValueError(
                 f"small_widths {self.small_widths} and small_blocks {self.small_blocks} must be of equal length"
@@ -424,22 +442,23 @@ class BasicBlock(nnx.Module):
 
 
 class ResNet50(nnx.Module):
-    """torchvision-layout ResNet-50 trunk: NHWC images → [B, 2048] pooled features."""
-
-    num_features = 2048
+    """torchvision-layout ResNet-50 trunk: NHWC images → [B, ``features``] pooled features (4 × the last
+    stage width: 2048 at torchvision's widths)."""
 
     def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
-        self.conv1 = _conv(3, 64, 7, 2, 3, cfg, rngs)
-        self.bn1 = _bn(64, cfg, rngs)
-        cin = 64
+        w0 = cfg.resnet_widths[0]
+        self.conv1 = _conv(3, w0, 7, 2, 3, cfg, rngs)
+        self.bn1 = _bn(w0, cfg, rngs)
+        cin = w0
         stages = []
-        for width, blocks, stride in zip((64, 128, 256, 512), (3, 4, 6, 3), (1, 2, 2, 2)):
+        for width, blocks, stride in zip(cfg.resnet_widths, cfg.resnet_blocks, (1, 2, 2, 2)):
             layer = []
             for b in range(blocks):
                 layer.append(Bottleneck(cin, width, stride if b == 0 else 1, cfg, rngs=rngs))
                 cin = width * Bottleneck.expansion
             stages.append(nnx.List(layer))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.features = cfg.resnet_widths[-1] * Bottleneck.expansion
 
     def __call__(self, x, use_running_average: bool):
         x = nnx.relu(self.bn1(self.conv1(x), use_running_average=use_running_average))
@@ -478,13 +497,21 @@ class SmallResNet(nnx.Module):
         return jnp.mean(x, axis=(1, 2))
 
 
+def _backbone(config: EncoderConfig, rngs: nnx.Rngs) -> tuple[nnx.Module, int]:
+    """The configured backbone and its number of pooled features."""
+    if config.arch == "resnet50":
+        net = ResNet50(config, rngs=rngs)
+        return net, net.features
+    return SmallResNet(config, rngs=rngs), config.small_widths[-1]
+
+
 class Encoder(nnx.Module):
-    """Backbone → 1024 → ReLU → raw output vector (see ``output_slices``)."""
+    """Backbone → 1024 → ReLU → raw output vector (see ``output_slices``); with
+    ``expression_encoder`` a second backbone → 1024 → ReLU → expression replaces its expression slice."""
 
     def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
         self.config = config
-        self.backbone = ResNet50(config, rngs=rngs) if config.arch == "resnet50" else SmallResNet(config, rngs=rngs)
-        feat = ResNet50.num_features if config.arch == "resnet50" else config.small_widths[-1]
+        self.backbone, feat = _backbone(config, rngs)
         # The head runs in float32 even with a bf16 backbone: it is tiny and sets the output scale.
         self.fc1 = nnx.Linear(feat, config.head_hidden, rngs=rngs)
         bias = initial_output(config)
@@ -498,6 +525,12 @@ class Encoder(nnx.Module):
             rngs=rngs,
             **final_kw,
         )
+        if config.expression_encoder:
+            self.expr_backbone, feat = _backbone(config, rngs)
+            self.expr_fc1 = nnx.Linear(feat, config.head_hidden, rngs=rngs)
+            self.expr_fc2 = nnx.Linear(config.head_hidden, config.n_expr, rngs=rngs, **final_kw)
+        else:
+            self.expr_backbone = self.expr_fc1 = self.expr_fc2 = None
 
     def __call__(self, images: jax.Array, *, use_running_average: bool = True) -> jax.Array:
         """[B, H, W, 3] RGB in [0, 1] → [B, num_outputs] raw outputs (float32).
@@ -510,7 +543,12 @@ class Encoder(nnx.Module):
             raise ValueError(f"images must be [B, H, W, 3] (NHWC RGB), got shape {images.shape}")
         x = images.astype(self.config.compute_dtype)
         feats = self.backbone(x, use_running_average).astype(jnp.float32)
-        return self.fc2(nnx.relu(self.fc1(feats)))
+        raw = self.fc2(nnx.relu(self.fc1(feats)))
+        if self.expr_backbone is None:
+            return raw
+        expr_feats = self.expr_backbone(x, use_running_average).astype(jnp.float32)
+        expression = self.expr_fc2(nnx.relu(self.expr_fc1(expr_feats)))
+        return raw.at[:, output_slices(self.config)["expression"]].set(expression)
 
 
 def init_encoder(config: EncoderConfig, seed: int = 0) -> Encoder:
