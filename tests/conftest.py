@@ -8,6 +8,7 @@ passes silently.
 
 from __future__ import annotations
 
+import logging
 import os
 
 # Multi-threaded OpenBLAS makes small NumPy linear algebra 40-200x slower on a loaded
@@ -48,3 +49,15 @@ def shared_data() -> pathlib.Path:
 def landmarker_model(shared_data) -> pathlib.Path:
     """The MediaPipe face landmarker model from the shared data."""
     return shared_data / "mediapipe" / "face_landmarker.task"
+
+
+@pytest.fixture(autouse=True)
+def _restore_project_logging():
+    """Commands call ``common.log.configure()`` (own handler, no propagation); give every test the
+    logging state it started with, so a command run in one test cannot hide records from the next
+    test's ``caplog``."""
+    log = logging.getLogger("neuface_jax")
+    saved = (list(log.handlers), log.propagate, log.level)
+    yield
+    log.handlers[:] = saved[0]
+    log.propagate, log.level = saved[1], saved[2]

@@ -27,8 +27,9 @@ def configure(level: int = logging.INFO) -> logging.Logger:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
-        # Records still propagate: a handler installed on the root later (an application's, pytest's
-        # caplog) sees them too.
+        # Ours is the one output: a root handler that appears later (a library calling logging.info()
+        # installs one) would print every line a second time.
+        root.propagate = False
     return root
 
 
