@@ -10,13 +10,12 @@ import io
 import struct
 import zipfile
 
+import hypothesis  # the test extra installs it: a missing hypothesis fails here rather than skipping
 import numpy as np
-import pytest
 
 from flame_jax import io as fio
 from flame_jax import testing as ft
 
-hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 
 _dims = st.one_of(st.integers(0, 6), st.integers(2**45, 2**62))
