@@ -52,9 +52,12 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
 
 def _layer(name: str) -> int:
     # The synthetic demo pipeline is an application like annotation (it scores with annotation's helpers).
+    # photometric: the differentiable render and its loss term (uses the media rasterizer); training: encoders
+    # trained on this project's own annotations; realtime and model_learning are applications over all of those.
     order = ["flame_jax", "neuface_jax.common", "neuface_jax.core", "neuface_jax.priors", "neuface_jax.media",
-             "neuface_jax.synthetic", "neuface_jax.annotation", "neuface_jax.synthetic.demo", "neuface_jax.dataset",
-             "neuface_jax.motion_prior", "neuface_jax.cli"]
+             "neuface_jax.photometric", "neuface_jax.synthetic", "neuface_jax.annotation",
+             "neuface_jax.synthetic.demo", "neuface_jax.training", "neuface_jax.dataset", "neuface_jax.realtime",
+             "neuface_jax.model_learning", "neuface_jax.motion_prior", "neuface_jax.cli"]
     best = -1
     for i, prefix in enumerate(order):
         if name == prefix or name.startswith(prefix + "."):
