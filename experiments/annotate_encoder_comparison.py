@@ -197,7 +197,7 @@ def main(argv):
         entry = {
             "file": rel,
             "frames": [start, end],
-            "views": [n for n in boxes if n is not None] or None,
+            "views": list(src.view_names) if boxes_spec else None,
             "mediapipe_yaw_deg": {"min": float(np.nanmin(yaw_mp)), "max": float(np.nanmax(yaw_mp))},
             "mediapipe_pitch_deg": {"min": float(np.nanmin(pitch_mp)), "max": float(np.nanmax(pitch_mp))},
             "turned_frames": int(turned.sum()),

@@ -35,6 +35,17 @@ On CPU the ResNet-50 step needs ≈ 12 GiB (XLA's estimate for 140 images in flo
 minutes per step on 2 cores; a configuration whose estimate exceeds the available host memory is
 skipped with the reason in the report (--nocheck_host_memory runs it anyway).
 
+Variants and the same-run reference: ``--resnet_views=1,7`` gives one ResNet-50 entry per view count,
+``--trainable_stages=all,2,1`` one per ``FitConfig.trainable_stages`` (the frozen prefix computed once
+per chunk, as ``NeuFace.cache_features`` does, and timed apart: ``prefix_s_per_chunk``), and
+``--torch_python=PY`` runs ``experiments/torch_reference_step.py`` (the same update in PyTorch, released
+and tuned modes) at each ResNet-50 entry's settings after it, recording both and their ratios in wall
+and CPU seconds (``step_cpu_s``: the process's CPU time per step, steadier on a shared machine) and a
+per-clip projection for the official schedule (``clip_projection``, ``--epochs``).
+
+    python experiments/benchmark_step.py --configs=resnet50 --resnet_views=1,7 --trainable_stages=all,1 \
+        --torch_python=/tmp/torchvenv/bin/python
+
 Prints one JSON line per configuration, a one-line ``SUMMARY``, and writes the JSON to --out.
 """
 
@@ -61,7 +72,9 @@ flags.DEFINE_integer("small_views", 3, "Views of the small configuration.")
 flags.DEFINE_integer("small_size", 64, "Image side of the small configuration.")
 flags.DEFINE_list("small_widths", None, "Override EncoderConfig.small's stage widths (e.g. 4,8 for a smoke test).")
 flags.DEFINE_integer("small_head", None, "Override EncoderConfig.small's head width.")
-flags.DEFINE_integer("resnet_views", 7, "Views of the ResNet-50 configuration.")
+flags.DEFINE_list("resnet_widths", None, "Override the ResNet-50 stage widths (e.g. 4,4,4,4 for a smoke test).")
+flags.DEFINE_list("resnet_blocks", None, "Override the ResNet-50 blocks per stage (e.g. 1,1,1,1 for a smoke test).")
+flags.DEFINE_list("resnet_views", ["7"], "Views of the ResNet-50 configuration (several: one entry each, e.g. 1,7).")
 flags.DEFINE_integer("resnet_size", 224, "Image side of the ResNet-50 configuration.")
 flags.DEFINE_integer("warmup", None, "Untimed steps after compiling (default: 1 on CPU, 3 on an accelerator).")
 flags.DEFINE_integer("small_steps", None, "Timed steps, small config (default: 5 on CPU, 50 on an accelerator).")
@@ -75,6 +88,14 @@ flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s of the device for the dtyp
 flags.DEFINE_bool("check_host_memory", True, "On CPU, skip a config whose XLA memory estimate exceeds the "
                   "available host memory instead of letting the OOM killer end the run.")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and the encoder initialization.")
+flags.DEFINE_list("trainable_stages", ["all"], "FitConfig.trainable_stages variants to time per configuration: "
+                  "'all' (full fine-tuning) or a number of last backbone stages optimized (e.g. all,2,1).")
+flags.DEFINE_string("torch_python", None, "Python of a venv with torch: also time experiments/torch_reference_step.py "
+                    "(the same update in PyTorch) at each ResNet-50 entry's settings, in this run.")
+flags.DEFINE_list("torch_modes", ["released", "tuned"], "Modes of the PyTorch reference (released: anomaly "
+                  "detection on; tuned: off).")
+flags.DEFINE_integer("torch_steps", 3, "Timed updates of the PyTorch reference (median reported).")
+flags.DEFINE_integer("epochs", 100, "Epochs of the per-clip projection (the official schedule: 100).")
 flags.DEFINE_string("out", None, "JSON output path (default $TMPDIR/neuface_jax_benchmarks/; the committed tables: --out=experiments/results/benchmark_step_<platform>.json; "
                     "_bfloat16 is appended to the name for --dtype=bfloat16, so the two GPU runs both stay).")
 
@@ -220,7 +241,7 @@ def _make_chunk(frames: int, views: int, size: int, num_landmarks: int, seed: in
     )
 
 
-def _encoder_config(name: str):
+def _encoder_config(name: str, views: int | None = None):
     from neuface_jax.core import encoder as encoder_lib
 
     if name == "small":
@@ -232,19 +253,25 @@ def _encoder_config(name: str):
             kw["head_hidden"] = FLAGS.small_head
         return encoder_lib.EncoderConfig.small(**kw), FLAGS.small_views, FLAGS.small_size
     if name == "resnet50":
-        cfg = encoder_lib.EncoderConfig(arch="resnet50", image_size=FLAGS.resnet_size, dtype=FLAGS.dtype)
-        return cfg, FLAGS.resnet_views, FLAGS.resnet_size
+        kw = {}
+        if FLAGS.resnet_widths:
+            kw["resnet_widths"] = tuple(int(w) for w in FLAGS.resnet_widths)
+        if FLAGS.resnet_blocks:
+            kw["resnet_blocks"] = tuple(int(b) for b in FLAGS.resnet_blocks)
+        cfg = encoder_lib.EncoderConfig(arch="resnet50", image_size=FLAGS.resnet_size, dtype=FLAGS.dtype, **kw)
+        return cfg, int(views if views is not None else FLAGS.resnet_views[0]), FLAGS.resnet_size
     raise ValueError(f"unknown config {name!r} (small, resnet50)")
 
 
-def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool) -> dict:
+def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool, views: int | None = None,
+                  trainable_stages: int | None = None) -> dict:
     import jax
     import jax.numpy as jnp
 
     from neuface_jax.core import encoder as encoder_lib
     from neuface_jax.core import fit as fit_lib
 
-    ecfg, views, size = _encoder_config(name)
+    ecfg, views, size = _encoder_config(name, views)
     frames = FLAGS.frames
     warmup = FLAGS.warmup if FLAGS.warmup is not None else (3 if accel else 1)
     default_steps = {"small": (50, 5), "resnet50": (20, 2)}[name]
@@ -256,13 +283,22 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
     entry: dict = {
         "config": name, "arch": ecfg.arch, "dtype": ecfg.dtype, "image_size": size, "frames": frames,
         "views": views, "images_per_step": images_per_step, "warmup_steps": warmup, "timed_steps": steps,
-        "repeats": repeats,
+        "repeats": repeats, "trainable_stages": "all" if trainable_stages is None else trainable_stages,
     }
-    cfg = fit_lib.FitConfig(chunk_frames=frames, seed=FLAGS.seed)
+    cfg = fit_lib.FitConfig(chunk_frames=frames, seed=FLAGS.seed, trainable_stages=trainable_stages)
     opt = fit_lib.NeuFace(face, ecfg, cfg)
     state = opt.init_state(seed=FLAGS.seed)
     entry["trainable_params"] = int(sum(x.size for x in jax.tree.leaves(state.params)))
     chunk = _make_chunk(frames, views, size, face.embedding.num_landmarks, FLAGS.seed)
+    staged = opt.frozen_stages > 0
+    if staged:
+        # The frozen prefix runs once per chunk and clip (NeuFace.cache_features), not per update.
+        jax.block_until_ready(opt.cache_features(state, [chunk]))  # compiles the prefix
+        t0, c0 = time.perf_counter(), time.process_time()
+        (chunk,) = jax.block_until_ready(opt.cache_features(state, [chunk]))
+        entry["prefix_s_per_chunk"] = time.perf_counter() - t0
+        entry["prefix_cpu_s_per_chunk"] = time.process_time() - c0
+        entry["cached_feature_bytes_per_image"] = int(chunk.images[0, 0].size * chunk.images.dtype.itemsize)
     key = jax.random.key(FLAGS.seed)
     prev = opt.initial_context(views)
 
@@ -308,7 +344,7 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
             comp_steps = 0 if (name == "resnet50" and not accel) else steps
         if comp_steps > 0:
             def encoder_objective(params, rest, images):
-                p = opt.predict(params, rest, images, update_bn_stats=train_bn)
+                p = opt.predict(params, rest, images, update_bn_stats=train_bn, features=staged)
                 p = p[0] if train_bn else p
                 return sum(jnp.sum(x) for x in jax.tree.leaves(p))
 
@@ -320,7 +356,7 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
             entry["encoder_timed_passes"] = comp_steps
             timers["encoder"] = (lambda: enc_compiled(params, rest, chunk.images), comp_steps)
 
-        predicted = jax.jit(lambda p, r, x: opt.predict(p, r, x))(params, rest, chunk.images)
+        predicted = jax.jit(lambda p, r, x: opt.predict(p, r, x, features=staged))(params, rest, chunk.images)
 
         def flame_objective(pred, data, k, face_model):
             c, w = data.frame_mask.shape
@@ -359,10 +395,12 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
 
     logging.info("[%s] first call %.2f s; timing %d x %d steps (and %s)", name, entry["first_call_s"], repeats,
                  steps, ", ".join(timers) or "no components")
-    loop_s, comp_s = [], {comp: [] for comp in timers}
+    loop_s, loop_cpu_s, comp_s = [], [], {comp: [] for comp in timers}
     for _ in range(repeats):
         before = counter.count
+        c0 = time.process_time()
         loop_s.append(_time_loop(run_step, block, steps))
+        loop_cpu_s.append((time.process_time() - c0) / steps)
         recompiles += counter.count - before
         for comp, (run, n) in timers.items():
             comp_s[comp].append(_time_loop(run, block, n))
@@ -371,6 +409,8 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
     state, stats = holder["state"], None
     entry["recompiles_in_steps"] = recompiles
     entry["step_s"] = step_s
+    # CPU seconds of this process (all threads) per step: the robust figure on a shared machine.
+    entry["step_cpu_s"] = min(loop_cpu_s)
     entry["images_per_s"] = images_per_step / step_s
     entry["host_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -379,7 +419,8 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
     entry["peak_tflops"] = peak
     entry["peak_source"] = source
     entry["mfu"] = entry["mfu_xla"] = None
-    if ecfg.arch == "resnet50" and size == 224 and peak:
+    full_resnet = not (FLAGS.resnet_widths or FLAGS.resnet_blocks) and trainable_stages is None
+    if ecfg.arch == "resnet50" and size == 224 and full_resnet and peak:  # 12.3 GFLOP: the whole network
         entry["mfu"] = RESNET50_GFLOP_PER_IMAGE * 1e9 * entry["images_per_s"] / (peak * 1e12)
     if flops is not None and peak:
         entry["mfu_xla"] = flops / step_s / (peak * 1e12)
@@ -398,6 +439,42 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
         else:
             entry["encoder_and_adam_fraction"] = 1.0 - entry["flame_losses_fraction"]
     return entry
+
+
+def _torch_reference(entry: dict) -> dict:
+    """experiments/torch_reference_step.py at the entry's settings, one subprocess per mode."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent / "torch_reference_step.py"
+    ts = entry["trainable_stages"]
+    out = {}
+    for mode in FLAGS.torch_modes:
+        cmd = [FLAGS.torch_python, str(script), f"--frames={entry['frames']}", f"--views={entry['views']}",
+               f"--size={entry['image_size']}", f"--mode={mode}", f"--steps={FLAGS.torch_steps}",
+               f"--trainable_stages={5 if ts == 'all' else ts}", f"--seed={FLAGS.seed}"]
+        logging.info("PyTorch reference: %s", " ".join(cmd[1:]))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            out[mode] = {"error": proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]}
+            continue
+        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def _clip_projection(entry: dict) -> dict:
+    """Seconds per clip for the official schedule (FLAGS.epochs epochs; a 100-frame clip at several
+    views, a 200-frame one at one view) from the measured per-update (and per-chunk prefix) times."""
+    frames = 100 if entry["views"] > 1 else 200
+    chunks = -(-frames // entry["frames"])
+    updates = FLAGS.epochs * chunks
+    proj = {"clip_frames": frames, "chunks": chunks, "updates": updates,
+            "jax_clip_s": updates * entry["step_s"] + chunks * entry.get("prefix_s_per_chunk", 0.0),
+            "jax_clip_cpu_s": updates * entry["step_cpu_s"] + chunks * entry.get("prefix_cpu_s_per_chunk", 0.0)}
+    for mode, ref in entry.get("torch", {}).items():
+        if "step_s" in ref:
+            proj[f"torch_{mode}_clip_s"] = updates * ref["step_s"]
+            proj[f"torch_{mode}_clip_cpu_s"] = updates * ref["step_cpu_s"]
+    return proj
 
 
 def _fmt(x):
@@ -420,10 +497,22 @@ def main(argv):
           flush=True)
 
     results = []
+    variants = [None if v.strip() == "all" else int(v) for v in FLAGS.trainable_stages]
     for name in FLAGS.configs:
-        entry = _bench_config(name.strip(), face, device, counter, accel)
-        results.append(entry)
-        print(json.dumps({k: _fmt(v) for k, v in entry.items()}), flush=True)
+        name = name.strip()
+        for views in (FLAGS.resnet_views if name == "resnet50" else [None]):
+            for ts in variants:
+                entry = _bench_config(name, face, device, counter, accel, views, ts)
+                if FLAGS.torch_python and entry["arch"] == "resnet50" and "skipped" not in entry:
+                    entry["torch"] = _torch_reference(entry)
+                    for mode, ref in entry["torch"].items():
+                        if "step_s" in ref:
+                            entry[f"speedup_vs_torch_{mode}"] = ref["step_s"] / entry["step_s"]
+                            entry[f"cpu_speedup_vs_torch_{mode}"] = ref["step_cpu_s"] / entry["step_cpu_s"]
+                if "skipped" not in entry:
+                    entry["clip_projection"] = _clip_projection(entry)
+                results.append(entry)
+                print(json.dumps({k: _fmt(v) for k, v in entry.items()}), flush=True)
 
     report = {
         "benchmark": "NeuFace update step (NeuFace.step_fn: encoder fwd+bwd, FLAME, landmarks, "
@@ -445,6 +534,8 @@ def main(argv):
     parts = []
     for e in results:
         head = f"{e['config']} {e['image_size']}² {e['frames']}x{e['views']}"
+        if e["trainable_stages"] != "all":
+            head += f" trainable_stages={e['trainable_stages']}"
         if "skipped" in e:
             parts.append(f"{head}: skipped ({e['skipped']})")
             continue
@@ -461,6 +552,15 @@ def main(argv):
             s += f", FLAME+losses alone {100 * e['flame_losses_fraction']:.1f}%"
         if e["arch"] == "resnet50":
             s += ", MFU " + (f"{100 * e['mfu']:.1f}%" if e["mfu"] is not None else "not computed")
+        s += f", {e['step_cpu_s']:.2f} CPU-s/step"
+        for mode, ref in e.get("torch", {}).items():
+            if "step_s" in ref:
+                s += (f"; PyTorch {mode} {ref['step_s']:.2f} s ({ref['step_cpu_s']:.2f} CPU-s): "
+                      f"{e[f'speedup_vs_torch_{mode}']:.2f}x ({e[f'cpu_speedup_vs_torch_{mode}']:.2f}x in CPU-s)")
+            else:
+                s += f"; PyTorch {mode} failed: {ref.get('error')}"
+        if "clip_projection" in e:
+            s += f"; per clip ({e['clip_projection']['clip_frames']} frames) {e['clip_projection']['jax_clip_s'] / 3600:.2f} h"
         parts.append(s)
     print(f"SUMMARY {device.platform} {FLAGS.dtype}: " + "; ".join(parts) + f"  -> {out}", flush=True)
 

@@ -10,12 +10,17 @@ r"""The paper's comparisons on the synthetic benchmark: one config per experimen
 * ``num_frames``, ``num_epochs``: clip length and NeuFace epochs (direct takes as many Adam steps);
 * ``settings``: clips — ``{"name", "views" (a motion.parse_rig spec: "mono", "3", "mead"),
   "noise" (×SynthConfig's landmark noise), "drop" (drop_frame_probability), optional "num_frames"
-  and "seeds" (a subset of the seeds, for expensive settings)}``;
+  and "seeds" (a subset of the seeds, for expensive settings), "realism" (``synth.RealismConfig``
+  overrides: MediaPipe detections, occluders, backgrounds, lighting, textures), "withhold_shape"
+  (the last K identity components are withheld from the fitted model: identities outside its span)
+  and "contour" ("dynamic", the default, or "static": the fitted and true 68 landmarks use a
+  mesh-fixed jaw contour, as annotate does for MediaPipe), "fit" (FitConfig overrides for this
+  setting: the chunk length of a short clip)}``;
 * ``methods``: fitted variants — ``{"name", "method" ("neuface" | "direct"), "init" ("random" |
   "pretrained"), "fit" (FitConfig overrides: learning_rate, loss, chunk_frames, freeze_bn, ...),
   optional "needs_views" (skip settings with fewer views, e.g. 2 for a multi-view-only variant) and
   "only_settings" (names of the settings it runs on)}``;
-* ``fit``: FitConfig overrides shared by every method (a method's own ``fit`` wins);
+* ``fit``: FitConfig overrides shared by every method (a setting's ``fit``, then a method's own, win);
 * ``encoder``: overrides of the randomly initialized encoder's config (default the small CPU one);
 * ``images_for_undetected_frames`` (default True): see ``prepare``;
 * ``pretrained``: the pretrained encoder: ``"packaged"`` (default: the checkpoint shipped in
@@ -58,6 +63,9 @@ flags.DEFINE_bool("report_only", False, "Run nothing: print the tables of the ex
 flags.DEFINE_string("compile_cache", "/tmp/neuface_jax_compile_cache", "JAX persistent compilation cache ('' = off).")
 
 METRICS = ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm", "vertex_error_mm")
+#: Metrics where lower is better (the rest, MSI, higher), for counting wins per seed.
+LOWER_IS_BETTER = ("nme_percent", "jitter_mm", "cvd_mm", "vertex_error_mm", "accel_error_mm",
+                   "vertex_error_aligned_mm", "vertex_error_similarity_mm")
 EXTRA_METRICS = (
     "accel_error_mm", "vertex_error_aligned_mm", "vertex_error_similarity_mm", "jitter_detected_mm",
     "msi_vertices_detected",
@@ -102,6 +110,11 @@ def normalize_config(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"config {cfg['name']!r}: a setting needs 'name' and 'views', got {s}")
         s.setdefault("noise", 1.0)
         s.setdefault("drop", 0.0)
+        s.setdefault("realism", {})
+        s.setdefault("withhold_shape", 0)
+        s.setdefault("contour", "dynamic")
+        if s["contour"] not in ("dynamic", "static"):
+            raise ValueError(f"config {cfg['name']!r}: contour must be 'dynamic' or 'static', got {s}")
         settings.append(s)
     for m in cfg["methods"]:
         m = dict(m)
@@ -114,6 +127,7 @@ def normalize_config(cfg: dict[str, Any]) -> dict[str, Any]:
         m.setdefault("fit", {})
         m.setdefault("needs_views", 1)
         m.setdefault("only_settings", None)
+        m.setdefault("family", m["method"])
         methods.append(m)
     for kind, items in (("setting", settings), ("method", methods)):
         names = [i["name"] for i in items]
@@ -166,7 +180,6 @@ def run_experiment(
         path = None if cfg["pretrained"] == "packaged" else cfg["pretrained"]
         enc, enc_cfg, summary = pretrain.ensure_pretrained(path, log=log)
         pretrained = (enc, enc_cfg, summary)
-    base_fit = fit_lib.FitConfig(num_epochs=cfg["num_epochs"])
     done = {(r["seed"], r["setting"], r["method"]): r for r in (previous or [])}
     runs: list[dict[str, Any]] = list(previous or [])
     # {setting: {seed: the ground truth's own smoothness}}
@@ -186,11 +199,13 @@ def run_experiment(
             synth_cfg = dataclasses.replace(
                 synth_lib.SynthConfig().scaled_noise(float(setting["noise"])),
                 num_frames=num_frames, drop_frame_probability=float(setting["drop"]),
+                realism=realism_config(setting),
             )
             if not todo:
                 continue
+            face, generator = setting_assets(setting, model, embedding)
             t0 = time.perf_counter()
-            clip = synth_lib.synthesize_clip(seed=seed, rig=setting["views"], config=synth_cfg)
+            clip = synth_lib.synthesize_clip(seed=seed, rig=setting["views"], config=synth_cfg, **generator)
             t_synth = time.perf_counter() - t0
             ground_truth.setdefault(setting["name"], {})[str(seed)] = pipeline.ground_truth_reference(clip, face)
             prepared = {}
@@ -199,7 +214,7 @@ def run_experiment(
                 size = enc_cfg.image_size
                 if size not in prepared:
                     prepared[size] = prepare(clip, size, synth_cfg.crop_size, cfg["images_for_undetected_frames"])
-                fit_cfg = base_fit.replace(**{**cfg["fit"], **m["fit"]})
+                fit_cfg = fit_lib_config(cfg, setting, m["fit"])
                 try:
                     fits = pipeline.fit_methods(
                         prepared[size], face, fit_config=fit_cfg, encoder_config=enc_cfg, methods=(m["method"],),
@@ -230,6 +245,72 @@ def run_experiment(
                     on_run(runs, ground_truth)
     return {"runs": runs, "ground_truth": ground_truth, "pretrained_summary": None if pretrained is None else {
         k: pretrained[2].get(k) for k in ("pretrain_config", "validation", "seconds")}}
+
+
+def fit_lib_config(cfg: dict[str, Any], setting: dict[str, Any], method_fit: dict[str, Any]):
+    """The FitConfig of a run: the config's epochs and ``fit``, then the setting's, then the method's."""
+    from neuface_jax.core import fit as fit_lib
+
+    return fit_lib.FitConfig(num_epochs=cfg["num_epochs"]).replace(
+        **{**cfg["fit"], **setting.get("fit", {}), **method_fit})
+
+
+def realism_config(setting: dict[str, Any]):
+    """The setting's ``synth.RealismConfig``; MediaPipe's model file from ``landmarker.resolve_model_path``
+    or, failing that, ``$NEUFACE_SHARED_DATA/mediapipe/face_landmarker.task``."""
+    import os
+
+    from neuface_jax.media import landmarker
+    from neuface_jax.synthetic import synth as synth_lib
+
+    over = dict(setting.get("realism") or {})
+    if over.get("detector") == "mediapipe" and not over.get("face_landmarker"):
+        try:
+            over["face_landmarker"] = str(landmarker.resolve_model_path())
+        except FileNotFoundError:
+            shared = Path(os.environ.get("NEUFACE_SHARED_DATA", "")) / "mediapipe" / "face_landmarker.task"
+            if not shared.is_file():
+                raise
+            over["face_landmarker"] = str(shared)
+    return synth_lib.RealismConfig(**over)
+
+
+def withheld_model(model, count: int):
+    """``model`` with its last ``count`` identity components zeroed: identities that use them lie
+    outside the fitted model's span (the generator keeps them)."""
+    import jax.numpy as jnp
+
+    if count <= 0:
+        return model
+    if count >= model.num_shape:
+        raise ValueError(f"withhold_shape={count}: the model has only {model.num_shape} identity components")
+    rows = slice(model.num_shape - count, model.num_shape)
+    return dataclasses.replace(
+        model, basis=jnp.asarray(model.basis).at[rows].set(0.0),
+        joint_basis=jnp.asarray(model.joint_basis).at[rows].set(0.0),
+        name=f"{model.name} (last {count} identity components withheld)",
+    )
+
+
+def setting_assets(setting: dict[str, Any], model, embedding):
+    """``(FaceModel the methods fit, synthesize_clip keyword arguments)`` of a setting: a static
+    contour for both the truth and the fit when ``contour="static"``, withheld identity components."""
+    import flame_jax
+    from flame_jax import demo as demo_head
+    from neuface_jax.annotation.face import static_contour_embedding
+    from neuface_jax.core import fit as fit_lib
+
+    generator: dict[str, Any] = {}
+    fit_embedding = embedding
+    if setting.get("contour", "dynamic") == "static":
+        fit_embedding = static_contour_embedding(embedding)
+        names = list(demo_head.DEMO_EXPRESSION_NAMES)
+        generator = {
+            "model": model, "embedding68": fit_embedding, "embedding_mp": flame_jax.demo_mediapipe_embedding(),
+            "blink_component": names.index("blink"),
+            "speech_components": (names.index("lips_apart"), names.index("pucker")),
+        }
+    return fit_lib.FaceModel(withheld_model(model, int(setting.get("withhold_shape", 0))), fit_embedding), generator
 
 
 def prepare(clip, encoder_size: int, crop_size: int, images_for_undetected_frames: bool = True):
@@ -277,6 +358,35 @@ def summarize(cfg: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, dict
                 vals = np.array([r["seconds"] if k == "seconds" else r["metrics"].get(k, np.nan) for r in sel], float)
                 row[k] = [float(np.mean(vals)), float(np.std(vals)), int(len(vals))]
             out.setdefault(s["name"], {})[m["name"]] = row
+    return out
+
+
+def wins(cfg: dict[str, Any], runs: list[dict[str, Any]], methods=None, metrics=LOWER_IS_BETTER + (
+        "msi_vertices",)) -> dict[str, dict[str, dict[str, int]]]:
+    """{setting: {method: {metric: seeds where it is the best of ``methods``}}} (ties count for each;
+    only seeds where every one of ``methods`` ran)."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    names = methods or [m["name"] for m in cfg["methods"]]
+    for s in cfg["settings"]:
+        by_seed: dict[int, dict[str, dict[str, float]]] = {}
+        for r in runs:
+            if r["setting"] == s["name"] and r["method"] in names and "metrics" in r and r["seed"] in cfg["seeds"]:
+                by_seed.setdefault(r["seed"], {})[r["method"]] = r["metrics"]
+        here = [n for n in names if any(n in v for v in by_seed.values())]
+        if len(here) < 2:
+            continue
+        table = {n: {k: 0 for k in metrics} for n in here}
+        for vals in by_seed.values():
+            if any(n not in vals for n in here):
+                continue
+            for k in metrics:
+                xs = {n: vals[n].get(k) for n in here}
+                if any(v is None or v != v for v in xs.values()):
+                    continue
+                best = (min if k in LOWER_IS_BETTER else max)(xs.values())
+                for n, v in xs.items():
+                    table[n][k] += int(v == best)
+        out[s["name"]] = table
     return out
 
 
@@ -336,6 +446,42 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def load_previous(out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(runs, ground truth per seed)`` already in the results file ``out`` (for ``--resume``)."""
+    if not out.is_file():
+        return [], {}
+    old = json.loads(out.read_text())
+    previous = [r for r in old.get("runs", []) if "metrics" in r]
+    print(f"resuming: {len(previous)} runs from {out}")
+    return previous, old.get("ground_truth_per_seed", {})
+
+
+def results_writer(cfg: dict[str, Any], out: Path, command: str):
+    """``write(runs, ground_truth, final=False, extra=None)``: the results JSON of a run of ``cfg``
+    (config, command, environment, summary, every run, the ground truth's smoothness, wall time)."""
+    t_start = time.perf_counter()
+
+    def write(runs, ground_truth, final=False, extra=None):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "config": _jsonable(cfg), "command": command, "complete": final, "environment": _environment(),
+            "summary": summarize(cfg, runs), "runs": _jsonable(runs),
+            "ground_truth": {
+                k: {m: float(sum(d[m] for d in v.values()) / len(v)) for m in next(iter(v.values()))}
+                for k, v in ground_truth.items() if v
+            },
+            "ground_truth_per_seed": ground_truth,
+            "wall_seconds": time.perf_counter() - t_start,
+        }
+        if extra:
+            doc.update(_jsonable(extra))
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(out)
+
+    return write
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint read at INFO
@@ -368,30 +514,10 @@ def main(argv):
         if FLAGS.markdown:
             print("\n" + format_markdown(summary, doc["ground_truth"]))
         return
-    previous, previous_gt = [], {}
-    if FLAGS.resume and out.is_file():
-        old = json.loads(out.read_text())
-        previous = [r for r in old.get("runs", []) if "metrics" in r]
-        previous_gt = old.get("ground_truth_per_seed", {})
-        print(f"resuming: {len(previous)} runs from {out}")
+    previous, previous_gt = load_previous(out) if FLAGS.resume else ([], {})
     command = "python " + " ".join([sys.argv[0]] + sys.argv[1:])
     t_start = time.perf_counter()
-
-    def write(runs, ground_truth, final=False, extra=None):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        doc = {
-            "config": _jsonable(cfg), "command": command, "complete": final, "environment": _environment(),
-            "summary": summarize(cfg, runs), "runs": _jsonable(runs),
-            "ground_truth": {
-                k: {m: float(sum(d[m] for d in v.values()) / len(v)) for m in next(iter(v.values()))}
-                for k, v in ground_truth.items() if v
-            },
-            "ground_truth_per_seed": ground_truth,
-            "wall_seconds": time.perf_counter() - t_start,
-        }
-        if extra:
-            doc.update(_jsonable(extra))
-        out.write_text(json.dumps(doc, indent=1) + "\n")
+    write = results_writer(cfg, out, command)
 
     print(f"experiment {cfg['name']}: {cfg['description']}")
     print(f"seeds {cfg['seeds']}, {len(cfg['settings'])} settings × {len(cfg['methods'])} methods")

@@ -16,7 +16,8 @@ The main entry points are importable from here (loaded on first use, so ``import
 cheap): ``annotate``, ``make_setup``, ``SetupConfig``, ``PrepareConfig``, ``OutputConfig``,
 ``run_dataset``, ``DatasetConfig``, ``load_encoder``, ``save_encoder``, ``EncoderConfig``,
 ``FitConfig``, ``NeuFace``, ``DirectFit``, ``FaceModel``, ``total_loss``; results back:
-``load_params`` (a params.npz as a ``ParamsRecord``) and ``vertices`` (its meshes).
+``load_params`` (a params.npz as a ``ParamsRecord``) and ``vertices`` (its meshes); live:
+``track`` (a camera, file or stream → per-frame parameters).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ _API = {
     "load_params": ("neuface_jax.params", "load_params"),
     "vertices": ("neuface_jax.params", "vertices"),
     "ParamsRecord": ("neuface_jax.params", "ParamsRecord"),
+    "track": ("neuface_jax.realtime.track", "track"),
 }
 
 __all__ = sorted(_API)

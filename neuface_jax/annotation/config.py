@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from neuface_jax.common.settings import setting
+from neuface_jax.core import fit as fit_lib
 from neuface_jax.media.export import OVERLAY_STYLES, check_overlay_style
 from neuface_jax.media.video import FrameRange
 
@@ -52,6 +53,7 @@ class SetupConfig:
         None, "Learning rate (default: by the starting encoder: 1e-4 from the packaged or another small "
         "checkpoint, 2e-5 from a ResNet-50 checkpoint, 1e-3 from a random encoder).", flag="lr")
     seed: int = setting(0, "Encoder initialization and optimization seed.")
+    trainable_stages: int | None = setting(None, fit_lib.TRAINABLE_STAGES_HELP)
     warm_compile: bool = setting(
         False, "Compile the NeuFace step in the background during detection (pays with spare cores; "
         "annotate only).")

@@ -25,6 +25,7 @@ from neuface_jax.annotation.face import FaceSetup, resolve_face_model
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
 from neuface_jax.media import detect as detect_lib
+from neuface_jax import photometric  # noqa: F401  (registers the "photometric" / "silhouette" loss terms)
 from neuface_jax.priors.starting import (  # re-exported: the starting-encoder choices live in priors
     PACKAGED_CHECKPOINT_NAME,
     PRETRAINED_LR,
@@ -173,7 +174,7 @@ def make_setup(
             lr = default_learning_rate(enc_cfg, pretrained=enc is not None)
         fit_config = fit_lib.FitConfig(
             num_epochs=int(config.epochs), chunk_frames=int(config.chunk_frames), learning_rate=float(lr),
-            seed=int(config.seed),
+            seed=int(config.seed), trainable_stages=config.trainable_stages,
         )
     face = fit_lib.FaceModel(face_setup.model, face_setup.embedding)
     logger.info("setup: model %s (%s, %s contour), encoder %s, lr %.3g; in %.1fs", face_setup.model_label,

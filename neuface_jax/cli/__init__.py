@@ -17,6 +17,15 @@ Commands:
   import-encoder
                 DECA's deca_model.tar or EMOCA's .ckpt (read without torch) → an encoder checkpoint
                 for --encoder
+  train-regressor
+                the real-time regressor (MobileNet) from synthetic renders and annotate outputs
+  live          camera / video file / stream → face detection, tracking, regression → params,
+                a window or an overlay mp4
+  pretrain      an encoder prior for any FLAME-format model (default the demo head), trained on
+                synthetic renders; resumable, data-parallel over the local devices
+  train-encoder fine-tune an encoder on real frames labelled by annotate / annotate-dataset outputs
+  learn-model   learn identity components beyond a base model over a corpus of clips (a manifest)
+                → an ordinary FLAME-format model file
 
 Flags are absl flags, one set per command (``neuface-jax <command> --help``).
 """
@@ -29,6 +38,10 @@ from absl import logging as absl_logging
 
 from neuface_jax.cli import annotate, annotate_dataset, demo, export_meshes, fetch_models, manifest, report, synth
 from neuface_jax.cli import evaluate_motion, generate_motion, import_encoder, train_motion_prior
+from neuface_jax.cli import live, train_regressor
+from neuface_jax.cli import pretrain as pretrain_cli
+from neuface_jax.cli import train_encoder
+from neuface_jax.cli import learn_model
 from neuface_jax.common import log as log_lib
 
 USAGE = __doc__
@@ -46,6 +59,11 @@ COMMANDS = {
     "generate-motion": generate_motion.generate_motion_main,
     "evaluate-motion": evaluate_motion.evaluate_motion_main,
     "import-encoder": import_encoder.import_encoder_main,
+    "train-regressor": train_regressor.train_regressor_main,
+    "live": live.live_main,
+    "pretrain": pretrain_cli.pretrain_main,
+    "train-encoder": train_encoder.train_encoder_main,
+    "learn-model": learn_model.learn_model_main,
 }
 
 

@@ -58,6 +58,7 @@ import numpy as np
 from flax import nnx
 
 from flame_jax.rotations import deca_pose_to_full
+from neuface_jax.core.mobilenet import MobileNet
 
 _log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ _log = logging.getLogger(__name__)
 #: s ≈ 2 / 0.22 ≈ 9. The face then fills most of the crop, as in DECA's predictions.
 DEFAULT_CAM_SCALE = 9.0
 
-_ARCHS = ("resnet50", "small")
+_ARCHS = ("resnet50", "small", "mobilenet")
 _LAYOUTS = ("deca", "compact")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _CHECKPOINT_FORMAT = "neuface_jax.encoder"  # the on-disk format name (not the module path)
@@ -125,7 +126,9 @@ class EncoderConfig:
     """Static description of an encoder (stored as JSON next to its weights).
 
     Attributes:
-      arch: "resnet50" (DECA's backbone, 224×224) or "small" (CPU-friendly tiny ResNet).
+      arch: "resnet50" (DECA's backbone, 224×224), "small" (CPU-friendly tiny ResNet) or "mobilenet"
+        (inverted residual blocks for real-time regression, ``core.mobilenet``; its stages are
+        ``small_widths`` / ``small_blocks``).
       layout: raw output order: "deca" (shape, texture, expression, pose6, camera, light; then neck
         3 and eyes 6 when enabled) or "compact" (shape, expression, global 3, jaw 3, [neck 3],
         [eyes 6], camera 3).
@@ -445,6 +448,10 @@ class ResNet50(nnx.Module):
     """torchvision-layout ResNet-50 trunk: NHWC images → [B, ``features``] pooled features (4 × the last
     stage width: 2048 at torchvision's widths)."""
 
+    #: stage names in order (the units of ``trainable_stages``) and their parameters' attribute names
+    stage_names = ("stem", "layer1", "layer2", "layer3", "layer4")
+    _stage_attrs = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+
     def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
         w0 = cfg.resnet_widths[0]
         self.conv1 = _conv(3, w0, 7, 2, 3, cfg, rngs)
@@ -460,14 +467,24 @@ class ResNet50(nnx.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.features = cfg.resnet_widths[-1] * Bottleneck.expansion
 
-    def __call__(self, x, use_running_average: bool):
-        x = nnx.relu(self.bn1(self.conv1(x), use_running_average=use_running_average))
-        # torch pads max-pool input with -inf; reduce_window's padding for max behaves the same.
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in layer:
+    def stage_paths(self, i: int) -> tuple[tuple, ...]:
+        """Graph paths (relative to this module) of stage ``i``'s parameters."""
+        return tuple((a,) for a in self._stage_attrs[i])
+
+    def run_stages(self, x, use_running_average: bool, start: int, stop: int):
+        """Stages ``[start, stop)`` on an activation (NHWC); no pooling."""
+        for i in range(start, stop):
+            if i == 0:
+                x = nnx.relu(self.bn1(self.conv1(x), use_running_average=use_running_average))
+                # torch pads max-pool input with -inf; reduce_window's padding for max behaves the same.
+                x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+                continue
+            for block in (self.layer1, self.layer2, self.layer3, self.layer4)[i - 1]:
                 x = block(x, use_running_average)
-        return jnp.mean(x, axis=(1, 2))
+        return x
+
+    def __call__(self, x, use_running_average: bool):
+        return jnp.mean(self.run_stages(x, use_running_average, 0, len(self.stage_names)), axis=(1, 2))
 
 
 class SmallResNet(nnx.Module):
@@ -488,13 +505,24 @@ class SmallResNet(nnx.Module):
             stages.append(nnx.List(layer))
         self.stages = nnx.List(stages)
         self.num_features = cin
+        self.stage_names = ("stem",) + tuple(f"stage{i + 1}" for i in range(len(cfg.small_widths)))
+
+    def stage_paths(self, i: int) -> tuple[tuple, ...]:
+        """Graph paths (relative to this module) of stage ``i``'s parameters."""
+        return (("conv1",), ("bn1",)) if i == 0 else (("stages", i - 1),)
+
+    def run_stages(self, x, use_running_average: bool, start: int, stop: int):
+        """Stages ``[start, stop)`` on an activation (NHWC); no pooling."""
+        for i in range(start, stop):
+            if i == 0:
+                x = nnx.relu(self.bn1(self.conv1(x), use_running_average=use_running_average))
+                continue
+            for block in self.stages[i - 1]:
+                x = block(x, use_running_average)
+        return x
 
     def __call__(self, x, use_running_average: bool):
-        x = nnx.relu(self.bn1(self.conv1(x), use_running_average=use_running_average))
-        for layer in self.stages:
-            for block in layer:
-                x = block(x, use_running_average)
-        return jnp.mean(x, axis=(1, 2))
+        return jnp.mean(self.run_stages(x, use_running_average, 0, len(self.stage_names)), axis=(1, 2))
 
 
 def _backbone(config: EncoderConfig, rngs: nnx.Rngs) -> tuple[nnx.Module, int]:
@@ -502,6 +530,10 @@ def _backbone(config: EncoderConfig, rngs: nnx.Rngs) -> tuple[nnx.Module, int]:
     if config.arch == "resnet50":
         net = ResNet50(config, rngs=rngs)
         return net, net.features
+    if config.arch == "mobilenet":
+        net = MobileNet(config.small_widths, config.small_blocks, momentum=config.bn_momentum,
+                        epsilon=config.bn_epsilon, dtype=config.compute_dtype, rngs=rngs)
+        return net, net.num_features
     return SmallResNet(config, rngs=rngs), config.small_widths[-1]
 
 
@@ -547,8 +579,34 @@ class Encoder(nnx.Module):
         if self.expr_backbone is None:
             return raw
         expr_feats = self.expr_backbone(x, use_running_average).astype(jnp.float32)
+        return self._with_expression(raw, expr_feats)
+
+    def _with_expression(self, raw, expr_feats):
         expression = self.expr_fc2(nnx.relu(self.expr_fc1(expr_feats)))
         return raw.at[:, output_slices(self.config)["expression"]].set(expression)
+
+    def _backbones(self) -> tuple[nnx.Module, ...]:
+        return (self.backbone,) if self.expr_backbone is None else (self.backbone, self.expr_backbone)
+
+    def prefix_features(self, images: jax.Array, frozen_stages: int) -> jax.Array:
+        """The activation after the first ``frozen_stages`` backbone stages (running BN statistics):
+        [B, h, w, c] in the compute dtype; with ``expression_encoder`` both backbones' activations,
+        concatenated on the channel axis. ``frozen_stages=0``: the images in the compute dtype."""
+        x = jnp.asarray(images).astype(self.config.compute_dtype)
+        outs = [bb.run_stages(x, True, 0, frozen_stages) for bb in self._backbones()]
+        return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=-1)
+
+    def from_prefix_features(self, feats: jax.Array, frozen_stages: int, *, use_running_average: bool = True):
+        """The raw outputs [B, num_outputs] from ``prefix_features(images, frozen_stages)``: the
+        remaining stages, the pool and the head(s) (the same operations as ``__call__``)."""
+        backbones = self._backbones()
+        parts = jnp.split(feats, len(backbones), axis=-1) if len(backbones) > 1 else [feats]
+        pooled = []
+        for bb, x in zip(backbones, parts):
+            y = bb.run_stages(x, use_running_average, frozen_stages, len(bb.stage_names))
+            pooled.append(jnp.mean(y, axis=(1, 2)).astype(jnp.float32))
+        raw = self.fc2(nnx.relu(self.fc1(pooled[0])))
+        return raw if len(pooled) == 1 else self._with_expression(raw, pooled[1])
 
 
 def init_encoder(config: EncoderConfig, seed: int = 0) -> Encoder:
@@ -571,33 +629,69 @@ def state_paths(state) -> list[tuple]:
     return [tuple(path) for path, _ in flat]
 
 
-def trainable_filter(model: nnx.Module, freeze_bn: bool = True):
-    """NNX filter selecting the trainable variables: every ``Param``, minus BatchNorm's if frozen."""
-    if not freeze_bn:
+def stage_names(config: EncoderConfig) -> tuple[str, ...]:
+    """The backbone's stages in order, the stem first (``"stem", "layer1", … "layer4"`` for
+    ResNet-50; ``"stem", "stage1", …`` for the small one): the units in which a frozen prefix of the
+    backbone is counted."""
+    if config.arch == "resnet50":
+        return ResNet50.stage_names
+    if config.arch == "small":
+        return ("stem",) + tuple(f"stage{i + 1}" for i in range(len(config.small_widths)))
+    raise ValueError(f"the {config.arch!r} backbone does not define stages")
+
+
+def frozen_stage_paths(model: nnx.Module, frozen_stages: int) -> frozenset[tuple]:
+    """Graph paths of the parameters of every backbone's first ``frozen_stages`` stages."""
+    if frozen_stages == 0:
+        return frozenset()
+    out = set()
+    backbones = [("backbone", model.backbone)]
+    if getattr(model, "expr_backbone", None) is not None:
+        backbones.append(("expr_backbone", model.expr_backbone))
+    for name, bb in backbones:
+        if not hasattr(bb, "run_stages"):
+            raise ValueError(f"the {type(bb).__name__} backbone has no stages: it cannot be partly frozen")
+        n = len(bb.stage_names)
+        if not 0 <= frozen_stages <= n:
+            raise ValueError(f"frozen_stages must be in [0, {n}] for this backbone, got {frozen_stages}")
+        for i in range(frozen_stages):
+            out.update((name,) + p for p in bb.stage_paths(i))
+    return frozenset(out)
+
+
+def trainable_filter(model: nnx.Module, freeze_bn: bool = True, frozen_stages: int = 0):
+    """NNX filter selecting the trainable variables: every ``Param``, minus BatchNorm's if frozen,
+    minus those of the first ``frozen_stages`` backbone stages."""
+    excluded = frozen_stage_paths(model, frozen_stages)
+    if freeze_bn:
+        excluded = excluded | batchnorm_paths(model)
+    if not excluded:
         return nnx.Param
-    bn = batchnorm_paths(model)
 
-    def not_in_bn(path, value):
+    def not_excluded(path, value):
         path = tuple(path)
-        return not any(path[: len(p)] == p for p in bn)
+        return not any(path[: len(p)] == p for p in excluded)
 
-    return nnx.All(nnx.Param, not_in_bn)
+    return nnx.All(nnx.Param, not_excluded)
 
 
-def split_params(model: nnx.Module, freeze_bn: bool = True):
+def split_params(model: nnx.Module, freeze_bn: bool = True, frozen_stages: int = 0):
     """Splits a model into ``(graphdef, trainable, rest)`` for pure functional use.
 
     Args:
       model: an ``Encoder`` (any NNX module works).
       freeze_bn: EFT-style frozen BatchNorm: BN scale/bias go to ``rest`` (not trained). Use
         ``apply(..., update_bn_stats=False)`` (running statistics) with it.
+      frozen_stages: the parameters of the backbone's first ``frozen_stages`` stages (see
+        ``stage_names``) go to ``rest`` too; with frozen BatchNorm their activations are then a
+        fixed function of the images (``apply_prefix`` / ``apply_suffix``).
 
     Returns:
       graphdef: static structure (hashable; close over it or pass it as a static argument).
       trainable: ``nnx.State`` of the variables to optimize (a pytree; hand it to optax).
       rest: ``nnx.State`` of everything else (BatchNorm statistics, and BN scale/bias when frozen).
     """
-    return nnx.split(model, trainable_filter(model, freeze_bn), ...)
+    return nnx.split(model, trainable_filter(model, freeze_bn, frozen_stages), ...)
 
 
 def merge_params(graphdef, trainable, rest) -> nnx.Module:
@@ -627,6 +721,29 @@ def apply(graphdef, trainable, rest, images: jax.Array, *, update_bn_stats: bool
     trainable_paths = frozenset(state_paths(trainable))
     _, _, new_rest = nnx.split(model, lambda path, v: tuple(path) in trainable_paths, ...)
     return raw, new_rest
+
+
+def apply_prefix(graphdef, trainable, rest, images: jax.Array, frozen_stages: int) -> jax.Array:
+    """The fixed part of the forward pass: the activation after the first ``frozen_stages``
+    backbone stages (running BatchNorm statistics), ``Encoder.prefix_features``."""
+    return nnx.merge(graphdef, trainable, rest).prefix_features(images, frozen_stages)
+
+
+def apply_suffix(graphdef, trainable, rest, features: jax.Array, frozen_stages: int) -> jax.Array:
+    """The rest of the forward pass from ``apply_prefix``'s output: [B, num_outputs] raw outputs,
+    equal to ``apply`` on the images (running BatchNorm statistics)."""
+    return nnx.merge(graphdef, trainable, rest).from_prefix_features(features, frozen_stages)
+
+
+def prefix_feature_shape(config: EncoderConfig, frozen_stages: int, image_size: int | None = None) -> tuple:
+    """Per-image shape ``(h, w, c)`` of ``apply_prefix``'s output (computed abstractly, no weights)."""
+    size = config.image_size if image_size is None else int(image_size)
+
+    def run():
+        model = Encoder(config, rngs=nnx.Rngs(0))
+        return model.prefix_features(jnp.zeros((1, size, size, 3)), frozen_stages)
+
+    return tuple(jax.eval_shape(run).shape[1:])
 
 
 # ---------------------------------------------------------------------------------------------------

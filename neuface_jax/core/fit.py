@@ -5,7 +5,10 @@ normalized crop coordinates and validity masks for frames × views — and retur
 parameters for every frame and view (:class:`FitResult`).
 
 NeuFace: a fresh copy of the encoder weights per clip; chunks of ``chunk_frames``
-consecutive frames × all views per Adam step, in order, for ``num_epochs`` epochs. The
+consecutive frames × all views per Adam step, in order, for ``num_epochs`` epochs. With
+``trainable_stages`` only the last backbone stages and the head are optimized: the frozen
+prefix's activations (BatchNorm is frozen too) are the same every epoch, so they are computed
+once per clip (``NeuFace.cache_features``) and each update runs only the rest of the network. The
 clip is padded to a whole number of chunks and the padded frames are masked (never
 dropped), so a clip compiles once per padded shape. An epoch is a Python loop over one
 compiled, state-donating step (see :meth:`NeuFace.run_epoch` for why not ``lax.scan``).
@@ -15,7 +18,9 @@ shapes); at export the clip's identity is the masked mean over all its images.
 Direct (the paper's baseline): per-frame, per-view expression, head/jaw rotation and
 camera plus one identity per clip, initialized from the same encoder's prediction,
 optimized with the same loss terms plus L2 priors. Every step sees the whole clip (a
-direct step is cheap; the steps are one ``lax.scan``), with as many steps as NeuFace takes.
+direct step is cheap; the steps are one ``lax.scan``), with as many steps as NeuFace takes
+unless ``direct_steps`` / ``direct_early_stop`` say otherwise. Frames without a detection are
+interpolated from their detected neighbours (``direct_undetected``), as a tracker would.
 
 Several clips are packed by ``jax.vmap`` over stacked per-clip states; see
 ``neuface_jax.core.parallel`` for the device mesh. The settings and the method are
@@ -43,6 +48,16 @@ from neuface_jax.core import losses as losses_lib
 
 
 # --------------------------------------------------------------------------- config
+#: Command-line help of ``FitConfig.trainable_stages`` (the annotation and demo settings expose it).
+TRAINABLE_STAGES_HELP = (
+    "Backbone stages optimized, counted from the last (ResNet-50: 5 = stem + layer1-4; the small encoder: stem + "
+    "its stages); the earlier ones are frozen and their activations computed once per clip, so an update costs "
+    "less. Default: all (full fine-tuning); 0: the head only.")
+
+#: How the direct baseline treats frames without a detection (``FitConfig.direct_undetected``).
+DIRECT_UNDETECTED = ("interpolate", "temporal", "keep")
+
+
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     """Optimization settings; the defaults are the released NeuFace code's (docs/method_notes.md).
@@ -63,6 +78,10 @@ class FitConfig:
     multiview_frames: int = 5
     #: EFT-style frozen BatchNorm (running statistics, BN scale/bias not trained).
     freeze_bn: bool = True
+    #: backbone stages optimized, counted from the last (``encoder.stage_names``: ResNet-50 has 5,
+    #: stem + layer1-4); the earlier ones are frozen and their activations computed once per clip.
+    #: None: all (full fine-tuning); 0: the head only. Needs ``freeze_bn``.
+    trainable_stages: int | None = None
     #: carry the previous chunk's last frames (fixed) into the temporal windows.
     temporal_across_chunks: bool = False
     #: optional per-landmark weights, e.g. losses.IBUG68_REFERENCE_WEIGHTS.
@@ -70,6 +89,17 @@ class FitConfig:
     #: direct baseline: learning rate and prior weights (shape, expression, pose).
     direct_learning_rate: float = 1e-2
     direct_prior_weights: tuple[float, float, float] = (1e-4, 1e-4, 1e-4)
+    #: direct baseline, frames without a detection: "interpolate" (their parameters interpolated
+    #: linearly from the nearest detected frames of the view, before and after the optimization),
+    #: "temporal" (interpolated at the start, then kept in the temporal / smoothing / multi-view
+    #: terms, with no landmark target) or "keep" (left at the encoder's prediction and skipped by
+    #: every term — the original baseline).
+    direct_undetected: str = "interpolate"
+    #: direct baseline Adam steps (0: as many as NeuFace takes, ``DirectFit.num_steps``).
+    direct_steps: int = 0
+    #: direct baseline early stopping: the parameters freeze once the landmark loss fell by less than
+    #: this fraction over the last ``DirectFit.EARLY_STOP_WINDOW`` steps (0: off).
+    direct_early_stop: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -77,6 +107,15 @@ class FitConfig:
         if self.landmark_weights is not None:
             object.__setattr__(self, "landmark_weights", tuple(float(w) for w in np.ravel(self.landmark_weights)))
         object.__setattr__(self, "direct_prior_weights", tuple(self.direct_prior_weights))
+        if self.trainable_stages is not None:
+            if isinstance(self.trainable_stages, bool) or int(self.trainable_stages) < 0:
+                raise ValueError(f"trainable_stages must be None or >= 0, got {self.trainable_stages!r}")
+            object.__setattr__(self, "trainable_stages", int(self.trainable_stages))
+            if not self.freeze_bn:
+                raise ValueError("trainable_stages needs freeze_bn=True (a frozen prefix with batch statistics "
+                                 "would not compute the same activations every epoch)")
+        if self.direct_undetected not in DIRECT_UNDETECTED:
+            raise ValueError(f"direct_undetected must be one of {DIRECT_UNDETECTED}, got {self.direct_undetected!r}")
 
     def replace(self, **kw) -> "FitConfig":
         return dataclasses.replace(self, **kw)
@@ -214,7 +253,13 @@ def _loss_batch(face, data_chunk, shape, expression, pose, cam, key, *, config: 
         "shape": shape,
         "pose": pose,
         "vertices": verts,
+        # for image-based terms (photometric, silhouette): the crops, their cameras and the mesh
+        "images": data_chunk.images,
+        "cam": cam,
+        "faces": face.flame.faces,
     }
+    if data_chunk.images is None:  # NeuFace with a frozen prefix: the step sees its activations, not the crops
+        del batch["images"]
     if config.landmark_weights is not None:
         batch["landmark_weights"] = jnp.asarray(config.landmark_weights, jnp.float32)
     if prev is not None:
@@ -256,6 +301,17 @@ class NeuFaceState:
 jax.tree_util.register_dataclass(NeuFaceState, data_fields=["params", "rest", "opt_state", "step"], meta_fields=[])
 
 
+def frozen_stage_count(encoder_config: encoder_lib.EncoderConfig, config: FitConfig) -> int:
+    """Backbone stages frozen by ``config.trainable_stages`` (0 for full fine-tuning)."""
+    if config.trainable_stages is None:
+        return 0
+    names = encoder_lib.stage_names(encoder_config)
+    if config.trainable_stages > len(names):
+        raise ValueError(f"trainable_stages={config.trainable_stages}, but the {encoder_config.arch} backbone has "
+                         f"{len(names)} stages ({', '.join(names)})")
+    return len(names) - config.trainable_stages
+
+
 class NeuFace:
     """NeuFace optimizer bound to one encoder architecture and one FLAME model.
 
@@ -275,16 +331,18 @@ class NeuFace:
         self.config = config
         self.optimizer = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
         self.static = (encoder_config, config.compile_key())
-        self._graphdef = encoder_lib.split_params(
-            nnx.eval_shape(lambda: encoder_lib.init_encoder(encoder_config, seed=0)), freeze_bn=config.freeze_bn
-        )[0]
+        self.frozen_stages = frozen_stage_count(encoder_config, config)
+        self._graphdef = self._split(nnx.eval_shape(lambda: encoder_lib.init_encoder(encoder_config, seed=0)))[0]
+
+    def _split(self, encoder):
+        return encoder_lib.split_params(encoder, freeze_bn=self.config.freeze_bn, frozen_stages=self.frozen_stages)
 
     # ---------------------------------------------------------------- setup
     def init_state(self, encoder=None, seed: int | None = None) -> NeuFaceState:
         """A fresh state from ``encoder`` (an ``Encoder``; default a new one from ``seed``)."""
         if encoder is None:
             encoder = encoder_lib.init_encoder(self.encoder_config, seed=self.config.seed if seed is None else seed)
-        _, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=self.config.freeze_bn)
+        _, trainable, rest = self._split(encoder)
         # Copies: the epoch step donates its state, which must not delete the encoder's own buffers.
         params = jax.tree.map(jnp.array, trainable)
         rest = jax.tree.map(jnp.array, rest)
@@ -293,12 +351,16 @@ class NeuFace:
         )
 
     # ---------------------------------------------------------------- pure pieces
-    def predict(self, params, rest, images, *, update_bn_stats: bool = False):
+    def predict(self, params, rest, images, *, update_bn_stats: bool = False, features: bool = False):
         """Encoder on [..., S, S, 3] images → ``FlameParams`` with the same leading dims
-        (and the updated encoder state when ``update_bn_stats``)."""
+        (and the updated encoder state when ``update_bn_stats``). ``features``: ``images`` are
+        the frozen prefix's activations [..., h, w, c] (``cache_features``), not images."""
         lead = images.shape[:-3]
         flat = images.reshape((-1,) + images.shape[-3:])
-        raw = encoder_lib.apply(self._graphdef, params, rest, flat, update_bn_stats=update_bn_stats)
+        if features:
+            raw = encoder_lib.apply_suffix(self._graphdef, params, rest, flat, self.frozen_stages)
+        else:
+            raw = encoder_lib.apply(self._graphdef, params, rest, flat, update_bn_stats=update_bn_stats)
         if update_bn_stats:
             raw, rest = raw
         decoded = encoder_lib.decode_outputs(raw, self.encoder_config)
@@ -308,11 +370,13 @@ class NeuFace:
     def chunk_loss(self, params, rest, chunk: ClipData, key, prev, face: FaceModel):
         """Loss of one chunk; returns (total, (parts, new_rest))."""
         train_bn = not self.config.freeze_bn
-        p = self.predict(params, rest, chunk.images, update_bn_stats=train_bn)
+        p = self.predict(params, rest, chunk.images, update_bn_stats=train_bn, features=self.frozen_stages > 0)
         if train_bn:
             p, rest = p
         c, w = chunk.frame_mask.shape
         shape = encoder_lib.clip_shape(p.shape.reshape(c * w, -1), chunk.frame_mask.reshape(c * w))
+        if self.frozen_stages > 0:  # image-based terms cannot use the activations: they fail naming "images"
+            chunk = dataclasses.replace(chunk, images=None)
         total, parts = _loss_batch(face, chunk, shape, p.expression, p.pose, p.cam, key, config=self.config, prev=prev)
         return total, (parts, rest)
 
@@ -342,7 +406,8 @@ class NeuFace:
         new_prev = prev
         if self.config.temporal_across_chunks:
             # Context for the next chunk: this chunk's last frames under the new weights, fixed.
-            p = self.predict(jax.lax.stop_gradient(new_state.params), new_state.rest, chunk.images[-self._CONTEXT :])
+            p = self.predict(jax.lax.stop_gradient(new_state.params), new_state.rest, chunk.images[-self._CONTEXT :],
+                             features=self.frozen_stages > 0)
             new_prev = (p.pose[..., 0:3], chunk.frame_mask[-self._CONTEXT :])
         stats = jnp.stack([parts.get(n, jnp.zeros(())) for n in names] + [loss]) * has_data
         return new_state, stats, has_data, new_prev
@@ -378,6 +443,23 @@ class NeuFace:
             count = count + has_data
         mean = total / jnp.maximum(count, 1.0)[..., None] if packed else total / jnp.maximum(count, 1.0)
         return state, mean
+
+    def _prefix(self, params, rest, images):
+        """The frozen prefix's activations of [..., S, S, 3] images: [..., h, w, c]."""
+        lead = images.shape[:-3]
+        flat = images.reshape((-1,) + images.shape[-3:])
+        feats = encoder_lib.apply_prefix(self._graphdef, params, rest, flat, self.frozen_stages)
+        return feats.reshape(lead + feats.shape[1:])
+
+    def cache_features(self, state: NeuFaceState, chunk_list: list[ClipData], *, packed: bool = False):
+        """The chunks as the step consumes them: with frozen stages (``trainable_stages``) each
+        chunk's images replaced by the frozen prefix's activations, computed once here (the frozen
+        weights and BatchNorm statistics never change, so every epoch would recompute the same
+        values); otherwise the chunks themselves. ``packed``: stacked states and chunks."""
+        if self.frozen_stages == 0:
+            return chunk_list
+        fn = functools.partial(_neuface_prefix_packed if packed else _neuface_prefix, *self.static)
+        return [dataclasses.replace(c, images=fn(state.params, state.rest, c.images)) for c in chunk_list]
 
     def _export(self, params, rest, data: ClipData, face: FaceModel):
         """Predictions for every frame and view of a (padded) clip, chunk by chunk."""
@@ -431,7 +513,7 @@ class NeuFace:
         state = self.init_state(encoder)
         t = data.num_frames
         padded = pad_clip(data, padded_length(t, self.config.chunk_frames))
-        chunks = self.to_chunks(padded)
+        chunks = self.cache_features(state, self.to_chunks(padded))
         names = _parts_template(self.config, data.num_views)
         history = {n: [] for n in names + ["total"]}
         key = jax.random.key(self.config.seed)
@@ -470,8 +552,47 @@ class DirectParams:
 jax.tree_util.register_dataclass(DirectParams, data_fields=["shape", "expression", "rotation", "cam"], meta_fields=[])
 
 
+def interpolate_undetected(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Per-frame values ``x`` [T, W, ...] with every frame whose ``mask`` [T, W] is 0 replaced by the
+    linear interpolation of the nearest detected frames of its view before and after it (the nearest
+    one alone at the clip's ends). A view without any detected frame is returned as it is.
+
+    What a tracker does for a frame it could not see; cheap (two cumulative scans and a gather).
+    """
+    t, w = mask.shape
+    idx = jnp.broadcast_to(jnp.arange(t)[:, None], (t, w))
+    det = mask > 0
+    prev = jax.lax.cummax(jnp.where(det, idx, -1), axis=0)
+    nxt = jax.lax.cummin(jnp.where(det, idx, t), axis=0, reverse=True)
+    has_prev, has_next = prev >= 0, nxt < t
+    lo = jnp.where(has_prev, prev, jnp.where(has_next, nxt, idx))
+    hi = jnp.where(has_next, nxt, lo)
+    a = (idx - lo).astype(x.dtype) / jnp.maximum(hi - lo, 1).astype(x.dtype)
+    col = jnp.broadcast_to(jnp.arange(w)[None], (t, w))
+    extra = (1,) * (x.ndim - 2)
+    mixed = (1 - a.reshape(a.shape + extra)) * x[lo, col] + a.reshape(a.shape + extra) * x[hi, col]
+    return jnp.where(det.reshape(det.shape + extra), x, mixed)
+
+
+def _interpolate_params(params: DirectParams, mask: jax.Array) -> DirectParams:
+    f = functools.partial(interpolate_undetected, mask=mask)
+    return DirectParams(
+        shape=params.shape, expression=f(params.expression), rotation=f(params.rotation), cam=f(params.cam)
+    )
+
+
 class DirectFit:
-    """Direct 3DMM optimization of per-frame FLAME and camera parameters (the paper's baseline)."""
+    """Direct 3DMM optimization of per-frame FLAME and camera parameters (the paper's baseline).
+
+    Made fair to NeuFace (which predicts undetected frames from their pixels) by
+    ``FitConfig.direct_undetected``: undetected frames are interpolated from their detected
+    neighbours and/or kept in the temporal terms rather than left at the encoder's first guess.
+    ``direct_steps`` sets the step budget and ``direct_early_stop`` stops once the landmark loss
+    stalls, so that the baseline's budget can be tuned like NeuFace's.
+    """
+
+    #: steps over which ``direct_early_stop`` measures the landmark loss's relative decrease.
+    EARLY_STOP_WINDOW = 20
 
     def __init__(self, face: FaceModel, encoder_config: encoder_lib.EncoderConfig, config: FitConfig = FitConfig()):
         self.face = face
@@ -481,7 +602,8 @@ class DirectFit:
         self.static = (encoder_config, config.compile_key())
 
     def init_params(self, data: ClipData, encoder=None) -> DirectParams:
-        """The encoder's prediction for every image (mean face at the initial camera when untrained)."""
+        """The encoder's prediction for every image (mean face at the initial camera when untrained);
+        undetected frames interpolated from their neighbours unless ``direct_undetected="keep"``."""
         if encoder is None:
             encoder = encoder_lib.init_encoder(self.encoder_config, seed=self.config.seed)
         graphdef, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=True)
@@ -489,11 +611,26 @@ class DirectFit:
         raw = _apply_encoder(graphdef, trainable, rest, data.images.reshape((t * w,) + data.images.shape[2:]))
         p = encoder_lib.decode_outputs(raw, self.encoder_config)
         shape = encoder_lib.clip_shape(p.shape, data.frame_mask.reshape(-1))
-        return DirectParams(
+        params = DirectParams(
             shape=shape,
             expression=p.expression.reshape(t, w, -1),
             rotation=jnp.concatenate([p.pose[:, 0:3], p.pose[:, 6:9]], -1).reshape(t, w, 6),
             cam=p.cam.reshape(t, w, 3),
+        )
+        if self.config.direct_undetected != "keep":
+            params = _interpolate_params(params, data.frame_mask)
+        return params
+
+    def loss_data(self, data: ClipData) -> ClipData:
+        """The clip as the loss sees it: under ``direct_undetected="temporal"`` every frame of a view
+        with some detection counts in the temporal, prior and multi-view terms (no landmark target
+        where undetected); otherwise ``data`` itself."""
+        if self.config.direct_undetected != "temporal":
+            return data
+        seen = jnp.broadcast_to(jnp.max(data.frame_mask, axis=0, keepdims=True), data.frame_mask.shape)
+        return ClipData(
+            images=data.images, landmarks=data.landmarks,
+            landmarks_mask=data.landmarks_mask * data.frame_mask[..., None], frame_mask=seen,
         )
 
     def _loss(self, params: DirectParams, data: ClipData, key, face: FaceModel):
@@ -512,14 +649,28 @@ class DirectFit:
     def _run(self, params: DirectParams, data: ClipData, key, num_steps: int, face: FaceModel):
         opt_state = self.optimizer.init(params)
         names = _parts_template(self.config, data.frame_mask.shape[1]) + ["prior"]
+        loss_data = self.loss_data(data)
+        tol, window = float(self.config.direct_early_stop), self.EARLY_STOP_WINDOW
 
         def body(carry, k):
-            p, s = carry
-            (loss, parts), grads = jax.value_and_grad(self._loss, has_aux=True)(p, data, k, face)
-            updates, s = self.optimizer.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), jnp.stack([parts[n] for n in names] + [loss])
+            p, s, recent, done, i = carry
+            (loss, parts), grads = jax.value_and_grad(self._loss, has_aux=True)(p, loss_data, k, face)
+            updates, new_s = self.optimizer.update(grads, s, p)
+            new_p = optax.apply_updates(p, updates)
+            if tol > 0:  # static: no early stopping compiles no ring buffer
+                lmk = parts["landmark"]
+                old = recent[i % window]
+                done = done | ((i >= window) & (old - lmk < tol * old))
+                recent = recent.at[i % window].set(lmk)
+                new_p = jax.tree.map(lambda a, b: jnp.where(done, a, b), p, new_p)
+                new_s = jax.tree.map(lambda a, b: jnp.where(done, a, b), s, new_s)
+            stats = jnp.stack([parts[n] for n in names] + [loss, 1.0 - done.astype(jnp.float32)])
+            return (new_p, new_s, recent, done, i + 1), stats
 
-        (params, _), stats = jax.lax.scan(body, (params, opt_state), jax.random.split(key, num_steps))
+        carry = (params, opt_state, jnp.zeros((window,), jnp.float32), jnp.zeros((), bool), jnp.zeros((), jnp.int32))
+        (params, *_), stats = jax.lax.scan(body, carry, jax.random.split(key, num_steps))
+        if self.config.direct_undetected == "interpolate":
+            params = _interpolate_params(params, data.frame_mask)
         pose = flame_jax.deca_pose_to_full(params.rotation)
         verts, lmk2d, root = evaluate_params(face, params.shape, params.expression, pose, params.cam)
         canon = losses_lib.canonical_vertices(verts, pose[..., 0:3], root)
@@ -531,10 +682,14 @@ class DirectFit:
         return functools.partial(_direct_run, *self.static)
 
     def num_steps(self, num_frames: int) -> int:
-        """As many Adam steps as NeuFace takes on a clip of this length."""
+        """``direct_steps``, or as many Adam steps as NeuFace takes on a clip of this length."""
+        if self.config.direct_steps > 0:
+            return int(self.config.direct_steps)
         return self.config.num_epochs * padded_length(num_frames, self.config.chunk_frames) // self.config.chunk_frames
 
     def fit(self, data: ClipData, *, encoder=None) -> FitResult:
+        """Optimizes one clip; ``history`` holds the loss terms every tenth of the run and
+        ``steps_taken`` (fewer than the budget when early stopping stopped it)."""
         params = self.init_params(data, encoder)
         steps = self.num_steps(data.num_frames)
         out, stats = self.run_fn(params, data, jax.random.key(self.config.seed), steps, self.face)
@@ -543,6 +698,7 @@ class DirectFit:
         stats = np.asarray(stats)
         block = max(1, steps // 10)
         history = {n: [float(v) for v in stats[::block, i]] for i, n in enumerate(names)}
+        history["steps_taken"] = [float(stats[:, -1].sum())]
         return _result(out, data.num_frames, history)
 
 
@@ -558,6 +714,16 @@ def _neuface_step(encoder_config, config, state, chunk, key, prev, face):
 def _neuface_step_packed(encoder_config, config, state, chunk, key, prev, face):
     opt = NeuFace(face, encoder_config, config)
     return jax.vmap(lambda s, c, k, p: opt._step(s, c, k, p, face))(state, chunk, key, prev)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _neuface_prefix(encoder_config, config, params, rest, images):
+    return NeuFace(None, encoder_config, config)._prefix(params, rest, images)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _neuface_prefix_packed(encoder_config, config, params, rest, images):
+    return jax.vmap(NeuFace(None, encoder_config, config)._prefix)(params, rest, images)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))

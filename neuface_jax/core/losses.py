@@ -804,6 +804,10 @@ BUILTIN_TERMS: dict[str, TermFn] = {
     "prior": prior_term,
 }
 
+#: Terms registered by a higher layer when it is imported (named in the unknown-term error).
+_TERM_PROVIDERS = {"photometric": "neuface_jax.photometric", "silhouette": "neuface_jax.photometric",
+                   "face_oval": "neuface_jax.photometric"}
+
 #: The released code's loss: 10·L_lmk + 100·L_temp + 200·L_mv.
 REFERENCE_LOSS_CONFIG: dict[str, float] = {"landmark": 10.0, "temporal": 100.0, "multiview": 200.0}
 
@@ -879,7 +883,9 @@ def resolve_terms(config: Mapping[str, Any], registry: Mapping[str, TermFn] | No
         fn = term.fn
         if isinstance(fn, str):
             if fn not in registry:
-                raise ValueError(f"unknown loss term {fn!r}; registered: {sorted(registry)}")
+                hint = _TERM_PROVIDERS.get(fn)
+                hint = f" (import {hint} to register it)" if hint else ""
+                raise ValueError(f"unknown loss term {fn!r}{hint}; registered: {sorted(registry)}")
             fn = registry[fn]
         if not callable(fn):
             raise ValueError(f"loss term {name!r}: {fn!r} is not callable")

@@ -121,6 +121,7 @@ def fit_packed(
     chunks = opt.to_chunks(data)
     # Chunks past every clip's end (bucket padding) would be no-op steps: skipped.
     active = max(fit_lib.padded_length(t, cfg.chunk_frames) for t in lengths) // cfg.chunk_frames
+    chunks = opt.cache_features(states, chunks[:active], packed=True) + chunks[active:]
     base = jax.random.key(cfg.seed)
     for epoch in range(first_epoch, cfg.num_epochs):
         # The same per-clip key sequence as the single-clip path (fit.NeuFace.fit).
@@ -160,7 +161,7 @@ def fit_sharded_frames(
     replicated = NamedSharding(mesh, P())
     frames_in_chunk = NamedSharding(mesh, P("frames"))
     state = jax.device_put(state, replicated)
-    chunks = jax.device_put(opt.to_chunks(padded), frames_in_chunk)
+    chunks = opt.cache_features(state, jax.device_put(opt.to_chunks(padded), frames_in_chunk))
     key = jax.random.key(cfg.seed)
     for epoch in range(cfg.num_epochs):
         state, _ = opt.run_epoch(state, chunks, jax.random.fold_in(key, epoch))

@@ -77,6 +77,11 @@ class DemoConfig:
         None, "NeuFace learning rate (default 3e-4 from a pretrained encoder, 1e-3 from a random one: "
         "demo_learning_rate).", flag="lr")
     direct_learning_rate: float = setting(1e-2, "Direct-optimization learning rate.", flag="direct_lr")
+    direct_undetected: str = setting(
+        "interpolate", "Direct baseline, frames without a detection: interpolate (from the detected neighbours), "
+        "temporal (also kept in the temporal terms) or keep (the encoder's first guess, the original baseline).",
+        choices=fit_lib.DIRECT_UNDETECTED)
+    trainable_stages: int | None = setting(None, fit_lib.TRAINABLE_STAGES_HELP)
     methods: tuple[str, ...] = setting(("direct", "neuface"), "Methods to run.")
     write_video: bool = setting(True, "Write overlay.mp4.", flag="video")
     overlay_style: str = setting(
@@ -98,7 +103,8 @@ class DemoConfig:
         lr = self.learning_rate if self.learning_rate is not None else demo_learning_rate(self.encoder_init)
         return self.fit.replace(
             num_epochs=int(self.epochs), chunk_frames=int(self.chunk_frames), learning_rate=float(lr),
-            direct_learning_rate=float(self.direct_learning_rate), seed=int(self.seed),
+            direct_learning_rate=float(self.direct_learning_rate), direct_undetected=str(self.direct_undetected),
+            seed=int(self.seed), trainable_stages=self.trainable_stages,
         )
 
     def replace(self, **kw) -> "DemoConfig":
@@ -217,15 +223,20 @@ def evaluate_synthetic(
 ) -> dict[str, float]:
     """``evaluate`` of a fit of a synthetic clip against its ground truth (every metric).
 
-    NME against the noise-free landmarks (undetected frames included: the truth is known there);
-    vertex errors, acceleration error and the detected-frames smoothness from ``clip.gt``.
+    NME against the noise-free landmarks on the truly visible points (``gt["visible68_true"]``; the
+    detector's visibility for clips written before it was recorded), undetected frames included: the
+    truth is known there; vertex errors, acceleration error and the detected-frames smoothness from
+    ``clip.gt``.
     """
     if crop_size is None:
         crop_size = int(clip.meta.get("config", {}).get("crop_size", crops_lib.CROP_SIZE))
     gt = clip.gt
+    visible = gt.get("visible68_true")
+    if visible is None:
+        visible = clip.visible68 | ~clip.valid[..., None]
     return evaluate(
         result, face, crop_transforms=clip.crop_transforms, reference_landmarks_px=gt["landmarks68_true"],
-        reference_visible=clip.visible68 | ~clip.valid[..., None], crop_size=crop_size,
+        reference_visible=np.asarray(visible, bool), crop_size=crop_size,
         gt_canonical_vertices=gt["canonical_vertices"],
         gt_vertices=gt["vertices"] - gt["translation"][:, :, None, :], valid=clip.valid,
     )
@@ -358,7 +369,8 @@ def run_synthetic(
     settings = {
         "encoder_init": init, "encoder_checkpoint": checkpoint, "encoder_arch": enc_cfg.arch,
         "encoder_image_size": enc_cfg.image_size, "learning_rate": fit_cfg.learning_rate,
-        "direct_learning_rate": fit_cfg.direct_learning_rate, "epochs": fit_cfg.num_epochs,
+        "direct_learning_rate": fit_cfg.direct_learning_rate, "direct_undetected": fit_cfg.direct_undetected,
+        "epochs": fit_cfg.num_epochs,
         "chunk_frames": fit_cfg.chunk_frames,
     }
     logger.info(

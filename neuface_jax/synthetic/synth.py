@@ -36,13 +36,62 @@ import numpy as np
 import flame_jax
 from flame_jax import demo
 from neuface_jax.media import crops as crops_lib
+from neuface_jax.media import landmark_sets
+from neuface_jax.media import landmarker as landmarker_lib
 from neuface_jax.media import render as render_lib
 from neuface_jax.media import video as video_lib
+from neuface_jax.photometric.albedo import procedural_albedo
+from neuface_jax.photometric.render import directional_light_sh
+from neuface_jax.synthetic import augment as augment_lib
 from neuface_jax.synthetic import motion as motion_lib
 
-#: iBUG-68 groups used to paint the albedo.
-_BROWS = np.arange(17, 27)
-_LIPS = np.arange(48, 68)
+
+
+@dataclasses.dataclass(frozen=True)
+class RealismConfig:
+    """What makes a clip look like real video rather than the model's own renders (all off by
+    default: the "in-model" benchmark). Every random choice is drawn from the clip's seed.
+
+    Attributes:
+      background: "gradient" (a smooth procedural one) or "cluttered" (``augment.random_background``,
+        one per view).
+      light_jitter_deg: the light direction is the renderer's default turned by up to this many
+        degrees (one direction per clip).
+      albedo_jitter: per-clip skin tone (log-gain std per channel) and blotchy texture amplitude.
+      color_jitter: per-view camera colour and lighting gradient (``augment.color_jitter``, fixed over
+        the clip) and mild per-frame sensor noise.
+      occluder_fraction: about this fraction of each view's frames lies under an occluder (a hand,
+        hair or glasses-like bar, ``augment.paint_occluders``) that stays on for
+        ``occluder_episode_frames`` frames and moves with the face.
+      detector: "simulated" (the true projections plus seeded noise, ``SynthConfig``'s noise
+        settings) or "mediapipe" (the project's MediaPipe Face Landmarker run on the rendered frames,
+        iBUG-68 by ``landmark_sets.mediapipe_to_ibug68``: image-dependent errors, far-side guesses
+        marked invisible, frames without a face invalid).
+      face_landmarker: MediaPipe model file (default: ``landmarker.resolve_model_path``).
+      pose_bias: with "mediapipe", an extra detector bias that grows with the head turn: every point
+        shifted by ``pose_bias`` × inter-ocular distance × sin(yaw / pitch) toward the frontal pose.
+      occlusion_bias: with "mediapipe", points under an occluder drift away from it by this many
+        inter-ocular distances (a detector guessing what it cannot see).
+    """
+
+    background: str = "gradient"
+    light_jitter_deg: float = 0.0
+    albedo_jitter: float = 0.0
+    color_jitter: bool = False
+    occluder_fraction: float = 0.0
+    occluder_episode_frames: int = 8
+    detector: str = "simulated"
+    face_landmarker: str | None = None
+    pose_bias: float = 0.0
+    occlusion_bias: float = 0.0
+
+    def __post_init__(self):
+        if self.background not in ("gradient", "cluttered"):
+            raise ValueError(f"RealismConfig.background must be 'gradient' or 'cluttered', got {self.background!r}")
+        if self.detector not in ("simulated", "mediapipe"):
+            raise ValueError(f"RealismConfig.detector must be 'simulated' or 'mediapipe', got {self.detector!r}")
+        if not 0.0 <= self.occluder_fraction <= 1.0:
+            raise ValueError(f"RealismConfig.occluder_fraction must be in [0, 1], got {self.occluder_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +109,7 @@ class SynthConfig:
     crop_size: int = 224
     supersample: int = 1
     motion: motion_lib.MotionConfig = motion_lib.MotionConfig()
+    realism: RealismConfig = RealismConfig()
 
     def scaled_noise(self, factor: float) -> "SynthConfig":
         """The same clip settings with landmark noise and jitter multiplied by ``factor``."""
@@ -86,7 +136,8 @@ class SynthClip:
         ``pose`` [T, W, 15] per view, ``translation`` [T, W, 3] per view (camera frame),
         ``vertices`` [T, W, V, 3] camera frame (metres), ``canonical_vertices`` [T, V, 3]
         (head rotation zeroed), ``landmarks3d`` [T, W, 68, 3], ``landmarks68_true`` [T, W, 68, 2]
-        (noise-free projections).
+        (noise-free projections); appearance: ``albedo`` [V, 3], ``light_direction`` [3], ``light_sh``
+        [9, 3] (``appearance_ground_truth``).
       camera: dict with ``focal_px``, ``principal_px`` (2,), ``distance_m``, ``view_rotations`` [W, 3, 3].
       view_names: tuple of names.
       fps: frames per second.
@@ -116,49 +167,6 @@ class SynthClip:
 
 
 # --------------------------------------------------------------------------- albedo
-def procedural_albedo(model, embedding68, seed: int = 0) -> np.ndarray:
-    """(V, 3) per-vertex RGB in [0, 1] for any FLAME-format model with a 68-point embedding.
-
-    Regions come from geometry: lips and brows from the distance to their iBUG
-    landmarks on the template, eyeballs from the eye joints' skinning weights (white
-    sclera, an iris and a dark pupil toward +z); the skin has a faint low-frequency
-    variation so the surface has texture.
-    """
-    rng = np.random.default_rng(seed)
-    verts = np.asarray(model.v_template, np.float64)
-    lmk = np.asarray(flame_jax.landmarks(model, embedding68, model.v_template, jnp.zeros(15)))
-    head_width = np.ptp(verts[:, 0])
-    skin = np.array([0.87, 0.68, 0.56])
-    phases = rng.uniform(0, 2 * np.pi, size=3)
-    wobble = 0.04 * (np.sin(verts @ np.array([31.0, 17.0, 7.0]) + phases[0]) + np.sin(verts @ np.array([-13.0, 29.0, 11.0]) + phases[1]))
-    colors = np.clip(skin[None] * (1.0 + wobble[:, None]), 0, 1)
-
-    def near(points, radius):
-        d = np.linalg.norm(verts[:, None, :] - points[None], axis=-1).min(1)
-        return np.clip(1.0 - d / radius, 0.0, 1.0)
-
-    lips = near(lmk[_LIPS], 0.035 * head_width / 0.16 * 0.35) ** 0.5
-    colors = colors * (1 - lips[:, None]) + np.array([0.72, 0.30, 0.32]) * lips[:, None]
-    brow_pts = np.concatenate([lmk[_BROWS], 0.5 * (lmk[_BROWS][:-1] + lmk[_BROWS][1:])])
-    brows = near(brow_pts + np.array([0.0, 0.003, 0.0]), 0.010 * head_width / 0.16) ** 0.5
-    colors = colors * (1 - brows[:, None]) + np.array([0.25, 0.17, 0.12]) * brows[:, None]
-
-    weights = np.asarray(model.lbs_weights)
-    joints = np.asarray(model.joint_template)
-    for j in (3, 4):
-        eye = weights[:, j] > 0.5
-        if not eye.any():
-            continue
-        d = verts[eye] - joints[j]
-        d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
-        cos = d[:, 2]  # toward +z (the gaze direction at rest)
-        c = np.tile(np.array([0.95, 0.94, 0.92]), (eye.sum(), 1))
-        c[cos > 0.80] = [0.35, 0.45, 0.55]  # iris
-        c[cos > 0.93] = [0.05, 0.05, 0.06]  # pupil
-        colors[eye] = c
-    return colors.astype(np.float32)
-
-
 def _background(rng, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
     base = rng.uniform(0.25, 0.6, size=3)
@@ -166,6 +174,29 @@ def _background(rng, size: int) -> np.ndarray:
     img = base[None, None] + tilt[None, None] * (0.6 * xx + 0.4 * yy)[..., None]
     img += 0.03 * np.sin(2 * np.pi * (xx * rng.uniform(1, 3) + yy * rng.uniform(1, 3)))[..., None]
     return np.clip(img, 0, 1).astype(np.float32)
+
+
+def _vary_albedo(albedo: np.ndarray, model, amount: float, seed: int) -> np.ndarray:
+    """Per-clip skin tone (a log-gain per channel) and low-frequency blotches on ``albedo`` (V, 3)."""
+    if amount <= 0:
+        return albedo
+    rng = np.random.default_rng([seed, 0xA1B])
+    verts = np.asarray(model.v_template, np.float64)
+    verts = (verts - verts.mean(0)) / max(float(np.ptp(verts[:, 0])), 1e-9)
+    tone = np.exp(rng.normal(size=3) * amount)
+    blotch = sum(np.sin(verts @ rng.normal(size=3) * rng.uniform(6, 20) + rng.uniform(0, 2 * np.pi)) for _ in range(4))
+    return np.clip(albedo * tone[None] * (1.0 + 0.5 * amount * blotch[:, None]), 0, 1).astype(np.float32)
+
+
+def _light_direction(jitter_deg: float, seed: int) -> np.ndarray:
+    """The renderer's default light turned by up to ``jitter_deg`` about the x and y axes."""
+    light = np.asarray(render_lib.DEFAULT_LIGHT, np.float64)
+    if jitter_deg <= 0:
+        return light
+    ax, ay = np.radians(np.random.default_rng([seed, 0x11]).uniform(-jitter_deg, jitter_deg, size=2))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    return ry @ rx @ light
 
 
 def _local_max(depth: np.ndarray) -> np.ndarray:
@@ -237,8 +268,8 @@ def _resolve_assets(model, embedding68, embedding_mp, blink_component, speech_co
             blink_component = names.index("blink")
         if speech_components is None:
             speech_components = tuple(names.index(k) for k in ("lips_apart", "pucker"))
-    if embedding68 is None or embedding68.kind != "ibug68":
-        raise ValueError("synthesize_clip needs a 68-point (ibug68) landmark embedding")
+    if embedding68 is None or embedding68.kind not in ("ibug68", "static") or embedding68.num_landmarks != 68:
+        raise ValueError("synthesize_clip needs a 68-point landmark embedding (iBUG order, dynamic or static contour)")
     return model, embedding68, embedding_mp, blink_component, tuple(speech_components or ())
 
 
@@ -268,11 +299,31 @@ def _pose_scene(model, embedding68, embedding_mp, gt, rig: motion_lib.CameraRig)
     )
 
 
+def _appearance(model, embedding68, config: SynthConfig, seed) -> tuple[np.ndarray, np.ndarray]:
+    """The clip's per-vertex albedo (V, 3) and light direction (camera frame, toward the light)."""
+    realism = config.realism
+    albedo = _vary_albedo(procedural_albedo(model, embedding68, seed=seed), model, realism.albedo_jitter, seed)
+    return albedo, _light_direction(realism.light_jitter_deg, seed)
+
+
+def appearance_ground_truth(model, embedding68, config: SynthConfig, seed) -> dict[str, np.ndarray]:
+    """``SynthClip.gt``'s appearance: ``albedo`` (V, 3); ``light_direction`` (3,) in the model frame
+    (x right, y up, z toward the camera; the renders' Lambert light, ambient 0.3 + diffuse 0.7 · max(0, n·l),
+    fixed to the camera); ``light_sh`` (9, 3) its closest second-order SH light
+    (``photometric.render.directional_light_sh``)."""
+    albedo, light = _appearance(model, embedding68, config, seed)
+    light_model = np.asarray(light, np.float64) * np.array([1.0, -1.0, -1.0])
+    light_model /= np.linalg.norm(light_model)
+    return {"albedo": albedo, "light_direction": light_model.astype(np.float32),
+            "light_sh": directional_light_sh(light_model, 0.3, 0.7)}
+
+
 def _render_views(model, embedding68, scene: _Scene, focal, principal, config: SynthConfig, seed, progress) -> _Views:
     """Renders every frame and view and marks which landmarks each view sees."""
     num_t, num_w = scene.verts.shape[:2]
     size = config.image_size
-    albedo = procedural_albedo(model, embedding68, seed=seed)
+    realism = config.realism
+    albedo, light = _appearance(model, embedding68, config, seed)
     faces = np.asarray(model.faces)
     n_mp = 0 if scene.lmk_mp_3d is None else scene.lmk_mp_3d.shape[-2]
     out = _Views(
@@ -282,7 +333,11 @@ def _render_views(model, embedding68, scene: _Scene, focal, principal, config: S
         true_mp=np.zeros((num_t, num_w, n_mp, 2), np.float32),
         vis_mp=np.zeros((num_t, num_w, n_mp), bool),
     )
-    backgrounds = [_background(np.random.default_rng([seed, w]), size) for w in range(num_w)]
+    if realism.background == "cluttered":
+        backgrounds = [augment_lib.random_background(np.random.default_rng([seed, w, 0xB6]), size, size)
+                       for w in range(num_w)]
+    else:
+        backgrounds = [_background(np.random.default_rng([seed, w]), size) for w in range(num_w)]
     flip = np.array([1.0, -1.0, -1.0])  # FLAME frame (y up, z toward camera) → camera frame (y down, z away)
     tol = 0.004  # metres of depth slack for the landmark occlusion test
     for ti in range(num_t):
@@ -292,6 +347,7 @@ def _render_views(model, embedding68, scene: _Scene, focal, principal, config: S
             rendering = render_lib.render(
                 screen, faces, albedo, height=size, width=size, normals=normals, background=backgrounds[w],
                 perspective_correct=True, supersample=config.supersample, cull_backfaces=True,
+                light_direction=light,
             )
             out.images[ti, w] = render_lib.to_uint8(rendering.image)
             p68 = project_points(scene.lmk68_3d[ti, w], focal, principal, config.camera_distance)
@@ -302,7 +358,8 @@ def _render_views(model, embedding68, scene: _Scene, focal, principal, config: S
             visible = render_lib.point_visibility(p68, depth_far, tolerance=tol)
             inside = (p68[:, 0] >= 0) & (p68[:, 0] < size) & (p68[:, 1] >= 0) & (p68[:, 1] < size)
             # The contour points sit on the silhouette by construction (detectors report it).
-            visible[:17] = inside[:17]
+            if embedding68.kind == "ibug68":
+                visible[:17] = inside[:17]
             out.vis68[ti, w] = visible & inside
             if n_mp:
                 pmp = project_points(scene.lmk_mp_3d[ti, w], focal, principal, config.camera_distance)
@@ -321,6 +378,78 @@ def _detect(rng, true: np.ndarray, vis: np.ndarray, config: SynthConfig) -> np.n
     jitter = rng.normal(size=(num_t, num_w, n, 2)) * config.landmark_jitter_px
     occluded = rng.normal(size=(num_t, num_w, n, 2)) * config.occluded_noise_px * (~vis)[..., None]
     return (true + bias + jitter + occluded).astype(np.float32)
+
+
+def _occluder_episodes(rng, num_t: int, fraction: float, length: int) -> np.ndarray:
+    """[T] episode index per frame (-1: no occluder): about ``fraction`` of the frames in runs of ``length``."""
+    episode = np.full(num_t, -1)
+    if fraction <= 0 or num_t == 0:
+        return episode
+    length = max(1, min(int(length), num_t))
+    count = max(1, int(round(fraction * num_t / length)))
+    for k, start in enumerate(rng.integers(0, num_t - length + 1, size=count)):
+        episode[start : start + length] = k
+    return episode
+
+
+def _realistic_frames(images: np.ndarray, true68: np.ndarray, realism: RealismConfig, seed: int):
+    """Occluders over the rendered frames (moving with the face) and the camera's colour and noise.
+    Returns (images, occluded [T, W, H, H] bool)."""
+    num_t, num_w = images.shape[:2]
+    out = images.copy()
+    occluded = np.zeros(images.shape[:4], bool)
+    for w in range(num_w):
+        episode = _occluder_episodes(np.random.default_rng([seed, w, 0x0CC]), num_t, realism.occluder_fraction,
+                                     realism.occluder_episode_frames)
+        for t in range(num_t):
+            img = out[t, w]
+            if episode[t] >= 0:  # the same draws every frame of an episode: the same occluder
+                img, occluded[t, w] = augment_lib.paint_occluders(
+                    img, true68[t, w], np.random.default_rng([seed, w, 0x0CC, int(episode[t])]))
+            if realism.color_jitter:
+                img = augment_lib.color_jitter(img, np.random.default_rng([seed, w, 0xC0]))
+                img = augment_lib.noise(img, np.random.default_rng([seed, w, t, 0xA0]), sigma=(0.0, 0.02))
+            out[t, w] = img
+    return out, occluded
+
+
+def _detect_mediapipe(images, true68, occluded, pose_views, realism: RealismConfig, fps: float):
+    """MediaPipe on every frame of every view (VIDEO mode, one landmarker per view) → iBUG-68 pixels
+    [T, W, 68, 2], their visibility (far-side guesses False) and the frames with a face [T, W]; plus the
+    pose- and occlusion-correlated bias of ``realism``."""
+    num_t, num_w = images.shape[:2]
+    lmk = np.zeros((num_t, num_w, 68, 2), np.float32)
+    vis = np.zeros((num_t, num_w, 68), bool)
+    valid = np.zeros((num_t, num_w), bool)
+    options = landmarker_lib.LandmarkerOptions(num_faces=1, check_orientation=False)
+    for w in range(num_w):
+        with landmarker_lib.FaceLandmarker(realism.face_landmarker, options) as det:
+            for t in range(num_t):
+                faces = det.detect(images[t, w], landmarker_lib.timestamp_ms(t, fps))
+                if len(faces) == 0:
+                    continue
+                valid[t, w] = True
+                lmk[t, w] = landmark_sets.mediapipe_to_ibug68(faces[0])[:, :2]
+                vis[t, w] = landmark_sets.landmark_visibility(faces[0][None])[0][landmark_sets.MEDIAPIPE_TO_IBUG68]
+    iod = np.linalg.norm(true68[..., 36, :] - true68[..., 45, :], axis=-1)  # [T, W]
+    if realism.pose_bias:
+        # Toward the frontal pose: the detector under-reads the turn (image x right, y down).
+        yaw, pitch = pose_views[..., 1], pose_views[..., 0]
+        shift = np.stack([-np.sin(yaw), -np.sin(pitch)], -1) * (realism.pose_bias * iod)[..., None]
+        lmk = lmk + shift[:, :, None, :].astype(np.float32)
+    if realism.occlusion_bias and occluded.any():
+        size = images.shape[2]
+        for t, w in zip(*np.nonzero(occluded.any(axis=(2, 3)))):
+            px = np.clip(np.round(true68[t, w] - 0.5).astype(int), 0, size - 1)
+            under = occluded[t, w][px[:, 1], px[:, 0]]
+            if not under.any():
+                continue
+            ys, xs = np.nonzero(occluded[t, w])
+            away = true68[t, w] - np.array([xs.mean() + 0.5, ys.mean() + 0.5])
+            away /= np.maximum(np.linalg.norm(away, axis=-1, keepdims=True), 1e-6)
+            lmk[t, w] += (under[:, None] * away * realism.occlusion_bias * iod[t, w]).astype(np.float32)
+    lmk[~valid] = 0.0
+    return lmk, vis & valid[..., None], valid
 
 
 def _crop_transforms(lmk68: np.ndarray, true68: np.ndarray, valid: np.ndarray, crop_size: int) -> np.ndarray:
@@ -414,6 +543,19 @@ def synthesize_clip(
     valid = rng.random((num_t, num_w)) >= config.drop_frame_probability
     vis68 = views.vis68 & valid[..., None]
     vis_mp = views.vis_mp & valid[..., None] if has_mp else None
+    realism = config.realism
+    images = views.images
+    if realism.occluder_fraction > 0 or realism.color_jitter:
+        images, occluded = _realistic_frames(images, views.true68, realism, seed)
+    else:
+        occluded = np.zeros(images.shape[:4], bool)
+    if realism.detector == "mediapipe":
+        # What the real pipeline sees: MediaPipe on the frames, no noise model (and no 105-point set).
+        lmk68, vis68, valid = _detect_mediapipe(images, views.true68, occluded, scene.pose_views, realism,
+                                                config.motion.fps)
+        if not valid.any():
+            raise ValueError(f"synthetic clip seed {seed}: MediaPipe found no face in any frame")
+        lmk_mp = vis_mp = None
 
     meta = {
         "seed": int(seed),
@@ -424,10 +566,14 @@ def synthesize_clip(
         "config": _jsonable(dataclasses.asdict(config)),
         "generation_seconds": time.perf_counter() - t0,
     }
+    gt = _ground_truth_arrays(scene, views.true68)
+    gt.update(appearance_ground_truth(model, embedding68, config, seed))
+    gt["visible68_true"] = views.vis68
+    gt["occluded_fraction"] = occluded.mean(axis=(2, 3)).astype(np.float32)
     return SynthClip(
-        images=views.images, landmarks68=lmk68, visible68=vis68, landmarks_mp=lmk_mp, visible_mp=vis_mp,
+        images=images, landmarks68=lmk68, visible68=vis68, landmarks_mp=lmk_mp, visible_mp=vis_mp,
         valid=valid, crop_transforms=_crop_transforms(lmk68, views.true68, valid, config.crop_size),
-        gt=_ground_truth_arrays(scene, views.true68), camera=_camera_record(focal, principal, scene, rig, config),
+        gt=gt, camera=_camera_record(focal, principal, scene, rig, config),
         view_names=tuple(rig.names), fps=config.motion.fps, meta=meta,
     )
 

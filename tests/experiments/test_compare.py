@@ -96,3 +96,83 @@ def test_prepare_undetected_frames(compare):
     np.testing.assert_array_equal(img_kept[clip.valid], img_black[clip.valid])
     np.testing.assert_array_equal(np.asarray(kept.frame_mask), clip.valid.astype(np.float32))
     assert compare.load_config("smoke")["pretrained"] == "packaged"
+
+
+def test_same_seed_twice_gives_the_same_numbers(compare):
+    """Determinism: a (seed, setting, method) run repeated in one process reproduces every metric."""
+    cfg = compare.normalize_config({
+        "name": "determinism", "seeds": [5], "num_frames": 4, "num_epochs": 1, "fit": {"chunk_frames": 4},
+        "encoder": {"small_widths": (4, 8), "small_blocks": (1, 1), "head_hidden": 16, "image_size": 16},
+        "settings": [{"name": "mono", "views": "mono", "noise": 3.0, "drop": 0.25}],
+        "methods": [{"name": "neuface", "method": "neuface", "fit": {"learning_rate": 1e-3}},
+                    {"name": "direct", "method": "direct", "fit": {"direct_steps": 5}}],
+    })
+    a = compare.run_experiment(cfg, log=lambda s: None)["runs"]
+    b = compare.run_experiment(cfg, log=lambda s: None)["runs"]
+    assert [r["method"] for r in a] == ["neuface", "direct"]
+    for ra, rb in zip(a, b):
+        assert set(ra["metrics"]) == set(rb["metrics"])
+        for k, v in ra["metrics"].items():  # exactly equal (NaN where both are NaN)
+            assert v == rb["metrics"][k] or (v != v and rb["metrics"][k] != rb["metrics"][k]), (ra["method"], k)
+
+
+def _fake_runs(values):
+    """runs of compare.run_experiment from {(seed, method): {metric: value}} on setting "s"."""
+    return [{"seed": seed, "setting": "s", "method": m, "metrics": v, "seconds": 1.0} for (seed, m), v in values.items()]
+
+
+def test_wins_and_tuning_rule(compare):
+    spec = importlib.util.spec_from_file_location("experiments_realistic", ROOT / "experiments" / "realistic_benchmark.py")
+    rb = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("compare", compare)
+    spec.loader.exec_module(rb)
+    cfg = compare.normalize_config({
+        "name": "t", "seeds": [0, 1], "settings": [{"name": "s", "views": "mono"}],
+        "methods": [{"name": n, "method": f, "family": f} for n, f in
+                    (("nf", "neuface"), ("nf2", "neuface"), ("d", "direct"), ("d2", "direct"))],
+    })
+    m = lambda ve, acc, nme: {"vertex_error_similarity_mm": ve, "accel_error_mm": acc, "nme_percent": nme,  # noqa: E731
+                              "cvd_mm": 0.0, "msi_vertices": 1.0}
+    runs = _fake_runs({
+        (0, "nf"): m(1.0, 1.0, 5.0), (1, "nf"): m(1.0, 1.0, 5.0),
+        (0, "nf2"): m(2.0, 2.0, 5.0), (1, "nf2"): m(2.0, 2.0, 5.0),
+        (0, "d"): m(2.0, 1.0, 4.0), (1, "d"): m(0.5, 3.0, 4.0),
+        (0, "d2"): m(4.0, 4.0, 4.0),  # one seed only: does not compete
+    })
+    w = compare.wins(cfg, runs, methods=["nf", "d"])
+    assert w["s"]["nf"]["vertex_error_similarity_mm"] == 1 and w["s"]["d"]["vertex_error_similarity_mm"] == 1
+    assert w["s"]["d"]["nme_percent"] == 2 and w["s"]["nf"]["cvd_mm"] == 2 == w["s"]["d"]["cvd_mm"]  # ties count
+    tuning = rb.select(cfg, runs)
+    assert tuning["s"]["neuface"]["chosen"] == "nf" and tuning["s"]["neuface"]["scores"]["nf"] == 1.0
+    assert tuning["s"]["direct"]["chosen"] == "d" and set(tuning["s"]["direct"]["scores"]) == {"d"}
+    r = rb.ratios(runs, "s", "nf", "d")
+    assert r["vertex_error_similarity_mm"][0] == pytest.approx((0.5 + 2.0) / 2)
+    assert r["vertex_error_similarity_mm"][3] == pytest.approx(1.0 / 1.25)
+    assert "cvd_mm" not in r  # no ratio to a zero
+
+
+@pytest.mark.long
+def test_realistic_benchmark_end_to_end(compare, landmarker_model, tmp_path, monkeypatch):
+    """experiments/realistic_benchmark.py on its smoke config: tuning on a development seed, the test
+    run with the chosen variants, the docs section (cheaper siblings: test_wins_and_tuning_rule and
+    tests/neuface_jax/test_realistic_synth.py)."""
+    import subprocess
+
+    monkeypatch.setenv("NEUFACE_FACE_LANDMARKER", str(landmarker_model))
+    script = ROOT / "experiments" / "realistic_benchmark.py"
+    common = ["--config=realistic_smoke", f"--dev_out={tmp_path / 'dev.json'}", f"--out={tmp_path / 'test.json'}",
+              "--compile_cache="]
+    for stage in ("dev", "test"):
+        subprocess.run([sys.executable, str(script), f"--stage={stage}", *common], check=True, cwd=ROOT)
+    doc = json.loads((tmp_path / "test.json").read_text())
+    assert doc["tuned_on"]["seeds"] == [900] and doc["config"]["seeds"] == [0]
+    chosen = doc["tuning"]["mono_realistic"]["direct"]["chosen"]
+    assert chosen in ("direct", "direct_keep")
+    assert {r["method"] for r in doc["runs"]} >= {"neuface", chosen}
+    docs = tmp_path / "experiments.md"
+    docs.write_text("# Experiments\n\nkept\n")
+    subprocess.run([sys.executable, str(script), "--stage=docs", *common, f"--docs={docs}"], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, str(script), "--stage=docs", *common, f"--docs={docs}"], check=True, cwd=ROOT)
+    text = docs.read_text()
+    assert text.startswith("# Experiments\n\nkept\n") and text.count("BEGIN realistic benchmark") == 1
+    assert "mean ± std" in text and "| vertex_error_similarity_mm |" in text

@@ -1,0 +1,348 @@
+r"""Benchmark of the real-time regressor and live tracker: latency per stage, and accuracy.
+
+Latency (one 640×480 video made from a shared clip: its centre 4:3 region resized, written as
+H.264 to a temporary file):
+
+* the regressor alone at batch 1 (one compiled call: crop → parameters and 68 landmarks; and the
+  network alone), median over --latency_repeats calls;
+* the live pipeline (``realtime.track``) over the video: median milliseconds per stage (decode,
+  detect, crop, regress, filter) and frames/s of their sum (overlay drawing excluded, measured
+  apart on the same frames);
+* MediaPipe's Face Landmarker alone (VIDEO mode, ``media.landmarker.FaceLandmarker``) on the same
+  decoded frames, in the same run.
+
+Accuracy:
+
+* held-out synthetic clips (seeds --synthetic_seeds, monocular, --synthetic_frames frames; never
+  used in training, whose clips start at seed 1,000,000): canonical vertex error of the regressor
+  on the crops NeuFace uses, against NeuFace's fit of the same clips from the packaged encoder
+  (``synthetic.demo.fit_methods``, --neuface_epochs), both scored by ``demo.evaluate_synthetic``;
+* real shared clips with an ``annotate`` output (--annotations NAME=DIR): the tracker runs over the
+  clip's frames (its own crops, detector included) from --eval_from (the fraction of the clip held
+  out of training; 0 for a clip never trained on). NME against MediaPipe's landmarks (the 68 iBUG
+  points that annotate fits, visible ones) for the tracker and for annotate's fit on the same
+  frames; 2D jitter (mean second difference of the landmarks, % of the inter-ocular distance) of
+  MediaPipe's own landmarks, annotate's and the tracker's (raw and One-Euro filtered).
+
+    python experiments/benchmark_realtime.py --regressor=DIR \
+        --annotations=mead=/tmp/selftrain/base/mead,liveportrait=...,wojtek=...
+
+Prints the tables and writes the JSON to --out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("regressor", None, "Regressor checkpoint (neuface-jax train-regressor --out).")
+flags.DEFINE_string("face_landmarker", "/work/shared/data/mediapipe/face_landmarker.task", "MediaPipe bundle.")
+flags.DEFINE_string("latency_video", "/work/shared/data/videos/mead_M003_level_1_disgusted_015.mp4",
+                    "Video made into the 640×480 latency clip.")
+flags.DEFINE_integer("latency_frames", 118, "Frames of the latency clip.")
+flags.DEFINE_integer("latency_repeats", 300, "Batch-1 regressor calls timed.")
+flags.DEFINE_integer("overlay_frames", 20, "Frames whose overlay drawing is timed.")
+flags.DEFINE_list("synthetic_seeds", ["901", "902"], "Held-out synthetic clip seeds.")
+flags.DEFINE_integer("synthetic_frames", 40, "Frames per synthetic clip.")
+flags.DEFINE_integer("neuface_epochs", 100, "NeuFace epochs of the synthetic reference fit.")
+flags.DEFINE_string("neuface_cache", None, "JSON file keeping NeuFace's synthetic fits (they do not depend on the "
+                    "regressor): read when present, written otherwise.")
+flags.DEFINE_list("annotations", [], "NAME=ANNOTATE_DIR[:EVAL_FROM] of real clips (EVAL_FROM: the held-out "
+                  "fraction's start, default 0.7; 0 for a clip not trained on).")
+flags.DEFINE_list("parts", ["latency", "synthetic", "real"], "What to run.")
+flags.DEFINE_string("out", "experiments/results/benchmark_realtime_cpu.json", "JSON output.")
+
+
+def _median_ms(xs) -> float:
+    return float(np.median(xs) * 1e3)
+
+
+def make_latency_clip(path: str, frames: int) -> tuple[str, np.ndarray]:
+    """The centre 4:3 region of ``path`` at 640×480 as an H.264 file (and its decoded frames)."""
+    import cv2
+
+    from neuface_jax.media import video as video_lib
+
+    clip = video_lib.read_video(path, frames=video_lib.FrameRange(end=frames)).frames[0]
+    h, w = clip.shape[1:3]
+    cw = min(w, h * 4 // 3)
+    x0 = (w - cw) // 2
+    out = np.stack([cv2.resize(f[:, x0:x0 + cw], (640, 480), interpolation=cv2.INTER_AREA) for f in clip])
+    dst = os.path.join(tempfile.mkdtemp(prefix="rt_bench_"), "clip640x480.mp4")
+    video_lib.write_video(dst, out, fps=25.0)
+    decoded = np.stack([f.image for f in _file_frames(dst)])
+    return dst, decoded
+
+
+def _file_frames(path):
+    from neuface_jax.realtime import sources
+
+    with sources.open_source(path) as src:
+        yield from src
+
+
+def latency(reg, det_path: str) -> dict:
+    import jax
+
+    from neuface_jax.core import encoder as encoder_lib
+    from neuface_jax.media import landmarker as landmarker_lib
+    from neuface_jax.realtime import live, track
+
+    path, frames = make_latency_clip(FLAGS.latency_video, FLAGS.latency_frames)
+    out: dict = {"clip": f"{FLAGS.latency_video} (centre 4:3, 640x480, {len(frames)} frames)"}
+    # The regressor alone, batch 1.
+    crop = np.ascontiguousarray(np.random.default_rng(0).integers(0, 255, (reg.image_size,) * 2 + (3,), np.uint8))
+    reg.warmup()
+    g, tr, rest = encoder_lib.split_params(reg.encoder)
+    net = jax.jit(lambda tr, rest, x: encoder_lib.apply(g, tr, rest, x[None].astype(jax.numpy.float32) / 255.0))
+    net(tr, rest, crop).block_until_ready()
+    ts_net, ts_reg = [], []
+    for _ in range(FLAGS.latency_repeats):
+        t = time.perf_counter()
+        net(tr, rest, crop).block_until_ready()
+        ts_net.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        reg(crop)
+        ts_reg.append(time.perf_counter() - t)
+    out["network_ms"] = _median_ms(ts_net)
+    out["regressor_ms"] = _median_ms(ts_reg)
+    out["regressor_ms_p90"] = float(np.percentile(ts_reg, 90) * 1e3)
+    # The pipeline over the file (decode included, overlay apart).
+    cfg = track.TrackConfig(face_landmarker=det_path)
+    det = track.FaceDetector(det_path, cfg.min_detection_confidence)
+    rows, tracked = [], []
+    for f in track.track(path, cfg, regressor=reg, detector=det):
+        rows.append(dict(f.seconds, valid=f.valid))
+        tracked.append(f)
+    s = live.summarize(rows, 0.0, [])
+    out["pipeline"] = {"median_ms": s["median_ms"], "mean_ms": {k: float(np.mean([r[k] for r in rows]) * 1e3)
+                                                                for k in track.STAGES},
+                       "frames_per_s": s["tracking_frames_per_s"], "detector_runs": s["detector_runs"],
+                       "valid_fraction": s["valid_fraction"], "frames": s["frames"]}
+    ov = []
+    for f in tracked[: FLAGS.overlay_frames]:
+        t = time.perf_counter()
+        live.overlay_image(f, reg.face)
+        ov.append(time.perf_counter() - t)
+    out["overlay_ms"] = _median_ms(ov)
+    det.close()
+    # MediaPipe's Face Landmarker alone on the same decoded frames.
+    ts = []
+    with landmarker_lib.FaceLandmarker(det_path) as lm:
+        lm.detect(frames[0], 0)
+        for i, fr in enumerate(frames[1:], 1):
+            t = time.perf_counter()
+            lm.detect(fr, landmarker_lib.timestamp_ms(i, 25.0))
+            ts.append(time.perf_counter() - t)
+    out["mediapipe_landmarker_ms"] = _median_ms(ts)
+    out["mediapipe_landmarker_frames_per_s"] = 1.0 / float(np.median(ts))
+    return out
+
+
+def _prediction_result(preds, face):
+    """A ``fit.FitResult`` [T, 1] of per-frame predictions, identity = the causal running mean (as live)."""
+    import flame_jax
+    import jax.numpy as jnp
+
+    from neuface_jax.core import fit as fit_lib
+
+    shapes = np.stack([p.shape for p in preds])
+    running = np.cumsum(shapes, 0) / np.arange(1, len(preds) + 1)[:, None]
+    expr = np.stack([p.expression for p in preds])
+    pose = np.stack([p.pose for p in preds])
+    cam = np.stack([p.cam for p in preds])
+    fwd = flame_jax.forward(face.flame, shape=jnp.asarray(running), expression=jnp.asarray(expr), pose=jnp.asarray(pose))
+    canon_pose = pose.copy()
+    canon_pose[:, 0:3] = 0.0
+    canon = flame_jax.forward(face.flame, shape=jnp.asarray(running), expression=jnp.asarray(expr),
+                              pose=jnp.asarray(canon_pose))
+    _, lmk, _ = fit_lib.evaluate_params(face, jnp.asarray(running), jnp.asarray(expr), jnp.asarray(pose),
+                                        jnp.asarray(cam))
+    return fit_lib.FitResult(
+        shape=running[-1], expression=expr[:, None], pose=pose[:, None], cam=cam[:, None],
+        landmarks2d=np.asarray(lmk)[:, None], vertices=np.asarray(fwd.vertices)[:, None],
+        canonical_vertices=np.asarray(canon.vertices)[:, None], history={},
+    )
+
+
+def synthetic(reg) -> dict:
+    from neuface_jax.core import fit as fit_lib
+    from neuface_jax.media import crops
+    from neuface_jax.realtime import filters, track
+    from neuface_jax.synthetic import demo as pipeline
+    from neuface_jax.synthetic import pretrain
+    from neuface_jax.synthetic import synth as synth_lib
+
+    face = reg.face
+    enc, enc_cfg, _ = pretrain.ensure_pretrained()
+    rows = []
+    for seed in [int(s) for s in FLAGS.synthetic_seeds]:
+        cfg = dataclasses.replace(synth_lib.SynthConfig(), num_frames=FLAGS.synthetic_frames)
+        clip = synth_lib.synthesize_clip(seed=seed, rig="mono", config=cfg)
+        scale = np.diag([reg.image_size / cfg.crop_size] * 2)
+        preds = [reg(crops.warp_crop(clip.images[t, 0], scale @ clip.crop_transforms[t, 0], reg.image_size))
+                 for t in range(clip.num_frames)]
+        # Normalized crop coordinates do not depend on the crop's pixel size: score them through the
+        # clip's own crop transforms and size.
+        ours = pipeline.evaluate_synthetic(_prediction_result(preds, face), face, clip, crop_size=cfg.crop_size)
+        filt = filters.OneEuroFilter(track.TrackConfig().one_euro)
+        smoothed = []
+        for t, p in enumerate(preds):
+            v = filt(np.concatenate([p.expression, p.pose, p.cam]), t / 25.0)
+            smoothed.append(p.with_vector(np.concatenate([p.shape, v])))
+        ours_filtered = pipeline.evaluate_synthetic(_prediction_result(smoothed, face), face, clip,
+                                                    crop_size=cfg.crop_size)
+        cache = Path(FLAGS.neuface_cache) if FLAGS.neuface_cache else None
+        key = f"seed{seed}_frames{clip.num_frames}_epochs{FLAGS.neuface_epochs}"
+        cached = json.loads(cache.read_text()) if cache and cache.is_file() else {}
+        if key in cached:
+            theirs, secs = cached[key]["metrics"], cached[key]["seconds"]
+            row = {"seed": seed, "frames": clip.num_frames, "regressor": ours, "regressor_filtered": ours_filtered,
+                   "neuface": theirs, "neuface_seconds": secs, "neuface_from_cache": str(cache)}
+            print(f"synthetic seed {seed}: vertex error regressor {ours['vertex_error_mm']:.2f} mm, NeuFace "
+                  f"{theirs['vertex_error_mm']:.2f} mm (cached)", flush=True)
+            rows.append(row)
+            continue
+        data = crops.prepare_clip(clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=enc_cfg.image_size,
+                                  visible=clip.visible68, valid=clip.valid, crop_size=cfg.crop_size)
+        t0 = time.perf_counter()
+        fits = pipeline.fit_methods(data, face, fit_config=fit_lib.FitConfig(num_epochs=FLAGS.neuface_epochs),
+                                    encoder_config=enc_cfg, methods=("neuface",), encoder=enc)
+        secs = time.perf_counter() - t0
+        theirs = pipeline.evaluate_synthetic(fits["neuface"][0], face, clip)
+        if cache:
+            cached[key] = {"metrics": theirs, "seconds": secs}
+            cache.write_text(json.dumps(cached, indent=1) + "\n")
+        row = {"seed": seed, "frames": clip.num_frames, "regressor": ours, "regressor_filtered": ours_filtered,
+               "neuface": theirs, "neuface_seconds": secs}
+        print(f"synthetic seed {seed}: vertex error regressor {ours['vertex_error_mm']:.2f} mm, NeuFace "
+              f"{theirs['vertex_error_mm']:.2f} mm ({secs:.0f} s)", flush=True)
+        rows.append(row)
+    mean = lambda who, k: float(np.mean([r[who][k] for r in rows]))  # noqa: E731
+    keys = ("vertex_error_mm", "vertex_error_similarity_mm", "nme_percent", "jitter_mm")
+    return {"clips": rows,
+            "mean": {who: {k: mean(who, k) for k in keys} for who in ("regressor", "regressor_filtered", "neuface")},
+            "ratio_vertex_error": mean("regressor", "vertex_error_mm") / mean("neuface", "vertex_error_mm")}
+
+
+def jitter_2d(points: np.ndarray, iod: np.ndarray) -> float:
+    """Mean |second difference| of 2D landmarks [T, L, 2], % of the inter-ocular distance."""
+    acc = np.linalg.norm(points[2:] - 2 * points[1:-1] + points[:-2], axis=-1).mean(-1)
+    return float(np.mean(acc / iod[1:-1]) * 100.0)
+
+
+def real(reg, det_path: str) -> dict:
+    from neuface_jax import params as params_lib
+    from neuface_jax.core import metrics as metrics_lib
+    from neuface_jax.media import crops
+    from neuface_jax.media import video as video_lib
+    from neuface_jax.realtime import sources, track
+    from neuface_jax.training import labels as labels_lib
+
+    out = {}
+    for item in FLAGS.annotations:
+        name, _, rest = item.partition("=")
+        ann, _, frac = rest.partition(":")
+        start_frac = float(frac) if frac else 0.7
+        rec = params_lib.load_params(Path(ann) / "params.npz")
+        z = np.load(Path(ann) / "params.npz", allow_pickle=False)
+        t_all = len(rec.frame_indices)
+        first = int(round(t_all * start_frac))
+        sel = np.arange(first, t_all)
+        video = labels_lib.read_clip_source(ann).inputs[0]
+        fi = rec.frame_indices[sel]
+        decoded = video_lib.read_video(video, frames=video_lib.FrameRange(start=int(fi.min()), end=int(fi.max()) + 1))
+        by = {int(i): f for i, f in zip(decoded.frame_indices, decoded.frames[0])}
+        frames = [by[int(i)] for i in fi]
+        to_px = lambda norm, t: crops.apply_transform(  # noqa: E731
+            crops.from_normalized(norm, rec.crop_size), crops.invert_transform(rec.crop_transforms[t, 0]))
+        lmk = np.asarray(z["landmarks2d"]).reshape(rec.valid.shape + (-1, 2))[:, 0]
+        pred = np.asarray(z["predicted_landmarks2d"]).reshape(rec.valid.shape + (-1, 2))[:, 0]
+        mask = np.asarray(z["landmarks_mask"]).reshape(rec.valid.shape + (-1,))[:, 0]
+        mp = np.stack([to_px(lmk[t], t) for t in sel])
+        ann_px = np.stack([to_px(pred[t], t) for t in sel])
+        vis = mask[sel] & rec.valid[sel, 0][:, None]
+        cfg = track.TrackConfig(face_landmarker=det_path)
+        raw_px, filt_px, ok = [], [], []
+        src = sources.ArraySource(frames, fps=float(decoded.fps or 25.0), name=name)
+        for f in track.track(src, cfg, regressor=reg):
+            ok.append(f.valid)
+            if f.valid:
+                inv = crops.invert_transform(f.crop_transform)
+                raw_px.append(crops.apply_transform(crops.from_normalized(f.raw.landmarks, f.crop_size), inv))
+                filt_px.append(crops.apply_transform(crops.from_normalized(f.params.landmarks, f.crop_size), inv))
+            else:
+                raw_px.append(np.full((68, 2), np.nan))
+                filt_px.append(np.full((68, 2), np.nan))
+        ok = np.asarray(ok)
+        raw_px, filt_px = np.stack(raw_px), np.stack(filt_px)
+        both = vis & ok[:, None]
+        iod = np.linalg.norm(mp[:, 36] - mp[:, 45], axis=-1)
+        every = ok.all()
+        row = {
+            "frames": int(len(sel)), "first_frame": int(fi[0]), "held_out_from_fraction": start_frac,
+            "tracked_fraction": float(ok.mean()),
+            "nme_percent": {
+                "annotate": float(metrics_lib.nme(ann_px, mp, both)),
+                "regressor_raw": float(metrics_lib.nme(np.nan_to_num(raw_px), mp, both)),
+                "regressor_filtered": float(metrics_lib.nme(np.nan_to_num(filt_px), mp, both)),
+            },
+            "jitter_2d_percent_iod": {
+                "mediapipe": jitter_2d(mp, iod),
+                "annotate": jitter_2d(ann_px, iod),
+                **({"regressor_raw": jitter_2d(raw_px, iod), "regressor_filtered": jitter_2d(filt_px, iod)}
+                   if every else {}),
+            },
+        }
+        out[name] = row
+        print(f"{name}: {row['frames']} frames, NME % {row['nme_percent']}, jitter {row['jitter_2d_percent_iod']}",
+              flush=True)
+    return out
+
+
+def main(argv):
+    del argv
+    import jax
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint read at INFO
+
+    from neuface_jax.realtime import track
+
+    reg = track.load_regressor(FLAGS.regressor)
+    report = {
+        "command": "python experiments/benchmark_realtime.py " + " ".join(
+            f"--{k}={FLAGS[k].value if not isinstance(FLAGS[k].value, list) else ','.join(FLAGS[k].value)}"
+            for k in ("regressor", "annotations", "parts", "synthetic_seeds", "neuface_epochs")),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
+                    "loadavg_before": os.getloadavg()},
+        "regressor": FLAGS.regressor, "encoder_config": reg.config.to_dict(),
+    }
+    summary_file = Path(str(FLAGS.regressor) + ".train.json") if FLAGS.regressor else None
+    if summary_file and summary_file.is_file():
+        tr = json.loads(summary_file.read_text())
+        report["training"] = {k: tr.get(k) for k in ("train_config", "counts", "seconds", "validation", "distilled_from")}
+    if "latency" in FLAGS.parts:
+        report["latency"] = latency(reg, FLAGS.face_landmarker)
+        lat = report["latency"]
+        print(json.dumps(lat, indent=1), flush=True)
+    if "synthetic" in FLAGS.parts:
+        report["synthetic"] = synthetic(reg)
+    if "real" in FLAGS.parts:
+        report["real"] = real(reg, FLAGS.face_landmarker)
+    report["machine"]["loadavg_after"] = os.getloadavg()
+    Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(FLAGS.out).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,86 @@
+"""The learned model as an ordinary FLAME-format ``.npz``, with its provenance inside.
+
+The file is exactly what ``flame_jax.save_model`` writes (``format``, ``name`` and the FLAME arrays,
+the learned identity components appended after the base model's in ``shapedirs``), plus
+``learning``, a JSON string: the base model (name, file, SHA-256, identity component count), the
+learning run (corpus, settings, losses, timings) and the component layout.
+
+``flame_jax.load_model`` ignores the extra members, so every command that takes a model file takes
+this one. Everything is read with pickles disabled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import flame_jax
+from flame_jax.atomic import atomic_write
+from flame_jax.io.flame_model import MODEL_FORMAT
+
+#: Member holding the learning record (a JSON string).
+LEARNING_KEY = "learning"
+#: Version of the learning record.
+LEARNING_FORMAT = "neuface_jax-model-learning-v1"
+
+
+def append_identity_components(base: flame_jax.FlameModel, components, name: str, *,
+                               template_offset=None) -> flame_jax.FlameModel:
+    """``base`` with identity components (K, V, 3) (or (K, V*3)) after its own, as a new model
+    (``template_offset`` (V, 3), when given, is added to the template)."""
+    comps = np.asarray(components, np.float32).reshape(-1, base.num_vertices, 3)
+    arrays = base.to_numpy()
+    if template_offset is not None:
+        arrays["v_template"] = arrays["v_template"] + np.asarray(template_offset, np.float32).reshape(-1, 3)
+    shapedirs = np.concatenate([arrays["shapedirs"], np.moveaxis(comps, 0, -1)], axis=-1)
+    return flame_jax.FlameModel.from_arrays(
+        v_template=arrays["v_template"], shapedirs=shapedirs, exprdirs=arrays["exprdirs"],
+        posedirs=arrays["posedirs"], lbs_weights=arrays["weights"], joint_regressor=arrays["J_regressor"],
+        faces=arrays["f"], parents=arrays["parents"], name=name, source=name,
+    )
+
+
+def save_learned_model(model: flame_jax.FlameModel, path, learning: dict[str, Any]) -> Path:
+    """Writes ``model`` in the ``flame_jax`` model format with the learning record (atomically)."""
+    arrays = dict(model.to_numpy())
+    arrays["name"] = np.array(str(model.name))
+    arrays["format"] = np.array(MODEL_FORMAT)
+    record = dict(learning, format=LEARNING_FORMAT)
+    arrays[LEARNING_KEY] = np.array(json.dumps(record, sort_keys=True))
+    path = Path(path)
+    atomic_write(os.fspath(path), lambda f: np.savez(f, **arrays))
+    return path
+
+
+def read_learning_record(path) -> dict[str, Any] | None:
+    """The learning record of a model file (None for a model that was not learned here).
+
+    Raises:
+      ValueError: naming the file when the record is not a JSON object of the expected format.
+    """
+    with np.load(path, allow_pickle=False) as z:
+        if LEARNING_KEY not in z.files:
+            return None
+        raw = z[LEARNING_KEY]
+    if raw.shape != () or raw.dtype.kind not in "US":
+        raise ValueError(f"{path}: '{LEARNING_KEY}' is not a string")
+    try:
+        record = json.loads(str(raw[()]))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: '{LEARNING_KEY}' is not valid JSON ({e})") from None
+    if not isinstance(record, dict) or record.get("format") != LEARNING_FORMAT:
+        raise ValueError(f"{path}: '{LEARNING_KEY}' is not a {LEARNING_FORMAT} record")
+    return record
+
+
+__all__ = [
+    "LEARNING_FORMAT",
+    "LEARNING_KEY",
+    "append_identity_components",
+    "read_learning_record",
+    "save_learned_model",
+]

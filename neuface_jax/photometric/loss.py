@@ -1,0 +1,489 @@
+"""The photometric and silhouette loss terms, registered by name in the loss registry.
+
+``photometric_loss`` compares a ``Rendering`` with images: each covered pixel's surface point has a
+model colour (albedo × SH shading) and a current position; the image is sampled there (bilinear), at
+every level of a Gaussian image pyramid (blurred copies widen the basin: the coarse levels see the
+face's outline from further away), and the per-pixel colour error goes through a robust penalty —
+Geman–McClure ``e²/(e² + c²)`` or a trimmed L1 that drops each image's worst pixels — so that
+occluders, hair and specularities the model cannot explain have bounded influence.
+
+Masks (``pixel_weights``): surface points of the mesh's face region only (``albedo.face_region``,
+no scalp, ears or neck); frame validity; and a skin attention on the image — a per-image Gaussian
+colour model in chromaticity fitted (median / MAD) to the pixels the face covers, as a stand-in for
+Deep3DFaceRecon's skin classifier. Inside MediaPipe's face oval (from the landmarks, when all its
+points are known) non-skin pixels are down-weighted; outside it a face surface point means the model
+is too large, so its error is kept at full weight.
+
+``silhouette_loss``: a two-sided chamfer distance between the rendered face region's outline
+(its boundary pixels' surface points, which move with the mesh) and MediaPipe's face oval — the
+iBUG jaw points 0–16 (MediaPipe face-oval points) or a ``face_oval`` polygon in the batch — so the
+rendered jaw line slides onto the oval instead of matching 17 fixed mesh points.
+
+Registered terms (``core.losses`` resolves them by name once this package is imported):
+
+* ``"photometric"`` — ``photometric_term(batch, **options)``; options are ``PhotometricConfig``
+  fields. Reads ``images`` [..., S, S, 3] (the encoder crops, RGB in [0, 1]), ``vertices`` [..., V, 3],
+  ``cam`` [..., 3], ``faces`` [F, 3]; optional ``frame_mask`` [...], ``landmarks_target`` /
+  ``landmarks_mask`` (the face oval), ``albedo`` [..., V, 3] or [V, 3] and ``sh_light`` [..., 9, 3]
+  (used when the caller optimizes them; otherwise they are solved in closed form each step).
+* ``"silhouette"`` (alias ``"face_oval"``) — ``silhouette_term(batch, **options)``; reads the same
+  geometry keys and the oval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flame_jax.geometry import vertex_normals
+from neuface_jax.common.settings import setting
+from neuface_jax.core import camera as camera_lib
+from neuface_jax.core import losses as losses_lib
+from neuface_jax.photometric import albedo as albedo_lib
+from neuface_jax.photometric import raster as raster_lib
+from neuface_jax.photometric import render as render_lib
+
+logger = logging.getLogger(__name__)
+
+#: iBUG-68 jaw contour (MediaPipe face-oval points in the MediaPipe → iBUG map).
+JAW_IDS = tuple(range(17))
+
+
+@dataclasses.dataclass(frozen=True)
+class PhotometricConfig:
+    """Options of the ``"photometric"`` term (pass them as the loss config's options dict)."""
+
+    refresh_every: int = setting(8, "Re-rasterize every N evaluations of the same images (1 = every step).")
+    penalty: str = setting("geman_mcclure", "Robust per-pixel penalty.", choices=("geman_mcclure", "trimmed", "l1", "l2"))
+    scale: float = setting(0.15, "Geman-McClure scale c (colour units, RGB in [0, 1]).")
+    trim: float = setting(0.2, "Trimmed penalty: fraction of each image's worst pixels dropped.")
+    levels: int = setting(3, "Image pyramid levels (blur sigma 0, 1, 2, 4, ... pixels of the crop).")
+    albedo: str = setting("auto", "Albedo: 'model' (the demo head's basis, coefficients solved per batch), "
+                          "'vertex' (free per-vertex RGB solved per batch), 'batch' (batch['albedo']), "
+                          "'auto' (model on the demo head, else vertex).", choices=("auto", "model", "vertex", "batch"))
+    light: str = setting("frame", "SH light: one per image ('frame'), one per batch ('clip') or batch['sh_light'].",
+                         choices=("frame", "clip", "batch"))
+    region: str = setting("face", "Surface points compared: the mesh's face region or 'all'.", choices=("face", "all"))
+    skin: bool = setting(True, "Skin attention: down-weight pixels whose colour is not the face's.")
+    skin_floor: float = setting(0.25, "Weight of a non-skin pixel where the face oval is unknown.")
+    solve_iterations: int = setting(2, "Alternations of the light and albedo solves.")
+    solve_stride: int = setting(2, "Pixel stride of the appearance solves (1 = every pixel).")
+    light_ridge: float = setting(1e-3, "Ridge on the non-constant SH coefficients (per weighted pixel).")
+    albedo_ridge: float = setting(1.0, "Ridge of the albedo solves.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SilhouetteConfig:
+    """Options of the ``"silhouette"`` term."""
+
+    refresh_every: int = setting(8, "Re-rasterize every N evaluations of the same images.")
+    densify: int = setting(4, "Points per segment of the oval polyline.")
+    region: str = setting("face", "Outline of the mesh's face region or of the whole mesh ('all').",
+                          choices=("face", "all"))
+
+
+# --------------------------------------------------------------------------- image helpers
+def bilinear_sample(image, points) -> jax.Array:
+    """Samples an image [H, W, C] at crop-pixel points [..., 2] (x right, y down, centres at +0.5),
+    bilinear, edge-clamped → [..., C]."""
+    h, w = image.shape[:2]
+    x = jnp.clip(points[..., 0] - 0.5, 0.0, w - 1.0)
+    y = jnp.clip(points[..., 1] - 0.5, 0.0, h - 1.0)
+    x0 = jnp.clip(jnp.floor(x), 0, w - 2).astype(jnp.int32)
+    y0 = jnp.clip(jnp.floor(y), 0, h - 2).astype(jnp.int32)
+    fx = (x - x0)[..., None]
+    fy = (y - y0)[..., None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x0 + 1] * fx
+    bottom = image[y0 + 1, x0] * (1 - fx) + image[y0 + 1, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _blur_matrix(n: int, sigma: float) -> np.ndarray:
+    """[n, n] row-normalized Gaussian weights (edge pixels renormalized, not padded)."""
+    i = np.arange(n)
+    k = np.exp(-0.5 * ((i[:, None] - i[None, :]) / sigma) ** 2)
+    return (k / k.sum(1, keepdims=True)).astype(np.float32)
+
+
+def gaussian_blur(images, sigma: float) -> jax.Array:
+    """Separable Gaussian blur of [..., H, W, C] images (two small matrix products); sigma 0 returns
+    them as they are."""
+    if sigma <= 0:
+        return images
+    h, w = images.shape[-3], images.shape[-2]
+    kh = jnp.asarray(_blur_matrix(h, sigma), images.dtype)
+    kw = jnp.asarray(_blur_matrix(w, sigma), images.dtype)
+    return jnp.einsum("ij,...jwc,kw->...ikc", kh, images, kw)
+
+
+def pyramid(images, levels: int) -> list[jax.Array]:
+    """Blurred copies of the images at sigma 0, 1, 2, 4, ... pixels (same resolution)."""
+    return [gaussian_blur(images, 0.0 if i == 0 else 2.0 ** (i - 1)) for i in range(max(int(levels), 1))]
+
+
+def robust_penalty(err, config: PhotometricConfig, mask) -> tuple[jax.Array, jax.Array]:
+    """Per-pixel colour error norms [..., P] → (penalty values, mask) under ``config.penalty``.
+    The trimmed mask drops, per image (last axis), the worst ``trim`` fraction (threshold fixed)."""
+    if config.penalty == "geman_mcclure":
+        c2 = config.scale**2
+        return err * err / (err * err + c2), mask
+    if config.penalty == "l2":
+        return err * err, mask
+    if config.penalty == "l1":
+        return err, mask
+    if config.penalty == "trimmed":
+        e = jax.lax.stop_gradient(jnp.where(mask > 0, err, jnp.nan))
+        thr = jnp.nanquantile(e, 1.0 - config.trim, axis=-1, keepdims=True)
+        return err, mask * (jnp.nan_to_num(e, nan=jnp.inf) <= jnp.nan_to_num(thr, nan=jnp.inf))
+    raise ValueError(f"unknown penalty {config.penalty!r}")
+
+
+def skin_attention(images, weights, *, width: float = 2.5, iterations: int = 2) -> jax.Array:
+    """Per-pixel skin probability [..., P] of images [..., P, 3]: a Gaussian colour model in
+    chromaticity (r, g)/(r+g+b), fitted to the pixels ``weights`` [..., P] select by a weighted mean
+    and standard deviation, re-fitted ``iterations`` times with the pixels reweighted by their own
+    probability (so a minority of non-skin pixels does not widen it)."""
+    rgb = jnp.maximum(images, 1e-4)
+    chroma = rgb[..., :2] / jnp.sum(rgb, -1, keepdims=True)
+    w = weights
+    prob = jnp.ones_like(weights)
+    for _ in range(max(int(iterations), 1) + 1):
+        ww = (w * prob)[..., None]
+        tot = jnp.maximum(jnp.sum(ww, -2, keepdims=True), 1e-6)
+        mean = jnp.sum(ww * chroma, -2, keepdims=True) / tot
+        std = jnp.sqrt(jnp.sum(ww * (chroma - mean) ** 2, -2, keepdims=True) / tot)
+        std = jnp.maximum(std, 0.01)
+        prob = jnp.exp(-0.5 * jnp.sum(((chroma - mean) / (width * std)) ** 2, -1))
+    return prob
+
+
+# --------------------------------------------------------------------------- the face oval
+def oval_polygon(batch) -> tuple[jax.Array, jax.Array, bool] | None:
+    """The face oval in normalized crop coordinates: (points [..., K, 2], valid [...], closed).
+
+    ``batch["face_oval"]`` (a closed polygon, e.g. MediaPipe's 36 oval points) when present, else the
+    iBUG-68 jaw points 0–16 of ``landmarks_target`` (an open curve from ear to ear) when the targets
+    have 68 points; None otherwise. An image's oval is valid when all its points are finite and
+    (for landmarks) unmasked.
+    """
+    if "face_oval" in batch:
+        pts = jnp.asarray(batch["face_oval"])
+        valid = jnp.all(jnp.isfinite(pts), axis=(-1, -2))
+        return jnp.nan_to_num(pts), valid, True
+    target = batch.get("landmarks_target")
+    if target is None or target.shape[-2] != 68:
+        return None
+    pts = jnp.asarray(target)[..., JAW_IDS, :]
+    valid = jnp.all(jnp.isfinite(pts), axis=(-1, -2))
+    lm = batch.get("landmarks_mask")
+    if lm is not None:
+        valid = valid & jnp.all(jnp.asarray(lm)[..., JAW_IDS] > 0, -1)
+    return jnp.nan_to_num(pts), valid, False
+
+
+def _pixel_centres(size: int) -> jax.Array:
+    c = jnp.arange(size, dtype=jnp.float32) + 0.5
+    xx, yy = jnp.meshgrid(c, c)
+    return jnp.stack([xx, yy], -1).reshape(-1, 2)  # [S*S, 2]
+
+
+def oval_mask(points_px, polygon_px, closed: bool) -> jax.Array:
+    """Inside the oval: points [P, 2] (pixels), polygon [K, 2] (pixels) → bool [P]. An open jaw curve is
+    closed by its chord, and everything beyond the chord (away from the chin) counts as inside."""
+    inside = albedo_lib.points_in_polygon(points_px, polygon_px)
+    if closed:
+        return inside
+    a, b = polygon_px[0], polygon_px[-1]
+    chin = polygon_px[polygon_px.shape[0] // 2]
+    cross = lambda p: (b[0] - a[0]) * (p[..., 1] - a[1]) - (b[1] - a[1]) * (p[..., 0] - a[0])  # noqa: E731
+    beyond = jnp.sign(cross(points_px)) != jnp.sign(cross(chin))
+    return inside | beyond
+
+
+# --------------------------------------------------------------------------- rasterization and masks
+def _region_per_face(faces, num_vertices: int, region: str):
+    if region == "all":
+        return None
+    r = albedo_lib.face_region_for(num_vertices, faces.shape[0])
+    if r is None:
+        logger.info("no face region registered for a %d-vertex mesh: the whole mesh is used", num_vertices)
+        return None
+    return (jnp.asarray(r)[jnp.asarray(faces)].mean(-1) > 0.5).astype(jnp.float32)  # most corners inside
+
+
+def _geometry(batch, term: str):
+    images = jnp.asarray(losses_lib._get(batch, "images", term))
+    verts = jnp.asarray(losses_lib._get(batch, "vertices", term))
+    cam = jnp.asarray(losses_lib._get(batch, "cam", term))
+    faces = jnp.asarray(losses_lib._get(batch, "faces", term), jnp.int32)
+    lead = verts.shape[:-2]
+    if images.shape[:-3] != lead or images.shape[-3] != images.shape[-2] or images.shape[-1] != 3:
+        raise ValueError(f"loss term {term!r}: images must be [..., S, S, 3] with the meshes' batch {lead}, "
+                         f"got {images.shape}")
+    fm = batch.get("frame_mask")
+    fm = jnp.ones(lead, jnp.float32) if fm is None else jnp.broadcast_to(jnp.asarray(fm, jnp.float32), lead)
+    return images, verts, cam, faces, fm
+
+
+def pixel_weights(raster, faces, num_vertices: int, frame_mask, *, region: str = "face") -> jax.Array:
+    """[..., H, W] float weights of the covered pixels whose surface point is in the face region."""
+    covered = raster.face_index >= 0
+    per_face = _region_per_face(faces, num_vertices, region)
+    w = covered.astype(jnp.float32)
+    if per_face is not None:
+        w = w * per_face[jnp.where(covered, raster.face_index, 0)]
+    return w * frame_mask[..., None, None]
+
+
+# --------------------------------------------------------------------------- appearance solve
+def _solve_appearance(verts, faces, raster, target, weights, config: PhotometricConfig):
+    """Albedo [..., V, 3] (or [V, 3]) and SH light [..., 9, 3] (or [9, 3]) fitted to the image colours
+    ``target`` [..., H, W, 3] at the fixed surface points, by alternating least squares (no gradient)."""
+    verts = jax.lax.stop_gradient(verts)
+    lead = verts.shape[:-2]
+    nv = verts.shape[-2]
+    b_count = int(np.prod(lead)) if lead else 1
+    vf = verts.reshape((b_count,) + verts.shape[-2:])
+    st = max(int(config.solve_stride), 1)  # a sparser pixel grid is plenty for 9 + 7 unknowns
+    fi = raster.face_index[..., ::st, ::st].reshape(b_count, -1)
+    bary = raster.barycentric[..., ::st, ::st, :].reshape(b_count, -1, 3)
+    w = weights[..., ::st, ::st].reshape(b_count, -1)
+    tgt = target[..., ::st, ::st, :].reshape(b_count, -1, 3)
+    covered = fi >= 0
+    vid = faces[jnp.where(covered, fi, 0)]  # [B, P, 3]
+    bary = jnp.where(covered[..., None], bary, 0.0)
+    ybasis = render_lib.sh_basis(jax.vmap(lambda v: vertex_normals(v, faces))(vf))  # [B, V, 9]
+    y_corner = jax.vmap(lambda y, i: y[i])(ybasis, vid)  # [B, P, 3, 9]
+
+    mode = config.albedo
+    if mode == "auto":
+        demo = albedo_lib.demo_albedo_model()
+        mode = "model" if demo.mean.shape[0] == nv else "vertex"
+    if mode == "model":
+        model = albedo_lib.demo_albedo_model()
+        if model.mean.shape[0] != nv:
+            raise ValueError(f"photometric albedo='model' is the demo head's ({model.mean.shape[0]} vertices); "
+                             f"this mesh has {nv}: use albedo='vertex'")
+        mean, basis = jnp.asarray(model.mean), jnp.asarray(model.basis)
+        coef = jnp.zeros(basis.shape[0])
+        albedo = mean
+    else:
+        prior = jnp.asarray([0.7, 0.5, 0.4])
+        albedo = jnp.broadcast_to(prior, (nv, 3))
+    per_image = config.light == "frame"
+    light = None
+    for _ in range(max(int(config.solve_iterations), 1)):
+        a_corner = albedo[vid]  # [B, P, 3, 3(channel)]
+        design = jnp.einsum("bpk,bpkc,bpkl->bpcl", bary, a_corner, y_corner)
+        light = albedo_lib.solve_light(design, tgt, w, per_image=per_image, ridge=config.light_ridge)
+        lb = light if per_image else jnp.broadcast_to(light, (b_count,) + light.shape)
+        shade = jnp.einsum("bvl,blc->bvc", ybasis, lb)  # [B, V, 3]
+        s_corner = jax.vmap(lambda s, i: s[i])(shade, vid)  # [B, P, 3, 3]
+        if mode == "model":
+            d = jnp.einsum("bpk,jbpkc->bpcj", bary, basis[:, vid] * s_corner[None])
+            off = jnp.einsum("bpk,bpkc->bpc", bary, mean[vid] * s_corner)
+            coef = albedo_lib.solve_albedo_coefficients(d, off, tgt, w, ridge=config.albedo_ridge)
+            albedo = mean + jnp.einsum("j,jvc->vc", coef, basis)
+        else:
+            albedo = albedo_lib.solve_vertex_albedo(vid, bary, s_corner, tgt, w, albedo, nv,
+                                                    ridge=config.albedo_ridge)
+    albedo = jnp.clip(albedo, 0.0, 1.0)
+    a_corner = albedo[vid]
+    design = jnp.einsum("bpk,bpkc,bpkl->bpcl", bary, a_corner, y_corner)
+    light = albedo_lib.solve_light(design, tgt, w, per_image=per_image, ridge=config.light_ridge)
+    if per_image:
+        light = light.reshape(lead + light.shape[1:])
+    return jax.lax.stop_gradient(albedo), jax.lax.stop_gradient(light)
+
+
+# --------------------------------------------------------------------------- the photometric loss
+def photometric_loss(rendering: render_lib.Rendering, images, weights, *, levels: int = 3,
+                     config: PhotometricConfig = PhotometricConfig()) -> tuple[jax.Array, jax.Array]:
+    """Robust colour error between a rendering and images at its surface points' current positions.
+
+    Level 0 compares each surface point's colour with the image sampled (bilinear) where the point
+    now projects. Level l > 0 compares the image blurred by sigma 2^(l-1) pixels, sampled there, with
+    the same blur of the rendering composited over the image (the image where the mesh does not
+    cover), so that at a perfect fit every level's error is zero and the blur only widens the basin.
+
+    Args:
+      rendering: ``render_batch`` output, [..., H, W] (H = W = S).
+      images: [..., S, S, 3] RGB in [0, 1].
+      weights: [..., S, S] per-pixel weights (``pixel_weights`` × skin attention × ...).
+      levels: pyramid levels (each level's error has equal weight).
+      config: penalty settings.
+
+    Returns:
+      (values [L, ..., S·S], mask of the same shape): ``core.losses.masked_mean`` reduces them.
+    """
+    images = jax.lax.stop_gradient(jnp.asarray(images, jnp.float32))
+    lead = images.shape[:-3]
+    n = int(np.prod(lead)) if lead else 1
+    pts = rendering.points.reshape((n, -1, 2))
+    cover = rendering.mask[..., None]
+    composite = cover * rendering.rgb + (1.0 - cover) * images
+    w = jnp.broadcast_to(weights, rendering.mask.shape).reshape(n, -1)
+    vals, masks = [], []
+    for i, level in enumerate(pyramid(images, levels)):
+        model = rendering.rgb if i == 0 else gaussian_blur(composite, 2.0 ** (i - 1))
+        sampled = jax.vmap(bilinear_sample)(level.reshape((n,) + level.shape[-3:]), pts)
+        diff = sampled - model.reshape(n, -1, 3)
+        err = jnp.sqrt(jnp.sum(diff * diff, -1) + 1e-8)
+        v, m = robust_penalty(err, config, w)
+        vals.append(v.reshape(lead + v.shape[-1:]))
+        masks.append(m.reshape(lead + m.shape[-1:]))
+    return jnp.stack(vals), jnp.stack(masks)
+
+
+def photometric_term(batch, **options):
+    """Registered ``"photometric"`` term (options: ``PhotometricConfig`` fields)."""
+    config = PhotometricConfig(**options)
+    images, verts, cam, faces, fm = _geometry(batch, "photometric")
+    size = images.shape[-2]
+    nv = verts.shape[-2]
+    raster = raster_lib.rasterize_cached(verts, cam, faces, size, images, refresh_every=config.refresh_every,
+                                         tag="photometric")
+    weights = pixel_weights(raster, faces, nv, fm, region=config.region)
+    lead = verts.shape[:-2]
+    n = int(np.prod(lead)) if lead else 1
+    # The image colour each surface point sees now (for the appearance solve and skin attention).
+    points = render_lib.surface_points(jax.lax.stop_gradient(verts), faces, jax.lax.stop_gradient(cam), raster)
+    seen = jax.vmap(bilinear_sample)(images.reshape((n,) + images.shape[-3:]),
+                                     points.reshape(n, -1, 2)).reshape(lead + (size * size, 3))
+    if config.skin:
+        skin = skin_attention(seen, weights.reshape(lead + (-1,)))
+        oval = oval_polygon(batch)
+        floor = config.skin_floor
+        image_w = floor + (1 - floor) * skin
+        if oval is not None:
+            pts, valid, closed = oval
+            pix = _pixel_centres(size)
+            poly_px = camera_lib.normalized_to_pixels(pts, size).reshape((n,) + pts.shape[-2:])
+            inside = jax.vmap(lambda p: oval_mask(pix, p, closed))(poly_px).reshape(lead + (-1,))
+            image_w = jnp.where(valid[..., None], jnp.where(inside, skin, 1.0), image_w)
+        weights = weights * jax.lax.stop_gradient(image_w).reshape(weights.shape)
+    if config.albedo == "batch" or config.light == "batch":
+        albedo = losses_lib._get(batch, "albedo", "photometric")
+        light = losses_lib._get(batch, "sh_light", "photometric")
+        if config.albedo != "batch" or config.light != "batch":
+            raise ValueError("photometric: albedo='batch' and light='batch' go together")
+    else:
+        albedo, light = _solve_appearance(verts, faces, raster, seen.reshape(lead + (size, size, 3)),
+                                          weights, config)
+    rendering = render_lib.render_batch(verts, faces, cam, albedo, light, raster)
+    return photometric_loss(rendering, images, weights, levels=config.levels, config=config)
+
+
+# --------------------------------------------------------------------------- silhouette / face oval
+def _boundary(mask) -> jax.Array:
+    """[H, W] bool → pixels of the mask with a 4-neighbour outside it."""
+    p = jnp.pad(mask, 1, constant_values=False)
+    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return mask & ~inner
+
+
+def _outward(mask) -> jax.Array:
+    """[H, W] bool → [H, W, 2] unit direction (x, y) from each pixel toward its 4-neighbours outside the
+    mask (0 where none): the outline's surface point is half a pixel inside the silhouette's edge."""
+    p = jnp.pad(mask, 1, constant_values=False)
+    out = lambda q: (~q).astype(jnp.float32)  # noqa: E731
+    dx = out(p[1:-1, 2:]) - out(p[1:-1, :-2])
+    dy = out(p[2:, 1:-1]) - out(p[:-2, 1:-1])
+    d = jnp.stack([dx, dy], -1)
+    return d / jnp.maximum(jnp.linalg.norm(d, axis=-1, keepdims=True), 1e-6)
+
+
+def _densify(poly, k: int, closed: bool) -> jax.Array:
+    nxt = jnp.roll(poly, -1, axis=0) if closed else poly[1:]
+    start = poly if closed else poly[:-1]
+    t = (jnp.arange(k) / k)[None, :, None]
+    pts = (start[:, None] + t * (nxt - start)[:, None]).reshape(-1, 2)
+    return pts if closed else jnp.concatenate([pts, poly[-1:]], 0)
+
+
+def silhouette_loss(points, outline, polygon_px, valid, closed: bool, *, densify: int = 4) -> jax.Array:
+    """Two-sided chamfer distance (pixels) between outline points and a polyline, for one image.
+
+    Args:
+      points: [P, 2] current positions of the rendered outline's surface points (pixels).
+      outline: [P] bool, which points are outline points.
+      polygon_px: [K, 2] the oval; valid: bool; closed: a closed polygon or an open jaw curve (then
+        only the outline on the chin's side of the ear-to-ear chord is matched).
+
+    Returns:
+      scalar: mean nearest distance outline → oval plus oval → outline (0 when invalid or empty).
+    """
+    target = _densify(polygon_px, densify, closed)
+    if not closed:
+        a, b = polygon_px[0], polygon_px[-1]
+        chin = polygon_px[polygon_px.shape[0] // 2]
+        cross = lambda p: (b[0] - a[0]) * (p[..., 1] - a[1]) - (b[1] - a[1]) * (p[..., 0] - a[0])  # noqa: E731
+        fixed = jax.lax.stop_gradient(points)
+        outline = outline & (jnp.sign(cross(fixed)) == jnp.sign(cross(chin)))
+    d = jnp.sqrt(jnp.sum((points[:, None] - target[None]) ** 2, -1) + 1e-6)  # [P, K]
+    big = 1e6
+    d_out = jnp.min(d, 1)
+    n_out = jnp.sum(outline)
+    to_oval = jnp.sum(jnp.where(outline, d_out, 0.0)) / jnp.maximum(n_out, 1)
+    to_outline = jnp.mean(jnp.min(jnp.where(outline[:, None], d, big), 0))
+    ok = valid & (n_out > 0)
+    return jnp.where(ok, to_oval + to_outline, 0.0), ok.astype(jnp.float32)
+
+
+def silhouette_term(batch, **options):
+    """Registered ``"silhouette"`` / ``"face_oval"`` term: chamfer distance (normalized crop units)
+    between the rendered face outline and MediaPipe's face oval, per image (masked where the oval is
+    unknown). Options: ``SilhouetteConfig`` fields."""
+    config = SilhouetteConfig(**options)
+    images, verts, cam, faces, fm = _geometry(batch, "silhouette")
+    size = images.shape[-2]
+    lead = verts.shape[:-2]
+    n = int(np.prod(lead)) if lead else 1
+    oval = oval_polygon(batch)
+    if oval is None:
+        raise ValueError("loss term 'silhouette' needs batch['face_oval'] or 68-point landmarks_target")
+    pts, valid, closed = oval
+    raster = raster_lib.rasterize_cached(verts, cam, faces, size, images, refresh_every=config.refresh_every,
+                                         tag="silhouette")
+    weights = pixel_weights(raster, faces, verts.shape[-2], jnp.ones(lead), region=config.region)
+    face_mask = (weights > 0).reshape(n, size, size)
+    # The outline's surface points, moved half a pixel outward (fixed offset) onto the edge itself.
+    points = render_lib.surface_points(verts, faces, cam, raster).reshape(n, size, size, 2)
+    points = points + 0.5 * jax.vmap(_outward)(face_mask)
+    outline = jax.vmap(_boundary)(face_mask).reshape(n, -1)
+    poly_px = camera_lib.normalized_to_pixels(pts, size).reshape((n,) + pts.shape[-2:])
+    values, ok = jax.vmap(lambda p, o, q, v: silhouette_loss(p, o, q, v, closed, densify=config.densify))(
+        points.reshape(n, -1, 2), outline, poly_px, valid.reshape(n))
+    values = values.reshape(lead) * (2.0 / size)
+    return values, ok.reshape(lead) * fm
+
+
+def face_mask_iou(face_index, faces, num_vertices: int, polygon_px, *, closed: bool = True) -> float:
+    """Host evaluation: IoU of a rendered face-region mask ([S, S] triangle ids) with an oval polygon
+    ([K, 2] crop pixels)."""
+    fi = np.asarray(face_index)
+    size = fi.shape[-1]
+    region = albedo_lib.face_region_for(num_vertices, np.asarray(faces).shape[0])
+    covered = fi >= 0
+    face = covered if region is None else covered & (region[np.asarray(faces)].min(-1)[np.where(covered, fi, 0)] > 0)
+    c = np.arange(size) + 0.5
+    xx, yy = np.meshgrid(c, c)
+    pix = np.stack([xx, yy], -1).reshape(-1, 2)
+    inside = albedo_lib.points_in_polygon(pix, np.asarray(polygon_px, np.float64), xp=np).reshape(size, size)
+    union = np.sum(face | inside)
+    return float(np.sum(face & inside) / union) if union else 0.0
+
+
+losses_lib.register_term("photometric", photometric_term, overwrite=True)
+losses_lib.register_term("silhouette", silhouette_term, overwrite=True)
+losses_lib.register_term("face_oval", silhouette_term, overwrite=True)
+
+__all__ = [
+    "JAW_IDS", "PhotometricConfig", "SilhouetteConfig", "bilinear_sample", "face_mask_iou", "gaussian_blur",
+    "oval_mask", "oval_polygon", "photometric_loss", "photometric_term", "pixel_weights", "pyramid",
+    "robust_penalty", "silhouette_loss", "silhouette_term", "skin_attention",
+]

@@ -1,0 +1,154 @@
+"""Differentiable rendering with fixed visibility: albedo × second-order spherical-harmonics light.
+
+Each covered crop pixel sees one surface point, fixed by the raster (``photometric.raster``): a
+triangle and barycentric weights. Everything else is recomputed in JAX from the current mesh, so
+gradients reach the vertices (hence FLAME parameters and encoder weights), the camera, the albedo
+and the light:
+
+* the point's colour ``c = Σ_k b_k · albedo(v_k) · (Y(n(v_k)) · L)`` — Gouraud shading like the
+  NumPy renderer (lit per vertex, interpolated), vertex normals of the current mesh, ``Y`` the 9 real
+  SH basis functions of the unit normal (model frame: x right, y up, z toward the camera) and ``L``
+  [9, 3] the light, 9 coefficients per colour channel (irradiance, already convolved: the shading
+  is the plain dot product ``Y(n) · L``);
+* the point's current position in the crop ``x = Σ_k b_k · π(v_k)`` (pixels): the photometric loss
+  samples the image there, so the geometry also receives gradients through the image's own
+  gradients (``photometric.loss``).
+
+Written for one image and vmapped over any leading batch (frames × views × clips).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flame_jax.geometry import vertex_normals
+from neuface_jax.photometric import raster as raster_lib
+
+#: Normalization constants of the real SH basis, bands 0–2 (order: 00, 1−1, 10, 11, 2−2, 2−1, 20, 21, 22).
+_C0, _C1, _C2, _C3, _C4 = 0.28209479, 0.48860251, 1.09254843, 0.31539157, 0.54627422
+NUM_SH = 9
+
+
+def sh_basis(normals) -> jax.Array:
+    """Unit normals [..., 3] → the 9 real SH basis functions [..., 9]."""
+    n = jnp.asarray(normals)
+    x, y, z = n[..., 0], n[..., 1], n[..., 2]
+    return jnp.stack([
+        jnp.full_like(x, _C0), _C1 * y, _C1 * z, _C1 * x,
+        _C2 * x * y, _C2 * y * z, _C3 * (3.0 * z * z - 1.0), _C2 * x * z, _C4 * (x * x - y * y),
+    ], -1)
+
+
+def sh_shading(normals, sh) -> jax.Array:
+    """Shading ``Y(n) · L`` per colour channel: normals [..., 3], light [..., 9, 3] → [..., 3]."""
+    return jnp.einsum("...k,...kc->...c", sh_basis(normals), jnp.asarray(sh))
+
+
+def directional_light_sh(direction, ambient: float = 0.3, diffuse: float = 0.7, *, samples: int = 20000) -> np.ndarray:
+    """[9, 3] SH light closest (least squares over the sphere) to ``ambient + diffuse · max(0, n·l)``
+    — the NumPy renderer's Lambert model — with ``direction`` toward the light in the model frame
+    (x right, y up, z toward the camera). Grey: the three channels are equal."""
+    lvec = np.asarray(direction, np.float64)
+    lvec = lvec / np.linalg.norm(lvec)
+    i = np.arange(samples) + 0.5
+    z = 1.0 - 2.0 * i / samples
+    phi = np.pi * (1.0 + 5.0**0.5) * i
+    r = np.sqrt(1.0 - z * z)
+    n = np.stack([r * np.cos(phi), r * np.sin(phi), z], -1)
+    y = np.asarray(sh_basis(n), np.float64)
+    f = ambient + diffuse * np.maximum(n @ lvec, 0.0)
+    coef, *_ = np.linalg.lstsq(y, f, rcond=None)
+    return np.repeat(coef[:, None], 3, axis=1).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rendering:
+    """Output of ``render_batch`` (a pytree). Leading dims as the inputs'.
+
+    Attributes:
+      rgb: [..., H, W, 3] rendered colour of each covered pixel's surface point (0 elsewhere).
+      mask: [..., H, W] float32 coverage (1 where the raster has a triangle).
+      points: [..., H, W, 2] current crop-pixel position (x right, y down; pixel centres at +0.5) of
+        each pixel's surface point — the pixel centre itself when the mesh has not moved since the
+        raster was computed.
+      face_index: [..., H, W] the raster's triangle ids (-1 where uncovered).
+    """
+
+    rgb: jax.Array
+    mask: jax.Array
+    points: jax.Array
+    face_index: jax.Array
+
+
+jax.tree_util.register_dataclass(Rendering, data_fields=["rgb", "mask", "points", "face_index"], meta_fields=[])
+
+
+def _corners(face_index, bary, faces):
+    covered = face_index >= 0
+    tri = faces[jnp.where(covered, face_index, 0)]  # [..., H, W, 3] vertex ids
+    return covered, tri, jnp.where(covered[..., None], bary, 0.0)
+
+
+def _render_one(vertices, cam, albedo, sh, face_index, bary, faces, size):
+    screen = raster_lib.screen_vertices(vertices, cam, size)
+    normals = vertex_normals(vertices, faces)
+    colors = albedo * sh_shading(normals, sh[None])  # [V, 3] lit vertex colours (Gouraud)
+    covered, tri, b = _corners(face_index, bary, faces)
+    rgb = jnp.einsum("hwk,hwkc->hwc", b, colors[tri])
+    points = jnp.einsum("hwk,hwkc->hwc", b, screen[tri, :2])
+    return rgb, covered.astype(jnp.float32), points
+
+
+def surface_points(vertices, faces, cam, raster: raster_lib.Raster) -> jax.Array:
+    """[..., H, W, 2] current crop-pixel positions of the raster's surface points (``Rendering.points``
+    without the shading)."""
+    size = raster.face_index.shape[-1]
+    screen = raster_lib.screen_vertices(jnp.asarray(vertices), jnp.asarray(cam), size)[..., :2]
+    _, tri, b = _corners(raster.face_index, raster.barycentric, jnp.asarray(faces, jnp.int32))
+    lead = screen.shape[:-2]
+    n = int(np.prod(lead)) if lead else 1
+    corner = jax.vmap(lambda s, t: s[t])(screen.reshape((n,) + screen.shape[-2:]), tri.reshape((n,) + tri.shape[-3:]))
+    return jnp.einsum("...hwk,...hwkc->...hwc", b, corner.reshape(tri.shape + (2,)))
+
+
+def render_batch(vertices, faces, cam, albedo, sh, raster: raster_lib.Raster) -> Rendering:
+    """Renders meshes with fixed visibility, differentiably in vertices, camera, albedo and light.
+
+    Args:
+      vertices: [..., V, 3] model-frame vertices (metres), one mesh per image.
+      faces: [F, 3] triangles (those the raster was computed with).
+      cam: [..., 3] weak-perspective cameras (s, tx, ty) (``core.camera.project``).
+      albedo: [..., V, 3] per-vertex RGB albedo, or [V, 3] shared by all images.
+      sh: [..., 9, 3] SH light per image, or [9, 3] shared.
+      raster: ``Raster`` with [..., H, W] triangle ids (H = W = the crop size the cameras map to).
+
+    Returns:
+      ``Rendering`` (rgb, mask, points, face_index).
+    """
+    vertices = jnp.asarray(vertices)
+    if vertices.ndim < 2 or vertices.shape[-1] != 3:
+        raise ValueError(f"vertices must be [..., V, 3], got shape {vertices.shape}")
+    faces = jnp.asarray(faces, jnp.int32)
+    lead = vertices.shape[:-2]
+    fi = jnp.asarray(raster.face_index)
+    if fi.shape[:-2] != lead or fi.shape[-1] != fi.shape[-2]:
+        raise ValueError(f"raster {fi.shape} must be [..., S, S] with the meshes' batch {lead}")
+    size = fi.shape[-1]
+    v = vertices.shape[-2]
+    albedo = jnp.broadcast_to(jnp.asarray(albedo, vertices.dtype), lead + (v, 3))
+    sh = jnp.broadcast_to(jnp.asarray(sh, vertices.dtype), lead + (NUM_SH, 3))
+    cam = jnp.broadcast_to(jnp.asarray(cam, vertices.dtype), lead + (3,))
+    n = int(np.prod(lead)) if lead else 1
+    flat = lambda x, k: x.reshape((n,) + x.shape[len(lead):]) if k else x  # noqa: E731
+    fn = jax.vmap(lambda a, c, al, s, f, b: _render_one(a, c, al, s, f, b, faces, size))
+    rgb, mask, points = fn(flat(vertices, 1), flat(cam, 1), flat(albedo, 1), flat(sh, 1), flat(fi, 1),
+                           flat(jnp.asarray(raster.barycentric), 1))
+    unflat = lambda x: x.reshape(lead + x.shape[1:])  # noqa: E731
+    return Rendering(unflat(rgb), unflat(mask), unflat(points), fi)
+
+
+__all__ = ["NUM_SH", "Rendering", "directional_light_sh", "render_batch", "sh_basis", "sh_shading", "surface_points"]

@@ -1,0 +1,191 @@
+"""The real-time regressor: one face crop → identity, expression, jaw, head rotation and camera.
+
+The regressor *is* an ``core.encoder.Encoder`` with the ``"mobilenet"`` backbone (``core.mobilenet``)
+and the compact output layout, so it is saved and loaded with ``save_encoder`` / ``load_encoder``
+and NeuFace can start from it (``annotate --encoder DIR``). ``regressor_config`` is its preset.
+
+``Regressor`` wraps a loaded encoder for batch-1 inference: one compiled function takes a uint8
+crop and returns the decoded parameters and the 68 model landmarks in normalized crop
+coordinates (what the tracker needs to place the next frame's crop). Crops follow the project's
+recipe (``media.crops``): the square box of the 68 landmarks ×1.1 ×1.25, warped to
+``image_size`` pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import flame_jax
+from neuface_jax.core import encoder as encoder_lib
+from neuface_jax.core import fit as fit_lib
+from neuface_jax.media import crops as crops_lib
+
+__all__ = ["DEFAULT_IMAGE_SIZE", "Prediction", "Regressor", "demo_face", "landmark_submodel", "regressor_config"]
+
+#: Crop side of the regressor (pixels).
+DEFAULT_IMAGE_SIZE = 96
+#: Stage widths and blocks of the default MobileNet (stem 16, four stride-2 stages).
+DEFAULT_WIDTHS = (16, 32, 64, 128)
+DEFAULT_BLOCKS = (1, 2, 3, 2)
+
+
+def regressor_config(n_shape: int, n_expr: int, *, image_size: int = DEFAULT_IMAGE_SIZE,
+                     widths=DEFAULT_WIDTHS, blocks=DEFAULT_BLOCKS, head_hidden: int = 256) -> encoder_lib.EncoderConfig:
+    """The regressor's ``EncoderConfig``: MobileNet backbone, compact layout (no texture, light)."""
+    return encoder_lib.EncoderConfig(
+        arch="mobilenet", layout="compact", n_shape=int(n_shape), n_expr=int(n_expr), image_size=int(image_size),
+        head_hidden=int(head_hidden), small_widths=tuple(widths), small_blocks=tuple(blocks),
+    )
+
+
+def demo_face() -> fit_lib.FaceModel:
+    """The procedural demo head with its 68-point embedding (the default face model)."""
+    return fit_lib.FaceModel(flame_jax.demo_model(), flame_jax.demo_landmark_embedding())
+
+
+def landmark_submodel(face: fit_lib.FaceModel) -> fit_lib.FaceModel:
+    """The face model cut down to the vertices its landmark embedding touches, with the embedding's
+    triangles renumbered: the same landmarks (skinning and blend shapes are per vertex; the joints
+    come from their own folded blend shapes) for a fraction of the forward pass's cost."""
+    flame, emb = face.flame, face.embedding
+    used_faces = [np.asarray(emb.face_idx).ravel()]
+    if emb.dynamic_face_idx is not None:
+        used_faces.append(np.asarray(emb.dynamic_face_idx).ravel())
+    used_faces = np.unique(np.concatenate(used_faces))
+    tri = np.asarray(flame.faces)[used_faces]
+    used_verts = np.unique(tri)
+    vert_map = np.full(int(flame.v_template.shape[0]), -1, np.int64)
+    vert_map[used_verts] = np.arange(used_verts.size)
+    face_map = np.full(int(flame.faces.shape[0]), -1, np.int64)
+    face_map[used_faces] = np.arange(used_faces.size)
+    k = int(flame.basis.shape[0])
+    basis = np.asarray(flame.basis).reshape(k, -1, 3)[:, used_verts].reshape(k, -1)
+    sub = dataclasses.replace(
+        flame, v_template=jnp.asarray(np.asarray(flame.v_template)[used_verts]), basis=jnp.asarray(basis),
+        lbs_weights=jnp.asarray(np.asarray(flame.lbs_weights)[used_verts]),
+        joint_regressor=jnp.asarray(np.asarray(flame.joint_regressor)[:, used_verts]),
+        faces=jnp.asarray(vert_map[tri].astype(np.int32)),
+    )
+    sub_emb = dataclasses.replace(
+        emb, face_idx=jnp.asarray(face_map[np.asarray(emb.face_idx)].astype(np.int32)),
+        dynamic_face_idx=None if emb.dynamic_face_idx is None else jnp.asarray(
+            face_map[np.asarray(emb.dynamic_face_idx)].astype(np.int32)),
+    )
+    return fit_lib.FaceModel(sub, sub_emb)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One crop's regressed parameters (NumPy, float32).
+
+    Attributes:
+      shape: [n_shape] identity.  expression: [n_expr].  pose: [15] full FLAME pose (global, neck,
+      jaw, eyes; neck and eyes zero).  cam: [3] weak-perspective camera (s, tx, ty) of the crop.
+      landmarks: [68, 2] model landmarks, normalized crop coordinates.
+    """
+
+    shape: np.ndarray
+    expression: np.ndarray
+    pose: np.ndarray
+    cam: np.ndarray
+    landmarks: np.ndarray
+
+    def vector(self) -> np.ndarray:
+        """Every parameter in one vector (shape, expression, pose, cam): what the filter smooths."""
+        return np.concatenate([self.shape, self.expression, self.pose, self.cam])
+
+    def with_vector(self, v: np.ndarray) -> "Prediction":
+        """The same prediction with its parameters taken from ``v`` (landmarks kept)."""
+        n = np.cumsum([0, self.shape.size, self.expression.size, self.pose.size, self.cam.size])
+        v = np.asarray(v, np.float32)
+        return dataclasses.replace(self, shape=v[n[0]:n[1]], expression=v[n[1]:n[2]], pose=v[n[2]:n[3]],
+                                   cam=v[n[3]:n[4]])
+
+
+def _predict(graphdef, config, trainable, rest, face, crop):
+    images = crop[None].astype(jnp.float32) / 255.0
+    raw = encoder_lib.apply(graphdef, trainable, rest, images)
+    p = encoder_lib.decode_outputs(raw, config)
+    _, lmk2d, _ = fit_lib.evaluate_params(face, p.shape, p.expression, p.pose, p.cam)
+    return p.shape[0], p.expression[0], p.pose[0], p.cam[0], lmk2d[0]
+
+
+def _landmarks(face, shape, expression, pose, cam):
+    return fit_lib.evaluate_params(face, shape, expression, pose, cam)[1]
+
+
+class Regressor:
+    """Batch-1 inference of a trained regressor (any ``Encoder`` works).
+
+    Args:
+      encoder: the network.  config: its ``EncoderConfig``.
+      face: the face model its parameters belong to (default: the demo head).
+    """
+
+    def __init__(self, encoder: encoder_lib.Encoder, config: encoder_lib.EncoderConfig,
+                 face: fit_lib.FaceModel | None = None):
+        self.encoder, self.config = encoder, config
+        self.face = demo_face() if face is None else face
+        if self.face.flame.num_shape < config.n_shape or self.face.flame.num_expression < config.n_expr:
+            raise ValueError(
+                f"the regressor predicts {config.n_shape} identity / {config.n_expr} expression components; the "
+                f"face model has only {self.face.flame.num_shape} / {self.face.flame.num_expression}")
+        self._landmark_face = landmark_submodel(self.face)
+        graphdef, self._trainable, self._rest = encoder_lib.split_params(encoder, freeze_bn=True)
+        self._fn = jax.jit(functools.partial(_predict, graphdef, config))
+        self._lmk = jax.jit(_landmarks)
+        self.image_size = int(config.image_size)
+
+    @classmethod
+    def load(cls, path, face: fit_lib.FaceModel | None = None) -> "Regressor":
+        """A regressor from an encoder checkpoint directory (``save_encoder``)."""
+        enc, cfg = encoder_lib.load_encoder(path)
+        return cls(enc, cfg, face)
+
+    def crop(self, frame: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
+        """``(crop uint8 [S, S, 3], transform [2, 3])`` of the square box ``(cx, cy, side)`` in ``frame``.
+
+        The box is snapped to whole pixels and that pixel square is resized (area filter when
+        shrinking) to S × S, zeros outside the frame; the transform returned is the snapped box's, so
+        it maps exactly onto the crop. One resize of the face's pixels only: cheaper than a warp of
+        the frame with an anti-aliasing pre-resize of all of it.
+        """
+        # cv2 (a declared dependency) is heavy; only live cropping needs it here.
+        import cv2
+
+        size = self.image_size
+        side = max(1, int(round(float(box[2]))))
+        x0, y0 = int(round(float(box[0]) - side / 2.0)), int(round(float(box[1]) - side / 2.0))
+        m = crops_lib.box_to_transform((x0 + side / 2.0, y0 + side / 2.0, float(side)), size)
+        h, w = frame.shape[:2]
+        cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
+        if cx1 <= cx0 or cy1 <= cy0:
+            return np.zeros((size, size, 3), np.uint8), m
+        roi = frame[cy0:cy1, cx0:cx1]
+        pads = (cy0 - y0, y0 + side - cy1, cx0 - x0, x0 + side - cx1)
+        if any(pads):
+            roi = cv2.copyMakeBorder(roi, *pads, cv2.BORDER_CONSTANT, value=0)
+        interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+        return cv2.resize(np.ascontiguousarray(roi), (size, size), interpolation=interp), m
+
+    def __call__(self, crop: np.ndarray) -> Prediction:
+        """Regresses one uint8 crop ``[S, S, 3]`` (S = ``image_size``)."""
+        crop = np.asarray(crop)
+        if crop.shape != (self.image_size, self.image_size, 3) or crop.dtype != np.uint8:
+            raise ValueError(f"the regressor takes uint8 [{self.image_size}, {self.image_size}, 3] crops, got "
+                             f"{crop.dtype} {crop.shape}")
+        out = jax.device_get(self._fn(self._trainable, self._rest, self._landmark_face, crop))
+        return Prediction(*(np.asarray(a, np.float32) for a in out))
+
+    def landmarks(self, p: Prediction) -> np.ndarray:
+        """[68, 2] model landmarks (normalized crop coordinates) of ``p``'s parameters (e.g. after filtering)."""
+        return np.asarray(self._lmk(self._landmark_face, p.shape, p.expression, p.pose, p.cam), np.float32)
+
+    def warmup(self) -> None:
+        """Compiles the inference functions (the first call otherwise pays for it)."""
+        self.landmarks(self(np.zeros((self.image_size, self.image_size, 3), np.uint8)))

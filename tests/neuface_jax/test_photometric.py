@@ -1,0 +1,229 @@
+"""Differentiable renderer and photometric / silhouette terms: parity with the NumPy renderer,
+gradients against finite differences, the term registry, and the raster refresh schedule."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flame_jax
+from neuface_jax import photometric
+from neuface_jax.core import camera as camera_lib
+from neuface_jax.core import fit
+from neuface_jax.core import losses
+from neuface_jax.media import render as np_render
+from neuface_jax.photometric import albedo as albedo_lib
+from neuface_jax.photometric import loss as loss_lib
+from neuface_jax.photometric import raster as raster_lib
+from neuface_jax.photometric import render as render_lib
+from neuface_jax.synthetic import synth
+
+SIZE = 48
+LIGHT = np.array([0.3, 0.5, 1.0]) / np.linalg.norm([0.3, 0.5, 1.0])  # model frame, toward the light
+
+
+def _linear_sh(ambient=0.3, diffuse=0.7):
+    """ambient + diffuse · (n·l) as SH coefficients (exact: bands 0 and 1)."""
+    sh = np.zeros((9, 3), np.float32)
+    sh[0] = ambient / render_lib._C0
+    sh[3], sh[1], sh[2] = (diffuse * LIGHT / render_lib._C1)[:, None].repeat(3, 1)
+    return sh
+
+
+@pytest.fixture(scope="module")
+def demo():
+    model, emb = flame_jax.demo_model(), flame_jax.demo_landmark_embedding()
+    verts = jnp.asarray(model.v_template)
+    cam = jnp.array([5.5, 0.0, 0.02])
+    return model, emb, verts, cam
+
+
+def test_render_equals_numpy_renderer(demo):
+    """Where the NumPy renderer's Lambert term is unclamped (n·l ≥ 0), the two images are equal."""
+    model, emb, verts, cam = demo
+    faces = np.asarray(model.faces)
+    raster = photometric.rasterize(verts[None], cam[None], faces, SIZE)
+    albedo = albedo_lib.procedural_albedo(model, emb, seed=3)
+    out = photometric.render_batch(verts[None], faces, cam[None], albedo, _linear_sh(), raster)
+    screen = raster_lib.screen_vertices(np.asarray(verts), np.asarray(cam), SIZE)
+    flip = np.array([1.0, -1.0, -1.0])  # model frame → the NumPy renderer's camera frame
+    normals = np.asarray(flame_jax.vertex_normals(np.asarray(verts), faces)) * flip
+    ref = np_render.render(screen, faces, albedo, height=SIZE, width=SIZE, normals=normals, light_direction=LIGHT * flip,
+                           cull_backfaces=True)
+    np.testing.assert_array_equal(np.asarray(raster.face_index[0]), ref.face_index)
+    lit = (normals @ (LIGHT * flip) >= 0)[faces].all(1)
+    covered = ref.face_index >= 0
+    both = covered & lit[np.where(covered, ref.face_index, 0)]
+    assert both.sum() > 0.6 * covered.sum() > 300
+    np.testing.assert_allclose(np.asarray(out.rgb[0])[both], ref.image[both], atol=2e-5)
+    # A surface point of an unmoved mesh sits at its pixel centre.
+    centres = np.stack(np.meshgrid(np.arange(SIZE) + 0.5, np.arange(SIZE) + 0.5), -1)
+    np.testing.assert_allclose(np.asarray(out.points[0])[covered], centres[covered], atol=1e-4)
+
+
+def test_directional_light_sh_approximates_lambert():
+    sh = render_lib.directional_light_sh(LIGHT)
+    n = np.random.default_rng(0).normal(size=(2000, 3))
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    exact = 0.3 + 0.7 * np.maximum(n @ LIGHT, 0)
+    approx = np.asarray(render_lib.sh_shading(n, sh))[:, 0]
+    assert np.mean(np.abs(approx - exact)) < 0.03
+
+
+def test_procedural_albedo_lies_in_the_model_span(demo):
+    model, emb, _, _ = demo
+    m = albedo_lib.procedural_albedo_model(model, emb)
+    for seed in (0, 5):
+        a = np.asarray(m.albedo(albedo_lib.procedural_coefficients(seed)))
+        np.testing.assert_allclose(np.clip(a, 0, 1), albedo_lib.procedural_albedo(model, emb, seed), atol=1e-6)
+    region = albedo_lib.face_region(model, emb)
+    assert 0.2 < region.mean() < 0.8  # the face, not the scalp, ears or neck
+    assert region[np.argmax(np.asarray(model.v_template)[:, 2])] == 1  # the nose tip
+
+
+def _sphere():
+    v, f = np_render.uv_sphere(rings=8, segments=12)
+    return jnp.asarray(v * 0.08, jnp.float32), np.asarray(f)
+
+
+def _directional_check(fn, grads, args, index, direction, eps, rtol):
+    """grad · d against the central difference of the (jitted) ``fn`` along ``d`` for argument ``index``."""
+    analytic = float(jnp.vdot(grads[index], direction))
+    shifted = lambda sign: [a + sign * eps * direction if i == index else a for i, a in enumerate(args)]  # noqa: E731
+    numeric = (float(fn(*shifted(1))) - float(fn(*shifted(-1)))) / (2 * eps)
+    assert abs(numeric) > 1e-4
+    assert abs(analytic - numeric) <= rtol * abs(numeric), (index, analytic, numeric)
+
+
+def test_gradients_match_finite_differences():
+    """Photometric loss (L2 penalty, two pyramid levels) with a fixed raster: d/d vertices, camera,
+    albedo and light against central differences along random directions."""
+    verts, faces = _sphere()
+    cam0 = jnp.array([9.0, 0.01, -0.02])
+    raster = photometric.rasterize(verts, cam0, faces, 32)
+    # Evaluated a third of a pixel away from the raster's camera: surface points then lie between the
+    # image's pixel centres, where bilinear sampling is differentiable (at a centre it has a kink).
+    cam = cam0 + jnp.array([0.0, 0.33, 0.2]) / (9.0 * 16.0)
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+    image = jnp.asarray(np.stack([0.5 + 0.3 * np.sin(3 * xx + 1), 0.4 + 0.3 * np.cos(2 * yy), 0.3 + 0.2 * xx * yy], -1),
+                        jnp.float32)
+    rng = np.random.default_rng(0)
+    albedo = jnp.asarray(rng.uniform(0.3, 0.9, size=(verts.shape[0], 3)), jnp.float32)
+    light = jnp.asarray(render_lib.directional_light_sh(LIGHT))
+    cfg = loss_lib.PhotometricConfig(penalty="l2")
+
+    def loss(v, c, a, s):
+        r = photometric.render_batch(v, faces, c, a, s, raster)
+        vals, mask = photometric.photometric_loss(r, image, raster.mask, levels=2, config=cfg)
+        return losses.masked_mean(vals, mask)
+
+    d = lambda shape: jnp.asarray(rng.normal(size=shape), jnp.float32)  # noqa: E731
+    args = [verts, cam, albedo, light]
+    fn = jax.jit(loss)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(*args)
+    _directional_check(fn, grads, args, 0, d(verts.shape) * 1e-3, 1e-2, 0.05)
+    _directional_check(fn, grads, args, 1, jnp.array([1.0, 3e-3, -2e-3]), 1e-2, 0.05)
+    _directional_check(fn, grads, args, 2, d(albedo.shape), 1e-2, 0.02)
+    _directional_check(fn, grads, args, 3, d(light.shape) * 0.1, 1e-2, 0.02)
+
+
+def test_silhouette_gradient_matches_finite_differences():
+    verts, faces = _sphere()
+    cam = jnp.array([9.0, 0.0, 0.0])
+    raster = photometric.rasterize(verts, cam, faces, 32)
+    theta = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    oval = jnp.asarray(np.stack([16 + 14 * np.cos(theta), 16 + 12 * np.sin(theta)], -1), jnp.float32)
+    outline = loss_lib._boundary(raster.face_index >= 0).reshape(-1)
+
+    def fn(v):
+        pts = render_lib.surface_points(v, faces, cam, raster).reshape(-1, 2)
+        return photometric.silhouette_loss(pts, outline, oval, jnp.array(True), True)[0]
+
+    rng = np.random.default_rng(1)
+    fn = jax.jit(fn)
+    _directional_check(fn, [jax.jit(jax.grad(fn))(verts)], [verts], 0,
+                       jnp.asarray(rng.normal(size=verts.shape), jnp.float32) * 1e-3, 1e-2, 0.05)
+    # A mesh grown toward the (larger) oval scores better.
+    assert float(fn(verts * 1.3)) < float(fn(verts))
+
+
+def _demo_batch(demo, scale=1.0, shift=0.0):
+    """A 2-image batch of the demo head rendered with a known albedo and light, and its 68 landmarks."""
+    model, emb, verts, cam = demo
+    cams = jnp.stack([cam, cam + jnp.array([0.0, 0.005, 0.0])])
+    v = jnp.broadcast_to(verts, (2,) + verts.shape)
+    raster = photometric.rasterize(v, cams, model.faces, SIZE)
+    sh = render_lib.directional_light_sh(LIGHT)
+    img = photometric.render_batch(v, model.faces, cams, albedo_lib.procedural_albedo(model, emb, 2), sh, raster).rgb
+    img = img + (1 - raster.mask[..., None]) * jnp.array([0.2, 0.35, 0.5])
+    lmk = flame_jax.landmarks(model, emb, verts, jnp.zeros(15))
+    batch = {"images": img, "vertices": v * scale + shift, "cam": cams, "faces": jnp.asarray(model.faces),
+             "frame_mask": jnp.ones(2), "landmarks_target": camera_lib.project(jnp.broadcast_to(lmk, (2, 68, 3)), cams),
+             "landmarks_mask": jnp.ones((2, 68))}
+    return batch
+
+
+def test_terms_named_in_a_fit_config_prefer_the_truth(demo):
+    """Named in a FitConfig, the terms run on the batch the optimizers build (crops, cameras, faces)
+    inside jit, and score the true mesh better than a smaller or larger one."""
+    model, emb, _, _ = demo
+    batch = _demo_batch(demo)
+    config = fit.FitConfig(loss={
+        "landmark": 10.0,
+        "photometric": ("photometric", 1.0, {"refresh_every": 1}),
+        "photometric_vertex": ("photometric", 1.0, {"albedo": "vertex", "light": "clip", "penalty": "trimmed",
+                                                    "refresh_every": 1}),
+        "silhouette": 1.0,
+    })
+    face = fit.FaceModel(model, emb)
+
+    @jax.jit  # one compile for every call below
+    def parts(cam, landmarks_mask):
+        data = fit.ClipData(images=batch["images"][:, None], landmarks=batch["landmarks_target"][:, None],
+                            landmarks_mask=landmarks_mask[:, None], frame_mask=jnp.ones((2, 1)))
+        return fit._loss_batch(face, data, jnp.zeros(model.num_shape), jnp.zeros((2, 1, model.num_expression)),
+                               jnp.zeros((2, 1, 15)), cam[:, None], jax.random.key(0), config=config)[1]
+
+    cams, mask = batch["cam"], batch["landmarks_mask"]
+    at_truth = parts(cams, mask)
+    assert float(at_truth["photometric"]) < 0.05 and float(at_truth["landmark"]) < 1e-4
+    assert np.isfinite(float(at_truth["photometric_vertex"]))
+    for scale in (0.92, 1.08):
+        moved = parts(cams * jnp.array([scale, 1.0, 1.0]), mask)
+        assert float(moved["photometric"]) > 1.5 * float(at_truth["photometric"])
+        assert float(moved["silhouette"]) > float(at_truth["silhouette"])
+    # Without the jaw landmarks the silhouette term has nothing to match: masked, exactly 0.
+    assert float(parts(cams, mask.at[:, :17].set(0.0))["silhouette"]) == 0.0
+
+
+def test_unknown_images_shape_is_a_clear_error(demo):
+    batch = _demo_batch(demo)
+    with pytest.raises(ValueError, match="images must be"):
+        losses.total_loss({"photometric": 1.0}, dict(batch, images=batch["images"][..., :2]))
+
+
+def test_raster_refreshes_every_n_calls(demo):
+    model, _, verts, cam = demo
+    memo = raster_lib.RasterMemo()
+    images = jnp.ones((1, SIZE, SIZE, 3))
+    fn = jax.jit(lambda v: raster_lib.rasterize_cached(v, cam[None], model.faces, SIZE, images, refresh_every=4,
+                                                       memo=memo).face_index)
+    first = fn(verts[None]).block_until_ready()
+    for _ in range(9):
+        later = fn(verts[None] * 1.2).block_until_ready()  # bigger: a refreshed raster covers more pixels
+    assert memo.calls == 10 and memo.refreshes == 3  # calls 1, 5 and 9
+    assert int((later >= 0).sum()) > int((first >= 0).sum())
+    np.testing.assert_array_equal(np.asarray(fn(verts[None] * 1.2)), np.asarray(later))  # call 11: cached
+
+
+
+def test_synthetic_clips_carry_appearance_ground_truth(demo):
+    model, emb, _, _ = demo
+    gt = synth.appearance_ground_truth(model, emb, synth.SynthConfig(), seed=4)
+    np.testing.assert_array_equal(gt["albedo"], albedo_lib.procedural_albedo(model, emb, 4))
+    light = np.asarray(np_render.DEFAULT_LIGHT)
+    light = light * np.array([1.0, -1.0, -1.0]) / np.linalg.norm(light)  # camera frame → model frame
+    np.testing.assert_allclose(gt["light_direction"], light, atol=1e-6)
+    np.testing.assert_allclose(gt["light_sh"], render_lib.directional_light_sh(light), atol=1e-5)

@@ -1,0 +1,260 @@
+"""The real-time regressor, its training data, the One-Euro filter, frame sources and live tracking."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from neuface_jax.core import encoder as encoder_lib
+from neuface_jax.core.mobilenet import depthwise_conv3x3
+from neuface_jax.realtime import filters, regressor, sources
+from neuface_jax.realtime import track as track_lib
+
+TINY = dict(widths=(8, 16), blocks=(1, 1), head_hidden=32, image_size=32)
+
+
+def tiny_regressor(seed: int = 0):
+    cfg = regressor.regressor_config(100, 50, **TINY)
+    return encoder_lib.init_encoder(cfg, seed=seed), cfg
+
+
+# ------------------------------------------------------------------------------ network
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_conv_matches_grouped_convolution(stride):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 9, 8, 5)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 5)), jnp.float32)
+    ref = jax.lax.conv_general_dilated(x, k[:, :, None, :], (stride, stride), ((1, 1), (1, 1)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=5)
+    out = depthwise_conv3x3(x, k, stride)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_regressor_is_an_encoder_checkpoint_and_starts_annotate(tmp_path):
+    from neuface_jax.annotation.config import SetupConfig
+    from neuface_jax.annotation.setup import make_setup
+
+    enc, cfg = tiny_regressor()
+    # Non-trivial weights: a few BN statistics and the head moved away from their initial values.
+    state = jax.tree.map(lambda a: a + 0.01 * jnp.arange(a.size, dtype=a.dtype).reshape(a.shape) / max(a.size, 1),
+                         encoder_lib.split_params(enc)[1])
+    enc = encoder_lib.merge_params(encoder_lib.split_params(enc)[0], state, encoder_lib.split_params(enc)[2])
+    encoder_lib.save_encoder(tmp_path / "reg", enc, cfg)
+    loaded, loaded_cfg = encoder_lib.load_encoder(tmp_path / "reg")
+    assert loaded_cfg == cfg and loaded_cfg.arch == "mobilenet"
+    x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 32, 32, 3)), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(enc(x)))
+    # annotate --encoder DIR resolves it like any encoder checkpoint.
+    setup = make_setup(SetupConfig(encoder=str(tmp_path / "reg"), warm_compile=False), need_landmarker=False)
+    assert setup.encoder_config.arch == "mobilenet"
+    assert setup.encoder_label == str(tmp_path / "reg")
+
+
+def test_regressor_inference_and_landmark_submodel():
+    enc, cfg = tiny_regressor()
+    reg = regressor.Regressor(enc, cfg)
+    crop = np.random.default_rng(0).integers(0, 255, (32, 32, 3), np.uint8)
+    p = reg(crop)
+    assert p.shape.shape == (100,) and p.expression.shape == (50,) and p.pose.shape == (15,)
+    assert p.landmarks.shape == (68, 2) and np.all(np.isfinite(p.landmarks))
+    # The landmarks of the cut-down model equal those of the full one.
+    from neuface_jax.core import fit as fit_lib
+
+    face, sub = reg.face, regressor.landmark_submodel(reg.face)
+    assert sub.flame.v_template.shape[0] < face.flame.v_template.shape[0] / 4
+    rng = np.random.default_rng(2)
+    args = [jnp.asarray(rng.normal(size=n) * 0.3, jnp.float32) for n in (100, 50)]
+    pose = jnp.asarray(rng.normal(size=15) * 0.2, jnp.float32)
+    cam = jnp.asarray([9.0, 0.01, -0.02])
+    full = fit_lib.evaluate_params(face, *args, pose, cam)[1]
+    cut = fit_lib.evaluate_params(sub, *args, pose, cam)[1]
+    np.testing.assert_allclose(cut, full, atol=1e-6)
+    with pytest.raises(ValueError, match="uint8"):
+        reg(np.zeros((32, 32, 3), np.float32))
+
+
+# ------------------------------------------------------------------------------ training data
+def test_distillation_data_crops_the_annotation_and_holds_out_the_end(tmp_path):
+    from neuface_jax.core import fit as fit_lib
+    from neuface_jax.media import crops, export, video
+    from neuface_jax.realtime import train
+
+    rng = np.random.default_rng(0)
+    t, size = 10, 160
+    frames = rng.integers(0, 255, (t, size, size, 3), np.uint8)
+    video.write_video(tmp_path / "clip.mp4", frames, fps=25.0, crf=0)
+    decoded = video.read_video(tmp_path / "clip.mp4").frames[0]
+    boxes = np.stack([np.full(t, 80.0), np.full(t, 75.0) + np.arange(t), np.full(t, 100.0)], -1)
+    m = crops.boxes_to_transforms(boxes, 224)[:, None]
+    res = fit_lib.FitResult(
+        shape=rng.normal(size=100).astype(np.float32), expression=rng.normal(size=(t, 1, 50)).astype(np.float32),
+        pose=rng.normal(size=(t, 1, 15)).astype(np.float32) * 0.1, cam=np.tile([9.0, 0.0, 0.0], (t, 1, 1)),
+        landmarks2d=rng.uniform(-1, 1, (t, 1, 68, 2)).astype(np.float32), vertices=np.zeros((t, 1, 1, 3)),
+        canonical_vertices=np.zeros((t, 1, 1, 3)), history={},
+    )
+    valid = np.ones((t, 1), bool)
+    valid[3] = False
+    (tmp_path / "ann").mkdir()
+    export.write_params(tmp_path / "ann" / "params.npz", res, view_names=["clip"], detected_landmarks=res.landmarks2d,
+                        landmarks_mask=np.ones((t, 1, 68), bool), crop_transforms=m, valid=valid, crop_size=224)
+    clip = {"input": [str(tmp_path / "clip.mp4")], "kind": "videos", "views": ["clip"],
+            "image_sizes": {"clip": [size, size]}, "first_last_frame_index": [0, t - 1], "stride": 1, "fps": 25.0}
+    (tmp_path / "ann" / "metrics.json").write_text(json.dumps({"clip": clip}))
+    tr, held = train.distillation_data([tmp_path / "ann"], image_size=32, holdout_fraction=0.3)
+    assert len(tr) + len(held) == t - 1 and len(held) == 3
+    kept = [i for i in range(t) if i != 3]
+    np.testing.assert_allclose(tr.expression, res.expression[kept[:6], 0])
+    np.testing.assert_allclose(held.pose, res.pose[kept[6:], 0])
+    np.testing.assert_allclose(tr.landmarks, res.landmarks2d[kept[:6], 0])
+    assert len(set(tr.clip_index) | set(held.clip_index)) == 1
+    want = crops.warp_crop(decoded[kept[0]], np.diag([32 / 224, 32 / 224]) @ m[kept[0], 0], 32)
+    assert np.abs(tr.images[0].astype(int) - want).mean() < 2.0
+    (tmp_path / "ann" / "metrics.json").unlink()
+    with pytest.raises(ValueError, match="metrics.json"):
+        train.distillation_data([tmp_path / "ann"])
+
+
+def test_identity_consistency_and_groups():
+    from neuface_jax.realtime import train
+
+    rng = np.random.default_rng(0)
+    clip = np.repeat(np.arange(5), [1, 3, 6, 2, 8])
+    idx = train.group_batches(clip, 6, 4, rng)
+    assert idx.shape == (24,)
+    assert all(len(set(clip[idx[g * 4:(g + 1) * 4]])) == 1 for g in range(6))
+    same = jnp.tile(jnp.arange(10.0), (8, 1))
+    assert float(train.identity_consistency(same, 4)) == 0.0
+    assert float(train.identity_consistency(same + jnp.arange(8.0)[:, None], 4)) > 0.5
+    img = jnp.full((4, 8, 8, 3), 0.5)
+    out = train.augment(img, jax.random.key(0))
+    assert out.shape == img.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    assert float(jnp.std(out)) > 0.01  # the images were changed
+
+
+# ------------------------------------------------------------------------------ filter
+def test_one_euro_smooths_noise_and_follows_motion():
+    rng = np.random.default_rng(0)
+    ts = np.arange(200) / 30.0
+    still = 1.0 + 0.05 * rng.normal(size=(200, 3))
+    f = filters.OneEuroFilter(filters.OneEuroConfig(min_cutoff=1.0, beta=0.0))
+    out = np.stack([f(x, t) for x, t in zip(still, ts)])
+    assert out[0] == pytest.approx(still[0])
+    assert np.std(out[50:], 0).max() < 0.4 * np.std(still[50:], 0).min()
+    ramp = 2.0 * ts[:, None]  # 2 units / s
+    lag = {}
+    for beta in (0.0, 5.0):
+        f = filters.OneEuroFilter(filters.OneEuroConfig(min_cutoff=1.0, beta=beta))
+        y = np.stack([f(x, t) for x, t in zip(ramp, ts)])
+        lag[beta] = float(np.mean(ramp[100:] - y[100:]))
+    assert lag[5.0] < 0.3 * lag[0.0]
+    y, st = filters.step(filters.init([1.0], 0.0), [5.0], 0.0)  # no time passed: unchanged
+    assert y[0] == 1.0
+    with pytest.raises(ValueError, match="min_cutoff"):
+        filters.OneEuroConfig(min_cutoff=0.0)
+
+
+# ------------------------------------------------------------------------------ sources
+def test_paced_source_keeps_time_and_ends():
+    frames = np.zeros((6, 4, 4, 3), np.uint8) + np.arange(6)[:, None, None, None].astype(np.uint8)
+    src = sources.PacedSource(frames, fps=50.0)
+    t0 = time.perf_counter()
+    got = list(src)
+    took = time.perf_counter() - t0
+    assert [f.image[0, 0, 0] for f in got] == list(range(6)) and src.end_reason == "ended"
+    assert took >= 5 / 50.0 * 0.9
+    assert all(b.time_s > a.time_s for a, b in zip(got, got[1:]))
+
+
+def test_paced_source_drops_frames_for_a_slow_consumer_and_reports_a_stall():
+    frames = np.zeros((40, 2, 2, 3), np.uint8)
+    src = sources.PacedSource(frames, fps=200.0, stall_after=20, stall_timeout_s=0.3)
+    got = []
+    for f in src:
+        got.append(f.index)
+        time.sleep(0.02)  # slower than the camera: older frames are dropped
+    src.close()
+    assert src.end_reason == "stalled"
+    assert len(got) < 20 and got[-1] >= 15
+    src = sources.PacedSource(frames, fps=200.0, stall_after=2, stall_timeout_s=0.2, on_stall="error")
+    with pytest.raises(sources.StreamStalledError, match="stalled"):
+        list(src)
+    src.close()
+
+
+def test_open_source_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        sources.open_source(tmp_path / "nope.mp4")
+    with pytest.raises(sources.SourceError, match="camera 57 cannot be opened"):
+        sources.open_source(57)
+    assert sources.source_kind("rtsp://host/x") == "url" and sources.source_kind("3") == "camera"
+
+
+def test_live_command_reports_a_missing_camera(capsys):
+    from neuface_jax import cli
+
+    assert cli.main(["neuface-jax", "live", "--source", "57"]) == 1
+    assert "camera 57 cannot be opened" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ tracking
+class _FixedDetector:
+    """A detector stand-in for frames without a real face: reports a box (or none) on every call."""
+
+    def __init__(self, box):
+        self.box, self.calls = box, 0
+
+    def detect(self, image):
+        self.calls += 1
+        return np.zeros((0, 5), np.float32) if self.box is None else np.asarray([self.box], np.float32)
+
+
+def test_tracker_without_a_face_and_param_outputs(tmp_path):
+    from neuface_jax import params as params_lib
+
+    enc, cfg = tiny_regressor()
+    reg = regressor.Regressor(enc, cfg)
+    blank = np.zeros((5, 48, 64, 3), np.uint8)
+    none = list(track_lib.track(sources.ArraySource(blank), regressor=reg, detector=_FixedDetector(None)))
+    assert [f.status for f in none] == ["no face"] * 5 and not any(f.valid for f in none)
+    det = _FixedDetector((20, 10, 44, 34, 0.9))
+    cfg_t = track_lib.TrackConfig(redetect_every=2, min_face_px=4.0, max_size_change=10.0)
+    got = list(track_lib.track(sources.ArraySource(blank), cfg_t, regressor=reg, detector=det))
+    assert got[0].status == "detected" and all(f.valid for f in got)
+    assert det.calls == 3  # frames 0, 2 and 4
+    assert set(track_lib.STAGES) <= set(got[0].seconds)
+    with track_lib.ParamsSink(tmp_path / "p.npz") as sink:
+        for f in none[:2] + got:
+            sink.write(f)
+    rec = params_lib.load_params(tmp_path / "p.npz")
+    assert rec.valid[:, 0].tolist() == [False, False] + [True] * 5 and rec.crop_size == 32
+    np.testing.assert_allclose(rec.pose[-1, 0], got[-1].params.pose, atol=1e-6)
+    with track_lib.ParamsSink(tmp_path / "p.jsonl") as sink:
+        for f in got:
+            sink.write(f)
+    lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and lines[0]["status"] == "detected" and len(lines[0]["expression"]) == 50
+
+
+@pytest.mark.shared_data
+def test_live_on_a_video_file_with_the_real_detector(shared_data, landmarker_model, tmp_path):
+    from neuface_jax.realtime import live
+
+    enc, cfg = tiny_regressor()
+    reg = regressor.Regressor(enc, cfg)
+    cfg_t = track_lib.TrackConfig(face_landmarker=str(landmarker_model), redetect_every=4, max_size_change=10.0)
+    summary = live.run_live(str(shared_data / "videos" / "liveportrait_d20.mp4"), cfg_t,
+                            live.LiveConfig(max_frames=6, params=str(tmp_path / "p.npz"), out=str(tmp_path / "o.mp4")),
+                            regressor=reg)
+    assert summary["frames"] == 6 and summary["detector_runs"] >= 2
+    assert (tmp_path / "o.mp4").stat().st_size > 0 and (tmp_path / "p.npz").is_file()
+    # The detector found the face: the first crop lies on the face of this portrait video (centre third).
+    first = next(track_lib.track(str(shared_data / "videos" / "liveportrait_d20.mp4"), cfg_t, regressor=reg,
+                                 max_frames=1))
+    assert first.status == "detected"
+    assert 480 / 4 < first.box[0] < 480 * 3 / 4 and 60 < first.box[2] < 480
