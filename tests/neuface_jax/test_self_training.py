@@ -111,6 +111,7 @@ def test_config_checks_and_flags():
     assert "train-encoder" in cli.COMMANDS
 
 
+@pytest.mark.long  # ~20 s; the cheaper siblings in the default run: the config/flags, split and labels tests
 @pytest.mark.shared_data
 def test_train_encoder_command_end_to_end(annotated_clip, tmp_path, capsys):
     init = tmp_path / "init"
