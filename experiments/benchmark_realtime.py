@@ -58,7 +58,12 @@ flags.DEFINE_string("neuface_cache", None, "JSON file keeping NeuFace's syntheti
                     "regressor): read when present, written otherwise.")
 flags.DEFINE_list("annotations", [], "NAME=ANNOTATE_DIR[:EVAL_FROM] of real clips (EVAL_FROM: the held-out "
                   "fraction's start, default 0.7; 0 for a clip not trained on).")
-flags.DEFINE_list("parts", ["latency", "synthetic", "real"], "What to run.")
+flags.DEFINE_list("parts", ["latency", "synthetic", "real"], "What to run: latency, synthetic, real, jitter (the "
+                  "jitter diagnosis: crop vs regressor vs filter, and the One-Euro sweep).")
+flags.DEFINE_float("filter_min_cutoff", None, "One-Euro min cut-off of the tracker (default: TrackConfig's).")
+flags.DEFINE_float("filter_beta", None, "One-Euro beta of the tracker (default: TrackConfig's).")
+flags.DEFINE_list("sweep_min_cutoff", ["0.25", "0.5", "1.0", "1.5", "3.0"], "Jitter part: One-Euro min cut-offs.")
+flags.DEFINE_list("sweep_beta", ["0", "0.3", "1", "3"], "Jitter part: One-Euro betas.")
 flags.DEFINE_string("out", "experiments/results/benchmark_realtime_cpu.json", "JSON output.")
 
 
@@ -160,7 +165,8 @@ def _prediction_result(preds, face):
     expr = np.stack([p.expression for p in preds])
     pose = np.stack([p.pose for p in preds])
     cam = np.stack([p.cam for p in preds])
-    fwd = flame_jax.forward(face.flame, shape=jnp.asarray(running), expression=jnp.asarray(expr), pose=jnp.asarray(pose))
+    fwd = flame_jax.forward(face.flame, shape=jnp.asarray(running), expression=jnp.asarray(expr),
+                            pose=jnp.asarray(pose))
     canon_pose = pose.copy()
     canon_pose[:, 0:3] = 0.0
     canon = flame_jax.forward(face.flame, shape=jnp.asarray(running), expression=jnp.asarray(expr),
@@ -177,7 +183,8 @@ def _prediction_result(preds, face):
 def synthetic(reg) -> dict:
     from neuface_jax.core import fit as fit_lib
     from neuface_jax.media import crops
-    from neuface_jax.realtime import filters, track
+    from neuface_jax.realtime import regressor as regressor_lib
+    from neuface_jax.realtime import track
     from neuface_jax.synthetic import demo as pipeline
     from neuface_jax.synthetic import pretrain
     from neuface_jax.synthetic import synth as synth_lib
@@ -189,16 +196,17 @@ def synthetic(reg) -> dict:
         cfg = dataclasses.replace(synth_lib.SynthConfig(), num_frames=FLAGS.synthetic_frames)
         clip = synth_lib.synthesize_clip(seed=seed, rig="mono", config=cfg)
         scale = np.diag([reg.image_size / cfg.crop_size] * 2)
-        preds = [reg(crops.warp_crop(clip.images[t, 0], scale @ clip.crop_transforms[t, 0], reg.image_size))
-                 for t in range(clip.num_frames)]
+        ms = [scale @ clip.crop_transforms[t, 0] for t in range(clip.num_frames)]
+        preds = [reg(crops.warp_crop(clip.images[t, 0], m, reg.image_size)) for t, m in enumerate(ms)]
         # Normalized crop coordinates do not depend on the crop's pixel size: score them through the
         # clip's own crop transforms and size.
         ours = pipeline.evaluate_synthetic(_prediction_result(preds, face), face, clip, crop_size=cfg.crop_size)
-        filt = filters.OneEuroFilter(track.TrackConfig().one_euro)
+        # The tracker's filter (camera in frame coordinates), identity kept as the causal running mean.
+        sm = track.Smoother(track.TrackConfig().one_euro)
         smoothed = []
-        for t, p in enumerate(preds):
-            v = filt(np.concatenate([p.expression, p.pose, p.cam]), t / 25.0)
-            smoothed.append(p.with_vector(np.concatenate([p.shape, v])))
+        for t, (p, m) in enumerate(zip(preds, ms)):
+            q = sm(p, regressor_lib.box_of_transform(m, reg.image_size), t / 25.0)
+            smoothed.append(q.with_vector(np.concatenate([p.shape, q.vector()[p.shape.size:]])))
         ours_filtered = pipeline.evaluate_synthetic(_prediction_result(smoothed, face), face, clip,
                                                     crop_size=cfg.crop_size)
         cache = Path(FLAGS.neuface_cache) if FLAGS.neuface_cache else None
@@ -240,56 +248,87 @@ def jitter_2d(points: np.ndarray, iod: np.ndarray) -> float:
     return float(np.mean(acc / iod[1:-1]) * 100.0)
 
 
-def real(reg, det_path: str) -> dict:
+@dataclasses.dataclass
+class RealClip:
+    """Held-out frames of a real clip with its references (pixels of the video)."""
+
+    name: str
+    frames: list
+    fps: float
+    first_frame: int
+    start_frac: float
+    mediapipe: np.ndarray  # [T, 68, 2] MediaPipe's iBUG-68 points
+    annotate: np.ndarray  # [T, 68, 2] annotate's fitted landmarks
+    visible: np.ndarray  # [T, 68]
+    boxes: np.ndarray  # [T, 3] annotate's crop boxes (from MediaPipe's landmarks, smoothed over time)
+
+    @property
+    def iod(self) -> np.ndarray:
+        return np.linalg.norm(self.mediapipe[:, 36] - self.mediapipe[:, 45], axis=-1)
+
+
+def load_real_clip(item: str) -> RealClip:
+    """``NAME=ANNOTATE_DIR[:EVAL_FROM]`` → the clip's frames from EVAL_FROM on and their references."""
     from neuface_jax import params as params_lib
-    from neuface_jax.core import metrics as metrics_lib
     from neuface_jax.media import crops
     from neuface_jax.media import video as video_lib
-    from neuface_jax.realtime import sources, track
+    from neuface_jax.realtime import regressor as regressor_lib
     from neuface_jax.training import labels as labels_lib
+
+    name, _, rest = item.partition("=")
+    ann, _, frac = rest.partition(":")
+    start_frac = float(frac) if frac else 0.7
+    rec = params_lib.load_params(Path(ann) / "params.npz")
+    z = np.load(Path(ann) / "params.npz", allow_pickle=False)
+    t_all = len(rec.frame_indices)
+    sel = np.arange(int(round(t_all * start_frac)), t_all)
+    video = labels_lib.read_clip_source(ann).inputs[0]
+    fi = rec.frame_indices[sel]
+    decoded = video_lib.read_video(video, frames=video_lib.FrameRange(start=int(fi.min()), end=int(fi.max()) + 1))
+    by = {int(i): f for i, f in zip(decoded.frame_indices, decoded.frames[0])}
+    to_px = lambda norm, t: crops.apply_transform(  # noqa: E731
+        crops.from_normalized(norm, rec.crop_size), crops.invert_transform(rec.crop_transforms[t, 0]))
+    lmk = np.asarray(z["landmarks2d"]).reshape(rec.valid.shape + (-1, 2))[:, 0]
+    pred = np.asarray(z["predicted_landmarks2d"]).reshape(rec.valid.shape + (-1, 2))[:, 0]
+    mask = np.asarray(z["landmarks_mask"]).reshape(rec.valid.shape + (-1,))[:, 0]
+    stride = float(np.median(np.diff(fi))) if len(fi) > 1 else 1.0  # annotations may skip frames
+    return RealClip(name=name, frames=[by[int(i)] for i in fi], fps=float(decoded.fps or 25.0) / stride,
+                    first_frame=int(fi[0]),
+                    start_frac=start_frac, mediapipe=np.stack([to_px(lmk[t], t) for t in sel]),
+                    annotate=np.stack([to_px(pred[t], t) for t in sel]),
+                    visible=mask[sel] & rec.valid[sel, 0][:, None],
+                    boxes=np.stack([regressor_lib.box_of_transform(rec.crop_transforms[t, 0], rec.crop_size)
+                                    for t in sel]))
+
+
+def _pixels(norm, m, size):
+    from neuface_jax.media import crops
+
+    return crops.apply_transform(crops.from_normalized(norm, size), crops.invert_transform(m))
+
+
+def real(reg, det_path: str) -> dict:
+    from neuface_jax.core import metrics as metrics_lib
+    from neuface_jax.realtime import sources, track
 
     out = {}
     for item in FLAGS.annotations:
-        name, _, rest = item.partition("=")
-        ann, _, frac = rest.partition(":")
-        start_frac = float(frac) if frac else 0.7
-        rec = params_lib.load_params(Path(ann) / "params.npz")
-        z = np.load(Path(ann) / "params.npz", allow_pickle=False)
-        t_all = len(rec.frame_indices)
-        first = int(round(t_all * start_frac))
-        sel = np.arange(first, t_all)
-        video = labels_lib.read_clip_source(ann).inputs[0]
-        fi = rec.frame_indices[sel]
-        decoded = video_lib.read_video(video, frames=video_lib.FrameRange(start=int(fi.min()), end=int(fi.max()) + 1))
-        by = {int(i): f for i, f in zip(decoded.frame_indices, decoded.frames[0])}
-        frames = [by[int(i)] for i in fi]
-        to_px = lambda norm, t: crops.apply_transform(  # noqa: E731
-            crops.from_normalized(norm, rec.crop_size), crops.invert_transform(rec.crop_transforms[t, 0]))
-        lmk = np.asarray(z["landmarks2d"]).reshape(rec.valid.shape + (-1, 2))[:, 0]
-        pred = np.asarray(z["predicted_landmarks2d"]).reshape(rec.valid.shape + (-1, 2))[:, 0]
-        mask = np.asarray(z["landmarks_mask"]).reshape(rec.valid.shape + (-1,))[:, 0]
-        mp = np.stack([to_px(lmk[t], t) for t in sel])
-        ann_px = np.stack([to_px(pred[t], t) for t in sel])
-        vis = mask[sel] & rec.valid[sel, 0][:, None]
-        cfg = track.TrackConfig(face_landmarker=det_path)
+        clip = load_real_clip(item)
+        name, frames, mp, ann_px, vis = clip.name, clip.frames, clip.mediapipe, clip.annotate, clip.visible
         raw_px, filt_px, ok = [], [], []
-        src = sources.ArraySource(frames, fps=float(decoded.fps or 25.0), name=name)
-        for f in track.track(src, cfg, regressor=reg):
+        src = sources.ArraySource(frames, fps=clip.fps, name=name)
+        for f in track.track(src, _track_config(det_path), regressor=reg):
             ok.append(f.valid)
-            if f.valid:
-                inv = crops.invert_transform(f.crop_transform)
-                raw_px.append(crops.apply_transform(crops.from_normalized(f.raw.landmarks, f.crop_size), inv))
-                filt_px.append(crops.apply_transform(crops.from_normalized(f.params.landmarks, f.crop_size), inv))
-            else:
-                raw_px.append(np.full((68, 2), np.nan))
-                filt_px.append(np.full((68, 2), np.nan))
+            nan = np.full((68, 2), np.nan)
+            raw_px.append(_pixels(f.raw.landmarks, f.crop_transform, f.crop_size) if f.valid else nan)
+            filt_px.append(_pixels(f.params.landmarks, f.crop_transform, f.crop_size) if f.valid else nan)
         ok = np.asarray(ok)
         raw_px, filt_px = np.stack(raw_px), np.stack(filt_px)
         both = vis & ok[:, None]
-        iod = np.linalg.norm(mp[:, 36] - mp[:, 45], axis=-1)
+        iod = clip.iod
         every = ok.all()
         row = {
-            "frames": int(len(sel)), "first_frame": int(fi[0]), "held_out_from_fraction": start_frac,
+            "frames": len(frames), "first_frame": clip.first_frame, "held_out_from_fraction": clip.start_frac,
             "tracked_fraction": float(ok.mean()),
             "nme_percent": {
                 "annotate": float(metrics_lib.nme(ann_px, mp, both)),
@@ -309,6 +348,196 @@ def real(reg, det_path: str) -> dict:
     return out
 
 
+def _track_config(det_path: str, **kw):
+    from neuface_jax.realtime import filters, track
+
+    oe = filters.OneEuroConfig()
+    oe = dataclasses.replace(oe, **{k: v for k, v in (("min_cutoff", FLAGS.filter_min_cutoff),
+                                                      ("beta", FLAGS.filter_beta)) if v is not None})
+    return track.TrackConfig(face_landmarker=det_path, one_euro=oe, **kw)
+
+
+def lag_frames(filtered: np.ndarray, reference: np.ndarray, max_lag: float = 6.0) -> float:
+    """The delay (frames, in steps of 0.1) that best aligns a filtered landmark track [T, L, 2] with its
+    unfiltered reference: argmin over τ of the mean distance between ``filtered(t)`` and
+    ``reference(t − τ)``, the reference first smoothed without delay (centred Gaussian, σ = 1 frame) so
+    that interpolating it between frames does not favour half-frame shifts."""
+    reference = _smooth_boxes(reference.reshape(len(reference), -1), sigma=1.0).reshape(reference.shape)
+    t = np.arange(len(reference), dtype=np.float64)
+    best, best_err = 0.0, np.inf
+    skip = int(np.ceil(max_lag)) + 1
+    for tau in np.arange(0.0, max_lag + 1e-9, 0.1):
+        src = t[skip:] - tau
+        i0 = np.floor(src).astype(int)
+        w = (src - i0)[:, None, None]
+        shifted = reference[i0] * (1 - w) + reference[np.minimum(i0 + 1, len(t) - 1)] * w
+        err = float(np.mean(np.linalg.norm(filtered[skip:] - shifted, axis=-1)))
+        if err < best_err:
+            best, best_err = float(tau), err
+    return best
+
+
+def _smooth_boxes(boxes: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    """Centred Gaussian smoothing of a sequence [T, D] (edge-padded), e.g. boxes: a crop without
+    frame-to-frame jitter."""
+    r = int(3 * sigma)
+    w = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    w /= w.sum()
+    padded = np.pad(boxes, ((r, r), (0, 0)), mode="edge")
+    return np.stack([np.convolve(padded[:, j], w, mode="valid") for j in range(boxes.shape[1])], -1)
+
+
+def _regress_at(reg, image, box) -> np.ndarray:
+    """The regressor's 68 landmarks (image pixels) on the crop ``box`` of ``image``."""
+    crop, m = reg.crop(image, box)
+    return _pixels(reg(crop).landmarks, m, reg.image_size)
+
+
+def _box_corners(boxes: np.ndarray) -> np.ndarray:
+    c, h = boxes[:, None, :2], boxes[:, None, 2:3] / 2.0
+    return c + h * np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
+
+
+def _filter_offline(reg, preds, transforms, times, config, *, frame_coordinates: bool):
+    """Filters a raw prediction sequence as the tracker would (``track.Smoother``), or — the
+    previous tracker's way — with the camera filtered in each frame's own crop coordinates; landmarks
+    in pixels."""
+    from neuface_jax.realtime import filters, regressor, track
+
+    out = []
+    if frame_coordinates:
+        sm = track.Smoother(config)
+        for p, m, t in zip(preds, transforms, times):
+            q = sm(p, regressor.box_of_transform(m, reg.image_size), t)
+            out.append(_pixels(reg.landmarks(q), m, reg.image_size))
+    else:
+        f = filters.OneEuroFilter(config)
+        ident = np.cumsum([p.shape for p in preds], 0) / np.arange(1, len(preds) + 1)[:, None]
+        for i, (p, m, t) in enumerate(zip(preds, transforms, times)):
+            rest = f(np.concatenate([p.expression, p.pose, p.cam]), t)
+            q = p.with_vector(np.concatenate([ident[i], rest]))
+            out.append(_pixels(reg.landmarks(q), m, reg.image_size))
+    return np.stack(out)
+
+
+def jitter_diagnosis(reg, det_path: str) -> dict:
+    """Where the tracker's 2D jitter comes from, per clip (held-out frames), all in % of the inter-ocular
+    distance (mean |second difference|):
+
+    * ``crop_box``: the crop's corners (the box the tracker places from the previous fit);
+    * ``tracker_raw``: the raw landmarks of the tracker without filtering (crop from the raw fit);
+    * ``smoothed_crop_raw``: the same frames regressed at a jitter-free crop (the tracker's boxes,
+      centred Gaussian σ = 2 frames): the regressor's own frame-to-frame noise plus real motion;
+    * ``still_frame_under_box_jitter``: one frame regressed again and again under the tracker's box
+      residuals (box − smoothed box): the jitter that the crop's jitter alone causes;
+    * filtered variants of the raw sequence (camera filtered in crop vs frame coordinates) and a
+      One-Euro sweep (jitter, lag in frames vs the raw sequence, NME);
+    * ``tracker``: the tracker as configured; ``crop_variants``: the crop placed from the previous fit
+      or from the detector, every N frames, with or without a smoothed crop box.
+    """
+    from neuface_jax.core import metrics as metrics_lib
+    from neuface_jax.realtime import regressor as regressor_lib
+    from neuface_jax.realtime import sources, track
+
+    size = reg.image_size
+    out = {}
+    det = track.FaceDetector(det_path)
+    for item in FLAGS.annotations:
+        clip = load_real_clip(item)
+        iod, vis, mp = clip.iod, clip.visible, clip.mediapipe
+        jit = lambda pts: jitter_2d(pts, iod)  # noqa: E731
+        nme = lambda pts: float(metrics_lib.nme(pts, mp, vis))  # noqa: E731
+        times = np.arange(len(clip.frames)) / clip.fps
+        # The tracker, unfiltered.
+        frames = list(track.track(sources.ArraySource(clip.frames, fps=clip.fps, name=clip.name),
+                                  _track_config(det_path, filter=False), regressor=reg, detector=det))
+        if not all(f.valid for f in frames):
+            print(f"{clip.name}: the raw tracker lost the face on {sum(not f.valid for f in frames)} frames; "
+                  "skipped", flush=True)
+            continue
+        preds = [f.raw for f in frames]
+        ms = [f.crop_transform for f in frames]
+        raw_px = np.stack([_pixels(p.landmarks, m, size) for p, m in zip(preds, ms)])
+        boxes = np.stack([regressor_lib.box_of_transform(m, size) for m in ms])
+        smooth = _smooth_boxes(boxes)
+        fixed = np.stack([_regress_at(reg, img, b) for img, b in zip(clip.frames, smooth)])
+        at_annotate = np.stack([_regress_at(reg, img, b) for img, b in zip(clip.frames, clip.boxes)])
+        # How far the landmarks follow a moved crop (image pixels per pixel of box shift; 0 = they
+        # stay on the face, 1 = they ride on the box), from ±8 % shifts of annotate's crop.
+        gains = []
+        for i in np.linspace(0, len(clip.frames) - 1, 5).astype(int):
+            b = clip.boxes[i]
+            for axis in (0, 1):
+                delta = np.zeros(3)
+                delta[axis] = 0.08 * b[2]
+                moved = (_regress_at(reg, clip.frames[i], b + delta) - _regress_at(reg, clip.frames[i], b - delta))
+                gains.append(float(np.mean(moved[:, axis]) / (2 * delta[axis])))
+        residual = (boxes - smooth) / smooth[:, 2:3]
+        still = []
+        for i in np.linspace(0, len(clip.frames) - 1, 5).astype(int):
+            seq = [_regress_at(reg, clip.frames[i], smooth[i] + r * smooth[i, 2]) for r in residual]
+            still.append(jitter_2d(np.stack(seq), np.full(len(seq), iod[i])))
+        row = {
+            "frames": len(clip.frames), "first_frame": clip.first_frame,
+            "jitter": {"mediapipe": jit(mp), "annotate": jit(clip.annotate), "crop_box": jit(_box_corners(boxes)),
+                       "crop_box_smoothed": jit(_box_corners(smooth)), "tracker_raw": jit(raw_px),
+                       "smoothed_crop_raw": jit(fixed), "still_frame_under_box_jitter": float(np.mean(still))},
+            "nme": {"annotate": nme(clip.annotate), "tracker_raw": nme(raw_px), "smoothed_crop_raw": nme(fixed),
+                    "at_annotate_crop": nme(at_annotate)},
+            "box_following_gain": float(np.mean(gains)),
+            "box_residual_std_percent_of_side": (residual.std(0) * 100).tolist(),
+        }
+        default = track.TrackConfig().one_euro
+        for label, fc in (("filter_crop_coordinates", False), ("filter_frame_coordinates", True)):
+            px = _filter_offline(reg, preds, ms, times, default, frame_coordinates=fc)
+            row["jitter"][label] = jit(px)
+            row["nme"][label] = nme(px)
+            row.setdefault("lag_frames", {})[label] = lag_frames(px, raw_px)
+
+        def run_tracker(cfg):
+            fr = list(track.track(sources.ArraySource(clip.frames, fps=clip.fps, name=clip.name), cfg,
+                                  regressor=reg, detector=det))
+            if not all(f.valid for f in fr):
+                return {"lost_frames": int(sum(not f.valid for f in fr))}
+            raw2 = np.stack([_pixels(f.raw.landmarks, f.crop_transform, size) for f in fr])
+            filt2 = np.stack([_pixels(f.params.landmarks, f.crop_transform, size) for f in fr])
+            return {"one_euro": dataclasses.asdict(cfg.one_euro), "stable_crop": cfg.stable_crop,
+                    "detector_crop": cfg.detector_crop, "redetect_every": cfg.redetect_every,
+                    "jitter_raw": jit(raw2), "jitter_filtered": jit(filt2), "nme_raw": nme(raw2),
+                    "nme_filtered": nme(filt2), "lag_frames": lag_frames(filt2, raw2),
+                    "jitter_crop_box": jit(_box_corners(np.stack([f.box for f in fr])))}
+
+        # The tracker as configured, the crop placements side by side, then a One-Euro sweep.
+        cfg = _track_config(det_path)
+        row["tracker"] = run_tracker(cfg)
+        row["crop_variants"] = {
+            f"{'detector' if dc else 'fit'}_every_{n}{'_stable' if st else ''}": run_tracker(
+                dataclasses.replace(cfg, detector_crop=dc, redetect_every=n, stable_crop=st))
+            for dc, n, st in ((False, 10, False), (False, 10, True), (True, 10, False), (True, 1, False),
+                              (True, 1, True))}
+        row["one_euro_sweep"] = sweep = []
+        for mc in FLAGS.sweep_min_cutoff:
+            for beta in FLAGS.sweep_beta:
+                oe = dataclasses.replace(cfg.one_euro, min_cutoff=float(mc), beta=float(beta))
+                sweep.append(run_tracker(dataclasses.replace(cfg, one_euro=oe)))
+        out[clip.name] = row
+        print(f"{clip.name}: jitter {json.dumps({k: round(v, 2) for k, v in row['jitter'].items()})}", flush=True)
+        print(f"{clip.name}: box-following gain {row['box_following_gain']:.2f}", flush=True)
+        print(f"{clip.name}: nme {json.dumps({k: round(v, 2) for k, v in row['nme'].items()})} lag "
+              f"{row['lag_frames']}", flush=True)
+        print(f"{clip.name}: tracker {json.dumps(row['tracker'])}", flush=True)
+        for k, r in row["crop_variants"].items():
+            print(f"  crop {k}: {json.dumps({a: round(b, 2) for a, b in r.items() if isinstance(b, float)})}",
+                  flush=True)
+        for r in sweep:
+            if "one_euro" in r:
+                print(f"  one-euro min_cutoff {r['one_euro']['min_cutoff']:.2f} beta {r['one_euro']['beta']:.2f}: "
+                      f"jitter {r['jitter_filtered']:.2f} (raw {r['jitter_raw']:.2f}) nme {r['nme_filtered']:.2f} "
+                      f"lag {r['lag_frames']:.1f} frames", flush=True)
+    det.close()
+    return out
+
+
 def main(argv):
     del argv
     import jax
@@ -321,7 +550,8 @@ def main(argv):
     report = {
         "command": "python experiments/benchmark_realtime.py " + " ".join(
             f"--{k}={FLAGS[k].value if not isinstance(FLAGS[k].value, list) else ','.join(FLAGS[k].value)}"
-            for k in ("regressor", "annotations", "parts", "synthetic_seeds", "neuface_epochs")),
+            for k in ("regressor", "annotations", "parts", "synthetic_seeds", "neuface_epochs", "filter_min_cutoff",
+                      "filter_beta")),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                     "loadavg_before": os.getloadavg()},
         "regressor": FLAGS.regressor, "encoder_config": reg.config.to_dict(),
@@ -329,7 +559,8 @@ def main(argv):
     summary_file = Path(str(FLAGS.regressor) + ".train.json") if FLAGS.regressor else None
     if summary_file and summary_file.is_file():
         tr = json.loads(summary_file.read_text())
-        report["training"] = {k: tr.get(k) for k in ("train_config", "counts", "seconds", "validation", "distilled_from")}
+        report["training"] = {k: tr.get(k) for k in ("train_config", "counts", "seconds", "validation",
+                                                     "distilled_from")}
     if "latency" in FLAGS.parts:
         report["latency"] = latency(reg, FLAGS.face_landmarker)
         lat = report["latency"]
@@ -338,6 +569,8 @@ def main(argv):
         report["synthetic"] = synthetic(reg)
     if "real" in FLAGS.parts:
         report["real"] = real(reg, FLAGS.face_landmarker)
+    if "jitter" in FLAGS.parts:
+        report["jitter"] = jitter_diagnosis(reg, FLAGS.face_landmarker)
     report["machine"]["loadavg_after"] = os.getloadavg()
     Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
     Path(FLAGS.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import json
 import os
 import platform
@@ -76,6 +77,8 @@ flags.DEFINE_list("resnet_widths", None, "Override the ResNet-50 stage widths (e
 flags.DEFINE_list("resnet_blocks", None, "Override the ResNet-50 blocks per stage (e.g. 1,1,1,1 for a smoke test).")
 flags.DEFINE_list("resnet_views", ["7"], "Views of the ResNet-50 configuration (several: one entry each, e.g. 1,7).")
 flags.DEFINE_integer("resnet_size", 224, "Image side of the ResNet-50 configuration.")
+flags.DEFINE_list("conv_backward", ["gemm"], "EncoderConfig.conv_backward variants to time (gemm: core.conv's "
+                  "matrix-product gradients, the default; xla: XLA's own convolution transposes), e.g. gemm,xla.")
 flags.DEFINE_integer("warmup", None, "Untimed steps after compiling (default: 1 on CPU, 3 on an accelerator).")
 flags.DEFINE_integer("small_steps", None, "Timed steps, small config (default: 5 on CPU, 50 on an accelerator).")
 flags.DEFINE_integer("resnet_steps", None, "Timed steps, ResNet-50 (default: 2 on CPU, 20 on an accelerator).")
@@ -241,11 +244,11 @@ def _make_chunk(frames: int, views: int, size: int, num_landmarks: int, seed: in
     )
 
 
-def _encoder_config(name: str, views: int | None = None):
+def _encoder_config(name: str, views: int | None = None, conv_backward: str = "gemm"):
     from neuface_jax.core import encoder as encoder_lib
 
     if name == "small":
-        kw = {"image_size": FLAGS.small_size, "dtype": FLAGS.dtype}
+        kw = {"image_size": FLAGS.small_size, "dtype": FLAGS.dtype, "conv_backward": conv_backward}
         if FLAGS.small_widths:
             widths = tuple(int(w) for w in FLAGS.small_widths)
             kw.update(small_widths=widths, small_blocks=(1,) * len(widths))
@@ -253,7 +256,7 @@ def _encoder_config(name: str, views: int | None = None):
             kw["head_hidden"] = FLAGS.small_head
         return encoder_lib.EncoderConfig.small(**kw), FLAGS.small_views, FLAGS.small_size
     if name == "resnet50":
-        kw = {}
+        kw = {"conv_backward": conv_backward}
         if FLAGS.resnet_widths:
             kw["resnet_widths"] = tuple(int(w) for w in FLAGS.resnet_widths)
         if FLAGS.resnet_blocks:
@@ -264,14 +267,14 @@ def _encoder_config(name: str, views: int | None = None):
 
 
 def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool, views: int | None = None,
-                  trainable_stages: int | None = None) -> dict:
+                  trainable_stages: int | None = None, conv_backward: str = "gemm") -> dict:
     import jax
     import jax.numpy as jnp
 
     from neuface_jax.core import encoder as encoder_lib
     from neuface_jax.core import fit as fit_lib
 
-    ecfg, views, size = _encoder_config(name, views)
+    ecfg, views, size = _encoder_config(name, views, conv_backward)
     frames = FLAGS.frames
     warmup = FLAGS.warmup if FLAGS.warmup is not None else (3 if accel else 1)
     default_steps = {"small": (50, 5), "resnet50": (20, 2)}[name]
@@ -284,6 +287,7 @@ def _bench_config(name: str, face, device, counter: _CompileCounter, accel: bool
         "config": name, "arch": ecfg.arch, "dtype": ecfg.dtype, "image_size": size, "frames": frames,
         "views": views, "images_per_step": images_per_step, "warmup_steps": warmup, "timed_steps": steps,
         "repeats": repeats, "trainable_stages": "all" if trainable_stages is None else trainable_stages,
+        "conv_backward": ecfg.conv_backward,
     }
     cfg = fit_lib.FitConfig(chunk_frames=frames, seed=FLAGS.seed, trainable_stages=trainable_stages)
     opt = fit_lib.NeuFace(face, ecfg, cfg)
@@ -498,13 +502,17 @@ def main(argv):
 
     results = []
     variants = [None if v.strip() == "all" else int(v) for v in FLAGS.trainable_stages]
+    torch_runs = {}  # one PyTorch run per setting, shared by the conv_backward variants
     for name in FLAGS.configs:
         name = name.strip()
         for views in (FLAGS.resnet_views if name == "resnet50" else [None]):
-            for ts in variants:
-                entry = _bench_config(name, face, device, counter, accel, views, ts)
+            for ts, conv_backward in itertools.product(variants, FLAGS.conv_backward):
+                entry = _bench_config(name, face, device, counter, accel, views, ts, conv_backward.strip())
                 if FLAGS.torch_python and entry["arch"] == "resnet50" and "skipped" not in entry:
-                    entry["torch"] = _torch_reference(entry)
+                    key = (entry["frames"], entry["views"], entry["image_size"], entry["trainable_stages"])
+                    if key not in torch_runs:
+                        torch_runs[key] = _torch_reference(entry)
+                    entry["torch"] = torch_runs[key]
                     for mode, ref in entry["torch"].items():
                         if "step_s" in ref:
                             entry[f"speedup_vs_torch_{mode}"] = ref["step_s"] / entry["step_s"]
@@ -536,6 +544,8 @@ def main(argv):
         head = f"{e['config']} {e['image_size']}² {e['frames']}x{e['views']}"
         if e["trainable_stages"] != "all":
             head += f" trainable_stages={e['trainable_stages']}"
+        if e["conv_backward"] != "gemm":
+            head += f" conv_backward={e['conv_backward']}"
         if "skipped" in e:
             parts.append(f"{head}: skipped ({e['skipped']})")
             continue

@@ -15,8 +15,15 @@ contour). Runs:
 
 Reported: NME (% of the inter-ocular distance, the 68 points) of the fitted landmarks. Landmarks
 are the only measurement here (no ground-truth geometry), and a model with more identity
-components always fits landmarks at least as well when the identity is re-fitted, so a lower NME
-on second halves shows that the learned directions are used, not that the geometry is right.
+components always fits landmarks at least as well when the identity is re-fitted, so two controls
+check whether the gain is more than extra freedom fitting landmark noise:
+
+* **random components**: the learned model's template offset with K *random* smooth components
+  (same basis, same size, orthogonal to the base identity) instead of the learned ones, and the
+  **offset only** (no components);
+* **held-out points**: every model fits the second halves from the even-numbered landmarks only
+  and is scored on the odd-numbered ones, which the fit never saw (noise in the fitted points
+  cannot be fitted away there).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from neuface_jax.dataset.manifest import ClipEntry
 from neuface_jax.model_learning import corpus as corpus_lib
 from neuface_jax.model_learning import fit as mfit
 from neuface_jax.model_learning import learn as learn_lib
+from neuface_jax.model_learning import model_file
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("components", 2, "Learned identity components.")
@@ -48,13 +56,41 @@ flags.DEFINE_enum("shared_offset", "apply", ["drop", "apply"], "LearnConfig.shar
 flags.DEFINE_string("out", "experiments/results/fml_real.json", "Results JSON.")
 
 
-def nme_percent(fit, corpus) -> list[float]:
+def nme_percent(fit, corpus, points=None) -> list[float]:
+    """Per clip NME (%) of the fitted landmarks, over ``points`` ([L] bool, default all)."""
     out = []
     for i, c in enumerate(corpus.clips):
         vis = np.asarray(c.data.landmarks_mask) * np.asarray(c.data.frame_mask)[..., None]
+        if points is not None:
+            vis = vis * np.asarray(points, np.float32)
         pred = fit.landmarks2d[i][: c.data.num_frames, : c.data.num_views]
         out.append(float(metrics_lib.nme(pred, np.asarray(c.data.landmarks), vis > 0)))
     return out
+
+
+def with_points(corpus, points):
+    """The corpus with only ``points`` ([L] bool) visible to the fit."""
+    clips = tuple(dataclasses.replace(c, data=dataclasses.replace(
+        c.data, landmarks_mask=np.asarray(c.data.landmarks_mask) * np.asarray(points, np.float32))) for c in corpus.clips)
+    return dataclasses.replace(corpus, clips=clips)
+
+
+def controls(base, learned, res, seed: int = 0):
+    """``(random, offset_only)`` models: the learned template offset with K random smooth components of
+    the learned ones' sizes (orthogonal to the base identity), and with none."""
+    k = learned.num_shape - base.num_shape
+    offset = np.asarray(learned.v_template) - np.asarray(base.v_template)
+    phi, _ = learn_lib.laplacian_basis(base, res.record["config"]["basis_size"])
+    rng = np.random.default_rng(seed)
+    d = np.einsum("vm,mck->kvc", phi.astype(np.float64), rng.normal(size=(phi.shape[1], 3, k))).reshape(k, -1)
+    q = learn_lib.complement_projector(base, expression=False).astype(np.float64)
+    d = d - (d @ q) @ q.T
+    d = np.linalg.qr(d.T)[0].T  # orthonormal rows
+    sizes = np.linalg.norm(res.components.reshape(k, -1), axis=1)
+    random = model_file.append_identity_components(base, d * sizes[:, None], "random", template_offset=offset)
+    offset_only = model_file.append_identity_components(base, np.zeros((0, base.num_vertices, 3)), "offset",
+                                                        template_offset=offset)
+    return random, offset_only
 
 
 def main(argv):
@@ -88,6 +124,17 @@ def main(argv):
                       "shared_offset_rms_mm": res.record["learned"]["shared_offset_rms_mm"],
                       "landmark_l1_first_halves": res.record["landmark_l1"], "wall_s": learn_s}
 
+    # Controls: the same freedom with random directions; landmarks the fit never saw.
+    random_model, offset_model = controls(base, res.model, res)
+    models = {"base": base, "learned": res.model, "random_components": random_model, "offset_only": offset_model}
+    results["controls"] = {name: nme_percent(mfit.fit_clips(m, test.embedding, [c.data for c in test.clips]), test)
+                           for name, m in models.items() if name not in ("base", "learned")}
+    even = np.arange(68) % 2 == 0
+    sparse = with_points(test, even)
+    results["held_out_points"] = {
+        name: nme_percent(mfit.fit_clips(m, sparse.embedding, [c.data for c in sparse.clips]), test, ~even)
+        for name, m in models.items()}
+
     results["leave_one_out"] = []
     for i, clip in enumerate(test.clips):
         train = halves["first_half"]
@@ -105,6 +152,10 @@ def main(argv):
     for i, cid in enumerate(results["clips"]):
         print(f"| {cid} | {results['base_nme'][i]:.2f} | {results['all']['learned_nme'][i]:.2f} | "
               f"{results['leave_one_out'][i]['learned_nme']:.2f} |")
+    print("\ncontrols (second halves, NME %): " + "; ".join(
+        f"{n} {np.mean(v):.2f}" for n, v in results["controls"].items()))
+    print("held-out points (fit on even, NME % on odd landmarks): " + "; ".join(
+        f"{n} {np.mean(v):.2f}" for n, v in results["held_out_points"].items()))
     print(f"learning on {len(test)} first halves ({FLAGS.frames} frames each): "
           f"{res.record['seconds']['per_epoch']:.3f} s/epoch, {learn_s:.0f} s in all")
     summary = {"command": " ".join(["python"] + sys.argv), "learn_config": dataclasses.asdict(cfg),

@@ -28,13 +28,16 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 
 import flame_jax
+from neuface_jax import photometric
 from neuface_jax.dataset.manifest import build_manifest
 from neuface_jax.model_learning import corpus as corpus_lib
 from neuface_jax.model_learning import fit as mfit
+from neuface_jax.model_learning import albedo as malbedo
 from neuface_jax.model_learning import learn as learn_lib
 from neuface_jax.model_learning import model_file
 from neuface_jax.synthetic import synth
@@ -48,8 +51,13 @@ flags.DEFINE_integer("test_clips", 16, "Held-out clips per kind (out-of-span, in
 flags.DEFINE_integer("base_components", 30, "Identity components of the base model (the demo head's first).")
 flags.DEFINE_integer("extra_fields", 8, "Procedural identity fields outside the base.")
 flags.DEFINE_float("extra_amplitude_mm", 8.0, "Peak displacement of an extra field at one unit, mm.")
-flags.DEFINE_string("views", "mono", "Camera rig of the clips (motion.parse_rig).")
-flags.DEFINE_integer("clip_frames", 24, "Frames rendered per clip.")
+flags.DEFINE_string("views", "mono", "Camera rig of the training clips (motion.parse_rig), e.g. mono or 3.")
+flags.DEFINE_list("test_views", ["mono"], "Camera rigs of the held-out clips (each rig: its own clips).")
+flags.DEFINE_integer("clip_frames", 24, "Frames rendered per monocular clip.")
+flags.DEFINE_integer("multiview_clip_frames", 8, "Frames rendered per multi-view clip.")
+flags.DEFINE_integer("albedo_components", 0, "Also learn albedo components (main run) and score held-out albedo.")
+flags.DEFINE_integer("basis_size", None, "Override LearnConfig.basis_size.")
+flags.DEFINE_string("orthogonal_to", None, "Override LearnConfig.orthogonal_to.")
 flags.DEFINE_integer("frames", 8, "Frames kept per clip (evenly spaced).")
 flags.DEFINE_integer("image_size", 96, "Render size (landmark noise scaled to the default 224-px clip's).")
 flags.DEFINE_integer("learn_steps", None, "Override LearnConfig.steps.")
@@ -89,7 +97,7 @@ def outside_span_fraction(base: flame_jax.FlameModel, fields: np.ndarray) -> lis
     return [float(x) for x in np.linalg.norm(rest, axis=1) / np.linalg.norm(flat, axis=1)]
 
 
-def make_clips(folder: Path, seeds, model, config: synth.SynthConfig) -> None:
+def make_clips(folder: Path, seeds, model, config: synth.SynthConfig, rig: str) -> None:
     emb, mp = flame_jax.demo_landmark_embedding(), flame_jax.demo_mediapipe_embedding()
     names = list(flame_jax.DEMO_EXPRESSION_NAMES)
     for seed in seeds:
@@ -97,14 +105,27 @@ def make_clips(folder: Path, seeds, model, config: synth.SynthConfig) -> None:
         if (d / "clip.json").is_file():
             continue
         clip = synth.synthesize_clip(
-            seed=seed, rig=FLAGS.views, config=config, model=model, embedding68=emb, embedding_mp=mp,
+            seed=seed, rig=rig, config=config, model=model, embedding68=emb, embedding_mp=mp,
             blink_component=names.index("blink"), speech_components=(names.index("lips_apart"), names.index("pucker")),
         )
         synth.write_clip(clip, d)
 
 
-def evaluate(model, corpus, truth_model, regions) -> dict:
-    """Fits every clip of ``corpus`` with ``model`` and scores the identity against ``truth_model``."""
+def rig_dir(rig: str) -> Path:
+    """Clip folders of one camera rig under --work_dir (mono, or views_<rig>)."""
+    name = "mono" if rig in ("mono", "1") else "views_" + rig.replace(",", "_").replace(":", "_")
+    return Path(FLAGS.work_dir) / name
+
+
+def clip_config(rig: str) -> synth.SynthConfig:
+    frames = FLAGS.clip_frames if rig in ("mono", "1") else FLAGS.multiview_clip_frames
+    config = synth.SynthConfig(num_frames=frames, image_size=FLAGS.image_size, crop_size=FLAGS.image_size)
+    return config.scaled_noise(FLAGS.image_size / synth.SynthConfig().image_size)
+
+
+def evaluate(model, corpus, truth_model, regions):
+    """Fits every clip of ``corpus`` with ``model`` and scores the identity against ``truth_model``:
+    ``(scores, fitted neutral meshes, true neutral meshes, the fit)``."""
     fits = mfit.fit_clips(model, corpus.embedding, [c.data for c in corpus.clips])
     pred = mfit.identity_vertices(model, fits.params.shape)
     true = mfit.identity_vertices(truth_model, np.stack([c.truth["shape"] for c in corpus.clips]))
@@ -116,13 +137,68 @@ def evaluate(model, corpus, truth_model, regions) -> dict:
             out[f"{k}_{region}"] = float(v.mean())
             per_clip[f"{k}_{region}"] = [float(x) for x in v]
     out["per_clip"] = per_clip
-    return out, pred, true
+    return out, pred, true, fits
 
 
-def load(folder: Path, max_frames: int, limit: int | None = None):
+def load(folder: Path, max_frames: int, limit: int | None = None, image_size: int = 0):
     entries = build_manifest(folder, layout="synth")[:limit]
     return corpus_lib.load_corpus(entries, BASE, flame_jax.demo_landmark_embedding(),
-                                  corpus_lib.CorpusConfig(max_frames=max_frames))
+                                  corpus_lib.CorpusConfig(max_frames=max_frames, image_size=image_size))
+
+
+def principal_angles_deg(model, fields, vertex_index) -> list[float]:
+    """Principal angles between the learned components and the withheld fields (their part outside the
+    base identity span), over ``vertex_index``."""
+    q = learn_lib.complement_projector(BASE, expression=False).astype(np.float64)
+    f = fields.reshape(len(fields), -1).astype(np.float64)
+    f = (f - (f @ q) @ q.T).reshape(len(fields), -1, 3)[:, vertex_index].reshape(len(fields), -1)
+    comp = np.asarray(model.basis[BASE.num_shape: model.num_shape], np.float64).reshape(
+        model.num_shape - BASE.num_shape, -1, 3)[:, vertex_index].reshape(model.num_shape - BASE.num_shape, -1)
+    a, _ = np.linalg.qr(comp.T)
+    b, _ = np.linalg.qr(f.T)
+    cos = np.clip(np.linalg.svd(a.T @ b, compute_uv=False), -1.0, 1.0)
+    return [float(x) for x in np.degrees(np.arccos(cos))]
+
+
+def laplacian_ceiling(fields, basis_size: int) -> np.ndarray:
+    """The withheld fields as the learned components' smooth basis can hold them (least squares)."""
+    phi, _ = learn_lib.laplacian_basis(BASE, basis_size)
+    b = np.einsum("vm,cd->mcvd", phi.astype(np.float64), np.eye(3)).reshape(basis_size * 3, -1)
+    q, _ = np.linalg.qr(b.T)
+    f = fields.reshape(len(fields), -1).astype(np.float64)
+    return ((f @ q) @ q.T).reshape(fields.shape).astype(np.float32)
+
+
+def albedo_scores(albedo_model, model, corp, fits, truth_model, rig: str) -> dict:
+    """Held-out albedo error (face vertices the images see, after a per-channel gain per clip, since
+    light and albedo share a scale): the learned mean, the learned model's fit, a free per-vertex solve."""
+    emb = flame_jax.demo_landmark_embedding()
+    region = photometric.face_region(BASE, emb)
+    cfg = clip_config(rig)
+    errs = {"learned_mean": [], "learned_model": [], "per_vertex": []}
+    for i, c in enumerate(corp.clips):
+        p = jax.tree.map(lambda x: x[i], fits.params)
+        t, w = c.data.frame_mask.shape
+        verts, cam = mfit.clip_vertices(model, p)[:t, :w], np.asarray(p.cam)[:t, :w]
+        free, cov = malbedo.clip_vertex_albedo(BASE, verts, cam, c.images, c.data.frame_mask, region)
+        coef, _ = malbedo.fit_albedo(albedo_model, BASE, verts, cam, c.images, c.data.frame_mask, region)
+        true = synth.appearance_ground_truth(truth_model, emb, cfg, int(c.clip_id.split("_")[-1]))["albedo"]
+        seen = (cov >= 0.5) & (region > 0)
+        for name, a in (("learned_mean", albedo_model.mean), ("learned_model", albedo_model.albedo(coef)),
+                        ("per_vertex", free)):
+            a, tt = np.asarray(a, np.float64)[seen], np.asarray(true, np.float64)[seen]
+            gain = np.sum(a * tt, 0) / np.maximum(np.sum(a * a, 0), 1e-12)
+            errs[name].append(float(np.abs(gain * a - tt).mean()))
+    return {k: float(np.mean(v)) for k, v in errs.items()}
+
+
+def align_on_face(pred, true) -> np.ndarray:
+    """``pred`` [V, 3] under the similarity transform that best aligns its face region with ``true``'s
+    (as the face errors are measured)."""
+    face = flame_jax.demo_vertex_masks()["face"]
+    p, t = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    s, rot, trans = (np.asarray(x) for x in flame_jax.rigid_transform(p[face], t[face], with_scale=True))
+    return s * p @ rot.T + trans
 
 
 def figure(path: Path, model_base, pred_base, pred_learned, true, title: str) -> None:
@@ -153,14 +229,18 @@ def figure(path: Path, model_base, pred_base, pred_learned, true, title: str) ->
             ax.set_aspect("equal")
             ax.axis("off")
             if row == 0:
-                ax.set_title(f"{name}: {err.mean():.2f} mm mean", fontsize=10)
+                ax.set_title(f"{name}: face {err[masks['face']].mean():.2f} mm,\nwhole head {err.mean():.2f} mm",
+                             fontsize=10)
+    fig.subplots_adjust(top=0.84)
     fig.colorbar(tpc, ax=axes, shrink=0.6, label="vertex error (mm)")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=0.99)
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
 BASE = None
+KEY = "vertex_error_similarity_mm"
+REFERENCES = ("base", "oracle", "oracle_off_expression", "ceiling")
 
 
 def main(argv):
@@ -168,7 +248,6 @@ def main(argv):
     global BASE
     logging.set_verbosity(logging.INFO)
     t_all = time.perf_counter()
-    work = Path(FLAGS.work_dir)
     BASE = dataclasses.replace(flame_jax.demo_model().truncate(n_shape=FLAGS.base_components),
                                name=f"demo head, first {FLAGS.base_components} identity components")
     fields = extra_fields(BASE, FLAGS.extra_fields, FLAGS.extra_amplitude_mm)
@@ -176,83 +255,113 @@ def main(argv):
     outside = outside_span_fraction(BASE, fields)
     print(f"extra fields: share outside the base identity+expression span {np.round(outside, 2).tolist()}")
 
-    config = synth.SynthConfig(num_frames=FLAGS.clip_frames, image_size=FLAGS.image_size, crop_size=FLAGS.image_size)
-    config = config.scaled_noise(FLAGS.image_size / synth.SynthConfig().image_size)
+    learn_cfg = learn_lib.LearnConfig()
+    overrides = {"steps": FLAGS.learn_steps, "basis_size": FLAGS.basis_size, "orthogonal_to": FLAGS.orthogonal_to}
+    learn_cfg = dataclasses.replace(learn_cfg, **{k: v for k, v in overrides.items() if v is not None})
     sizes = sorted(int(x) for x in FLAGS.train_sizes)
     ks = sorted(int(x) for x in FLAGS.components)
     n_train = max(sizes + [FLAGS.component_sweep_n])
     t0 = time.perf_counter()
-    make_clips(work / "train", range(100_000, 100_000 + n_train), world, config)
-    make_clips(work / "test_out", range(200_000, 200_000 + FLAGS.test_clips), world, config)
-    make_clips(work / "test_in", range(300_000, 300_000 + FLAGS.test_clips), BASE, config)
+    make_clips(rig_dir(FLAGS.views) / "train", range(100_000, 100_000 + n_train), world, clip_config(FLAGS.views),
+               FLAGS.views)
+    for rig in FLAGS.test_views:
+        make_clips(rig_dir(rig) / "test_out", range(200_000, 200_000 + FLAGS.test_clips), world, clip_config(rig), rig)
+        make_clips(rig_dir(rig) / "test_in", range(300_000, 300_000 + FLAGS.test_clips), BASE, clip_config(rig), rig)
     t_gen = time.perf_counter() - t0
     print(f"clips ready in {t_gen:.0f}s")
 
-    train_all = load(work / "train", FLAGS.frames)
-    tests = {"out_of_span": (load(work / "test_out", FLAGS.frames), world),
-             "in_span": (load(work / "test_in", FLAGS.frames), BASE)}
+    image_size = 64 if FLAGS.albedo_components > 0 else 0
+    train_all = load(rig_dir(FLAGS.views) / "train", FLAGS.frames, n_train, image_size)
+    tests = {}
+    for rig in FLAGS.test_views:
+        tests[f"out_of_span/{rig}"] = (load(rig_dir(rig) / "test_out", FLAGS.frames, FLAGS.test_clips, image_size), world)
+        tests[f"in_span/{rig}"] = (load(rig_dir(rig) / "test_in", FLAGS.frames, FLAGS.test_clips), BASE)
     masks = flame_jax.demo_vertex_masks()
     regions = {"head": None, "face": masks["face"]}
 
-    results = {"base": {}}
-    for kind, (corp, truth) in tests.items():
-        results["base"][kind], _, _ = evaluate(BASE, corp, truth, regions)
+    # References: the base; the oracle (the true withheld fields as components); the ceiling (the
+    # fields as the learned components' smooth basis can hold them).
+    # oracle_off_expression: the fields with their part in the base's identity + expression span removed
+    # (what components kept orthogonal to the expression space could at best hold).
+    ceiling = model_file.append_identity_components(BASE, laplacian_ceiling(fields, learn_cfg.basis_size), "ceiling")
+    q = learn_lib.complement_projector(BASE).astype(np.float64)
+    flat = fields.reshape(len(fields), -1).astype(np.float64)
+    off_expr = model_file.append_identity_components(BASE, flat - (flat @ q) @ q.T, "off expression")
+    results = {name: {} for name in REFERENCES}
+    preds = {}
+    first = f"out_of_span/{FLAGS.test_views[0]}"
+    for name, model in zip(REFERENCES, (BASE, world, off_expr, ceiling)):
+        for kind, (corp, truth) in tests.items():
+            results[name][kind], pred, true, _ = evaluate(model, corp, truth, regions)
+            if name == "base" and kind == first:
+                preds["base"], preds["true"] = pred, true
+    print("references (face, sim, mm): " + "; ".join(
+        f"{n} {results[n][first][KEY + '_face']:.2f}" for n in REFERENCES), flush=True)
+
     runs = [(n, FLAGS.main_k) for n in sizes] + [(FLAGS.component_sweep_n, k) for k in ks if k != FLAGS.main_k]
-    learn_cfg = learn_lib.LearnConfig()
-    if FLAGS.learn_steps is not None:
-        learn_cfg = dataclasses.replace(learn_cfg, steps=FLAGS.learn_steps)
+    main_key = (max(sizes), FLAGS.main_k)
     learned = {}
     results["learned"] = []
     for n, k in runs:
-        cfg = dataclasses.replace(learn_cfg, shape_components=k)
+        albedo_k = FLAGS.albedo_components if (n, k) == main_key else 0
+        cfg = dataclasses.replace(learn_cfg, shape_components=k, albedo_components=albedo_k)
         sub = corpus_lib.Corpus(train_all.clips[:n], train_all.embedding, train_all.landmark_set, train_all.contour)
         res = learn_lib.learn_model(BASE, sub, cfg)
-        learned[(n, k)] = res.model
+        learned[(n, k)] = res
         row = {"train_clips": n, "components": k, "seconds": res.record["seconds"],
                "component_rms_mm": res.record["learned"]["component_rms_mm"],
-               "landmark_l1": res.record["landmark_l1"]}
+               "landmark_l1": res.record["landmark_l1"],
+               "principal_angles_face_deg": principal_angles_deg(res.model, fields, masks["face"])}
         for kind, (corp, truth) in tests.items():
-            row[kind], _, _ = evaluate(res.model, corp, truth, regions)
+            row[kind], pred, _, fits = evaluate(res.model, corp, truth, regions)
+            if (n, k) == main_key and kind == first:
+                preds["learned"] = pred
+            if res.albedo is not None and corp.clips[0].images is not None:
+                row[kind]["albedo"] = albedo_scores(res.albedo, res.model, corp, fits, truth, kind.split("/")[1])
+                print(f"held-out albedo error ({kind}): {row[kind]['albedo']}", flush=True)
         results["learned"].append(row)
-        o, b = row["out_of_span"], results["base"]["out_of_span"]
-        print(f"N={n:4d} K={k:3d}: out-of-span face sim {b['vertex_error_similarity_mm_face']:.2f} -> "
-              f"{o['vertex_error_similarity_mm_face']:.2f} mm; in-span {results['base']['in_span']['vertex_error_similarity_mm_face']:.2f}"
-              f" -> {row['in_span']['vertex_error_similarity_mm_face']:.2f}; {res.record['seconds']['per_epoch']:.3f} s/epoch",
-              flush=True)
+        o, b = row[first], results["base"][first]
+        print(f"N={n:4d} K={k:3d}: {first} face sim {b[KEY + '_face']:.2f} -> {o[KEY + '_face']:.2f} mm; in-span "
+              f"{results['base'][first.replace('out_of', 'in')][KEY + '_face']:.2f} -> "
+              f"{row[first.replace('out_of', 'in')][KEY + '_face']:.2f}; angles "
+              f"{np.round(row['principal_angles_face_deg']).astype(int).tolist()}; "
+              f"{res.record['seconds']['per_epoch']:.3f} s/epoch", flush=True)
 
-    main_key = (max(sizes), FLAGS.main_k)
-    main_model = learned[main_key]
+    main_res = learned[main_key]
+    main_model = main_res.model
     if FLAGS.model_out:
-        model_file.save_learned_model(main_model, FLAGS.model_out, {"experiment": "fml_synthetic"})
+        model_file.save_learned_model(main_model, FLAGS.model_out,
+                                      dict(main_res.record, experiment="fml_synthetic"), albedo=main_res.albedo)
 
     # Test-time frames: the same held-out clips from fewer frames.
     results["frames_ablation"] = []
-    for frames in sorted({1, 4, FLAGS.frames}):
-        corp = load(work / "test_out", frames)
-        row = {"frames": frames}
+    rig0 = FLAGS.test_views[0]
+    for frames in sorted({1, 4} - {FLAGS.frames}):
+        corp = load(rig_dir(rig0) / "test_out", frames, FLAGS.test_clips)
+        row = {"frames": frames, "views": rig0}
         for name, model in (("base", BASE), ("learned", main_model)):
             row[name] = {k: v for k, v in evaluate(model, corp, world, regions)[0].items() if k != "per_clip"}
         results["frames_ablation"].append(row)
 
     # Picture: the held-out out-of-span clip closest to the median improvement.
-    corp, truth = tests["out_of_span"]
-    eb, pb, tr = evaluate(BASE, corp, truth, {"face": masks["face"]})
-    el, pl, _ = evaluate(main_model, corp, truth, {"face": masks["face"]})
-    key = "vertex_error_similarity_mm_face"
-    gain = np.asarray(eb["per_clip"][key]) - np.asarray(el["per_clip"][key])
+    corp, truth = tests[first]
+    pb, pl, tr = preds["base"], preds["learned"], preds["true"]
+    key = KEY + "_face"
+    main_row = [r for r in results["learned"] if (r["train_clips"], r["components"]) == main_key][0]
+    gain = np.asarray(results["base"][first]["per_clip"][key]) - np.asarray(main_row[first]["per_clip"][key])
     pick = int(np.argsort(gain)[len(gain) // 2])
     if FLAGS.figure:
-        al_b = np.asarray(flame_jax.rigid_align(pb[pick].astype(np.float64), tr[pick].astype(np.float64), with_scale=True))
-        al_l = np.asarray(flame_jax.rigid_align(pl[pick].astype(np.float64), tr[pick].astype(np.float64), with_scale=True))
+        al_b, al_l = (align_on_face(p[pick], tr[pick]) for p in (pb, pl))
         figure(Path(FLAGS.figure), BASE, al_b, al_l, tr[pick],
-               f"held-out out-of-span identity ({corp.clips[pick].clip_id}), {FLAGS.frames} frames, "
-               f"similarity-aligned; learned: N={main_key[0]}, K={main_key[1]}")
+               f"held-out out-of-span identity ({corp.clips[pick].clip_id}, {rig0}, {FLAGS.frames} frames), "
+               f"similarity-aligned\nlearned from N={main_key[0]} clips ({FLAGS.views} views), K={main_key[1]}")
 
     summary = {
         "command": " ".join(["python"] + sys.argv),
         "setup": {"base_components": FLAGS.base_components, "extra_fields": FLAGS.extra_fields,
                   "extra_amplitude_mm": FLAGS.extra_amplitude_mm, "extra_outside_span": outside,
-                  "views": FLAGS.views, "clip_frames": FLAGS.clip_frames, "frames": FLAGS.frames,
+                  "views": FLAGS.views, "test_views": FLAGS.test_views, "clip_frames": FLAGS.clip_frames,
+                  "multiview_clip_frames": FLAGS.multiview_clip_frames, "frames": FLAGS.frames,
                   "image_size": FLAGS.image_size, "test_clips": FLAGS.test_clips,
                   "train_seeds": [100_000, 100_000 + n_train], "test_out_seeds": [200_000, 200_000 + FLAGS.test_clips],
                   "test_in_seeds": [300_000, 300_000 + FLAGS.test_clips],
@@ -263,25 +372,30 @@ def main(argv):
     }
     Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
     Path(FLAGS.out).write_text(json.dumps(summary, indent=1) + "\n")
-    print_table(results)
+    print_table(results, FLAGS.test_views)
     print(f"wrote {FLAGS.out}")
 
 
-def print_table(results) -> None:
-    key = "vertex_error_similarity_mm"
+def print_table(results, rigs) -> None:
     b = results["base"]
-    print("\n| model | train clips | K | out-of-span face (sim / raw) | out-of-span head (sim) | in-span face (sim / raw) | s/epoch |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| base | - | - | {b['out_of_span'][key + '_face']:.2f} / {b['out_of_span']['vertex_error_mm_face']:.2f} | "
-          f"{b['out_of_span'][key + '_head']:.2f} | {b['in_span'][key + '_face']:.2f} / {b['in_span']['vertex_error_mm_face']:.2f} | - |")
+    cols = [f"{kind}/{rig}" for rig in rigs for kind in ("out_of_span", "in_span")]
+    print("\n| model | train clips | K | " + " | ".join(f"{c} face (sim / raw)" for c in cols) + " | s/epoch |")
+    print("|---|---|---|" + "---|" * len(cols) + "---|")
+
+    def cells(row):
+        out = []
+        for c in cols:
+            red = 100 * (1 - row[c][KEY + "_face"] / b[c][KEY + "_face"])
+            out.append(f"{row[c][KEY + '_face']:.2f} / {row[c]['vertex_error_mm_face']:.2f} ({-red:+.0f} %)")
+        return " | ".join(out)
+
+    for name in REFERENCES:
+        print(f"| {name} | - | - | {cells(results[name])} | - |")
     for r in results["learned"]:
-        o, i = r["out_of_span"], r["in_span"]
-        red = 100 * (1 - o[key + "_face"] / b["out_of_span"][key + "_face"])
-        print(f"| learned | {r['train_clips']} | {r['components']} | {o[key + '_face']:.2f} / {o['vertex_error_mm_face']:.2f} "
-              f"({red:+.0f} %) | {o[key + '_head']:.2f} | {i[key + '_face']:.2f} / {i['vertex_error_mm_face']:.2f} | "
-              f"{r['seconds']['per_epoch']:.3f} |")
+        print(f"| learned | {r['train_clips']} | {r['components']} | {cells(r)} | {r['seconds']['per_epoch']:.3f} |")
     for r in results.get("frames_ablation", []):
-        print(f"frames {r['frames']}: base {r['base'][key + '_face']:.2f}, learned {r['learned'][key + '_face']:.2f} mm (face, sim)")
+        print(f"frames {r['frames']} ({r['views']}): base {r['base'][KEY + '_face']:.2f}, "
+              f"learned {r['learned'][KEY + '_face']:.2f} mm (face, sim)")
 
 
 if __name__ == "__main__":

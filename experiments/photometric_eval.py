@@ -1,10 +1,15 @@
 r"""Evidence for the photometric and silhouette terms (docs/photometric.md has the tables).
 
-    python experiments/photometric_eval.py --part=synthetic --seeds=0,1,2 --frames=10 --epochs=60 \
-        --weight=5 --camera_distance=4            # → experiments/results/photometric_synthetic.json
-    python experiments/photometric_eval.py --part=real --frames=20 --real_stride=3 --epochs=60 \
-        --weight=5 --silhouette_weight=10         # → experiments/results/photometric_real.json + the overlay
-    python experiments/photometric_eval.py --part=cost --frames=10 --views=3 --weight=5
+    python experiments/photometric_eval.py --part=synthetic --seeds=0,1,2 --frames=6 --views=3 \
+        --landmark_steps=60 --photo_steps=100 --weight=5 --refresh_every=4 --camera_distance=4
+    python experiments/photometric_eval.py --part=real --frames=10 --real_stride=6 --landmark_steps=60 \
+        --photo_steps=100 --weight=5 --refresh_every=4 --silhouette_weight=0 --overlay_frame=4 --albedo=vertex \
+        --out=experiments/results/photometric_real_vertex.json
+    python experiments/photometric_eval.py --part=cost --frames=6 --views=3 --weight=5 --refresh_every=4
+    python experiments/photometric_eval.py --part=diagnose --seeds=0 --frames=6 --views=3 --camera_distance=4
+
+Every fit takes ``landmark_steps + photo_steps`` direct-baseline steps; the term starts at
+``landmark_steps`` and ramps in over ``ramp_steps``.
 
 * ``synthetic``: synthetic clips of the demo head (``synth.synthesize_clip``), fitted by the direct
   baseline from the packaged encoder's predictions, with and without the photometric term, in
@@ -17,11 +22,15 @@ r"""Evidence for the photometric and silhouette terms (docs/photometric.md has t
   MediaPipe, and an overlay PNG (crop | each fit).
 * ``cost``: a direct step (the whole clip) with and without the term, in one process, and the host
   rasterization of one refresh against it.
+* ``diagnose``: whether the term is minimal at the ground truth: its value at the truth (appearance
+  solved or the true one), with the jaw, identity or camera perturbed, and along the line from a
+  landmarks-only fit to the truth.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import platform
 import time
@@ -40,6 +49,7 @@ from neuface_jax.annotation.prepare import prepare
 from neuface_jax.annotation.scoring import landmarks_to_pixels
 from neuface_jax.annotation.setup import make_setup
 from neuface_jax.core import fit as fit_lib
+from neuface_jax.core import losses as losses_lib
 from neuface_jax.core import metrics as metrics_lib
 from neuface_jax.media import crops as crops_lib
 from neuface_jax.media import detect as detect_lib
@@ -54,14 +64,20 @@ from neuface_jax.synthetic import demo as demo_lib
 from neuface_jax.synthetic import synth as synth_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("part", "synthetic", ["synthetic", "real", "cost"], "Which evidence to produce.")
+flags.DEFINE_enum("part", "synthetic", ["synthetic", "real", "cost", "diagnose"], "Which evidence to produce.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Synthetic clip seeds.")
 flags.DEFINE_list("conditions", ["all", "no_jaw", "occluded"], "Synthetic conditions.")
-flags.DEFINE_integer("frames", 20, "Frames per synthetic clip.")
+flags.DEFINE_integer("frames", 6, "Frames per synthetic clip.")
 flags.DEFINE_string("views", "3", "Synthetic camera rig.")
-flags.DEFINE_integer("epochs", 60, "Epochs (the direct baseline takes as many steps as NeuFace would).")
-flags.DEFINE_float("weight", 2.0, "Photometric term weight (landmark 10, temporal 100, multiview 200).")
-flags.DEFINE_integer("refresh_every", 8, "Re-rasterize every N steps.")
+flags.DEFINE_integer("landmark_steps", 60, "Direct-baseline steps with the landmarks alone (the term's start_step).")
+flags.DEFINE_integer("photo_steps", 140, "Steps after them (both runs take landmark_steps + photo_steps).")
+flags.DEFINE_integer("ramp_steps", 20, "Steps over which the term's weight ramps in.")
+flags.DEFINE_float("weight", 5.0, "Photometric term weight (landmark 10, temporal 100, multiview 200).")
+flags.DEFINE_integer("refresh_every", 4, "Re-rasterize every N steps.")
+flags.DEFINE_enum("albedo", "auto", ["auto", "model", "vertex"], "The term's albedo (auto: the demo head's "
+                  "basis on the demo head; vertex: a free per-vertex albedo per clip).")
+flags.DEFINE_bool("camera_gradient", True, "Let the term move the camera (PhotometricConfig.camera_gradient).")
+flags.DEFINE_enum("shading", "lambert", ["lambert", "sh"], "Synthetic renders' light (SynthConfig.shading).")
 flags.DEFINE_float("camera_distance", 4.0, "Synthetic camera distance, metres (the renders are perspective; the fit's "
                    "camera is weak-perspective: 1.2 m, SynthConfig's default, distorts depth by ~8 % across the face).")
 flags.DEFINE_float("shape_prior", 1e-4, "Direct baseline's L2 prior weight on the identity (FitConfig default 1e-4).")
@@ -74,6 +90,19 @@ flags.DEFINE_string("overlay_png", "docs/photometric_overlay.png", "Overlay PNG 
 flags.DEFINE_string("out", None, "JSON output (default experiments/results/photometric_<part>.json).")
 
 BASE_LOSS = {"landmark": 10.0, "temporal": 100.0, "multiview": 200.0}
+
+
+def photo_loss(weight=None, **extra):
+    """The loss with the photometric term under the recipe: landmarks alone for ``landmark_steps``,
+    then the term ramped in (camera free, appearance solved in closed form every step)."""
+    opts = {"refresh_every": FLAGS.refresh_every, "start_step": FLAGS.landmark_steps, "ramp_steps": FLAGS.ramp_steps,
+            "camera_gradient": FLAGS.camera_gradient, "albedo": FLAGS.albedo}
+    return {**BASE_LOSS, "photometric": ("photometric", FLAGS.weight if weight is None else weight, opts), **extra}
+
+
+def direct_config(loss, seed=0, **kw) -> fit_lib.FitConfig:
+    return fit_lib.FitConfig(loss=loss, direct_steps=FLAGS.landmark_steps + FLAGS.photo_steps, chunk_frames=20,
+                             seed=seed, **kw)
 
 
 def lower_face_vertices(model, embedding) -> np.ndarray:
@@ -111,7 +140,7 @@ def run_synthetic():
     runs = []
     for seed in [int(s) for s in FLAGS.seeds]:
         clip = synth_lib.synthesize_clip(seed=seed, rig=FLAGS.views, config=synth_lib.SynthConfig(
-            num_frames=FLAGS.frames, camera_distance=FLAGS.camera_distance))
+            num_frames=FLAGS.frames, camera_distance=FLAGS.camera_distance, shading=FLAGS.shading))
         for cond in FLAGS.conditions:
             images = occlude(clip, 0.2, seed) if cond == "occluded" else clip.images
             data = crops_lib.prepare_clip(images, clip.landmarks68, clip.crop_transforms, encoder_size=enc_cfg.image_size,
@@ -122,11 +151,8 @@ def run_synthetic():
                 mask = np.asarray(data.landmarks_mask).copy()
                 mask[..., 0:17] = 0.0
                 data = dataclasses.replace(data, landmarks=jnp.asarray(lmk), landmarks_mask=jnp.asarray(mask))
-            for name, loss in (("landmarks", BASE_LOSS),
-                               ("photometric", {**BASE_LOSS, "photometric": ("photometric", FLAGS.weight,
-                                                                             {"refresh_every": FLAGS.refresh_every})})):
-                cfg = fit_lib.FitConfig(loss=loss, num_epochs=FLAGS.epochs, chunk_frames=20, seed=seed,
-                                        direct_prior_weights=(FLAGS.shape_prior, 1e-4, 1e-4))
+            for name, loss in (("landmarks", BASE_LOSS), ("photometric", photo_loss())):
+                cfg = direct_config(loss, seed, direct_prior_weights=(FLAGS.shape_prior, 1e-4, 1e-4))
                 t0 = time.perf_counter()
                 res = fit_lib.DirectFit(face, enc_cfg, cfg).fit(data, encoder=encoder)
                 secs = time.perf_counter() - t0
@@ -150,8 +176,8 @@ def run_synthetic():
     return {"runs": runs, "summary": summary}
 
 
-def _fit_real(face, enc_cfg, encoder, data, loss, steps, seed=0):
-    cfg = fit_lib.FitConfig(loss=loss, num_epochs=steps, chunk_frames=data.num_frames, seed=seed)
+def _fit_real(face, enc_cfg, encoder, data, loss, seed=0):
+    cfg = direct_config(loss, seed).replace(chunk_frames=data.num_frames)
     t0 = time.perf_counter()
     res = fit_lib.DirectFit(face, enc_cfg, cfg).fit(data, encoder=encoder)
     return res, time.perf_counter() - t0
@@ -175,11 +201,14 @@ def run_real():
     faces = np.asarray(face.flame.faces)
     valid = np.asarray(prep.valid)
     out = {"clip": FLAGS.real_clip, "frames": int(prep.num_frames), "stride": FLAGS.real_stride, "runs": {}}
-    photo = {"photometric": ("photometric", FLAGS.weight, {"refresh_every": FLAGS.refresh_every}),
-             "silhouette": FLAGS.silhouette_weight}
+    sil = ("silhouette", FLAGS.silhouette_weight, {"refresh_every": FLAGS.refresh_every,
+                                                   "start_step": FLAGS.landmark_steps, "ramp_steps": FLAGS.ramp_steps})
+    runs = [("landmarks", BASE_LOSS), ("photometric", photo_loss())]
+    if FLAGS.silhouette_weight > 0:
+        runs.append(("photometric+silhouette", photo_loss(silhouette=sil)))
     overlays = {}
-    for name, loss in (("landmarks", BASE_LOSS), ("photometric+silhouette", {**BASE_LOSS, **photo})):
-        res, secs = _fit_real(face, enc_cfg, encoder, data, loss, FLAGS.epochs)
+    for name, loss in runs:
+        res, secs = _fit_real(face, enc_cfg, encoder, data, loss)
         screen = raster_lib.screen_vertices(np.asarray(res.vertices, np.float64), np.asarray(res.cam, np.float64), size)
         fi, _ = raster_lib.rasterize_host(screen, faces, size)
         scale = size / prep.crop_size
@@ -227,7 +256,8 @@ def run_cost():
     steps = 16
     for name, loss in (("landmarks", BASE_LOSS),
                        ("photometric", {**BASE_LOSS, "photometric": ("photometric", FLAGS.weight,
-                                                                     {"refresh_every": FLAGS.refresh_every})})):
+                                                                     {"refresh_every": FLAGS.refresh_every,
+                                                                      "camera_gradient": True})})):
         cfg = fit_lib.FitConfig(loss=loss, num_epochs=steps, chunk_frames=20)
         opt = fit_lib.DirectFit(face, enc_cfg, cfg)
         params = opt.init_params(data, encoder)
@@ -255,11 +285,108 @@ def run_cost():
     return out
 
 
+def gt_direct_params(clip, size: int) -> fit_lib.DirectParams:
+    """The ground truth as the direct baseline's parameters: the clip's shape, expression, global and
+    jaw rotation, and per image the weak-perspective camera closest (least squares over all vertices)
+    to the renders' pinhole projection into the encoder crop."""
+    gt, cam_rec = clip.gt, clip.camera
+    verts = np.asarray(gt["vertices"] - gt["translation"][:, :, None], np.float64)
+    pix = synth_lib.project_points(np.asarray(gt["vertices"], np.float64), cam_rec["focal_px"],
+                                   np.asarray(cam_rec["principal_px"], np.float64), cam_rec["distance_m"])[..., :2]
+    m = np.asarray(clip.crop_transforms, np.float64)
+    norm = (np.einsum("twij,twnj->twni", m[..., :2], pix) + m[:, :, None, :, 2]) * (2.0 / clip.images.shape[-2]) - 1.0
+    t, w = verts.shape[:2]
+    cams, resid = np.zeros((t, w, 3)), []
+    for i in range(t):
+        for j in range(w):
+            x, y = verts[i, j, :, 0], verts[i, j, :, 1]
+            one, zero = np.ones_like(x), np.zeros_like(x)
+            a = np.concatenate([np.stack([x, one, zero], 1), np.stack([-y, zero, one], 1)])
+            b = np.concatenate([norm[i, j, :, 0], norm[i, j, :, 1]])
+            (sc, u, v), *_ = np.linalg.lstsq(a, b, rcond=None)
+            cams[i, j] = [sc, u / sc, -v / sc]
+            resid.append(np.abs(a @ np.array([sc, u, v]) - b).max() * size / 2)
+    logging.info("weak-perspective fit of the renders' projection: max residual %.2f px (crop %d)", max(resid), size)
+    pose = gt["pose"]
+    return fit_lib.DirectParams(
+        shape=jnp.asarray(gt["shape"], jnp.float32),
+        expression=jnp.broadcast_to(jnp.asarray(gt["expression"])[:, None], (t, w, gt["expression"].shape[-1])),
+        rotation=jnp.asarray(np.concatenate([pose[..., 0:3], pose[..., 6:9]], -1), jnp.float32),
+        cam=jnp.asarray(cams, jnp.float32)), float(max(resid))
+
+
+def run_diagnose():
+    """Is the term minimal at the truth? Its value at the ground truth (appearance solved, or the true
+    one), with the jaw, identity or camera perturbed, and along the straight line from a
+    landmarks-only fit to the truth (all parameters, or identity and camera alone)."""
+    model, emb = flame_jax.demo_model(), flame_jax.demo_landmark_embedding()
+    face = fit_lib.FaceModel(model, emb)
+    encoder, enc_cfg = load_checkpoint(packaged_checkpoint(), model)
+    seed = int(FLAGS.seeds[0])
+    clip = synth_lib.synthesize_clip(seed=seed, rig=FLAGS.views, config=synth_lib.SynthConfig(
+        num_frames=FLAGS.frames, camera_distance=FLAGS.camera_distance, shading=FLAGS.shading))
+    data = crops_lib.prepare_clip(clip.images, clip.landmarks68, clip.crop_transforms, encoder_size=enc_cfg.image_size,
+                                  visible=clip.visible68, valid=clip.valid, crop_size=224)
+    truth, resid = gt_direct_params(clip, enc_cfg.image_size)
+    ids = lower_face_vertices(model, emb)
+    opts = {"refresh_every": 1, "camera_gradient": True}
+    gt_app = {"albedo": jnp.asarray(clip.gt["albedo"]), "sh_light": jnp.asarray(clip.gt["light_sh"])}
+
+    @functools.partial(jax.jit, static_argnames=("true_appearance",))
+    def value(p, true_appearance=False):
+        pose = flame_jax.deca_pose_to_full(p.rotation)
+        verts, _, _ = fit_lib.evaluate_params(face, p.shape, p.expression, pose, p.cam)
+        batch = {"images": data.images, "vertices": verts, "cam": p.cam, "faces": model.faces,
+                 "frame_mask": data.frame_mask, "landmarks_target": data.landmarks, "landmarks_mask": data.landmarks_mask}
+        o = dict(opts)
+        if true_appearance:
+            batch.update(gt_app)
+            o.update(albedo="batch", light="batch")
+        v, m = photometric.photometric_term(batch, **o)
+        return losses_lib.masked_mean(v, m)
+
+    def lower(p):
+        pose = flame_jax.deca_pose_to_full(p.rotation)
+        verts, _, root = fit_lib.evaluate_params(face, p.shape, p.expression, pose, p.cam)
+        canon = np.asarray(losses_lib.canonical_vertices(verts, pose[..., 0:3], root), np.float64)
+        ref = np.broadcast_to(np.asarray(clip.gt["canonical_vertices"], np.float64)[:, None], canon.shape)
+        return float(np.linalg.norm(rigid_align(canon, ref, with_scale=True) - ref, axis=-1)[..., ids].mean() * 1000)
+
+    out = {"seed": seed, "weak_perspective_residual_px": resid,
+           "at_truth": {"solved_appearance": float(value(truth)), "true_appearance": float(value(truth, True))}}
+    perturb = {"jaw +0.1 rad": dict(rotation=truth.rotation.at[..., 3].add(0.1)),
+               "jaw +0.2 rad": dict(rotation=truth.rotation.at[..., 3].add(0.2)),
+               "shape[0] +2": dict(shape=truth.shape.at[0].add(2.0)), "shape[1] -2": dict(shape=truth.shape.at[1].add(-2.0)),
+               "scale x1.05": dict(cam=truth.cam.at[..., 0].multiply(1.05)),
+               "tx +1 px": dict(cam=truth.cam.at[..., 1].add(2.0 / enc_cfg.image_size / truth.cam[..., 0]))}
+    out["perturbed"] = {k: float(value(dataclasses.replace(truth, **v))) for k, v in perturb.items()}
+    cfg = direct_config(BASE_LOSS, seed).replace(direct_steps=FLAGS.landmark_steps)
+    fitted = fit_lib.DirectFit(face, enc_cfg, cfg)
+    p0 = fitted.init_params(data, encoder)
+    start, _ = fitted.run_fn(p0, data, jax.random.key(seed), FLAGS.landmark_steps, face)
+    start = fit_lib.DirectParams(shape=jnp.asarray(start[0]), expression=jnp.asarray(start[1]),
+                                 rotation=jnp.concatenate([start[2][..., 0:3], start[2][..., 6:9]], -1),
+                                 cam=jnp.asarray(start[3]))
+    line = {}
+    for label, fields in (("all parameters", ("shape", "expression", "rotation", "cam")), ("identity + camera", ("shape", "cam"))):
+        line[label] = []
+        for a in (0.0, 0.25, 0.5, 0.75, 1.0):
+            p = dataclasses.replace(start, **{k: getattr(start, k) + a * (getattr(truth, k) - getattr(start, k))
+                                              for k in fields})
+            line[label].append({"alpha": a, "photometric": float(value(p)), "lower_face_mm": lower(p)})
+    out["line_from_landmark_fit"] = line
+    print(json.dumps(out, indent=1))
+    return out
+
+
 def main(argv):
     del argv
     t0 = time.perf_counter()
-    out = {"synthetic": run_synthetic, "real": run_real, "cost": run_cost}[FLAGS.part]()
-    out["settings"] = {"seeds": FLAGS.seeds, "frames": FLAGS.frames, "views": FLAGS.views, "epochs": FLAGS.epochs,
+    out = {"synthetic": run_synthetic, "real": run_real, "cost": run_cost, "diagnose": run_diagnose}[FLAGS.part]()
+    out["settings"] = {"seeds": FLAGS.seeds, "frames": FLAGS.frames, "views": FLAGS.views,
+                       "landmark_steps": FLAGS.landmark_steps, "photo_steps": FLAGS.photo_steps,
+                       "ramp_steps": FLAGS.ramp_steps, "shading": FLAGS.shading, "albedo": FLAGS.albedo,
+                       "camera_gradient": FLAGS.camera_gradient,
                        "camera_distance": FLAGS.camera_distance, "shape_prior": FLAGS.shape_prior,
                        "weight": FLAGS.weight, "refresh_every": FLAGS.refresh_every, "method": "direct",
                        "machine": platform.processor() or platform.machine(), "seconds": time.perf_counter() - t0}

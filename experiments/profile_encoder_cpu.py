@@ -3,10 +3,11 @@ under several XLA flag settings and compute dtypes, beside PyTorch's (oneDNN) sa
 
 One subprocess per variant (XLA reads ``XLA_FLAGS`` once per process). Per stage (stem, layer1-4 at
 224²) it times the stage alone on a batch of ``--batch`` images: the forward, and the forward +
-backward with respect to the stage's weights and its input (the input gradient is what a stage
-below needs; the stem's is not needed in training but is timed alike for the comparison), and the
-whole encoder's forward + backward. Figures are CPU seconds of the process (all threads) per pass,
-the fastest of ``--repeats``; on a shared machine they are steadier than wall time.
+backward (random cotangent) with respect to the stage's weights and its input (the input gradient
+is what a stage below needs; the stem's is not taken, as in training), and the whole encoder's
+forward + backward. Figures are CPU seconds of the process (all threads) per pass, the fastest of
+``--repeats``; on a shared machine they are steadier than wall time. Variants differ in XLA flags,
+compute dtype and the convolutions' backward formulation (``core.conv``).
 
     python experiments/profile_encoder_cpu.py --torch_python=/tmp/torchvenv/bin/python \
         --out=experiments/results/profile_encoder_cpu.json
@@ -34,15 +35,25 @@ flags.DEFINE_string("out", None, "JSON output (default $TMPDIR/neuface_jax_bench
 flags.DEFINE_string("child", None, "Internal: run one variant in this process and print its JSON.")
 flags.DEFINE_bool("whole", True, "Also time the whole encoder's forward + backward.")
 
-#: name → (XLA_FLAGS additions, compute dtype)
+#: name → (XLA_FLAGS additions, compute dtype, convolution backward). The backward is "xla" (XLA's own
+#: transposes, ``EncoderConfig.conv_backward="xla"``) or a (kernel-gradient, input-gradient) mode pair
+#: of ``core.conv`` (``conv.DW_MODES`` × ``conv.DX_MODES``); ("taps", "polyphase") is the default.
 VARIANTS = {
-    "default": ("", "float32"),
-    "onednn": ("--xla_cpu_use_onednn=true", "float32"),
-    "onednn_custom_call": ("--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true", "float32"),
-    "xnnpack": ("--xla_cpu_use_xnnpack=true", "float32"),
-    "classic_runtime": ("--xla_cpu_use_thunk_runtime=false", "float32"),
-    "fast_math": ("--xla_cpu_enable_fast_math=true", "float32"),
-    "bfloat16": ("", "bfloat16"),
+    "default": ("", "float32", ("taps", "polyphase")),
+    "xla_conv": ("", "float32", "xla"),
+    "dw_taps4d": ("", "float32", ("taps4d", "polyphase")),
+    "dw_im2col": ("", "float32", ("im2col", "polyphase")),
+    "dw_xla": ("", "float32", ("lax", "polyphase")),
+    "dx_xla": ("", "float32", ("taps", "lax")),
+    "no_ynnpack": ("--xla_cpu_experimental_ynn_fusion_type=", "float32", ("taps", "polyphase")),
+    "xla_conv_no_ynnpack": ("--xla_cpu_experimental_ynn_fusion_type=", "float32", "xla"),
+    "onednn": ("--xla_cpu_use_onednn=true", "float32", "xla"),
+    "onednn_custom_call": ("--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true", "float32",
+                           "xla"),
+    "xnnpack": ("--xla_cpu_use_xnnpack=true", "float32", "xla"),
+    "classic_runtime": ("--xla_cpu_use_thunk_runtime=false", "float32", "xla"),
+    "fast_math": ("--xla_cpu_enable_fast_math=true", "float32", "xla"),
+    "bfloat16": ("", "bfloat16", ("taps", "polyphase")),
 }
 
 
@@ -63,16 +74,20 @@ def _child(name: str) -> dict:
     import jax.numpy as jnp
     from flax import nnx
 
+    from neuface_jax.core import conv as conv_lib
     from neuface_jax.core import encoder as encoder_lib
 
-    _, dtype = VARIANTS[name]
-    cfg = encoder_lib.EncoderConfig(arch="resnet50", image_size=FLAGS.size, dtype=dtype)
+    _, dtype, backward = VARIANTS[name]
+    if backward != "xla":  # the encoder builds its convolutions with this function
+        conv_lib.conv_general_dilated = conv_lib.make_conv_general_dilated(*backward)
+    cfg = encoder_lib.EncoderConfig(arch="resnet50", image_size=FLAGS.size, dtype=dtype,
+                                    conv_backward="xla" if backward == "xla" else "gemm")
     model = encoder_lib.init_encoder(cfg, seed=0)
     bb = model.backbone
     graphdef, params, rest = nnx.split(bb, nnx.Param, ...)
     x_img = jax.random.uniform(jax.random.key(0), (FLAGS.batch, FLAGS.size, FLAGS.size, 3)).astype(cfg.compute_dtype)
     out = {"variant": name, "xla_flags": os.environ.get("XLA_FLAGS", ""), "dtype": dtype, "batch": FLAGS.batch,
-           "stages": {}}
+           "conv_backward": backward, "stages": {}}
     for k, stage in enumerate(encoder_lib.stage_names(cfg)):
         shape = encoder_lib.prefix_feature_shape(cfg, k, FLAGS.size)
         x = jax.random.uniform(jax.random.key(k), (FLAGS.batch,) + shape).astype(cfg.compute_dtype)
@@ -81,7 +96,11 @@ def _child(name: str) -> dict:
             return nnx.merge(graphdef, p, rest).run_stages(x, True, k, k + 1)
 
         fwd = jax.jit(run)
-        bwd = jax.jit(jax.grad(lambda p, x: jnp.sum(run(p, x).astype(jnp.float32)), argnums=(0, 1)))
+        # A random cotangent (a plain sum would give XLA a constant one to fold); the stem's input
+        # gradient is not taken (the images need none, and training never computes it).
+        ct = jax.random.normal(jax.random.key(100 + k), jax.eval_shape(run, params, x).shape)
+        loss = lambda p, x, ct=ct: jnp.sum(run(p, x).astype(jnp.float32) * ct)
+        bwd = jax.jit(jax.grad(loss, argnums=0 if k == 0 else (0, 1)))
         out["stages"][stage] = {"forward_cpu_s": _cpu_time(lambda: fwd(params, x), FLAGS.repeats),
                                 "forward_backward_cpu_s": _cpu_time(lambda: bwd(params, x), FLAGS.repeats)}
         logging.info("%s %s %s", name, stage, out["stages"][stage])
@@ -99,7 +118,7 @@ def main(argv):
         return
     results = []
     for name in FLAGS.variants:
-        extra, _ = VARIANTS[name]
+        extra = VARIANTS[name][0]
         env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + extra).strip())
         cmd = [sys.executable, __file__, f"--child={name}", f"--batch={FLAGS.batch}", f"--size={FLAGS.size}",
                f"--repeats={FLAGS.repeats}", f"--whole={FLAGS.whole}"]

@@ -26,6 +26,10 @@ fitted ``predicted_landmarks2d``): eye openness = mean lid gap / eye width per e
 mouth opening = inner-lip gap (62–66) / mouth width (48–54); closed frames = detected opening ≤
 ``--closed_mouth``. Only frames where MediaPipe saw the points count. Yaw: ``self_training.yaw_pitch_deg``.
 
+``--refine_steps`` sets annotate's per-frame refinement after NeuFace (``core.refine``; 0, the default, as
+before it existed); ``--labels_only`` stops after step 1 and reports those annotate figures per clip (the
+before/after comparison of the refinement: ``docs/self_training.md``).
+
 Writes ``--out`` (command, settings, load averages, every figure) and prints a table.
 """
 
@@ -60,6 +64,10 @@ flags.DEFINE_list("clips", ["mead", "liveportrait", "wojtek", "nersemble"], "Cli
 flags.DEFINE_list("folds", ["mead+wojtek/liveportrait+nersemble", "liveportrait+nersemble/mead+wojtek"],
                   "Folds as train+train/held+held (whole clips).")
 flags.DEFINE_integer("epochs", 100, "annotate epochs, equal for both priors.")
+flags.DEFINE_integer("refine_steps", annotate_lib.SetupConfig().refine_steps,
+                     "annotate's per-frame refinement steps after NeuFace (0: NeuFace's result as it is).")
+flags.DEFINE_bool("labels_only", False, "Stop after the labels: print and save the shipped prior's annotate "
+                  "figures per clip (no self-training).")
 flags.DEFINE_integer("steps", 300, "Self-training steps.")
 flags.DEFINE_integer("batch_size", 32, "Self-training batch size.")
 flags.DEFINE_float("lr", 3e-4, "Self-training peak learning rate.")
@@ -95,13 +103,14 @@ def annotate(clip: str, encoder: pathlib.Path, out_dir: pathlib.Path) -> dict:
         doc = json.loads(m.read_text())
         c = doc["clip"]
         if (c["epochs"] == FLAGS.epochs and pathlib.Path(c["encoder"]).resolve() == encoder.resolve()
-                and int(c["stride"]) == rng.stride):
+                and int(c["stride"]) == rng.stride and int(c.get("refine_steps", 0)) == FLAGS.refine_steps):
             print(f"  reusing {out_dir}", flush=True)
             return doc
     t0 = time.perf_counter()
     summary = annotate_lib.annotate(
         str(shared / "videos" / rel), out_dir=out_dir, view_boxes=boxes,
-        setup=annotate_lib.SetupConfig(epochs=FLAGS.epochs, encoder=str(encoder), face_landmarker=str(model_path)),
+        setup=annotate_lib.SetupConfig(epochs=FLAGS.epochs, encoder=str(encoder), face_landmarker=str(model_path),
+                                       refine_steps=FLAGS.refine_steps),
         prepare=annotate_lib.PrepareConfig(frames=rng, cache_dir=str(work / "landmark_cache")),
         output=annotate_lib.OutputConfig(write_video=False),
     )
@@ -228,7 +237,7 @@ def main(argv):
         "settings": {
             "clips": {c: {"file": CLIPS[c][0], "view_boxes": CLIPS[c][1], "stride": CLIPS[c][2].stride}
                       for c in FLAGS.clips},
-            "folds": FLAGS.folds, "epochs": FLAGS.epochs, "steps": FLAGS.steps, "batch_size": FLAGS.batch_size,
+            "folds": FLAGS.folds, "epochs": FLAGS.epochs, "refine_steps": FLAGS.refine_steps, "steps": FLAGS.steps, "batch_size": FLAGS.batch_size,
             "lr": FLAGS.lr, "blink_fraction": FLAGS.blink_fraction, "closed_mouth": FLAGS.closed_mouth,
             "turned_deg": [float(x) for x in FLAGS.turned_deg], "model": "demo head", "shipped_prior": str(shipped),
         },
@@ -241,6 +250,12 @@ def main(argv):
     base = {c: annotate(c, shipped, work / "base" / c) for c in FLAGS.clips}
     doc["seconds"]["annotate_shipped"] = time.perf_counter() - t0
     yaws = {c: mediapipe_yaw(c) for c in FLAGS.clips}
+    if FLAGS.labels_only:
+        doc["clips"] = {c: {"annotate": {"shipped": annotate_measures(work / "base" / c, base[c], yaws[c][1])}}
+                        for c in FLAGS.clips}
+        doc["summary"] = labels_summary({c: e["annotate"]["shipped"] for c, e in doc["clips"].items()})
+        print(json.dumps(doc["summary"], indent=1))
+        return write_results(doc, t_all)
     t0 = time.perf_counter()
     frames = labels_lib.load_labelled_frames([work / "base" / c for c in FLAGS.clips], 64)
     doc["seconds"]["load_frames"] = time.perf_counter() - t0
@@ -300,6 +315,29 @@ def main(argv):
         s["annotate_nme_ratio"] = s["annotate_nme_percent_self_trained"] / s["annotate_nme_percent_shipped"]
         s["annotate_jitter_ratio"] = s["annotate_jitter_mm_self_trained"] / s["annotate_jitter_mm_shipped"]
         print(json.dumps(s, indent=1))
+    write_results(doc, t_all)
+
+
+def labels_summary(per_clip: dict) -> dict:
+    """Per-clip annotate figures of one prior → the issue's measures side by side and their means."""
+    def get(m, *keys):
+        for k in keys:
+            m = (m or {}).get(k)
+        return m
+
+    rows = {c: {"nme_percent": m["nme_percent"], "jitter_mm": m["jitter_mm"],
+                "yaw_error_turned_deg": m["yaw_error_turned_deg"], "turned_frames": m["turned_frames"],
+                "blink_detected": get(m, "eyes", "blink_detected"), "blink_fitted": get(m, "eyes", "blink_fitted"),
+                "mouth_widest_ratio": get(m, "mouth", "widest_ratio"),
+                "mouth_closed_fitted": get(m, "mouth", "closed_fitted")} for c, m in per_clip.items()}
+    for c, r in rows.items():
+        print(f"{c:13s} " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    return {"per_clip": rows, "mean_nme_percent": float(np.mean([r["nme_percent"] for r in rows.values()])),
+            "mean_jitter_mm": float(np.mean([r["jitter_mm"] for r in rows.values()]))}
+
+
+def write_results(doc: dict, t_all: float) -> None:
+    """Writes ``--out`` (keeping earlier invocations' commands) and says where."""
     doc["machine"]["loadavg_end"] = list(os.getloadavg())
     doc["seconds"]["total"] = time.perf_counter() - t_all
     out = pathlib.Path(FLAGS.out)

@@ -30,6 +30,7 @@ from neuface_jax.annotation.setup import (
     default_learning_rate,
     make_setup,
     packaged_checkpoint,
+    refine_result,
 )
 from neuface_jax.annotation.write import write_outputs
 from neuface_jax.media.sources import parse_view_boxes
@@ -58,6 +59,7 @@ __all__ = [
     "packaged_checkpoint",
     "parse_view_boxes",
     "prepare",
+    "refine_result",
     "resolve_face_model",
     "static_contour_embedding",
     "write_outputs",

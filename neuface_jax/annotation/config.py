@@ -12,6 +12,7 @@ import dataclasses
 
 from neuface_jax.common.settings import setting
 from neuface_jax.core import fit as fit_lib
+from neuface_jax.core import refine as refine_lib
 from neuface_jax.media.export import OVERLAY_STYLES, check_overlay_style
 from neuface_jax.media.video import FrameRange
 
@@ -54,6 +55,11 @@ class SetupConfig:
         "checkpoint, 2e-5 from a ResNet-50 checkpoint, 1e-3 from a random encoder).", flag="lr")
     seed: int = setting(0, "Encoder initialization and optimization seed.")
     trainable_stages: int | None = setting(None, fit_lib.TRAINABLE_STAGES_HELP)
+    refine_steps: int = setting(
+        0, "Per-frame refinement after NeuFace: Adam steps of a direct fit of each frame's expression, head/jaw "
+        "rotation and camera from NeuFace's result, which lets blinks close and the mouth reach its range "
+        f"({refine_lib.DEFAULT_REFINE_STEPS} recommended; 0: NeuFace's result as it is).")
+    refine_lr: float = setting(refine_lib.DEFAULT_REFINE_LR, "Learning rate of the per-frame refinement.")
     warm_compile: bool = setting(
         False, "Compile the NeuFace step in the background during detection (pays with spare cores; "
         "annotate only).")
@@ -66,6 +72,8 @@ class SetupConfig:
             raise ValueError(f"landmark_set must be one of {LANDMARK_SETS}, got {self.landmark_set!r}")
         if self.contour not in CONTOURS:
             raise ValueError(f"contour must be one of {CONTOURS}, got {self.contour!r}")
+        if int(self.refine_steps) < 0 or not float(self.refine_lr) > 0:
+            raise ValueError(f"refine_steps must be >= 0 and refine_lr > 0, got {self.refine_steps}, {self.refine_lr}")
         if int(self.epochs) < 1 or int(self.chunk_frames) < 1:
             raise ValueError(f"epochs and chunk_frames must be >= 1, got {self.epochs}, {self.chunk_frames}")
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from neuface_jax.annotation.config import OutputConfig, PrepareConfig, SetupConfig
 from neuface_jax.annotation.preflight import check_inputs
 from neuface_jax.annotation.prepare import PreparedClip, prepare as prepare_clip
-from neuface_jax.annotation.setup import AnnotateSetup, make_setup
+from neuface_jax.annotation.setup import AnnotateSetup, make_setup, refine_result
 from neuface_jax.annotation.write import write_outputs
 from neuface_jax.common import log as log_lib
 from neuface_jax.common.atomic import atomic_write_text
@@ -36,9 +36,10 @@ logger = logging.getLogger(__name__)
 
 
 def _warm_compile(opt, encoder, num_views: int, num_landmarks: int, est_frames: int | None) -> None:
-    """Compiles NeuFace's step (and, with a frame-count estimate, its export) on dummy inputs of the
-    clip's shapes, so that compilation overlaps decoding and detection. The real fit then finds the
-    executables in jit's cache (same static optimizer, same avals)."""
+    """Compiles NeuFace's step (with frozen stages, the prefix and the step on its activations; with a
+    frame-count estimate, the export too) on dummy inputs of the clip's shapes, so that compilation
+    overlaps decoding and detection. The real fit then finds the executables in jit's cache (same
+    static optimizer, same avals)."""
     c, s = opt.config.chunk_frames, opt.encoder_config.image_size
 
     def data(t):
@@ -51,7 +52,9 @@ def _warm_compile(opt, encoder, num_views: int, num_landmarks: int, est_frames: 
 
     state = opt.init_state(encoder)
     key = jax.random.split(jax.random.key(0), 2)[0]
-    new_state, *_ = jax.block_until_ready(opt.step_fn(state, data(c), key, opt.initial_context(num_views), opt.face))
+    # With trainable_stages the step consumes the frozen prefix's activations, not the crops.
+    (chunk,) = opt.cache_features(state, [data(c)])
+    new_state, *_ = jax.block_until_ready(opt.step_fn(state, chunk, key, opt.initial_context(num_views), opt.face))
     if est_frames:
         t_pad = fit_lib.padded_length(int(est_frames), c)
         jax.block_until_ready(opt.export_fn(new_state.params, new_state.rest, data(t_pad), opt.face))
@@ -104,7 +107,7 @@ def _fit(setup: AnnotateSetup, clip: PreparedClip, progress: log_lib.ProgressFac
             bar.set(epoch)
 
         result = setup.optimizer.fit(clip.data, encoder=setup.encoder, progress=on_epoch)
-    return result, last["total"]
+    return refine_result(setup, clip.data, result), last["total"]
 
 
 def _check_first(setup, videos, out_dir, prepare: PrepareConfig, view_names, view_boxes, landmarks_file):

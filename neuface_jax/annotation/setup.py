@@ -24,8 +24,10 @@ from neuface_jax.annotation.config import RANDOM_ENCODER, SetupConfig
 from neuface_jax.annotation.face import FaceSetup, resolve_face_model
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
+from neuface_jax.core import losses as losses_lib
+from neuface_jax.core import refine as refine_lib
 from neuface_jax.media import detect as detect_lib
-from neuface_jax import photometric  # noqa: F401  (registers the "photometric" / "silhouette" loss terms)
+from neuface_jax import photometric  # registers the "photometric" / "silhouette" loss terms
 from neuface_jax.priors.starting import (  # re-exported: the starting-encoder choices live in priors
     PACKAGED_CHECKPOINT_NAME,
     PRETRAINED_LR,
@@ -48,6 +50,7 @@ __all__ = [
     "load_checkpoint",
     "make_setup",
     "packaged_checkpoint",
+    "refine_result",
 ]
 
 logger = logging.getLogger(__name__)
@@ -177,6 +180,13 @@ def make_setup(
             seed=int(config.seed), trainable_stages=config.trainable_stages,
         )
     face = fit_lib.FaceModel(face_setup.model, face_setup.embedding)
+    if losses_lib.uses_images(fit_config.loss) and not face_setup.is_demo:
+        # The photometric / silhouette terms compare the mesh's face region, looked up by mesh size.
+        if getattr(face_setup.embedding, "num_landmarks", 0) == 68:
+            photometric.register_face_region(face_setup.model, face_setup.embedding)
+        else:
+            logger.warning("setup: no 68-point embedding to find the face region of %s: the image terms compare "
+                           "the whole mesh", face_setup.model_label)
     logger.info("setup: model %s (%s, %s contour), encoder %s, lr %.3g; in %.1fs", face_setup.model_label,
                 face_setup.landmark_set, face_setup.contour, label, fit_config.learning_rate, time.perf_counter() - t0)
     return AnnotateSetup(
@@ -184,3 +194,11 @@ def make_setup(
         fit_config=fit_config, optimizer=fit_lib.NeuFace(face, enc_cfg, fit_config), model_path=model_path,
         options=landmarker_options or detect_lib.LandmarkerOptions(track=config.track), notes=tuple(notes),
     )
+
+
+def refine_result(setup: AnnotateSetup, data: fit_lib.ClipData, result: fit_lib.FitResult) -> fit_lib.FitResult:
+    """NeuFace's ``result`` on ``data`` refined per frame as ``setup.config`` says (``refine_steps``, ``refine_lr``;
+    ``core.refine``): what ``annotate`` and the dataset runner write."""
+    cfg = setup.config
+    return refine_lib.refine(setup.face, setup.encoder_config, setup.fit_config, data, result,
+                             steps=int(cfg.refine_steps), learning_rate=float(cfg.refine_lr), seed=setup.fit_config.seed)

@@ -47,7 +47,10 @@ def _clip_block(setup: AnnotateSetup, clip: PreparedClip) -> dict[str, Any]:
         "encoder_config": setup.encoder_config.to_dict(),
         "epochs": cfg.num_epochs,
         "chunk_frames": cfg.chunk_frames,
+        "trainable_stages": cfg.trainable_stages,  # null: all stages (full fine-tuning)
         "learning_rate": cfg.learning_rate,
+        "refine_steps": int(setup.config.refine_steps),
+        "refine_lr": float(setup.config.refine_lr),
     }
 
 

@@ -36,12 +36,14 @@ def learn_model_main(argv: list[str]) -> int:
     """Learns identity components (vertex offsets) beyond a base model's over a corpus of clips.
 
     neuface-jax learn-model --manifest M --out model.npz [--base_model F --landmark_embedding E]
-        [--shape_components 8] [--max_frames 16] [--part all|first_half|second_half]
+        [--shape_components 8] [--albedo_components 0] [--max_frames 16] [--part all|first_half|second_half]
 
     Every clip gets one identity over all its frames and views; the learned components are smooth
-    over the mesh and orthogonal to the base's identity and expression spaces. The result is an
-    ordinary model file (with <stem>.landmark_embedding.npz beside it) for annotate --flame_model,
-    synth --flame_model and flame_jax.load_model; the learning run is recorded inside it.
+    over the mesh and orthogonal to the base's identity space (--orthogonal_to). With
+    --albedo_components K the clips' face crops also give per-vertex albedo components (the
+    photometric step), written into the model file's albedo_mean / albedo_basis members. The result
+    is an ordinary model file (with <stem>.landmark_embedding.npz beside it) for annotate
+    --flame_model, synth --flame_model and flame_jax.load_model; the learning run is recorded inside it.
     """
     fv = parse_command(argv, PROG, learn_model_main.__doc__, _define)
     if missing(fv, PROG, "manifest", "out"):
@@ -61,6 +63,6 @@ def learn_model_main(argv: list[str]) -> int:
     lmk = record["landmark_l1"]
     print(f"wrote {fv.out} ({record['learned']['shape_components']} learned identity components after "
           f"{record['learned']['first_component']}; corpus landmark L1 {lmk['base_fit']:.5f} -> "
-          f"{lmk['joint_fit']:.5f}; "
+          f"{lmk['joint_fit']:.5f}; {record['learned']['albedo_components']} albedo components; "
           f"{record['seconds']['per_epoch']:.3f} s/epoch) and {embedding_path_for(fv.out)}")
     return 0

@@ -30,7 +30,7 @@ def live_main(argv: list[str]) -> int:
     """Tracks a face live: detection, tracking, the regressor, One-Euro filtering.
 
     neuface-jax live --source 0|PATH|URL [--regressor DIR] [--show] [--out overlay.mp4]
-        [--params out.npz|out.jsonl] [--redetect_every N] [--nofilter] [--max_frames N]
+        [--params out.npz|out.jsonl] [--redetect_every N] [--nostable_crop] [--nofilter] [--max_frames N]
 
     The face detector is BlazeFace from MediaPipe's face_landmarker.task (--face_landmarker, or
     $NEUFACE_FACE_LANDMARKER, or `neuface-jax fetch-models`). The regressor is a checkpoint from

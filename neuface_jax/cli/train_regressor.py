@@ -10,6 +10,7 @@ from absl import flags
 from neuface_jax.cli import flags as flags_lib
 from neuface_jax.cli.common import missing, parse_command
 from neuface_jax.common import log as log_lib
+from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.media import video as video_lib
 from neuface_jax.realtime import train as train_lib
 
@@ -22,6 +23,13 @@ def _define(fv: flags.FlagValues) -> None:
     flags.DEFINE_list("distill", [], "Annotations to distil: annotate / annotate-dataset output folders, "
                       "comma-separated (the videos their metrics.json names are decoded again).", flag_values=fv)
     flags.DEFINE_list("video_dirs", [], "Folders to find moved videos in, by file name.", flag_values=fv)
+    flags.DEFINE_list("unlabelled", [], "Videos without annotations (one person each), comma-separated: "
+                      "landmark-free self-supervision (--weight_photometric, identity consistency); the last "
+                      "--holdout_fraction of each is not used.", flag_values=fv)
+    flags.DEFINE_string("init", None, "Start from this regressor checkpoint (fine-tuning) instead of fresh weights.",
+                        flag_values=fv)
+    flags.DEFINE_string("face_landmarker", None, "MediaPipe face_landmarker.task whose face detector crops the "
+                        "unlabelled videos (default: $NEUFACE_FACE_LANDMARKER or the user cache).", flag_values=fv)
     flags_lib.define(fv, train_lib.TrainConfig)
 
 
@@ -29,11 +37,15 @@ def train_regressor_main(argv: list[str]) -> int:
     """Trains the real-time regressor (a MobileNet encoder checkpoint).
 
     neuface-jax train-regressor --out DIR [--distill ANNOTATION_DIR,...] [--video_dirs DIR,...]
+        [--unlabelled VIDEO,... --weight_photometric W] [--init DIR]
         [--synthetic_clips N] [--steps N] [--batch_size N] [--image_size PX] ...
 
     Synthetic renders of the demo head (--synthetic_clips, 16 images each) and frames of annotate
     outputs (--distill; the fitted parameters are the targets, the last --holdout_fraction of each
-    clip is held out) are mixed in every batch. The checkpoint works with `neuface-jax live
+    clip is held out) are mixed in every batch. Frames of videos without annotations (--unlabelled,
+    cropped by the live tracker's face detector) add landmark-free self-supervision: the photometric
+    term (--weight_photometric, also applied to the distilled frames) and identity consistency.
+    --init DIR continues from a trained regressor. The checkpoint works with `neuface-jax live
     --regressor DIR` and as NeuFace's starting encoder (`neuface-jax annotate --encoder DIR`).
     """
     fv = parse_command(argv, PROG, train_regressor_main.__doc__, _define)
@@ -42,12 +54,16 @@ def train_regressor_main(argv: list[str]) -> int:
     config = flags_lib.build(fv, train_lib.TrainConfig)
     distill = list(fv.distill)
     try:
-        result = train_lib.train(config, distill=distill, video_dirs=fv.video_dirs,
+        encoder = None
+        if fv.init:
+            encoder, _ = encoder_lib.load_encoder(fv.init)
+        result = train_lib.train(config, distill=distill, video_dirs=fv.video_dirs, unlabelled=fv.unlabelled,
+                                 face_landmarker=fv.face_landmarker, encoder=encoder,
                                  progress=log_lib.progress_factory())
     except (FileNotFoundError, ValueError, video_lib.VideoError) as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 1
-    path = train_lib.save(fv.out, result, config, distill=distill)
+    path = train_lib.save(fv.out, result, config, distill=distill, unlabelled=fv.unlabelled)
     for name, errors in result.validation.items():
         print(f"validation ({name}): " + ", ".join(f"{k} {v:.4g}" for k, v in errors.items()))
     print(f"wrote {Path(path)} and {train_lib.summary_path(path)}")

@@ -58,6 +58,7 @@ import numpy as np
 from flax import nnx
 
 from flame_jax.rotations import deca_pose_to_full
+from neuface_jax.core import conv as conv_lib
 from neuface_jax.core.mobilenet import MobileNet
 
 _log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ DEFAULT_CAM_SCALE = 9.0
 _ARCHS = ("resnet50", "small", "mobilenet")
 _LAYOUTS = ("deca", "compact")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_CONV_BACKWARDS = ("gemm", "xla")
 _CHECKPOINT_FORMAT = "neuface_jax.encoder"  # the on-disk format name (not the module path)
 _CHECKPOINT_VERSION = 1
 _CHECKSUM_ALGORITHM = "sha256 of each array's C-order little-endian bytes"
@@ -155,6 +157,13 @@ class EncoderConfig:
         float32; the head always computes in float32.
       bn_momentum: running-average decay of BatchNorm (0.9 = torch's momentum 0.1).
       bn_epsilon: BatchNorm epsilon (torch's 1e-5).
+      conv_backward: how the ResNet-50 backbone's convolution and max-pool gradients are computed:
+        "gemm" (``core.conv``: kernel gradients as matrix products, input gradients as stride-1
+        convolutions, the max-pool's without select-and-scatter; the forms XLA:CPU runs fast; on GPU/TPU
+        XLA's own) or "xla" (XLA's own transposes everywhere). The forward and the parameters are the
+        same either way. The
+        "small" and "mobilenet" backbones always use XLA's (at their sizes the GEMM form did not win).
+        ``to_dict`` leaves the field out at its default, so configs written before it existed match.
     """
 
     arch: str = "resnet50"
@@ -178,6 +187,7 @@ class EncoderConfig:
     dtype: str = "float32"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    conv_backward: str = "gemm"
 
     def __post_init__(self):
         if self.arch not in _ARCHS:
@@ -186,6 +196,8 @@ class EncoderConfig:
             raise ValueError(f"layout must be one of {_LAYOUTS}, got {self.layout!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {self.dtype!r}")
+        if self.conv_backward not in _CONV_BACKWARDS:
+            raise ValueError(f"conv_backward must be one of {_CONV_BACKWARDS}, got {self.conv_backward!r}")
         # Normalized values (JSON round trips give lists; keep the dataclass hashable).
         fixed: dict[str, Any] = {name: _checked_int(name, getattr(self, name), *r) for name, r in _INT_RANGES.items()}
         fixed.update({name: _checked_float(name, getattr(self, name), *r) for name, r in _FLOAT_RANGES.items()})
@@ -226,8 +238,11 @@ class EncoderConfig:
         return _DTYPES[self.dtype]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serializable dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """JSON-serializable dict (tuples become lists; ``conv_backward`` only when not the default)."""
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        if d["conv_backward"] == _CONV_BACKWARDS[0]:
+            del d["conv_backward"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
@@ -371,6 +386,8 @@ def clip_shape(shape_per_image: jax.Array, mask: jax.Array | None = None) -> jax
 def _conv(cin, cout, k, stride, pad, cfg: EncoderConfig, rngs):
     # Explicit symmetric padding reproduces torch's convolution alignment (SAME would pad
     # asymmetrically for stride 2) so torchvision/DECA weights could be converted one-to-one.
+    gemm = cfg.conv_backward == "gemm" and cfg.arch == "resnet50"
+    conv_fn = conv_lib.conv_general_dilated if gemm else jax.lax.conv_general_dilated
     return nnx.Conv(
         cin,
         cout,
@@ -380,6 +397,7 @@ def _conv(cin, cout, k, stride, pad, cfg: EncoderConfig, rngs):
         use_bias=False,
         dtype=cfg.compute_dtype,
         kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        conv_general_dilated=conv_fn,
         rngs=rngs,
     )
 
@@ -456,6 +474,7 @@ class ResNet50(nnx.Module):
         w0 = cfg.resnet_widths[0]
         self.conv1 = _conv(3, w0, 7, 2, 3, cfg, rngs)
         self.bn1 = _bn(w0, cfg, rngs)
+        self.conv_backward = cfg.conv_backward
         cin = w0
         stages = []
         for width, blocks, stride in zip(cfg.resnet_widths, cfg.resnet_blocks, (1, 2, 2, 2)):
@@ -477,7 +496,10 @@ class ResNet50(nnx.Module):
             if i == 0:
                 x = nnx.relu(self.bn1(self.conv1(x), use_running_average=use_running_average))
                 # torch pads max-pool input with -inf; reduce_window's padding for max behaves the same.
-                x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+                if self.conv_backward == "gemm":  # same values; a gradient without select-and-scatter
+                    x = conv_lib.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+                else:
+                    x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
                 continue
             for block in (self.layer1, self.layer2, self.layer3, self.layer4)[i - 1]:
                 x = block(x, use_running_average)
@@ -635,7 +657,7 @@ def stage_names(config: EncoderConfig) -> tuple[str, ...]:
     backbone is counted."""
     if config.arch == "resnet50":
         return ResNet50.stage_names
-    if config.arch == "small":
+    if config.arch in ("small", "mobilenet"):  # both take their widths from small_widths
         return ("stem",) + tuple(f"stage{i + 1}" for i in range(len(config.small_widths)))
     raise ValueError(f"the {config.arch!r} backbone does not define stages")
 

@@ -136,12 +136,15 @@ class ClipData:
       landmarks: [T, W, L, 2] float32 targets in normalized crop coordinates ([-1, 1]).
       landmarks_mask: [T, W, L] float32 (0 = invisible / NaN / dropped).
       frame_mask: [T, W] float32 (0 = no detection, a missing view, or padding).
+      crops: None, or the crops themselves when ``images`` holds a frozen prefix's activations
+        (``NeuFace.cache_features`` with an image-based loss term).
     """
 
     images: jax.Array
     landmarks: jax.Array
     landmarks_mask: jax.Array
     frame_mask: jax.Array
+    crops: jax.Array | None = None
 
     @property
     def num_frames(self) -> int:
@@ -153,7 +156,7 @@ class ClipData:
 
 
 jax.tree_util.register_dataclass(
-    ClipData, data_fields=["images", "landmarks", "landmarks_mask", "frame_mask"], meta_fields=[]
+    ClipData, data_fields=["images", "landmarks", "landmarks_mask", "frame_mask", "crops"], meta_fields=[]
 )
 
 
@@ -238,8 +241,9 @@ def evaluate_params(face: FaceModel, shape, expression, pose, cam):
     return out.vertices, lmk2d, out.joints[..., 0, :]
 
 
-def _loss_batch(face, data_chunk, shape, expression, pose, cam, key, *, config: FitConfig, prev=None):
-    """Builds the loss batch for one chunk [C, W] of images and evaluates the loss."""
+def _loss_batch(face, data_chunk, shape, expression, pose, cam, key, *, config: FitConfig, prev=None, step=None):
+    """Builds the loss batch for one chunk [C, W] of images and evaluates the loss. ``step``: the
+    optimizer's step count, for terms with a schedule (``batch["step"]``)."""
     verts, lmk2d, root = evaluate_params(face, shape, expression, pose, cam)
     frame_mask = data_chunk.frame_mask
     batch = {
@@ -260,6 +264,8 @@ def _loss_batch(face, data_chunk, shape, expression, pose, cam, key, *, config: 
     }
     if data_chunk.images is None:  # NeuFace with a frozen prefix: the step sees its activations, not the crops
         del batch["images"]
+    if step is not None:
+        batch["step"] = step
     if config.landmark_weights is not None:
         batch["landmark_weights"] = jnp.asarray(config.landmark_weights, jnp.float32)
     if prev is not None:
@@ -367,7 +373,7 @@ class NeuFace:
         decoded = jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), decoded)
         return (decoded, rest) if update_bn_stats else decoded
 
-    def chunk_loss(self, params, rest, chunk: ClipData, key, prev, face: FaceModel):
+    def chunk_loss(self, params, rest, chunk: ClipData, key, prev, face: FaceModel, step=None):
         """Loss of one chunk; returns (total, (parts, new_rest))."""
         train_bn = not self.config.freeze_bn
         p = self.predict(params, rest, chunk.images, update_bn_stats=train_bn, features=self.frozen_stages > 0)
@@ -375,9 +381,10 @@ class NeuFace:
             p, rest = p
         c, w = chunk.frame_mask.shape
         shape = encoder_lib.clip_shape(p.shape.reshape(c * w, -1), chunk.frame_mask.reshape(c * w))
-        if self.frozen_stages > 0:  # image-based terms cannot use the activations: they fail naming "images"
-            chunk = dataclasses.replace(chunk, images=None)
-        total, parts = _loss_batch(face, chunk, shape, p.expression, p.pose, p.cam, key, config=self.config, prev=prev)
+        if self.frozen_stages > 0:  # image-based terms read the crops carried beside the activations (or fail)
+            chunk = dataclasses.replace(chunk, images=chunk.crops, crops=None)
+        total, parts = _loss_batch(face, chunk, shape, p.expression, p.pose, p.cam, key, config=self.config, prev=prev,
+                                   step=step)
         return total, (parts, rest)
 
     _CONTEXT = 2  # frames of the previous chunk carried into the temporal windows
@@ -389,7 +396,7 @@ class NeuFace:
         if self.config.temporal_across_chunks:
             prev_batch = {"prev_global_pose": prev[0], "prev_frame_mask": prev[1]}
         (loss, (parts, new_rest)), grads = jax.value_and_grad(self.chunk_loss, has_aux=True)(
-            state.params, state.rest, chunk, key, prev_batch, face
+            state.params, state.rest, chunk, key, prev_batch, face, state.step
         )
         # A chunk with no valid frame (all padding) must not move the weights.
         has_data = (jnp.sum(chunk.frame_mask) > 0).astype(jnp.float32)
@@ -459,7 +466,9 @@ class NeuFace:
         if self.frozen_stages == 0:
             return chunk_list
         fn = functools.partial(_neuface_prefix_packed if packed else _neuface_prefix, *self.static)
-        return [dataclasses.replace(c, images=fn(state.params, state.rest, c.images)) for c in chunk_list]
+        keep = losses_lib.uses_images(self.config.loss)
+        return [dataclasses.replace(c, images=fn(state.params, state.rest, c.images), crops=c.images if keep else None)
+                for c in chunk_list]
 
     def _export(self, params, rest, data: ClipData, face: FaceModel):
         """Predictions for every frame and view of a (padded) clip, chunk by chunk."""
@@ -633,9 +642,10 @@ class DirectFit:
             landmarks_mask=data.landmarks_mask * data.frame_mask[..., None], frame_mask=seen,
         )
 
-    def _loss(self, params: DirectParams, data: ClipData, key, face: FaceModel):
+    def _loss(self, params: DirectParams, data: ClipData, key, face: FaceModel, step=None):
         pose = flame_jax.deca_pose_to_full(params.rotation)
-        total, parts = _loss_batch(face, data, params.shape, params.expression, pose, params.cam, key, config=self.config)
+        total, parts = _loss_batch(face, data, params.shape, params.expression, pose, params.cam, key, config=self.config,
+                                   step=step)
         m = data.frame_mask[..., None]
         ws, we, wp = self.config.direct_prior_weights
         prior = (
@@ -654,7 +664,7 @@ class DirectFit:
 
         def body(carry, k):
             p, s, recent, done, i = carry
-            (loss, parts), grads = jax.value_and_grad(self._loss, has_aux=True)(p, loss_data, k, face)
+            (loss, parts), grads = jax.value_and_grad(self._loss, has_aux=True)(p, loss_data, k, face, i)
             updates, new_s = self.optimizer.update(grads, s, p)
             new_p = optax.apply_updates(p, updates)
             if tol > 0:  # static: no early stopping compiles no ring buffer

@@ -808,6 +808,20 @@ BUILTIN_TERMS: dict[str, TermFn] = {
 _TERM_PROVIDERS = {"photometric": "neuface_jax.photometric", "silhouette": "neuface_jax.photometric",
                    "face_oval": "neuface_jax.photometric"}
 
+#: Terms that read the crops themselves (``batch["images"]``).
+IMAGE_TERMS = frozenset({"photometric", "silhouette", "face_oval"})
+
+
+def uses_images(config: Mapping[str, Any]) -> bool:
+    """Whether a loss config names a term that reads the crops (by its name or its term's name)."""
+    for name, spec in config.items():
+        fn = spec.fn if isinstance(spec, LossTerm) else spec[0] if isinstance(spec, (tuple, list)) and spec else name
+        weight = spec if isinstance(spec, (int, float)) else 1.0
+        if weight and (name in IMAGE_TERMS or (isinstance(fn, str) and fn in IMAGE_TERMS)):
+            return True
+    return False
+
+
 #: The released code's loss: 10·L_lmk + 100·L_temp + 200·L_mv.
 REFERENCE_LOSS_CONFIG: dict[str, float] = {"landmark": 10.0, "temporal": 100.0, "multiview": 200.0}
 

@@ -178,10 +178,11 @@ class GroupWork:
     def fit(self, group: sched_lib.Group, checkpoint) -> list:
         t0 = time.perf_counter()
         try:
-            return parallel.fit_packed(
+            results = parallel.fit_packed(
                 self.setup.optimizer, [c.data for c in group.clips], encoder=self.setup.encoder, mesh=self.mesh,
                 num_frames=group.num_frames, num_slots=self.slots, checkpoint=checkpoint,
             )
+            return [annotation.refine_result(self.setup, c.data, r) for c, r in zip(group.clips, results)]
         finally:
             self.recorder.timed("fit", t0)
 

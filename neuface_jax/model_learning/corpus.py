@@ -35,6 +35,7 @@ from neuface_jax.core import camera as camera_lib
 from neuface_jax.dataset.config import DatasetConfig
 from neuface_jax.dataset.manifest import ClipEntry, read_manifest
 from neuface_jax.dataset.runner import prepare_entry
+from neuface_jax.media import crops as crops_lib
 from neuface_jax.model_learning.fit import LandmarkClip
 from neuface_jax.synthetic import synth as synth_lib
 
@@ -54,6 +55,9 @@ class CorpusConfig:
         "static for videos (MediaPipe).", choices=CONTOURS)
     part: str = setting("all", "Frames of each clip: all, first_half or second_half.", choices=PARTS)
     max_frames: int = setting(16, "Frames kept per clip, evenly spaced over the part.")
+    image_size: int = setting(
+        0, "Side (px) of the face crops kept per frame for the photometric albedo step (0 = landmarks only; "
+        "learn-model sets 64 when --albedo_components > 0).", flag="corpus_image_size")
 
     def __post_init__(self):
         if self.landmark_set not in LANDMARK_SETS:
@@ -64,6 +68,8 @@ class CorpusConfig:
             raise ValueError(f"part must be one of {PARTS}, got {self.part!r}")
         if int(self.max_frames) < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        if int(self.image_size) < 0:
+            raise ValueError(f"image_size must be >= 0, got {self.image_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +81,11 @@ class CorpusClip:
       data: its ``LandmarkClip`` (normalized crop coordinates and masks).
       frame_indices: [T] source frame of each row.
       view_names: one name per view.
-      truth: synthetic clips only: ``shape`` [S] ground-truth identity coefficients and
-        ``model`` (the generating model's name); None for real clips.
+      truth: synthetic clips only: ``shape`` [S] ground-truth identity coefficients, ``albedo``
+        [V, 3] the rendered per-vertex albedo, and ``model`` (the generating model's name); None for
+        real clips.
+      images: [T, W, S, S, 3] float32 RGB in [0, 1], the face crops in the landmarks' normalized
+        frame (``CorpusConfig.image_size``); None when not asked for.
     """
 
     clip_id: str
@@ -84,6 +93,7 @@ class CorpusClip:
     frame_indices: np.ndarray
     view_names: tuple[str, ...]
     truth: dict[str, Any] | None = None
+    images: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +121,7 @@ def select_frames(num_frames: int, part: str, max_frames: int) -> np.ndarray:
 
 def _synth_clip(entry: ClipEntry, config: CorpusConfig) -> CorpusClip:
     folder = Path(entry.landmarks).parent if entry.landmarks else Path(entry.inputs[0]).parent
-    clip = synth_lib.read_clip(folder, load_images=False)
+    clip = synth_lib.read_clip(folder, load_images=int(config.image_size) > 0)
     if config.landmark_set == "ibug68":
         lmk, vis = clip.landmarks68, clip.visible68
     else:
@@ -129,7 +139,16 @@ def _synth_clip(entry: ClipEntry, config: CorpusConfig) -> CorpusClip:
                         landmarks_mask=(mask & frame[..., None]).astype(np.float32),
                         frame_mask=frame.astype(np.float32))
     truth = {"shape": np.asarray(clip.gt["shape"], np.float32), "model": str(clip.meta.get("model", ""))}
-    return CorpusClip(entry.clip_id, data, rows, tuple(clip.view_names), truth)
+    if "albedo" in clip.gt:
+        truth["albedo"] = np.asarray(clip.gt["albedo"], np.float32)
+    images = None
+    if int(config.image_size) > 0:
+        s = int(config.image_size)
+        scale = np.array([[s / size], [s / size]])
+        transforms = np.asarray(clip.crop_transforms, np.float64)[rows] * scale  # → crops of s pixels
+        images = np.stack([crops_lib.crop_frames(np.asarray(clip.images)[rows, w], transforms[:, w], s)
+                           for w in range(len(clip.view_names))], 1).astype(np.float32) / 255.0
+    return CorpusClip(entry.clip_id, data, rows, tuple(clip.view_names), truth, images)
 
 
 def _video_clip(setup, entry: ClipEntry, config: CorpusConfig, prepare_config: PrepareConfig) -> CorpusClip:
@@ -141,7 +160,14 @@ def _video_clip(setup, entry: ClipEntry, config: CorpusConfig, prepare_config: P
         landmarks_mask=np.asarray(d.landmarks_mask, np.float32)[rows],
         frame_mask=np.asarray(d.frame_mask, np.float32)[rows],
     )
-    return CorpusClip(entry.clip_id, data, prepared.frame_indices[rows], tuple(prepared.view_names), None)
+    images = None
+    if int(config.image_size) > 0:
+        crops = np.asarray(d.images, np.float32)[rows]  # [T, W, E, E, 3] encoder-sized crops, same frame
+        s, e = int(config.image_size), crops.shape[-2]
+        identity = np.array([[s / e, 0.0, 0.0], [0.0, s / e, 0.0]])
+        images = np.stack([[crops_lib.warp_crop(crops[t, w], identity, s, interpolation="area")
+                            for w in range(crops.shape[1])] for t in range(crops.shape[0])]).astype(np.float32)
+    return CorpusClip(entry.clip_id, data, prepared.frame_indices[rows], tuple(prepared.view_names), None, images)
 
 
 def load_corpus(

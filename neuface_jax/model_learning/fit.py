@@ -294,6 +294,16 @@ def fit_clips(model: flame_jax.FlameModel, embedding: flame_jax.LandmarkEmbeddin
 
 
 # --------------------------------------------------------------------------- identity meshes and errors
+def clip_vertices(model: flame_jax.FlameModel, params: ClipParams) -> np.ndarray:
+    """[T, W, V, 3] the full model's posed meshes of one clip's parameters (model frame; project them
+    with ``params.cam``)."""
+    pose = params.full_pose()
+    expression = jnp.broadcast_to(jnp.asarray(params.expression)[:, None],
+                                  pose.shape[:2] + np.shape(params.expression)[-1:])
+    shape = jnp.broadcast_to(jnp.asarray(params.shape), pose.shape[:2] + np.shape(params.shape)[-1:])
+    return np.asarray(flame_jax.forward(model, shape=shape, expression=expression, pose=pose).vertices)
+
+
 def identity_vertices(model: flame_jax.FlameModel, shape) -> np.ndarray:
     """[..., V, 3] neutral meshes (zero expression and pose) of identity coefficients [..., S]."""
     out = flame_jax.forward(model, shape=jnp.asarray(shape))
@@ -322,6 +332,7 @@ __all__ = [
     "ClipParams",
     "LandmarkClip",
     "clip_loss",
+    "clip_vertices",
     "fit_clips",
     "fit_stacked",
     "identity_error_mm",

@@ -21,9 +21,13 @@ import numpy as np
 import flame_jax
 from flame_jax.atomic import atomic_write
 from flame_jax.io.flame_model import MODEL_FORMAT
+from neuface_jax import photometric
 
 #: Member holding the learning record (a JSON string).
 LEARNING_KEY = "learning"
+#: Texture members: the learned per-vertex albedo mean [V, 3] and components [K, V, 3].
+ALBEDO_MEAN_KEY = "albedo_mean"
+ALBEDO_BASIS_KEY = "albedo_basis"
 #: Version of the learning record.
 LEARNING_FORMAT = "neuface_jax-model-learning-v1"
 
@@ -44,9 +48,17 @@ def append_identity_components(base: flame_jax.FlameModel, components, name: str
     )
 
 
-def save_learned_model(model: flame_jax.FlameModel, path, learning: dict[str, Any]) -> Path:
-    """Writes ``model`` in the ``flame_jax`` model format with the learning record (atomically)."""
+def save_learned_model(model: flame_jax.FlameModel, path, learning: dict[str, Any], albedo=None) -> Path:
+    """Writes ``model`` in the ``flame_jax`` model format with the learning record (atomically), and
+    the learned per-vertex albedo model (``photometric.AlbedoModel``) in the texture members
+    ``albedo_mean`` [V, 3] and ``albedo_basis`` [K, V, 3] when given."""
     arrays = dict(model.to_numpy())
+    if albedo is not None:
+        mean, basis = np.asarray(albedo.mean, np.float32), np.asarray(albedo.basis, np.float32)
+        if mean.shape != (model.num_vertices, 3) or basis.shape[1:] != mean.shape:
+            raise ValueError(f"albedo model of shapes {mean.shape}, {basis.shape} for a model of "
+                             f"{model.num_vertices} vertices")
+        arrays[ALBEDO_MEAN_KEY], arrays[ALBEDO_BASIS_KEY] = mean, basis
     arrays["name"] = np.array(str(model.name))
     arrays["format"] = np.array(MODEL_FORMAT)
     record = dict(learning, format=LEARNING_FORMAT)
@@ -77,10 +89,31 @@ def read_learning_record(path) -> dict[str, Any] | None:
     return record
 
 
+def read_albedo_model(path) -> photometric.AlbedoModel | None:
+    """The per-vertex albedo model stored in a model file (None when it has none).
+
+    Raises:
+      ValueError: naming the file when the members are malformed.
+    """
+    with np.load(path, allow_pickle=False) as z:
+        if ALBEDO_MEAN_KEY not in z.files:
+            return None
+        if ALBEDO_BASIS_KEY not in z.files:
+            raise ValueError(f"{path}: '{ALBEDO_MEAN_KEY}' without '{ALBEDO_BASIS_KEY}'")
+        mean, basis = z[ALBEDO_MEAN_KEY], z[ALBEDO_BASIS_KEY]
+    if mean.ndim != 2 or mean.shape[1] != 3 or basis.ndim != 3 or basis.shape[1:] != mean.shape:
+        raise ValueError(f"{path}: albedo members of shapes {mean.shape} and {basis.shape}, "
+                         "expected [V, 3] and [K, V, 3]")
+    return photometric.AlbedoModel(mean.astype(np.float32), basis.astype(np.float32))
+
+
 __all__ = [
+    "ALBEDO_BASIS_KEY",
+    "ALBEDO_MEAN_KEY",
     "LEARNING_FORMAT",
     "LEARNING_KEY",
     "append_identity_components",
+    "read_albedo_model",
     "read_learning_record",
     "save_learned_model",
 ]

@@ -71,6 +71,8 @@ def learn_from_manifest(
         embedding = flame_jax.load_landmark_embedding(landmark_embedding, model=base)
         base_info = {"file": str(Path(base_model).resolve()), "sha256": sha256_file(base_model),
                      "landmark_embedding": str(Path(landmark_embedding).resolve())}
+    if int(config.albedo_components) > 0 and int(corpus_config.image_size) == 0:
+        corpus_config = dataclasses.replace(corpus_config, image_size=64)  # the albedo step needs face crops
     corpus = load_corpus(entries, base, embedding, corpus_config, prepare_config=prepare_config,
                          face_landmarker=face_landmarker, progress=progress)
     result = learn_model(base, corpus, config, fit_config, progress=progress)
@@ -82,7 +84,7 @@ def learn_from_manifest(
     if command:
         record["command"] = command
     out.parent.mkdir(parents=True, exist_ok=True)
-    model_file.save_learned_model(result.model, out, record)
+    model_file.save_learned_model(result.model, out, record, albedo=result.albedo)
     flame_jax.save_landmark_embedding(embedding, embedding_path_for(out))
     logger.info("wrote %s (%d + %d identity components) and %s in %.1fs", out, base.num_shape,
                 result.model.num_shape - base.num_shape, embedding_path_for(out).name, time.perf_counter() - t0)

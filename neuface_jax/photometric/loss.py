@@ -1,9 +1,11 @@
 """The photometric and silhouette loss terms, registered by name in the loss registry.
 
-``photometric_loss`` compares a ``Rendering`` with images: each covered pixel's surface point has a
-model colour (albedo × SH shading) and a current position; the image is sampled there (bilinear), at
-every level of a Gaussian image pyramid (blurred copies widen the basin: the coarse levels see the
-face's outline from further away), and the per-pixel colour error goes through a robust penalty —
+``photometric_loss`` compares a ``Rendering`` with images: each covered pixel has a model colour
+(albedo × SH shading) and a position — by default the pixel itself, coloured by the surface point now
+under it (``align="pixel"``), else the current position of the pixel's surface point, where the image
+is sampled (bilinear) — at every level of a Gaussian image pyramid (blurred copies widen the basin:
+the coarse levels see the face's outline from further away; ``level_steps`` brings them in coarse to
+fine), and the per-pixel colour error goes through a robust penalty —
 Geman–McClure ``e²/(e² + c²)`` or a trimmed L1 that drops each image's worst pixels — so that
 occluders, hair and specularities the model cannot explain have bounded influence.
 
@@ -22,7 +24,7 @@ rendered jaw line slides onto the oval instead of matching 17 fixed mesh points.
 Registered terms (``core.losses`` resolves them by name once this package is imported):
 
 * ``"photometric"`` — ``photometric_term(batch, **options)``; options are ``PhotometricConfig``
-  fields. Reads ``images`` [..., S, S, 3] (the encoder crops, RGB in [0, 1]), ``vertices`` [..., V, 3],
+  fields (a schedule — ``start_step``, ``ramp_steps``, ``level_steps`` — reads ``batch["step"]``). Reads ``images`` [..., S, S, 3] (the encoder crops, RGB in [0, 1]), ``vertices`` [..., V, 3],
   ``cam`` [..., 3], ``faces`` [F, 3]; optional ``frame_mask`` [...], ``landmarks_target`` /
   ``landmarks_mask`` (the face oval), ``albedo`` [..., V, 3] or [V, 3] and ``sh_light`` [..., 9, 3]
   (used when the caller optimizes them; otherwise they are solved in closed form each step).
@@ -70,10 +72,21 @@ class PhotometricConfig:
     region: str = setting("face", "Surface points compared: the mesh's face region or 'all'.", choices=("face", "all"))
     skin: bool = setting(True, "Skin attention: down-weight pixels whose colour is not the face's.")
     skin_floor: float = setting(0.25, "Weight of a non-skin pixel where the face oval is unknown.")
-    solve_iterations: int = setting(2, "Alternations of the light and albedo solves.")
+    solve_iterations: int = setting(3, "Alternations of the light and albedo solves.")
     solve_stride: int = setting(2, "Pixel stride of the appearance solves (1 = every pixel).")
     light_ridge: float = setting(1e-3, "Ridge on the non-constant SH coefficients (per weighted pixel).")
-    albedo_ridge: float = setting(1.0, "Ridge of the albedo solves.")
+    albedo_ridge: float = setting(0.01, "Ridge of the albedo solves (a strong one leaves albedo the geometry then "
+                                  "bends to explain).")
+    align: str = setting("pixel", "Between raster refreshes, compare each image pixel with the surface point under it "
+                         "now ('pixel') or each surface point with the image where it projects now ('surface'; it "
+                         "lets the mesh slide its points onto flat skin and shrink).", choices=("pixel", "surface"))
+    camera_gradient: bool = setting(True, "Let the term move the camera (scale, translation) too: the identity a "
+                                    "landmark fit leaves is only reached by moving identity, pose and camera together.")
+    start_step: int = setting(0, "Optimizer step at which the term starts (the landmarks fit alone before it; "
+                              "needs the fit's step counter, batch['step']).")
+    ramp_steps: int = setting(0, "Steps over which its weight ramps linearly from 0 to 1 after start_step.")
+    level_steps: int = setting(0, "Coarse to fine: the blurred levels start first, each finer level this many "
+                               "steps after the next coarser one (0: all levels from the start).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +97,8 @@ class SilhouetteConfig:
     densify: int = setting(4, "Points per segment of the oval polyline.")
     region: str = setting("face", "Outline of the mesh's face region or of the whole mesh ('all').",
                           choices=("face", "all"))
+    start_step: int = setting(0, "Optimizer step at which the term starts (needs batch['step']).")
+    ramp_steps: int = setting(0, "Steps over which its weight ramps linearly from 0 to 1 after start_step.")
 
 
 # --------------------------------------------------------------------------- image helpers
@@ -183,12 +198,6 @@ def oval_polygon(batch) -> tuple[jax.Array, jax.Array, bool] | None:
     if lm is not None:
         valid = valid & jnp.all(jnp.asarray(lm)[..., JAW_IDS] > 0, -1)
     return jnp.nan_to_num(pts), valid, False
-
-
-def _pixel_centres(size: int) -> jax.Array:
-    c = jnp.arange(size, dtype=jnp.float32) + 0.5
-    xx, yy = jnp.meshgrid(c, c)
-    return jnp.stack([xx, yy], -1).reshape(-1, 2)  # [S*S, 2]
 
 
 def oval_mask(points_px, polygon_px, closed: bool) -> jax.Array:
@@ -339,10 +348,40 @@ def photometric_loss(rendering: render_lib.Rendering, images, weights, *, levels
     return jnp.stack(vals), jnp.stack(masks)
 
 
+def _step(batch, term: str) -> jax.Array:
+    if "step" not in batch:
+        raise ValueError(f"loss term {term!r}: a schedule (start_step / ramp_steps / level_steps) needs the "
+                         "optimizer step in batch['step'] (core.fit passes it)")
+    return jnp.asarray(batch["step"], jnp.float32)
+
+
+def schedule_weight(batch, start_step: int, ramp_steps: int, term: str) -> jax.Array | float:
+    """The term's weight factor at ``batch['step']``: 0 before ``start_step``, then a linear ramp to 1
+    over ``ramp_steps`` (1 when no schedule is set)."""
+    if start_step <= 0 and ramp_steps <= 0:
+        return 1.0
+    since = _step(batch, term) - start_step
+    if ramp_steps <= 0:
+        return (since >= 0).astype(jnp.float32)
+    return jnp.clip((since + 1.0) / ramp_steps, 0.0, 1.0)
+
+
+def level_weights(batch, config: PhotometricConfig, levels: int) -> jax.Array | None:
+    """[L] 0/1 weights of the pyramid levels under the coarse-to-fine schedule (None: all on). Level l
+    (0 the sharpest) starts ``(L - 1 - l) · level_steps`` steps after ``start_step``."""
+    if config.level_steps <= 0 or levels <= 1:
+        return None
+    since = _step(batch, "photometric") - config.start_step
+    delay = (levels - 1 - jnp.arange(levels)) * config.level_steps
+    return (since >= delay).astype(jnp.float32)
+
+
 def photometric_term(batch, **options):
     """Registered ``"photometric"`` term (options: ``PhotometricConfig`` fields)."""
     config = PhotometricConfig(**options)
     images, verts, cam, faces, fm = _geometry(batch, "photometric")
+    if not config.camera_gradient:
+        cam = jax.lax.stop_gradient(cam)
     size = images.shape[-2]
     nv = verts.shape[-2]
     raster = raster_lib.rasterize_cached(verts, cam, faces, size, images, refresh_every=config.refresh_every,
@@ -351,9 +390,12 @@ def photometric_term(batch, **options):
     lead = verts.shape[:-2]
     n = int(np.prod(lead)) if lead else 1
     # The image colour each surface point sees now (for the appearance solve and skin attention).
-    points = render_lib.surface_points(jax.lax.stop_gradient(verts), faces, jax.lax.stop_gradient(cam), raster)
-    seen = jax.vmap(bilinear_sample)(images.reshape((n,) + images.shape[-3:]),
-                                     points.reshape(n, -1, 2)).reshape(lead + (size * size, 3))
+    if config.align == "pixel":
+        seen = images.reshape(lead + (size * size, 3))
+    else:
+        points = render_lib.surface_points(jax.lax.stop_gradient(verts), faces, jax.lax.stop_gradient(cam), raster)
+        seen = jax.vmap(bilinear_sample)(images.reshape((n,) + images.shape[-3:]),
+                                         points.reshape(n, -1, 2)).reshape(lead + (size * size, 3))
     if config.skin:
         skin = skin_attention(seen, weights.reshape(lead + (-1,)))
         oval = oval_polygon(batch)
@@ -361,7 +403,7 @@ def photometric_term(batch, **options):
         image_w = floor + (1 - floor) * skin
         if oval is not None:
             pts, valid, closed = oval
-            pix = _pixel_centres(size)
+            pix = render_lib.pixel_centres(size).reshape(-1, 2)
             poly_px = camera_lib.normalized_to_pixels(pts, size).reshape((n,) + pts.shape[-2:])
             inside = jax.vmap(lambda p: oval_mask(pix, p, closed))(poly_px).reshape(lead + (-1,))
             image_w = jnp.where(valid[..., None], jnp.where(inside, skin, 1.0), image_w)
@@ -374,8 +416,12 @@ def photometric_term(batch, **options):
     else:
         albedo, light = _solve_appearance(verts, faces, raster, seen.reshape(lead + (size, size, 3)),
                                           weights, config)
-    rendering = render_lib.render_batch(verts, faces, cam, albedo, light, raster)
-    return photometric_loss(rendering, images, weights, levels=config.levels, config=config)
+    rendering = render_lib.render_batch(verts, faces, cam, albedo, light, raster, pixel_aligned=config.align == "pixel")
+    values, mask = photometric_loss(rendering, images, weights, levels=config.levels, config=config)
+    active = level_weights(batch, config, values.shape[0])
+    if active is not None:
+        mask = mask * active.reshape((-1,) + (1,) * (mask.ndim - 1))
+    return values * schedule_weight(batch, config.start_step, config.ramp_steps, "photometric"), mask
 
 
 # --------------------------------------------------------------------------- silhouette / face oval
@@ -459,7 +505,7 @@ def silhouette_term(batch, **options):
     values, ok = jax.vmap(lambda p, o, q, v: silhouette_loss(p, o, q, v, closed, densify=config.densify))(
         points.reshape(n, -1, 2), outline, poly_px, valid.reshape(n))
     values = values.reshape(lead) * (2.0 / size)
-    return values, ok.reshape(lead) * fm
+    return values * schedule_weight(batch, config.start_step, config.ramp_steps, "silhouette"), ok.reshape(lead) * fm
 
 
 def face_mask_iou(face_index, faces, num_vertices: int, polygon_px, *, closed: bool = True) -> float:
@@ -483,7 +529,7 @@ losses_lib.register_term("silhouette", silhouette_term, overwrite=True)
 losses_lib.register_term("face_oval", silhouette_term, overwrite=True)
 
 __all__ = [
-    "JAW_IDS", "PhotometricConfig", "SilhouetteConfig", "bilinear_sample", "face_mask_iou", "gaussian_blur",
+    "JAW_IDS", "PhotometricConfig", "SilhouetteConfig", "bilinear_sample", "face_mask_iou", "gaussian_blur", "level_weights",
     "oval_mask", "oval_polygon", "photometric_loss", "photometric_term", "pixel_weights", "pyramid",
-    "robust_penalty", "silhouette_loss", "silhouette_term", "skin_attention",
+    "robust_penalty", "schedule_weight", "silhouette_loss", "silhouette_term", "skin_attention",
 ]

@@ -93,13 +93,44 @@ def _corners(face_index, bary, faces):
     return covered, tri, jnp.where(covered[..., None], bary, 0.0)
 
 
-def _render_one(vertices, cam, albedo, sh, face_index, bary, faces, size):
+def pixel_centres(size: int) -> jax.Array:
+    """[S, S, 2] crop-pixel centres (x right, y down, at +0.5)."""
+    c = jnp.arange(size, dtype=jnp.float32) + 0.5
+    return jnp.stack(jnp.meshgrid(c, c), -1)
+
+
+def _cross(u, v):
+    return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
+
+
+def current_barycentrics(corners, points, covered) -> jax.Array:
+    """Barycentric coordinates [..., 3] of points [..., 2] in the triangles [..., 3, 2] (screen
+    pixels) they lie in now — differentiable in the corners; outside the triangle they extrapolate
+    linearly. 0 where not ``covered`` (and for degenerate triangles)."""
+    a, b, c = corners[..., 0, :], corners[..., 1, :], corners[..., 2, :]
+    area = _cross(b - a, c - a)
+    ok = covered & (jnp.abs(area) > 1e-9)
+    area = jnp.where(ok, area, 1.0)
+    w0 = _cross(b - points, c - points) / area
+    w1 = _cross(c - points, a - points) / area
+    out = jnp.stack([w0, w1, 1.0 - w0 - w1], -1)
+    return jnp.where(ok[..., None], out, 0.0)
+
+
+def _render_one(vertices, cam, albedo, sh, face_index, bary, faces, size, pixel_aligned):
     screen = raster_lib.screen_vertices(vertices, cam, size)
     normals = vertex_normals(vertices, faces)
     colors = albedo * sh_shading(normals, sh[None])  # [V, 3] lit vertex colours (Gouraud)
     covered, tri, b = _corners(face_index, bary, faces)
+    if pixel_aligned:
+        # The surface point under each pixel centre now: the raster's triangle, barycentrics
+        # recomputed from its current corners (geometry moves the colours across fixed pixels).
+        centres = pixel_centres(size)
+        b = current_barycentrics(screen[tri, :2], centres, covered)
+        points = jnp.where(covered[..., None], centres, 0.0)
+    else:
+        points = jnp.einsum("hwk,hwkc->hwc", b, screen[tri, :2])
     rgb = jnp.einsum("hwk,hwkc->hwc", b, colors[tri])
-    points = jnp.einsum("hwk,hwkc->hwc", b, screen[tri, :2])
     return rgb, covered.astype(jnp.float32), points
 
 
@@ -115,8 +146,14 @@ def surface_points(vertices, faces, cam, raster: raster_lib.Raster) -> jax.Array
     return jnp.einsum("...hwk,...hwkc->...hwc", b, corner.reshape(tri.shape + (2,)))
 
 
-def render_batch(vertices, faces, cam, albedo, sh, raster: raster_lib.Raster) -> Rendering:
+def render_batch(vertices, faces, cam, albedo, sh, raster: raster_lib.Raster, *, pixel_aligned: bool = False) -> Rendering:
     """Renders meshes with fixed visibility, differentiably in vertices, camera, albedo and light.
+
+    Two ways to follow a moving mesh between raster refreshes: by default each pixel keeps its
+    surface point (``rgb`` its colour, ``points`` where it projects now — compare with the image
+    sampled there); ``pixel_aligned`` keeps the pixel and its triangle and recomputes the
+    barycentrics of the pixel centre (``rgb`` the colour of the surface point under the pixel now,
+    ``points`` the fixed pixel centres — compare with the image's own pixels).
 
     Args:
       vertices: [..., V, 3] model-frame vertices (metres), one mesh per image.
@@ -125,6 +162,7 @@ def render_batch(vertices, faces, cam, albedo, sh, raster: raster_lib.Raster) ->
       albedo: [..., V, 3] per-vertex RGB albedo, or [V, 3] shared by all images.
       sh: [..., 9, 3] SH light per image, or [9, 3] shared.
       raster: ``Raster`` with [..., H, W] triangle ids (H = W = the crop size the cameras map to).
+      pixel_aligned: see above.
 
     Returns:
       ``Rendering`` (rgb, mask, points, face_index).
@@ -144,11 +182,12 @@ def render_batch(vertices, faces, cam, albedo, sh, raster: raster_lib.Raster) ->
     cam = jnp.broadcast_to(jnp.asarray(cam, vertices.dtype), lead + (3,))
     n = int(np.prod(lead)) if lead else 1
     flat = lambda x, k: x.reshape((n,) + x.shape[len(lead):]) if k else x  # noqa: E731
-    fn = jax.vmap(lambda a, c, al, s, f, b: _render_one(a, c, al, s, f, b, faces, size))
+    fn = jax.vmap(lambda a, c, al, s, f, b: _render_one(a, c, al, s, f, b, faces, size, pixel_aligned))
     rgb, mask, points = fn(flat(vertices, 1), flat(cam, 1), flat(albedo, 1), flat(sh, 1), flat(fi, 1),
                            flat(jnp.asarray(raster.barycentric), 1))
     unflat = lambda x: x.reshape(lead + x.shape[1:])  # noqa: E731
     return Rendering(unflat(rgb), unflat(mask), unflat(points), fi)
 
 
-__all__ = ["NUM_SH", "Rendering", "directional_light_sh", "render_batch", "sh_basis", "sh_shading", "surface_points"]
+__all__ = ["NUM_SH", "Rendering", "current_barycentrics", "directional_light_sh", "pixel_centres", "render_batch",
+           "sh_basis", "sh_shading", "surface_points"]

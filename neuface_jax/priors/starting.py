@@ -39,10 +39,12 @@ PACKAGED_CHECKPOINT_NAME = "pretrained_small_encoder"
 
 def default_learning_rate(encoder_config: encoder_lib.EncoderConfig | None, *, pretrained: bool) -> float:
     """NeuFace's default learning rate for a start: random (``pretrained=False``) or a loaded checkpoint
-    of ``encoder_config``'s architecture (small or ResNet-50)."""
+    of ``encoder_config``'s architecture (the small CNN and the real-time MobileNet, both under a
+    million parameters, take the small rate; ResNet-50 the lower one)."""
     if not pretrained:
         return RANDOM_INIT_LR
-    return PRETRAINED_SMALL_LR if encoder_config is not None and encoder_config.arch == "small" else PRETRAINED_LR
+    small = encoder_config is not None and encoder_config.arch in ("small", "mobilenet")
+    return PRETRAINED_SMALL_LR if small else PRETRAINED_LR
 
 
 def default_encoder_config(model) -> encoder_lib.EncoderConfig:

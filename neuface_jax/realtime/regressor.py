@@ -25,7 +25,10 @@ from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
 from neuface_jax.media import crops as crops_lib
 
-__all__ = ["DEFAULT_IMAGE_SIZE", "Prediction", "Regressor", "demo_face", "landmark_submodel", "regressor_config"]
+__all__ = [
+    "DEFAULT_IMAGE_SIZE", "Prediction", "Regressor", "box_of_transform", "crop_box", "demo_face", "landmark_submodel",
+    "reframe_camera", "regressor_config",
+]
 
 #: Crop side of the regressor (pixels).
 DEFAULT_IMAGE_SIZE = 96
@@ -41,6 +44,22 @@ def regressor_config(n_shape: int, n_expr: int, *, image_size: int = DEFAULT_IMA
         arch="mobilenet", layout="compact", n_shape=int(n_shape), n_expr=int(n_expr), image_size=int(image_size),
         head_hidden=int(head_hidden), small_widths=tuple(widths), small_blocks=tuple(blocks),
     )
+
+
+def reframe_camera(cam, zoom, shift, *, xp=np):
+    """The weak-perspective camera ``(s, tx, ty)`` [..., 3] after the image coordinates it projects to
+    are mapped ``q → zoom·q + shift`` (``shift`` [..., 2] as (x, y); image y points down, the camera's
+    y up): ``(zoom·s, tx + shift_x/(zoom·s), ty − shift_y/(zoom·s))``. Its inverse is the map with
+    ``1/zoom`` and ``−shift/zoom``."""
+    s = cam[..., 0] * zoom
+    return xp.stack([s, cam[..., 1] + shift[..., 0] / s, cam[..., 2] - shift[..., 1] / s], axis=-1)
+
+
+def box_of_transform(m, size: int) -> np.ndarray:
+    """The square box ``(cx, cy, side)`` that the similarity ``m`` [2, 3] (image → ``size``-pixel crop) crops."""
+    m = np.asarray(m, np.float64)
+    a = m[0, 0]
+    return np.array([(size / 2.0 - m[0, 2]) / a, (size / 2.0 - m[1, 2]) / a, size / a])
 
 
 def demo_face() -> fit_lib.FaceModel:
@@ -77,6 +96,32 @@ def landmark_submodel(face: fit_lib.FaceModel) -> fit_lib.FaceModel:
             face_map[np.asarray(emb.dynamic_face_idx)].astype(np.int32)),
     )
     return fit_lib.FaceModel(sub, sub_emb)
+
+
+def crop_box(frame: np.ndarray, box, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(crop uint8 [size, size, 3], transform [2, 3])`` of the square box ``(cx, cy, side)`` in ``frame``.
+
+    The box is snapped to whole pixels and that pixel square is resized (area filter when
+    shrinking) to size × size, zeros outside the frame; the transform returned is the snapped box's,
+    so it maps exactly onto the crop. One resize of the face's pixels only: cheaper than a warp of
+    the frame with an anti-aliasing pre-resize of all of it.
+    """
+    # cv2 (a declared dependency) is heavy; only live cropping needs it here.
+    import cv2
+
+    side = max(1, int(round(float(box[2]))))
+    x0, y0 = int(round(float(box[0]) - side / 2.0)), int(round(float(box[1]) - side / 2.0))
+    m = crops_lib.box_to_transform((x0 + side / 2.0, y0 + side / 2.0, float(side)), size)
+    h, w = frame.shape[:2]
+    cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return np.zeros((size, size, 3), np.uint8), m
+    roi = frame[cy0:cy1, cx0:cx1]
+    pads = (cy0 - y0, y0 + side - cy1, cx0 - x0, x0 + side - cx1)
+    if any(pads):
+        roi = cv2.copyMakeBorder(roi, *pads, cv2.BORDER_CONSTANT, value=0)
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(roi), (size, size), interpolation=interp), m
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,30 +193,8 @@ class Regressor:
         return cls(enc, cfg, face)
 
     def crop(self, frame: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
-        """``(crop uint8 [S, S, 3], transform [2, 3])`` of the square box ``(cx, cy, side)`` in ``frame``.
-
-        The box is snapped to whole pixels and that pixel square is resized (area filter when
-        shrinking) to S × S, zeros outside the frame; the transform returned is the snapped box's, so
-        it maps exactly onto the crop. One resize of the face's pixels only: cheaper than a warp of
-        the frame with an anti-aliasing pre-resize of all of it.
-        """
-        # cv2 (a declared dependency) is heavy; only live cropping needs it here.
-        import cv2
-
-        size = self.image_size
-        side = max(1, int(round(float(box[2]))))
-        x0, y0 = int(round(float(box[0]) - side / 2.0)), int(round(float(box[1]) - side / 2.0))
-        m = crops_lib.box_to_transform((x0 + side / 2.0, y0 + side / 2.0, float(side)), size)
-        h, w = frame.shape[:2]
-        cx0, cy0, cx1, cy1 = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
-        if cx1 <= cx0 or cy1 <= cy0:
-            return np.zeros((size, size, 3), np.uint8), m
-        roi = frame[cy0:cy1, cx0:cx1]
-        pads = (cy0 - y0, y0 + side - cy1, cx0 - x0, x0 + side - cx1)
-        if any(pads):
-            roi = cv2.copyMakeBorder(roi, *pads, cv2.BORDER_CONSTANT, value=0)
-        interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-        return cv2.resize(np.ascontiguousarray(roi), (size, size), interpolation=interp), m
+        """``crop_box`` at this regressor's crop size."""
+        return crop_box(frame, box, self.image_size)
 
     def __call__(self, crop: np.ndarray) -> Prediction:
         """Regresses one uint8 crop ``[S, S, 3]`` (S = ``image_size``)."""

@@ -1,21 +1,25 @@
-"""Live tracking: detect once, follow the face with the regressor's own fit, re-detect when needed.
+"""Live tracking: a face detector places each crop, the regressor fits it, a filter smooths the fits.
 
 Per frame (``Tracker.step``):
 
 1. **Detect** (``FaceDetector``: BlazeFace short range, ``face_detector.tflite`` read from inside
-   MediaPipe's ``face_landmarker.task`` bundle, never extracted) when there is no track, every
-   ``redetect_every`` frames, or after a frame whose fit looked wrong. The detector's box gives a
-   first crop (``detector_crop_scale`` × its width, centred on it), which is refined once: the fit on
-   that crop places the project's crop (the 68-landmark box ×1.1 ×1.25, ``media.crops``) and the
-   face is regressed again there.
-2. **Follow**: otherwise the crop is the landmark box of the previous frame's fit (no detector).
-3. **Regress** the crop (``regressor.Regressor``: one compiled call).
-4. **Check**: a fit whose landmark box leaves the frame, shrinks below ``min_face_px`` or jumps in
-   size by more than ``max_size_change`` ends the track (the next frame re-detects). At a re-detection
-   a detected face far from the tracked one (IoU below ``min_iou``) replaces it; no face at all
-   marks the frame invalid.
-5. **Filter** (optional ``filters.OneEuroFilter``): expression, pose and camera are smoothed
-   over time; the identity is the running mean of the track's per-frame identities (one person).
+   MediaPipe's ``face_landmarker.task`` bundle, never extracted) every ``redetect_every`` frames
+   (default every frame), and whenever there is no track. The detector's box gives the crop
+   (``detection_box``: ``detector_crop_scale`` × its width, shifted down by ``detector_offset_y``).
+   The regressor localizes a face in its crop only weakly (a shifted crop moves its landmarks by
+   about a third of the shift), so a crop placed from the previous fit drifts with it; the
+   detector measures the face's place afresh each time (``detector_crop=False`` instead follows
+   the fit between detections, refined once after a new detection).
+2. **Follow**: between detections, the crop is the landmark box of the previous frame's fit.
+3. **Stabilize** (``stable_crop``): the crop box passes through a One-Euro filter, so that the
+   detector's frame-to-frame jitter does not reach the regressor.
+4. **Regress** the crop (``regressor.Regressor``: one compiled call), then **check**: a fit whose
+   landmark box leaves the frame, shrinks below ``min_face_px`` or differs in size from its crop by
+   more than ``max_size_change`` ends the track (the next frame re-detects). At a detection, a face
+   overlapping the track less than ``min_iou`` starts a new track; no face at all marks the frame
+   invalid.
+5. **Filter** (``Smoother``): expression, pose and the camera *in frame coordinates* through a
+   One-Euro filter; the identity is the running mean of the track's per-frame identities.
 
 ``track(source, ...)`` runs this over a ``sources.FrameSource`` (or anything ``open_source``
 accepts) and yields one ``TrackedFrame`` per frame with the per-stage times (decode, detect, crop,
@@ -50,9 +54,11 @@ __all__ = [
     "STAGES",
     "FaceDetector",
     "ParamsSink",
+    "Smoother",
     "TrackConfig",
     "TrackedFrame",
     "Tracker",
+    "detection_box",
     "load_regressor",
     "open_frames",
     "track",
@@ -72,19 +78,25 @@ class TrackConfig:
                                           "small encoder (slower, trained on demo-head renders only).")
     face_landmarker: str | None = setting(None, "MediaPipe face_landmarker.task (its face_detector.tflite is used); "
                                                 "default: $NEUFACE_FACE_LANDMARKER or the user cache.")
-    redetect_every: int = setting(10, "Run the face detector every N frames even while tracking (0 = only "
-                                      "when the track is lost).")
+    redetect_every: int = setting(1, "Run the face detector every N frames even while tracking (0 = only "
+                                     "when the track is lost).")
     min_detection_confidence: float = setting(0.5, "Face detector score threshold.")
-    detector_crop_scale: float = setting(1.16, "First crop side after a detection, in detector box widths (the "
-                                               "project's crop measured against BlazeFace's box).")
-    detector_offset_y: float = setting(0.09, "First crop's centre below the detector box centre, in box widths.")
+    detector_crop_scale: float = setting(1.16, "Crop side at a detection, in detector box widths (the project's "
+                                               "crop measured against BlazeFace's box).")
+    detector_offset_y: float = setting(0.09, "Crop centre below the detector box centre at a detection, in box "
+                                             "widths.")
     min_face_px: float = setting(24.0, "A fitted face smaller than this (crop side, pixels) ends the track.")
     max_size_change: float = setting(1.6, "A crop growing or shrinking by more than this factor between frames "
                                           "ends the track.")
     min_iou: float = setting(0.3, "At a re-detection, a detected face overlapping the track less than this "
                                   "replaces it.")
-    filter: bool = setting(True, "One-Euro filtering of expression, pose and camera; identity averaged over the "
-                                 "track.")
+    filter: bool = setting(True, "One-Euro filtering of expression, pose and camera (in frame coordinates); "
+                                 "identity averaged over the track.")
+    detector_crop: bool = setting(True, "At every detection, crop at the detector's box (the face's place measured "
+                                        "afresh) instead of following the previous fit; with redetect_every=1 "
+                                        "every crop comes from the detector.")
+    stable_crop: bool = setting(True, "Smooth the crop box over time with the One-Euro settings (the crop's "
+                                      "jitter otherwise reaches the regressor).")
     one_euro: filters_lib.OneEuroConfig = setting(filters_lib.OneEuroConfig(), "One-Euro settings.", cli=False)
 
     def __post_init__(self):
@@ -146,6 +158,14 @@ class FaceDetector:
         self.close()
 
 
+def detection_box(detection, config: TrackConfig = TrackConfig()) -> np.ndarray:
+    """The crop box ``(cx, cy, side)`` of a detector row ``(x0, y0, x1, y1, score)``: the box's width ×
+    ``detector_crop_scale``, centred ``detector_offset_y`` widths below the box's centre."""
+    x0, y0, x1, y1 = (float(v) for v in detection[:4])
+    w = x1 - x0
+    return np.array([(x0 + x1) / 2, (y0 + y1) / 2 + w * config.detector_offset_y, w * config.detector_crop_scale])
+
+
 def _box_iou(a, b) -> float:
     """IoU of two square boxes ``(cx, cy, side)``."""
     ax0, ay0, ax1, ay1 = a[0] - a[2] / 2, a[1] - a[2] / 2, a[0] + a[2] / 2, a[1] + a[2] / 2
@@ -153,6 +173,50 @@ def _box_iou(a, b) -> float:
     iw, ih = max(0.0, min(ax1, bx1) - max(ax0, bx0)), max(0.0, min(ay1, by1) - max(ay0, by0))
     inter = iw * ih
     return float(inter / (a[2] ** 2 + b[2] ** 2 - inter + 1e-9))
+
+
+# --------------------------------------------------------------------------- temporal filter
+class Smoother:
+    """Temporal filtering of one track's per-frame predictions.
+
+    The identity is the running mean of the track's identities (one person). Expression, pose and
+    camera go through a One-Euro filter, the camera *in frame coordinates*: each prediction's camera
+    belongs to its own crop, and crops move from frame to frame, so a camera filtered in crop
+    coordinates would pass the crop's jitter straight through. The camera is moved to a frame
+    reference (the track's first crop: ``reframe_camera``), filtered, and moved back into the current
+    crop.
+    """
+
+    def __init__(self, config: filters_lib.OneEuroConfig = filters_lib.OneEuroConfig()):
+        self._filter = filters_lib.OneEuroFilter(config)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forgets the track."""
+        self._filter.reset()
+        self._identity_sum = None
+        self._identity_n = 0
+        self._reference = None
+
+    def __call__(self, pred: regressor_lib.Prediction, box, t: float) -> regressor_lib.Prediction:
+        """The filtered prediction (landmarks not updated) of ``pred``, regressed from the crop ``box``
+        ``(cx, cy, side)`` at time ``t`` (seconds)."""
+        box = np.asarray(box, np.float64)
+        if self._reference is None:
+            self._reference = box.copy()
+        ref = self._reference
+        # Crop-normalized → reference-normalized coordinates: q → k·q + d.
+        k = box[2] / ref[2]
+        d = (box[:2] - ref[:2]) / (ref[2] / 2.0)
+        self._identity_sum = pred.shape.astype(np.float64) if self._identity_sum is None else (
+            self._identity_sum + pred.shape)
+        self._identity_n += 1
+        identity = self._identity_sum / self._identity_n
+        cam = regressor_lib.reframe_camera(pred.cam.astype(np.float64), k, d)
+        rest = self._filter(np.concatenate([pred.expression, pred.pose, cam]), t)
+        n = pred.expression.size + pred.pose.size
+        cam = regressor_lib.reframe_camera(rest[n:], 1.0 / k, -d / k)
+        return pred.with_vector(np.concatenate([identity, rest[:n], cam]))
 
 
 # --------------------------------------------------------------------------- tracker
@@ -191,16 +255,17 @@ class Tracker:
 
     def __init__(self, regressor: regressor_lib.Regressor, detector: FaceDetector, config: TrackConfig = TrackConfig()):
         self.regressor, self.detector, self.config = regressor, detector, config
-        self._filter = filters_lib.OneEuroFilter(config.one_euro)
+        self._smoother = Smoother(config.one_euro)
+        self._box_filter = filters_lib.OneEuroFilter(config.one_euro)
         self.reset()
 
     def reset(self) -> None:
         """Forgets the track (the next frame detects)."""
         self._box = None
         self._since_detect = 0
-        self._identity_sum = None
-        self._identity_n = 0
-        self._filter.reset()
+        self._smoother.reset()
+        self._box_filter.reset()
+        self._crop_reference = None
 
     def _fit_box(self, pred: regressor_lib.Prediction, m: np.ndarray) -> np.ndarray:
         pts = crops_lib.apply_transform(crops_lib.from_normalized(pred.landmarks, self.regressor.image_size),
@@ -241,21 +306,29 @@ class Tracker:
             dets = self.detector.detect(image)
             seconds["detect"] = time.perf_counter() - t
             self._since_detect = 0
-            boxes = [np.array([(d[0] + d[2]) / 2, (d[1] + d[3]) / 2 + (d[2] - d[0]) * cfg.detector_offset_y,
-                               (d[2] - d[0]) * cfg.detector_crop_scale]) for d in dets]
+            boxes = [detection_box(d, cfg) for d in dets]
             if not boxes:
                 self.reset()
                 return TrackedFrame(frame.index, frame.time_s, False, "no face", None, None, None, None,
                                     self.regressor.image_size, seconds, image)
-            if self._box is None or max(_box_iou(b, self._box) for b in boxes) < cfg.min_iou:
-                # A new track (or the tracked face is gone and another one is there): start from the
-                # detector's box, refined once by a fit.
+            ious = [_box_iou(b, self._box) for b in boxes] if self._box is not None else [0.0]
+            if max(ious) < cfg.min_iou:
+                # A new track (or the tracked face is gone and another one is there).
                 self.reset()
-                pred, m = self._regress(image, boxes[0], seconds)
-                self._box = self._fit_box(pred, m)
                 status = "detected"
+                if cfg.detector_crop:
+                    self._box = boxes[0]
+                else:  # start from the detector's box, refined once by a fit
+                    pred, m = self._regress(image, boxes[0], seconds)
+                    self._box = self._fit_box(pred, m)
+            elif cfg.detector_crop:
+                self._box = boxes[int(np.argmax(ious))]
         self._since_detect += 1
         previous = self._box
+        if cfg.stable_crop:
+            if self._crop_reference is None:
+                self._crop_reference = previous[2]
+            previous = self._box_filter(previous / self._crop_reference, frame.time_s) * self._crop_reference
         pred, m = self._regress(image, previous, seconds)
         box = self._fit_box(pred, m)
         if not self._plausible(box, previous, image.shape):
@@ -266,12 +339,7 @@ class Tracker:
         t = time.perf_counter()
         out = pred
         if cfg.filter:
-            self._identity_sum = pred.shape.astype(np.float64) if self._identity_sum is None else (
-                self._identity_sum + pred.shape)
-            self._identity_n += 1
-            identity = (self._identity_sum / self._identity_n).astype(np.float32)
-            rest = self._filter(np.concatenate([pred.expression, pred.pose, pred.cam]), frame.time_s)
-            out = pred.with_vector(np.concatenate([identity, rest]))
+            out = self._smoother(pred, regressor_lib.box_of_transform(m, self.regressor.image_size), frame.time_s)
             out = dataclasses.replace(out, landmarks=self.regressor.landmarks(out))
         seconds["filter"] = time.perf_counter() - t
         return TrackedFrame(frame.index, frame.time_s, True, status, out, pred, previous, m,

@@ -44,13 +44,18 @@ import optax
 from neuface_jax.common.settings import setting
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
+from neuface_jax.core import losses as losses_lib
+from neuface_jax.media import video as video_lib
+from neuface_jax.photometric import loss as photometric_lib
 from neuface_jax.realtime import regressor as regressor_lib
+from neuface_jax.realtime import track as track_lib
 from neuface_jax.synthetic import pretrain as pretrain_lib
 from neuface_jax.training import labels as labels_lib
 
 __all__ = [
     "TrainConfig",
     "TrainResult",
+    "UnlabelledData",
     "augment",
     "distillation_data",
     "evaluate",
@@ -58,14 +63,18 @@ __all__ = [
     "identity_consistency",
     "reframe",
     "save",
+    "self_supervised_loss",
     "synthetic_data",
     "train",
+    "unlabelled_data",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: First clip index of distilled clips in ``PretrainData.clip_index`` (synthetic clips use seeds).
 DISTILLED_CLIP_BASE = 2_000_000_000
+#: First clip index of unlabelled videos.
+UNLABELLED_CLIP_BASE = 1_500_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +94,13 @@ class TrainConfig:
     learning_rate: float = setting(2e-3, "Peak learning rate (Adam, warm-up then cosine decay).", flag="lr")
     warmup_steps: int = setting(100, "Linear warm-up steps.")
     weight_identity: float = setting(1.0, "Weight of the identity-consistency term (variance within a group).")
+    weight_photometric: float = setting(0.0, "Weight of the landmark-free photometric term (skin-attention-masked, "
+                                             "albedo and light solved per image) on the real frames: distilled "
+                                             "and unlabelled ones (0 = off).")
+    unlabelled_share: float = setting(0.25, "Share of each batch drawn from unlabelled video frames (when there "
+                                            "are any).")
+    unlabelled_frames: int = setting(120, "Frames taken, evenly spaced, from the training part of each "
+                                          "unlabelled video.")
     augment: bool = setting(True, "Colour augmentation (brightness, contrast, channel gains, greyscale).")
     reframe_zoom: float = setting(0.25, "Random crop zoom up to this fraction either way, targets moved to match "
                                         "(a tracker needs a regressor that measures the face's place in its crop).")
@@ -99,6 +115,10 @@ class TrainConfig:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if not 0.0 <= self.distill_fraction <= 1.0:
             raise ValueError(f"distill_fraction must be in [0, 1], got {self.distill_fraction}")
+        if not 0.0 <= self.unlabelled_share < 1.0:
+            raise ValueError(f"unlabelled_share must be in [0, 1), got {self.unlabelled_share}")
+        if self.weight_photometric < 0 or self.unlabelled_frames < 1:
+            raise ValueError("weight_photometric must be >= 0 and unlabelled_frames >= 1")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
 
@@ -173,6 +193,59 @@ def _concat(parts):
     return pretrain_lib.PretrainData.concatenate(parts) if parts else None
 
 
+@dataclasses.dataclass
+class UnlabelledData:
+    """Face crops without targets: ``images`` uint8 [N, S, S, 3], ``clip_index`` [N] (one person per clip)."""
+
+    images: np.ndarray
+    clip_index: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def unlabelled_data(videos: Sequence, *, image_size: int = regressor_lib.DEFAULT_IMAGE_SIZE,
+                    holdout_fraction: float = 0.3, frames_per_video: int = 120, face_landmarker=None,
+                    track_config: track_lib.TrackConfig = track_lib.TrackConfig(),
+                    detector=None) -> UnlabelledData | None:
+    """Face crops of videos that have no annotation, for landmark-free self-supervision.
+
+    Each video is one person (one identity group). ``frames_per_video`` frames evenly spaced over the
+    first ``1 − holdout_fraction`` of it are decoded; the face detector (the live tracker's, the
+    best face of each frame) places the crop exactly as the tracker does (``track.detection_box``).
+    Frames without a face are skipped; a video without any is an error naming it. ``detector``: a
+    ready detector (default: ``track.FaceDetector`` from ``face_landmarker``).
+    """
+    images, groups = [], []
+    if not videos:
+        return None
+    own = detector is None
+    det = track_lib.FaceDetector(face_landmarker, track_config.min_detection_confidence) if own else detector
+    try:
+        for g, path in enumerate(videos):
+            info = video_lib.probe_video(path)
+            total = int(round(info.duration_s * info.fps)) if info.fps and info.duration_s else 0
+            end = total - int(round(total * holdout_fraction)) if total else None
+            stride = max(1, (end or frames_per_video) // frames_per_video)
+            clip = video_lib.read_video(path, frames=video_lib.FrameRange(end=end, stride=stride))
+            n = 0
+            for frame in clip.frames[0][:frames_per_video]:
+                dets = det.detect(frame)
+                if not len(dets):
+                    continue
+                crop, _ = regressor_lib.crop_box(frame, track_lib.detection_box(dets[0], track_config), image_size)
+                images.append(crop)
+                groups.append(UNLABELLED_CLIP_BASE + g)
+                n += 1
+            if not n:
+                raise ValueError(f"{path}: no face found in {len(clip.frames[0])} frames")
+            logger.info("unlabelled %s: %d face crops (frames before %s, stride %d)", path, n, end, stride)
+    finally:
+        if own:
+            det.close()
+    return UnlabelledData(np.stack(images), np.asarray(groups, np.int32))
+
+
 # --------------------------------------------------------------------------- batches and losses
 def group_batches(clip_index: np.ndarray, num_groups: int, group_size: int, rng: np.random.Generator) -> np.ndarray:
     """``num_groups × group_size`` example indices, each group from one clip (with replacement within
@@ -190,6 +263,19 @@ def identity_consistency(shape: jax.Array, group_size: int) -> jax.Array:
     """Mean variance of the predicted identity [B, n_shape] within consecutive groups of ``group_size``."""
     g = shape.reshape((-1, group_size, shape.shape[-1]))
     return jnp.mean(jnp.var(g, axis=1))
+
+
+def self_supervised_loss(shape, expression, pose, cam, images: jax.Array, face: fit_lib.FaceModel) -> jax.Array:
+    """The landmark-free photometric term of predicted parameters ([B, ...]: identity, expression,
+    full pose, camera) on their crops [B, S, S, 3] in [0, 1]: ``photometric.loss.photometric_term``
+    (the mesh rendered with albedo and SH light solved per image in closed form, a robust colour
+    error over an image pyramid, pixels weighted by the mesh's face region and a skin-colour
+    attention fitted to each image), re-rasterized every call."""
+    verts, _, _ = fit_lib.evaluate_params(face, shape, expression, pose, cam)
+    batch = {"images": images, "vertices": verts, "cam": cam, "faces": face.flame.faces}
+    # The camera is a prediction like the rest (no landmarks place it on unlabelled frames).
+    values, mask = photometric_lib.photometric_term(batch, refresh_every=1, camera_gradient=True)
+    return losses_lib.masked_mean(values, mask)
 
 
 def augment(images: jax.Array, key: jax.Array) -> jax.Array:
@@ -233,9 +319,7 @@ def reframe(images: jax.Array, landmarks: jax.Array, cam: jax.Array, key: jax.Ar
 
     out = jax.vmap(one)(images, k, trans)
     lmk = landmarks * k[:, None, None] + d[:, None, :]
-    s = cam[:, 0] * k
-    cam = jnp.stack([s, cam[:, 1] + d[:, 0] / s, cam[:, 2] - d[:, 1] / s], -1)
-    return out, lmk, cam
+    return out, lmk, regressor_lib.reframe_camera(cam, k, d, xp=jnp)
 
 
 def _batch(data: pretrain_lib.PretrainData, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -243,6 +327,15 @@ def _batch(data: pretrain_lib.PretrainData, idx: np.ndarray) -> dict[str, np.nda
         "images": data.images[idx], "landmarks": data.landmarks[idx], "shape": data.shape[idx],
         "expression": data.expression[idx], "pose": data.pose[idx], "cam": data.cam[idx],
     }
+
+
+def _blank_targets(data: pretrain_lib.PretrainData) -> dict[str, np.ndarray]:
+    """Placeholder targets of one unlabelled row (no supervised loss reads them; a unit camera
+    scale keeps ``reframe`` finite)."""
+    row = _batch(data, np.array([0]))
+    out = {k: np.zeros_like(v[0]) for k, v in row.items() if k != "images"}
+    out["cam"] = np.array([1.0, 0.0, 0.0], row["cam"].dtype)
+    return out
 
 
 def _merge_batches(a: dict, b: dict | None) -> dict:
@@ -271,6 +364,8 @@ def train(
     *,
     distill: Sequence = (),
     video_dirs: Sequence = (),
+    unlabelled: Sequence = (),
+    face_landmarker=None,
     face: fit_lib.FaceModel | None = None,
     encoder: encoder_lib.Encoder | None = None,
     progress: Callable[..., Any] | None = None,
@@ -282,6 +377,9 @@ def train(
       config: data and optimization settings.
       distill: annotation folders to distil from (``distillation_data``).
       video_dirs: where to look for their videos when they have moved.
+      unlabelled: videos without annotations (``unlabelled_data``): self-supervision only (the
+        photometric term when ``weight_photometric`` > 0, and identity consistency).
+      face_landmarker: MediaPipe bundle whose face detector crops the unlabelled videos.
       face: the face model (default: the demo head; synthetic data is rendered from the demo head,
         so with another model set ``synthetic_clips=0`` and distil).
       encoder: initial weights (default a fresh regressor from ``config.seed``).
@@ -301,12 +399,15 @@ def train(
         dis_train, dis_val = distillation_data(distill, image_size=config.image_size,
                                                holdout_fraction=config.holdout_fraction, video_dirs=video_dirs)
     if syn_train is None and dis_train is None:
-        raise ValueError("no training data: set synthetic_clips > 0 or give annotations to distil")
+        raise ValueError("no labelled training data: set synthetic_clips > 0 or give annotations to distil")
+    unl = unlabelled_data(unlabelled, image_size=config.image_size, holdout_fraction=config.holdout_fraction,
+                          frames_per_video=config.unlabelled_frames, face_landmarker=face_landmarker)
     seconds["data"] = time.perf_counter() - t0
     counts = {"synthetic": len(syn_train) if syn_train is not None else 0,
-              "distilled": len(dis_train) if dis_train is not None else 0}
-    logger.info("training data: %d synthetic, %d distilled images (%.1f s)", counts["synthetic"],
-                counts["distilled"], seconds["data"])
+              "distilled": len(dis_train) if dis_train is not None else 0,
+              "unlabelled": len(unl) if unl is not None else 0}
+    logger.info("training data: %d synthetic, %d distilled, %d unlabelled images (%.1f s)", counts["synthetic"],
+                counts["distilled"], counts["unlabelled"], seconds["data"])
 
     enc_cfg = regressor_lib.regressor_config(face.flame.num_shape, face.flame.num_expression,
                                              image_size=config.image_size)
@@ -314,6 +415,9 @@ def train(
         encoder = encoder_lib.init_encoder(enc_cfg, seed=config.seed)
     else:
         enc_cfg = encoder.config
+        if enc_cfg.image_size != config.image_size:
+            raise ValueError(f"the initial regressor takes {enc_cfg.image_size} px crops; image_size is "
+                             f"{config.image_size}")
     pcfg = config.pretrain_config()
     graphdef, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=False)
     trainable = jax.tree.map(jnp.array, trainable)
@@ -325,6 +429,18 @@ def train(
     opt_state = optimizer.init(trainable)
     gsize = config.group_size
 
+    groups = config.batch_size // gsize
+    n_unl = 0 if unl is None else max(1, int(round(groups * config.unlabelled_share)))
+    if n_unl >= groups:
+        raise ValueError(f"batch_size {config.batch_size} leaves no labelled group beside {n_unl} unlabelled ones")
+    labelled = groups - n_unl
+    n_dis = 0 if dis_train is None else (
+        labelled if syn_train is None else int(round(labelled * config.distill_fraction)))
+    n_syn = labelled - n_dis
+    # Rows of a batch: synthetic, distilled, unlabelled groups in that order; the photometric term
+    # sees the real ones (distilled and unlabelled).
+    n_lab_rows, first_real = (n_syn + n_dis) * gsize, n_syn * gsize
+
     def loss_fn(tr, r, batch, key):
         images = batch["images"].astype(jnp.float32) / 255.0
         if config.reframe_zoom or config.reframe_shift:
@@ -335,10 +451,16 @@ def train(
         if config.augment:
             images = augment(images, key)
         raw, new_r = encoder_lib.apply(graphdef, tr, r, images, update_bn_stats=True)
-        total, parts = pretrain_lib.pretrain_loss(raw, batch, face, enc_cfg, pcfg)
-        shape = encoder_lib.decode_outputs(raw, enc_cfg).shape
-        parts["identity"] = identity_consistency(shape, gsize)
+        total, parts = pretrain_lib.pretrain_loss(raw[:n_lab_rows], {k: v[:n_lab_rows] for k, v in batch.items()},
+                                                  face, enc_cfg, pcfg)
+        p = encoder_lib.decode_outputs(raw, enc_cfg)
+        parts["identity"] = identity_consistency(p.shape, gsize)
         total = total + config.weight_identity * parts["identity"]
+        if config.weight_photometric and first_real < raw.shape[0]:
+            real = slice(first_real, None)
+            parts["photometric"] = self_supervised_loss(p.shape[real], p.expression[real], p.pose[real], p.cam[real],
+                                                        images[real], face)
+            total = total + config.weight_photometric * parts["photometric"]
         return total, (parts, new_r)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
@@ -349,9 +471,7 @@ def train(
 
     rng = np.random.default_rng(config.seed)
     key = jax.random.key(config.seed)
-    groups = config.batch_size // gsize
-    n_dis = 0 if dis_train is None else (groups if syn_train is None else int(round(groups * config.distill_fraction)))
-    n_syn = groups - n_dis
+    blank = _blank_targets(syn_train if syn_train is not None else dis_train)
     history: dict[str, list[float]] = {}
     bar = progress("training the regressor", config.steps) if progress else None
     t0 = time.perf_counter()
@@ -362,6 +482,10 @@ def train(
         if n_dis:
             b = _batch(dis_train, group_batches(dis_train.clip_index, n_dis, gsize, rng))
             batch = _merge_batches(batch, b) if batch is not None else b
+        if n_unl:
+            idx = group_batches(unl.clip_index, n_unl, gsize, rng)
+            batch = _merge_batches(batch, dict({k: np.repeat(v[None], idx.size, 0) for k, v in blank.items()},
+                                               images=unl.images[idx]))
         key, sub = jax.random.split(key)
         trainable, rest, opt_state, parts = step(trainable, rest, opt_state, batch, sub)
         if it == 0:
@@ -399,7 +523,8 @@ def summary_path(path) -> Path:
     return path.parent / (path.name + ".train.json")
 
 
-def save(path, result: TrainResult, config: TrainConfig, *, distill=(), overwrite: bool = True) -> Path:
+def save(path, result: TrainResult, config: TrainConfig, *, distill=(), unlabelled=(),
+         overwrite: bool = True) -> Path:
     """Saves the regressor (``save_encoder``) and ``<path>.train.json`` (settings, errors, times)."""
     path = Path(path).expanduser().absolute()
     encoder_lib.save_encoder(path, result.encoder, result.encoder_config, overwrite=overwrite)
@@ -407,6 +532,7 @@ def save(path, result: TrainResult, config: TrainConfig, *, distill=(), overwrit
         "train_config": dataclasses.asdict(config),
         "encoder_config": result.encoder_config.to_dict(),
         "distilled_from": [str(a) for a in distill],
+        "unlabelled_videos": [str(v) for v in unlabelled],
         "counts": result.counts,
         "validation": result.validation,
         "seconds": result.seconds,

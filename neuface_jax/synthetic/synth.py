@@ -41,7 +41,7 @@ from neuface_jax.media import landmarker as landmarker_lib
 from neuface_jax.media import render as render_lib
 from neuface_jax.media import video as video_lib
 from neuface_jax.photometric.albedo import procedural_albedo
-from neuface_jax.photometric.render import directional_light_sh
+from neuface_jax.photometric.render import directional_light_sh, sh_shading
 from neuface_jax.synthetic import augment as augment_lib
 from neuface_jax.synthetic import motion as motion_lib
 
@@ -108,6 +108,10 @@ class SynthConfig:
     drop_frame_probability: float = 0.0
     crop_size: int = 224
     supersample: int = 1
+    #: "lambert": ambient 0.3 + diffuse 0.7 · max(0, n·l) per vertex (the NumPy renderer's light);
+    #: "sh": the same light's closest second-order SH light (``gt["light_sh"]``), which the
+    #: photometric term's shading model represents exactly.
+    shading: str = "lambert"
     motion: motion_lib.MotionConfig = motion_lib.MotionConfig()
     realism: RealismConfig = RealismConfig()
 
@@ -339,15 +343,22 @@ def _render_views(model, embedding68, scene: _Scene, focal, principal, config: S
     else:
         backgrounds = [_background(np.random.default_rng([seed, w]), size) for w in range(num_w)]
     flip = np.array([1.0, -1.0, -1.0])  # FLAME frame (y up, z toward camera) → camera frame (y down, z away)
+    if config.shading not in ("lambert", "sh"):
+        raise ValueError(f"SynthConfig.shading must be 'lambert' or 'sh', got {config.shading!r}")
+    light_sh = appearance_ground_truth(model, embedding68, config, seed)["light_sh"] if config.shading == "sh" else None
     tol = 0.004  # metres of depth slack for the landmark occlusion test
     for ti in range(num_t):
         for w in range(num_w):
             screen = project_points(scene.verts[ti, w], focal, principal, config.camera_distance)
             normals = np.asarray(flame_jax.vertex_normals(scene.verts[ti, w], faces)) * flip
+            if light_sh is None:
+                colors, shading = albedo, "smooth"
+            else:  # lit per vertex with the SH light (model-frame normals), interpolated
+                colors, shading = albedo * np.asarray(sh_shading(normals * flip, light_sh)), "none"
             rendering = render_lib.render(
-                screen, faces, albedo, height=size, width=size, normals=normals, background=backgrounds[w],
+                screen, faces, colors, height=size, width=size, normals=normals, background=backgrounds[w],
                 perspective_correct=True, supersample=config.supersample, cull_backfaces=True,
-                light_direction=light,
+                light_direction=light, shading=shading,
             )
             out.images[ti, w] = render_lib.to_uint8(rendering.image)
             p68 = project_points(scene.lmk68_3d[ti, w], focal, principal, config.camera_distance)

@@ -13,7 +13,9 @@ import flame_jax
 from neuface_jax.annotation import face as face_lib
 from neuface_jax.cli import main as cli_main
 from neuface_jax.core import camera as camera_lib
+from neuface_jax import photometric
 from neuface_jax.dataset.manifest import build_manifest, write_manifest
+from neuface_jax.model_learning import albedo as malbedo
 from neuface_jax.model_learning import corpus as corpus_lib
 from neuface_jax.model_learning import fit as mfit
 from neuface_jax.model_learning import learn as learn_lib
@@ -38,8 +40,9 @@ def _bump(model, amplitude=0.006):
     return (field * amplitude / np.abs(field).max()).astype(np.float32)
 
 
-def _landmark_clip(model, emb, shape, seed, frames=3, views=1, noise=0.0):
-    """Projected landmarks of ``shape`` under random head rotations (no rendering)."""
+def _landmark_clip(model, emb, shape, seed, frames=3, views=1, noise=0.0, albedo=None, size=32):
+    """Projected landmarks of ``shape`` under random head rotations; with ``albedo`` [V, 3] also the
+    images of the posed meshes (SH-lit renders of ``size`` px): ``(clip, images, vertices, cams)``."""
     rng = np.random.default_rng(seed)
     pose = np.zeros((frames, views, 15), np.float32)
     pose[..., 0:3] = rng.normal(size=(frames, views, 3)) * np.array([0.1, 0.25, 0.05])
@@ -49,8 +52,14 @@ def _landmark_clip(model, emb, shape, seed, frames=3, views=1, noise=0.0):
     lmk3 = flame_jax.landmarks(model, emb, out.vertices, jnp.asarray(pose))
     cam = np.tile(np.array([9.0, 0.0, 0.01], np.float32), (frames, views, 1))
     lmk2 = np.asarray(camera_lib.project(lmk3, jnp.asarray(cam))) + rng.normal(size=(frames, views, 68, 2)) * noise
-    return mfit.LandmarkClip(lmk2.astype(np.float32), np.ones((frames, views, 68), np.float32),
+    clip = mfit.LandmarkClip(lmk2.astype(np.float32), np.ones((frames, views, 68), np.float32),
                              np.ones((frames, views), np.float32))
+    if albedo is None:
+        return clip
+    raster = photometric.rasterize(out.vertices, jnp.asarray(cam), model.faces, size)
+    light = photometric.directional_light_sh([0.3, 0.4, 1.0])
+    rgb = photometric.render_batch(out.vertices, model.faces, jnp.asarray(cam), jnp.asarray(albedo), light, raster).rgb
+    return clip, np.asarray(rgb, np.float32), np.asarray(out.vertices), cam
 
 
 def test_landmark_submodel_gives_the_full_models_landmarks(demo):
@@ -87,19 +96,37 @@ def test_multi_frame_fit_any_frames_and_views(demo):
         mfit.fit_clips(model, emb, clips[0], FAST_FIT)
 
 
+def _tones(model):
+    """Two clips' albedos: the prior albedo with vertical stripes (6 cm period), in opposite phases (a
+    pattern no SH light can produce, unlike a colour cast or a left-right ramp)."""
+    prior = malbedo.prior_albedo(model)
+    stripes = np.sin(np.asarray(model.v_template)[:, 0:1] * 2 * np.pi / 0.06)
+    return [np.clip(prior * (1.0 + sign * 0.25 * stripes), 0, 1).astype(np.float32) for sign in (1.0, -1.0)]
+
+
 @pytest.fixture(scope="module")
 def small(demo):
-    """A quick learning run on the two clips (shapes shared with the fit test: no new fit compile)."""
+    """A quick learning run on the two clips (shapes shared with the fit test: no new fit compile), with
+    images rendered with two albedos: one shape and one albedo component, kept apart from the base's
+    identity and expression spaces."""
     model, emb = demo
     clips = _two_clips(model, emb)
-    corpus = corpus_lib.Corpus(tuple(corpus_lib.CorpusClip(f"c{i}", c, np.arange(c.num_frames), ("front",))
+    world = model_file.append_identity_components(model, _bump(model)[None], "world")
+    rng = np.random.default_rng(1)
+    shapes = np.concatenate([rng.normal(size=(2, 10)) * 0.5, [[1.5], [-1.5]]], 1).astype(np.float32)
+    tones = _tones(model)
+    rendered = [_landmark_clip(world, emb, shapes[0], 2, frames=3, views=2, albedo=tones[0]),
+                _landmark_clip(world, emb, shapes[1], 3, frames=1, albedo=tones[1])]
+    corpus = corpus_lib.Corpus(tuple(corpus_lib.CorpusClip(f"c{i}", c, np.arange(c.num_frames), ("front",),
+                                                            images=rendered[i][1])
                                      for i, c in enumerate(clips)), emb, "ibug68", "dynamic")
-    cfg = learn_lib.LearnConfig(shape_components=1, basis_size=16, steps=10)
-    return model, emb, learn_lib.learn_model(model, corpus, cfg, FAST_FIT)
+    cfg = learn_lib.LearnConfig(shape_components=1, albedo_components=1, basis_size=16, steps=10, init_steps=10,
+                                orthogonal_to="identity_expression")
+    return model, emb, learn_lib.learn_model(model, corpus, cfg, FAST_FIT), corpus, rendered[0][2:]
 
 
 def test_learned_components_keep_the_base_and_stay_apart(small):
-    model, emb, res = small
+    model, emb, res, _, _ = small
     assert res.model.num_shape == model.num_shape + 1
     np.testing.assert_array_equal(np.asarray(res.model.shapedirs)[..., :10], np.asarray(model.shapedirs))
     np.testing.assert_array_equal(np.asarray(res.model.exprdirs), np.asarray(model.exprdirs))
@@ -109,6 +136,31 @@ def test_learned_components_keep_the_base_and_stay_apart(small):
     assert np.linalg.norm(span.T @ comp) < 1e-3 * np.linalg.norm(comp)
     assert res.clip_shapes.shape == (2, 11)
     assert res.record["seconds"]["per_epoch"] > 0 and len(res.record["history"]["loss"]) == 2
+    assert len(res.record["history"]["init_landmark"]) == 2  # the per-clip offsets ran first
+    assert res.record["learned"]["orthogonal_to"] == "identity_expression"
+
+
+def test_albedo_learned_from_the_images(small):
+    """Each clip's albedo from its renders; the component is their difference; test-time coefficients."""
+    model, emb, res, corpus, (verts, cam) = small
+    tones = _tones(model)
+    alb = res.albedo
+    assert alb.basis.shape == (1, model.num_vertices, 3) and res.record["learned"]["albedo_components"] == 1
+    region = photometric.face_region(model, emb) > 0
+    seen = region.copy()
+    seen[np.abs(np.asarray(alb.basis[0])).sum(-1) == 0] = False  # vertices no image saw keep the prior
+    assert seen.sum() > 100
+    # The component separates the two tones: its direction follows their difference on the face.
+    diff = (tones[0] - tones[1])[seen].ravel()
+    comp = np.asarray(alb.basis[0])[seen].ravel()
+    assert abs(np.dot(diff, comp)) > 0.6 * np.linalg.norm(diff) * np.linalg.norm(comp)
+    # Test time: the first clip's coefficient, solved from its images at its true meshes, has the sign
+    # that moves the mean toward its tone.
+    c = corpus.clips[0]
+    coef, light = malbedo.fit_albedo(alb, model, verts, cam, c.images, c.data.frame_mask, region)
+    assert light.shape == (3, 2, 9, 3)
+    fitted = np.asarray(alb.albedo(coef))[seen]
+    assert np.abs(fitted - tones[0][seen]).mean() < np.abs(np.asarray(alb.mean)[seen] - tones[0][seen]).mean()
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +182,8 @@ def learned(demo):
 
 
 def test_model_file_round_trip_and_other_commands_accept_it(small, tmp_path):
-    model, emb, res = small
-    path = model_file.save_learned_model(res.model, tmp_path / "learned.npz", res.record)
+    model, emb, res, _, _ = small
+    path = model_file.save_learned_model(res.model, tmp_path / "learned.npz", res.record, albedo=res.albedo)
     with zipfile.ZipFile(path) as zf:  # numeric and string members only: nothing to unpickle
         for name in zf.namelist():
             assert np.load(zf.open(name), allow_pickle=False).dtype != object
@@ -141,6 +193,9 @@ def test_model_file_round_trip_and_other_commands_accept_it(small, tmp_path):
     record = model_file.read_learning_record(path)
     assert record["learned"]["first_component"] == 10 and record["corpus"]["clips"] == 2
     assert model_file.read_learning_record(_plain_model(model, tmp_path)) is None
+    albedo = model_file.read_albedo_model(path)  # the texture members
+    np.testing.assert_array_equal(np.asarray(albedo.basis), np.asarray(res.albedo.basis))
+    assert model_file.read_albedo_model(_plain_model(model, tmp_path)) is None
     # annotate's model resolution and synth take it as any FLAME-format model
     setup = face_lib.resolve_face_model(str(path), emb, landmark_set="ibug68")
     assert setup.model.num_shape == 11 and not setup.is_demo
@@ -173,9 +228,12 @@ def test_learned_model_fits_held_out_clips_better(learned):
 
 def test_bad_inputs_are_named(demo, tmp_path):
     model, emb = demo
-    with pytest.raises(ValueError, match="albedo_components > 0 is not implemented"):
-        learn_lib.learn_model(model, corpus_lib.Corpus((), emb, "ibug68", "dynamic"),
+    clip = corpus_lib.CorpusClip("no_images", _two_clips(model, emb)[1], np.arange(1), ("front",))
+    with pytest.raises(ValueError, match="no_images: no images"):
+        learn_lib.learn_model(model, corpus_lib.Corpus((clip,), emb, "ibug68", "dynamic"),
                               learn_lib.LearnConfig(albedo_components=2))
+    with pytest.raises(ValueError, match="orthogonal_to"):
+        learn_lib.LearnConfig(orthogonal_to="expression")
     with pytest.raises(ValueError, match="no clips"):
         corpus_lib.load_corpus([], model, emb)
     (tmp_path / "bad.npz").write_bytes(b"")

@@ -18,7 +18,11 @@ from neuface_jax.photometric import albedo as albedo_lib
 from neuface_jax.photometric import loss as loss_lib
 from neuface_jax.photometric import raster as raster_lib
 from neuface_jax.photometric import render as render_lib
+from neuface_jax.core import encoder as enc
 from neuface_jax.synthetic import synth
+
+from .test_fit import ecfg, face  # noqa: F401  (the small random model and encoder fixtures)
+from .test_trainable_stages import _clip
 
 SIZE = 48
 LIGHT = np.array([0.3, 0.5, 1.0]) / np.linalg.norm([0.3, 0.5, 1.0])  # model frame, toward the light
@@ -128,6 +132,20 @@ def test_gradients_match_finite_differences():
     _directional_check(fn, grads, args, 2, d(albedo.shape), 1e-2, 0.02)
     _directional_check(fn, grads, args, 3, d(light.shape) * 0.1, 1e-2, 0.02)
 
+    # Pixel-aligned: the pixel keeps its triangle, the barycentrics of its centre follow the mesh.
+    def aligned(v, c):
+        r = photometric.render_batch(v, faces, c, albedo, light, raster, pixel_aligned=True)
+        vals, mask = photometric.photometric_loss(r, image, raster.mask, levels=2, config=cfg)
+        return losses.masked_mean(vals, mask)
+
+    at_raster = photometric.render_batch(verts, faces, cam0, albedo, light, raster, pixel_aligned=True)
+    fixed = photometric.render_batch(verts, faces, cam0, albedo, light, raster)
+    np.testing.assert_allclose(np.asarray(at_raster.rgb), np.asarray(fixed.rgb), atol=1e-5)  # unmoved: the same
+    fn = jax.jit(aligned)
+    grads = jax.jit(jax.grad(aligned, argnums=(0, 1)))(verts, cam)
+    _directional_check(fn, grads, [verts, cam], 0, d(verts.shape) * 1e-3, 1e-2, 0.05)
+    _directional_check(fn, grads, [verts, cam], 1, jnp.array([1.0, 3e-3, -2e-3]), 1e-2, 0.05)
+
 
 def test_silhouette_gradient_matches_finite_differences():
     verts, faces = _sphere()
@@ -190,12 +208,49 @@ def test_terms_named_in_a_fit_config_prefer_the_truth(demo):
     at_truth = parts(cams, mask)
     assert float(at_truth["photometric"]) < 0.05 and float(at_truth["landmark"]) < 1e-4
     assert np.isfinite(float(at_truth["photometric_vertex"]))
+    with pytest.raises(ValueError, match="batch\\['step'\\]"):
+        losses.total_loss({"p": ("photometric", 1.0, {"start_step": 3})}, batch)
     for scale in (0.92, 1.08):
         moved = parts(cams * jnp.array([scale, 1.0, 1.0]), mask)
         assert float(moved["photometric"]) > 1.5 * float(at_truth["photometric"])
         assert float(moved["silhouette"]) > float(at_truth["silhouette"])
     # Without the jaw landmarks the silhouette term has nothing to match: masked, exactly 0.
     assert float(parts(cams, mask.at[:, :17].set(0.0))["silhouette"]) == 0.0
+
+
+def test_schedule_weights():
+    batch = {"step": jnp.int32(0)}
+    assert loss_lib.schedule_weight(batch, 0, 0, "t") == 1.0
+    w = [float(loss_lib.schedule_weight({"step": jnp.int32(k)}, 10, 4, "t")) for k in (9, 10, 13, 50)]
+    assert w == [0.0, 0.25, 1.0, 1.0]
+    cfg = loss_lib.PhotometricConfig(start_step=10, level_steps=5)
+    on = [np.asarray(loss_lib.level_weights({"step": jnp.int32(k)}, cfg, 3)).tolist() for k in (10, 15, 20)]
+    assert on == [[0, 0, 1], [0, 1, 1], [1, 1, 1]]  # the most blurred level first, the sharpest last
+    # Which loss configs make NeuFace carry the crops beside cached activations (trainable_stages).
+    assert not losses.uses_images(fit.FitConfig().loss)
+    assert losses.uses_images({"landmark": 1.0, "oval": ("face_oval", 2.0)})
+    assert not losses.uses_images({"landmark": 1.0, "photometric": 0.0})
+
+
+@pytest.mark.long  # a NeuFace compile; the cheaper sibling is test_schedule_weights (schedule, uses_images)
+def test_frozen_prefix_chunks_carry_the_crops(face, ecfg):  # noqa: F811
+    """With ``trainable_stages`` the chunks carry the frozen prefix's activations and, when a loss term
+    reads images, the crops beside them: the image terms run instead of failing; the step count
+    reaches the terms' schedule."""
+    assert not losses.uses_images(fit.FitConfig().loss)  # no image term: nothing extra is carried
+    data = _clip(face)
+    late = ("silhouette", 1.0, {"refresh_every": 1, "start_step": 3})
+    cfg = fit.FitConfig(chunk_frames=6, trainable_stages=1, loss={"landmark": 10.0, "silhouette": late})
+    assert losses.uses_images(cfg.loss)
+    opt = fit.NeuFace(face, ecfg, cfg)
+    state = opt.init_state(enc.init_encoder(ecfg, seed=3))
+    chunk = opt.to_chunks(data)[0]
+    (cached,) = opt.cache_features(state, [chunk])
+    assert cached.images.shape != chunk.images.shape
+    np.testing.assert_array_equal(np.asarray(cached.crops), np.asarray(chunk.images))
+    fn = jax.jit(lambda step: opt.chunk_loss(state.params, state.rest, cached, jax.random.key(0), None, face, step)[1][0])
+    before, after = float(fn(jnp.int32(2))["silhouette"]), float(fn(jnp.int32(3))["silhouette"])
+    assert before == 0.0 and np.isfinite(after) and after > 0.0
 
 
 def test_unknown_images_shape_is_a_clear_error(demo):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -12,6 +13,7 @@ import pytest
 
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core.mobilenet import depthwise_conv3x3
+from neuface_jax.media import crops as crops_lib
 from neuface_jax.realtime import filters, regressor, sources
 from neuface_jax.realtime import track as track_lib
 
@@ -54,6 +56,11 @@ def test_regressor_is_an_encoder_checkpoint_and_starts_annotate(tmp_path):
     setup = make_setup(SetupConfig(encoder=str(tmp_path / "reg"), warm_compile=False), need_landmarker=False)
     assert setup.encoder_config.arch == "mobilenet"
     assert setup.encoder_label == str(tmp_path / "reg")
+    # Its stages (for a frozen prefix) and NeuFace's learning rate for it: those of a small encoder.
+    from neuface_jax.priors import starting
+
+    assert encoder_lib.stage_names(cfg) == enc.backbone.stage_names == ("stem", "stage1", "stage2")
+    assert starting.default_learning_rate(cfg, pretrained=True) == starting.PRETRAINED_SMALL_LR
 
 
 def test_regressor_inference_and_landmark_submodel():
@@ -137,6 +144,30 @@ def test_identity_consistency_and_groups():
     assert float(jnp.std(out)) > 0.01  # the images were changed
 
 
+def test_unlabelled_frames_are_cropped_like_the_tracker_and_hold_out_the_end(tmp_path):
+    from neuface_jax.media import video
+    from neuface_jax.realtime import train
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (20, 64, 80, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(20) * 10  # frame numbers, to check which frames were used
+    video.write_video(tmp_path / "a.mp4", frames, fps=25.0, crf=0)
+    det = _FixedDetector((20, 10, 44, 34, 0.9))
+    data = train.unlabelled_data([tmp_path / "a.mp4", tmp_path / "a.mp4"], image_size=32, holdout_fraction=0.3,
+                                 frames_per_video=7, detector=det)
+    assert len(data) == 14 and det.calls == 14 and len(set(data.clip_index.tolist())) == 2
+    decoded = video.read_video(tmp_path / "a.mp4").frames[0]
+    want, _ = regressor.crop_box(decoded[0], track_lib.detection_box(det.box), 32)
+    np.testing.assert_array_equal(data.images[0], want)
+    # 7 frames spread over the first 14 (the last 30 % held out): every second one.
+    used = [int(np.argmin([np.abs(regressor.crop_box(f, track_lib.detection_box(det.box), 32)[0].astype(int)
+                                  - im).mean() for f in decoded])) for im in data.images[:7]]
+    assert used == list(range(0, 14, 2))
+    det.box = None
+    with pytest.raises(ValueError, match="a.mp4: no face"):
+        train.unlabelled_data([tmp_path / "a.mp4"], image_size=32, detector=det)
+
+
 # ------------------------------------------------------------------------------ filter
 def test_one_euro_smooths_noise_and_follows_motion():
     rng = np.random.default_rng(0)
@@ -157,6 +188,31 @@ def test_one_euro_smooths_noise_and_follows_motion():
     assert y[0] == 1.0
     with pytest.raises(ValueError, match="min_cutoff"):
         filters.OneEuroConfig(min_cutoff=0.0)
+
+
+def test_smoother_filters_the_camera_in_frame_coordinates():
+    """A still face seen through a jittering crop: each crop's camera differs, the face in the frame
+    does not. Filtering in frame coordinates returns the still face exactly; filtering the crop
+    cameras themselves (the earlier tracker) passes the crop's jitter through."""
+    rng = np.random.default_rng(0)
+    still = np.array([1.1, 0.02, -0.05])  # the face's camera in the first crop's coordinates
+    ref = np.array([200.0, 150.0, 120.0])
+    boxes = ref + rng.normal(size=(40, 3)) * [4.0, 4.0, 6.0]
+    boxes[0] = ref
+    ts = np.arange(40) / 30.0
+    sm = track_lib.Smoother(filters.OneEuroConfig(min_cutoff=1.0, beta=0.0))
+    crop_filter = filters.OneEuroFilter(filters.OneEuroConfig(min_cutoff=1.0, beta=0.0))
+    err_frame, err_crop = [], []
+    for t, box in zip(ts, boxes):
+        k, d = box[2] / ref[2], (box[:2] - ref[:2]) / (ref[2] / 2)
+        cam = regressor.reframe_camera(still, 1.0 / k, -d / k)  # the same face, this crop's camera
+        pred = regressor.Prediction(np.full(3, t), np.zeros(2), np.zeros(15), cam.astype(np.float32), np.zeros((68, 2)))
+        out = sm(pred, box, t)
+        err_frame.append(np.abs(regressor.reframe_camera(out.cam.astype(np.float64), k, d) - still).max())
+        err_crop.append(np.abs(regressor.reframe_camera(crop_filter(cam, t), k, d) - still).max())
+    assert max(err_frame) < 1e-5 < 1e-3 < np.mean(err_crop)
+    np.testing.assert_allclose(out.shape, np.full(3, ts.mean()), rtol=1e-5)  # identity: running mean
+    np.testing.assert_allclose(regressor.box_of_transform(crops_lib.box_to_transform(ref, 96), 96), ref)
 
 
 # ------------------------------------------------------------------------------ sources
@@ -223,10 +279,25 @@ def test_tracker_without_a_face_and_param_outputs(tmp_path):
     none = list(track_lib.track(sources.ArraySource(blank), regressor=reg, detector=_FixedDetector(None)))
     assert [f.status for f in none] == ["no face"] * 5 and not any(f.valid for f in none)
     det = _FixedDetector((20, 10, 44, 34, 0.9))
-    cfg_t = track_lib.TrackConfig(redetect_every=2, min_face_px=4.0, max_size_change=10.0)
+    cfg_t = track_lib.TrackConfig(redetect_every=2, min_face_px=4.0, max_size_change=10.0, stable_crop=False)
     got = list(track_lib.track(sources.ArraySource(blank), cfg_t, regressor=reg, detector=det))
     assert got[0].status == "detected" and all(f.valid for f in got)
     assert det.calls == 3  # frames 0, 2 and 4
+    # Detection frames crop at the detector's box; the others follow the previous fit.
+    for i in (0, 2, 4):
+        np.testing.assert_allclose(got[i].box, track_lib.detection_box(det.box, cfg_t))
+    fit0 = crops_lib.apply_transform(crops_lib.from_normalized(got[0].raw.landmarks, 32),
+                                     crops_lib.invert_transform(got[0].crop_transform))
+    np.testing.assert_allclose(got[1].box, crops_lib.landmark_boxes(fit0[None])[0], rtol=1e-5)
+    # A smoothed crop box starts at the detection and then lags a moving one.
+    moving = [(20 + 3 * i, 10, 44 + 3 * i, 34, 0.9) for i in range(5)]
+    tr = track_lib.Tracker(reg, _FixedDetector(None), dataclasses.replace(cfg_t, redetect_every=1, stable_crop=True))
+    boxes = []
+    for i, box in enumerate(moving):
+        tr.detector.box = box
+        boxes.append(tr.step(sources.Frame(i, i / 30.0, blank[i])).box)
+    assert boxes[0][0] == pytest.approx(track_lib.detection_box(moving[0], cfg_t)[0])
+    assert all(b[0] < track_lib.detection_box(m, cfg_t)[0] - 0.5 for b, m in zip(boxes[1:], moving[1:]))
     assert set(track_lib.STAGES) <= set(got[0].seconds)
     with track_lib.ParamsSink(tmp_path / "p.npz") as sink:
         for f in none[:2] + got:

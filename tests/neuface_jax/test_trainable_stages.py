@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from neuface_jax.annotation import run as run_lib
 from neuface_jax.core import encoder as enc
 from neuface_jax.core import fit, parallel
 
@@ -89,7 +90,7 @@ def _changed_params(before, after) -> set[str]:
 
 def test_epochs_move_only_the_later_stages(face, ecfg):
     """Cheaper sibling of the long test below: the epoch loop on cached features, and all stages
-    trainable is the full-fine-tuning split."""
+    trainable is the full-fine-tuning split; ``annotate --warm_compile`` compiles that very step."""
     encoder = enc.init_encoder(ecfg, seed=2)
     base = fit.FitConfig(num_epochs=2, chunk_frames=4, learning_rate=1e-3)
     full, every = fit.NeuFace(face, ecfg, base), fit.NeuFace(face, ecfg, base.replace(trainable_stages=3))
@@ -100,9 +101,12 @@ def test_epochs_move_only_the_later_stages(face, ecfg):
     state = opt.init_state(encoder)
     chunks = opt.cache_features(state, opt.to_chunks(data))
     before = enc.split_params(encoder, freeze_bn=True)[1]
+    run_lib._warm_compile(opt, encoder, 2, 68, None)
+    compiled = fit._neuface_step._cache_size()
     for epoch in range(2):
         state, mean = opt.run_epoch(state, chunks, jax.random.fold_in(jax.random.key(0), epoch))
     assert np.isfinite(np.asarray(mean)).all()
+    assert fit._neuface_step._cache_size() == compiled  # the warm-up compiled the feature-shaped step
     changed = _changed_params(before, enc.split_params(enc.merge_params(opt._graphdef, state.params, state.rest))[1])
     assert changed and all("conv1" not in c and "stages'][0" not in c for c in changed), changed
     assert any("stages" in c for c in changed) and any("fc2" in c for c in changed), changed
