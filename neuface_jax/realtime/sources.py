@@ -20,6 +20,8 @@ A camera that cannot be opened raises ``SourceError`` naming it; a missing file 
 
 from __future__ import annotations
 
+import abc
+
 import dataclasses
 import logging
 import os
@@ -65,15 +67,16 @@ def source_kind(source) -> str:
     return "file"
 
 
-class FrameSource:
+class FrameSource(abc.ABC):
     """Base class: an iterator of ``Frame`` with ``close()``, ``fps`` and ``end_reason``."""
 
     fps: float = 0.0
     name: str = ""
     end_reason: str | None = None
 
+    @abc.abstractmethod
     def __iter__(self) -> Iterator[Frame]:
-        raise NotImplementedError
+        """Yields the frames in order until the source ends (``end_reason`` says why)."""
 
     def close(self) -> None:
         pass
