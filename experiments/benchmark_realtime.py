@@ -24,6 +24,11 @@ Accuracy:
   frames; 2D jitter (mean second difference of the landmarks, % of the inter-ocular distance) of
   MediaPipe's own landmarks, annotate's and the tracker's (raw and One-Euro filtered).
 
+Diagnoses (--parts): ``jitter`` (where the tracker's jitter comes from: crop, regressor, filter) and
+``pose`` (accuracy in bins of annotate's head yaw and pitch: NME of the tracker and of the regressor at
+annotate's crops, the regressor's angles against annotate's, the crop against annotate's; overlays of
+each bin's median and worst frame with --pose_overlay_dir).
+
     python experiments/benchmark_realtime.py --regressor=DIR \
         --annotations=mead=/tmp/selftrain/base/mead,liveportrait=...,wojtek=...
 
@@ -59,11 +64,16 @@ flags.DEFINE_string("neuface_cache", None, "JSON file keeping NeuFace's syntheti
 flags.DEFINE_list("annotations", [], "NAME=ANNOTATE_DIR[:EVAL_FROM] of real clips (EVAL_FROM: the held-out "
                   "fraction's start, default 0.7; 0 for a clip not trained on).")
 flags.DEFINE_list("parts", ["latency", "synthetic", "real"], "What to run: latency, synthetic, real, jitter (the "
-                  "jitter diagnosis: crop vs regressor vs filter, and the One-Euro sweep).")
+                  "jitter diagnosis: crop vs regressor vs filter, and the One-Euro sweep), pose (accuracy against "
+                  "head yaw and pitch).")
 flags.DEFINE_float("filter_min_cutoff", None, "One-Euro min cut-off of the tracker (default: TrackConfig's).")
 flags.DEFINE_float("filter_beta", None, "One-Euro beta of the tracker (default: TrackConfig's).")
 flags.DEFINE_list("sweep_min_cutoff", ["0.25", "0.5", "1.0", "1.5", "3.0"], "Jitter part: One-Euro min cut-offs.")
 flags.DEFINE_list("sweep_beta", ["0", "0.3", "1", "3"], "Jitter part: One-Euro betas.")
+flags.DEFINE_list("pose_bins", ["0", "10", "20", "30", "45", "90"], "Pose part: |yaw| and |pitch| bin edges "
+                  "(degrees).")
+flags.DEFINE_string("pose_overlay_dir", None, "Pose part: where to write overlays of each yaw bin's median and "
+                    "worst frame (PNG).")
 flags.DEFINE_string("out", "experiments/results/benchmark_realtime_cpu.json", "JSON output.")
 
 
@@ -261,6 +271,7 @@ class RealClip:
     annotate: np.ndarray  # [T, 68, 2] annotate's fitted landmarks
     visible: np.ndarray  # [T, 68]
     boxes: np.ndarray  # [T, 3] annotate's crop boxes (from MediaPipe's landmarks, smoothed over time)
+    pose: np.ndarray  # [T, 15] annotate's full pose
 
     @property
     def iod(self) -> np.ndarray:
@@ -298,7 +309,8 @@ def load_real_clip(item: str) -> RealClip:
                     annotate=np.stack([to_px(pred[t], t) for t in sel]),
                     visible=mask[sel] & rec.valid[sel, 0][:, None],
                     boxes=np.stack([regressor_lib.box_of_transform(rec.crop_transforms[t, 0], rec.crop_size)
-                                    for t in sel]))
+                                    for t in sel]),
+                    pose=np.asarray(z["full_pose"]).reshape(rec.valid.shape + (-1,))[sel, 0])
 
 
 def _pixels(norm, m, size):
@@ -538,6 +550,170 @@ def jitter_diagnosis(reg, det_path: str) -> dict:
     return out
 
 
+def _yaw_pitch_deg(pose15: np.ndarray) -> np.ndarray:
+    """Head yaw and pitch (degrees, [..., 2]) of full poses [..., 15] (global and neck rotation): yaw
+    as ``flame_jax.head_yaw_degrees``, pitch about the head's x axis (positive: chin down)."""
+    import flame_jax
+
+    pose15 = np.asarray(pose15, np.float32)
+    rot = np.asarray(flame_jax.axis_angle_to_matrix(pose15[..., 0:3]) @ flame_jax.axis_angle_to_matrix(
+        pose15[..., 3:6]), np.float64)
+    yaw = np.asarray(flame_jax.head_yaw_degrees(pose15), np.float64)
+    pitch = np.degrees(np.arctan2(rot[..., 2, 1], rot[..., 2, 2]))
+    return np.stack([yaw, pitch], -1)
+
+
+def _draw_points(image: np.ndarray, pts: np.ndarray, colour, radius: int = 2) -> None:
+    import cv2
+
+    for x, y in np.asarray(pts):
+        if np.isfinite(x) and np.isfinite(y):
+            cv2.circle(image, (int(round(x)), int(round(y))), radius, colour, -1, lineType=cv2.LINE_AA)
+
+
+def _draw_box(image: np.ndarray, box, colour) -> None:
+    import cv2
+
+    c = _box_corners(np.asarray(box, np.float64)[None])[0].round().astype(np.int32)
+    cv2.polylines(image, [c], True, colour, 2, lineType=cv2.LINE_AA)
+
+
+def _angle_bins(angle, edges, per, ok, detected, angles, reg_trk, reg_ann, offset, ratio):
+    """Rows of the pose diagnosis over bins of |angle| (see ``pose_diagnosis``)."""
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (np.abs(angle) >= lo) & (np.abs(angle) < hi)
+        if not sel.any():
+            continue
+
+        def mean(a):
+            a = a[sel & np.isfinite(a)] if a.ndim == 1 else a[sel & np.isfinite(a).all(-1)]
+            return a.mean(0).tolist() if a.size else None
+
+        rows.append({
+            "bin_deg": [lo, hi], "frames": int(sel.sum()), "tracked": int((sel & ok).sum()),
+            "detected": int((sel & detected).sum()),
+            "nme_percent": {k: mean(v) for k, v in per.items()},
+            "annotate_yaw_pitch_deg": mean(angles),
+            "regressor_yaw_pitch_deg": {"tracker": mean(reg_trk), "at_annotate_crop": mean(reg_ann)},
+            "abs_error_yaw_pitch_deg": {"tracker": mean(np.abs(reg_trk - angles)),
+                                        "at_annotate_crop": mean(np.abs(reg_ann - angles))},
+            "crop_offset_of_side": mean(offset), "crop_size_ratio": mean(ratio),
+        })
+    return rows
+
+
+def pose_diagnosis(reg, det_path: str) -> dict:
+    """Accuracy against head pose, per clip, in bins of annotate's |yaw| and |pitch| (--pose_bins):
+
+    NME of annotate, of the tracker (its own crops) and of the regressor at annotate's crops; the
+    regressor's yaw and pitch (tracker crops and annotate's) against annotate's, and their linear
+    slopes (1 = the right amount of turn, < 1 saturating, > 1 exaggerating); the tracker's crop
+    against annotate's (centre offset and size ratio, in units of annotate's crop side) and
+    BlazeFace's detection rate. With --pose_overlay_dir, a strip of each yaw bin's median and worst
+    frame (green: MediaPipe; blue: annotate; red: the tracker; boxes: the tracker's crop in red,
+    annotate's in blue).
+    """
+    import cv2
+
+    from neuface_jax.core import metrics as metrics_lib
+    from neuface_jax.realtime import regressor as regressor_lib
+    from neuface_jax.realtime import sources, track
+
+    size = reg.image_size
+    edges = [float(e) for e in FLAGS.pose_bins]
+    out = {}
+    det = track.FaceDetector(det_path)
+    nan2 = np.full(2, np.nan)
+    for item in FLAGS.annotations:
+        clip = load_real_clip(item)
+        mp, vis = clip.mediapipe, clip.visible
+        frames = list(track.track(sources.ArraySource(clip.frames, fps=clip.fps, name=clip.name),
+                                  _track_config(det_path, filter=False), regressor=reg, detector=det))
+        ok = np.array([f.valid for f in frames])
+        nan = np.full((68, 2), np.nan)
+        trk_px = np.stack([_pixels(f.raw.landmarks, f.crop_transform, size) if f.valid else nan for f in frames])
+        trk_ang = np.stack([_yaw_pitch_deg(f.raw.pose) if f.valid else nan2 for f in frames])
+        trk_box = np.stack([f.box if f.valid else np.full(3, np.nan) for f in frames])
+        at_ann, ann_ang = [], []
+        for img, b in zip(clip.frames, clip.boxes):
+            crop, m = reg.crop(img, b)
+            p = reg(crop)
+            at_ann.append(_pixels(p.landmarks, m, size))
+            ann_ang.append(_yaw_pitch_deg(p.pose))
+        at_ann, ann_ang = np.stack(at_ann), np.stack(ann_ang)
+        detected = np.array([len(det.detect(img)) > 0 for img in clip.frames])
+        angles = _yaw_pitch_deg(clip.pose)
+        per = {
+            "annotate": metrics_lib.nme_per_frame(clip.annotate, mp, vis),
+            "tracker": metrics_lib.nme_per_frame(np.nan_to_num(trk_px), mp, vis & ok[:, None]),
+            "at_annotate_crop": metrics_lib.nme_per_frame(at_ann, mp, vis),
+        }
+        per = {k: np.asarray(v, np.float64) for k, v in per.items()}
+        offset = np.linalg.norm(trk_box[:, :2] - clip.boxes[:, :2], axis=-1) / clip.boxes[:, 2]
+        ratio = trk_box[:, 2] / clip.boxes[:, 2]
+        args = (per, ok, detected, angles, trk_ang, ann_ang, offset, ratio)
+
+        def slope(pred, j):
+            fin = np.isfinite(pred[:, j])
+            return float(np.polyfit(angles[fin, j], pred[fin, j], 1)[0]) if fin.sum() > 2 else None
+
+        row = {"frames": len(clip.frames), "first_frame": clip.first_frame,
+               "yaw_bins": _angle_bins(angles[:, 0], edges, *args),
+               "pitch_bins": _angle_bins(angles[:, 1], edges, *args),
+               "slope_yaw_pitch": {"tracker": [slope(trk_ang, 0), slope(trk_ang, 1)],
+                                   "at_annotate_crop": [slope(ann_ang, 0), slope(ann_ang, 1)]},
+               "nme_percent": {k: float(np.nanmean(v)) for k, v in per.items()},
+               "yaw_range_deg": [float(angles[:, 0].min()), float(angles[:, 0].max())],
+               "pitch_range_deg": [float(angles[:, 1].min()), float(angles[:, 1].max())]}
+        out[clip.name] = row
+        print(f"{clip.name}: yaw {row['yaw_range_deg'][0]:.0f}..{row['yaw_range_deg'][1]:.0f}, pitch "
+              f"{row['pitch_range_deg'][0]:.0f}..{row['pitch_range_deg'][1]:.0f} deg; regressor slopes (yaw, pitch) "
+              f"{json.dumps(row['slope_yaw_pitch'])}; NME {json.dumps(row['nme_percent'])}", flush=True)
+        for label in ("yaw", "pitch"):
+            print(f"  |{label}| bin frames det  NME ann / tracker / at-ann-crop   |err| yaw,pitch trk / at-ann-crop"
+                  "   crop offset, size", flush=True)
+            for b in row[f"{label}_bins"]:
+                n, e = b["nme_percent"], b["abs_error_yaw_pitch_deg"]
+                f = lambda v: float("nan") if v is None else v  # noqa: E731
+                print(f"  {b['bin_deg'][0]:3.0f}-{b['bin_deg'][1]:3.0f} {b['frames']:5d} {b['detected']:4d}  "
+                      f"{f(n['annotate']):.2f} / {f(n['tracker']):.2f} / {f(n['at_annotate_crop']):.2f}   "
+                      f"{f((e['tracker'] or [None])[0]):.1f},{f((e['tracker'] or [None, None])[1]):.1f} / "
+                      f"{e['at_annotate_crop'][0]:.1f},{e['at_annotate_crop'][1]:.1f}   "
+                      f"{f(b['crop_offset_of_side']):.3f}, {f(b['crop_size_ratio']):.2f}", flush=True)
+        if FLAGS.pose_overlay_dir:
+            # Per |yaw| bin: its median frame and its worst (by the tracker's NME).
+            err = np.nan_to_num(per["tracker"], nan=1e9)
+            picks = []
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                idx = np.flatnonzero((np.abs(angles[:, 0]) >= lo) & (np.abs(angles[:, 0]) < hi))
+                if idx.size:
+                    order = idx[np.argsort(err[idx])]
+                    picks += [int(order[len(order) // 2]), int(order[-1])]
+            tiles = []
+            for i in picks:
+                img = np.ascontiguousarray(clip.frames[i].copy())
+                _draw_points(img, mp[i], (0, 255, 0))
+                _draw_points(img, clip.annotate[i], (0, 128, 255))
+                _draw_points(img, trk_px[i], (255, 0, 0))
+                _draw_box(img, clip.boxes[i], (0, 128, 255))
+                if ok[i]:
+                    _draw_box(img, trk_box[i], (255, 0, 0))
+                c = clip.boxes[i]
+                crop, _ = regressor_lib.crop_box(img, np.array([c[0], c[1], c[2] * 1.3]), 256)
+                y, pt = angles[i]
+                cv2.putText(crop, f"yaw {y:.0f} pitch {pt:.0f} | reg {trk_ang[i, 0]:.0f} {trk_ang[i, 1]:.0f} | "
+                            f"nme {per['tracker'][i]:.1f}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
+                            (255, 255, 255), 1, cv2.LINE_AA)
+                tiles.append(crop)
+            path = Path(FLAGS.pose_overlay_dir) / f"pose_frames_{clip.name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(tiles, 1), cv2.COLOR_RGB2BGR))
+            print(f"  frames: {path}", flush=True)
+    det.close()
+    return out
+
+
 def main(argv):
     del argv
     import jax
@@ -551,7 +727,7 @@ def main(argv):
         "command": "python experiments/benchmark_realtime.py " + " ".join(
             f"--{k}={FLAGS[k].value if not isinstance(FLAGS[k].value, list) else ','.join(FLAGS[k].value)}"
             for k in ("regressor", "annotations", "parts", "synthetic_seeds", "neuface_epochs", "filter_min_cutoff",
-                      "filter_beta")),
+                      "filter_beta", "pose_bins")),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                     "loadavg_before": os.getloadavg()},
         "regressor": FLAGS.regressor, "encoder_config": reg.config.to_dict(),
@@ -571,6 +747,8 @@ def main(argv):
         report["real"] = real(reg, FLAGS.face_landmarker)
     if "jitter" in FLAGS.parts:
         report["jitter"] = jitter_diagnosis(reg, FLAGS.face_landmarker)
+    if "pose" in FLAGS.parts:
+        report["pose"] = pose_diagnosis(reg, FLAGS.face_landmarker)
     report["machine"]["loadavg_after"] = os.getloadavg()
     Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
     Path(FLAGS.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -60,6 +60,8 @@ flags.DEFINE_string("out", None, "JSON output (default experiments/results/<conf
 flags.DEFINE_bool("resume", False, "Skip (seed, setting, method) runs already present in --out.")
 flags.DEFINE_bool("markdown", False, "Also print the tables as markdown (for docs/experiments.md).")
 flags.DEFINE_bool("report_only", False, "Run nothing: print the tables of the existing --out JSON.")
+flags.DEFINE_string("paired", None, "Also print each method's paired differences (per seed) from this reference method "
+                    "and whether its mean is within the reference's seed spread.")
 flags.DEFINE_string("compile_cache", "/tmp/neuface_jax_compile_cache", "JAX persistent compilation cache ('' = off).")
 
 METRICS = ("nme_percent", "msi_landmarks", "msi_vertices", "jitter_mm", "cvd_mm", "vertex_error_mm")
@@ -390,6 +392,50 @@ def wins(cfg: dict[str, Any], runs: list[dict[str, Any]], methods=None, metrics=
     return out
 
 
+PAIRED_METRICS = ("vertex_error_mm", "accel_error_mm", "cvd_mm", "nme_percent")
+
+
+def paired(cfg: dict[str, Any], runs: list[dict[str, Any]], reference: str, metrics=PAIRED_METRICS):
+    """{setting: {method: {metric: {diffs, mean_diff, ref_std, within}}}}: per seed, the method's value
+    minus ``reference``'s on the same clip (seeds where both ran); ``within``: |mean difference| <= the
+    reference's seed spread (std over all its seeds of the setting); ``worse_every_seed``: higher on every
+    paired seed."""
+    import numpy as np
+
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for s in cfg["settings"]:
+        by = {(r["seed"], r["method"]): r["metrics"] for r in runs
+              if r["setting"] == s["name"] and "metrics" in r and r["seed"] in cfg["seeds"]}
+        for m in cfg["methods"]:
+            seeds = [sd for sd in cfg["seeds"] if (sd, m["name"]) in by and (sd, reference) in by]
+            if m["name"] == reference or not seeds:
+                continue
+            row = {}
+            for k in metrics:
+                ref = np.array([by[(sd, reference)].get(k, np.nan) for sd in seeds], float)
+                val = np.array([by[(sd, m["name"])].get(k, np.nan) for sd in seeds], float)
+                if np.all(np.isnan(ref)) or (k == "cvd_mm" and np.all(ref == 0)):
+                    continue
+                spread = float(np.std([by[(sd, reference)].get(k, np.nan) for sd in cfg["seeds"]
+                                       if (sd, reference) in by]))
+                d = val - ref
+                row[k] = {"diffs": d.tolist(), "mean_diff": float(d.mean()), "ref_std": spread,
+                          "within": bool(abs(d.mean()) <= spread), "worse_every_seed": bool(np.all(d > 0))}
+            out.setdefault(s["name"], {})[m["name"]] = row
+    return out
+
+
+def format_paired(table, reference: str) -> str:
+    lines = []
+    for setting, rows in table.items():
+        lines.append(f"\n[{setting}] paired differences from {reference} (mean; per seed; * = outside its seed spread)")
+        for method, row in rows.items():
+            cells = [f"{k} {v['mean_diff']:+.3f}{'' if v['within'] else '*'} ("
+                     + "/".join(f"{x:+.3f}" for x in v["diffs"]) + ")" for k, v in row.items()]
+            lines.append(f"  {method:<22} " + "  ".join(cells))
+    return "\n".join(lines)
+
+
 def format_summary(summary: dict[str, dict[str, dict[str, list[float]]]], metrics=METRICS) -> str:
     """Plain-text tables (one per setting): mean ± std over seeds."""
     lines = []
@@ -508,9 +554,13 @@ def main(argv):
     out = Path(FLAGS.out) if FLAGS.out else Path(__file__).resolve().parent / "results" / f"{cfg['name']}.json"
     if FLAGS.report_only:
         doc = json.loads(out.read_text())
-        summary = summarize(normalize_config(doc["config"]), doc["runs"])
+        # --methods / --settings: the tables of this config's methods (the file's config is its last invocation's)
+        shown = cfg if (FLAGS.methods or FLAGS.settings) else normalize_config(doc["config"])
+        summary = summarize(shown, doc["runs"])
         print(f"{out}: {doc['command']} ({doc['wall_seconds']:.0f} s)")
         print(format_summary(summary, METRICS + ("accel_error_mm", "vertex_error_similarity_mm")))
+        if FLAGS.paired:
+            print(format_paired(paired(shown, doc["runs"], FLAGS.paired), FLAGS.paired))
         if FLAGS.markdown:
             print("\n" + format_markdown(summary, doc["ground_truth"]))
         return
@@ -525,6 +575,8 @@ def main(argv):
     write(result["runs"], result["ground_truth"], final=True, extra={"pretrained_summary": result["pretrained_summary"]})
     summary = summarize(cfg, result["runs"])
     print(format_summary(summary, METRICS + ("accel_error_mm", "vertex_error_similarity_mm")))
+    if FLAGS.paired:
+        print(format_paired(paired(cfg, result["runs"], FLAGS.paired), FLAGS.paired))
     if FLAGS.markdown:
         print("\n" + format_markdown(summary, json.loads(out.read_text())["ground_truth"]))
     gt = json.loads(out.read_text())["ground_truth"]

@@ -51,6 +51,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("components", 2, "Learned identity components.")
 flags.DEFINE_integer("frames", 16, "Frames kept per half clip.")
 flags.DEFINE_integer("learn_steps", None, "Override LearnConfig.steps.")
+flags.DEFINE_float("expression_prior_scale", None, "Override LearnConfig.expression_prior_scale.")
+flags.DEFINE_float("test_prior", None, "Override LearnConfig.test_prior (the learned coefficients' test-time prior; "
+                   "the control models' extra coefficients get the same).")
 flags.DEFINE_enum("shared_offset", "apply", ["drop", "apply"], "LearnConfig.shared_offset: the demo head's mean "
                   "differs from real people's, so the offset all clips share is part of what is learned here.")
 flags.DEFINE_string("out", "experiments/results/fml_real.json", "Results JSON.")
@@ -109,16 +112,24 @@ def main(argv):
                                            face_landmarker=landmarker)
               for part in ("first_half", "second_half")}
     cfg = learn_lib.LearnConfig(shape_components=FLAGS.components, shared_offset=FLAGS.shared_offset)
-    if FLAGS.learn_steps is not None:
-        cfg = dataclasses.replace(cfg, steps=FLAGS.learn_steps)
+    overrides = {"steps": FLAGS.learn_steps, "expression_prior_scale": FLAGS.expression_prior_scale,
+                 "test_prior": FLAGS.test_prior}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     test = halves["second_half"]
-    base_fit = mfit.fit_clips(base, test.embedding, [c.data for c in test.clips])
+
+    def fit_clips(model, embedding, clips):
+        """Test-time fit; extra coefficients (learned or control) under the learned model's prior."""
+        prior = None if model.num_shape == base.num_shape else mfit.shape_prior_weights(
+            model.num_shape, base.num_shape, cfg.test_prior)
+        return mfit.fit_clips(model, embedding, clips, shape_prior=prior)
+
+    base_fit = fit_clips(base, test.embedding, [c.data for c in test.clips])
     results = {"clips": [c.clip_id for c in test.clips], "base_nme": nme_percent(base_fit, test)}
 
     t0 = time.perf_counter()
     res = learn_lib.learn_model(base, halves["first_half"], cfg)
     learn_s = time.perf_counter() - t0
-    fit = mfit.fit_clips(res.model, test.embedding, [c.data for c in test.clips])
+    fit = fit_clips(res.model, test.embedding, [c.data for c in test.clips])
     results["all"] = {"learned_nme": nme_percent(fit, test), "seconds": res.record["seconds"],
                       "component_rms_mm": res.record["learned"]["component_rms_mm"],
                       "shared_offset_rms_mm": res.record["learned"]["shared_offset_rms_mm"],
@@ -127,12 +138,12 @@ def main(argv):
     # Controls: the same freedom with random directions; landmarks the fit never saw.
     random_model, offset_model = controls(base, res.model, res)
     models = {"base": base, "learned": res.model, "random_components": random_model, "offset_only": offset_model}
-    results["controls"] = {name: nme_percent(mfit.fit_clips(m, test.embedding, [c.data for c in test.clips]), test)
+    results["controls"] = {name: nme_percent(fit_clips(m, test.embedding, [c.data for c in test.clips]), test)
                            for name, m in models.items() if name not in ("base", "learned")}
     even = np.arange(68) % 2 == 0
     sparse = with_points(test, even)
     results["held_out_points"] = {
-        name: nme_percent(mfit.fit_clips(m, sparse.embedding, [c.data for c in sparse.clips]), test, ~even)
+        name: nme_percent(fit_clips(m, sparse.embedding, [c.data for c in sparse.clips]), test, ~even)
         for name, m in models.items()}
 
     results["leave_one_out"] = []
@@ -143,7 +154,7 @@ def main(argv):
         r = learn_lib.learn_model(base, others, dataclasses.replace(cfg, shape_components=min(cfg.shape_components,
                                                                                                   len(others))))
         held = corpus_lib.Corpus((clip,), test.embedding, test.landmark_set, test.contour)
-        f = mfit.fit_clips(r.model, held.embedding, [clip.data])
+        f = fit_clips(r.model, held.embedding, [clip.data])
         results["leave_one_out"].append({"clip": clip.clip_id, "base_nme": results["base_nme"][i],
                                          "learned_nme": nme_percent(f, held)[0]})
 

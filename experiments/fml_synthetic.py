@@ -16,7 +16,11 @@ clips N, learned components K) the model is learned, then every held-out clip is
 only, one identity over its frames) with the base and the learned model, and the fitted neutral
 identity mesh is compared with the true one: mean vertex error in mm, as is and after a similarity
 alignment, over the whole head and over the face region. The held-out frame ablation fits the same
-held-out clips from 1, 4 and all kept frames.
+held-out clips from 1, 4 and all kept frames. The learned coefficients' test-time prior scale
+(``--test_priors``) is chosen on validation clips of new seeds (out-of-span and in-span), never on
+the held-out ones. Reference rows: the oracle (the true fields), the fields off the base's
+identity + expression span, the fields in the smooth basis (ceiling) and as landmark points
+determine them (landmark ceiling).
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ flags.DEFINE_string("orthogonal_to", None, "Override LearnConfig.orthogonal_to."
 flags.DEFINE_integer("frames", 8, "Frames kept per clip (evenly spaced).")
 flags.DEFINE_integer("image_size", 96, "Render size (landmark noise scaled to the default 224-px clip's).")
 flags.DEFINE_integer("learn_steps", None, "Override LearnConfig.steps.")
+flags.DEFINE_float("expression_prior_scale", None, "Override LearnConfig.expression_prior_scale.")
+flags.DEFINE_float("photometric", None, "Override LearnConfig.photometric (the corpus then keeps 64-px crops).")
+flags.DEFINE_list("test_priors", ["1", "3", "10"], "Test-time prior scales of the learned coefficients, chosen on "
+                  "validation clips (new seeds, monocular like the held-out ones).")
+flags.DEFINE_integer("val_clips", 16, "Validation clips per kind (out-of-span, in-span) for choosing the prior scale.")
 flags.DEFINE_string("work_dir", "/tmp/fml_synthetic", "Clip folders (reused when present).")
 flags.DEFINE_string("out", "experiments/results/fml_synthetic.json", "Results JSON.")
 flags.DEFINE_string("figure", "docs/model_learning_fits.png", "Base vs learned picture ('' = none).")
@@ -126,7 +135,11 @@ def clip_config(rig: str) -> synth.SynthConfig:
 def evaluate(model, corpus, truth_model, regions):
     """Fits every clip of ``corpus`` with ``model`` and scores the identity against ``truth_model``:
     ``(scores, fitted neutral meshes, true neutral meshes, the fit)``."""
-    fits = mfit.fit_clips(model, corpus.embedding, [c.data for c in corpus.clips])
+    prior = None
+    if model.num_shape > BASE.num_shape:  # a learned (or reference) model: the chosen test-time prior
+        prior = mfit.shape_prior_weights(model.num_shape, BASE.num_shape, TEST_PRIOR[id(model)]) \
+            if id(model) in TEST_PRIOR else mfit.shape_prior_weights(model.num_shape, BASE.num_shape, 1.0)
+    fits = mfit.fit_clips(model, corpus.embedding, [c.data for c in corpus.clips], shape_prior=prior)
     pred = mfit.identity_vertices(model, fits.params.shape)
     true = mfit.identity_vertices(truth_model, np.stack([c.truth["shape"] for c in corpus.clips]))
     out = {"landmark_l1": float(fits.landmark_error.mean())}
@@ -167,6 +180,26 @@ def laplacian_ceiling(fields, basis_size: int) -> np.ndarray:
     q, _ = np.linalg.qr(b.T)
     f = fields.reshape(len(fields), -1).astype(np.float64)
     return ((f @ q) @ q.T).reshape(fields.shape).astype(np.float32)
+
+
+def landmark_ceiling(fields, basis_size: int, smoothing: float = 1e-2) -> np.ndarray:
+    """What landmarks can tell about the withheld fields: per field, the smoothest combination of the
+    basis (Laplacian-energy ridge, ``smoothing`` relative to the data term's trace) that matches the
+    field at every mesh point a landmark can land on (static points and every dynamic-contour row),
+    i.e. the field as perfectly observed landmarks would determine it."""
+    phi, lam = learn_lib.laplacian_basis(BASE, basis_size)
+    emb = flame_jax.demo_landmark_embedding()
+    faces = np.asarray(BASE.faces)
+    fi = np.concatenate([np.asarray(emb.face_idx).ravel(), np.asarray(emb.dynamic_face_idx).ravel()])
+    bc = np.concatenate([np.asarray(emb.bary_coords).reshape(-1, 3), np.asarray(emb.dynamic_bary_coords).reshape(-1, 3)])
+    sample = np.zeros((len(fi), BASE.num_vertices))
+    np.add.at(sample, (np.repeat(np.arange(len(fi)), 3), faces[fi].ravel()), bc.ravel())
+    sphi = sample @ phi.astype(np.float64)
+    a = sphi.T @ sphi
+    reg = smoothing * np.trace(a) / max(float(lam.sum()), 1e-12) * np.diag(lam.astype(np.float64))
+    rhs = np.einsum("pm,pv,fvc->mfc", sphi, sample, fields.astype(np.float64)).reshape(basis_size, -1)
+    w = np.linalg.solve(a + reg, rhs).reshape(basis_size, len(fields), 3)
+    return np.einsum("vm,mfc->fvc", phi.astype(np.float64), w).astype(np.float32)
 
 
 def albedo_scores(albedo_model, model, corp, fits, truth_model, rig: str) -> dict:
@@ -239,8 +272,32 @@ def figure(path: Path, model_base, pred_base, pred_learned, true, title: str) ->
 
 
 BASE = None
+#: Test-time prior scale per model (by id), chosen on the validation clips.
+TEST_PRIOR: dict[int, float] = {}
 KEY = "vertex_error_similarity_mm"
-REFERENCES = ("base", "oracle", "oracle_off_expression", "ceiling")
+
+
+def choose_test_prior(model, validation, base_scores) -> tuple[float, dict]:
+    """The prior scale of the learned coefficients, chosen on validation clips: the lowest out-of-span
+    error among the scales whose in-span error is not above the base's by more than one paired standard
+    error (else the strongest prior). Returns ``(scale, per-scale validation scores)``."""
+    key = KEY + "_face"
+    table = {}
+    for scale in sorted(float(x) for x in FLAGS.test_priors):
+        TEST_PRIOR[id(model)] = scale
+        row = {}
+        for kind, (corp, truth) in validation.items():
+            err = np.asarray(evaluate(model, corp, truth, {"face": flame_jax.demo_vertex_masks()["face"]})[0]
+                             ["per_clip"][key])
+            d = err - np.asarray(base_scores[kind])
+            row[kind] = {"mean": float(err.mean()), "delta": float(d.mean()),
+                         "delta_se": float(d.std(ddof=1) / np.sqrt(len(d)))}
+        table[scale] = row
+    ok = [s for s, r in table.items() if r["in_span"]["delta"] <= r["in_span"]["delta_se"]]
+    scale = min(ok, key=lambda s: table[s]["out_of_span"]["mean"]) if ok else max(table)
+    TEST_PRIOR[id(model)] = scale
+    return scale, {str(k): v for k, v in table.items()}
+REFERENCES = ("base", "oracle", "oracle_off_expression", "ceiling", "landmark_ceiling")
 
 
 def main(argv):
@@ -256,7 +313,8 @@ def main(argv):
     print(f"extra fields: share outside the base identity+expression span {np.round(outside, 2).tolist()}")
 
     learn_cfg = learn_lib.LearnConfig()
-    overrides = {"steps": FLAGS.learn_steps, "basis_size": FLAGS.basis_size, "orthogonal_to": FLAGS.orthogonal_to}
+    overrides = {"steps": FLAGS.learn_steps, "basis_size": FLAGS.basis_size, "orthogonal_to": FLAGS.orthogonal_to,
+                 "expression_prior_scale": FLAGS.expression_prior_scale, "photometric": FLAGS.photometric}
     learn_cfg = dataclasses.replace(learn_cfg, **{k: v for k, v in overrides.items() if v is not None})
     sizes = sorted(int(x) for x in FLAGS.train_sizes)
     ks = sorted(int(x) for x in FLAGS.components)
@@ -267,10 +325,13 @@ def main(argv):
     for rig in FLAGS.test_views:
         make_clips(rig_dir(rig) / "test_out", range(200_000, 200_000 + FLAGS.test_clips), world, clip_config(rig), rig)
         make_clips(rig_dir(rig) / "test_in", range(300_000, 300_000 + FLAGS.test_clips), BASE, clip_config(rig), rig)
+    rig0 = FLAGS.test_views[0]
+    make_clips(rig_dir(rig0) / "val_out", range(400_000, 400_000 + FLAGS.val_clips), world, clip_config(rig0), rig0)
+    make_clips(rig_dir(rig0) / "val_in", range(500_000, 500_000 + FLAGS.val_clips), BASE, clip_config(rig0), rig0)
     t_gen = time.perf_counter() - t0
     print(f"clips ready in {t_gen:.0f}s")
 
-    image_size = 64 if FLAGS.albedo_components > 0 else 0
+    image_size = 64 if FLAGS.albedo_components > 0 or learn_cfg.photometric > 0 else 0
     train_all = load(rig_dir(FLAGS.views) / "train", FLAGS.frames, n_train, image_size)
     tests = {}
     for rig in FLAGS.test_views:
@@ -278,6 +339,10 @@ def main(argv):
         tests[f"in_span/{rig}"] = (load(rig_dir(rig) / "test_in", FLAGS.frames, FLAGS.test_clips), BASE)
     masks = flame_jax.demo_vertex_masks()
     regions = {"head": None, "face": masks["face"]}
+    validation = {"out_of_span": (load(rig_dir(rig0) / "val_out", FLAGS.frames, FLAGS.val_clips), world),
+                  "in_span": (load(rig_dir(rig0) / "val_in", FLAGS.frames, FLAGS.val_clips), BASE)}
+    val_base = {kind: evaluate(BASE, corp, truth, {"face": masks["face"]})[0]["per_clip"][KEY + "_face"]
+                for kind, (corp, truth) in validation.items()}
 
     # References: the base; the oracle (the true withheld fields as components); the ceiling (the
     # fields as the learned components' smooth basis can hold them).
@@ -290,7 +355,9 @@ def main(argv):
     results = {name: {} for name in REFERENCES}
     preds = {}
     first = f"out_of_span/{FLAGS.test_views[0]}"
-    for name, model in zip(REFERENCES, (BASE, world, off_expr, ceiling)):
+    lmk_ceiling = model_file.append_identity_components(BASE, landmark_ceiling(fields, learn_cfg.basis_size),
+                                                        "landmark ceiling")
+    for name, model in zip(REFERENCES, (BASE, world, off_expr, ceiling, lmk_ceiling)):
         for kind, (corp, truth) in tests.items():
             results[name][kind], pred, true, _ = evaluate(model, corp, truth, regions)
             if name == "base" and kind == first:
@@ -308,7 +375,13 @@ def main(argv):
         sub = corpus_lib.Corpus(train_all.clips[:n], train_all.embedding, train_all.landmark_set, train_all.contour)
         res = learn_lib.learn_model(BASE, sub, cfg)
         learned[(n, k)] = res
-        row = {"train_clips": n, "components": k, "seconds": res.record["seconds"],
+        scale, val_table = choose_test_prior(res.model, validation, val_base)
+        res.record["config"]["test_prior"] = scale
+        print(f"N={n} K={k}: test-time prior scale {scale} (validation: "
+              + "; ".join(f"{s}: out {r['out_of_span']['mean']:.2f}, in {r['in_span']['delta']:+.3f}"
+                          f"+-{r['in_span']['delta_se']:.3f}" for s, r in val_table.items()) + ")", flush=True)
+        row = {"train_clips": n, "components": k, "seconds": res.record["seconds"], "test_prior": scale,
+               "validation": val_table,
                "component_rms_mm": res.record["learned"]["component_rms_mm"],
                "landmark_l1": res.record["landmark_l1"],
                "principal_angles_face_deg": principal_angles_deg(res.model, fields, masks["face"])}
@@ -335,7 +408,6 @@ def main(argv):
 
     # Test-time frames: the same held-out clips from fewer frames.
     results["frames_ablation"] = []
-    rig0 = FLAGS.test_views[0]
     for frames in sorted({1, 4} - {FLAGS.frames}):
         corp = load(rig_dir(rig0) / "test_out", frames, FLAGS.test_clips)
         row = {"frames": frames, "views": rig0}
@@ -365,6 +437,8 @@ def main(argv):
                   "image_size": FLAGS.image_size, "test_clips": FLAGS.test_clips,
                   "train_seeds": [100_000, 100_000 + n_train], "test_out_seeds": [200_000, 200_000 + FLAGS.test_clips],
                   "test_in_seeds": [300_000, 300_000 + FLAGS.test_clips],
+                  "val_out_seeds": [400_000, 400_000 + FLAGS.val_clips],
+                  "val_in_seeds": [500_000, 500_000 + FLAGS.val_clips], "test_priors": FLAGS.test_priors,
                   "learn_config": dataclasses.asdict(learn_cfg), "fit_config": dataclasses.asdict(mfit.ClipFitConfig())},
         "platform": {"python": platform.python_version(), "machine": platform.machine()},
         "seconds": {"generation": t_gen, "total": time.perf_counter() - t_all},
@@ -386,13 +460,17 @@ def print_table(results, rigs) -> None:
         out = []
         for c in cols:
             red = 100 * (1 - row[c][KEY + "_face"] / b[c][KEY + "_face"])
-            out.append(f"{row[c][KEY + '_face']:.2f} / {row[c]['vertex_error_mm_face']:.2f} ({-red:+.0f} %)")
+            d = np.asarray(row[c]["per_clip"][KEY + "_face"]) - np.asarray(b[c]["per_clip"][KEY + "_face"])
+            se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+            out.append(f"{row[c][KEY + '_face']:.2f} / {row[c]['vertex_error_mm_face']:.2f} ({-red:+.0f} %, "
+                       f"{d.mean():+.2f}±{se:.2f})")
         return " | ".join(out)
 
     for name in REFERENCES:
         print(f"| {name} | - | - | {cells(results[name])} | - |")
     for r in results["learned"]:
-        print(f"| learned | {r['train_clips']} | {r['components']} | {cells(r)} | {r['seconds']['per_epoch']:.3f} |")
+        print(f"| learned (prior ×{r.get('test_prior', 1.0):g}) | {r['train_clips']} | {r['components']} | {cells(r)} | "
+              f"{r['seconds']['per_epoch']:.3f} |")
     for r in results.get("frames_ablation", []):
         print(f"frames {r['frames']} ({r['views']}): base {r['base'][KEY + '_face']:.2f}, "
               f"learned {r['learned'][KEY + '_face']:.2f} mm (face, sim)")

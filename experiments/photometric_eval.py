@@ -7,6 +7,8 @@ r"""Evidence for the photometric and silhouette terms (docs/photometric.md has t
         --out=experiments/results/photometric_real_vertex.json
     python experiments/photometric_eval.py --part=cost --frames=6 --views=3 --weight=5 --refresh_every=4
     python experiments/photometric_eval.py --part=diagnose --seeds=0 --frames=6 --views=3 --camera_distance=4
+    python experiments/photometric_eval.py --part=masks --seeds=0,1,2 --frames=6 --views=3 --camera_distance=4 \
+        --outliers=2
 
 Every fit takes ``landmark_steps + photo_steps`` direct-baseline steps; the term starts at
 ``landmark_steps`` and ramps in over ``ramp_steps``.
@@ -22,6 +24,9 @@ Every fit takes ``landmark_steps + photo_steps`` direct-baseline steps; the term
   MediaPipe, and an overlay PNG (crop | each fit).
 * ``cost``: a direct step (the whole clip) with and without the term, in one process, and the host
   rasterization of one refresh against it.
+* ``masks``: the term's pixel weights at the ground truth of the occluded clips, on the hand and on
+  the rest of the face, with and without the occluder rejection.
+* ``--method=neuface``: the synthetic part with NeuFace instead of the direct baseline.
 * ``diagnose``: whether the term is minimal at the ground truth: its value at the truth (appearance
   solved or the true one), with the jaw, identity or camera perturbed, and along the line from a
   landmarks-only fit to the truth.
@@ -64,7 +69,11 @@ from neuface_jax.synthetic import demo as demo_lib
 from neuface_jax.synthetic import synth as synth_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("part", "synthetic", ["synthetic", "real", "cost", "diagnose"], "Which evidence to produce.")
+flags.DEFINE_enum("part", "synthetic", ["synthetic", "real", "cost", "diagnose", "masks"],
+                  "Which evidence to produce.")
+flags.DEFINE_enum("method", "direct", ["direct", "neuface"], "Synthetic part: the direct baseline (landmark_steps + "
+                  "photo_steps steps) or NeuFace (as many epochs over the clip's one chunk, from the packaged encoder).")
+flags.DEFINE_float("neuface_lr", 3e-4, "NeuFace learning rate (the demo's from the packaged encoder).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Synthetic clip seeds.")
 flags.DEFINE_list("conditions", ["all", "no_jaw", "occluded"], "Synthetic conditions.")
 flags.DEFINE_integer("frames", 6, "Frames per synthetic clip.")
@@ -76,6 +85,16 @@ flags.DEFINE_float("weight", 5.0, "Photometric term weight (landmark 10, tempora
 flags.DEFINE_integer("refresh_every", 4, "Re-rasterize every N steps.")
 flags.DEFINE_enum("albedo", "auto", ["auto", "model", "vertex"], "The term's albedo (auto: the demo head's "
                   "basis on the demo head; vertex: a free per-vertex albedo per clip).")
+flags.DEFINE_enum("photo_views", "consensus", ["consensus", "own"], "PhotometricConfig.views: the views' consensus "
+                  "mesh or each view's own.")
+flags.DEFINE_float("outliers", 0.0, "PhotometricConfig.outliers: occluder rejection threshold (0: off).")
+flags.DEFINE_string("photo_options", "{}", "Extra PhotometricConfig options of the term, as JSON.")
+flags.DEFINE_list("real_losses", ["landmarks", "photometric", "photometric+silhouette"], "Real part: fits to run "
+                  "(landmarks, photometric, silhouette, photometric+silhouette).")
+flags.DEFINE_float("landmark_weight", 10.0, "Landmark term weight.")
+flags.DEFINE_list("losses", ["landmarks", "photometric"], "Fits per condition: landmarks, photometric (the flags' "
+                  "term), photometric_before (views='own', outliers=0: the term before the multi-view / occluder "
+                  "changes).")
 flags.DEFINE_bool("camera_gradient", True, "Let the term move the camera (PhotometricConfig.camera_gradient).")
 flags.DEFINE_enum("shading", "lambert", ["lambert", "sh"], "Synthetic renders' light (SynthConfig.shading).")
 flags.DEFINE_float("camera_distance", 4.0, "Synthetic camera distance, metres (the renders are perspective; the fit's "
@@ -90,14 +109,31 @@ flags.DEFINE_string("overlay_png", "docs/photometric_overlay.png", "Overlay PNG 
 flags.DEFINE_string("out", None, "JSON output (default experiments/results/photometric_<part>.json).")
 
 BASE_LOSS = {"landmark": 10.0, "temporal": 100.0, "multiview": 200.0}
+METRICS = ("nme_percent", "vertex_error_mm", "vertex_error_similarity_mm", "lower_face_error_mm", "jitter_mm",
+           "accel_error_mm", "cvd_mm")
 
 
 def photo_loss(weight=None, **extra):
     """The loss with the photometric term under the recipe: landmarks alone for ``landmark_steps``,
     then the term ramped in (camera free, appearance solved in closed form every step)."""
     opts = {"refresh_every": FLAGS.refresh_every, "start_step": FLAGS.landmark_steps, "ramp_steps": FLAGS.ramp_steps,
-            "camera_gradient": FLAGS.camera_gradient, "albedo": FLAGS.albedo}
-    return {**BASE_LOSS, "photometric": ("photometric", FLAGS.weight if weight is None else weight, opts), **extra}
+            "camera_gradient": FLAGS.camera_gradient, "albedo": FLAGS.albedo, "views": FLAGS.photo_views,
+            "outliers": FLAGS.outliers}
+    opts.update(json.loads(FLAGS.photo_options))
+    opts.update(extra.pop("options", {}))
+    return {**base_loss(), "photometric": ("photometric", FLAGS.weight if weight is None else weight, opts), **extra}
+
+
+def base_loss() -> dict:
+    """The landmark, temporal and multi-view terms (``--landmark_weight``)."""
+    return {**BASE_LOSS, "landmark": FLAGS.landmark_weight}
+
+
+def named_losses() -> list[tuple[str, dict]]:
+    """The ``--losses`` fits as (name, loss config)."""
+    table = {"landmarks": base_loss, "photometric": photo_loss,
+             "photometric_before": lambda: photo_loss(options={"views": "own", "outliers": 0.0})}
+    return [(name, table[name]()) for name in FLAGS.losses]
 
 
 def direct_config(loss, seed=0, **kw) -> fit_lib.FitConfig:
@@ -112,16 +148,19 @@ def lower_face_vertices(model, embedding) -> np.ndarray:
     return np.flatnonzero(region & (np.asarray(model.v_template)[:, 1] < lmk[33, 1]))
 
 
-def lower_face_error(result: fit_lib.FitResult, clip, ids) -> float:
-    """Mean lower-face vertex error (mm) in the canonical frame after a per-frame similarity alignment."""
+def lower_face_error(result: fit_lib.FitResult, clip, ids, frames=None) -> float:
+    """Mean lower-face vertex error (mm) in the canonical frame after a per-frame similarity alignment
+    (over ``frames`` only when given)."""
     pred = np.asarray(result.canonical_vertices, np.float64)  # [T, W, V, 3]
     gt = np.broadcast_to(np.asarray(clip.gt["canonical_vertices"], np.float64)[:, None], pred.shape)
+    if frames is not None:
+        pred, gt = pred[frames], gt[frames]
     aligned = rigid_align(pred, gt, with_scale=True)
     return float(np.linalg.norm(aligned[..., ids, :] - gt[..., ids, :], axis=-1).mean() * 1000.0)
 
 
-def occlude(clip, fraction: float, seed: int) -> np.ndarray:
-    """The clip's images with a hand-like occluder over the mouth in ``fraction`` of the frames."""
+def occlude(clip, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clip's images with a hand-like occluder over the mouth in ``fraction`` of the frames, and those frames."""
     rng = np.random.default_rng([seed, 7])
     images = clip.images.copy()
     frames = rng.choice(clip.num_frames, size=max(1, int(round(fraction * clip.num_frames))), replace=False)
@@ -129,7 +168,7 @@ def occlude(clip, fraction: float, seed: int) -> np.ndarray:
         for w in range(clip.num_views):
             mouth = clip.gt["landmarks68_true"][t, w, 48:68]
             images[t, w], _ = augment.paint_occluders(images[t, w], mouth, rng, kinds=("hand",), coverage=(1.5, 2.5))
-    return images
+    return images, np.sort(frames)
 
 
 def run_synthetic():
@@ -142,7 +181,7 @@ def run_synthetic():
         clip = synth_lib.synthesize_clip(seed=seed, rig=FLAGS.views, config=synth_lib.SynthConfig(
             num_frames=FLAGS.frames, camera_distance=FLAGS.camera_distance, shading=FLAGS.shading))
         for cond in FLAGS.conditions:
-            images = occlude(clip, 0.2, seed) if cond == "occluded" else clip.images
+            images, hidden = occlude(clip, 0.2, seed) if cond == "occluded" else (clip.images, None)
             data = crops_lib.prepare_clip(images, clip.landmarks68, clip.crop_transforms, encoder_size=enc_cfg.image_size,
                                           visible=clip.visible68, valid=clip.valid, crop_size=224, name=f"seed {seed}")
             if cond == "no_jaw":
@@ -151,26 +190,31 @@ def run_synthetic():
                 mask = np.asarray(data.landmarks_mask).copy()
                 mask[..., 0:17] = 0.0
                 data = dataclasses.replace(data, landmarks=jnp.asarray(lmk), landmarks_mask=jnp.asarray(mask))
-            for name, loss in (("landmarks", BASE_LOSS), ("photometric", photo_loss())):
+            for name, loss in named_losses():
                 cfg = direct_config(loss, seed, direct_prior_weights=(FLAGS.shape_prior, 1e-4, 1e-4))
                 t0 = time.perf_counter()
-                res = fit_lib.DirectFit(face, enc_cfg, cfg).fit(data, encoder=encoder)
+                if FLAGS.method == "neuface":
+                    cfg = cfg.replace(num_epochs=FLAGS.landmark_steps + FLAGS.photo_steps, learning_rate=FLAGS.neuface_lr)
+                    res = fit_lib.NeuFace(face, enc_cfg, cfg).fit(data, encoder=encoder)
+                else:
+                    res = fit_lib.DirectFit(face, enc_cfg, cfg).fit(data, encoder=encoder)
                 secs = time.perf_counter() - t0
                 m = demo_lib.evaluate_synthetic(res, face, clip, crop_size=224)
                 m["lower_face_error_mm"] = lower_face_error(res, clip, ids)
-                row = {"seed": seed, "condition": cond, "loss": name, "seconds": secs,
-                       **{k: m[k] for k in ("nme_percent", "vertex_error_mm", "vertex_error_similarity_mm",
-                                            "lower_face_error_mm", "jitter_mm", "cvd_mm")}}
+                row = {"seed": seed, "condition": cond, "loss": name, "seconds": secs, "method": FLAGS.method,
+                       "true_jitter_mm": demo_lib.ground_truth_reference(clip, face)["jitter_mm"],
+                       **{k: m[k] for k in METRICS}}
+                if hidden is not None:  # the frames with the hand
+                    row["lower_face_occluded_frames_mm"] = lower_face_error(res, clip, ids, hidden)
                 logging.info("%s", row)
                 print(json.dumps(row), flush=True)
                 runs.append(row)
     summary = {}
     for cond in FLAGS.conditions:
-        for name in ("landmarks", "photometric"):
+        for name in FLAGS.losses:
             sel = [r for r in runs if r["condition"] == cond and r["loss"] == name]
             summary[f"{cond}/{name}"] = {k: [float(np.mean([r[k] for r in sel])), float(np.std([r[k] for r in sel]))]
-                                         for k in ("nme_percent", "vertex_error_mm", "vertex_error_similarity_mm",
-                                                   "lower_face_error_mm", "jitter_mm", "cvd_mm")}
+                                         for k in METRICS + ("true_jitter_mm",)}
     for key, vals in summary.items():
         print(f"{key:28s} " + "  ".join(f"{k} {v[0]:.3f}±{v[1]:.3f}" for k, v in vals.items()))
     return {"runs": runs, "summary": summary}
@@ -203,9 +247,9 @@ def run_real():
     out = {"clip": FLAGS.real_clip, "frames": int(prep.num_frames), "stride": FLAGS.real_stride, "runs": {}}
     sil = ("silhouette", FLAGS.silhouette_weight, {"refresh_every": FLAGS.refresh_every,
                                                    "start_step": FLAGS.landmark_steps, "ramp_steps": FLAGS.ramp_steps})
-    runs = [("landmarks", BASE_LOSS), ("photometric", photo_loss())]
-    if FLAGS.silhouette_weight > 0:
-        runs.append(("photometric+silhouette", photo_loss(silhouette=sil)))
+    table = {"landmarks": base_loss, "photometric": photo_loss, "silhouette": lambda: {**base_loss(), "silhouette": sil},
+             "photometric+silhouette": lambda: photo_loss(silhouette=sil)}
+    runs = [(name, table[name]()) for name in FLAGS.real_losses]
     overlays = {}
     for name, loss in runs:
         res, secs = _fit_real(face, enc_cfg, encoder, data, loss)
@@ -254,10 +298,10 @@ def run_cost():
                                   visible=clip.visible68, valid=clip.valid, crop_size=224)
     out = {}
     steps = 16
-    for name, loss in (("landmarks", BASE_LOSS),
-                       ("photometric", {**BASE_LOSS, "photometric": ("photometric", FLAGS.weight,
-                                                                     {"refresh_every": FLAGS.refresh_every,
-                                                                      "camera_gradient": True})})):
+    term = lambda **o: {**BASE_LOSS, "photometric": ("photometric", FLAGS.weight, {  # noqa: E731
+        "refresh_every": FLAGS.refresh_every, "camera_gradient": True, **o})}
+    for name, loss in (("landmarks", BASE_LOSS), ("photometric", term()),
+                       ("photometric_before", term(views="own", outliers=0.0))):
         cfg = fit_lib.FitConfig(loss=loss, num_epochs=steps, chunk_frames=20)
         opt = fit_lib.DirectFit(face, enc_cfg, cfg)
         params = opt.init_params(data, encoder)
@@ -379,16 +423,60 @@ def run_diagnose():
     return out
 
 
+def run_masks():
+    """The term's pixel weights on the occluded clip at the ground truth: on the hand's pixels and on
+    the rest of the face, for the occluded images and the clean ones, with and without the occluder
+    rejection (``outliers``)."""
+    model, emb = flame_jax.demo_model(), flame_jax.demo_landmark_embedding()
+    face = fit_lib.FaceModel(model, emb)
+    _, enc_cfg = load_checkpoint(packaged_checkpoint(), model)
+    out = {}
+    for seed in [int(s) for s in FLAGS.seeds]:
+        clip = synth_lib.synthesize_clip(seed=seed, rig=FLAGS.views, config=synth_lib.SynthConfig(
+            num_frames=FLAGS.frames, camera_distance=FLAGS.camera_distance, shading=FLAGS.shading))
+        images, hidden = occlude(clip, 0.2, seed)
+        prep = functools.partial(crops_lib.prepare_clip, landmarks_px=clip.landmarks68,
+                                 crop_transforms=clip.crop_transforms, encoder_size=enc_cfg.image_size,
+                                 visible=clip.visible68, valid=clip.valid, crop_size=224)
+        data, clean = prep(images), prep(clip.images)
+        hand = np.any(np.asarray(data.images) != np.asarray(clean.images), -1)  # [T, W, S, S]
+        truth, _ = gt_direct_params(clip, enc_cfg.image_size)
+        pose = flame_jax.deca_pose_to_full(truth.rotation)
+        verts, _, _ = fit_lib.evaluate_params(face, truth.shape, truth.expression, pose, truth.cam)
+        batch = {"images": data.images, "vertices": verts, "cam": truth.cam, "faces": model.faces,
+                 "frame_mask": data.frame_mask, "landmarks_target": data.landmarks,
+                 "landmarks_mask": data.landmarks_mask, "global_pose": pose[..., 0:3]}
+        rows = {}
+        for k in (0.0, FLAGS.outliers):
+            x = photometric.loss.photometric_inputs(batch, photometric.PhotometricConfig(refresh_every=1, outliers=k))
+            face_px = np.asarray(x.attention) > 0
+            for name, w in (("attention", x.attention), ("weights", x.weights)):
+                w = np.asarray(w)
+                occluded = [float(w[t, v][face_px[t, v] & hand[t, v]].mean()) for t in hidden for v in range(w.shape[1])]
+                rest = [float(w[t, v][face_px[t, v] & ~hand[t, v]].mean()) for t in hidden for v in range(w.shape[1])]
+                clean_frames = [t for t in range(w.shape[0]) if t not in set(hidden.tolist())]
+                rows[f"outliers={k}/{name}"] = {
+                    "hand_pixels": occluded, "rest_of_face_occluded_images": rest,
+                    "clean_images": float(np.mean([w[t][face_px[t]].mean() for t in clean_frames]))}
+        out[f"seed {seed}"] = {"occluded_frames": hidden.tolist(), **rows}
+    print(json.dumps(out, indent=1))
+    return out
+
+
 def main(argv):
     del argv
     t0 = time.perf_counter()
-    out = {"synthetic": run_synthetic, "real": run_real, "cost": run_cost, "diagnose": run_diagnose}[FLAGS.part]()
+    out = {"synthetic": run_synthetic, "real": run_real, "cost": run_cost, "diagnose": run_diagnose,
+           "masks": run_masks}[FLAGS.part]()
     out["settings"] = {"seeds": FLAGS.seeds, "frames": FLAGS.frames, "views": FLAGS.views,
                        "landmark_steps": FLAGS.landmark_steps, "photo_steps": FLAGS.photo_steps,
                        "ramp_steps": FLAGS.ramp_steps, "shading": FLAGS.shading, "albedo": FLAGS.albedo,
-                       "camera_gradient": FLAGS.camera_gradient,
+                       "camera_gradient": FLAGS.camera_gradient, "photo_views": FLAGS.photo_views,
+                       "outliers": FLAGS.outliers, "losses": FLAGS.losses,
+                       "neuface_lr": FLAGS.neuface_lr, "photo_options": FLAGS.photo_options,
+                       "landmark_weight": FLAGS.landmark_weight, "silhouette_weight": FLAGS.silhouette_weight,
                        "camera_distance": FLAGS.camera_distance, "shape_prior": FLAGS.shape_prior,
-                       "weight": FLAGS.weight, "refresh_every": FLAGS.refresh_every, "method": "direct",
+                       "weight": FLAGS.weight, "refresh_every": FLAGS.refresh_every, "method": FLAGS.method,
                        "machine": platform.processor() or platform.machine(), "seconds": time.perf_counter() - t0}
     path = Path(FLAGS.out or f"experiments/results/photometric_{FLAGS.part}.json")
     path.parent.mkdir(parents=True, exist_ok=True)

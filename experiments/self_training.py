@@ -26,9 +26,13 @@ fitted ``predicted_landmarks2d``): eye openness = mean lid gap / eye width per e
 mouth opening = inner-lip gap (62–66) / mouth width (48–54); closed frames = detected opening ≤
 ``--closed_mouth``. Only frames where MediaPipe saw the points count. Yaw: ``self_training.yaw_pitch_deg``.
 
-``--refine_steps`` sets annotate's per-frame refinement after NeuFace (``core.refine``; 0, the default, as
-before it existed); ``--labels_only`` stops after step 1 and reports those annotate figures per clip (the
-before/after comparison of the refinement: ``docs/self_training.md``).
+``--refine_steps`` sets annotate's per-frame refinement after NeuFace (``core.refine``; annotate's default; 0:
+NeuFace's result as it is); ``--labels_only`` stops after step 1 and reports those annotate figures per clip (the
+before/after comparison of the refinement: ``docs/self_training.md``). ``--refine_from=DIR`` refines saved
+NeuFace-only annotate outputs (``DIR/<clip>``, made with ``--refine_steps=0``) through annotate's own refinement
+call with annotate's settings, writes each result beside the others (``--work/refined_from/<clip>``) and reports
+the same figures: NeuFace's part is deterministic, so this gives annotate's refined figures in seconds rather
+than a new 100-epoch fit per clip.
 
 Writes ``--out`` (command, settings, load averages, every figure) and prints a table.
 """
@@ -42,11 +46,16 @@ import platform
 import sys
 import time
 
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
 import flame_jax
 from neuface_jax import annotation as annotate_lib
+from neuface_jax.annotation import scoring
+from neuface_jax.core import fit as fit_lib
+from neuface_jax.core import losses as losses_lib
+from neuface_jax.core import refine as refine_lib
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.media import detect as detect_lib
 from neuface_jax.media import landmark_sets
@@ -66,6 +75,8 @@ flags.DEFINE_list("folds", ["mead+wojtek/liveportrait+nersemble", "liveportrait+
 flags.DEFINE_integer("epochs", 100, "annotate epochs, equal for both priors.")
 flags.DEFINE_integer("refine_steps", annotate_lib.SetupConfig().refine_steps,
                      "annotate's per-frame refinement steps after NeuFace (0: NeuFace's result as it is).")
+flags.DEFINE_string("refine_from", None, "Refine the saved NeuFace-only annotate outputs DIR/<clip> (see the "
+                    "module docs) and report their figures; nothing else runs.")
 flags.DEFINE_bool("labels_only", False, "Stop after the labels: print and save the shipped prior's annotate "
                   "figures per clip (no self-training).")
 flags.DEFINE_integer("steps", 300, "Self-training steps.")
@@ -116,6 +127,59 @@ def annotate(clip: str, encoder: pathlib.Path, out_dir: pathlib.Path) -> dict:
     )
     print(f"  annotated {clip} from {encoder.name} in {time.perf_counter() - t0:.0f}s", flush=True)
     return summary["metrics"]
+
+
+def refine_saved(clip: str, src: pathlib.Path, out_dir: pathlib.Path) -> dict:
+    """Annotate's per-frame refinement (``annotation.refine_result``, ``--refine_steps``) of the NeuFace-only
+    annotate output ``src``; writes ``out_dir/params.npz`` (``src``'s, the fitted arrays replaced) and returns
+    ``annotate_measures`` of it with annotate's own clip metrics."""
+    shared, model_path, _ = _paths()
+    doc = json.loads((src / "metrics.json").read_text())
+    if int(doc["clip"].get("refine_steps", 0)) != 0:
+        raise app.UsageError(f"{src}: --refine_from needs NeuFace-only outputs (annotate --refine_steps=0)")
+    with np.load(src / "params.npz") as z:
+        p = {k: z[k] for k in z.files}
+    names = [str(n) for n in p["view_names"]]
+    w = len(names)
+    t = len(p["valid"]) // w
+    r = lambda a: np.asarray(a).reshape((t, w) + np.shape(a)[1:])  # noqa: E731  (rows: frame-major, then view)
+    setup = annotate_lib.make_setup(
+        annotate_lib.SetupConfig(epochs=int(doc["clip"]["epochs"]), encoder=doc["clip"]["encoder"],
+                                 refine_steps=FLAGS.refine_steps, face_landmarker=str(model_path)),
+        need_landmarker=False)
+    valid = r(p["valid"]).astype(bool)
+    mask = r(p["landmarks_mask"]).astype(bool) & valid[..., None]
+    data = fit_lib.ClipData(images=jnp.zeros((t, w, 1, 1, 3), jnp.float32),
+                            landmarks=jnp.asarray(r(p["landmarks2d"]), jnp.float32),
+                            landmarks_mask=jnp.asarray(mask, jnp.float32), frame_mask=jnp.asarray(valid, jnp.float32))
+    shape = jnp.asarray(p["shapes"][np.flatnonzero(p["valid"])[0]], jnp.float32)
+    expr, pose, cam = (jnp.asarray(r(p[k]), jnp.float32) for k in ("expr", "full_pose", "cam"))
+    verts, lmk2d, root = fit_lib.evaluate_params(setup.face, shape, expr, pose, cam)
+    start = fit_lib.FitResult(shape=np.asarray(shape), expression=np.asarray(expr), pose=np.asarray(pose),
+                              cam=np.asarray(cam), landmarks2d=np.asarray(lmk2d), vertices=np.asarray(verts),
+                              canonical_vertices=np.asarray(losses_lib.canonical_vertices(verts, pose[..., 0:3], root)),
+                              history={})
+    t0 = time.perf_counter()
+    res = annotate_lib.refine_result(setup, data, start)
+    seconds = time.perf_counter() - t0
+    crop_size = int(p["crop_size"])
+    transforms = r(p["crop_transforms"])
+    target_px = np.where(mask[..., None], scoring.landmarks_to_pixels(r(p["landmarks2d"]), transforms, crop_size),
+                         np.nan)
+    metrics, _ = scoring.clip_metrics(res, setup.face, setup.face_setup.eye_idx, crop_transforms=transforms,
+                                      target_px=target_px, valid=valid, crop_size=crop_size, view_names=names)
+    metrics["seconds"] = {"fit": seconds}
+    flat = lambda a: np.asarray(a).reshape((t * w,) + np.shape(a)[2:])  # noqa: E731
+    p.update(expr=flat(res.expression), full_pose=flat(res.pose), cam=flat(res.cam),
+             predicted_landmarks2d=flat(res.landmarks2d),
+             shapes=np.broadcast_to(res.shape, p["shapes"].shape).copy(),
+             pose=np.concatenate([flat(res.pose)[:, 0:3], flat(res.pose)[:, 6:9]], -1))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(out_dir / "params.npz", **p)
+    m = annotate_measures(out_dir, metrics, mediapipe_yaw(clip)[1])
+    m["cvd_mm"] = metrics.get("cvd_mm")
+    print(f"  refined {clip} ({FLAGS.refine_steps} steps) in {seconds:.0f}s: NME {m['nme_percent']:.2f} %", flush=True)
+    return m
 
 
 def mediapipe_yaw(clip: str) -> tuple[np.ndarray, np.ndarray]:
@@ -245,6 +309,14 @@ def main(argv):
         "seconds": {}, "clips": {}, "folds": {},
     }
 
+    doc["settings"]["refine_inner_lip_weight"] = refine_lib.DEFAULT_INNER_LIP_WEIGHT
+    if FLAGS.refine_from:
+        doc["settings"]["refine_from"] = FLAGS.refine_from
+        doc["clips"] = {c: {"annotate": {"refined": refine_saved(c, pathlib.Path(FLAGS.refine_from) / c,
+                                                                 work / "refined_from" / c)}} for c in FLAGS.clips}
+        doc["summary"] = labels_summary({c: e["annotate"]["refined"] for c, e in doc["clips"].items()})
+        print(json.dumps(doc["summary"], indent=1))
+        return write_results(doc, t_all)
     # 1. labels = the shipped prior's annotations (also its annotate figures)
     t0 = time.perf_counter()
     base = {c: annotate(c, shipped, work / "base" / c) for c in FLAGS.clips}

@@ -15,6 +15,7 @@ from neuface_jax.core import fit as fit_lib
 from neuface_jax.core import refine as refine_lib
 from neuface_jax.media.export import OVERLAY_STYLES, check_overlay_style
 from neuface_jax.media.video import FrameRange
+from neuface_jax.photometric import loss as photometric_loss
 
 LANDMARK_SETS = ("ibug68", "mediapipe105")
 CONTOURS = ("auto", "static", "dynamic")
@@ -54,12 +55,23 @@ class SetupConfig:
         None, "Learning rate (default: by the starting encoder: 1e-4 from the packaged or another small "
         "checkpoint, 2e-5 from a ResNet-50 checkpoint, 1e-3 from a random encoder).", flag="lr")
     seed: int = setting(0, "Encoder initialization and optimization seed.")
-    trainable_stages: int | None = setting(None, fit_lib.TRAINABLE_STAGES_HELP)
+    trainable_stages: int | None = setting(None, fit_lib.ANNOTATION_TRAINABLE_STAGES_HELP)
+    lr_schedule: str = setting("constant", fit_lib.LR_SCHEDULE_HELP, choices=fit_lib.LR_SCHEDULES)
+    lr_warmup: float = setting(fit_lib.FitConfig.lr_warmup, fit_lib.LR_WARMUP_HELP)
+    early_stop: float = setting(fit_lib.FitConfig.early_stop, fit_lib.EARLY_STOP_HELP)
+    early_stop_window: int = setting(fit_lib.FitConfig.early_stop_window, fit_lib.EARLY_STOP_WINDOW_HELP)
     refine_steps: int = setting(
-        0, "Per-frame refinement after NeuFace: Adam steps of a direct fit of each frame's expression, head/jaw "
-        "rotation and camera from NeuFace's result, which lets blinks close and the mouth reach its range "
-        f"({refine_lib.DEFAULT_REFINE_STEPS} recommended; 0: NeuFace's result as it is).")
+        refine_lib.DEFAULT_REFINE_STEPS, "Per-frame refinement after NeuFace: Adam steps of a direct fit of each "
+        "frame's expression, head/jaw rotation and camera from NeuFace's result, which lets blinks close and the "
+        "mouth reach its range (0: NeuFace's result as it is).")
     refine_lr: float = setting(refine_lib.DEFAULT_REFINE_LR, "Learning rate of the per-frame refinement.")
+    weight_photometric: float = setting(
+        0.0, "Weight of the photometric term (rendered mesh vs the crops, albedo and light solved per step; 0: off). "
+        "It starts after --image_terms_start optimizer steps, ramped in over 20.")
+    weight_silhouette: float = setting(
+        0.0, "Weight of the silhouette term (rendered face outline vs MediaPipe's face oval; 0: off). Same schedule.")
+    image_terms_start: int = setting(
+        photometric_loss.RECIPE_START_STEP, "Optimizer steps the landmarks fit alone before the image terms start.")
     warm_compile: bool = setting(
         False, "Compile the NeuFace step in the background during detection (pays with spare cores; "
         "annotate only).")
@@ -76,6 +88,12 @@ class SetupConfig:
             raise ValueError(f"refine_steps must be >= 0 and refine_lr > 0, got {self.refine_steps}, {self.refine_lr}")
         if int(self.epochs) < 1 or int(self.chunk_frames) < 1:
             raise ValueError(f"epochs and chunk_frames must be >= 1, got {self.epochs}, {self.chunk_frames}")
+        self.image_terms()  # validates the weights
+
+    def image_terms(self) -> dict:
+        """The photometric / silhouette loss entries these settings add to the fit's loss ({} when off)."""
+        return photometric_loss.recipe_terms(float(self.weight_photometric), float(self.weight_silhouette),
+                                             start_step=int(self.image_terms_start))
 
     def replace(self, **kw) -> "SetupConfig":
         return dataclasses.replace(self, **kw)

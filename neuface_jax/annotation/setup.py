@@ -177,16 +177,22 @@ def make_setup(
             lr = default_learning_rate(enc_cfg, pretrained=enc is not None)
         fit_config = fit_lib.FitConfig(
             num_epochs=int(config.epochs), chunk_frames=int(config.chunk_frames), learning_rate=float(lr),
-            seed=int(config.seed), trainable_stages=config.trainable_stages,
+            seed=int(config.seed), **fit_lib.schedule_settings(config),
+            trainable_stages=fit_lib.annotation_trainable_stages(config.trainable_stages, pretrained=enc is not None),
         )
+    if config.image_terms():  # --weight_photometric / --weight_silhouette
+        fit_config = fit_config.replace(loss={**fit_config.loss, **config.image_terms()})
     face = fit_lib.FaceModel(face_setup.model, face_setup.embedding)
     if losses_lib.uses_images(fit_config.loss) and not face_setup.is_demo:
         # The photometric / silhouette terms compare the mesh's face region, looked up by mesh size.
         if getattr(face_setup.embedding, "num_landmarks", 0) == 68:
             photometric.register_face_region(face_setup.model, face_setup.embedding)
         else:
-            logger.warning("setup: no 68-point embedding to find the face region of %s: the image terms compare "
-                           "the whole mesh", face_setup.model_label)
+            raise ValueError(
+                f"setup: the photometric / silhouette terms compare the mesh's face region, found through a 68-point "
+                f"landmark embedding; {face_setup.model_label} has a "
+                f"{getattr(face_setup.embedding, 'num_landmarks', '?')}-point one: pass a 68-point "
+                "--landmark_embedding, or leave --weight_photometric / --weight_silhouette at 0")
     logger.info("setup: model %s (%s, %s contour), encoder %s, lr %.3g; in %.1fs", face_setup.model_label,
                 face_setup.landmark_set, face_setup.contour, label, fit_config.learning_rate, time.perf_counter() - t0)
     return AnnotateSetup(

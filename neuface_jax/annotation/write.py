@@ -23,6 +23,7 @@ from neuface_jax.annotation.prepare import PreparedClip
 from neuface_jax.annotation.scoring import clip_metrics, frame_nme, landmarks_to_pixels
 from neuface_jax.annotation.setup import AnnotateSetup
 from neuface_jax.common import log as log_lib
+from neuface_jax.core import fit as fit_lib
 from neuface_jax.core import metrics as metrics_lib
 from neuface_jax.media import export as export_lib
 from neuface_jax.media import video as video_lib
@@ -51,6 +52,8 @@ def _clip_block(setup: AnnotateSetup, clip: PreparedClip) -> dict[str, Any]:
         "learning_rate": cfg.learning_rate,
         "refine_steps": int(setup.config.refine_steps),
         "refine_lr": float(setup.config.refine_lr),
+        "weight_photometric": float(setup.config.weight_photometric),
+        "weight_silhouette": float(setup.config.weight_silhouette),
     }
 
 
@@ -115,7 +118,7 @@ def write_outputs(
         "per_view": per_view,
         "seconds": seconds,
         "throughput": dict(clip.throughput),
-        "clip": _clip_block(setup, clip),
+        "clip": {**_clip_block(setup, clip), "epochs_run": fit_lib.epochs_run(result, setup.fit_config)},
         "notes": list(setup.notes) + list(clip.notes),
     }
     if extra:

@@ -33,7 +33,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,11 +48,54 @@ from neuface_jax.core import losses as losses_lib
 
 
 # --------------------------------------------------------------------------- config
-#: Command-line help of ``FitConfig.trainable_stages`` (the annotation and demo settings expose it).
+#: Command-line help of ``FitConfig.trainable_stages`` (the demo settings expose it).
 TRAINABLE_STAGES_HELP = (
     "Backbone stages optimized, counted from the last (ResNet-50: 5 = stem + layer1-4; the small encoder: stem + "
     "its stages); the earlier ones are frozen and their activations computed once per clip, so an update costs "
     "less. Default: all (full fine-tuning); 0: the head only.")
+
+#: ``trainable_stages`` of annotation runs from a trained encoder (``annotation_trainable_stages``): the last
+#: backbone stage and the head. On the synthetic benchmark (small encoder, 5 seeds, mono and 3-view) it is
+#: within the seed spread of full fine-tuning on every metric; with ResNet-50 (layer4 + head) an update costs
+#: about a seventh of full fine-tuning's (docs/speed.md).
+ANNOTATION_TRAINABLE_STAGES = 1
+#: ``SetupConfig.trainable_stages`` value that asks for full fine-tuning.
+ALL_STAGES = -1
+
+#: Command-line help of ``SetupConfig.trainable_stages`` (annotate, annotate-dataset).
+ANNOTATION_TRAINABLE_STAGES_HELP = (
+    "Backbone stages optimized, counted from the last (ResNet-50: 5 = stem + layer1-4; the small encoder: stem + "
+    "its stages); the earlier ones are frozen and their activations computed once per clip, so an update costs "
+    f"less. Default: {ANNOTATION_TRAINABLE_STAGES} (the last stage + head: within the seed spread of full "
+    "fine-tuning on the synthetic benchmark; ResNet-50: a seventh of its time per update; the same count for every "
+    "architecture) from a trained encoder, all from a random one (whose early stages must learn); "
+    f"{ALL_STAGES}: all (full fine-tuning); 0: the head only.")
+
+
+def annotation_trainable_stages(value: int | None, *, pretrained: bool) -> int | None:
+    """``FitConfig.trainable_stages`` of an annotation run: ``value`` as given (``ALL_STAGES``: None, full
+    fine-tuning), or when None the default by start: ``ANNOTATION_TRAINABLE_STAGES`` from a trained
+    encoder, all stages from a random one."""
+    if value is None:
+        return ANNOTATION_TRAINABLE_STAGES if pretrained else None
+    if int(value) < ALL_STAGES:
+        raise ValueError(f"trainable_stages must be >= {ALL_STAGES} (all stages) or None (the default), got {value!r}")
+    return None if int(value) == ALL_STAGES else int(value)
+
+
+#: NeuFace learning-rate schedules (``FitConfig.lr_schedule``).
+LR_SCHEDULES = ("constant", "cosine")
+
+#: Command-line help of ``FitConfig.lr_schedule`` / ``lr_warmup`` / ``early_stop`` / ``early_stop_window``.
+LR_SCHEDULE_HELP = (
+    "NeuFace learning-rate schedule over the clip's updates (epochs x chunks): constant (the reference) or cosine "
+    "(linear warm-up over --lr_warmup of the updates, then cosine decay to 0; for runs with fewer epochs, which "
+    "cost accuracy on the synthetic benchmark).")
+LR_WARMUP_HELP = "Fraction of the updates spent warming up the learning rate (cosine schedule only)."
+EARLY_STOP_HELP = (
+    "Stop NeuFace once the epoch loss's mean over the last --early_stop_window epochs fell by less than this "
+    "fraction against the window before (0: off; the epochs run are recorded in metrics.json).")
+EARLY_STOP_WINDOW_HELP = "Epochs per window of the early-stopping test (it needs two windows)."
 
 #: How the direct baseline treats frames without a detection (``FitConfig.direct_undetected``).
 DIRECT_UNDETECTED = ("interpolate", "temporal", "keep")
@@ -82,6 +125,15 @@ class FitConfig:
     #: stem + layer1-4); the earlier ones are frozen and their activations computed once per clip.
     #: None: all (full fine-tuning); 0: the head only. Needs ``freeze_bn``.
     trainable_stages: int | None = None
+    #: learning-rate schedule over the clip's updates (``LR_SCHEDULES``); "cosine" warms up linearly
+    #: over ``lr_warmup`` of them, then decays to 0. The fraction of the run done is computed in the
+    #: step from a count and total held in Adam's state, so one executable serves any epoch count.
+    lr_schedule: str = "constant"
+    lr_warmup: float = 0.05
+    #: early stopping on the epoch loss: stop once the mean of the last ``early_stop_window`` epochs
+    #: fell by less than this fraction against the window before (0: off; ``should_stop``).
+    early_stop: float = 0.0
+    early_stop_window: int = 10
     #: carry the previous chunk's last frames (fixed) into the temporal windows.
     temporal_across_chunks: bool = False
     #: optional per-landmark weights, e.g. losses.IBUG68_REFERENCE_WEIGHTS.
@@ -114,6 +166,13 @@ class FitConfig:
             if not self.freeze_bn:
                 raise ValueError("trainable_stages needs freeze_bn=True (a frozen prefix with batch statistics "
                                  "would not compute the same activations every epoch)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0.0 <= float(self.lr_warmup) < 1.0:
+            raise ValueError(f"lr_warmup must be in [0, 1), got {self.lr_warmup!r}")
+        if float(self.early_stop) < 0 or int(self.early_stop_window) < 1:
+            raise ValueError(f"early_stop must be >= 0 and early_stop_window >= 1, got {self.early_stop!r}, "
+                             f"{self.early_stop_window!r}")
         if self.direct_undetected not in DIRECT_UNDETECTED:
             raise ValueError(f"direct_undetected must be one of {DIRECT_UNDETECTED}, got {self.direct_undetected!r}")
 
@@ -123,8 +182,109 @@ class FitConfig:
     def compile_key(self) -> "FitConfig":
         """The settings a compiled step depends on: all but the epoch count and the seed (those
         drive only the Python loop and the initial weights), zeroed so that runs differing in
-        them share one executable per shape."""
-        return dataclasses.replace(self, num_epochs=0, seed=0)
+        them share one executable per shape; early stopping is decided between epochs, outside it."""
+        return dataclasses.replace(self, num_epochs=0, seed=0, early_stop=0.0,
+                                   early_stop_window=FitConfig.early_stop_window)
+
+
+# --------------------------------------------------------------------------- schedule and early stopping
+def learning_rate_at(config: FitConfig, fraction):
+    """The NeuFace learning rate at ``fraction`` ∈ [0, 1] of the run's updates (pure, traceable):
+    ``learning_rate`` for "constant"; for "cosine" a linear warm-up from 0 over ``lr_warmup``, then
+    cosine decay to 0 (optax's warm-up cosine schedule, on the fraction rather than a step count)."""
+    if config.lr_schedule == "constant":
+        return jnp.asarray(config.learning_rate, jnp.float32) * jnp.ones_like(jnp.asarray(fraction, jnp.float32))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.lr_warmup, decay_steps=1.0, end_value=0.0)
+    return schedule(jnp.clip(jnp.asarray(fraction, jnp.float32), 0.0, 1.0))
+
+
+class RunScheduleState(NamedTuple):
+    """Updates made (``count``) and planned (``total``; 0: not known, the rate stays at its peak)."""
+
+    count: jax.Array
+    total: jax.Array
+
+
+def scale_by_run_schedule(config: FitConfig) -> optax.GradientTransformation:
+    """Scales updates by ``-learning_rate_at(config, (count + ½) / total)``: the schedule runs over the
+    fraction of the clip's updates done, with the total held in the state (``NeuFace.init_state``
+    sets it from the clip length), so the compiled step does not depend on the epoch count. Midpoints
+    (+½) keep the first and last updates off a zero rate."""
+
+    def init_fn(params):
+        del params
+        return RunScheduleState(count=jnp.zeros((), jnp.int32), total=jnp.zeros((), jnp.float32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        known = state.total > 0
+        fraction = jnp.where(known, (state.count.astype(jnp.float32) + 0.5) / jnp.maximum(state.total, 1.0), 0.0)
+        lr = jnp.where(known, learning_rate_at(config, fraction), config.learning_rate)
+        updates = jax.tree.map(lambda u: -lr * u, updates)
+        return updates, RunScheduleState(count=state.count + 1, total=state.total)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def neuface_optimizer(config: FitConfig) -> optax.GradientTransformation:
+    """Adam at ``learning_rate`` (the reference); with a schedule, Adam's scaling followed by
+    ``scale_by_run_schedule``."""
+    if config.lr_schedule == "constant":
+        return optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+    return optax.chain(optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
+                       scale_by_run_schedule(config))
+
+
+def with_total_updates(opt_state, total):
+    """``opt_state`` with the schedule's planned update count set to ``total`` (a scalar, or one per
+    stacked clip); unchanged when the optimizer has no schedule."""
+    def set_total(node):
+        if isinstance(node, RunScheduleState):
+            return node._replace(total=jnp.broadcast_to(jnp.asarray(total, jnp.float32), node.total.shape))
+        return node
+
+    return jax.tree.map(set_total, opt_state, is_leaf=lambda n: isinstance(n, RunScheduleState))
+
+
+def should_stop(totals, config: FitConfig) -> bool:
+    """Early stopping on the epoch losses so far (``totals`` [epochs] or [epochs, clips]): true once
+    ``early_stop`` > 0 and, for every clip, the mean of the last ``early_stop_window`` epochs fell by
+    less than ``early_stop`` (relative) against the mean of the window before. Window means rather than
+    single epochs: the multi-view term samples frames, so one epoch's loss is noisy."""
+    w = int(config.early_stop_window)
+    totals = np.asarray(totals, np.float64)
+    if config.early_stop <= 0 or totals.shape[0] < 2 * w:
+        return False
+    before, last = totals[-2 * w:-w].mean(axis=0), totals[-w:].mean(axis=0)
+    return bool(np.all(before - last < config.early_stop * np.abs(before)))
+
+
+#: FitConfig fields of the schedule and early stopping, also settings of annotate and demo.
+SCHEDULE_FIELDS = ("lr_schedule", "lr_warmup", "early_stop", "early_stop_window")
+
+
+def schedule_settings(settings) -> dict[str, Any]:
+    """The ``SCHEDULE_FIELDS`` of a settings object (``SetupConfig``, ``DemoConfig``) as FitConfig keywords."""
+    return {name: getattr(settings, name) for name in SCHEDULE_FIELDS}
+
+
+def epochs_run(result: FitResult, config: FitConfig) -> int:
+    """Epochs a NeuFace fit ran (fewer than ``num_epochs`` when early stopping stopped it)."""
+    return int(result.history.get("epochs_run", [config.num_epochs])[0])
+
+
+def with_clip_lengths(state: NeuFaceState, config: FitConfig, num_frames) -> NeuFaceState:
+    """``state`` (one clip's, or stacked clips') with the schedule's total updates set from the clips'
+    lengths (an int, or one per stacked clip; 0 for an empty slot)."""
+    total = np.asarray([updates_per_clip(config, t) for t in np.ravel(num_frames)], np.float32)
+    total = total.reshape(np.shape(num_frames))
+    return dataclasses.replace(state, opt_state=with_total_updates(state.opt_state, total))
+
+
+def updates_per_clip(config: FitConfig, num_frames: int) -> int:
+    """Adam updates a full run makes on a clip of ``num_frames`` frames (chunks holding frames x epochs)."""
+    return int(config.num_epochs) * padded_length(int(num_frames), config.chunk_frames) // config.chunk_frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,7 +495,7 @@ class NeuFace:
         self.face = face
         self.encoder_config = encoder_config
         self.config = config
-        self.optimizer = optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)
+        self.optimizer = neuface_optimizer(config)
         self.static = (encoder_config, config.compile_key())
         self.frozen_stages = frozen_stage_count(encoder_config, config)
         self._graphdef = self._split(nnx.eval_shape(lambda: encoder_lib.init_encoder(encoder_config, seed=0)))[0]
@@ -344,17 +504,18 @@ class NeuFace:
         return encoder_lib.split_params(encoder, freeze_bn=self.config.freeze_bn, frozen_stages=self.frozen_stages)
 
     # ---------------------------------------------------------------- setup
-    def init_state(self, encoder=None, seed: int | None = None) -> NeuFaceState:
-        """A fresh state from ``encoder`` (an ``Encoder``; default a new one from ``seed``)."""
+    def init_state(self, encoder=None, seed: int | None = None, num_frames: int | None = None) -> NeuFaceState:
+        """A fresh state from ``encoder`` (an ``Encoder``; default a new one from ``seed``). ``num_frames``:
+        the clip's length, which sets a learning-rate schedule's total updates (``updates_per_clip``)."""
         if encoder is None:
             encoder = encoder_lib.init_encoder(self.encoder_config, seed=self.config.seed if seed is None else seed)
         _, trainable, rest = self._split(encoder)
         # Copies: the epoch step donates its state, which must not delete the encoder's own buffers.
         params = jax.tree.map(jnp.array, trainable)
         rest = jax.tree.map(jnp.array, rest)
-        return NeuFaceState(
-            params=params, rest=rest, opt_state=self.optimizer.init(params), step=jnp.zeros((), jnp.int32)
-        )
+        state = NeuFaceState(params=params, rest=rest, opt_state=self.optimizer.init(params),
+                             step=jnp.zeros((), jnp.int32))
+        return state if num_frames is None else with_clip_lengths(state, self.config, num_frames)
 
     # ---------------------------------------------------------------- pure pieces
     def predict(self, params, rest, images, *, update_bn_stats: bool = False, features: bool = False):
@@ -518,22 +679,32 @@ class NeuFace:
 
     # ---------------------------------------------------------------- driver
     def fit(self, data: ClipData, *, encoder=None, progress: Callable[[int, dict], None] | None = None) -> FitResult:
-        """Optimizes one clip from a fresh copy of ``encoder``'s weights."""
-        state = self.init_state(encoder)
+        """Optimizes one clip from a fresh copy of ``encoder``'s weights, for ``num_epochs`` epochs or
+        until ``should_stop`` (``history["epochs_run"]``: the epochs run)."""
         t = data.num_frames
+        state = self.init_state(encoder, num_frames=t)
         padded = pad_clip(data, padded_length(t, self.config.chunk_frames))
         chunks = self.cache_features(state, self.to_chunks(padded))
         names = _parts_template(self.config, data.num_views)
         history = {n: [] for n in names + ["total"]}
         key = jax.random.key(self.config.seed)
+        totals = []
+        epochs = self.config.num_epochs
         for epoch in range(self.config.num_epochs):
             state, mean = self.run_epoch(state, chunks, jax.random.fold_in(key, epoch))
-            if progress is not None or epoch == self.config.num_epochs - 1 or epoch % 10 == 0:
+            if self.config.early_stop > 0:
+                totals.append(float(np.asarray(mean)[-1]))
+                if should_stop(totals, self.config):
+                    epochs = epoch + 1
+            if progress is not None or epoch + 1 == epochs or epoch % 10 == 0:
                 values = np.asarray(mean)
                 for n, v in zip(names + ["total"], values):
                     history[n].append(float(v))
                 if progress is not None:
                     progress(epoch + 1, dict(zip(names + ["total"], values.tolist())))
+            if epoch + 1 == epochs:
+                break
+        history["epochs_run"] = [float(epochs)]
         out = jax.device_get(self.export_fn(state.params, state.rest, padded, self.face))
         return _result(out, t, history)
 

@@ -109,7 +109,8 @@ def fit_packed(
 
     state0 = opt.init_state(encoder)
     clip_sharding = NamedSharding(mesh, P("clips"))
-    states = jax.device_put(_stack([state0] * k_pad), clip_sharding)
+    states = fit_lib.with_clip_lengths(_stack([state0] * k_pad), cfg, lengths + [0] * (k_pad - k))  # lr schedule
+    states = jax.device_put(states, clip_sharding)
     first_epoch = 0
     every = int(getattr(checkpoint, "every", 0) or 0) if checkpoint is not None else 0
     if checkpoint is not None:
@@ -123,6 +124,7 @@ def fit_packed(
     active = max(fit_lib.padded_length(t, cfg.chunk_frames) for t in lengths) // cfg.chunk_frames
     chunks = opt.cache_features(states, chunks[:active], packed=True) + chunks[active:]
     base = jax.random.key(cfg.seed)
+    totals, epochs = [], cfg.num_epochs
     for epoch in range(first_epoch, cfg.num_epochs):
         # The same per-clip key sequence as the single-clip path (fit.NeuFace.fit).
         states, mean = opt.run_epoch(
@@ -132,10 +134,15 @@ def fit_packed(
             progress(epoch + 1, np.asarray(mean)[:k])
         if every and (epoch + 1) % every == 0 and epoch + 1 < cfg.num_epochs:
             checkpoint.save(epoch + 1, states)
+        if cfg.early_stop > 0:  # every clip of the group must have converged
+            totals.append(np.asarray(mean)[:k, -1])
+            if fit_lib.should_stop(totals, cfg):
+                epochs = epoch + 1
+                break
     out = jax.device_get(opt.export_fn_packed(states.params, states.rest, data, opt.face))
     results = []
     for i, t in enumerate(lengths):
-        results.append(fit_lib._result(jax.tree.map(lambda x: x[i], out), t, {}))
+        results.append(fit_lib._result(jax.tree.map(lambda x: x[i], out), t, {"epochs_run": [float(epochs)]}))
     return results
 
 
@@ -157,14 +164,19 @@ def fit_sharded_frames(
         raise ValueError(f"chunk_frames={cfg.chunk_frames} must be a multiple of the {n_dev} devices to shard frames")
     t = clip.num_frames
     padded = fit_lib.pad_clip(clip, fit_lib.padded_length(t, cfg.chunk_frames))
-    state = opt.init_state(encoder)
+    state = opt.init_state(encoder, num_frames=t)
     replicated = NamedSharding(mesh, P())
     frames_in_chunk = NamedSharding(mesh, P("frames"))
     state = jax.device_put(state, replicated)
     chunks = opt.cache_features(state, jax.device_put(opt.to_chunks(padded), frames_in_chunk))
     key = jax.random.key(cfg.seed)
+    totals = []
     for epoch in range(cfg.num_epochs):
-        state, _ = opt.run_epoch(state, chunks, jax.random.fold_in(key, epoch))
+        state, mean = opt.run_epoch(state, chunks, jax.random.fold_in(key, epoch))
+        if cfg.early_stop > 0:
+            totals.append(float(np.asarray(mean)[-1]))
+            if fit_lib.should_stop(totals, cfg):
+                break
     data = jax.device_put(padded, NamedSharding(mesh, P("frames")))
     out = jax.device_get(opt.export_fn(state.params, state.rest, data, opt.face))
     return fit_lib._result(out, t, {})

@@ -11,6 +11,12 @@ camera, and its expression — and frees each frame's expression, head and jaw r
 term on the head rotation and the multi-view term still apply, plus its small L2 priors); the clip keeps
 one identity, refined with the rest.
 
+The eight inner-lip points (iBUG-68 60–67) weigh ``inner_lip_weight`` times the others in the refinement's
+landmark term. A face model's lips are rarely as thick as the subject's (the demo head's are thinner than every
+shared real clip's), so with equal weights the fit cannot put both the outer lip contour and the lips' contact
+where they are detected, and it settles for a closed mouth left slightly open; the inner-lip gap is what says
+whether the mouth is open, so it is the one kept.
+
 The clip is padded to whole chunks (masked frames), as NeuFace pads it, so clips of similar length share
 one compiled run. The direct fit has no neck or eye rotations: a result that carries them (an encoder that
 predicts them) is returned unrefined, with a warning, rather than refined without them.
@@ -28,22 +34,35 @@ import numpy as np
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
 
-__all__ = ["refine", "refine_config", "DEFAULT_REFINE_STEPS", "DEFAULT_REFINE_LR"]
+__all__ = ["refine", "refine_config", "DEFAULT_REFINE_STEPS", "DEFAULT_REFINE_LR", "DEFAULT_INNER_LIP_WEIGHT"]
 
 logger = logging.getLogger(__name__)
 
-#: Adam steps of the refinement and its learning rate (measured on the four shared real clips; ``annotate``'s
-#: ``refine_steps`` is off by default and this is the value it recommends).
+#: Adam steps of the refinement and its learning rate (measured on the four shared real clips; the default of
+#: ``annotate`` and ``annotate-dataset``).
 DEFAULT_REFINE_STEPS = 300
 DEFAULT_REFINE_LR = 3e-3
+#: Weight of the inner-lip points (iBUG-68 60–67) in the refinement's landmark term (1: as the others).
+DEFAULT_INNER_LIP_WEIGHT = 3.0
+_IBUG68_INNER_LIP = slice(60, 68)
 
 
-def refine_config(config: fit_lib.FitConfig, steps: int, learning_rate: float) -> fit_lib.FitConfig:
+def refine_config(config: fit_lib.FitConfig, steps: int, learning_rate: float, *,
+                  inner_lip_weight: float = DEFAULT_INNER_LIP_WEIGHT, num_landmarks: int = 68) -> fit_lib.FitConfig:
     """The ``FitConfig`` of the refinement run: ``config``'s loss terms and priors, the direct
-    optimizer's rate and step count set, no early stopping."""
+    optimizer's rate and step count set, no early stopping, and (for the 68 iBUG points) the inner-lip
+    points weighted ``inner_lip_weight`` times ``config``'s landmark weights."""
     if int(steps) < 0 or not float(learning_rate) > 0:
         raise ValueError(f"refinement needs steps >= 0 and a positive learning rate, got {steps}, {learning_rate}")
-    return config.replace(direct_learning_rate=float(learning_rate), direct_steps=int(steps), direct_early_stop=0.0)
+    if not float(inner_lip_weight) > 0:
+        raise ValueError(f"inner_lip_weight must be positive, got {inner_lip_weight}")
+    weights = config.landmark_weights
+    if float(inner_lip_weight) != 1.0 and num_landmarks == 68:
+        w = np.ones(68, np.float64) if weights is None else np.array(weights, np.float64)
+        w[_IBUG68_INNER_LIP] *= float(inner_lip_weight)
+        weights = tuple(float(x) for x in w)
+    return config.replace(direct_learning_rate=float(learning_rate), direct_steps=int(steps), direct_early_stop=0.0,
+                          landmark_weights=weights)
 
 
 def refine(
@@ -55,6 +74,7 @@ def refine(
     *,
     steps: int = DEFAULT_REFINE_STEPS,
     learning_rate: float = DEFAULT_REFINE_LR,
+    inner_lip_weight: float = DEFAULT_INNER_LIP_WEIGHT,
     seed: int = 0,
 ) -> fit_lib.FitResult:
     """``result`` (NeuFace's, on ``data``) refined per frame; ``steps=0`` returns it unchanged.
@@ -63,7 +83,8 @@ def refine(
     """
     if steps == 0:
         return result
-    cfg = refine_config(config, steps, learning_rate)
+    cfg = refine_config(config, steps, learning_rate, inner_lip_weight=inner_lip_weight,
+                        num_landmarks=int(data.landmarks.shape[-2]))
     t, w = data.num_frames, data.num_views
     if result.expression.shape[:2] != (t, w):
         raise ValueError(f"result has {result.expression.shape[:2]} frames x views, the clip {(t, w)}")

@@ -211,15 +211,37 @@ def predict_landmarks(face: fit_lib.FaceModel, params: ClipParams) -> jax.Array:
     return fit_lib.evaluate_params(face, params.shape, expression, pose, params.cam)[1]
 
 
-def clip_loss(face: fit_lib.FaceModel, params: ClipParams, clip: LandmarkClip, config: ClipFitConfig):
-    """``(total, parts)`` of one clip: masked landmark L1 plus coefficient priors."""
+def shape_prior_weights(num_shape: int, first_learned: int | None = None, learned_scale: float = 1.0) -> np.ndarray:
+    """[num_shape] per-coefficient weights of the identity prior (``shape_prior · Σ w_i z_i²``).
+
+    Without learned components, ``1 / num_shape`` each (the mean of squares). With components
+    appended from ``first_learned`` on (each a unit-variance direction, like the base's), the base's
+    keep ``1 / first_learned`` — appending components does not weaken the prior on the base's — and
+    the learned ones get ``learned_scale / first_learned``: a stronger prior on the extra freedom
+    keeps it from absorbing landmark noise on faces the base already represents.
+    """
+    if first_learned is None or first_learned >= num_shape:
+        return np.full(num_shape, 1.0 / num_shape, np.float32)
+    if first_learned < 1 or learned_scale < 0:
+        raise ValueError(f"first_learned must be in [1, {num_shape}] and learned_scale >= 0, got {first_learned}, "
+                         f"{learned_scale}")
+    w = np.full(num_shape, 1.0 / first_learned, np.float32)
+    w[first_learned:] *= float(learned_scale)
+    return w
+
+
+def clip_loss(face: fit_lib.FaceModel, params: ClipParams, clip: LandmarkClip, config: ClipFitConfig,
+              shape_weights=None):
+    """``(total, parts)`` of one clip: masked landmark L1 plus coefficient priors (``shape_weights``
+    [S]: per-coefficient identity-prior weights, default the mean of squares)."""
     pred = predict_landmarks(face, params)
     mask = clip.landmarks_mask * clip.frame_mask[..., None]
     values, m = losses_lib.landmark_l1(pred, clip.landmarks, mask)
     landmark = losses_lib.masked_mean(values, m)
     fm = jnp.max(clip.frame_mask, axis=-1)[:, None]
     prior = (
-        config.shape_prior * jnp.mean(params.shape**2)
+        config.shape_prior * (jnp.mean(params.shape**2) if shape_weights is None
+                              else jnp.sum(shape_weights * params.shape**2))
         + config.expression_prior
         * losses_lib.masked_mean(params.expression**2, jnp.broadcast_to(fm, params.expression.shape))
         + config.jaw_prior * losses_lib.masked_mean(params.jaw**2, jnp.broadcast_to(fm, params.jaw.shape))
@@ -249,9 +271,10 @@ class ClipFit:
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def fit_stacked(face: fit_lib.FaceModel, clips: LandmarkClip, config: ClipFitConfig):
+def fit_stacked(face: fit_lib.FaceModel, clips: LandmarkClip, config: ClipFitConfig, shape_weights=None):
     """Compiled fit of stacked clips [N, ...] through ``face`` (e.g. a landmark sub-model):
-    ``(ClipParams [N, ...], landmarks2d [N, T, W, L, 2], landmark L1 [N])``."""
+    ``(ClipParams [N, ...], landmarks2d [N, T, W, L, 2], landmark L1 [N])``; ``shape_weights``: see
+    ``clip_loss``."""
     optimizer = optax.adam(schedule(config.learning_rate, config.steps))
 
     def one(clip):
@@ -260,7 +283,7 @@ def fit_stacked(face: fit_lib.FaceModel, clips: LandmarkClip, config: ClipFitCon
 
         def body(carry, _):
             p, s = carry
-            grads = jax.grad(lambda q: clip_loss(face, q, clip, config)[0])(p)
+            grads = jax.grad(lambda q: clip_loss(face, q, clip, config, shape_weights)[0])(p)
             updates, s = optimizer.update(grads, s, p)
             return (optax.apply_updates(p, updates), s), None
 
@@ -274,7 +297,7 @@ def fit_stacked(face: fit_lib.FaceModel, clips: LandmarkClip, config: ClipFitCon
 
 
 def fit_clips(model: flame_jax.FlameModel, embedding: flame_jax.LandmarkEmbedding, clips,
-              config: ClipFitConfig = ClipFitConfig()) -> ClipFit:
+              config: ClipFitConfig = ClipFitConfig(), *, shape_prior=None) -> ClipFit:
     """Fits clips with a fixed model: one identity per clip over all its frames and views.
 
     Args:
@@ -282,26 +305,37 @@ def fit_clips(model: flame_jax.FlameModel, embedding: flame_jax.LandmarkEmbeddin
       clips: a ``LandmarkClip`` with a leading clip axis, or a sequence of ``LandmarkClip`` (padded
         and stacked here); any number of frames (one included) and views.
       config: optimization settings.
+      shape_prior: [S] per-coefficient identity-prior weights (``shape_prior_weights``; for a learned
+        model ``model_file.shape_prior_of``), default the mean of squares.
     """
+    if shape_prior is not None and np.shape(shape_prior) != (model.num_shape,):
+        raise ValueError(f"shape_prior must have the model's {model.num_shape} identity coefficients, "
+                         f"got shape {np.shape(shape_prior)}")
     if not isinstance(clips, LandmarkClip):
         clips = stack_clips(list(clips))
     if np.ndim(clips.frame_mask) != 3:
         raise ValueError(f"clips must be stacked [N, T, W, ...], got frame_mask of shape {np.shape(clips.frame_mask)}")
     sub, emb, _ = landmark_submodel(model, embedding)
     stacked = jax.tree.map(jnp.asarray, clips)
-    params, pred, err = jax.device_get(fit_stacked(fit_lib.FaceModel(sub, emb), stacked, config))
+    weights = None if shape_prior is None else jnp.asarray(shape_prior, jnp.float32)
+    params, pred, err = jax.device_get(fit_stacked(fit_lib.FaceModel(sub, emb), stacked, config, weights))
     return ClipFit(params=params, landmarks2d=np.asarray(pred), landmark_error=np.asarray(err))
 
 
 # --------------------------------------------------------------------------- identity meshes and errors
-def clip_vertices(model: flame_jax.FlameModel, params: ClipParams) -> np.ndarray:
-    """[T, W, V, 3] the full model's posed meshes of one clip's parameters (model frame; project them
-    with ``params.cam``)."""
+def posed_vertices(model: flame_jax.FlameModel, params: ClipParams) -> jax.Array:
+    """[T, W, V, 3] the model's posed meshes of one clip's parameters (model frame; project them with
+    ``params.cam``). Traceable."""
     pose = params.full_pose()
     expression = jnp.broadcast_to(jnp.asarray(params.expression)[:, None],
-                                  pose.shape[:2] + np.shape(params.expression)[-1:])
-    shape = jnp.broadcast_to(jnp.asarray(params.shape), pose.shape[:2] + np.shape(params.shape)[-1:])
-    return np.asarray(flame_jax.forward(model, shape=shape, expression=expression, pose=pose).vertices)
+                                  pose.shape[:2] + jnp.shape(params.expression)[-1:])
+    shape = jnp.broadcast_to(jnp.asarray(params.shape), pose.shape[:2] + jnp.shape(params.shape)[-1:])
+    return flame_jax.forward(model, shape=shape, expression=expression, pose=pose).vertices
+
+
+def clip_vertices(model: flame_jax.FlameModel, params: ClipParams) -> np.ndarray:
+    """``posed_vertices`` on the host: [T, W, V, 3] the full model's posed meshes of one clip."""
+    return np.asarray(posed_vertices(model, params))
 
 
 def identity_vertices(model: flame_jax.FlameModel, shape) -> np.ndarray:
@@ -340,7 +374,9 @@ __all__ = [
     "init_params",
     "landmark_submodel",
     "pad_clip",
+    "posed_vertices",
     "predict_landmarks",
+    "shape_prior_weights",
     "stack_clips",
     "with_identity_components",
 ]

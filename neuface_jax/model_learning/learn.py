@@ -19,6 +19,10 @@ How the components are kept well-posed:
 * **small**: an L2 penalty on the coefficients of the components and a prior on each clip's
   coefficients.
 
+In the learning stages the expression prior is stronger (``expression_prior_scale``), so a clip's
+constant shape change goes to its identity offset rather than to per-frame expressions; optionally
+the photometric term renders each clip's full mesh into its crops (``photometric``).
+
 Procedure: (1) every clip is fitted with the base model alone (``fit``); (2a) every clip gets its
 own smooth offset (same basis, projection and regularizers), and the components start as the
 principal directions of these offsets; (2b) Adam on all clips' parameters and the shared components
@@ -49,6 +53,7 @@ from neuface_jax.common import log as log_lib
 from neuface_jax.common.settings import setting
 from neuface_jax import photometric
 from neuface_jax.core import fit as fit_lib
+from neuface_jax.core import losses as losses_lib
 from neuface_jax.model_learning import albedo as malbedo
 from neuface_jax.model_learning import fit as mfit
 from neuface_jax.model_learning import model_file
@@ -93,6 +98,19 @@ class LearnConfig:
         "basis and regularizers), the components start as their principal directions and the joint steps refine "
         "them at a tenth of the learning rates; random = small random components, zero coefficients.", choices=("per_clip", "random"))
     init_steps: int = setting(300, "Adam steps of the per-clip offsets (init per_clip).")
+    expression_prior_scale: float = setting(
+        10.0, "Expression-prior multiplier in the learning stages (per-clip offsets, joint steps): a clip's "
+        "constant shape change is otherwise partly explained by per-frame expressions instead of the identity "
+        "offset.")
+    test_prior: float = setting(
+        3.0, "Test-time prior weight of each learned coefficient relative to a base identity coefficient (both "
+        "unit-variance directions), written to the model's record (model_file.shape_prior_of): a stronger prior "
+        "keeps the extra freedom from absorbing landmark noise on faces the base represents.")
+    photometric: float = setting(
+        0.0, "Weight of the photometric term (the full mesh rendered into the clips' face crops and compared "
+        "with them: the dense signal between the landmarks) in the per-clip offsets and the joint steps; needs "
+        "the corpus's images (corpus image_size > 0); 0 = landmarks only.")
+    photometric_refresh: int = setting(8, "Re-rasterize the clips' meshes every N steps (photometric > 0).")
     seed: int = setting(0, "Seed of the components' initialization (init random).")
 
     def __post_init__(self):
@@ -106,6 +124,12 @@ class LearnConfig:
             raise ValueError(f"shared_offset must be drop or apply, got {self.shared_offset!r}")
         if self.init not in ("per_clip", "random"):
             raise ValueError(f"init must be per_clip or random, got {self.init!r}")
+        if float(self.test_prior) < 0 or float(self.expression_prior_scale) <= 0:
+            raise ValueError(f"test_prior must be >= 0 and expression_prior_scale > 0, got {self.test_prior}, "
+                             f"{self.expression_prior_scale}")
+        if float(self.photometric) < 0 or int(self.photometric_refresh) < 1:
+            raise ValueError(f"photometric must be >= 0 and photometric_refresh >= 1, got {self.photometric}, "
+                             f"{self.photometric_refresh}")
         if int(self.basis_size) < 2 or int(self.steps) < 0 or int(self.init_steps) < 0:
             raise ValueError(f"basis_size must be >= 2 and steps >= 0, got {self.basis_size}, {self.steps}")
 
@@ -154,10 +178,11 @@ class _Consts:
     vertex_index: jax.Array  # [n] landmark sub-model vertices
     face: fit_lib.FaceModel  # the base landmark sub-model
     scale: jax.Array  # metres per unit coefficient
+    full: flame_jax.FlameModel | None = None  # the full base model (the photometric term renders it)
 
 
 jax.tree_util.register_dataclass(
-    _Consts, data_fields=["phi", "eigenvalues", "span", "joint_regressor", "vertex_index", "face", "scale"],
+    _Consts, data_fields=["phi", "eigenvalues", "span", "joint_regressor", "vertex_index", "face", "scale", "full"],
     meta_fields=[],
 )
 
@@ -169,20 +194,39 @@ def components_from_coefficients(consts: _Consts, w: jax.Array) -> jax.Array:
     return flat - (flat @ consts.span) @ consts.span.T
 
 
-def _face_with(consts: _Consts, w):
-    """The landmark sub-model with the learned offsets: ``w[..., 0]`` is the offset shared by every
-    clip (added to the template), ``w[..., 1:]`` the identity components."""
-    d = components_from_coefficients(consts, w)
-    k = d.shape[0]
-    d3 = d.reshape(k, -1, 3)
-    sub = d3[:, consts.vertex_index]
-    joints = jnp.einsum("jv,kvc->kjc", consts.joint_regressor, d3)
-    flame = consts.face.flame
-    flame = dataclasses.replace(flame, v_template=flame.v_template + sub[0],
+def _with_offsets(flame: flame_jax.FlameModel, d3, joints) -> flame_jax.FlameModel:
+    """``flame`` with ``d3[0]`` [V, 3] added to its template and ``d3[1:]`` appended as identity components
+    (``joints``: the joint regressor applied to the same offsets)."""
+    k = d3.shape[0]
+    flame = dataclasses.replace(flame, v_template=flame.v_template + d3[0],
                                 joint_template=flame.joint_template + joints[0])
     if k > 1:
-        flame = mfit.with_identity_components(flame, sub[1:].reshape(k - 1, -1), joints[1:].reshape(k - 1, -1))
-    return fit_lib.FaceModel(flame, consts.face.embedding), d
+        flame = mfit.with_identity_components(flame, d3[1:].reshape(k - 1, -1), joints[1:].reshape(k - 1, -1))
+    return flame
+
+
+def _face_with(consts: _Consts, w):
+    """``(landmark sub-model, offsets [K+1, V*3], full model or None)`` with the learned offsets:
+    ``w[..., 0]`` is the offset shared by every clip (added to the template), ``w[..., 1:]`` the
+    identity components. The full model only when ``consts`` carries it (the photometric term)."""
+    d = components_from_coefficients(consts, w)
+    d3 = d.reshape(d.shape[0], -1, 3)
+    joints = jnp.einsum("jv,kvc->kjc", consts.joint_regressor, d3)
+    face = fit_lib.FaceModel(_with_offsets(consts.face.flame, d3[:, consts.vertex_index], joints),
+                             consts.face.embedding)
+    full = None if consts.full is None else _with_offsets(consts.full, d3, joints)
+    return face, d, full
+
+
+def _clip_photometric(full: flame_jax.FlameModel, params: mfit.ClipParams, clip: mfit.LandmarkClip, images,
+                      config: LearnConfig):
+    """The photometric term of one clip: its full meshes rendered into its face crops [T, W, S, S, 3]
+    (appearance solved in closed form per evaluation; the 68-point jaw gives the face oval)."""
+    batch = {"images": images, "vertices": mfit.posed_vertices(full, params), "cam": params.cam,
+             "faces": full.faces, "frame_mask": clip.frame_mask, "landmarks_target": clip.landmarks,
+             "landmarks_mask": clip.landmarks_mask}
+    values, mask = photometric.photometric_term(batch, refresh_every=int(config.photometric_refresh))
+    return losses_lib.masked_mean(values, mask)
 
 
 def _regularizer(consts: _Consts, w, config: LearnConfig):
@@ -190,22 +234,31 @@ def _regularizer(consts: _Consts, w, config: LearnConfig):
     return config.smoothness * energy + config.norm * jnp.sum(w**2) / w.shape[-1]
 
 
-def _joint_loss(trainable, consts: _Consts, clips: mfit.LandmarkClip, fit_config, config: LearnConfig):
-    face, _ = _face_with(consts, trainable["w"])
-    per_clip, parts = jax.vmap(lambda p, c: mfit.clip_loss(face, p, c, fit_config))(trainable["clips"], clips)
+def _clip_total(face, full, p, c, images, fit_config, config: LearnConfig):
+    """One clip's landmark loss and priors, plus the weighted photometric term when images are given."""
+    total, parts = mfit.clip_loss(face, p, c, fit_config)
+    photo = jnp.zeros(()) if images is None else _clip_photometric(full, p, c, images, config)
+    return total + config.photometric * photo, parts["landmark"], photo
+
+
+def _joint_loss(trainable, consts: _Consts, clips: mfit.LandmarkClip, images, fit_config, config: LearnConfig):
+    face, _, full = _face_with(consts, trainable["w"])
+    per_clip, landmark, photo = jax.vmap(lambda p, c, im: _clip_total(face, full, p, c, im, fit_config, config))(
+        trainable["clips"], clips, images)
     reg = _regularizer(consts, trainable["w"], config)
-    return jnp.mean(per_clip) + reg, {"landmark": jnp.mean(parts["landmark"]), "regularizer": reg}
+    return jnp.mean(per_clip) + reg, {"landmark": jnp.mean(landmark), "photometric": jnp.mean(photo),
+                                      "regularizer": reg}
 
 
-def _offset_loss(trainable, consts: _Consts, clips: mfit.LandmarkClip, fit_config, config: LearnConfig):
+def _offset_loss(trainable, consts: _Consts, clips: mfit.LandmarkClip, images, fit_config, config: LearnConfig):
     """Every clip with its own offset ``w_c`` [M, 3, 1] (a clip-specific template correction)."""
-    def one(p, c, w):
-        face, _ = _face_with(consts, w)
-        total, parts = mfit.clip_loss(face, p, c, fit_config)
-        return total + _regularizer(consts, w, config), parts["landmark"]
+    def one(p, c, w, im):
+        face, _, full = _face_with(consts, w)
+        total, landmark, photo = _clip_total(face, full, p, c, im, fit_config, config)
+        return total + _regularizer(consts, w, config), landmark, photo
 
-    per_clip, landmark = jax.vmap(one)(trainable["clips"], clips, trainable["w"])
-    return jnp.mean(per_clip), {"landmark": jnp.mean(landmark)}
+    per_clip, landmark, photo = jax.vmap(one)(trainable["clips"], clips, trainable["w"], images)
+    return jnp.mean(per_clip), {"landmark": jnp.mean(landmark), "photometric": jnp.mean(photo)}
 
 
 #: The two stages: their loss (per-clip offsets, or shared components) and step count.
@@ -225,10 +278,13 @@ def _optimizer(config: LearnConfig, stage: str):
 
 
 @functools.partial(jax.jit, static_argnames=("fit_config", "config", "stage"), donate_argnums=(0, 1))
-def _step(trainable, opt_state, consts, clips, fit_config, config, stage):
-    """One Adam step of a stage over the whole corpus."""
+def _step(trainable, opt_state, consts, clips, images, fit_config, config, stage):
+    """One Adam step of a stage over the whole corpus (``images`` [N, T, W, S, S, 3] or None)."""
     loss_fn = _STAGES[stage][0]
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, consts, clips, fit_config, config)
+    fit_config = dataclasses.replace(fit_config,
+                                     expression_prior=fit_config.expression_prior * config.expression_prior_scale)
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, consts, clips, images, fit_config,
+                                                                     config)
     updates, opt_state = _optimizer(config, stage).update(grads, opt_state, trainable)
     return optax.apply_updates(trainable, updates), opt_state, loss, parts
 
@@ -261,6 +317,52 @@ def _per_clip_errors(face, params, clips, fit_config):
         return mfit.clip_loss(face, p, c, fit_config)[1]["landmark"]
 
     return jax.vmap(one)(params, clips)
+
+
+def _setup(base: flame_jax.FlameModel, corpus: Corpus, config: LearnConfig):
+    """``(consts, stacked clips, stacked images or None)`` of a learning run: the smooth basis, the span
+    kept apart, the landmark sub-model (and the full model and the clips' crops, padded to the corpus's
+    frames x views, for the photometric term)."""
+    phi, eig = laplacian_basis(base, int(config.basis_size))
+    span = complement_projector(base, expression=config.orthogonal_to == "identity_expression")
+    if config.orthogonal_to == "none":
+        span = np.zeros((span.shape[0], 0), np.float32)
+    sub, emb, vidx = mfit.landmark_submodel(base, corpus.embedding)
+    photo = float(config.photometric) > 0
+    consts = _Consts(
+        phi=jnp.asarray(phi), eigenvalues=jnp.asarray(eig), span=jnp.asarray(span),
+        joint_regressor=jnp.asarray(base.joint_regressor), vertex_index=jnp.asarray(vidx, jnp.int32),
+        face=fit_lib.FaceModel(sub, emb), scale=jnp.asarray(1e-3 * np.sqrt(base.num_vertices), jnp.float32),
+        full=base if photo else None,
+    )
+    clips = jax.tree.map(jnp.asarray, mfit.stack_clips([c.data for c in corpus.clips]))
+    images = None
+    if photo:
+        shape = clips.frame_mask.shape + corpus.clips[0].images.shape[-3:]
+        images = np.zeros(shape, np.float32)
+        for i, c in enumerate(corpus.clips):
+            t, w = c.data.frame_mask.shape
+            images[i, :t, :w] = c.images
+        images = jnp.asarray(images)
+    return consts, clips, images
+
+
+def fit_clip_offsets(consts: _Consts, clips: mfit.LandmarkClip, images, start: mfit.ClipParams,
+                     config: LearnConfig, fit_config: mfit.ClipFitConfig, *, progress=None, history=None):
+    """Every clip with its own smooth offset (same basis, projection and regularizers as the components),
+    from ``start``: ``{"clips": ClipParams [N, ...], "w": [N, M, 3, 1]}`` after ``config.init_steps``."""
+    n = clips.frame_mask.shape[0]
+    trainable = {"clips": start, "w": jnp.zeros((n, consts.phi.shape[1], 3, 1), jnp.float32)}
+    opt_state = _optimizer(config, "per_clip").init(trainable)
+    with (progress or log_lib.quiet)("per-clip offsets", int(config.init_steps)) as bar:
+        for step in range(int(config.init_steps)):
+            trainable, opt_state, loss, parts = _step(trainable, opt_state, consts, clips, images, fit_config, config,
+                                                      "per_clip")
+            if history is not None and (step % 10 == 0 or step == config.init_steps - 1):
+                history["init_landmark"].append(float(parts["landmark"]))
+                history["init_photometric"].append(float(parts["photometric"]))
+            bar.update()
+    return trainable
 
 
 # --------------------------------------------------------------------------- driver
@@ -304,26 +406,17 @@ def learn_model(
         if corpus.embedding.num_landmarks != 68:
             raise ValueError("albedo learning needs the 68-point landmark set (its face region comes from the "
                              f"68-point embedding), got {corpus.landmark_set}")
+    if int(config.albedo_components) > 0 or float(config.photometric) > 0:
         for c in corpus.clips:
             if c.images is None:
-                raise ValueError(f"{c.clip_id}: no images in the corpus (albedo_components > 0 needs the clips' "
-                                 "face crops: load the corpus with image_size > 0)")
+                raise ValueError(f"{c.clip_id}: no images in the corpus (albedo_components > 0 and photometric > 0 "
+                                 "need the clips' face crops: load the corpus with image_size > 0)")
     corpus.embedding.check_faces(base.num_faces, "corpus landmark embedding")
     progress = progress or log_lib.quiet
     k = int(config.shape_components)
     t_start = time.perf_counter()
 
-    phi, eig = laplacian_basis(base, int(config.basis_size))
-    span = complement_projector(base, expression=config.orthogonal_to == "identity_expression")
-    if config.orthogonal_to == "none":
-        span = np.zeros((span.shape[0], 0), np.float32)
-    sub, emb, vidx = mfit.landmark_submodel(base, corpus.embedding)
-    consts = _Consts(
-        phi=jnp.asarray(phi), eigenvalues=jnp.asarray(eig), span=jnp.asarray(span),
-        joint_regressor=jnp.asarray(base.joint_regressor), vertex_index=jnp.asarray(vidx, jnp.int32),
-        face=fit_lib.FaceModel(sub, emb), scale=jnp.asarray(1e-3 * np.sqrt(base.num_vertices), jnp.float32),
-    )
-    clips = jax.tree.map(jnp.asarray, mfit.stack_clips([c.data for c in corpus.clips]))
+    consts, clips, images = _setup(base, corpus, config)
     t_setup = time.perf_counter() - t_start
 
     # (1) Every clip with the base model alone.
@@ -335,18 +428,11 @@ def learn_model(
 
     # (2a) Start: every clip with its own smooth offset, the components their principal directions.
     t0 = time.perf_counter()
-    history = {"loss": [], "landmark": [], "regularizer": [], "init_landmark": []}
+    history = {"loss": [], "landmark": [], "photometric": [], "regularizer": [], "init_landmark": [],
+               "init_photometric": []}
     if config.init == "per_clip":
-        n = len(corpus)
-        trainable = {"clips": base_params, "w": jnp.zeros((n, phi.shape[1], 3, 1), jnp.float32)}
-        opt_state = _optimizer(config, "per_clip").init(trainable)
-        with progress("per-clip offsets", int(config.init_steps)) as bar:
-            for step in range(int(config.init_steps)):
-                trainable, opt_state, loss, parts = _step(trainable, opt_state, consts, clips, fit_config, config,
-                                                          "per_clip")
-                if step % 10 == 0 or step == config.init_steps - 1:
-                    history["init_landmark"].append(float(parts["landmark"]))
-                bar.update()
+        trainable = fit_clip_offsets(consts, clips, images, base_params, config, fit_config, progress=progress,
+                                     history=history)
         w0, coords = _init_from_clip_offsets(consts, np.asarray(trainable["w"])[..., 0], k)
         start = trainable["clips"]
         start = dataclasses.replace(start, shape=jnp.concatenate([start.shape, jnp.asarray(coords)], -1))
@@ -366,19 +452,20 @@ def learn_model(
     with progress("model learning", int(config.steps)) as bar:
         for step in range(int(config.steps)):
             ts = time.perf_counter()
-            trainable, opt_state, loss, parts = _step(trainable, opt_state, consts, clips, fit_config, config, "joint")
+            trainable, opt_state, loss, parts = _step(trainable, opt_state, consts, clips, images, fit_config, config,
+                                                      "joint")
             jax.block_until_ready(loss)
             if step % 10 == 0 or step == config.steps - 1:
                 loss = float(loss)
                 history["loss"].append(loss)
-                history["landmark"].append(float(parts["landmark"]))
-                history["regularizer"].append(float(parts["regularizer"]))
+                for key in ("landmark", "photometric", "regularizer"):
+                    history[key].append(float(parts[key]))
                 bar.postfix(f"landmark {float(parts['landmark']):.5f}")
             step_times.append(time.perf_counter() - ts)
             bar.update()
     jax.block_until_ready(trainable)
     t_joint = time.perf_counter() - t0
-    face_learned, d = _face_with(consts, trainable["w"])
+    face_learned, d, _ = _face_with(consts, trainable["w"])
     joint_err = np.asarray(_per_clip_errors(face_learned, trainable["clips"], clips, fit_config))
 
     # (3) Orthogonal components ordered by variance over the corpus (a PCA of the clips' offsets).

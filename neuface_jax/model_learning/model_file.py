@@ -22,6 +22,7 @@ import flame_jax
 from flame_jax.atomic import atomic_write
 from flame_jax.io.flame_model import MODEL_FORMAT
 from neuface_jax import photometric
+from neuface_jax.model_learning import fit as mfit
 
 #: Member holding the learning record (a JSON string).
 LEARNING_KEY = "learning"
@@ -89,6 +90,20 @@ def read_learning_record(path) -> dict[str, Any] | None:
     return record
 
 
+def shape_prior_of(record: dict[str, Any] | None, num_shape: int) -> np.ndarray:
+    """[num_shape] the identity-prior weights a learned model's record asks for at test time (its
+    learned components' ``test_prior`` scale; ``fit.shape_prior_weights``), the plain mean of squares
+    for a model without a record."""
+    if record is None:
+        return mfit.shape_prior_weights(num_shape)
+    try:
+        first = int(record["learned"]["first_component"])
+        scale = float(record.get("config", {}).get("test_prior", 1.0))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"learning record without learned.first_component ({err})") from err
+    return mfit.shape_prior_weights(num_shape, first, scale)
+
+
 def read_albedo_model(path) -> photometric.AlbedoModel | None:
     """The per-vertex albedo model stored in a model file (None when it has none).
 
@@ -115,5 +130,6 @@ __all__ = [
     "append_identity_components",
     "read_albedo_model",
     "read_learning_record",
+    "shape_prior_of",
     "save_learned_model",
 ]

@@ -71,8 +71,9 @@ def learn_from_manifest(
         embedding = flame_jax.load_landmark_embedding(landmark_embedding, model=base)
         base_info = {"file": str(Path(base_model).resolve()), "sha256": sha256_file(base_model),
                      "landmark_embedding": str(Path(landmark_embedding).resolve())}
-    if int(config.albedo_components) > 0 and int(corpus_config.image_size) == 0:
-        corpus_config = dataclasses.replace(corpus_config, image_size=64)  # the albedo step needs face crops
+    if (int(config.albedo_components) > 0 or float(config.photometric) > 0) and int(corpus_config.image_size) == 0:
+        # the albedo step and the photometric term need face crops
+        corpus_config = dataclasses.replace(corpus_config, image_size=64)
     corpus = load_corpus(entries, base, embedding, corpus_config, prepare_config=prepare_config,
                          face_landmarker=face_landmarker, progress=progress)
     result = learn_model(base, corpus, config, fit_config, progress=progress)

@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from flame_jax.geometry import vertex_normals
+from flame_jax.rotations import axis_angle_to_matrix
 from neuface_jax.common.settings import setting
 from neuface_jax.core import camera as camera_lib
 from neuface_jax.core import losses as losses_lib
@@ -53,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 #: iBUG-68 jaw contour (MediaPipe face-oval points in the MediaPipe → iBUG map).
 JAW_IDS = tuple(range(17))
+#: Rounds of occluder rejection and appearance re-solve (the first solve's light is bent by the occluder).
+_OUTLIER_PASSES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +76,8 @@ class PhotometricConfig:
     region: str = setting("face", "Surface points compared: the mesh's face region or 'all'.", choices=("face", "all"))
     skin: bool = setting(True, "Skin attention: down-weight pixels whose colour is not the face's.")
     skin_floor: float = setting(0.25, "Weight of a non-skin pixel where the face oval is unknown.")
+    outside_oval: float = setting(1.0, "Weight of face-region pixels outside MediaPipe's face oval (where the mesh "
+                                  "is larger than the face; 0: leave the outline to the silhouette term).")
     solve_iterations: int = setting(3, "Alternations of the light and albedo solves.")
     solve_stride: int = setting(2, "Pixel stride of the appearance solves (1 = every pixel).")
     light_ridge: float = setting(1e-3, "Ridge on the non-constant SH coefficients (per weighted pixel).")
@@ -87,6 +93,14 @@ class PhotometricConfig:
     ramp_steps: int = setting(0, "Steps over which its weight ramps linearly from 0 to 1 after start_step.")
     level_steps: int = setting(0, "Coarse to fine: the blurred levels start first, each finer level this many "
                                "steps after the next coarser one (0: all levels from the start).")
+    views: str = setting("consensus", "Multi-view clips ([..., W, V, 3] meshes with batch['global_pose']): each view "
+                         "renders its own mesh ('own'), or the views' mean canonical mesh posed as that view "
+                         "('consensus'): the term then moves only what the views share, so image noise in one "
+                         "view cannot pull the views apart.", choices=("own", "consensus"))
+    outliers: float = setting(0.0, "Occluder rejection (0: off): a pixel whose colour error (after the appearance "
+                              "solve) exceeds the batch's typical error at the same surface point by this many mean "
+                              "errors is dropped and the appearance re-solved. It drops a hand over the mouth, but "
+                              "also feature edges of clean frames, which cost landmark accuracy (docs/photometric.md).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,6 +323,50 @@ def _solve_appearance(verts, faces, raster, target, weights, config: Photometric
     return jax.lax.stop_gradient(albedo), jax.lax.stop_gradient(light)
 
 
+# --------------------------------------------------------------------------- views and occluders
+def view_consensus(vertices, global_pose, view_mask) -> jax.Array:
+    """Each view's mesh replaced by the views' mean canonical mesh, posed as that view.
+
+    Args:
+      vertices: [..., W, V, 3] one mesh per view (W >= 2).
+      global_pose: [..., W, 3] each view's head rotation (axis-angle).
+      view_mask: [..., W] which views count in the mean.
+
+    Returns:
+      [..., W, V, 3]. Canonical meshes are taken about each mesh's centroid (not the root joint), so
+      views that agree are returned as they are; the gradient of anything computed from the result
+      reaches every counted view's mesh equally.
+    """
+    r = axis_angle_to_matrix(jnp.asarray(global_pose))  # [..., W, 3, 3]
+    centre = jnp.mean(vertices, -2, keepdims=True)
+    canon = jnp.einsum("...ni,...ij->...nj", vertices - centre, r)  # rows: (Rᵀ p)ᵀ = pᵀ R
+    w = jnp.asarray(view_mask, vertices.dtype)[..., None, None]
+    mean = jnp.sum(canon * w, -3, keepdims=True) / jnp.maximum(jnp.sum(w, -3, keepdims=True), 1e-6)
+    return centre + jnp.einsum("...nj,...ij->...ni", mean, r)
+
+
+def occlusion_mask(err, face_index, barycentric, faces, weights, num_vertices: int, k: float) -> jax.Array:
+    """1 for the pixels to keep, 0 for occluder pixels ([B, P] each; no gradient).
+
+    A pixel is an occluder pixel when its colour error ``err`` exceeds the typical error at its
+    surface point — the weighted mean, over every image of the batch, of the errors of the pixels
+    showing the same vertices (splatted to the triangle's corners by barycentric weight) — by ``k``
+    times the batch's mean error. An object over the mouth in some frames stands out against the
+    other frames; a misfit that every frame shares (the mesh's jaw past the real one) does not.
+    """
+    err = jax.lax.stop_gradient(err)
+    w = (weights > 0).astype(err.dtype)
+    covered = face_index >= 0
+    vid = faces[jnp.where(covered, face_index, 0)]  # [B, P, 3]
+    bw = jnp.where(covered[..., None], barycentric, 0.0) * w[..., None]
+    sums = jnp.zeros(num_vertices, err.dtype).at[vid].add(bw * err[..., None])
+    counts = jnp.zeros(num_vertices, err.dtype).at[vid].add(bw)
+    typical_v = sums / jnp.maximum(counts, 1e-6)
+    typical = jnp.sum(typical_v[vid] * jnp.where(covered[..., None], barycentric, 0.0), -1)
+    scale = jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)
+    return (err <= typical + k * scale).astype(err.dtype)
+
+
 # --------------------------------------------------------------------------- the photometric loss
 def photometric_loss(rendering: render_lib.Rendering, images, weights, *, levels: int = 3,
                      config: PhotometricConfig = PhotometricConfig()) -> tuple[jax.Array, jax.Array]:
@@ -376,10 +434,26 @@ def level_weights(batch, config: PhotometricConfig, levels: int) -> jax.Array | 
     return (since >= delay).astype(jnp.float32)
 
 
-def photometric_term(batch, **options):
-    """Registered ``"photometric"`` term (options: ``PhotometricConfig`` fields)."""
-    config = PhotometricConfig(**options)
+class TermInputs(NamedTuple):
+    """What the photometric term compares, before the differentiable render (``photometric_inputs``)."""
+
+    images: jax.Array  # [..., S, S, 3]
+    vertices: jax.Array  # [..., V, 3] (the views' consensus when config.views says so)
+    cam: jax.Array  # [..., 3]
+    faces: jax.Array  # [F, 3]
+    raster: raster_lib.Raster
+    attention: jax.Array  # [..., S, S] face region × validity × skin attention (no occluder rejection)
+    weights: jax.Array  # [..., S, S] the pixel weights of the loss (attention × occluder rejection)
+    albedo: jax.Array
+    light: jax.Array
+
+
+def photometric_inputs(batch, config: PhotometricConfig) -> TermInputs:
+    """The term's geometry, raster, pixel weights and appearance for one loss batch (see
+    ``photometric_term``); public so that the masks can be looked at."""
     images, verts, cam, faces, fm = _geometry(batch, "photometric")
+    if config.views == "consensus" and verts.ndim >= 4 and verts.shape[-3] >= 2 and "global_pose" in batch:
+        verts = view_consensus(verts, batch["global_pose"], fm)
     if not config.camera_gradient:
         cam = jax.lax.stop_gradient(cam)
     size = images.shape[-2]
@@ -406,8 +480,9 @@ def photometric_term(batch, **options):
             pix = render_lib.pixel_centres(size).reshape(-1, 2)
             poly_px = camera_lib.normalized_to_pixels(pts, size).reshape((n,) + pts.shape[-2:])
             inside = jax.vmap(lambda p: oval_mask(pix, p, closed))(poly_px).reshape(lead + (-1,))
-            image_w = jnp.where(valid[..., None], jnp.where(inside, skin, 1.0), image_w)
+            image_w = jnp.where(valid[..., None], jnp.where(inside, skin, config.outside_oval), image_w)
         weights = weights * jax.lax.stop_gradient(image_w).reshape(weights.shape)
+    attention = weights
     if config.albedo == "batch" or config.light == "batch":
         albedo = losses_lib._get(batch, "albedo", "photometric")
         light = losses_lib._get(batch, "sh_light", "photometric")
@@ -416,8 +491,25 @@ def photometric_term(batch, **options):
     else:
         albedo, light = _solve_appearance(verts, faces, raster, seen.reshape(lead + (size, size, 3)),
                                           weights, config)
-    rendering = render_lib.render_batch(verts, faces, cam, albedo, light, raster, pixel_aligned=config.align == "pixel")
-    values, mask = photometric_loss(rendering, images, weights, levels=config.levels, config=config)
+        for _ in range(_OUTLIER_PASSES if config.outliers > 0 else 0):  # a second pass sees a cleaner light
+            fixed = render_lib.render_batch(jax.lax.stop_gradient(verts), faces, jax.lax.stop_gradient(cam), albedo,
+                                            light, raster, pixel_aligned=config.align == "pixel")
+            err = jnp.linalg.norm(fixed.rgb - seen.reshape(fixed.rgb.shape), axis=-1).reshape(n, -1)
+            keep = occlusion_mask(err, raster.face_index.reshape(n, -1), raster.barycentric.reshape(n, -1, 3),
+                                  faces, weights.reshape(n, -1), nv, config.outliers)
+            weights = weights * keep.reshape(weights.shape)
+            albedo, light = _solve_appearance(verts, faces, raster, seen.reshape(lead + (size, size, 3)),
+                                              weights, config)
+    return TermInputs(images, verts, cam, faces, raster, attention, weights, albedo, light)
+
+
+def photometric_term(batch, **options):
+    """Registered ``"photometric"`` term (options: ``PhotometricConfig`` fields)."""
+    config = PhotometricConfig(**options)
+    x = photometric_inputs(batch, config)
+    rendering = render_lib.render_batch(x.vertices, x.faces, x.cam, x.albedo, x.light, x.raster,
+                                        pixel_aligned=config.align == "pixel")
+    values, mask = photometric_loss(rendering, x.images, x.weights, levels=config.levels, config=config)
     active = level_weights(batch, config, values.shape[0])
     if active is not None:
         mask = mask * active.reshape((-1,) + (1,) * (mask.ndim - 1))
@@ -524,12 +616,35 @@ def face_mask_iou(face_index, faces, num_vertices: int, polygon_px, *, closed: b
     return float(np.sum(face & inside) / union) if union else 0.0
 
 
+#: The recipe's schedule: the landmarks fit alone, then the image terms ramp in.
+RECIPE_START_STEP = 40
+RECIPE_RAMP_STEPS = 20
+RECIPE_REFRESH_EVERY = 4
+
+
+def recipe_terms(photometric: float = 0.0, silhouette: float = 0.0, *, start_step: int = RECIPE_START_STEP,
+                 ramp_steps: int = RECIPE_RAMP_STEPS, refresh_every: int = RECIPE_REFRESH_EVERY) -> dict:
+    """Loss-config entries adding the photometric and/or silhouette term under the recipe: the
+    landmarks alone for ``start_step`` optimizer steps, then each term ramped in linearly over
+    ``ramp_steps`` (an image term from the first step pulls a mesh the landmarks have not yet placed).
+    A weight of 0 leaves its term out; ``{}`` when both are 0."""
+    if photometric < 0 or silhouette < 0:
+        raise ValueError(f"image term weights must be >= 0, got photometric {photometric}, silhouette {silhouette}")
+    schedule = {"start_step": int(start_step), "ramp_steps": int(ramp_steps), "refresh_every": int(refresh_every)}
+    out = {}
+    if photometric > 0:
+        out["photometric"] = ("photometric", float(photometric), dict(schedule))
+    if silhouette > 0:
+        out["silhouette"] = ("silhouette", float(silhouette), dict(schedule))
+    return out
+
+
 losses_lib.register_term("photometric", photometric_term, overwrite=True)
 losses_lib.register_term("silhouette", silhouette_term, overwrite=True)
 losses_lib.register_term("face_oval", silhouette_term, overwrite=True)
 
 __all__ = [
-    "JAW_IDS", "PhotometricConfig", "SilhouetteConfig", "bilinear_sample", "face_mask_iou", "gaussian_blur", "level_weights",
-    "oval_mask", "oval_polygon", "photometric_loss", "photometric_term", "pixel_weights", "pyramid",
-    "robust_penalty", "schedule_weight", "silhouette_loss", "silhouette_term", "skin_attention",
+    "JAW_IDS", "PhotometricConfig", "SilhouetteConfig", "TermInputs", "bilinear_sample", "face_mask_iou", "gaussian_blur", "level_weights",
+    "occlusion_mask", "oval_mask", "oval_polygon", "photometric_inputs", "photometric_loss", "photometric_term", "pixel_weights", "pyramid",
+    "recipe_terms", "robust_penalty", "schedule_weight", "silhouette_loss", "silhouette_term", "skin_attention", "view_consensus",
 ]

@@ -9,7 +9,8 @@ Two sources of supervised examples, mixed in every batch:
   ``training.labels`` (each frame re-cropped from its video with the annotation's own crop
   transform, at the regressor's crop size); the slow optimizer's parameters become the targets
   (``distillation_data``). The last ``holdout_fraction`` of each
-  clip's frames is kept out of training for evaluation.
+  clip's frames is kept out of training for evaluation. With ``mirror``, every distilled frame also
+  enters flipped left/right with its targets mirrored (``mirror_examples``), as another person.
 
 The loss is ``synthetic.pretrain.pretrain_loss`` (parameter regression, 2D landmarks through the
 predicted mesh and camera, 3D vertices) for both sources, plus **multi-frame identity
@@ -40,11 +41,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from scipy import spatial
 
 from neuface_jax.common.settings import setting
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
 from neuface_jax.core import losses as losses_lib
+from neuface_jax.media import landmark_sets as landmark_sets_lib
 from neuface_jax.media import video as video_lib
 from neuface_jax.photometric import loss as photometric_lib
 from neuface_jax.realtime import regressor as regressor_lib
@@ -61,6 +64,8 @@ __all__ = [
     "evaluate",
     "group_batches",
     "identity_consistency",
+    "mirror_examples",
+    "mirror_maps",
     "reframe",
     "save",
     "self_supervised_loss",
@@ -101,6 +106,9 @@ class TrainConfig:
                                             "are any).")
     unlabelled_frames: int = setting(120, "Frames taken, evenly spaced, from the training part of each "
                                           "unlabelled video.")
+    mirror: bool = setting(False, "Add a left/right mirrored copy of every distilled frame (image flipped, landmarks, "
+                                  "pose, camera and coefficients mirrored; a new identity group): twice the real "
+                                  "people and both turning directions.")
     augment: bool = setting(True, "Colour augmentation (brightness, contrast, channel gains, greyscale).")
     reframe_zoom: float = setting(0.25, "Random crop zoom up to this fraction either way, targets moved to match "
                                         "(a tracker needs a regressor that measures the face's place in its crop).")
@@ -186,6 +194,52 @@ def distillation_data(annotation_dirs: Sequence, *, image_size: int = regressor_
                         len(rows) - split)
             group += 1
     return _concat(train_parts), _concat(held_parts)
+
+
+def mirror_maps(face: fit_lib.FaceModel, n_shape: int, n_expr: int, *, tolerance: float = 1e-3):
+    """``(vertex_map [V], shape_map [n_shape, n_shape], expression_map [n_expr, n_expr])`` of the face
+    model's left/right mirror (x → −x): vertex ``i`` of a mirrored mesh is vertex ``vertex_map[i]``,
+    and coefficients ``c`` become ``c @ map``, the least-squares coefficients of the mirrored blend
+    shapes (exact when the basis is closed under mirroring). Raises if the template is not symmetric
+    within ``tolerance`` (model units)."""
+    flame = face.flame
+    v = np.asarray(flame.v_template, np.float64)
+    mirrored = v * np.array([-1.0, 1.0, 1.0])
+    dist, vertex_map = spatial.cKDTree(v).query(mirrored)
+    if dist.max() > tolerance:
+        raise ValueError(f"{flame.name}: the template is not left/right symmetric (a vertex's mirror image is "
+                         f"{dist.max():.3g} from the nearest vertex); mirror augmentation needs a symmetric model")
+    basis = np.asarray(flame.basis, np.float64).reshape(flame.basis.shape[0], -1, 3)
+
+    def block(rows):
+        b = basis[rows]
+        m = (b[:, vertex_map] * np.array([-1.0, 1.0, 1.0])).reshape(len(b), -1)
+        x, *_ = np.linalg.lstsq(b.reshape(len(b), -1).T, m.T, rcond=None)
+        return x.T.astype(np.float32)
+
+    ns = flame.num_shape
+    if n_shape > ns or n_expr > flame.num_expression:
+        raise ValueError(f"{n_shape} identity / {n_expr} expression coefficients; {flame.name} has {ns} / "
+                         f"{flame.num_expression}")
+    return vertex_map, block(np.arange(n_shape)), block(ns + np.arange(n_expr))
+
+
+def mirror_examples(data: pretrain_lib.PretrainData, face: fit_lib.FaceModel) -> pretrain_lib.PretrainData:
+    """The left/right mirror image of every example: the crop flipped, the 68 landmarks' x negated and
+    renumbered (``IBUG68_MIRROR``), rotations (x, y, z) → (x, −y, −z) with the eyes swapped, the
+    camera's x translation negated, identity and expression through ``mirror_maps``. Each clip's
+    mirror is a new group (``clip_index`` → −1 − it): a mirrored face is another person."""
+    _, shape_map, expr_map = mirror_maps(face, data.shape.shape[-1], data.expression.shape[-1])
+    flip = np.array([1.0, -1.0, -1.0], np.float32)
+    pose = data.pose.reshape(len(data), 5, 3) * flip
+    pose = pose[:, [0, 1, 2, 4, 3]].reshape(len(data), 15)
+    lmk = data.landmarks[:, landmark_sets_lib.IBUG68_MIRROR] * np.array([-1.0, 1.0], np.float32)
+    return pretrain_lib.PretrainData(
+        images=np.ascontiguousarray(data.images[:, :, ::-1]), landmarks=lmk.astype(np.float32),
+        shape=(data.shape @ shape_map).astype(np.float32), expression=(data.expression @ expr_map).astype(np.float32),
+        pose=pose.astype(np.float32), cam=(data.cam * np.array([1.0, -1.0, 1.0], np.float32)).astype(np.float32),
+        clip_index=(-1 - data.clip_index).astype(np.int32),
+    )
 
 
 def _concat(parts):
@@ -398,6 +452,8 @@ def train(
     if distill:
         dis_train, dis_val = distillation_data(distill, image_size=config.image_size,
                                                holdout_fraction=config.holdout_fraction, video_dirs=video_dirs)
+        if config.mirror and dis_train is not None:
+            dis_train = _concat([dis_train, mirror_examples(dis_train, face)])
     if syn_train is None and dis_train is None:
         raise ValueError("no labelled training data: set synthetic_clips > 0 or give annotations to distil")
     unl = unlabelled_data(unlabelled, image_size=config.image_size, holdout_fraction=config.holdout_fraction,

@@ -33,6 +33,7 @@ from neuface_jax.core import fit as fit_lib
 from neuface_jax.core import metrics as metrics_lib
 from neuface_jax.media import crops as crops_lib
 from neuface_jax.media import export as export_lib
+from neuface_jax.photometric import loss as photometric_loss
 from neuface_jax.synthetic import synth as synth_lib
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,14 @@ class DemoConfig:
         "temporal (also kept in the temporal terms) or keep (the encoder's first guess, the original baseline).",
         choices=fit_lib.DIRECT_UNDETECTED)
     trainable_stages: int | None = setting(None, fit_lib.TRAINABLE_STAGES_HELP)
+    lr_schedule: str = setting("constant", fit_lib.LR_SCHEDULE_HELP, choices=fit_lib.LR_SCHEDULES)
+    lr_warmup: float = setting(fit_lib.FitConfig.lr_warmup, fit_lib.LR_WARMUP_HELP)
+    early_stop: float = setting(fit_lib.FitConfig.early_stop, fit_lib.EARLY_STOP_HELP)
+    early_stop_window: int = setting(fit_lib.FitConfig.early_stop_window, fit_lib.EARLY_STOP_WINDOW_HELP)
+    weight_photometric: float = setting(0.0, "Weight of the photometric term (0: off; the recipe's schedule: "
+                                        "landmarks alone for --image_terms_start steps, then ramped in).")
+    weight_silhouette: float = setting(0.0, "Weight of the silhouette / face-oval term (0: off; same schedule).")
+    image_terms_start: int = setting(photometric_loss.RECIPE_START_STEP, "Optimizer steps before the image terms.")
     methods: tuple[str, ...] = setting(("direct", "neuface"), "Methods to run.")
     write_video: bool = setting(True, "Write overlay.mp4.", flag="video")
     overlay_style: str = setting(
@@ -101,10 +110,13 @@ class DemoConfig:
     def fit_config(self) -> fit_lib.FitConfig:
         """``fit`` with this config's epochs, chunk length, learning rates and seed."""
         lr = self.learning_rate if self.learning_rate is not None else demo_learning_rate(self.encoder_init)
+        image_terms = photometric_loss.recipe_terms(float(self.weight_photometric), float(self.weight_silhouette),
+                                                    start_step=int(self.image_terms_start))
         return self.fit.replace(
+            loss={**self.fit.loss, **image_terms},
             num_epochs=int(self.epochs), chunk_frames=int(self.chunk_frames), learning_rate=float(lr),
             direct_learning_rate=float(self.direct_learning_rate), direct_undetected=str(self.direct_undetected),
-            seed=int(self.seed), trainable_stages=self.trainable_stages,
+            seed=int(self.seed), trainable_stages=self.trainable_stages, **fit_lib.schedule_settings(self),
         )
 
     def replace(self, **kw) -> "DemoConfig":

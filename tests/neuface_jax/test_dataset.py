@@ -3,6 +3,7 @@ mid-group checkpoints, fault isolation, sharding, kill -9, two processes under j
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -69,7 +70,8 @@ def setup():
     )
     cfg = fit.FitConfig(num_epochs=3, chunk_frames=8, learning_rate=1e-3)
     return annotate.make_setup(
-        annotate.SetupConfig(contour="dynamic"), model=model, embedding=emb, encoder_config=ecfg, fit_config=cfg,
+        annotate.SetupConfig(contour="dynamic", refine_steps=0), model=model, embedding=emb, encoder_config=ecfg,
+        fit_config=cfg,
         need_landmarker=False,
     )
 
@@ -200,6 +202,18 @@ def test_shards_partition_the_manifest(clips, setup, tmp_path):
     assert len(list(out.glob("summary-*-of-00003.json"))) == 3
 
 
+def test_refinement_runs_on_each_clip(clips, setup, tmp_path):
+    # annotate-dataset's default path (the other tests here pass refine_steps=0): each clip's NeuFace result is
+    # refined per frame before it is written (a few steps on this tiny model), recorded in its metrics.json.
+    refined = dataclasses.replace(setup, config=dataclasses.replace(setup.config, refine_steps=40))
+    e = clips[0]
+    assert _run([e], tmp_path / "refined", refined, report=False).done == 1
+    assert _run([e], tmp_path / "plain", setup, report=False).done == 1
+    doc, plain = (json.loads((tmp_path / o / e.clip_id / "metrics.json").read_text()) for o in ("refined", "plain"))
+    assert doc["clip"]["refine_steps"] == 40 and plain["clip"]["refine_steps"] == 0
+    assert doc["nme_percent"] < plain["nme_percent"], (doc["nme_percent"], plain["nme_percent"])
+
+
 class _Preempted(BaseException):
     """Stands for a pre-emption: not an Exception, so the runner does not record it as a failure."""
 
@@ -251,7 +265,7 @@ def cli_manifest(tmp_path_factory):
     entries = [_write_clip(root / f"clip{i}", 3 + i, seed=20 + i) for i in range(6)]
     path = root / "manifest.jsonl"
     manifest.write_manifest(entries, path)
-    flags = ["--epochs=10", "--chunk_frames=8", "--contour=dynamic", "--workers=1", "--report=false",
+    flags = ["--epochs=10", "--chunk_frames=8", "--contour=dynamic", "--refine_steps=0", "--workers=1", "--report=false",
              f"--compilation_cache={root / 'jax_cache'}"]
     return path, [e.clip_id for e in entries], flags
 

@@ -171,3 +171,68 @@ def test_optimizers_with_equal_settings_share_static_arguments(face, ecfg):
     b = fit.NeuFace(face, ecfg, fit.FitConfig(num_epochs=5, seed=2))
     assert a.static == b.static and hash(a.static) == hash(b.static)
     assert fit.DirectFit(face, ecfg, fit.FitConfig()).static != fit.NeuFace(face, ecfg, fit.FitConfig(chunk_frames=4)).static
+
+
+def test_learning_rate_schedule_values_and_the_optimizer_follows_them():
+    const = fit.FitConfig(learning_rate=0.1)
+    np.testing.assert_allclose(fit.learning_rate_at(const, np.array([0.0, 0.5, 1.0])), 0.1, rtol=1e-6)
+    cos = fit.FitConfig(learning_rate=0.1, lr_schedule="cosine", lr_warmup=0.1)
+    at = jax.jit(lambda f: fit.learning_rate_at(cos, f))
+    lr = np.asarray(at(np.array([0.0, 0.05, 0.1, 0.55, 1.0], np.float32)))
+    np.testing.assert_allclose(lr, [0.0, 0.05, 0.1, 0.05, 0.0], atol=1e-6)  # warm-up, peak, cosine midpoint, end
+    assert np.all(np.diff(np.asarray(at(np.linspace(0.1, 1.0, 50, dtype=np.float32)))) <= 1e-9)
+    # Adam's step on a constant gradient is 1 per weight: the updates are the schedule at the midpoints
+    # (i + 1/2) / total of the run, the total being state (one executable for any total).
+    opt = fit.neuface_optimizer(cos)
+    params = {"w": jnp.zeros(3)}
+    update = jax.jit(opt.update)
+    for total in (10, 4):
+        state = fit.with_total_updates(opt.init(params), total)
+        steps = []
+        for _ in range(total):
+            u, state = update({"w": jnp.ones(3)}, state, params)
+            steps.append(float(u["w"][0]))
+        expect = -np.asarray(at(((np.arange(total) + 0.5) / total).astype(np.float32)))
+        np.testing.assert_allclose(steps, expect, rtol=1e-4, atol=1e-9)
+    assert update._cache_size() == 1
+    u, _ = update({"w": jnp.ones(3)}, opt.init(params), params)  # total unknown: the peak rate
+    np.testing.assert_allclose(u["w"], -0.1, rtol=1e-4)
+    # the constant schedule is optax's Adam itself (unchanged states and checkpoints)
+    assert jax.tree.structure(fit.neuface_optimizer(const).init(params)) == jax.tree.structure(
+        fit.optax.adam(0.1).init(params))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        fit.FitConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="early_stop"):
+        fit.FitConfig(early_stop=-1.0)
+    # early stopping is decided outside the compiled step
+    assert cos.replace(early_stop=0.1, early_stop_window=3, num_epochs=30).compile_key() == cos.compile_key()
+
+
+def test_should_stop_on_window_means():
+    cfg = fit.FitConfig(early_stop=0.02, early_stop_window=3)
+    flat = [1.0, 0.999, 1.001, 1.0, 0.998, 1.001]
+    assert not fit.should_stop(flat[:5], cfg)  # needs two windows
+    assert fit.should_stop(flat, cfg)
+    assert not fit.should_stop(0.9 ** np.arange(6), cfg)  # still falling 10 % an epoch
+    assert not fit.should_stop(flat, cfg.replace(early_stop=0.0))  # off
+    both = np.stack([flat, 0.9 ** np.arange(6)], axis=1)  # [epochs, clips]: one clip still moves
+    assert not fit.should_stop(both, cfg) and fit.should_stop(both[:, :1], cfg)
+
+
+def test_early_stopping_in_the_fit_loop(face, ecfg):
+    """The loop stops at the first epoch ``should_stop`` holds (its criterion: the test above) and records
+    the epochs run; a moving run goes on. Early stopping is outside the compiled step, so both runs reuse
+    test_neuface_reduces_landmark_error's executables."""
+    data = _target_clip(face, t=8, w=2)
+    base = fit.FitConfig(num_epochs=6, chunk_frames=4, learning_rate=1e-3, early_stop_window=2)
+    # Moving: the landmark fit from a random encoder falls by far more than 0.1 % a window.
+    moving = fit.NeuFace(face, ecfg, base.replace(early_stop=1e-3)).fit(data)
+    assert moving.history["epochs_run"] == [6.0] and fit.epochs_run(moving, base) == 6
+    # "Converged" under a 100 % tolerance: stopped once two windows exist, its last epoch recorded.
+    tot = []
+    stopped = fit.NeuFace(face, ecfg, base.replace(early_stop=1.0)).fit(data, progress=lambda e, p: tot.append(p))
+    assert stopped.history["epochs_run"] == [4.0] and len(tot) == 4 and np.isfinite(stopped.vertices).all()
+    assert fit.should_stop([p["total"] for p in tot], base.replace(early_stop=1.0))
+    # a schedule's total updates come from the clip: epochs x chunks holding frames
+    state = fit.NeuFace(face, ecfg, base.replace(lr_schedule="cosine")).init_state(num_frames=7)
+    assert float(state.opt_state[1].total) == 6 * 2

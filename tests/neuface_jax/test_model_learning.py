@@ -121,7 +121,7 @@ def small(demo):
                                                             images=rendered[i][1])
                                      for i, c in enumerate(clips)), emb, "ibug68", "dynamic")
     cfg = learn_lib.LearnConfig(shape_components=1, albedo_components=1, basis_size=16, steps=10, init_steps=10,
-                                orthogonal_to="identity_expression")
+                                orthogonal_to="identity_expression", test_prior=4.0)
     return model, emb, learn_lib.learn_model(model, corpus, cfg, FAST_FIT), corpus, rendered[0][2:]
 
 
@@ -138,6 +138,50 @@ def test_learned_components_keep_the_base_and_stay_apart(small):
     assert res.record["seconds"]["per_epoch"] > 0 and len(res.record["history"]["loss"]) == 2
     assert len(res.record["history"]["init_landmark"]) == 2  # the per-clip offsets ran first
     assert res.record["learned"]["orthogonal_to"] == "identity_expression"
+    assert not any(res.record["history"]["photometric"])  # off by default
+
+
+def test_photometric_setup_stacks_the_crops(small):
+    """The cheap sibling of the photometric learning test: the crops padded to the corpus's frames x
+    views (masked), the full model carried for rendering; nothing of it without the term."""
+    model, _, _, corpus, _ = small
+    consts, clips, images = learn_lib._setup(model, corpus, learn_lib.LearnConfig(basis_size=16, photometric=0.1))
+    assert images.shape == (2, 3, 2, 32, 32, 3) and consts.full is model
+    np.testing.assert_array_equal(np.asarray(images[0]), corpus.clips[0].images)
+    assert not np.any(np.asarray(images[1, 1:])) and not np.any(np.asarray(images[1, :, 1]))
+    assert np.asarray(clips.frame_mask)[1].tolist() == [[1, 0], [0, 0], [0, 0]]
+    consts, _, images = learn_lib._setup(model, corpus, learn_lib.LearnConfig(basis_size=16))
+    assert images is None and consts.full is None
+
+
+@pytest.mark.long
+def test_photometric_term_in_learning(small):
+    """The photometric term renders each clip's full mesh into its crops in both learning stages: a
+    robust colour error in (0, 1) that the per-clip offsets should lower (they do not yet: xfail)."""
+    model, _, _, corpus, _ = small
+    cfg = learn_lib.LearnConfig(shape_components=1, basis_size=16, steps=3, init_steps=12, photometric=100.0,
+                                photometric_refresh=1)
+    res = learn_lib.learn_model(model, corpus, cfg, FAST_FIT)
+    init, joint = res.record["history"]["init_photometric"], res.record["history"]["photometric"]
+    assert len(init) == 3 and len(joint) == 2 and all(0.0 < p < 1.0 for p in init + joint), (init, joint)
+    if not init[-1] < init[0]:  # measured: 0.25 -> 0.37 here, also with the term dominating (weight 100)
+        pytest.xfail(f"known defect: the per-clip stage raises the photometric error {init} "
+                     "(docs/model_learning.md, the dense-signal diagnosis)")
+
+
+def test_test_time_prior_on_learned_coefficients(small):
+    """The record's prior scale weighs the learned coefficient only; a strong one pins it to zero while
+    the base's coefficients keep their weight (appending components does not dilute their prior)."""
+    model, emb, res, corpus, _ = small
+    w = model_file.shape_prior_of(res.record, res.model.num_shape)
+    np.testing.assert_allclose(w, [0.1] * 10 + [0.4], rtol=1e-6)
+    np.testing.assert_allclose(model_file.shape_prior_of(None, 10), [0.1] * 10, rtol=1e-6)
+    clips = [c.data for c in corpus.clips]
+    free = mfit.fit_clips(res.model, emb, clips, FAST_FIT, shape_prior=mfit.shape_prior_weights(11, 10, 0.0))
+    pinned = mfit.fit_clips(res.model, emb, clips, FAST_FIT, shape_prior=mfit.shape_prior_weights(11, 10, 1e5))
+    assert np.all(np.abs(pinned.params.shape[:, 10]) < 0.05 * np.abs(free.params.shape[:, 10]).max())
+    with pytest.raises(ValueError, match="11 identity coefficients"):
+        mfit.fit_clips(res.model, emb, clips, FAST_FIT, shape_prior=np.ones(10))
 
 
 def test_albedo_learned_from_the_images(small):
@@ -234,6 +278,11 @@ def test_bad_inputs_are_named(demo, tmp_path):
                               learn_lib.LearnConfig(albedo_components=2))
     with pytest.raises(ValueError, match="orthogonal_to"):
         learn_lib.LearnConfig(orthogonal_to="expression")
+    with pytest.raises(ValueError, match="photometric must be >= 0"):
+        learn_lib.LearnConfig(photometric=-1.0)
+    with pytest.raises(ValueError, match="no_images: no images"):
+        learn_lib.learn_model(model, corpus_lib.Corpus((clip,), emb, "ibug68", "dynamic"),
+                              learn_lib.LearnConfig(photometric=1.0))
     with pytest.raises(ValueError, match="no clips"):
         corpus_lib.load_corpus([], model, emb)
     (tmp_path / "bad.npz").write_bytes(b"")

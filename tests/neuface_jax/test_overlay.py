@@ -172,7 +172,7 @@ def test_annotate_writes_the_chosen_overlay(tmp_path):
     synth.write_clip(clip, tmp_path / "clip")
     model = flame_jax.demo_model()
     setup = annotate_lib.make_setup(
-        SetupConfig(epochs=1, chunk_frames=4, contour="dynamic"),
+        SetupConfig(epochs=1, chunk_frames=4, contour="dynamic", refine_steps=0),
         encoder_config=encoder.EncoderConfig.small(
             n_shape=model.num_shape, n_expr=model.num_expression, image_size=32, small_widths=(8, 16),
             small_blocks=(1, 1), head_hidden=32),

@@ -192,7 +192,7 @@ def test_terms_named_in_a_fit_config_prefer_the_truth(demo):
         "landmark": 10.0,
         "photometric": ("photometric", 1.0, {"refresh_every": 1}),
         "photometric_vertex": ("photometric", 1.0, {"albedo": "vertex", "light": "clip", "penalty": "trimmed",
-                                                    "refresh_every": 1}),
+                                                    "refresh_every": 1, "outliers": 2.0}),
         "silhouette": 1.0,
     })
     face = fit.FaceModel(model, emb)
@@ -282,3 +282,70 @@ def test_synthetic_clips_carry_appearance_ground_truth(demo):
     light = light * np.array([1.0, -1.0, -1.0]) / np.linalg.norm(light)  # camera frame → model frame
     np.testing.assert_allclose(gt["light_direction"], light, atol=1e-6)
     np.testing.assert_allclose(gt["light_sh"], render_lib.directional_light_sh(light), atol=1e-5)
+
+
+def test_view_consensus_moves_only_what_the_views_share(demo):
+    """Views that agree come back unchanged; otherwise every view shows the views' mean canonical mesh
+    (a view left out of the mask does not count), so the term cannot pull the views apart."""
+    model, _, verts, _ = demo
+    c = np.asarray(verts[::7], np.float64)  # a subset of the head is plenty
+    rot = np.array([[0.0, 0.3, 0.0], [0.1, -0.4, 0.05], [-0.2, 0.0, 0.1]])
+    r = np.asarray(flame_jax.rotations.axis_angle_to_matrix(jnp.asarray(rot)), np.float64)
+    pivot = np.array([0.0, -0.02, 0.01])
+    posed = np.stack([(c - pivot) @ r[w].T + pivot for w in range(3)])  # the same mesh seen by three views
+    ones = jnp.ones(3)
+    np.testing.assert_allclose(np.asarray(loss_lib.view_consensus(jnp.asarray(posed), rot, ones)), posed, atol=1e-5)
+    bent = posed.copy()
+    bent[1] += (np.arange(c.shape[0]) % 5 == 0)[:, None] * np.array([0.0, 0.004, 0.002]) @ r[1].T  # view 1 alone
+    out = np.asarray(loss_lib.view_consensus(jnp.asarray(bent), rot, ones), np.float64)
+    canon = lambda v, w: (v - v.mean(0)) @ r[w]  # noqa: E731  (centred canonical mesh of view w)
+    mean = np.mean([canon(bent[w], w) for w in range(3)], 0)
+    for w in range(3):
+        np.testing.assert_allclose(canon(out[w], w), mean, atol=1e-5)
+    kept = np.asarray(loss_lib.view_consensus(jnp.asarray(bent), rot, jnp.array([1.0, 0.0, 1.0])), np.float64)
+    np.testing.assert_allclose(kept[[0, 2]], posed[[0, 2]], atol=1e-5)
+
+
+def test_occlusion_mask_drops_transient_errors_and_keeps_shared_ones():
+    """An error that one image has at some surface points (an occluder) is dropped; an error every
+    image has at the same points (a misfit the geometry must fix) is kept."""
+    b, p = 6, 100
+    faces = jnp.stack([jnp.arange(p)] * 3, 1)  # pixel i shows vertex i
+    fi = jnp.broadcast_to(jnp.arange(p), (b, p))
+    bary = jnp.broadcast_to(jnp.array([1.0, 0.0, 0.0]), (b, p, 3))
+    err = np.full((b, p), 0.05, np.float32)
+    err[2, :20] = 0.5  # occluder in image 2
+    err[:, 50:60] = 0.4  # a misfit every image shares
+    weights = np.ones((b, p), np.float32)
+    weights[:, 90:] = 0.0  # outside the face: not counted
+    err[4, 77] = 0.5  # one stray pixel
+    mask_fn = jax.jit(lambda e, w: loss_lib.occlusion_mask(e, fi, bary, faces, w, p, 2.0))
+    keep = np.asarray(mask_fn(jnp.asarray(err), jnp.asarray(weights)))
+    assert keep[2, :20].sum() == 0 and keep[4, 77] == 0
+    assert keep[:, 50:60].all() and keep[:, 20:50].all() and keep[[0, 1, 3, 4, 5], :20].all()
+    assert keep[4].sum() == p - 1  # nothing else in that image
+
+
+def test_annotate_flags_add_the_image_terms(face, ecfg):  # noqa: F811
+    """--weight_photometric / --weight_silhouette add the terms under the recipe's schedule; a model whose
+    face region cannot be found (no 68-point embedding) is a clear error, not a silent whole-mesh term."""
+    from neuface_jax import annotation
+    from neuface_jax.annotation.config import SetupConfig
+
+    assert SetupConfig().image_terms() == {}
+    terms = SetupConfig(weight_photometric=5.0, weight_silhouette=2.0, image_terms_start=30).image_terms()
+    assert terms["photometric"][:2] == ("photometric", 5.0) and terms["photometric"][2]["start_step"] == 30
+    assert terms["silhouette"][2]["ramp_steps"] == loss_lib.RECIPE_RAMP_STEPS
+    with pytest.raises(ValueError, match="image term weights"):
+        SetupConfig(weight_photometric=-1.0)
+    from neuface_jax.synthetic.demo import DemoConfig
+
+    demo_loss = DemoConfig(weight_silhouette=3.0).fit_config().loss
+    assert demo_loss["silhouette"][1] == 3.0 and "photometric" not in demo_loss and demo_loss["landmark"] == 10.0
+    setup = annotation.make_setup(SetupConfig(weight_photometric=5.0), model=face.flame, embedding=face.embedding,
+                                  encoder_config=ecfg, need_landmarker=False)
+    assert setup.fit_config.loss["photometric"][1] == 5.0 and setup.fit_config.loss["landmark"] == 10.0
+    with pytest.raises(ValueError, match="face region, found through a 68-point"):
+        annotation.make_setup(SetupConfig(weight_photometric=5.0, landmark_set="mediapipe105"),
+                              model=flame_jax.demo_model(), embedding=flame_jax.demo_mediapipe_embedding(),
+                              encoder_config=ecfg, need_landmarker=False)

@@ -161,13 +161,13 @@ def test_killed_actor_its_group_runs_again_every_clip_done_once(ray_session, ray
     _same_outputs(out, ref, LENGTHS)
 
 
-CLI_FLAGS = ["--epochs=3", "--chunk_frames=8", "--contour=dynamic", "--workers=1", "--report=false",
+CLI_FLAGS = ["--epochs=3", "--chunk_frames=8", "--contour=dynamic", "--refine_steps=0", "--workers=1", "--report=false",
              "--clips_per_device=1", "--bucket_chunks=2,4", "--checkpoint_every=0"]
 
 
 def _cli_setup():
     """The command's setup for ``CLI_FLAGS`` (demo head, packaged encoder), to resume its runs in-process."""
-    return annotation.make_setup(annotation.SetupConfig(epochs=3, chunk_frames=8, contour="dynamic"),
+    return annotation.make_setup(annotation.SetupConfig(epochs=3, chunk_frames=8, contour="dynamic", refine_steps=0),
                                  need_landmarker=False)
 
 

@@ -127,6 +127,49 @@ def test_distillation_data_crops_the_annotation_and_holds_out_the_end(tmp_path):
         train.distillation_data([tmp_path / "ann"])
 
 
+def test_mirror_examples_mirror_the_image_landmarks_and_parameters():
+    import dataclasses as dc
+
+    from neuface_jax.core import fit as fit_lib
+    from neuface_jax.realtime import train
+    from neuface_jax.synthetic import pretrain
+
+    face = regressor.demo_face()
+    small = regressor.landmark_submodel(face)  # the same landmarks, cheaper
+    rng = np.random.default_rng(0)
+    n = 3
+    shape = (rng.normal(size=(n, 100)) * 0.5).astype(np.float32)
+    expr = (rng.normal(size=(n, 50)) * 0.5).astype(np.float32)
+    pose = np.zeros((n, 15), np.float32)
+    pose[:, 0:3] = rng.normal(size=(n, 3)) * [0.1, 0.6, 0.1]  # turned heads
+    pose[:, 6] = 0.15
+    pose[:, 9:12], pose[:, 12:15] = [0.1, 0.2, 0.0], [0.0, -0.1, 0.0]
+    cam = np.tile(np.float32([9.0, 0.01, -0.02]), (n, 1))
+    landmarks = jax.jit(lambda *a: fit_lib.evaluate_params(small, *a)[1])  # one compile for both calls
+    lmk = np.asarray(landmarks(shape, expr, pose, cam))
+    images = rng.integers(0, 255, (n, 8, 8, 3), np.uint8)
+    data = pretrain.PretrainData(images, lmk, shape, expr, pose, cam, np.array([5, 5, 7], np.int32))
+    m = train.mirror_examples(data, face)
+    np.testing.assert_array_equal(m.images, images[:, :, ::-1])
+    assert set(m.clip_index) == {-6, -8}  # new identity groups
+    np.testing.assert_allclose(m.pose[:, 1], -pose[:, 1])
+    np.testing.assert_allclose(m.pose[:, 9:12], pose[:, 12:15] * [1, -1, -1])  # the eyes swap
+    np.testing.assert_allclose(m.cam, cam * [1, -1, 1])
+    # The mirrored parameters make the mirrored landmarks (the basis is nearly closed under mirroring)...
+    got = np.asarray(landmarks(m.shape, m.expression, m.pose, m.cam))
+    assert np.abs(got - m.landmarks).mean() < 0.01 < np.abs(lmk - m.landmarks).mean()
+    assert m.landmarks[0, 36, 0] == pytest.approx(-lmk[0, 45, 0])  # outer eye corners swap sides
+    # ...and mirroring twice gives the example back.
+    mm = train.mirror_examples(m, face)
+    for f in ("images", "landmarks", "pose", "cam", "clip_index"):
+        np.testing.assert_allclose(getattr(mm, f), getattr(data, f), atol=1e-6)
+    np.testing.assert_allclose(mm.shape[:, :20], shape[:, :20], atol=0.1)  # the main identity components
+    # An asymmetric model cannot be mirrored.
+    lopsided = dc.replace(face.flame, v_template=face.flame.v_template.at[0, 0].add(0.01))
+    with pytest.raises(ValueError, match="not left/right symmetric"):
+        train.mirror_maps(fit_lib.FaceModel(lopsided, face.embedding), 100, 50)
+
+
 def test_identity_consistency_and_groups():
     from neuface_jax.realtime import train
 

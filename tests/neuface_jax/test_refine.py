@@ -61,6 +61,18 @@ def test_refinement_reaches_per_frame_expression_and_keeps_the_rest(face, ecfg):
     assert refine.refine(face, ecfg, cfg, data, dataclasses.replace(start, pose=eyes), steps=5).pose is eyes
     with pytest.raises(ValueError, match="frames x views"):
         refine.refine(face, ecfg, cfg, data, dataclasses.replace(start, expression=expr[:3]), steps=5)
+    # The inner-lip points (iBUG 60-67) weigh DEFAULT_INNER_LIP_WEIGHT times the others, on top of the fit's own
+    # landmark weights; another landmark set, or a weight of 1, keeps the fit's weights.
+    w = np.asarray(refine.refine_config(cfg, 10, 1e-3).landmark_weights)
+    assert refine.DEFAULT_INNER_LIP_WEIGHT > 1 and (w[60:68] == refine.DEFAULT_INNER_LIP_WEIGHT).all()
+    assert (w[:60] == 1).all()
+    own = cfg.replace(landmark_weights=tuple(np.arange(1.0, 69.0)))
+    np.testing.assert_array_equal(refine.refine_config(own, 10, 1e-3, inner_lip_weight=2.0).landmark_weights[58:62],
+                                  [59.0, 60.0, 122.0, 124.0])
+    assert refine.refine_config(cfg, 10, 1e-3, num_landmarks=105).landmark_weights == cfg.landmark_weights
+    assert refine.refine_config(own, 10, 1e-3, inner_lip_weight=1.0).landmark_weights == own.landmark_weights
+    with pytest.raises(ValueError, match="inner_lip_weight"):
+        refine.refine_config(cfg, 10, 1e-3, inner_lip_weight=0.0)
     with pytest.raises(ValueError, match="refine"):
         SetupConfig(refine_steps=-1)
     with pytest.raises(ValueError, match="refine"):

@@ -177,7 +177,7 @@ def test_annotate_splits_a_clip_at_its_cuts(shared_data, landmarker_model, tmp_p
     out = tmp_path / "out"
     summaries = annotation.annotate_shots(
         clip, out_dir=out,
-        setup=annotation.SetupConfig(epochs=1, chunk_frames=4, face_landmarker=str(landmarker_model)),
+        setup=annotation.SetupConfig(epochs=1, chunk_frames=4, face_landmarker=str(landmarker_model), refine_steps=0),
         prepare=annotation.PrepareConfig(use_cache=False), output=annotation.OutputConfig(write_video=False),
     )
     listing = json.loads((out / "shots.json").read_text())["shots"]

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from neuface_jax.annotation import run as run_lib
+from neuface_jax.annotation.config import SetupConfig
+from neuface_jax.common.settings import settings_of
 from neuface_jax.core import encoder as enc
 from neuface_jax.core import fit, parallel
 
@@ -60,6 +62,19 @@ def test_stage_count_is_checked(face, ecfg):
         fit.FitConfig(trainable_stages=1, freeze_bn=False)
     with pytest.raises(ValueError, match=">= 0"):
         fit.FitConfig(trainable_stages=-1)
+
+
+def test_annotation_default_by_start():
+    """annotate / annotate-dataset: the last stage + head from a trained encoder, all from a random one;
+    -1 asks for full fine-tuning; the setting's help says what the default is."""
+    pick = fit.annotation_trainable_stages
+    assert pick(None, pretrained=True) == fit.ANNOTATION_TRAINABLE_STAGES == 1
+    assert pick(None, pretrained=False) is None
+    assert pick(fit.ALL_STAGES, pretrained=True) is None and pick(2, pretrained=False) == 2
+    with pytest.raises(ValueError, match="trainable_stages"):
+        pick(-2, pretrained=True)
+    help_text = {f.name: s.help for f, s in settings_of(SetupConfig)}["trainable_stages"]
+    assert "Default: 1" in help_text and "random" in help_text and "-1: all" in help_text
 
 
 def test_frozen_prefix_gives_the_full_models_gradients(face, ecfg):

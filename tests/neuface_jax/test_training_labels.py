@@ -38,7 +38,7 @@ def annotated_clip(shared_data, landmarker_model, tmp_path_factory):
     out = tmp_path_factory.getbasetemp() / "training_annotation" / "mead_tiny"
     if not (out / "params.npz").is_file():
         setup = annotate_lib.make_setup(
-            annotate_lib.SetupConfig(face_landmarker=str(landmarker_model), epochs=1, chunk_frames=4),
+            annotate_lib.SetupConfig(face_landmarker=str(landmarker_model), epochs=1, chunk_frames=4, refine_steps=0),
             encoder_config=tiny_encoder_config(),
         )
         annotate_lib.annotate(
