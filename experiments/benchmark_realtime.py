@@ -22,7 +22,10 @@ Accuracy:
   out of training; 0 for a clip never trained on). NME against MediaPipe's landmarks (the 68 iBUG
   points that annotate fits, visible ones) for the tracker and for annotate's fit on the same
   frames; 2D jitter (mean second difference of the landmarks, % of the inter-ocular distance) of
-  MediaPipe's own landmarks, annotate's and the tracker's (raw and One-Euro filtered).
+  MediaPipe's own landmarks, annotate's and the tracker's (raw and One-Euro filtered). Another
+  annotation of the same clips (--extra_annotations, e.g. NeuFace only, without per-frame
+  refinement) is scored on the same frames as an extra column. ``NAME=DIR:0-0.7`` selects a clip's
+  training frames instead (e.g. to tune the filter with --parts=jitter without touching held-out ones).
 
 Diagnoses (--parts): ``jitter`` (where the tracker's jitter comes from: crop, regressor, filter) and
 ``pose`` (accuracy in bins of annotate's head yaw and pitch: NME of the tracker and of the regressor at
@@ -30,7 +33,7 @@ annotate's crops, the regressor's angles against annotate's, the crop against an
 each bin's median and worst frame with --pose_overlay_dir).
 
     python experiments/benchmark_realtime.py --regressor=DIR \
-        --annotations=mead=/tmp/selftrain/base/mead,liveportrait=...,wojtek=...
+        --annotations=mead=ANNOTATE_OUT/mead,liveportrait=...,wojtek=...:0 --extra_annotations=mead=OLD/mead,...
 
 Prints the tables and writes the JSON to --out.
 """
@@ -55,14 +58,20 @@ flags.DEFINE_string("latency_video", "/work/shared/data/videos/mead_M003_level_1
                     "Video made into the 640×480 latency clip.")
 flags.DEFINE_integer("latency_frames", 118, "Frames of the latency clip.")
 flags.DEFINE_integer("latency_repeats", 300, "Batch-1 regressor calls timed.")
+flags.DEFINE_list("latency_sizes", [], "Other crop sides (pixels) at which the network alone is also timed, "
+                  "in the same run (the same architecture; latency does not depend on the weights).")
 flags.DEFINE_integer("overlay_frames", 20, "Frames whose overlay drawing is timed.")
 flags.DEFINE_list("synthetic_seeds", ["901", "902"], "Held-out synthetic clip seeds.")
 flags.DEFINE_integer("synthetic_frames", 40, "Frames per synthetic clip.")
 flags.DEFINE_integer("neuface_epochs", 100, "NeuFace epochs of the synthetic reference fit.")
 flags.DEFINE_string("neuface_cache", None, "JSON file keeping NeuFace's synthetic fits (they do not depend on the "
                     "regressor): read when present, written otherwise.")
-flags.DEFINE_list("annotations", [], "NAME=ANNOTATE_DIR[:EVAL_FROM] of real clips (EVAL_FROM: the held-out "
-                  "fraction's start, default 0.7; 0 for a clip not trained on).")
+flags.DEFINE_list("annotations", [], "NAME=ANNOTATE_DIR[:EVAL_FROM[-EVAL_TO]] of real clips (EVAL_FROM: the "
+                  "held-out fraction's start, default 0.7; 0 for a clip not trained on; EVAL_TO, default 1: e.g. "
+                  "0-0.7 for a clip's training frames, to tune the filter on).")
+flags.DEFINE_list("extra_annotations", [], "NAME=ANNOTATE_DIR of other annotate outputs of the same clips (e.g. "
+                  "NeuFace only, without per-frame refinement): their NME on the same held-out frames is an extra "
+                  "column, 'annotate_extra'.")
 flags.DEFINE_list("parts", ["latency", "synthetic", "real"], "What to run: latency, synthetic, real, jitter (the "
                   "jitter diagnosis: crop vs regressor vs filter, and the One-Euro sweep), pose (accuracy against "
                   "head yaw and pitch).")
@@ -131,6 +140,29 @@ def latency(reg, det_path: str) -> dict:
     out["network_ms"] = _median_ms(ts_net)
     out["regressor_ms"] = _median_ms(ts_reg)
     out["regressor_ms_p90"] = float(np.percentile(ts_reg, 90) * 1e3)
+    if FLAGS.latency_sizes:
+        # Timed in alternation with the trained network, so both see the same machine load.
+        sizes = [int(s) for s in FLAGS.latency_sizes]
+        others = {}
+        for s in sizes:
+            e = encoder_lib.init_encoder(dataclasses.replace(reg.config, image_size=s))
+            g2, tr2, rest2 = encoder_lib.split_params(e)
+            x = np.ascontiguousarray(np.random.default_rng(1).integers(0, 255, (s, s, 3), np.uint8))
+            f = jax.jit(lambda tr, rest, x, g2=g2: encoder_lib.apply(g2, tr, rest, x[None].astype(jax.numpy.float32)
+                                                                    / 255.0))
+            f(tr2, rest2, x).block_until_ready()
+            others[s] = (f, tr2, rest2, x)
+        ts = {s: [] for s in ["trained"] + sizes}
+        for _ in range(FLAGS.latency_repeats):
+            t = time.perf_counter()
+            net(tr, rest, crop).block_until_ready()
+            ts["trained"].append(time.perf_counter() - t)
+            for s, (f, tr2, rest2, x) in others.items():
+                t = time.perf_counter()
+                f(tr2, rest2, x).block_until_ready()
+                ts[s].append(time.perf_counter() - t)
+        out["network_ms_by_size"] = {f"{reg.image_size} (trained)" if s == "trained" else str(s): _median_ms(v)
+                                     for s, v in ts.items()}
     # The pipeline over the file (decode included, overlay apart).
     cfg = track.TrackConfig(face_landmarker=det_path)
     det = track.FaceDetector(det_path, cfg.min_detection_confidence)
@@ -272,6 +304,7 @@ class RealClip:
     visible: np.ndarray  # [T, 68]
     boxes: np.ndarray  # [T, 3] annotate's crop boxes (from MediaPipe's landmarks, smoothed over time)
     pose: np.ndarray  # [T, 15] annotate's full pose
+    frame_indices: np.ndarray | None = None  # [T] the video's frame numbers
 
     @property
     def iod(self) -> np.ndarray:
@@ -288,11 +321,15 @@ def load_real_clip(item: str) -> RealClip:
 
     name, _, rest = item.partition("=")
     ann, _, frac = rest.partition(":")
-    start_frac = float(frac) if frac else 0.7
+    start, _, end = frac.partition("-")
+    start_frac = float(start) if start else 0.7
+    end_frac = float(end) if end else 1.0
+    if not 0.0 <= start_frac < end_frac <= 1.0:
+        raise ValueError(f"--annotations {item!r}: the frame range must be 0 <= FROM < TO <= 1")
     rec = params_lib.load_params(Path(ann) / "params.npz")
     z = np.load(Path(ann) / "params.npz", allow_pickle=False)
     t_all = len(rec.frame_indices)
-    sel = np.arange(int(round(t_all * start_frac)), t_all)
+    sel = np.arange(int(round(t_all * start_frac)), int(round(t_all * end_frac)))
     video = labels_lib.read_clip_source(ann).inputs[0]
     fi = rec.frame_indices[sel]
     decoded = video_lib.read_video(video, frames=video_lib.FrameRange(start=int(fi.min()), end=int(fi.max()) + 1))
@@ -310,7 +347,30 @@ def load_real_clip(item: str) -> RealClip:
                     visible=mask[sel] & rec.valid[sel, 0][:, None],
                     boxes=np.stack([regressor_lib.box_of_transform(rec.crop_transforms[t, 0], rec.crop_size)
                                     for t in sel]),
-                    pose=np.asarray(z["full_pose"]).reshape(rec.valid.shape + (-1,))[sel, 0])
+                    pose=np.asarray(z["full_pose"]).reshape(rec.valid.shape + (-1,))[sel, 0],
+                    frame_indices=np.asarray(fi))
+
+
+def annotation_pixels(ann: str, frame_indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An ``annotate`` output's fitted landmarks and its MediaPipe targets (image pixels, [T, 68, 2]) on
+    the given video frames (first view), to score another annotation of a clip on the same frames."""
+    from neuface_jax import params as params_lib
+    from neuface_jax.media import crops
+
+    rec = params_lib.load_params(Path(ann) / "params.npz")
+    z = np.load(Path(ann) / "params.npz", allow_pickle=False)
+    row = {int(f): t for t, f in enumerate(rec.frame_indices)}
+    missing = [int(f) for f in frame_indices if int(f) not in row]
+    if missing:
+        raise ValueError(f"{ann}: no annotation of frames {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    shape = rec.valid.shape + (-1, 2)
+    out = []
+    for key in ("predicted_landmarks2d", "landmarks2d"):
+        pts = np.asarray(z[key]).reshape(shape)[:, 0]
+        out.append(np.stack([crops.apply_transform(crops.from_normalized(pts[row[int(f)]], rec.crop_size),
+                                                   crops.invert_transform(rec.crop_transforms[row[int(f)], 0]))
+                             for f in frame_indices]))
+    return out[0], out[1]
 
 
 def _pixels(norm, m, size):
@@ -324,6 +384,7 @@ def real(reg, det_path: str) -> dict:
     from neuface_jax.realtime import sources, track
 
     out = {}
+    extra = dict(e.split("=", 1) for e in FLAGS.extra_annotations)
     for item in FLAGS.annotations:
         clip = load_real_clip(item)
         name, frames, mp, ann_px, vis = clip.name, clip.frames, clip.mediapipe, clip.annotate, clip.visible
@@ -354,6 +415,15 @@ def real(reg, det_path: str) -> dict:
                    if every else {}),
             },
         }
+        if name in extra:
+            # Another annotation of the clip, scored against this one's MediaPipe targets on the same frames.
+            other_px, other_mp = annotation_pixels(extra[name], clip.frame_indices)
+            row["nme_percent"]["annotate_extra"] = float(metrics_lib.nme(other_px, mp, both))
+            row["jitter_2d_percent_iod"]["annotate_extra"] = jitter_2d(other_px, iod)
+            row["annotate_extra"] = {"dir": extra[name],
+                                     "mediapipe_max_difference_px": float(np.abs(other_mp - mp).max())}
+        nme = row["nme_percent"]
+        row["ratio_to_annotate"] = {k: nme[k] / nme["annotate"] for k in ("regressor_raw", "regressor_filtered")}
         out[name] = row
         print(f"{name}: {row['frames']} frames, NME % {row['nme_percent']}, jitter {row['jitter_2d_percent_iod']}",
               flush=True)
@@ -726,7 +796,7 @@ def main(argv):
     report = {
         "command": "python experiments/benchmark_realtime.py " + " ".join(
             f"--{k}={FLAGS[k].value if not isinstance(FLAGS[k].value, list) else ','.join(FLAGS[k].value)}"
-            for k in ("regressor", "annotations", "parts", "synthetic_seeds", "neuface_epochs", "filter_min_cutoff",
+            for k in ("regressor", "annotations", "extra_annotations", "parts", "latency_sizes", "synthetic_seeds", "neuface_epochs", "filter_min_cutoff",
                       "filter_beta", "pose_bins")),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                     "loadavg_before": os.getloadavg()},

@@ -25,7 +25,9 @@ r"""The paper's comparisons on the synthetic benchmark: one config per experimen
 * ``images_for_undetected_frames`` (default True): see ``prepare``;
 * ``pretrained``: the pretrained encoder: ``"packaged"`` (default: the checkpoint shipped in
   ``neuface_jax/assets``, ``pretrain.packaged_checkpoint()``) or a checkpoint directory
-  (``neuface_jax.synthetic.pretrain.ensure_pretrained`` trains one there first if it is missing).
+  (``neuface_jax.synthetic.pretrain.ensure_pretrained`` trains one there first if it is missing);
+* ``pretrained_arch``: optional, e.g. ``"resnet50"``: the pretrained folder must exist and hold an
+  encoder of this architecture (a prior made elsewhere: nothing is trained in its place).
 
 Every (seed, setting) clip is rendered once and fitted by every method with
 ``pipeline.fit_methods`` and scored with ``pipeline.evaluate_synthetic`` (the metrics of
@@ -164,6 +166,10 @@ def run_experiment(
     log=print,
 ) -> dict[str, Any]:
     """Runs every (seed, setting, method) of a normalized config; returns the results dict."""
+    arch = cfg.get("pretrained_arch")
+    if arch and (cfg["pretrained"] == "packaged" or not Path(cfg["pretrained"]).expanduser().is_dir()):
+        raise ValueError(f"config {cfg['name']!r}: no {arch} prior at {cfg['pretrained']!r} "
+                         "(make one with `neuface-jax pretrain --arch ...` and pass --pretrained=DIR)")
     import flame_jax
     from neuface_jax.core import fit as fit_lib
     from neuface_jax.synthetic import motion as motion_lib
@@ -181,6 +187,8 @@ def run_experiment(
 
         path = None if cfg["pretrained"] == "packaged" else cfg["pretrained"]
         enc, enc_cfg, summary = pretrain.ensure_pretrained(path, log=log)
+        if arch and enc_cfg.arch != arch:
+            raise ValueError(f"config {cfg['name']!r}: the prior at {path} is {enc_cfg.arch!r}, not {arch!r}")
         pretrained = (enc, enc_cfg, summary)
     done = {(r["seed"], r["setting"], r["method"]): r for r in (previous or [])}
     runs: list[dict[str, Any]] = list(previous or [])

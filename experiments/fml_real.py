@@ -19,7 +19,7 @@ components always fits landmarks at least as well when the identity is re-fitted
 check whether the gain is more than extra freedom fitting landmark noise:
 
 * **random components**: the learned model's template offset with K *random* smooth components
-  (same basis, same size, orthogonal to the base identity) instead of the learned ones, and the
+  (same basis, same size, same projection as the learned ones) instead of the learned ones, and the
   **offset only** (no components);
 * **held-out points**: every model fits the second halves from the even-numbered landmarks only
   and is scored on the odd-numbered ones, which the fit never saw (noise in the fitted points
@@ -80,14 +80,16 @@ def with_points(corpus, points):
 
 def controls(base, learned, res, seed: int = 0):
     """``(random, offset_only)`` models: the learned template offset with K random smooth components of
-    the learned ones' sizes (orthogonal to the base identity), and with none."""
+    the learned ones' sizes (kept apart from the base spans as the learned ones were), and with none."""
     k = learned.num_shape - base.num_shape
     offset = np.asarray(learned.v_template) - np.asarray(base.v_template)
     phi, _ = learn_lib.laplacian_basis(base, res.record["config"]["basis_size"])
     rng = np.random.default_rng(seed)
     d = np.einsum("vm,mck->kvc", phi.astype(np.float64), rng.normal(size=(phi.shape[1], 3, k))).reshape(k, -1)
-    q = learn_lib.complement_projector(base, expression=False).astype(np.float64)
-    d = d - (d @ q) @ q.T
+    apart = res.record["learned"]["orthogonal_to"]  # kept apart from what the learned ones were
+    if apart != "none":
+        q = learn_lib.complement_projector(base, expression=apart == "identity_expression").astype(np.float64)
+        d = d - (d @ q) @ q.T
     d = np.linalg.qr(d.T)[0].T  # orthonormal rows
     sizes = np.linalg.norm(res.components.reshape(k, -1), axis=1)
     random = model_file.append_identity_components(base, d * sizes[:, None], "random", template_offset=offset)

@@ -19,7 +19,7 @@ alignment, over the whole head and over the face region. The held-out frame abla
 held-out clips from 1, 4 and all kept frames. The learned coefficients' test-time prior scale
 (``--test_priors``) is chosen on validation clips of new seeds (out-of-span and in-span), never on
 the held-out ones. Reference rows: the oracle (the true fields), the fields off the base's
-identity + expression span, the fields in the smooth basis (ceiling) and as landmark points
+identity span and off its identity + expression span, the fields in the smooth basis (ceiling) and as landmark points
 determine them (landmark ceiling).
 """
 
@@ -67,6 +67,10 @@ flags.DEFINE_integer("image_size", 96, "Render size (landmark noise scaled to th
 flags.DEFINE_integer("learn_steps", None, "Override LearnConfig.steps.")
 flags.DEFINE_float("expression_prior_scale", None, "Override LearnConfig.expression_prior_scale.")
 flags.DEFINE_float("photometric", None, "Override LearnConfig.photometric (the corpus then keeps 64-px crops).")
+flags.DEFINE_string("reassign", None, "Override LearnConfig.reassign.")
+flags.DEFINE_list("references", ["base", "oracle", "oracle_off_identity", "oracle_off_expression", "ceiling",
+                                 "landmark_ceiling"], "Reference rows to compute (base is always computed; the "
+                  "others depend only on the held-out clips, not on the learning).")
 flags.DEFINE_list("test_priors", ["1", "3", "10"], "Test-time prior scales of the learned coefficients, chosen on "
                   "validation clips (new seeds, monocular like the held-out ones).")
 flags.DEFINE_integer("val_clips", 16, "Validation clips per kind (out-of-span, in-span) for choosing the prior scale.")
@@ -297,7 +301,7 @@ def choose_test_prior(model, validation, base_scores) -> tuple[float, dict]:
     scale = min(ok, key=lambda s: table[s]["out_of_span"]["mean"]) if ok else max(table)
     TEST_PRIOR[id(model)] = scale
     return scale, {str(k): v for k, v in table.items()}
-REFERENCES = ("base", "oracle", "oracle_off_expression", "ceiling", "landmark_ceiling")
+REFERENCES = ("base", "oracle", "oracle_off_identity", "oracle_off_expression", "ceiling", "landmark_ceiling")
 
 
 def main(argv):
@@ -314,7 +318,8 @@ def main(argv):
 
     learn_cfg = learn_lib.LearnConfig()
     overrides = {"steps": FLAGS.learn_steps, "basis_size": FLAGS.basis_size, "orthogonal_to": FLAGS.orthogonal_to,
-                 "expression_prior_scale": FLAGS.expression_prior_scale, "photometric": FLAGS.photometric}
+                 "expression_prior_scale": FLAGS.expression_prior_scale, "photometric": FLAGS.photometric,
+                 "reassign": FLAGS.reassign}
     learn_cfg = dataclasses.replace(learn_cfg, **{k: v for k, v in overrides.items() if v is not None})
     sizes = sorted(int(x) for x in FLAGS.train_sizes)
     ks = sorted(int(x) for x in FLAGS.components)
@@ -352,18 +357,24 @@ def main(argv):
     q = learn_lib.complement_projector(BASE).astype(np.float64)
     flat = fields.reshape(len(fields), -1).astype(np.float64)
     off_expr = model_file.append_identity_components(BASE, flat - (flat @ q) @ q.T, "off expression")
-    results = {name: {} for name in REFERENCES}
+    # oracle_off_identity: the fields with their part in the base's identity span removed.
+    q_id = learn_lib.complement_projector(BASE, expression=False).astype(np.float64)
+    off_id = model_file.append_identity_components(BASE, flat - (flat @ q_id) @ q_id.T, "off identity")
+    wanted = [n for n in REFERENCES if n == "base" or n in FLAGS.references]
+    results = {name: {} for name in wanted}
     preds = {}
     first = f"out_of_span/{FLAGS.test_views[0]}"
     lmk_ceiling = model_file.append_identity_components(BASE, landmark_ceiling(fields, learn_cfg.basis_size),
                                                         "landmark ceiling")
-    for name, model in zip(REFERENCES, (BASE, world, off_expr, ceiling, lmk_ceiling)):
+    for name, model in zip(REFERENCES, (BASE, world, off_id, off_expr, ceiling, lmk_ceiling)):
+        if name not in wanted:
+            continue
         for kind, (corp, truth) in tests.items():
             results[name][kind], pred, true, _ = evaluate(model, corp, truth, regions)
             if name == "base" and kind == first:
                 preds["base"], preds["true"] = pred, true
     print("references (face, sim, mm): " + "; ".join(
-        f"{n} {results[n][first][KEY + '_face']:.2f}" for n in REFERENCES), flush=True)
+        f"{n} {results[n][first][KEY + '_face']:.2f}" for n in wanted), flush=True)
 
     runs = [(n, FLAGS.main_k) for n in sizes] + [(FLAGS.component_sweep_n, k) for k in ks if k != FLAGS.main_k]
     main_key = (max(sizes), FLAGS.main_k)
@@ -466,7 +477,7 @@ def print_table(results, rigs) -> None:
                        f"{d.mean():+.2f}±{se:.2f})")
         return " | ".join(out)
 
-    for name in REFERENCES:
+    for name in (n for n in REFERENCES if n in results):
         print(f"| {name} | - | - | {cells(results[name])} | - |")
     for r in results["learned"]:
         print(f"| learned (prior ×{r.get('test_prior', 1.0):g}) | {r['train_clips']} | {r['components']} | {cells(r)} | "

@@ -66,8 +66,9 @@ class SetupConfig:
         "mouth reach its range (0: NeuFace's result as it is).")
     refine_lr: float = setting(refine_lib.DEFAULT_REFINE_LR, "Learning rate of the per-frame refinement.")
     weight_photometric: float = setting(
-        0.0, "Weight of the photometric term (rendered mesh vs the crops, albedo and light solved per step; 0: off). "
-        "It starts after --image_terms_start optimizer steps, ramped in over 20.")
+        0.0, "Weight of the photometric term (rendered mesh vs the crops, albedo and light solved per step; 0: off; "
+        "about 1 for NeuFace, 5 for a direct fit). It starts after --image_terms_start optimizer steps, ramped in "
+        "over 20.")
     weight_silhouette: float = setting(
         0.0, "Weight of the silhouette term (rendered face outline vs MediaPipe's face oval; 0: off). Same schedule.")
     image_terms_start: int = setting(

@@ -39,7 +39,9 @@ def learn_model_main(argv: list[str]) -> int:
         [--shape_components 8] [--albedo_components 0] [--max_frames 16] [--part all|first_half|second_half]
 
     Every clip gets one identity over all its frames and views; the learned components are smooth
-    over the mesh and orthogonal to the base's identity space (--orthogonal_to). With
+    over the mesh, learned orthogonal to the base's identity space (--orthogonal_to), then take back
+    the part of the clips' base identity and mean expression that is correlated with them over the
+    corpus (--reassign: identity and expression told apart by their statistics). With
     --albedo_components K the clips' face crops also give per-vertex albedo components (the
     photometric step), written into the model file's albedo_mean / albedo_basis members. The result
     is an ordinary model file (with <stem>.landmark_embedding.npz beside it) for annotate

@@ -33,6 +33,10 @@ def _define(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags.DEFINE_enum("arch", "small", ["small", "resnet50"], "small: the CPU encoder at 64 px; resnet50: DECA's "
                       "backbone at 224 px (for accelerators).", flag_values=fv)
+    flags.DEFINE_integer("image_size", None, "Encoder crop size in px, a multiple of 32 (default: 64 for small, "
+                         "224 for resnet50; a step costs about the pixel count: 96 or 128 is a ResNet-50 a CPU can "
+                         "train).",
+                         flag_values=fv)
     flags.DEFINE_enum("preset", "cpu", sorted(pretrain.PRESETS), "Sizes: tiny (a smoke run), cpu (minutes on a "
                       "CPU), gpu (a long accelerator run, images rendered on the fly). Explicit flags override it.",
                       flag_values=fv)
@@ -62,11 +66,16 @@ def _face(fv) -> fit_lib.FaceModel:
     return fit_lib.FaceModel(model, emb)
 
 
-def encoder_config_for(arch: str, model) -> encoder_lib.EncoderConfig:
-    """The encoder ``--arch`` trains for ``model``: the default (small, 64 px) or ResNet-50 at 224 px."""
+def encoder_config_for(arch: str, model, image_size: int | None = None) -> encoder_lib.EncoderConfig:
+    """The encoder ``--arch`` trains for ``model``: the default (small, 64 px) or ResNet-50 at 224 px;
+    ``image_size`` overrides the crop size (a ResNet-50 at 96–128 px is what a CPU can pretrain)."""
     cfg = starting.default_encoder_config(model)
     if arch == "resnet50":
         cfg = dataclasses.replace(cfg, arch="resnet50", image_size=224, head_hidden=1024)
+    if image_size is not None:
+        if image_size < 32 or image_size % 32:
+            raise ValueError(f"--image_size {image_size}: must be a positive multiple of 32")
+        cfg = dataclasses.replace(cfg, image_size=image_size)
     starting.check_fits(cfg, model)
     return cfg
 
@@ -81,7 +90,7 @@ def _run_config(fv) -> pretrain.SyntheticPretrainConfig:
 def pretrain_main(argv: list[str]) -> int:
     """Trains an encoder prior on synthetic renders of a FLAME-format model.
 
-    neuface-jax pretrain --out DIR [--flame_model F --landmark_embedding E] [--arch small|resnet50]
+    neuface-jax pretrain --out DIR [--flame_model F --landmark_embedding E] [--arch small|resnet50] [--image_size N]
         [--preset tiny|cpu|gpu] [--resume] [--real_clips a.mp4,b.mp4] [--bf16] [--init CKPT]
 
     Renders faces of the model (default: the demo head) over the ranges real video shows — identity,
@@ -98,7 +107,7 @@ def pretrain_main(argv: list[str]) -> int:
     start = time.perf_counter()
     try:
         face = _face(fv)
-        enc_cfg = encoder_config_for(fv.arch, face.flame)
+        enc_cfg = encoder_config_for(fv.arch, face.flame, fv.image_size)
         run = _run_config(fv)
         render = flags_lib.build(fv, pretrain.RenderConfig, augment=flags_lib.build(fv, augment.AugmentConfig))
         real = []

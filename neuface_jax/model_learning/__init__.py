@@ -1,7 +1,7 @@
 """Learning the face model itself from a corpus of clips (``neuface-jax learn-model``; docs/model_learning.md).
 
 ``load_corpus`` (a manifest → landmark targets, optionally face crops), ``learn_model`` (corrective
-identity components, smooth and orthogonal to the base's identity space, learned jointly with one
+identity components, smooth fields beside the base's identity space, learned jointly with one
 identity per clip; optionally per-vertex albedo components from the crops), ``save_learned_model`` /
 ``read_learning_record`` / ``read_albedo_model`` (an ordinary FLAME-format ``.npz`` with the
 learning record and the albedo model inside), ``fit_clips`` and ``fit_albedo`` (multi-frame

@@ -11,13 +11,21 @@ How the components are kept well-posed:
   graph Laplacian (``laplacian_basis``), penalized by their eigenvalues (the Laplacian energy
   ``Σ λ_m |W_m|²``): landmarks constrain a few hundred vertices, and the smooth extension decides
   the rest of the mesh;
-* **apart from the base identity** (and, with ``orthogonal_to=identity_expression``, from the
-  expression blend shapes too): the offsets are projected onto the orthogonal complement of that
-  span, so no learned component duplicates a base component. Identity and expression are told apart
-  by the clip's one identity over frames with changing expressions; projecting out the expression
-  span as well removes real identity variation (a neutral face that resembles a base expression);
+* **free of the base spans, by default** (``orthogonal_to=none``): a clip's identity is seen only at
+  the landmarks, where the base's identity (or a constant expression) can mimic part of any field.
+  Projecting the components off the base identity span (``identity``; ``identity_expression`` also
+  off the expression span) hands that part to the base's coefficients, which extend it between the
+  landmarks like a base component, and makes those coefficients large where the base's prior expects
+  small ones; free components keep it in a smooth field. The base's components stay as they are, and
+  the learned coefficients get their own test-time prior (``test_prior``) so the overlap does not
+  cost faces the base represents;
 * **small**: an L2 penalty on the coefficients of the components and a prior on each clip's
-  coefficients.
+  coefficients;
+* optionally **told apart from the base's identity and expression by their statistics**
+  (``reassign``): over a population identity and expression are independent, so the part of the
+  clips' base identity coefficients and mean expressions that follows the learned coefficients is
+  moved into the components (``reassign_correlated``); every clip's meshes stay the same. It helps
+  the projected variants, not the free one.
 
 In the learning stages the expression prior is stronger (``expression_prior_scale``), so a clip's
 constant shape change goes to its identity offset rather than to per-frame expressions; optionally
@@ -29,8 +37,9 @@ principal directions of these offsets; (2b) Adam on all clips' parameters and th
 jointly, the whole corpus per step (one step = one epoch); (3) the learned offsets of the training
 clips, ``z_c · D``, are reduced by an SVD to K orthogonal components ordered by variance and scaled
 so that a unit coefficient is one standard deviation over the corpus (the PCA convention of FLAME's
-identity space); (4) with albedo components, each clip's per-vertex albedo at its fitted meshes and
-their PCA (``albedo``). The result is an ordinary model.
+identity space), optionally with their corpus-correlated part of the base spans (``reassign``);
+(4) with albedo components, each clip's per-vertex albedo at its fitted meshes and their PCA
+(``albedo``). The result is an ordinary model.
 """
 
 from __future__ import annotations
@@ -63,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 
 ORTHOGONAL_TO = ("identity", "identity_expression", "none")
+#: Spans whose corpus-correlated part is given back to the learned components (``reassign_correlated``).
+REASSIGN = ("identity_expression", "expression", "identity", "none")
 #: Joint-step learning rates after the per-clip start, as a fraction of the configured ones.
 REFINE_RATE_FACTOR = 0.1
 
@@ -88,10 +99,12 @@ class LearnConfig:
         "landmark/camera-model bias) is learned apart from the components: drop = not written (the base "
         "template is kept), apply = added to the template.", choices=("drop", "apply"))
     orthogonal_to: str = setting(
-        "identity", "Span the learned components are kept orthogonal to: identity = the base's identity blend "
-        "shapes (one identity per clip over its frames separates identity from expression); "
-        "identity_expression = also the expression blend shapes (a face whose neutral shape resembles an "
-        "expression of the base then cannot be represented); none = free (components may overlap the base's).",
+        "none", "Span the learned components are kept orthogonal to: none = free smooth fields (they may overlap "
+        "the base's identity span: the base's components stay as they are, and whatever of an identity the "
+        "base can mimic only at the landmarks is not handed to the base's coefficients, so it is extended "
+        "between the landmarks by smoothness rather than like a base component); identity = the base's "
+        "identity blend shapes; identity_expression = also the expression blend shapes (a face whose neutral "
+        "shape resembles an expression of the base then cannot be represented).",
         choices=ORTHOGONAL_TO)
     init: str = setting(
         "per_clip", "How the joint steps start: per_clip = every clip first gets its own smooth offset (same "
@@ -111,6 +124,12 @@ class LearnConfig:
         "with them: the dense signal between the landmarks) in the per-clip offsets and the joint steps; needs "
         "the corpus's images (corpus image_size > 0); 0 = landmarks only.")
     photometric_refresh: int = setting(8, "Re-rasterize the clips' meshes every N steps (photometric > 0).")
+    reassign: str = setting(
+        "none", "Spans whose part that is correlated over the corpus with the learned coefficients "
+        "is moved into the learned components (reassign_correlated: identity and expression are told apart by "
+        "being independent over the population, not by orthogonality): identity_expression = the base identity "
+        "coefficients and each clip's mean expression, expression / identity = one of them, none = the "
+        "components stay orthogonal to what orthogonal_to names.", choices=REASSIGN)
     seed: int = setting(0, "Seed of the components' initialization (init random).")
 
     def __post_init__(self):
@@ -122,6 +141,8 @@ class LearnConfig:
             raise ValueError(f"orthogonal_to must be one of {ORTHOGONAL_TO}, got {self.orthogonal_to!r}")
         if self.shared_offset not in ("drop", "apply"):
             raise ValueError(f"shared_offset must be drop or apply, got {self.shared_offset!r}")
+        if self.reassign not in REASSIGN:
+            raise ValueError(f"reassign must be one of {REASSIGN}, got {self.reassign!r}")
         if self.init not in ("per_clip", "random"):
             raise ValueError(f"init must be per_clip or random, got {self.init!r}")
         if float(self.test_prior) < 0 or float(self.expression_prior_scale) <= 0:
@@ -365,6 +386,83 @@ def fit_clip_offsets(consts: _Consts, clips: mfit.LandmarkClip, images, start: m
     return trainable
 
 
+def clip_expression_means(params: mfit.ClipParams, frame_mask) -> np.ndarray:
+    """[N, E] each clip's expression averaged over its frames (``frame_mask`` [N, T, W])."""
+    fm = np.max(np.asarray(frame_mask, np.float64), axis=-1)  # [N, T]
+    e = np.asarray(params.expression, np.float64)
+    return np.einsum("nt,nte->ne", fm, e) / np.maximum(fm.sum(-1), 1.0)[:, None]
+
+
+def _shrinkage(z, y, g) -> np.ndarray:
+    """[P] positive-part James–Stein-like factors ``1 − K σ²/(g ZᵀZ gᵀ)`` of the rows of the least-squares
+    ``g`` [P, K] of centred ``y`` [N, P] on centred ``z`` [N, K] (σ²: the row's residual variance over
+    N − K − 1 degrees of freedom; the statistic is about K for a row of pure noise): a row is kept in
+    proportion to how far it stands above its sampling noise, so chance correlations of a small corpus
+    are not moved into the components."""
+    n, k = z.shape
+    resid = y - z @ g.T
+    noise = np.sum(resid**2, 0) / max(n - k - 1, 1)  # [P] residual variance
+    cov = np.linalg.pinv(z.T @ z)  # sampling covariance of a row of g, per unit noise
+    signal = np.einsum("pk,kl,pl->p", g, np.linalg.pinv(cov), g)  # g Σ^-1 g^T: chi-square-like, noise k
+    return np.clip(1.0 - k * noise / np.maximum(signal, 1e-30), 0.0, 1.0)
+
+
+def reassign_correlated(base: flame_jax.FlameModel, components, coords, base_shapes, expression_means,
+                        spans: str = "identity_expression"):
+    """Moves into the learned components the part of the base identity coefficients and of each clip's
+    mean expression that is correlated with the learned coefficients over the corpus.
+
+    A clip's constant shape change can be written with its identity (base and learned coefficients)
+    or with a constant expression, and landmarks cannot tell which; the regularizers then split it,
+    and what the learned components were kept orthogonal to is lost to them. Over a population,
+    identity and expression (and, by the PCA convention, the base and learned identity coefficients)
+    are independent, so whatever of the base coefficients ``s_c`` and mean expressions ``m_c``
+    follows the learned coordinates ``z_c`` belongs to the learned components: the least-squares
+    ``G`` of ``[s_c, m_c] ≈ a + G z_c`` gives each component ``D_k + B^T G[:, k]`` (B: the base's
+    identity and expression blend shapes), and each clip ``s_c − G_s z_c``, expressions
+    ``e_t − G_e z_c`` — every clip's meshes stay exactly the same. The components are then made
+    orthogonal again (an SVD; the coordinates stay white over the corpus). Each row of ``G`` is
+    shrunk toward zero by its James–Stein factor (``_shrinkage``); with fewer than K + 3 clips
+    nothing moves.
+
+    Args:
+      components: [K, V, 3] learned components; coords: [N, K] the clips' coordinates (unit
+        variance over the corpus); base_shapes: [N, S]; expression_means: [N, E] (``clip_expression_means``).
+      spans: ``identity_expression``, ``identity`` or ``expression`` (``none``: nothing moves).
+
+    Returns:
+      ``(components [K, V, 3], coords [N, K], base-shape change [N, S], expression change [N, E], info)``
+      with ``info`` the rms (mm) of the part moved into each component from either span.
+    """
+    if spans not in REASSIGN:
+        raise ValueError(f"spans must be one of {REASSIGN}, got {spans!r}")
+    comps = np.asarray(components, np.float64)
+    k, v = comps.shape[0], comps.shape[1]
+    z = np.asarray(coords, np.float64)
+    n, s_count, e_count = z.shape[0], base.num_shape, base.num_expression
+    d_shape, d_expr = np.zeros((n, s_count)), np.zeros((n, e_count))
+    info = {"identity_rms_mm": [0.0] * k, "expression_rms_mm": [0.0] * k}
+    if spans == "none" or n < k + 3:
+        return comps.astype(np.float32), z, d_shape, d_expr, info
+    zc = z - z.mean(0)
+    basis = np.asarray(base.basis, np.float64)
+    for name, y, rows, change in (("identity", base_shapes, basis[:s_count], d_shape),
+                                  ("expression", expression_means, basis[s_count:s_count + e_count], d_expr)):
+        if name not in spans:
+            continue
+        y = np.asarray(y, np.float64)
+        y = y - y.mean(0)
+        g = np.linalg.lstsq(zc, y, rcond=1e-6)[0].T  # [P, K]
+        g *= _shrinkage(zc, y, g)[:, None]
+        part = (g.T @ rows).reshape(k, v, 3)
+        comps = comps + part
+        change -= z @ g.T
+        info[f"{name}_rms_mm"] = [float(x) for x in np.sqrt(np.mean(np.sum(part**2, -1), -1)) * 1000.0]
+    u, sig, vt = np.linalg.svd(comps.reshape(k, -1), full_matrices=False)
+    comps = (sig[:, None] * vt).reshape(-1, v, 3)
+    return comps.astype(np.float32), z @ u, d_shape, d_expr, info
+
+
 # --------------------------------------------------------------------------- driver
 @dataclasses.dataclass(frozen=True)
 class LearnResult:
@@ -476,11 +574,20 @@ def learn_model(
     shared = d[0] + mean  # what every clip has in common
     _, sig, vt = np.linalg.svd(offsets - mean, full_matrices=False)
     n = offsets.shape[0]
-    count = min(k, len(sig))
+    # Never more components than the corpus's offsets span (N clips, centred: at most N - 1).
+    count = max(min(k, int(np.sum(sig > 1e-6 * max(sig[0], 1e-30)))), 1)
+    if count < k:
+        logger.warning("%d clips' offsets span %d directions: writing %d learned components, not %d", n, count,
+                       count, k)
     std = np.maximum(sig[:count] / np.sqrt(n), 1e-12)
     comps = (vt[:count] * std[:, None]).reshape(count, base.num_vertices, 3)
     coords = (offsets - mean) @ vt[:count].T / std
-    shapes = np.concatenate([np.asarray(trainable["clips"].shape)[:, : base.num_shape], coords], -1)
+    base_shapes = np.asarray(trainable["clips"].shape, np.float64)[:, : base.num_shape]
+    comps, coords, d_shape, d_expr, moved = reassign_correlated(
+        base, comps, coords, base_shapes, clip_expression_means(trainable["clips"], clips.frame_mask),
+        config.reassign)
+    std = np.linalg.norm(comps.reshape(count, -1).astype(np.float64), axis=-1)  # a unit coefficient's norm
+    shapes = np.concatenate([base_shapes + d_shape, coords], -1)
     label = name or f"{base.name} + {count} learned identity components"
     template_offset = shared.reshape(base.num_vertices, 3) if config.shared_offset == "apply" else None
     model = model_file.append_identity_components(base, comps, label, template_offset=template_offset)
@@ -497,7 +604,7 @@ def learn_model(
         with progress("albedo of the corpus clips", len(corpus)) as bar:
             for i, c in enumerate(corpus.clips):
                 p = jax.tree.map(lambda x: x[i], params)
-                p = dataclasses.replace(p, shape=shapes[i])
+                p = dataclasses.replace(p, shape=shapes[i], expression=p.expression + d_expr[i].astype(np.float32))
                 # Every clip padded to the corpus's frames x views (masked): one compilation.
                 t, w = c.data.frame_mask.shape
                 images = np.zeros(clips.frame_mask.shape[1:] + c.images.shape[-3:], np.float32)
@@ -530,7 +637,8 @@ def learn_model(
         "learned": {"shape_components": count, "first_component": base.num_shape,
                     "component_rms_mm": [float(x) for x in rms_mm], **albedo_record,
                     "shared_offset": config.shared_offset, "shared_offset_rms_mm": shared_rms_mm,
-                    "orthogonal_to": config.orthogonal_to},
+                    "orthogonal_to": config.orthogonal_to, "reassign": config.reassign,
+                    "reassigned_rms_mm": moved},
         "corpus": {"clips": len(corpus), "clip_ids": [c.clip_id for c in corpus.clips],
                    "landmark_set": corpus.landmark_set, "contour": corpus.contour,
                    "frames": int(clips.frame_mask.shape[1]), "views": int(clips.frame_mask.shape[2])},
@@ -548,5 +656,5 @@ def learn_model(
                        record=record, albedo=albedo_model)
 
 
-__all__ = ["LearnConfig", "LearnResult", "complement_projector", "components_from_coefficients",
-           "laplacian_basis", "learn_model"]
+__all__ = ["LearnConfig", "LearnResult", "clip_expression_means", "complement_projector",
+           "components_from_coefficients", "laplacian_basis", "learn_model", "reassign_correlated"]

@@ -134,8 +134,10 @@ def procedural_albedo(model, embedding68, seed: int = 0) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def demo_albedo_model() -> AlbedoModel:
-    """``procedural_albedo_model`` of the demo head (built once)."""
-    return procedural_albedo_model(flame_jax.demo_model(), flame_jax.demo_landmark_embedding())
+    """``procedural_albedo_model`` of the demo head (built once; concrete even when first asked for
+    inside a traced loss, e.g. a packed or jitted fit)."""
+    with jax.ensure_compile_time_eval():
+        return procedural_albedo_model(flame_jax.demo_model(), flame_jax.demo_landmark_embedding())
 
 
 # --------------------------------------------------------------------------- face region
@@ -200,9 +202,10 @@ def face_region_for(num_vertices: int, num_faces: int) -> np.ndarray | None:
     use), or None."""
     key = (int(num_vertices), int(num_faces))
     if key not in _REGIONS:
-        demo = flame_jax.demo_model()
-        if key == (int(demo.v_template.shape[0]), int(demo.faces.shape[0])):
-            register_face_region(demo, flame_jax.demo_landmark_embedding())
+        with jax.ensure_compile_time_eval():  # first asked for inside a traced loss: build it concrete
+            demo = flame_jax.demo_model()
+            if key == (int(demo.v_template.shape[0]), int(demo.faces.shape[0])):
+                register_face_region(demo, flame_jax.demo_landmark_embedding())
     return _REGIONS.get(key)
 
 
@@ -216,8 +219,9 @@ def _ridge_solve(ata, atb, ridge):
     return jnp.linalg.solve(ata + reg + 1e-8 * eye, atb[..., None])[..., 0]
 
 
-def solve_light(design, target, weights, *, per_image: bool = True, ridge: float = 1e-3) -> jax.Array:
-    """SH light per colour channel minimizing Σ w (design · L − target)².
+def solve_light(design, target, weights, *, per_image: bool = True, ridge: float = 1e-3, prior=None,
+                prior_weight: float = 0.0) -> jax.Array:
+    """SH light per colour channel minimizing Σ w (design · L − target)² (+ the prior's pull).
 
     Args:
       design: [B, P, 3, 9] per pixel and channel: the albedo-weighted SH basis of its surface point.
@@ -225,6 +229,9 @@ def solve_light(design, target, weights, *, per_image: bool = True, ridge: float
       weights: [B, P] pixel weights.
       per_image: one light per image ([B, 9, 3]); else one for all ([9, 3]).
       ridge: ridge weight on the 8 non-constant coefficients (keeps unseen directions at 0).
+      prior: optional [9, 3] light that each solved light is pulled toward with ``prior_weight`` per
+        weighted pixel (``prior_weight · n · |L − prior|²``): per-image lights tied to a clip's light,
+        so that one image cannot re-light itself to explain what the others do not show.
     """
     ata = jnp.einsum("bp,bpck,bpcl->bckl", weights, design, design)
     atb = jnp.einsum("bp,bpck,bpc->bck", weights, design, target)
@@ -233,6 +240,9 @@ def solve_light(design, target, weights, *, per_image: bool = True, ridge: float
     npix = jnp.maximum(jnp.sum(weights, -1), 1.0)
     npix = npix if per_image else jnp.sum(npix, keepdims=True)
     ridge_vec = jnp.concatenate([jnp.zeros(1), jnp.full(8, ridge)])[None, None] * npix[:, None, None]
+    if prior is not None and prior_weight > 0:
+        ridge_vec = ridge_vec + prior_weight * npix[:, None, None]
+        atb = atb + prior_weight * npix[:, None, None] * jnp.swapaxes(jnp.asarray(prior), -1, -2)[None]
     sol = _ridge_solve(ata, atb, ridge_vec)  # [B, 3, 9]
     light = jnp.swapaxes(sol, -1, -2)
     return light if per_image else light[0]

@@ -73,6 +73,9 @@ class PhotometricConfig:
                           "'auto' (model on the demo head, else vertex).", choices=("auto", "model", "vertex", "batch"))
     light: str = setting("frame", "SH light: one per image ('frame'), one per batch ('clip') or batch['sh_light'].",
                          choices=("frame", "clip", "batch"))
+    light_prior: float = setting(0.0, "With light='frame': each image's light is pulled toward the batch's one "
+                                 "light with this weight per weighted pixel (0: independent per-image lights), "
+                                 "so an occluded image cannot re-light itself to explain the occluder.")
     region: str = setting("face", "Surface points compared: the mesh's face region or 'all'.", choices=("face", "all"))
     skin: bool = setting(True, "Skin attention: down-weight pixels whose colour is not the face's.")
     skin_floor: float = setting(0.25, "Weight of a non-skin pixel where the face oval is unknown.")
@@ -101,6 +104,9 @@ class PhotometricConfig:
                               "solve) exceeds the batch's typical error at the same surface point by this many mean "
                               "errors is dropped and the appearance re-solved. It drops a hand over the mouth, but "
                               "also feature edges of clean frames, which cost landmark accuracy (docs/photometric.md).")
+    frame_outliers: float = setting(0.0, "Per-image robust weight (0: off): an image whose mean colour error (after "
+                                    "the appearance solve) exceeds this many times the batch's median image error "
+                                    "is down-weighted by (k · median / error)², and the appearance re-solved.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,11 +304,19 @@ def _solve_appearance(verts, faces, raster, target, weights, config: Photometric
         prior = jnp.asarray([0.7, 0.5, 0.4])
         albedo = jnp.broadcast_to(prior, (nv, 3))
     per_image = config.light == "frame"
+
+    def solve_light(design):
+        if per_image and config.light_prior > 0:  # per-image lights tied to the batch's one light
+            shared = albedo_lib.solve_light(design, tgt, w, per_image=False, ridge=config.light_ridge)
+            return albedo_lib.solve_light(design, tgt, w, per_image=True, ridge=config.light_ridge, prior=shared,
+                                          prior_weight=config.light_prior)
+        return albedo_lib.solve_light(design, tgt, w, per_image=per_image, ridge=config.light_ridge)
+
     light = None
     for _ in range(max(int(config.solve_iterations), 1)):
         a_corner = albedo[vid]  # [B, P, 3, 3(channel)]
         design = jnp.einsum("bpk,bpkc,bpkl->bpcl", bary, a_corner, y_corner)
-        light = albedo_lib.solve_light(design, tgt, w, per_image=per_image, ridge=config.light_ridge)
+        light = solve_light(design)
         lb = light if per_image else jnp.broadcast_to(light, (b_count,) + light.shape)
         shade = jnp.einsum("bvl,blc->bvc", ybasis, lb)  # [B, V, 3]
         s_corner = jax.vmap(lambda s, i: s[i])(shade, vid)  # [B, P, 3, 3]
@@ -317,7 +331,7 @@ def _solve_appearance(verts, faces, raster, target, weights, config: Photometric
     albedo = jnp.clip(albedo, 0.0, 1.0)
     a_corner = albedo[vid]
     design = jnp.einsum("bpk,bpkc,bpkl->bpcl", bary, a_corner, y_corner)
-    light = albedo_lib.solve_light(design, tgt, w, per_image=per_image, ridge=config.light_ridge)
+    light = solve_light(design)
     if per_image:
         light = light.reshape(lead + light.shape[1:])
     return jax.lax.stop_gradient(albedo), jax.lax.stop_gradient(light)
@@ -365,6 +379,20 @@ def occlusion_mask(err, face_index, barycentric, faces, weights, num_vertices: i
     typical = jnp.sum(typical_v[vid] * jnp.where(covered[..., None], barycentric, 0.0), -1)
     scale = jnp.sum(err * w) / jnp.maximum(jnp.sum(w), 1.0)
     return (err <= typical + k * scale).astype(err.dtype)
+
+
+def frame_weights(err, weights, k: float) -> jax.Array:
+    """[B] per-image weights (no gradient): 1, or ``(k · m / e)²`` for an image whose weighted mean
+    colour error ``e`` exceeds ``k`` times the median ``m`` of the batch's images (those with weighted
+    pixels). A frame with a hand over the mouth stands out against the clip's other frames once the
+    appearance is shared; a misfit the whole clip shares does not. err, weights: [B, P]."""
+    err = jax.lax.stop_gradient(err)
+    tot = jnp.sum(weights, -1)
+    e = jnp.sum(err * weights, -1) / jnp.maximum(tot, 1e-6)
+    has = tot > 0
+    med = jnp.nanmedian(jnp.where(has, e, jnp.nan))
+    w = jnp.clip((k * med / jnp.maximum(e, 1e-6)) ** 2, 0.0, 1.0)
+    return jnp.where(has & jnp.isfinite(w), w, 0.0)
 
 
 # --------------------------------------------------------------------------- the photometric loss
@@ -489,17 +517,24 @@ def photometric_inputs(batch, config: PhotometricConfig) -> TermInputs:
         if config.albedo != "batch" or config.light != "batch":
             raise ValueError("photometric: albedo='batch' and light='batch' go together")
     else:
-        albedo, light = _solve_appearance(verts, faces, raster, seen.reshape(lead + (size, size, 3)),
-                                          weights, config)
-        for _ in range(_OUTLIER_PASSES if config.outliers > 0 else 0):  # a second pass sees a cleaner light
+        target = seen.reshape(lead + (size, size, 3))
+        albedo, light = _solve_appearance(verts, faces, raster, target, weights, config)
+
+        def error(albedo, light):  # [n, P] colour error of the solved appearance (no gradient)
             fixed = render_lib.render_batch(jax.lax.stop_gradient(verts), faces, jax.lax.stop_gradient(cam), albedo,
                                             light, raster, pixel_aligned=config.align == "pixel")
-            err = jnp.linalg.norm(fixed.rgb - seen.reshape(fixed.rgb.shape), axis=-1).reshape(n, -1)
-            keep = occlusion_mask(err, raster.face_index.reshape(n, -1), raster.barycentric.reshape(n, -1, 3),
-                                  faces, weights.reshape(n, -1), nv, config.outliers)
+            return jnp.linalg.norm(fixed.rgb - target, axis=-1).reshape(n, -1)
+
+        for _ in range(_OUTLIER_PASSES if config.outliers > 0 else 0):  # a second pass sees a cleaner light
+            keep = occlusion_mask(error(albedo, light), raster.face_index.reshape(n, -1),
+                                  raster.barycentric.reshape(n, -1, 3), faces, weights.reshape(n, -1), nv,
+                                  config.outliers)
             weights = weights * keep.reshape(weights.shape)
-            albedo, light = _solve_appearance(verts, faces, raster, seen.reshape(lead + (size, size, 3)),
-                                              weights, config)
+            albedo, light = _solve_appearance(verts, faces, raster, target, weights, config)
+        if config.frame_outliers > 0:
+            frame_w = frame_weights(error(albedo, light), weights.reshape(n, -1), config.frame_outliers)
+            weights = weights * frame_w.reshape(lead + (1, 1))
+            albedo, light = _solve_appearance(verts, faces, raster, target, weights, config)
     return TermInputs(images, verts, cam, faces, raster, attention, weights, albedo, light)
 
 
@@ -646,5 +681,5 @@ losses_lib.register_term("face_oval", silhouette_term, overwrite=True)
 __all__ = [
     "JAW_IDS", "PhotometricConfig", "SilhouetteConfig", "TermInputs", "bilinear_sample", "face_mask_iou", "gaussian_blur", "level_weights",
     "occlusion_mask", "oval_mask", "oval_polygon", "photometric_inputs", "photometric_loss", "photometric_term", "pixel_weights", "pyramid",
-    "recipe_terms", "robust_penalty", "schedule_weight", "silhouette_loss", "silhouette_term", "skin_attention", "view_consensus",
+    "recipe_terms", "robust_penalty", "frame_weights", "schedule_weight", "silhouette_loss", "silhouette_term", "skin_attention", "view_consensus",
 ]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -114,7 +115,8 @@ class RasterMemo:
     """Host-side memo of rasterizations, keyed by an image fingerprint; thread-safe and bounded.
 
     Each key remembers its last raster and how many times it was asked for; the raster is recomputed
-    on the first request and every ``refresh_every``-th one after it.
+    on the first request and every ``refresh_every``-th one after it. ``seconds`` counts the time spent
+    rasterizing (the refresh's share of a fit's time).
     """
 
     def __init__(self, max_entries: int = 512):
@@ -123,11 +125,13 @@ class RasterMemo:
         self._lock = threading.Lock()
         self.calls = 0
         self.refreshes = 0
+        self.seconds = 0.0
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
             self.calls = self.refreshes = 0
+            self.seconds = 0.0
 
     def lookup(self, key, refresh_every: int, compute):
         with self._lock:
@@ -138,9 +142,11 @@ class RasterMemo:
                 entry[0] += 1
                 if (entry[0] - 1) % max(int(refresh_every), 1) != 0:
                     return entry[1]
+        start = time.perf_counter()
         value = compute()
         with self._lock:
             self.refreshes += 1
+            self.seconds += time.perf_counter() - start
             if entry is None:
                 entry = [1, value]
                 self._entries[key] = entry

@@ -27,9 +27,11 @@ __all__ = ["OneEuroConfig", "OneEuroState", "OneEuroFilter", "init", "step", "sm
 class OneEuroConfig:
     """Settings of the One-Euro filter (units of the filtered values per second for ``beta``)."""
 
-    min_cutoff: float = setting(1.5, "One-Euro filter: cut-off frequency (Hz) of a still signal (lower = smoother).",
+    # Defaults: the least jitter whose filtered NME is no higher than the raw output's on the training
+    # frames of the distilled clips (docs/realtime.md, "Choosing the One-Euro settings").
+    min_cutoff: float = setting(3.0, "One-Euro filter: cut-off frequency (Hz) of a still signal (lower = smoother).",
                                 flag="filter_min_cutoff")
-    beta: float = setting(0.5, "One-Euro filter: how fast the cut-off rises with speed (higher = less lag).",
+    beta: float = setting(1.0, "One-Euro filter: how fast the cut-off rises with speed (higher = less lag).",
                           flag="filter_beta")
     d_cutoff: float = setting(1.0, "One-Euro filter: cut-off frequency (Hz) of the speed estimate.",
                               flag="filter_d_cutoff")

@@ -12,6 +12,10 @@ Two sources of supervised examples, mixed in every batch:
   clip's frames is kept out of training for evaluation. With ``mirror``, every distilled frame also
   enters flipped left/right with its targets mirrored (``mirror_examples``), as another person.
 
+Two weaker sources add people without annotations: **still images** (``weak_data``: MediaPipe's 68
+points are the only targets, ``weak_landmark_loss``) and **unlabelled videos** (``unlabelled_data``:
+the landmark-free photometric term and identity consistency only).
+
 The loss is ``synthetic.pretrain.pretrain_loss`` (parameter regression, 2D landmarks through the
 predicted mesh and camera, 3D vertices) for both sources, plus **multi-frame identity
 consistency**: batches are built from groups of ``group_size`` images of the same clip (one
@@ -47,7 +51,9 @@ from neuface_jax.common.settings import setting
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
 from neuface_jax.core import losses as losses_lib
+from neuface_jax.media import crops
 from neuface_jax.media import landmark_sets as landmark_sets_lib
+from neuface_jax.media import landmarker as landmarker_lib
 from neuface_jax.media import video as video_lib
 from neuface_jax.photometric import loss as photometric_lib
 from neuface_jax.realtime import regressor as regressor_lib
@@ -72,6 +78,9 @@ __all__ = [
     "synthetic_data",
     "train",
     "unlabelled_data",
+    "WeakData",
+    "weak_data",
+    "weak_landmark_loss",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +89,8 @@ logger = logging.getLogger(__name__)
 DISTILLED_CLIP_BASE = 2_000_000_000
 #: First clip index of unlabelled videos.
 UNLABELLED_CLIP_BASE = 1_500_000_000
+#: First clip index of weakly labelled still images.
+WEAK_CLIP_BASE = 1_600_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +117,10 @@ class TrainConfig:
                                             "are any).")
     unlabelled_frames: int = setting(120, "Frames taken, evenly spaced, from the training part of each "
                                           "unlabelled video.")
+    weak_share: float = setting(0.125, "Share of each batch drawn from weakly labelled still images (when there "
+                                       "are any): other people, supervised by MediaPipe's landmarks only.")
+    weight_weak: float = setting(1.0, "Weight of the landmark term on weakly labelled images (relative to the "
+                                      "supervised landmark weight).")
     mirror: bool = setting(False, "Add a left/right mirrored copy of every distilled frame (image flipped, landmarks, "
                                   "pose, camera and coefficients mirrored; a new identity group): twice the real "
                                   "people and both turning directions.")
@@ -125,6 +140,9 @@ class TrainConfig:
             raise ValueError(f"distill_fraction must be in [0, 1], got {self.distill_fraction}")
         if not 0.0 <= self.unlabelled_share < 1.0:
             raise ValueError(f"unlabelled_share must be in [0, 1), got {self.unlabelled_share}")
+        if not 0.0 <= self.weak_share < 1.0 or self.weight_weak < 0:
+            raise ValueError(f"weak_share must be in [0, 1) and weight_weak >= 0, got {self.weak_share}, "
+                             f"{self.weight_weak}")
         if self.weight_photometric < 0 or self.unlabelled_frames < 1:
             raise ValueError("weight_photometric must be >= 0 and unlabelled_frames >= 1")
         if self.steps < 1:
@@ -300,6 +318,78 @@ def unlabelled_data(videos: Sequence, *, image_size: int = regressor_lib.DEFAULT
     return UnlabelledData(np.stack(images), np.asarray(groups, np.int32))
 
 
+@dataclasses.dataclass
+class WeakData:
+    """Face crops with landmark targets only: ``images`` uint8 [N, S, S, 3], ``landmarks`` [N, 68, 2]
+    (normalized crop coordinates), ``visible`` bool [N, 68], ``clip_index`` [N] (one person each)."""
+
+    images: np.ndarray
+    landmarks: np.ndarray
+    visible: np.ndarray
+    clip_index: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def weak_data(paths: Sequence, *, image_size: int = regressor_lib.DEFAULT_IMAGE_SIZE, face_landmarker=None,
+              mirror: bool = False, track_config: track_lib.TrackConfig = track_lib.TrackConfig(),
+              detector=None) -> WeakData | None:
+    """Still images of other people as weakly labelled examples: the crop the live tracker would take
+    (BlazeFace's box, ``track.detection_box``) and MediaPipe's iBUG-68 points in it as the only
+    targets (contour points facing away from the camera masked out, as ``annotate`` masks them).
+
+    Each image is one person (its own identity group: the group's images differ by augmentation);
+    with ``mirror`` its left/right mirror is another. An image that cannot be read is an error naming
+    it; one where no face is found is skipped with a warning (an error when none is left).
+    """
+    # cv2 is heavy; only reading still images needs it here.
+    import cv2
+
+    if not paths:
+        return None
+    own = detector is None
+    det = track_lib.FaceDetector(face_landmarker, track_config.min_detection_confidence) if own else detector
+    images, lmks, vis = [], [], []
+    try:
+        for path in paths:
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise ValueError(f"{path}: not a readable image")
+            frame = np.ascontiguousarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            dets = det.detect(frame)
+            # A fresh landmarker per image: VIDEO mode would carry one image's face into the next.
+            with landmarker_lib.FaceLandmarker(face_landmarker, landmarker_lib.LandmarkerOptions(num_faces=4)) as lm:
+                faces = lm.detect(frame, 0) if len(dets) else []
+            if not len(faces):
+                # No targets to learn from (often a profile view): skipped, the others still count.
+                logger.warning("%s: no face found by %s; skipped", path,
+                               "MediaPipe's landmarker" if len(dets) else "the face detector")
+                continue
+            box = track_lib.detection_box(dets[0], track_config)
+            nearest = int(np.argmin([np.linalg.norm(f[:, :2].mean(0) - box[:2]) for f in faces]))
+            pts = faces[nearest]
+            crop, m = regressor_lib.crop_box(frame, box, image_size)
+            ibug = pts[landmark_sets_lib.MEDIAPIPE_TO_IBUG68, :2]
+            images.append(crop)
+            lmks.append(crops.to_normalized(crops.apply_transform(ibug, m), image_size).astype(np.float32))
+            vis.append(landmark_sets_lib.landmark_visibility(pts)[landmark_sets_lib.MEDIAPIPE_TO_IBUG68])
+            logger.info("weakly labelled %s: %d of 68 landmarks visible", path, int(vis[-1].sum()))
+    finally:
+        if own:
+            det.close()
+    if not images:
+        raise ValueError(f"no face with landmarks in any of the {len(paths)} still images")
+    out = WeakData(np.stack(images), np.stack(lmks), np.stack(vis),
+                   WEAK_CLIP_BASE + np.arange(len(images), dtype=np.int32))
+    if mirror:
+        flipped = WeakData(np.ascontiguousarray(out.images[:, :, ::-1]),
+                           out.landmarks[:, landmark_sets_lib.IBUG68_MIRROR] * np.array([-1.0, 1.0], np.float32),
+                           out.visible[:, landmark_sets_lib.IBUG68_MIRROR], -1 - out.clip_index)
+        out = WeakData(*(np.concatenate([a, b]) for a, b in zip(dataclasses.astuple(out), dataclasses.astuple(flipped))))
+    return out
+
+
 # --------------------------------------------------------------------------- batches and losses
 def group_batches(clip_index: np.ndarray, num_groups: int, group_size: int, rng: np.random.Generator) -> np.ndarray:
     """``num_groups × group_size`` example indices, each group from one clip (with replacement within
@@ -330,6 +420,15 @@ def self_supervised_loss(shape, expression, pose, cam, images: jax.Array, face: 
     # The camera is a prediction like the rest (no landmarks place it on unlabelled frames).
     values, mask = photometric_lib.photometric_term(batch, refresh_every=1, camera_gradient=True)
     return losses_lib.masked_mean(values, mask)
+
+
+def weak_landmark_loss(shape, expression, pose, cam, landmarks: jax.Array, visible: jax.Array,
+                       face: fit_lib.FaceModel) -> jax.Array:
+    """Mean |error| of the predicted mesh's 68 landmarks against weak targets [B, 68, 2] (normalized),
+    over the visible ones [B, 68]."""
+    _, lmk, _ = fit_lib.evaluate_params(face, shape, expression, pose, cam)
+    w = visible.astype(lmk.dtype)[..., None]
+    return jnp.sum(jnp.abs(lmk - landmarks) * w) / jnp.maximum(2.0 * jnp.sum(w), 1.0)
 
 
 def augment(images: jax.Array, key: jax.Array) -> jax.Array:
@@ -419,6 +518,7 @@ def train(
     distill: Sequence = (),
     video_dirs: Sequence = (),
     unlabelled: Sequence = (),
+    weak_images: Sequence = (),
     face_landmarker=None,
     face: fit_lib.FaceModel | None = None,
     encoder: encoder_lib.Encoder | None = None,
@@ -433,7 +533,10 @@ def train(
       video_dirs: where to look for their videos when they have moved.
       unlabelled: videos without annotations (``unlabelled_data``): self-supervision only (the
         photometric term when ``weight_photometric`` > 0, and identity consistency).
-      face_landmarker: MediaPipe bundle whose face detector crops the unlabelled videos.
+      weak_images: still images of other people (``weak_data``): MediaPipe's landmarks are their only
+        targets (``weak_landmark_loss``), ``weak_share`` of every batch.
+      face_landmarker: MediaPipe bundle whose face detector crops the unlabelled videos and still images,
+        and whose landmarker labels the still images.
       face: the face model (default: the demo head; synthetic data is rendered from the demo head,
         so with another model set ``synthetic_clips=0`` and distil).
       encoder: initial weights (default a fresh regressor from ``config.seed``).
@@ -458,12 +561,14 @@ def train(
         raise ValueError("no labelled training data: set synthetic_clips > 0 or give annotations to distil")
     unl = unlabelled_data(unlabelled, image_size=config.image_size, holdout_fraction=config.holdout_fraction,
                           frames_per_video=config.unlabelled_frames, face_landmarker=face_landmarker)
+    weak = weak_data(weak_images, image_size=config.image_size, face_landmarker=face_landmarker, mirror=config.mirror)
     seconds["data"] = time.perf_counter() - t0
     counts = {"synthetic": len(syn_train) if syn_train is not None else 0,
               "distilled": len(dis_train) if dis_train is not None else 0,
-              "unlabelled": len(unl) if unl is not None else 0}
-    logger.info("training data: %d synthetic, %d distilled, %d unlabelled images (%.1f s)", counts["synthetic"],
-                counts["distilled"], counts["unlabelled"], seconds["data"])
+              "unlabelled": len(unl) if unl is not None else 0,
+              "weak": len(weak) if weak is not None else 0}
+    logger.info("training data: %d synthetic, %d distilled, %d unlabelled, %d weakly labelled images (%.1f s)",
+                counts["synthetic"], counts["distilled"], counts["unlabelled"], counts["weak"], seconds["data"])
 
     enc_cfg = regressor_lib.regressor_config(face.flame.num_shape, face.flame.num_expression,
                                              image_size=config.image_size)
@@ -472,8 +577,15 @@ def train(
     else:
         enc_cfg = encoder.config
         if enc_cfg.image_size != config.image_size:
-            raise ValueError(f"the initial regressor takes {enc_cfg.image_size} px crops; image_size is "
-                             f"{config.image_size}")
+            # The network is convolutional up to a global pool: its weights fit any crop size.
+            if enc_cfg.arch != "mobilenet":
+                raise ValueError(f"the initial regressor takes {enc_cfg.image_size} px crops; image_size is "
+                                 f"{config.image_size}")
+            logger.info("continuing a %d px regressor at %d px", enc_cfg.image_size, config.image_size)
+            enc_cfg = dataclasses.replace(enc_cfg, image_size=config.image_size)
+            graphdef, _, _ = encoder_lib.split_params(encoder_lib.init_encoder(enc_cfg), freeze_bn=False)
+            _, tr, rest = encoder_lib.split_params(encoder, freeze_bn=False)
+            encoder = encoder_lib.merge_params(graphdef, tr, rest)
     pcfg = config.pretrain_config()
     graphdef, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=False)
     trainable = jax.tree.map(jnp.array, trainable)
@@ -487,17 +599,22 @@ def train(
 
     groups = config.batch_size // gsize
     n_unl = 0 if unl is None else max(1, int(round(groups * config.unlabelled_share)))
-    if n_unl >= groups:
-        raise ValueError(f"batch_size {config.batch_size} leaves no labelled group beside {n_unl} unlabelled ones")
-    labelled = groups - n_unl
+    n_weak = 0 if weak is None else max(1, int(round(groups * config.weak_share)))
+    if n_unl + n_weak >= groups:
+        raise ValueError(f"batch_size {config.batch_size} leaves no labelled group beside {n_unl} unlabelled and "
+                         f"{n_weak} weakly labelled ones")
+    labelled = groups - n_unl - n_weak
     n_dis = 0 if dis_train is None else (
         labelled if syn_train is None else int(round(labelled * config.distill_fraction)))
     n_syn = labelled - n_dis
-    # Rows of a batch: synthetic, distilled, unlabelled groups in that order; the photometric term
-    # sees the real ones (distilled and unlabelled).
+    # Rows of a batch: synthetic, distilled, weakly labelled, unlabelled groups in that order; the
+    # photometric term sees the real ones (all but the synthetic).
     n_lab_rows, first_real = (n_syn + n_dis) * gsize, n_syn * gsize
+    weak_rows = slice(n_lab_rows, n_lab_rows + n_weak * gsize)
 
     def loss_fn(tr, r, batch, key):
+        batch = dict(batch)
+        weak_visible = batch.pop("weak_visible", None)
         images = batch["images"].astype(jnp.float32) / 255.0
         if config.reframe_zoom or config.reframe_shift:
             key, sub = jax.random.split(key)
@@ -512,6 +629,11 @@ def train(
         p = encoder_lib.decode_outputs(raw, enc_cfg)
         parts["identity"] = identity_consistency(p.shape, gsize)
         total = total + config.weight_identity * parts["identity"]
+        if n_weak:
+            parts["weak_landmark"] = weak_landmark_loss(p.shape[weak_rows], p.expression[weak_rows], p.pose[weak_rows],
+                                                        p.cam[weak_rows], batch["landmarks"][weak_rows], weak_visible,
+                                                        face)
+            total = total + config.weight_weak * pcfg.weight_landmark * parts["weak_landmark"]
         if config.weight_photometric and first_real < raw.shape[0]:
             real = slice(first_real, None)
             parts["photometric"] = self_supervised_loss(p.shape[real], p.expression[real], p.pose[real], p.cam[real],
@@ -538,10 +660,16 @@ def train(
         if n_dis:
             b = _batch(dis_train, group_batches(dis_train.clip_index, n_dis, gsize, rng))
             batch = _merge_batches(batch, b) if batch is not None else b
+        if n_weak:
+            idx_weak = group_batches(weak.clip_index, n_weak, gsize, rng)
+            batch = _merge_batches(batch, dict({k: np.repeat(v[None], idx_weak.size, 0) for k, v in blank.items()},
+                                               images=weak.images[idx_weak], landmarks=weak.landmarks[idx_weak]))
         if n_unl:
             idx = group_batches(unl.clip_index, n_unl, gsize, rng)
             batch = _merge_batches(batch, dict({k: np.repeat(v[None], idx.size, 0) for k, v in blank.items()},
                                                images=unl.images[idx]))
+        if n_weak:
+            batch["weak_visible"] = weak.visible[idx_weak]
         key, sub = jax.random.split(key)
         trainable, rest, opt_state, parts = step(trainable, rest, opt_state, batch, sub)
         if it == 0:
@@ -579,7 +707,7 @@ def summary_path(path) -> Path:
     return path.parent / (path.name + ".train.json")
 
 
-def save(path, result: TrainResult, config: TrainConfig, *, distill=(), unlabelled=(),
+def save(path, result: TrainResult, config: TrainConfig, *, distill=(), unlabelled=(), weak_images=(),
          overwrite: bool = True) -> Path:
     """Saves the regressor (``save_encoder``) and ``<path>.train.json`` (settings, errors, times)."""
     path = Path(path).expanduser().absolute()
@@ -589,6 +717,7 @@ def save(path, result: TrainResult, config: TrainConfig, *, distill=(), unlabell
         "encoder_config": result.encoder_config.to_dict(),
         "distilled_from": [str(a) for a in distill],
         "unlabelled_videos": [str(v) for v in unlabelled],
+        "weak_images": [str(v) for v in weak_images],
         "counts": result.counts,
         "validation": result.validation,
         "seconds": result.seconds,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from neuface_jax.priors import starting
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -39,6 +41,12 @@ def test_every_config_loads(compare):
         compare.load_config("no_such_experiment")
     with pytest.raises(ValueError, match="method"):
         compare.normalize_config({"name": "x", "methods": [{"method": "magic"}]})
+    # A config that names its prior's architecture refuses a missing folder (nothing is trained there).
+    r50 = compare.load_config("resnet50_trainable_stages")
+    assert r50["pretrained_arch"] == "resnet50" and {m["name"] for m in r50["methods"]} >= {"full", "trainable_stages_1"}
+    assert {m["fit"]["learning_rate"] for m in r50["methods"]} == {starting.PRETRAINED_LR}  # annotate's rate
+    with pytest.raises(ValueError, match="no resnet50 prior"):
+        compare.run_experiment({**r50, "pretrained": str(ROOT / "no_such_prior")}, log=lambda s: None)
 
 
 @pytest.mark.slow

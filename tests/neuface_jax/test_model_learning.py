@@ -141,6 +141,50 @@ def test_learned_components_keep_the_base_and_stay_apart(small):
     assert not any(res.record["history"]["photometric"])  # off by default
 
 
+def test_reassign_correlated_moves_the_identity_part_out_of_the_other_spans(demo):
+    """What of the base identity coefficients and the clips' mean expressions follows the learned
+    coordinates over the corpus moves into the components; every clip's meshes stay the same, the
+    coordinates stay white, chance correlations of a small corpus are shrunk away (no compile)."""
+    model, _ = demo
+    s, e, v = model.num_shape, model.num_expression, model.num_vertices
+    rng = np.random.default_rng(0)
+    basis = np.asarray(model.basis, np.float64)
+    comps = rng.normal(size=(2, v * 3)) * 1e-4
+    q = learn_lib.complement_projector(model).astype(np.float64)
+    comps = (comps - (comps @ q) @ q.T).reshape(2, v, 3)  # apart from identity and expression
+    n = 60
+    z = rng.normal(size=(n, 2))
+    z = (z - z.mean(0)) @ np.linalg.inv(np.linalg.cholesky(np.cov(z.T, bias=True)).T)  # white over the corpus
+    g_s, g_e = np.zeros((s, 2)), np.zeros((e, 2))
+    g_s[0, 0], g_e[3, 1] = 0.8, 0.6  # the truth's parts in the base identity and expression spans
+    shapes = rng.normal(size=(n, s)) * 0.3 + z @ g_s.T
+    means = rng.normal(size=(n, e)) * 0.1 + z @ g_e.T
+    new, z2, d_s, d_e, info = learn_lib.reassign_correlated(model, comps, z, shapes, means)
+
+    def meshes(c, zz, sh, m):  # identity plus the mean expression, per clip
+        return zz @ c.reshape(len(c), -1) + sh @ basis[:s] + m @ basis[s:s + e]
+
+    np.testing.assert_allclose(meshes(new, z2, shapes + d_s, means + d_e), meshes(comps, z, shapes, means),
+                               atol=1e-7)
+    np.testing.assert_allclose(z2.T @ z2 / n, np.eye(2), atol=1e-6)
+    moved = np.linalg.pinv(z) @ z2 @ new.reshape(2, -1) - comps.reshape(2, -1)  # per old coordinate
+    want = g_s.T @ basis[:s] + g_e.T @ basis[s:s + e]
+    for k in range(2):
+        assert np.linalg.norm(moved[k] - want[k]) < 0.15 * np.linalg.norm(want[k])
+    assert info["identity_rms_mm"][0] > 0 and info["expression_rms_mm"][1] > 0
+    # 'none', or too few clips for the regression: nothing moves.
+    for args in ((comps, z, shapes, means, "none"), (comps, z[:4], shapes[:4], means[:4], "identity_expression")):
+        c2, _, d2s, d2e, _ = learn_lib.reassign_correlated(model, *args)
+        np.testing.assert_allclose(c2, comps.astype(np.float32))
+        assert not d2s.any() and not d2e.any()
+    # Pure noise moves much less than the real parts.
+    _, _, d3s, _, _ = learn_lib.reassign_correlated(model, comps, z, rng.normal(size=(n, s)) * 0.3,
+                                                    rng.normal(size=(n, e)) * 0.1, "identity")
+    assert np.linalg.norm(d3s) < 0.3 * np.linalg.norm(d_s)
+    with pytest.raises(ValueError, match="spans"):
+        learn_lib.reassign_correlated(model, comps, z, shapes, means, "pose")
+
+
 def test_photometric_setup_stacks_the_crops(small):
     """The cheap sibling of the photometric learning test: the crops padded to the corpus's frames x
     views (masked), the full model carried for rendering; nothing of it without the term."""
@@ -318,8 +362,10 @@ def test_learn_model_command_on_synth_clips(tmp_path, capsys):
                    "--shape_components=2", "--learn_steps=5", "--fit_steps=20", "--basis_size=8", "--max_frames=2"])
     assert rc == 0, capsys.readouterr().err
     model = flame_jax.load_model(out)
-    assert model.num_shape == flame_jax.demo_model().num_shape + 2
+    # Two clips' centred offsets span one direction: one component is written, not a second of noise.
+    assert model.num_shape == flame_jax.demo_model().num_shape + 1
     record = model_file.read_learning_record(out)
+    assert record["learned"]["shape_components"] == 1 and record["config"]["shape_components"] == 2
     assert record["corpus"]["clip_ids"] == ["c0", "c1"] and record["base"]["file"] is None
     assert "learn-model" in record["command"] and record["seconds"]["per_epoch"] > 0
     emb = flame_jax.load_landmark_embedding(out.with_name("learned.landmark_embedding.npz"), model=model)

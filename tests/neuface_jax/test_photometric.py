@@ -3,6 +3,8 @@ gradients against finite differences, the term registry, and the raster refresh 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,37 +187,45 @@ def _demo_batch(demo, scale=1.0, shift=0.0):
 
 def test_terms_named_in_a_fit_config_prefer_the_truth(demo):
     """Named in a FitConfig, the terms run on the batch the optimizers build (crops, cameras, faces)
-    inside jit, and score the true mesh better than a smaller or larger one."""
+    inside jit — vmapped over stacked clips as annotate-dataset's packed fits do, each clip on its own
+    (clip-wide light, albedo and frame weights, the cached raster callback) — and score the true mesh
+    better than a smaller or larger one."""
     model, emb, _, _ = demo
     batch = _demo_batch(demo)
     config = fit.FitConfig(loss={
         "landmark": 10.0,
         "photometric": ("photometric", 1.0, {"refresh_every": 1}),
-        "photometric_vertex": ("photometric", 1.0, {"albedo": "vertex", "light": "clip", "penalty": "trimmed",
-                                                    "refresh_every": 1, "outliers": 2.0}),
+        "photometric_vertex": ("photometric", 1.0, {"albedo": "vertex", "light_prior": 0.5, "frame_outliers": 1.5,
+                                                    "penalty": "trimmed", "refresh_every": 2, "outliers": 2.0}),
         "silhouette": 1.0,
     })
     face = fit.FaceModel(model, emb)
 
     @jax.jit  # one compile for every call below
-    def parts(cam, landmarks_mask):
-        data = fit.ClipData(images=batch["images"][:, None], landmarks=batch["landmarks_target"][:, None],
-                            landmarks_mask=landmarks_mask[:, None], frame_mask=jnp.ones((2, 1)))
-        return fit._loss_batch(face, data, jnp.zeros(model.num_shape), jnp.zeros((2, 1, model.num_expression)),
-                               jnp.zeros((2, 1, 15)), cam[:, None], jax.random.key(0), config=config)[1]
+    def parts(cam, landmarks_mask):  # [clips, 2, 3], [clips, 2, 68]
+        def one(cam, landmarks_mask):
+            data = fit.ClipData(images=batch["images"][:, None], landmarks=batch["landmarks_target"][:, None],
+                                landmarks_mask=landmarks_mask[:, None], frame_mask=jnp.ones((2, 1)))
+            return fit._loss_batch(face, data, jnp.zeros(model.num_shape), jnp.zeros((2, 1, model.num_expression)),
+                                   jnp.zeros((2, 1, 15)), cam[:, None], jax.random.key(0), config=config)[1]
+        return jax.vmap(one)(cam, landmarks_mask)
 
     cams, mask = batch["cam"], batch["landmarks_mask"]
-    at_truth = parts(cams, mask)
+    scaled = [cams * jnp.array([s, 1.0, 1.0]) for s in (1.0, 0.92, 1.08)]
+    out = parts(jnp.stack(scaled), jnp.stack([mask] * 3))
+    at_truth = {k: v[0] for k, v in out.items()}
     assert float(at_truth["photometric"]) < 0.05 and float(at_truth["landmark"]) < 1e-4
-    assert np.isfinite(float(at_truth["photometric_vertex"]))
+    assert np.all(np.isfinite(np.asarray(out["photometric_vertex"])))
     with pytest.raises(ValueError, match="batch\\['step'\\]"):
         losses.total_loss({"p": ("photometric", 1.0, {"start_step": 3})}, batch)
-    for scale in (0.92, 1.08):
-        moved = parts(cams * jnp.array([scale, 1.0, 1.0]), mask)
-        assert float(moved["photometric"]) > 1.5 * float(at_truth["photometric"])
-        assert float(moved["silhouette"]) > float(at_truth["silhouette"])
-    # Without the jaw landmarks the silhouette term has nothing to match: masked, exactly 0.
-    assert float(parts(cams, mask.at[:, :17].set(0.0))["silhouette"]) == 0.0
+    for i in (1, 2):
+        assert float(out["photometric"][i]) > 1.5 * float(at_truth["photometric"])
+        assert float(out["silhouette"][i]) > float(at_truth["silhouette"])
+    # Each clip on its own: the truth scores the same beside copies of itself; without the jaw
+    # landmarks the silhouette term has nothing to match: masked, exactly 0.
+    again = parts(jnp.stack([cams] * 3), jnp.stack([mask, mask.at[:, :17].set(0.0), mask]))
+    assert float(again["photometric"][0]) == pytest.approx(float(at_truth["photometric"]), rel=1e-5)
+    assert float(again["silhouette"][1]) == 0.0 and float(again["silhouette"][0]) > 0.0
 
 
 def test_schedule_weights():
@@ -324,6 +334,13 @@ def test_occlusion_mask_drops_transient_errors_and_keeps_shared_ones():
     assert keep[2, :20].sum() == 0 and keep[4, 77] == 0
     assert keep[:, 50:60].all() and keep[:, 20:50].all() and keep[[0, 1, 3, 4, 5], :20].all()
     assert keep[4].sum() == p - 1  # nothing else in that image
+    # Per-frame weights: the occluded image (mean error 3x the others') is down-weighted, by (k·median/e)²;
+    # the shared misfit and the stray pixel leave their images at 1; an image without pixels gets 0.
+    weights[5] = 0.0
+    fw = np.asarray(loss_lib.frame_weights(jnp.asarray(err), jnp.asarray(weights), 1.5))
+    e = (err * weights).sum(1) / np.maximum(weights.sum(1), 1e-6)
+    np.testing.assert_allclose(fw[2], (1.5 * np.median(e[:5]) / e[2]) ** 2, rtol=1e-5)
+    assert fw[2] < 0.5 and np.all(fw[[0, 1, 3, 4]] == 1.0) and fw[5] == 0.0
 
 
 def test_annotate_flags_add_the_image_terms(face, ecfg):  # noqa: F811
@@ -349,3 +366,22 @@ def test_annotate_flags_add_the_image_terms(face, ecfg):  # noqa: F811
         annotation.make_setup(SetupConfig(weight_photometric=5.0, landmark_set="mediapipe105"),
                               model=flame_jax.demo_model(), embedding=flame_jax.demo_mediapipe_embedding(),
                               encoder_config=ecfg, need_landmarker=False)
+
+
+@pytest.mark.long  # a packed NeuFace compile (~25 s CPU); cheaper sibling: test_terms_named_in_a_fit_config_prefer_the_truth
+def test_image_terms_run_in_packed_fits(face, ecfg):  # noqa: F811
+    """annotate-dataset's packed fits (vmap over stacked clips, the frozen prefix carrying the crops):
+    the photometric term runs per clip — the host raster callback under vmap — and scores."""
+    from neuface_jax.core import parallel
+
+    loss = {"landmark": 10.0, "photometric": ("photometric", 1.0, {"refresh_every": 2, "albedo": "vertex"})}
+    cfg = fit.FitConfig(loss=loss, num_epochs=1, chunk_frames=2, trainable_stages=1)
+    clips = [_clip(face, t=2, w=2, seed=s) for s in (0, 1)]
+    seen, calls = [], raster_lib.MEMO.calls
+    results = parallel.fit_packed(fit.NeuFace(face, ecfg, cfg), clips, encoder=enc.init_encoder(ecfg, seed=0),
+                                  mesh=parallel.make_mesh("clips", jax.devices()[:1]),
+                                  progress=lambda epoch, stats: seen.append(np.asarray(stats)))
+    assert len(results) == 2 and all(np.isfinite(r.vertices).all() for r in results)
+    photo = np.stack(seen)[..., fit._parts_template(cfg, 2).index("photometric")]  # [epochs, clips]
+    assert photo.shape == (1, 2) and np.all(np.isfinite(photo)) and np.all(photo > 0)
+    assert raster_lib.MEMO.calls > calls  # the cached raster callback ran inside the packed step

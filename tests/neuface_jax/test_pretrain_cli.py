@@ -15,6 +15,7 @@ import pytest
 
 import flame_jax
 from neuface_jax.cli import main as cli_main
+from neuface_jax.cli.pretrain import encoder_config_for
 from neuface_jax.core import camera as camera_lib
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
@@ -72,6 +73,12 @@ def test_cli_refuses_bad_inputs(tmp_path, capsys):
                      "--landmark_embedding=/nope.npy"]) == 1
     assert "nope.pkl" in capsys.readouterr().err
     assert cli_main(["neuface-jax", "pretrain"]) == 2
+    assert cli_main(["neuface-jax", "pretrain", f"--out={tmp_path / 'p'}", "--arch=resnet50", "--image_size=100"]) == 1
+    assert "--image_size 100" in capsys.readouterr().err
+    # A ResNet-50 at another crop size (what a CPU can pretrain): the same backbone and head.
+    r50 = encoder_config_for("resnet50", flame_jax.demo_model(), 128)
+    assert (r50.arch, r50.image_size, r50.head_hidden) == ("resnet50", 128, 1024)
+    assert encoder_config_for("resnet50", flame_jax.demo_model()).image_size == 224
 
 
 def test_renders_are_deterministic_and_labelled(face, assets):

@@ -211,6 +211,46 @@ def test_unlabelled_frames_are_cropped_like_the_tracker_and_hold_out_the_end(tmp
         train.unlabelled_data([tmp_path / "a.mp4"], image_size=32, detector=det)
 
 
+@pytest.mark.shared_data
+def test_weak_images_are_cropped_like_the_tracker_with_mediapipe_targets(shared_data, landmarker_model, tmp_path,
+                                                                           caplog):
+    import cv2
+
+    from neuface_jax.media import video
+    from neuface_jax.realtime import train
+
+    frame = video.read_video(shared_data / "videos" / "liveportrait_d20.mp4",
+                             frames=video.FrameRange(end=1)).frames[0][0]
+    cv2.imwrite(str(tmp_path / "face.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "blank.png"), np.zeros((64, 64, 3), np.uint8))
+    data = train.weak_data([tmp_path / "face.png", tmp_path / "blank.png"], image_size=48,
+                           face_landmarker=landmarker_model, mirror=True)
+    assert "blank.png: no face found" in caplog.text  # skipped, not fatal
+    assert len(data) == 2 and data.images.shape == (2, 48, 48, 3) and data.clip_index[0] == -1 - data.clip_index[1]
+    lmk, vis = data.landmarks[0], data.visible[0]
+    assert vis.sum() > 50 and np.abs(lmk).max() < 1.0  # the face's points lie inside its crop
+    assert lmk[36, 0] < lmk[45, 0] and lmk[8, 1] > lmk[27, 1]  # image-left eye corner left, chin below the nose
+    np.testing.assert_allclose(data.landmarks[1, 45], lmk[36] * np.array([-1.0, 1.0]), atol=1e-6)
+    np.testing.assert_array_equal(data.images[1], data.images[0][:, ::-1])
+    # The loss reads only the visible points.
+    from neuface_jax.core import fit as fit_lib
+
+    face = regressor.landmark_submodel(regressor.demo_face())  # the same landmarks, a tenth of the mesh
+    p = (jnp.zeros((1, 100)), jnp.zeros((1, 50)), jnp.zeros((1, 15)), jnp.array([[8.0, 0.0, 0.0]]))
+    only_moved = jnp.zeros((1, 68), bool).at[0, :10].set(True)
+
+    @jax.jit
+    def losses():
+        moved = fit_lib.evaluate_params(face, *p)[1].at[:, :10].add(0.5)
+        return jnp.stack([train.weak_landmark_loss(*p, moved, v, face) for v in (~only_moved, only_moved)])
+
+    losses = losses()
+    np.testing.assert_allclose(np.asarray(losses), [0.0, 0.5], atol=1e-5)
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="bad.png: not a readable image"):
+        train.weak_data([tmp_path / "bad.png"], image_size=48, face_landmarker=landmarker_model)
+
+
 # ------------------------------------------------------------------------------ filter
 def test_one_euro_smooths_noise_and_follows_motion():
     rng = np.random.default_rng(0)
