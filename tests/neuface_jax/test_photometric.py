@@ -343,10 +343,14 @@ def test_occlusion_mask_drops_transient_errors_and_keeps_shared_ones():
     assert fw[2] < 0.5 and np.all(fw[[0, 1, 3, 4]] == 1.0) and fw[5] == 0.0
 
 
-def test_annotate_flags_add_the_image_terms(face, ecfg):  # noqa: F811
+def test_annotate_flags_add_the_image_terms(face, ecfg, monkeypatch):  # noqa: F811
     """--weight_photometric / --weight_silhouette add the terms under the recipe's schedule; a model whose
     face region cannot be found (no 68-point embedding) is a clear error, not a silent whole-mesh term."""
     from neuface_jax import annotation
+
+    # make_setup registers the model's face region process-wide (looked up by mesh size): keep this
+    # test's registration from changing the terms of later tests on the same small model.
+    monkeypatch.setattr(albedo_lib, "_REGIONS", dict(albedo_lib._REGIONS))
     from neuface_jax.annotation.config import SetupConfig
 
     assert SetupConfig().image_terms() == {}
