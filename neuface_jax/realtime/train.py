@@ -427,8 +427,7 @@ def weak_landmark_loss(shape, expression, pose, cam, landmarks: jax.Array, visib
     """Mean |error| of the predicted mesh's 68 landmarks against weak targets [B, 68, 2] (normalized),
     over the visible ones [B, 68]."""
     _, lmk, _ = fit_lib.evaluate_params(face, shape, expression, pose, cam)
-    w = visible.astype(lmk.dtype)[..., None]
-    return jnp.sum(jnp.abs(lmk - landmarks) * w) / jnp.maximum(2.0 * jnp.sum(w), 1.0)
+    return losses_lib.masked_mean(*losses_lib.landmark_l1(lmk, landmarks, visible))
 
 
 def augment(images: jax.Array, key: jax.Array) -> jax.Array:
