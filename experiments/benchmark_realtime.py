@@ -30,7 +30,8 @@ Accuracy:
 Diagnoses (--parts): ``jitter`` (where the tracker's jitter comes from: crop, regressor, filter) and
 ``pose`` (accuracy in bins of annotate's head yaw and pitch: NME of the tracker and of the regressor at
 annotate's crops, the regressor's angles against annotate's, the crop against annotate's; overlays of
-each bin's median and worst frame with --pose_overlay_dir).
+each bin's median and worst frame with --pose_overlay_dir), ``fit_split`` (at annotate's crops: NME with
+parameter groups swapped between the regressor and its labels, mirror averaging).
 
     python experiments/benchmark_realtime.py --regressor=DIR \
         --annotations=mead=ANNOTATE_OUT/mead,liveportrait=...,wojtek=...:0 --extra_annotations=mead=OLD/mead,...
@@ -74,7 +75,10 @@ flags.DEFINE_list("extra_annotations", [], "NAME=ANNOTATE_DIR of other annotate 
                   "column, 'annotate_extra'.")
 flags.DEFINE_list("parts", ["latency", "synthetic", "real"], "What to run: latency, synthetic, real, jitter (the "
                   "jitter diagnosis: crop vs regressor vs filter, and the One-Euro sweep), pose (accuracy against "
-                  "head yaw and pitch).")
+                  "head yaw and pitch), fit_split (the error split at annotate's crops: parameters swapped between regressor and "
+                  "labels, mirror averaging).")
+flags.DEFINE_bool("mirror_average", False, "Regress each crop and its mirror and average the two (the tracker's "
+                  "--mirror_average; every part).")
 flags.DEFINE_float("filter_min_cutoff", None, "One-Euro min cut-off of the tracker (default: TrackConfig's).")
 flags.DEFINE_float("filter_beta", None, "One-Euro beta of the tracker (default: TrackConfig's).")
 flags.DEFINE_list("sweep_min_cutoff", ["0.25", "0.5", "1.0", "1.5", "3.0"], "Jitter part: One-Euro min cut-offs.")
@@ -120,6 +124,7 @@ def latency(reg, det_path: str) -> dict:
     from neuface_jax.core import encoder as encoder_lib
     from neuface_jax.media import landmarker as landmarker_lib
     from neuface_jax.realtime import live, track
+    from neuface_jax.realtime import regressor as regressor_lib
 
     path, frames = make_latency_clip(FLAGS.latency_video, FLAGS.latency_frames)
     out: dict = {"clip": f"{FLAGS.latency_video} (centre 4:3, 640x480, {len(frames)} frames)"}
@@ -129,7 +134,11 @@ def latency(reg, det_path: str) -> dict:
     g, tr, rest = encoder_lib.split_params(reg.encoder)
     net = jax.jit(lambda tr, rest, x: encoder_lib.apply(g, tr, rest, x[None].astype(jax.numpy.float32) / 255.0))
     net(tr, rest, crop).block_until_ready()
-    ts_net, ts_reg = [], []
+    # With mirror averaging, the plain regressor is timed in alternation (the same machine load).
+    plain = regressor_lib.Regressor(reg.encoder, reg.config, reg.face) if reg.mirror_average else None
+    if plain is not None:
+        plain.warmup()
+    ts_net, ts_reg, ts_plain = [], [], []
     for _ in range(FLAGS.latency_repeats):
         t = time.perf_counter()
         net(tr, rest, crop).block_until_ready()
@@ -137,9 +146,16 @@ def latency(reg, det_path: str) -> dict:
         t = time.perf_counter()
         reg(crop)
         ts_reg.append(time.perf_counter() - t)
+        if plain is not None:
+            t = time.perf_counter()
+            plain(crop)
+            ts_plain.append(time.perf_counter() - t)
     out["network_ms"] = _median_ms(ts_net)
     out["regressor_ms"] = _median_ms(ts_reg)
     out["regressor_ms_p90"] = float(np.percentile(ts_reg, 90) * 1e3)
+    out["mirror_average"] = reg.mirror_average
+    if plain is not None:
+        out["regressor_without_mirror_average_ms"] = _median_ms(ts_plain)
     if FLAGS.latency_sizes:
         # Timed in alternation with the trained network, so both see the same machine load.
         sizes = [int(s) for s in FLAGS.latency_sizes]
@@ -427,6 +443,79 @@ def real(reg, det_path: str) -> dict:
         out[name] = row
         print(f"{name}: {row['frames']} frames, NME % {row['nme_percent']}, jitter {row['jitter_2d_percent_iod']}",
               flush=True)
+    return out
+
+
+def fit_split(reg) -> dict:
+    """Where the regressor's error lies, per clip and frame range, at annotate's own crops (the crops it
+    was trained on, no augmentation, inference-time BatchNorm): NME against MediaPipe's points of the
+    label parameters, of the regressor's, and of each with one group (identity, expression, full pose,
+    global rotation, jaw, camera) taken from the other; the regressor's landmarks against the labels'
+    (how well it fits its own targets); and mirror averaging (the crop and its mirror predicted, the
+    mirror's parameters mirrored back, the two averaged)."""
+    import jax
+    import jax.numpy as jnp
+
+    from neuface_jax.core import encoder as encoder_lib
+    from neuface_jax.core import fit as fit_lib
+    from neuface_jax.core import metrics as metrics_lib
+    from neuface_jax.realtime import regressor as regressor_lib
+    from neuface_jax.training import labels as labels_lib
+
+    cfg, face = reg.config, reg.face
+    g, tr, rest = encoder_lib.split_params(reg.encoder)
+
+    @jax.jit
+    def predict(images):
+        p = encoder_lib.decode_outputs(encoder_lib.apply(g, tr, rest, images.astype(jnp.float32) / 255.0), cfg)
+        return {"shape": p.shape, "expression": p.expression, "pose": p.pose, "cam": p.cam}
+
+    landmarks = jax.jit(lambda d: fit_lib.evaluate_params(face, d["shape"], d["expression"], d["pose"], d["cam"])[1])
+    _, shape_map, expr_map = regressor_lib.mirror_maps(face, cfg.n_shape, cfg.n_expr)
+    out = {}
+    for item in FLAGS.annotations:
+        name, _, rest_ = item.partition("=")
+        ann, _, frac = rest_.partition(":")
+        start, _, end = frac.partition("-")
+        frames = next(labels_lib.iter_labelled_clips([ann], reg.image_size))
+        n = len(frames)
+        f = frames.subset(np.arange(int(round(n * float(start or 0.7))), int(round(n * float(end or 1.0)))))
+        mp, mask = f.landmarks, f.landmarks_mask
+        lab = {"shape": f.shape[:, :cfg.n_shape], "expression": f.expression[:, :cfg.n_expr], "pose": f.pose,
+               "cam": f.cam}
+        net = jax.device_get(predict(jnp.asarray(f.images)))
+        mir = jax.device_get(predict(jnp.asarray(np.ascontiguousarray(f.images[:, :, ::-1]))))
+        back = dict(zip(("shape", "expression", "pose", "cam"), regressor_lib.mirror_params(
+            mir["shape"], mir["expression"], mir["pose"], mir["cam"], shape_map, expr_map)))
+
+        def nme(d):
+            return float(metrics_lib.nme(np.asarray(landmarks(d)), mp, mask))
+
+        def with_pose_part(base, other, cols):
+            pose = np.array(base["pose"])
+            pose[:, cols] = other["pose"][:, cols]
+            return dict(base, pose=pose)
+
+        row = {"frames": len(f), "range": [float(start or 0.7), float(end or 1.0)],
+               "nme_percent": {"annotate_stored": float(metrics_lib.nme(f.predicted_landmarks, mp, mask)),
+                               "labels": nme(lab), "regressor": nme(net),
+                               "mirror_only": nme(back),
+                               "mirror_average": nme({k: (net[k] + back[k]) / 2 for k in net})},
+               "regressor_vs_label_landmarks_percent": float(metrics_lib.nme(np.asarray(landmarks(net)),
+                                                                             f.predicted_landmarks, mask))}
+        swaps = {}
+        for k in ("shape", "expression", "pose", "cam"):
+            swaps[f"labels_with_regressor_{k}"] = nme(dict(lab, **{k: net[k]}))
+            swaps[f"regressor_with_labels_{k}"] = nme(dict(net, **{k: lab[k]}))
+        swaps["labels_with_regressor_global_rotation"] = nme(with_pose_part(lab, net, slice(0, 3)))
+        swaps["labels_with_regressor_jaw"] = nme(with_pose_part(lab, net, slice(6, 9)))
+        swaps["labels_with_regressor_rotation_and_cam"] = nme(dict(with_pose_part(lab, net, slice(0, 3)),
+                                                                   cam=net["cam"]))
+        row["swapped_nme_percent"] = swaps
+        out[name] = row
+        print(f"{name} {row['range']}: {json.dumps({k: round(v, 2) for k, v in row['nme_percent'].items()})} "
+              f"vs labels {row['regressor_vs_label_landmarks_percent']:.2f}; "
+              f"{json.dumps({k: round(v, 2) for k, v in swaps.items()})}", flush=True)
     return out
 
 
@@ -792,11 +881,11 @@ def main(argv):
 
     from neuface_jax.realtime import track
 
-    reg = track.load_regressor(FLAGS.regressor)
+    reg = track.load_regressor(FLAGS.regressor, mirror_average=FLAGS.mirror_average)
     report = {
         "command": "python experiments/benchmark_realtime.py " + " ".join(
             f"--{k}={FLAGS[k].value if not isinstance(FLAGS[k].value, list) else ','.join(FLAGS[k].value)}"
-            for k in ("regressor", "annotations", "extra_annotations", "parts", "latency_sizes", "synthetic_seeds", "neuface_epochs", "filter_min_cutoff",
+            for k in ("regressor", "annotations", "extra_annotations", "parts", "latency_sizes", "synthetic_seeds", "neuface_epochs", "mirror_average", "filter_min_cutoff",
                       "filter_beta", "pose_bins")),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                     "loadavg_before": os.getloadavg()},
@@ -819,6 +908,8 @@ def main(argv):
         report["jitter"] = jitter_diagnosis(reg, FLAGS.face_landmarker)
     if "pose" in FLAGS.parts:
         report["pose"] = pose_diagnosis(reg, FLAGS.face_landmarker)
+    if "fit_split" in FLAGS.parts:
+        report["fit_split"] = fit_split(reg)
     report["machine"]["loadavg_after"] = os.getloadavg()
     Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
     Path(FLAGS.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -94,7 +94,8 @@ flags.DEFINE_list("real_losses", ["landmarks", "photometric", "photometric+silho
                   "(landmarks, photometric, silhouette, photometric+silhouette).")
 flags.DEFINE_float("landmark_weight", 10.0, "Landmark term weight.")
 flags.DEFINE_list("losses", ["landmarks", "photometric"], "Fits per condition: landmarks, photometric (the flags' "
-                  "term), photometric_clip_light (also one light per clip and frame weights, CLIP_LIGHT), "
+                  "term), photometric_clip_light (frame weights in the loss too, CLIP_LIGHT), photometric_frame_light "
+                  "(one light per image, no frame weights: the previous defaults, FRAME_LIGHT), "
                   "photometric_before (views='own', outliers=0: the term before the multi-view / occluder changes).")
 flags.DEFINE_bool("camera_gradient", True, "Let the term move the camera (PhotometricConfig.camera_gradient).")
 flags.DEFINE_enum("shading", "lambert", ["lambert", "sh"], "Synthetic renders' light (SynthConfig.shading).")
@@ -112,8 +113,10 @@ flags.DEFINE_integer("cost_steps", 16, "Cost part: timed optimizer steps (epochs
 flags.DEFINE_string("out", None, "JSON output (default experiments/results/photometric_<part>.json).")
 
 BASE_LOSS = {"landmark": 10.0, "temporal": 100.0, "multiview": 200.0}
-#: The occluder-robust options measured in docs/photometric.md (one light per clip, frame weights).
-CLIP_LIGHT = {"light": "clip", "frame_outliers": 1.5}
+#: Last wave's opt-in occluder options: one light per clip, frame weights in the solve and the loss.
+CLIP_LIGHT = {"light": "clip", "frame_outliers": 1.5, "frame_weights_in": "loss"}
+#: The term's previous defaults: one light per image, no frame weights.
+FRAME_LIGHT = {"light": "frame", "frame_outliers": 0.0}
 METRICS = ("nme_percent", "vertex_error_mm", "vertex_error_similarity_mm", "lower_face_error_mm", "jitter_mm",
            "accel_error_mm", "cvd_mm")
 
@@ -138,6 +141,7 @@ def named_losses() -> list[tuple[str, dict]]:
     """The ``--losses`` fits as (name, loss config)."""
     table = {"landmarks": base_loss, "photometric": photo_loss,
              "photometric_clip_light": lambda: photo_loss(options=CLIP_LIGHT),
+             "photometric_frame_light": lambda: photo_loss(options=FRAME_LIGHT),
              "photometric_before": lambda: photo_loss(options={"views": "own", "outliers": 0.0})}
     return [(name, table[name]()) for name in FLAGS.losses]
 
@@ -310,7 +314,7 @@ def run_cost():
     steps = FLAGS.cost_steps
     now = {"start_step": 0, "ramp_steps": 0}
     fits = [("landmarks", base_loss()), ("photometric", photo_loss(options=now)),
-            ("photometric_clip_light", photo_loss(options={**now, **CLIP_LIGHT}))]
+            ("photometric_frame_light", photo_loss(options={**now, **FRAME_LIGHT}))]
     runs = {}
     for name, loss in fits:
         if FLAGS.method == "neuface":

@@ -32,7 +32,15 @@ before/after comparison of the refinement: ``docs/self_training.md``). ``--refin
 NeuFace-only annotate outputs (``DIR/<clip>``, made with ``--refine_steps=0``) through annotate's own refinement
 call with annotate's settings, writes each result beside the others (``--work/refined_from/<clip>``) and reports
 the same figures: NeuFace's part is deterministic, so this gives annotate's refined figures in seconds rather
-than a new 100-epoch fit per clip.
+than a new 100-epoch fit per clip. With it, ``--refine_part=first_half|second_half`` refines and scores one half
+of each clip's frames, and ``--refine_model=F`` refines with another FLAME-format model (e.g. ``learn-model``'s,
+learned on the other half), the saved identity padded with zeros to its components.
+
+The mouth figures also give, at the widest detected frames, the fitted ÷ detected inner-lip gap alone
+(``widest_gap_ratio``, same image, no width) and mouth width (``widest_width_ratio``), and for multi-view clips
+every view's own figures (``mouth_per_view``): in a turned view the detector's far mouth corner sits on the
+visible lip outline, so the width-normalized opening mixes a corner's error into the mouth's
+(``docs/self_training.md``).
 
 Writes ``--out`` (command, settings, load averages, every figure) and prints a table.
 """
@@ -61,6 +69,7 @@ from neuface_jax.media import detect as detect_lib
 from neuface_jax.media import landmark_sets
 from neuface_jax.media import sources as sources_lib
 from neuface_jax.media import video as video_lib
+from neuface_jax.model_learning import run as model_run
 from neuface_jax.priors import starting as starting_lib
 from neuface_jax.synthetic import pretrain as pretrain_lib
 from neuface_jax.training import labels as labels_lib
@@ -77,6 +86,13 @@ flags.DEFINE_integer("refine_steps", annotate_lib.SetupConfig().refine_steps,
                      "annotate's per-frame refinement steps after NeuFace (0: NeuFace's result as it is).")
 flags.DEFINE_string("refine_from", None, "Refine the saved NeuFace-only annotate outputs DIR/<clip> (see the "
                     "module docs) and report their figures; nothing else runs.")
+flags.DEFINE_string("refine_model", None, "With --refine_from: refine with this FLAME-format model (e.g. one from "
+                    "learn-model; its landmark embedding beside it) instead of the saved run's; the saved identity "
+                    "is padded with zeros to its identity components.")
+flags.DEFINE_enum("refine_part", "all", ["all", "first_half", "second_half"], "With --refine_from: the frames "
+                  "refined and scored (a held-out part when --refine_model was learned on the other).")
+flags.DEFINE_float("inner_lip_weight", None, "With --refine_from: the refinement's inner-lip weight "
+                   "(default: core.refine's).")
 flags.DEFINE_bool("labels_only", False, "Stop after the labels: print and save the shipped prior's annotate "
                   "figures per clip (no self-training).")
 flags.DEFINE_integer("steps", 300, "Self-training steps.")
@@ -142,17 +158,28 @@ def refine_saved(clip: str, src: pathlib.Path, out_dir: pathlib.Path) -> dict:
     names = [str(n) for n in p["view_names"]]
     w = len(names)
     t = len(p["valid"]) // w
+    if FLAGS.refine_part != "all":  # keep one half of the frames (rows: frame-major, then view)
+        keep = slice(0, t // 2) if FLAGS.refine_part == "first_half" else slice(t // 2, t)
+        p = {k: (v.reshape((t, w) + v.shape[1:])[keep].reshape((-1,) + v.shape[1:]) if v.ndim and len(v) == t * w
+                 else v[keep] if k == "frame_indices" else v) for k, v in p.items()}
+        t = len(p["frame_indices"])
     r = lambda a: np.asarray(a).reshape((t, w) + np.shape(a)[1:])  # noqa: E731  (rows: frame-major, then view)
+    model = {} if FLAGS.refine_model is None else {
+        "flame_model": FLAGS.refine_model, "landmark_embedding": str(model_run.embedding_path_for(FLAGS.refine_model))}
     setup = annotate_lib.make_setup(
         annotate_lib.SetupConfig(epochs=int(doc["clip"]["epochs"]), encoder=doc["clip"]["encoder"],
-                                 refine_steps=FLAGS.refine_steps, face_landmarker=str(model_path)),
+                                 refine_steps=FLAGS.refine_steps, face_landmarker=str(model_path), **model),
         need_landmarker=False)
     valid = r(p["valid"]).astype(bool)
     mask = r(p["landmarks_mask"]).astype(bool) & valid[..., None]
     data = fit_lib.ClipData(images=jnp.zeros((t, w, 1, 1, 3), jnp.float32),
                             landmarks=jnp.asarray(r(p["landmarks2d"]), jnp.float32),
                             landmarks_mask=jnp.asarray(mask, jnp.float32), frame_mask=jnp.asarray(valid, jnp.float32))
-    shape = jnp.asarray(p["shapes"][np.flatnonzero(p["valid"])[0]], jnp.float32)
+    shape = np.asarray(p["shapes"][np.flatnonzero(p["valid"])[0]], np.float32)
+    n_shape = int(setup.face.flame.num_shape)
+    if len(shape) > n_shape:
+        raise app.UsageError(f"{src}: {len(shape)} identity coefficients, the refinement's model has {n_shape}")
+    shape = jnp.asarray(np.pad(shape, (0, n_shape - len(shape))))  # a learned model's extra components start at 0
     expr, pose, cam = (jnp.asarray(r(p[k]), jnp.float32) for k in ("expr", "full_pose", "cam"))
     verts, lmk2d, root = fit_lib.evaluate_params(setup.face, shape, expr, pose, cam)
     start = fit_lib.FitResult(shape=np.asarray(shape), expression=np.asarray(expr), pose=np.asarray(pose),
@@ -160,7 +187,12 @@ def refine_saved(clip: str, src: pathlib.Path, out_dir: pathlib.Path) -> dict:
                               canonical_vertices=np.asarray(losses_lib.canonical_vertices(verts, pose[..., 0:3], root)),
                               history={})
     t0 = time.perf_counter()
-    res = annotate_lib.refine_result(setup, data, start)
+    if FLAGS.inner_lip_weight is None:
+        res = annotate_lib.refine_result(setup, data, start)
+    else:  # annotate's refinement call with another inner-lip weight
+        res = refine_lib.refine(setup.face, setup.encoder_config, setup.fit_config, data, start,
+                                steps=FLAGS.refine_steps, learning_rate=float(setup.config.refine_lr),
+                                inner_lip_weight=FLAGS.inner_lip_weight, seed=setup.fit_config.seed)
     seconds = time.perf_counter() - t0
     crop_size = int(p["crop_size"])
     transforms = r(p["crop_transforms"])
@@ -172,11 +204,12 @@ def refine_saved(clip: str, src: pathlib.Path, out_dir: pathlib.Path) -> dict:
     flat = lambda a: np.asarray(a).reshape((t * w,) + np.shape(a)[2:])  # noqa: E731
     p.update(expr=flat(res.expression), full_pose=flat(res.pose), cam=flat(res.cam),
              predicted_landmarks2d=flat(res.landmarks2d),
-             shapes=np.broadcast_to(res.shape, p["shapes"].shape).copy(),
+             shapes=np.broadcast_to(res.shape, (t * w,) + np.shape(res.shape)).copy(),
              pose=np.concatenate([flat(res.pose)[:, 0:3], flat(res.pose)[:, 6:9]], -1))
     out_dir.mkdir(parents=True, exist_ok=True)
     np.savez(out_dir / "params.npz", **p)
-    m = annotate_measures(out_dir, metrics, mediapipe_yaw(clip)[1])
+    fi, yaw = mediapipe_yaw(clip)
+    m = annotate_measures(out_dir, metrics, yaw[np.isin(fi, p["frame_indices"])])
     m["cvd_mm"] = metrics.get("cvd_mm")
     print(f"  refined {clip} ({FLAGS.refine_steps} steps) in {seconds:.0f}s: NME {m['nme_percent']:.2f} %", flush=True)
     return m
@@ -217,6 +250,10 @@ def _yaw_errors(yaw_fit, yaw_mp) -> dict:
     }
 
 
+def _dist(points, a: int, b: int) -> np.ndarray:
+    return np.linalg.norm(points[..., a, :] - points[..., b, :], axis=-1)
+
+
 def face_measures(det, fit, mask) -> dict:
     """Eye openness on blink frames and mouth range, detected vs fitted (rows with the points detected)."""
     eyes = [36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47]
@@ -242,6 +279,9 @@ def face_measures(det, fit, mask) -> dict:
         out["mouth"] = {
             "widest_detected": float(d_m[top].mean()), "widest_fitted": float(f_m[top].mean()),
             "widest_ratio": float(f_m[top].mean() / max(d_m[top].mean(), 1e-9)),
+            # the inner-lip gaps alone, in the same image's units (no mouth width; see docs/self_training.md)
+            "widest_gap_ratio": float(_dist(fit[top], 62, 66).mean() / max(_dist(det[top], 62, 66).mean(), 1e-9)),
+            "widest_width_ratio": float(_dist(fit[top], 48, 54).mean() / max(_dist(det[top], 48, 54).mean(), 1e-9)),
             "closed_frames": int(closed.sum()),
             "closed_detected": float(d_m[closed].mean()) if closed.any() else None,
             "closed_fitted": float(f_m[closed].mean()) if closed.any() else None,
@@ -259,11 +299,18 @@ def annotate_measures(out_dir: pathlib.Path, metrics: dict, yaw_mp: np.ndarray) 
     yaw_mp = yaw_mp.reshape(-1)  # params rows: frame-major, then view
     nme = st.frame_nme(fit, det, mask, (36, 45))
     t = _turned(yaw_mp) & valid
+    views = [str(v) for v in p["view_names"]]
+    per_view = {}
+    if len(views) > 1:  # each view's own widest and closed frames (rows: frame-major, then view)
+        for i, name in enumerate(views):
+            rows = valid & (np.arange(len(valid)) % len(views) == i)
+            per_view[name] = face_measures(det[rows], fit[rows], mask[rows]).get("mouth")
     return {
         "nme_percent": metrics["nme_percent"], "jitter_mm": metrics["jitter_mm"],
         "nme_turned_percent": float(np.nanmean(nme[t])) if t.any() else None,
         **_yaw_errors(np.where(valid, _yaw_of(p["full_pose"]), np.nan), yaw_mp),
         **face_measures(det[valid], fit[valid], mask[valid]),
+        **({"mouth_per_view": per_view} if per_view else {}),
         "seconds_fit": metrics["seconds"].get("fit"),
     }
 
@@ -309,9 +356,11 @@ def main(argv):
         "seconds": {}, "clips": {}, "folds": {},
     }
 
-    doc["settings"]["refine_inner_lip_weight"] = refine_lib.DEFAULT_INNER_LIP_WEIGHT
+    doc["settings"]["refine_inner_lip_weight"] = (refine_lib.DEFAULT_INNER_LIP_WEIGHT if FLAGS.inner_lip_weight is None
+                                                  else FLAGS.inner_lip_weight)
     if FLAGS.refine_from:
-        doc["settings"]["refine_from"] = FLAGS.refine_from
+        doc["settings"].update(refine_from=FLAGS.refine_from, refine_part=FLAGS.refine_part,
+                               refine_model=FLAGS.refine_model)
         doc["clips"] = {c: {"annotate": {"refined": refine_saved(c, pathlib.Path(FLAGS.refine_from) / c,
                                                                  work / "refined_from" / c)}} for c in FLAGS.clips}
         doc["summary"] = labels_summary({c: e["annotate"]["refined"] for c, e in doc["clips"].items()})
@@ -401,9 +450,18 @@ def labels_summary(per_clip: dict) -> dict:
                 "yaw_error_turned_deg": m["yaw_error_turned_deg"], "turned_frames": m["turned_frames"],
                 "blink_detected": get(m, "eyes", "blink_detected"), "blink_fitted": get(m, "eyes", "blink_fitted"),
                 "mouth_widest_ratio": get(m, "mouth", "widest_ratio"),
-                "mouth_closed_fitted": get(m, "mouth", "closed_fitted")} for c, m in per_clip.items()}
+                "mouth_widest_gap_ratio": get(m, "mouth", "widest_gap_ratio"),
+                "mouth_closed_fitted": get(m, "mouth", "closed_fitted"),
+                **({"mouth_per_view": {v: {k: (x or {}).get(k) for k in ("widest_ratio", "widest_gap_ratio",
+                                                                          "closed_fitted")}
+                                       for v, x in m["mouth_per_view"].items()}} if "mouth_per_view" in m else {})}
+            for c, m in per_clip.items()}
     for c, r in rows.items():
-        print(f"{c:13s} " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+        print(f"{c:13s} " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
+                                      if k != "mouth_per_view"))
+        for v, x in r.get("mouth_per_view", {}).items():
+            print(f"{'':13s} {v}: " + "  ".join(f"{k} {y:.3f}" if isinstance(y, float) else f"{k} {y}"
+                                               for k, y in x.items()))
     return {"per_clip": rows, "mean_nme_percent": float(np.mean([r["nme_percent"] for r in rows.values()])),
             "mean_jitter_mm": float(np.mean([r["jitter_mm"] for r in rows.values()]))}
 

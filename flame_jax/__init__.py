@@ -20,6 +20,7 @@ from flame_jax.io import (
     UnsafeModelFileError,
     load_landmark_embedding,
     load_model,
+    load_shape_prior,
     save_landmark_embedding,
     save_model,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "UnsafeModelFileError",
     "load_landmark_embedding",
     "load_model",
+    "load_shape_prior",
     "save_landmark_embedding",
     "save_model",
     "FlameModel",

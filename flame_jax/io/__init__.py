@@ -43,7 +43,7 @@ reading, atomic writing), ``convert`` (stand-ins → arrays), ``flame_model`` (m
 from flame_jax.io.embeddings import EMBEDDING_FORMAT, load_landmark_embedding, save_landmark_embedding
 from flame_jax.io.errors import DEFAULT_MAX_BYTES, MAX_BYTES_ENV, FileTooLargeError, UnsafeModelFileError
 from flame_jax.io.files import _read_npy  # noqa: F401  (used by tests)
-from flame_jax.io.flame_model import MODEL_FORMAT, load_model, save_model
+from flame_jax.io.flame_model import MODEL_FORMAT, SHAPE_PRIOR_KEY, load_model, load_shape_prior, save_model
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -51,9 +51,11 @@ __all__ = [
     "FileTooLargeError",
     "EMBEDDING_FORMAT",
     "MODEL_FORMAT",
+    "SHAPE_PRIOR_KEY",
     "UnsafeModelFileError",
     "load_landmark_embedding",
     "load_model",
+    "load_shape_prior",
     "save_landmark_embedding",
     "save_model",
 ]

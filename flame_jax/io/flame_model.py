@@ -138,6 +138,39 @@ def load_model(
         )
 
 
+#: Optional member of a model ``.npz``: [S] per-identity-coefficient prior weights ``w`` of the
+#: identity prior ``Σ w_i β_i²`` the model asks fitting to use (without it: ``1 / S`` each, the mean
+#: of squares). A model whose extra components need a prior unlike the others' records it here.
+SHAPE_PRIOR_KEY = "shape_prior_weights"
+
+
+def load_shape_prior(path, *, n_shape: int | None = None, max_bytes: int | None = None) -> np.ndarray | None:
+    """The identity-prior weights (``SHAPE_PRIOR_KEY``, float32 [S]) a model ``.npz`` records, the
+    leading ``n_shape`` of them when given; None for a file that records none (FLAME pickles never do).
+
+    Raises:
+      ValueError: naming the file, when the member is not a finite, non-negative vector with one
+        weight per identity component, or ``n_shape`` exceeds it.
+    """
+    p = _check_path(path)
+    source = _Source(p, max_bytes)
+    if _sniff(p) != "npz":
+        return None
+    arrays = _read_npz(p, source)
+    if SHAPE_PRIOR_KEY not in arrays:
+        return None
+    w = np.asarray(arrays[SHAPE_PRIOR_KEY])
+    num_shape = np.asarray(arrays["shapedirs"]).shape[-1] if "shapedirs" in arrays else None
+    if w.ndim != 1 or w.dtype.kind not in "fiu" or (num_shape is not None and len(w) != num_shape):
+        raise _fail(source, f"'{SHAPE_PRIOR_KEY}' must be a vector of {num_shape} weights (one per identity "
+                            f"component), got {w.dtype} {w.shape}")
+    w = w.astype(np.float32)
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise _fail(source, f"'{SHAPE_PRIOR_KEY}' must be finite and non-negative")
+    n = _component_count(n_shape, len(w), "n_shape", source)
+    return w[:n]
+
+
 def save_model(model: FlameModel, path) -> None:
     """Writes ``model`` as this project's ``.npz`` (exactly the given path; round trip is bit-exact)."""
     arrays = dict(model.to_numpy())

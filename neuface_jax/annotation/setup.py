@@ -20,6 +20,7 @@ import pathlib
 import time
 from typing import Any
 
+import flame_jax
 from neuface_jax.annotation.config import RANDOM_ENCODER, SetupConfig
 from neuface_jax.annotation.face import FaceSetup, resolve_face_model
 from neuface_jax.core import encoder as encoder_lib
@@ -180,6 +181,15 @@ def make_setup(
             seed=int(config.seed), **fit_lib.schedule_settings(config),
             trainable_stages=fit_lib.annotation_trainable_stages(config.trainable_stages, pretrained=enc is not None),
         )
+    flame_file = config.flame_model if model is None else None
+    recorded = None if flame_file is None else flame_jax.load_shape_prior(flame_file)
+    if recorded is not None and fit_config.shape_prior_weights is None:
+        # A model whose components need unequal priors (e.g. learned ones, `learn-model`) records them.
+        if len(recorded) != face_setup.model.num_shape:
+            raise ValueError(f"{flame_file}: records {len(recorded)} identity-prior weights for "
+                             f"{face_setup.model.num_shape} identity components")
+        fit_config = fit_config.replace(shape_prior_weights=recorded)
+        notes.append("shape prior: the per-coefficient weights recorded in the model file")
     if config.image_terms():  # --weight_photometric / --weight_silhouette
         fit_config = fit_config.replace(loss={**fit_config.loss, **config.image_terms()})
     face = fit_lib.FaceModel(face_setup.model, face_setup.embedding)

@@ -39,9 +39,11 @@ def learn_model_main(argv: list[str]) -> int:
         [--shape_components 8] [--albedo_components 0] [--max_frames 16] [--part all|first_half|second_half]
 
     Every clip gets one identity over all its frames and views; the learned components are smooth
-    over the mesh, learned orthogonal to the base's identity space (--orthogonal_to), then take back
-    the part of the clips' base identity and mean expression that is correlated with them over the
-    corpus (--reassign: identity and expression told apart by their statistics). With
+    fields over the mesh (free by default; --orthogonal_to keeps them off the base's spans), scaled
+    so a unit coefficient is one standard deviation over the corpus; --reassign optionally moves into
+    them the part of the clips' base identity and mean expression that is correlated with them over
+    the corpus. Their test-time prior (--test_prior times a base coefficient's) is written into the
+    file's shape_prior_weights member, which annotate --flame_model applies. With
     --albedo_components K the clips' face crops also give per-vertex albedo components (the
     photometric step), written into the model file's albedo_mean / albedo_basis members. The result
     is an ordinary model file (with <stem>.landmark_embedding.npz beside it) for annotate

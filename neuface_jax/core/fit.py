@@ -141,6 +141,10 @@ class FitConfig:
     #: direct baseline: learning rate and prior weights (shape, expression, pose).
     direct_learning_rate: float = 1e-2
     direct_prior_weights: tuple[float, float, float] = (1e-4, 1e-4, 1e-4)
+    #: per-identity-coefficient weights of the shape prior (``losses.weighted_l2_prior``: the direct
+    #: baseline's and the ``shape_prior`` term's); None: the mean of squares. ``annotate`` takes them
+    #: from the model file when it records them (``flame_jax.load_shape_prior``).
+    shape_prior_weights: tuple[float, ...] | None = None
     #: direct baseline, frames without a detection: "interpolate" (their parameters interpolated
     #: linearly from the nearest detected frames of the view, before and after the optimization),
     #: "temporal" (interpolated at the start, then kept in the temporal / smoothing / multi-view
@@ -159,6 +163,8 @@ class FitConfig:
         if self.landmark_weights is not None:
             object.__setattr__(self, "landmark_weights", tuple(float(w) for w in np.ravel(self.landmark_weights)))
         object.__setattr__(self, "direct_prior_weights", tuple(self.direct_prior_weights))
+        if self.shape_prior_weights is not None:
+            object.__setattr__(self, "shape_prior_weights", tuple(float(w) for w in np.ravel(self.shape_prior_weights)))
         if self.trainable_stages is not None:
             if isinstance(self.trainable_stages, bool) or int(self.trainable_stages) < 0:
                 raise ValueError(f"trainable_stages must be None or >= 0, got {self.trainable_stages!r}")
@@ -428,6 +434,8 @@ def _loss_batch(face, data_chunk, shape, expression, pose, cam, key, *, config: 
         batch["step"] = step
     if config.landmark_weights is not None:
         batch["landmark_weights"] = jnp.asarray(config.landmark_weights, jnp.float32)
+    if config.shape_prior_weights is not None:
+        batch["shape_prior_weights"] = jnp.asarray(config.shape_prior_weights, jnp.float32)
     if prev is not None:
         batch.update(prev)
     loss_cfg = dict(config.loss)
@@ -820,7 +828,7 @@ class DirectFit:
         m = data.frame_mask[..., None]
         ws, we, wp = self.config.direct_prior_weights
         prior = (
-            ws * jnp.mean(params.shape**2)
+            ws * losses_lib.masked_mean(*losses_lib.weighted_l2_prior(params.shape, self.config.shape_prior_weights))
             + we * losses_lib.masked_mean(params.expression**2, jnp.broadcast_to(m, params.expression.shape))
             + wp * losses_lib.masked_mean(params.rotation**2, jnp.broadcast_to(m, params.rotation.shape))
         )

@@ -53,7 +53,8 @@ Builtin terms (``BUILTIN_TERMS``) read these batch keys (a missing optional key 
 * ``vertex_acceleration``: ``vertices`` [T, ..., N, 3], ``frame_mask``, ``prev_vertices``/``next_vertices``.
 * ``multiview``: ``posed_vertices`` [..., Vw, N, 3], ``canonical_vertices`` (same shape), ``faces``
   [F, 3]; optional ``view_mask`` [..., Vw] (default: ``frame_mask``).
-* ``shape_prior`` / ``expression_prior`` / ``pose_prior``: ``shape`` / ``expression`` / ``pose``;
+* ``shape_prior`` / ``expression_prior`` / ``pose_prior``: ``shape`` / ``expression`` / ``pose``
+  (optional per-coefficient weights ``shape_prior_weights`` [S], ... : ``weighted_l2_prior``);
   ``prior`` is the sum of the three.
 """
 
@@ -766,16 +767,26 @@ def multiview_term(batch, **options):
     )
 
 
+def weighted_l2_prior(x: jax.Array, weights=None, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """``l2_prior`` with per-coefficient weights ``w`` [D] over the last axis, scaled so the masked mean
+    is ``Σ_i w_i x_i²`` per leading index (``w = 1/D`` each: the plain mean of squares). A model file
+    can record such weights for its identity coefficients (``flame_jax.load_shape_prior``)."""
+    values, m = l2_prior(x, mask)
+    if weights is None:
+        return values, m
+    return values * (jnp.asarray(weights, values.dtype) * values.shape[-1]), m
+
+
 def _prior_term(key: str):
     def term(batch):
         mask = batch.get("frame_mask")
         x = _get(batch, key, f"{key}_prior")
         if mask is not None and jnp.ndim(mask) >= jnp.ndim(x):
             mask = None  # a frame mask cannot describe a per-clip quantity (shape)
-        return l2_prior(x, mask)
+        return weighted_l2_prior(x, batch.get(f"{key}_prior_weights"), mask)
 
     term.__name__ = f"{key}_prior_term"
-    term.__doc__ = f'Builtin "{key}_prior": L2 on batch["{key}"].'
+    term.__doc__ = f'Builtin "{key}_prior": L2 on batch["{key}"] (per-coefficient weights batch["{key}_prior_weights"] when given).'
     return term
 
 
@@ -953,6 +964,7 @@ __all__ = [
     "canonical_vertices",
     "freeze",
     "l2_prior",
+    "weighted_l2_prior",
     "landmark_l1",
     "masked_mean",
     "masked_sum",

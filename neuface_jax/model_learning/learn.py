@@ -117,13 +117,18 @@ class LearnConfig:
         "offset.")
     test_prior: float = setting(
         3.0, "Test-time prior weight of each learned coefficient relative to a base identity coefficient (both "
-        "unit-variance directions), written to the model's record (model_file.shape_prior_of): a stronger prior "
+        "unit-variance directions), written to the model's record and its shape_prior_weights member (which annotate "
+        "applies): a stronger prior "
         "keeps the extra freedom from absorbing landmark noise on faces the base represents.")
     photometric: float = setting(
         0.0, "Weight of the photometric term (the full mesh rendered into the clips' face crops and compared "
         "with them: the dense signal between the landmarks) in the per-clip offsets and the joint steps; needs "
         "the corpus's images (corpus image_size > 0); 0 = landmarks only.")
     photometric_refresh: int = setting(8, "Re-rasterize the clips' meshes every N steps (photometric > 0).")
+    photometric_rate: float = setting(
+        0.1, "Learning-rate multiplier of the stages that start cold (the per-clip offsets; the joint steps "
+        "without a per-clip start) when photometric > 0: the term's landscape is narrow, and Adam's steps of "
+        "about the rate per coordinate at the landmark rates raise its error instead of lowering it.")
     reassign: str = setting(
         "none", "Spans whose part that is correlated over the corpus with the learned coefficients "
         "is moved into the learned components (reassign_correlated: identity and expression are told apart by "
@@ -148,9 +153,9 @@ class LearnConfig:
         if float(self.test_prior) < 0 or float(self.expression_prior_scale) <= 0:
             raise ValueError(f"test_prior must be >= 0 and expression_prior_scale > 0, got {self.test_prior}, "
                              f"{self.expression_prior_scale}")
-        if float(self.photometric) < 0 or int(self.photometric_refresh) < 1:
-            raise ValueError(f"photometric must be >= 0 and photometric_refresh >= 1, got {self.photometric}, "
-                             f"{self.photometric_refresh}")
+        if float(self.photometric) < 0 or int(self.photometric_refresh) < 1 or not float(self.photometric_rate) > 0:
+            raise ValueError(f"photometric must be >= 0, photometric_refresh >= 1 and photometric_rate > 0, got "
+                             f"{self.photometric}, {self.photometric_refresh}, {self.photometric_rate}")
         if int(self.basis_size) < 2 or int(self.steps) < 0 or int(self.init_steps) < 0:
             raise ValueError(f"basis_size must be >= 2 and steps >= 0, got {self.basis_size}, {self.steps}")
 
@@ -246,7 +251,9 @@ def _clip_photometric(full: flame_jax.FlameModel, params: mfit.ClipParams, clip:
     batch = {"images": images, "vertices": mfit.posed_vertices(full, params), "cam": params.cam,
              "faces": full.faces, "frame_mask": clip.frame_mask, "landmarks_target": clip.landmarks,
              "landmarks_mask": clip.landmarks_mask}
-    values, mask = photometric.photometric_term(batch, refresh_every=int(config.photometric_refresh))
+    # The options this learning was measured with (one light per image, no frame weights).
+    values, mask = photometric.photometric_term(batch, refresh_every=int(config.photometric_refresh), light="frame",
+                                                frame_outliers=0.0)
     return losses_lib.masked_mean(values, mask)
 
 
@@ -291,6 +298,8 @@ def _optimizer(config: LearnConfig, stage: str):
     # After the per-clip start the joint problem starts near a solution: Adam's first steps (about
     # the learning rate per coordinate, whatever the gradient) would undo it at the full rates.
     f = REFINE_RATE_FACTOR if stage == "joint" and config.init == "per_clip" else 1.0
+    if f == 1.0 and float(config.photometric) > 0:
+        f = float(config.photometric_rate)
     return optax.multi_transform(
         {"clips": optax.adam(mfit.schedule(config.learning_rate * f, n)),
          "w": optax.adam(mfit.schedule(config.basis_learning_rate * f, n))},

@@ -3,7 +3,10 @@
 The file is exactly what ``flame_jax.save_model`` writes (``format``, ``name`` and the FLAME arrays,
 the learned identity components appended after the base model's in ``shapedirs``), plus
 ``learning``, a JSON string: the base model (name, file, SHA-256, identity component count), the
-learning run (corpus, settings, losses, timings) and the component layout.
+learning run (corpus, settings, losses, timings) and the component layout; and
+``shape_prior_weights``, the per-coefficient identity prior for fitting (the base's coefficients at
+the base's weight, the learned ones at ``test_prior`` times it), which ``flame_jax.load_shape_prior``
+reads and ``annotate`` applies.
 
 ``flame_jax.load_model`` ignores the extra members, so every command that takes a model file takes
 this one. Everything is read with pickles disabled.
@@ -20,7 +23,7 @@ import numpy as np
 
 import flame_jax
 from flame_jax.atomic import atomic_write
-from flame_jax.io.flame_model import MODEL_FORMAT
+from flame_jax.io.flame_model import MODEL_FORMAT, SHAPE_PRIOR_KEY
 from neuface_jax import photometric
 from neuface_jax.model_learning import fit as mfit
 
@@ -50,8 +53,10 @@ def append_identity_components(base: flame_jax.FlameModel, components, name: str
 
 
 def save_learned_model(model: flame_jax.FlameModel, path, learning: dict[str, Any], albedo=None) -> Path:
-    """Writes ``model`` in the ``flame_jax`` model format with the learning record (atomically), and
-    the learned per-vertex albedo model (``photometric.AlbedoModel``) in the texture members
+    """Writes ``model`` in the ``flame_jax`` model format with the learning record (atomically), the
+    test-time identity prior the record asks for (``shape_prior_of``) in ``flame_jax``'s
+    ``shape_prior_weights`` member, read by ``flame_jax.load_shape_prior`` (so ``annotate`` fits with
+    it), and the learned per-vertex albedo model (``photometric.AlbedoModel``) in the texture members
     ``albedo_mean`` [V, 3] and ``albedo_basis`` [K, V, 3] when given."""
     arrays = dict(model.to_numpy())
     if albedo is not None:
@@ -64,6 +69,7 @@ def save_learned_model(model: flame_jax.FlameModel, path, learning: dict[str, An
     arrays["format"] = np.array(MODEL_FORMAT)
     record = dict(learning, format=LEARNING_FORMAT)
     arrays[LEARNING_KEY] = np.array(json.dumps(record, sort_keys=True))
+    arrays[SHAPE_PRIOR_KEY] = shape_prior_of(record, model.num_shape)
     path = Path(path)
     atomic_write(os.fspath(path), lambda f: np.savez(f, **arrays))
     return path

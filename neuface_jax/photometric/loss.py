@@ -57,6 +57,8 @@ logger = logging.getLogger(__name__)
 JAW_IDS = tuple(range(17))
 #: Rounds of occluder rejection and appearance re-solve (the first solve's light is bent by the occluder).
 _OUTLIER_PASSES = 2
+#: Occluder-pixel threshold of ``frame_weights_in="pixels"`` when ``outliers`` is off.
+_PIXEL_OUTLIERS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +73,9 @@ class PhotometricConfig:
     albedo: str = setting("auto", "Albedo: 'model' (the demo head's basis, coefficients solved per batch), "
                           "'vertex' (free per-vertex RGB solved per batch), 'batch' (batch['albedo']), "
                           "'auto' (model on the demo head, else vertex).", choices=("auto", "model", "vertex", "batch"))
-    light: str = setting("frame", "SH light: one per image ('frame'), one per batch ('clip') or batch['sh_light'].",
-                         choices=("frame", "clip", "batch"))
+    light: str = setting("clip", "SH light: one per batch ('clip': a clip, or a NeuFace chunk, lit the same "
+                         "throughout, so an occluder cannot be explained by re-lighting its frame), one per image "
+                         "('frame': a batch of unrelated crops) or batch['sh_light'].", choices=("frame", "clip", "batch"))
     light_prior: float = setting(0.0, "With light='frame': each image's light is pulled toward the batch's one "
                                  "light with this weight per weighted pixel (0: independent per-image lights), "
                                  "so an occluded image cannot re-light itself to explain the occluder.")
@@ -104,9 +107,16 @@ class PhotometricConfig:
                               "solve) exceeds the batch's typical error at the same surface point by this many mean "
                               "errors is dropped and the appearance re-solved. It drops a hand over the mouth, but "
                               "also feature edges of clean frames, which cost landmark accuracy (docs/photometric.md).")
-    frame_outliers: float = setting(0.0, "Per-image robust weight (0: off): an image whose mean colour error (after "
+    frame_outliers: float = setting(1.5, "Per-image robust weight (0: off): an image whose mean colour error (after "
                                     "the appearance solve) exceeds this many times the batch's median image error "
                                     "is down-weighted by (k · median / error)², and the appearance re-solved.")
+    frame_weights_in: str = setting("solve", "Where the frame weights apply: the appearance solve only ('solve': an "
+                                    "occluded frame cannot bend the clip's albedo and light, and every frame's "
+                                    "geometry still sees its whole face under the robust penalty), the solve and the "
+                                    "loss ('loss': a frame whose error spikes for a step loses the term and jumps), "
+                                    "or the solve, and in the loss only the occluder pixels (occlusion_mask, "
+                                    "threshold `outliers` or 2) of the down-weighted frames ('pixels').",
+                                    choices=("loss", "solve", "pixels"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -533,8 +543,16 @@ def photometric_inputs(batch, config: PhotometricConfig) -> TermInputs:
             albedo, light = _solve_appearance(verts, faces, raster, target, weights, config)
         if config.frame_outliers > 0:
             frame_w = frame_weights(error(albedo, light), weights.reshape(n, -1), config.frame_outliers)
-            weights = weights * frame_w.reshape(lead + (1, 1))
-            albedo, light = _solve_appearance(verts, faces, raster, target, weights, config)
+            solve_w = weights * frame_w.reshape(lead + (1, 1))
+            albedo, light = _solve_appearance(verts, faces, raster, target, solve_w, config)
+            if config.frame_weights_in == "loss":
+                weights = solve_w
+            elif config.frame_weights_in == "pixels":  # the flagged frames lose only their occluder pixels
+                keep = occlusion_mask(error(albedo, light), raster.face_index.reshape(n, -1),
+                                      raster.barycentric.reshape(n, -1, 3), faces, weights.reshape(n, -1), nv,
+                                      config.outliers if config.outliers > 0 else _PIXEL_OUTLIERS)
+                flagged = (frame_w < 1.0)[:, None]
+                weights = weights * jnp.where(flagged, keep, 1.0).reshape(weights.shape)
     return TermInputs(images, verts, cam, faces, raster, attention, weights, albedo, light)
 
 
@@ -655,20 +673,25 @@ def face_mask_iou(face_index, faces, num_vertices: int, polygon_px, *, closed: b
 RECIPE_START_STEP = 40
 RECIPE_RAMP_STEPS = 20
 RECIPE_REFRESH_EVERY = 4
+#: The recipe's photometric options: annotate and the demo fit NeuFace, which diverged with one light
+#: per clip (clean monocular clip, with or without frame weights) and was helped by one light per
+#: image without frame weights (docs/photometric.md, Evidence).
+RECIPE_PHOTOMETRIC_OPTIONS = {"light": "frame", "frame_outliers": 0.0}
 
 
 def recipe_terms(photometric: float = 0.0, silhouette: float = 0.0, *, start_step: int = RECIPE_START_STEP,
                  ramp_steps: int = RECIPE_RAMP_STEPS, refresh_every: int = RECIPE_REFRESH_EVERY) -> dict:
     """Loss-config entries adding the photometric and/or silhouette term under the recipe: the
     landmarks alone for ``start_step`` optimizer steps, then each term ramped in linearly over
-    ``ramp_steps`` (an image term from the first step pulls a mesh the landmarks have not yet placed).
+    ``ramp_steps`` (an image term from the first step pulls a mesh the landmarks have not yet placed);
+    the photometric term with ``RECIPE_PHOTOMETRIC_OPTIONS`` (NeuFace's measured options).
     A weight of 0 leaves its term out; ``{}`` when both are 0."""
     if photometric < 0 or silhouette < 0:
         raise ValueError(f"image term weights must be >= 0, got photometric {photometric}, silhouette {silhouette}")
     schedule = {"start_step": int(start_step), "ramp_steps": int(ramp_steps), "refresh_every": int(refresh_every)}
     out = {}
     if photometric > 0:
-        out["photometric"] = ("photometric", float(photometric), dict(schedule))
+        out["photometric"] = ("photometric", float(photometric), {**schedule, **RECIPE_PHOTOMETRIC_OPTIONS})
     if silhouette > 0:
         out["silhouette"] = ("silhouette", float(silhouette), dict(schedule))
     return out

@@ -129,7 +129,8 @@ def run_live(source, track_config: track_lib.TrackConfig = track_lib.TrackConfig
     show = close_window = None
     if config.show:
         show, close_window = _window("neuface-jax live")
-    reg = regressor if regressor is not None else track_lib.load_regressor(track_config.regressor)
+    reg = regressor if regressor is not None else track_lib.load_regressor(
+        track_config.regressor, mirror_average=track_config.mirror_average)
     sink = track_lib.ParamsSink(config.params, model_name=track_lib.model_label(reg.face)) if config.params else None
     src = track_lib.open_frames(source, config.stall_timeout_s)
     writer = None

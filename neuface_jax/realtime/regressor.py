@@ -19,6 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import spatial
 
 import flame_jax
 from neuface_jax.core import encoder as encoder_lib
@@ -27,7 +28,7 @@ from neuface_jax.media import crops as crops_lib
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE", "Prediction", "Regressor", "box_of_transform", "crop_box", "demo_face", "landmark_submodel",
-    "reframe_camera", "regressor_config",
+    "mirror_maps", "mirror_params", "reframe_camera", "regressor_config",
 ]
 
 #: Crop side of the regressor (pixels).
@@ -53,6 +54,46 @@ def reframe_camera(cam, zoom, shift, *, xp=np):
     ``1/zoom`` and ``−shift/zoom``."""
     s = cam[..., 0] * zoom
     return xp.stack([s, cam[..., 1] + shift[..., 0] / s, cam[..., 2] - shift[..., 1] / s], axis=-1)
+
+
+def mirror_maps(face: fit_lib.FaceModel, n_shape: int, n_expr: int, *, tolerance: float = 1e-3):
+    """``(vertex_map [V], shape_map [n_shape, n_shape], expression_map [n_expr, n_expr])`` of the face
+    model's left/right mirror (x → −x): vertex ``i`` of a mirrored mesh is vertex ``vertex_map[i]``,
+    and coefficients ``c`` become ``c @ map``, the least-squares coefficients of the mirrored blend
+    shapes (exact when the basis is closed under mirroring). Raises if the template is not symmetric
+    within ``tolerance`` (model units)."""
+    flame = face.flame
+    v = np.asarray(flame.v_template, np.float64)
+    mirrored = v * np.array([-1.0, 1.0, 1.0])
+    dist, vertex_map = spatial.cKDTree(v).query(mirrored)
+    if dist.max() > tolerance:
+        raise ValueError(f"{flame.name}: the template is not left/right symmetric (a vertex's mirror image is "
+                         f"{dist.max():.3g} from the nearest vertex); mirror augmentation needs a symmetric model")
+    basis = np.asarray(flame.basis, np.float64).reshape(flame.basis.shape[0], -1, 3)
+
+    def block(rows):
+        b = basis[rows]
+        m = (b[:, vertex_map] * np.array([-1.0, 1.0, 1.0])).reshape(len(b), -1)
+        x, *_ = np.linalg.lstsq(b.reshape(len(b), -1).T, m.T, rcond=None)
+        return x.T.astype(np.float32)
+
+    ns = flame.num_shape
+    if n_shape > ns or n_expr > flame.num_expression:
+        raise ValueError(f"{n_shape} identity / {n_expr} expression coefficients; {flame.name} has {ns} / "
+                         f"{flame.num_expression}")
+    return vertex_map, block(np.arange(n_shape)), block(ns + np.arange(n_expr))
+
+
+def mirror_params(shape, expression, pose, cam, shape_map, expression_map, *, xp=np):
+    """The parameters [..., ·] of the left/right mirror image of a face: identity and expression through
+    ``mirror_maps``' maps, rotations (x, y, z) → (x, −y, −z) with the two eyes swapped (full 15-value
+    pose), the camera's x translation negated. Mirroring twice gives the parameters back (up to the
+    maps' least-squares residual)."""
+    flip = xp.asarray([1.0, -1.0, -1.0], pose.dtype)
+    p = pose.reshape(pose.shape[:-1] + (5, 3)) * flip
+    p = p[..., [0, 1, 2, 4, 3], :].reshape(pose.shape)
+    return (shape @ shape_map, expression @ expression_map, p,
+            cam * xp.asarray([1.0, -1.0, 1.0], cam.dtype))
 
 
 def box_of_transform(m, size: int) -> np.ndarray:
@@ -152,12 +193,18 @@ class Prediction:
                                    cam=v[n[3]:n[4]])
 
 
-def _predict(graphdef, config, trainable, rest, face, crop):
+def _predict(graphdef, config, trainable, rest, face, crop, maps=None):
     images = crop[None].astype(jnp.float32) / 255.0
+    if maps is not None:  # the crop and its mirror in one batch
+        images = jnp.concatenate([images, images[:, :, ::-1]])
     raw = encoder_lib.apply(graphdef, trainable, rest, images)
     p = encoder_lib.decode_outputs(raw, config)
-    _, lmk2d, _ = fit_lib.evaluate_params(face, p.shape, p.expression, p.pose, p.cam)
-    return p.shape[0], p.expression[0], p.pose[0], p.cam[0], lmk2d[0]
+    out = p.shape[0], p.expression[0], p.pose[0], p.cam[0]
+    if maps is not None:
+        back = mirror_params(p.shape[1], p.expression[1], p.pose[1], p.cam[1], *maps, xp=jnp)
+        out = tuple((a + b) / 2.0 for a, b in zip(out, back))
+    _, lmk2d, _ = fit_lib.evaluate_params(face, *out)
+    return (*out, lmk2d)
 
 
 def _landmarks(face, shape, expression, pose, cam):
@@ -170,10 +217,14 @@ class Regressor:
     Args:
       encoder: the network.  config: its ``EncoderConfig``.
       face: the face model its parameters belong to (default: the demo head).
+      mirror_average: predict the crop and its left/right mirror in one batch of two, mirror the
+        second prediction's parameters back (``mirror_params``) and average the two (test-time
+        augmentation: the two predictions' errors are partly independent; twice the network's work in
+        one call).
     """
 
     def __init__(self, encoder: encoder_lib.Encoder, config: encoder_lib.EncoderConfig,
-                 face: fit_lib.FaceModel | None = None):
+                 face: fit_lib.FaceModel | None = None, *, mirror_average: bool = False):
         self.encoder, self.config = encoder, config
         self.face = demo_face() if face is None else face
         if self.face.flame.num_shape < config.n_shape or self.face.flame.num_expression < config.n_expr:
@@ -182,15 +233,21 @@ class Regressor:
                 f"face model has only {self.face.flame.num_shape} / {self.face.flame.num_expression}")
         self._landmark_face = landmark_submodel(self.face)
         graphdef, self._trainable, self._rest = encoder_lib.split_params(encoder, freeze_bn=True)
+        self.mirror_average = bool(mirror_average)
+        #: ``(shape_map, expression_map)`` of ``mirror_maps`` when mirror averaging, else None.
+        self.coefficient_mirror_maps = None
+        if self.mirror_average:
+            _, shape_map, expr_map = mirror_maps(self.face, config.n_shape, config.n_expr)
+            self.coefficient_mirror_maps = (jnp.asarray(shape_map), jnp.asarray(expr_map))
         self._fn = jax.jit(functools.partial(_predict, graphdef, config))
         self._lmk = jax.jit(_landmarks)
         self.image_size = int(config.image_size)
 
     @classmethod
-    def load(cls, path, face: fit_lib.FaceModel | None = None) -> "Regressor":
+    def load(cls, path, face: fit_lib.FaceModel | None = None, *, mirror_average: bool = False) -> "Regressor":
         """A regressor from an encoder checkpoint directory (``save_encoder``)."""
         enc, cfg = encoder_lib.load_encoder(path)
-        return cls(enc, cfg, face)
+        return cls(enc, cfg, face, mirror_average=mirror_average)
 
     def crop(self, frame: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
         """``crop_box`` at this regressor's crop size."""
@@ -202,7 +259,8 @@ class Regressor:
         if crop.shape != (self.image_size, self.image_size, 3) or crop.dtype != np.uint8:
             raise ValueError(f"the regressor takes uint8 [{self.image_size}, {self.image_size}, 3] crops, got "
                              f"{crop.dtype} {crop.shape}")
-        out = jax.device_get(self._fn(self._trainable, self._rest, self._landmark_face, crop))
+        out = jax.device_get(self._fn(self._trainable, self._rest, self._landmark_face, crop,
+                                      self.coefficient_mirror_maps))
         return Prediction(*(np.asarray(a, np.float32) for a in out))
 
     def landmarks(self, p: Prediction) -> np.ndarray:

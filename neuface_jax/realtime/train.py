@@ -17,7 +17,9 @@ points are the only targets, ``weak_landmark_loss``) and **unlabelled videos** (
 the landmark-free photometric term and identity consistency only).
 
 The loss is ``synthetic.pretrain.pretrain_loss`` (parameter regression, 2D landmarks through the
-predicted mesh and camera, 3D vertices) for both sources, plus **multi-frame identity
+predicted mesh and camera, 3D vertices) for both sources, optionally the dense 2D term
+(``projected_vertex_loss``: the whole mesh projected into the crop, what landmark NME measures;
+rotation and camera errors that cancel in parameter space do not cancel there), plus **multi-frame identity
 consistency**: batches are built from groups of ``group_size`` images of the same clip (one
 person), and the variance of the predicted identity within a group is penalized. With full
 supervision the targets already share one identity per clip, so this term mostly regularizes; it
@@ -45,9 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from scipy import spatial
 
 from neuface_jax.common.settings import setting
+from neuface_jax.core import camera as camera_lib
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
 from neuface_jax.core import losses as losses_lib
@@ -72,6 +74,7 @@ __all__ = [
     "identity_consistency",
     "mirror_examples",
     "mirror_maps",
+    "projected_vertex_loss",
     "reframe",
     "save",
     "self_supervised_loss",
@@ -110,6 +113,14 @@ class TrainConfig:
     learning_rate: float = setting(2e-3, "Peak learning rate (Adam, warm-up then cosine decay).", flag="lr")
     warmup_steps: int = setting(100, "Linear warm-up steps.")
     weight_identity: float = setting(1.0, "Weight of the identity-consistency term (variance within a group).")
+    weight_shape: float = setting(1.0, "Weight of the identity-coefficient regression (squared error).")
+    weight_landmark: float = setting(10.0, "Weight of the 2D landmark term (L1, normalized crop units): the predicted "
+                                           "mesh's 68 landmarks against the label's.")
+    weight_projected: float = setting(0.0, "Weight of the dense 2D term: every vertex of the predicted mesh projected "
+                                           "into the crop against the label mesh's projection (L1, normalized crop "
+                                           "units; what landmark NME measures, on the whole mesh).")
+    freeze_bn: bool = setting(False, "Train with BatchNorm's running statistics, scales and offsets frozen (the "
+                                     "inference-time network; for fine-tuning a trained regressor).")
     weight_photometric: float = setting(0.0, "Weight of the landmark-free photometric term (skin-attention-masked, "
                                              "albedo and light solved per image) on the real frames: distilled "
                                              "and unlabelled ones (0 = off).")
@@ -154,6 +165,7 @@ class TrainConfig:
             num_clips=self.synthetic_clips, num_val_clips=self.synthetic_val_clips,
             seed_offset=self.synthetic_seed_offset, num_steps=self.steps, batch_size=self.batch_size,
             learning_rate=self.learning_rate, warmup_steps=self.warmup_steps, seed=self.seed,
+            weight_shape=self.weight_shape, weight_landmark=self.weight_landmark,
         )
 
 
@@ -214,32 +226,8 @@ def distillation_data(annotation_dirs: Sequence, *, image_size: int = regressor_
     return _concat(train_parts), _concat(held_parts)
 
 
-def mirror_maps(face: fit_lib.FaceModel, n_shape: int, n_expr: int, *, tolerance: float = 1e-3):
-    """``(vertex_map [V], shape_map [n_shape, n_shape], expression_map [n_expr, n_expr])`` of the face
-    model's left/right mirror (x → −x): vertex ``i`` of a mirrored mesh is vertex ``vertex_map[i]``,
-    and coefficients ``c`` become ``c @ map``, the least-squares coefficients of the mirrored blend
-    shapes (exact when the basis is closed under mirroring). Raises if the template is not symmetric
-    within ``tolerance`` (model units)."""
-    flame = face.flame
-    v = np.asarray(flame.v_template, np.float64)
-    mirrored = v * np.array([-1.0, 1.0, 1.0])
-    dist, vertex_map = spatial.cKDTree(v).query(mirrored)
-    if dist.max() > tolerance:
-        raise ValueError(f"{flame.name}: the template is not left/right symmetric (a vertex's mirror image is "
-                         f"{dist.max():.3g} from the nearest vertex); mirror augmentation needs a symmetric model")
-    basis = np.asarray(flame.basis, np.float64).reshape(flame.basis.shape[0], -1, 3)
-
-    def block(rows):
-        b = basis[rows]
-        m = (b[:, vertex_map] * np.array([-1.0, 1.0, 1.0])).reshape(len(b), -1)
-        x, *_ = np.linalg.lstsq(b.reshape(len(b), -1).T, m.T, rcond=None)
-        return x.T.astype(np.float32)
-
-    ns = flame.num_shape
-    if n_shape > ns or n_expr > flame.num_expression:
-        raise ValueError(f"{n_shape} identity / {n_expr} expression coefficients; {flame.name} has {ns} / "
-                         f"{flame.num_expression}")
-    return vertex_map, block(np.arange(n_shape)), block(ns + np.arange(n_expr))
+#: The face model's left/right mirror maps (``regressor.mirror_maps``, shared with mirror averaging).
+mirror_maps = regressor_lib.mirror_maps
 
 
 def mirror_examples(data: pretrain_lib.PretrainData, face: fit_lib.FaceModel) -> pretrain_lib.PretrainData:
@@ -248,15 +236,13 @@ def mirror_examples(data: pretrain_lib.PretrainData, face: fit_lib.FaceModel) ->
     camera's x translation negated, identity and expression through ``mirror_maps``. Each clip's
     mirror is a new group (``clip_index`` → −1 − it): a mirrored face is another person."""
     _, shape_map, expr_map = mirror_maps(face, data.shape.shape[-1], data.expression.shape[-1])
-    flip = np.array([1.0, -1.0, -1.0], np.float32)
-    pose = data.pose.reshape(len(data), 5, 3) * flip
-    pose = pose[:, [0, 1, 2, 4, 3]].reshape(len(data), 15)
+    shape, expr, pose, cam = regressor_lib.mirror_params(data.shape, data.expression, data.pose, data.cam, shape_map,
+                                                         expr_map)
     lmk = data.landmarks[:, landmark_sets_lib.IBUG68_MIRROR] * np.array([-1.0, 1.0], np.float32)
     return pretrain_lib.PretrainData(
         images=np.ascontiguousarray(data.images[:, :, ::-1]), landmarks=lmk.astype(np.float32),
-        shape=(data.shape @ shape_map).astype(np.float32), expression=(data.expression @ expr_map).astype(np.float32),
-        pose=pose.astype(np.float32), cam=(data.cam * np.array([1.0, -1.0, 1.0], np.float32)).astype(np.float32),
-        clip_index=(-1 - data.clip_index).astype(np.int32),
+        shape=shape.astype(np.float32), expression=expr.astype(np.float32), pose=pose.astype(np.float32),
+        cam=cam.astype(np.float32), clip_index=(-1 - data.clip_index).astype(np.int32),
     )
 
 
@@ -418,7 +404,9 @@ def self_supervised_loss(shape, expression, pose, cam, images: jax.Array, face: 
     verts, _, _ = fit_lib.evaluate_params(face, shape, expression, pose, cam)
     batch = {"images": images, "vertices": verts, "cam": cam, "faces": face.flame.faces}
     # The camera is a prediction like the rest (no landmarks place it on unlabelled frames).
-    values, mask = photometric_lib.photometric_term(batch, refresh_every=1, camera_gradient=True)
+    # The batch's crops come from unrelated clips: one light per image, no clip-wide frame weights.
+    values, mask = photometric_lib.photometric_term(batch, refresh_every=1, camera_gradient=True, light="frame",
+                                                    frame_outliers=0.0)
     return losses_lib.masked_mean(values, mask)
 
 
@@ -428,6 +416,16 @@ def weak_landmark_loss(shape, expression, pose, cam, landmarks: jax.Array, visib
     over the visible ones [B, 68]."""
     _, lmk, _ = fit_lib.evaluate_params(face, shape, expression, pose, cam)
     return losses_lib.masked_mean(*losses_lib.landmark_l1(lmk, landmarks, visible))
+
+
+def projected_vertex_loss(shape, expression, pose, cam, targets: dict, face: fit_lib.FaceModel) -> jax.Array:
+    """Mean |error| of the predicted mesh projected into the crop against the label mesh (``targets``:
+    identity, expression, full pose and camera [B, ...]) projected with its own camera: the 2D fit that
+    landmark NME measures, over every vertex (pose and camera errors that trade off in parameter
+    space show up here as one image-space error)."""
+    verts, _, _ = fit_lib.evaluate_params(face, shape, expression, pose, cam)
+    gt, _, _ = fit_lib.evaluate_params(face, targets["shape"], targets["expression"], targets["pose"], targets["cam"])
+    return jnp.mean(jnp.abs(camera_lib.project(verts, cam) - camera_lib.project(gt, targets["cam"])))
 
 
 def augment(images: jax.Array, key: jax.Array) -> jax.Array:
@@ -586,7 +584,7 @@ def train(
             _, tr, rest = encoder_lib.split_params(encoder, freeze_bn=False)
             encoder = encoder_lib.merge_params(graphdef, tr, rest)
     pcfg = config.pretrain_config()
-    graphdef, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=False)
+    graphdef, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=config.freeze_bn)
     trainable = jax.tree.map(jnp.array, trainable)
     rest = jax.tree.map(jnp.array, rest)
     warm = max(1, min(config.warmup_steps, config.steps // 2))
@@ -622,10 +620,18 @@ def train(
             batch = dict(batch, landmarks=lmk, cam=cam)
         if config.augment:
             images = augment(images, key)
-        raw, new_r = encoder_lib.apply(graphdef, tr, r, images, update_bn_stats=True)
-        total, parts = pretrain_lib.pretrain_loss(raw[:n_lab_rows], {k: v[:n_lab_rows] for k, v in batch.items()},
-                                                  face, enc_cfg, pcfg)
+        if config.freeze_bn:
+            raw, new_r = encoder_lib.apply(graphdef, tr, r, images), r
+        else:
+            raw, new_r = encoder_lib.apply(graphdef, tr, r, images, update_bn_stats=True)
+        labelled_batch = {k: v[:n_lab_rows] for k, v in batch.items()}
+        total, parts = pretrain_lib.pretrain_loss(raw[:n_lab_rows], labelled_batch, face, enc_cfg, pcfg)
         p = encoder_lib.decode_outputs(raw, enc_cfg)
+        if config.weight_projected:
+            lab = slice(0, n_lab_rows)
+            parts["projected"] = projected_vertex_loss(p.shape[lab], p.expression[lab], p.pose[lab], p.cam[lab],
+                                                       labelled_batch, face)
+            total = total + config.weight_projected * parts["projected"]
         parts["identity"] = identity_consistency(p.shape, gsize)
         total = total + config.weight_identity * parts["identity"]
         if n_weak:

@@ -195,8 +195,9 @@ def test_terms_named_in_a_fit_config_prefer_the_truth(demo):
     config = fit.FitConfig(loss={
         "landmark": 10.0,
         "photometric": ("photometric", 1.0, {"refresh_every": 1}),
-        "photometric_vertex": ("photometric", 1.0, {"albedo": "vertex", "light_prior": 0.5, "frame_outliers": 1.5,
-                                                    "penalty": "trimmed", "refresh_every": 2, "outliers": 2.0}),
+        "photometric_vertex": ("photometric", 1.0, {"albedo": "vertex", "light": "frame", "light_prior": 0.5,
+                                                    "frame_weights_in": "loss", "penalty": "trimmed",
+                                                    "refresh_every": 2, "outliers": 2.0}),
         "silhouette": 1.0,
     })
     face = fit.FaceModel(model, emb)
@@ -343,6 +344,36 @@ def test_occlusion_mask_drops_transient_errors_and_keeps_shared_ones():
     assert fw[2] < 0.5 and np.all(fw[[0, 1, 3, 4]] == 1.0) and fw[5] == 0.0
 
 
+def test_frame_weights_reach_the_solve_and_only_where_told_the_loss(demo):
+    """With one light per clip and frame weights, a blob painted over one image's mouth flags that
+    image. 'solve' (the default) leaves the loss's pixel weights as they were: the appearance solve
+    alone sees the frame weights; 'pixels' drops only the blob's pixels of the flagged image. The
+    appearance is the same in both."""
+    batch = _demo_batch(demo)
+    batch = {k: (v if k == "faces" else jnp.concatenate([v, v])) for k, v in batch.items()}  # 4 images
+    size = batch["images"].shape[-2]
+    blob = np.zeros((4, size, size), bool)
+    blob[0, int(0.62 * size):int(0.8 * size), int(0.35 * size):int(0.65 * size)] = True  # over the mouth
+    batch["images"] = jnp.where(jnp.asarray(blob)[..., None], jnp.array([0.95, 0.75, 0.6]), batch["images"])
+
+    @jax.jit  # one compile for both
+    def inputs(batch):
+        return {scope: loss_lib.photometric_inputs(batch, loss_lib.PhotometricConfig(  # defaults: clip light, k 1.5
+            refresh_every=1, frame_weights_in=scope, solve_iterations=1)) for scope in ("solve", "pixels")}
+
+    out = inputs(batch)
+    att = np.asarray(out["solve"].attention)
+    face_blob = blob & (att > 0)
+    assert face_blob[0].sum() > 20
+    np.testing.assert_array_equal(np.asarray(out["solve"].weights), att)
+    w_pix = np.asarray(out["pixels"].weights)
+    np.testing.assert_array_equal(w_pix[1:], att[1:])  # the clean images are not flagged
+    assert w_pix[0][face_blob[0]].sum() < 0.3 * att[0][face_blob[0]].sum()
+    rest = (att[0] > 0) & ~blob[0]
+    assert w_pix[0][rest].sum() > 0.8 * att[0][rest].sum()
+    np.testing.assert_allclose(np.asarray(out["pixels"].light), np.asarray(out["solve"].light), atol=1e-6)
+
+
 def test_annotate_flags_add_the_image_terms(face, ecfg, monkeypatch):  # noqa: F811
     """--weight_photometric / --weight_silhouette add the terms under the recipe's schedule; a model whose
     face region cannot be found (no 68-point embedding) is a clear error, not a silent whole-mesh term."""
@@ -356,6 +387,7 @@ def test_annotate_flags_add_the_image_terms(face, ecfg, monkeypatch):  # noqa: F
     assert SetupConfig().image_terms() == {}
     terms = SetupConfig(weight_photometric=5.0, weight_silhouette=2.0, image_terms_start=30).image_terms()
     assert terms["photometric"][:2] == ("photometric", 5.0) and terms["photometric"][2]["start_step"] == 30
+    assert terms["photometric"][2]["light"] == "frame"  # NeuFace's measured options, not the term's defaults
     assert terms["silhouette"][2]["ramp_steps"] == loss_lib.RECIPE_RAMP_STEPS
     with pytest.raises(ValueError, match="image term weights"):
         SetupConfig(weight_photometric=-1.0)

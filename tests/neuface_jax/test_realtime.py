@@ -84,6 +84,15 @@ def test_regressor_inference_and_landmark_submodel():
     np.testing.assert_allclose(cut, full, atol=1e-6)
     with pytest.raises(ValueError, match="uint8"):
         reg(np.zeros((32, 32, 3), np.float32))
+    # Mirror averaging: the crop's prediction and its mirror's, mirrored back, averaged.
+    mirrored = regressor.Regressor(enc, cfg, reg.face, mirror_average=True)
+    both = mirrored(crop)
+    m = reg(np.ascontiguousarray(crop[:, ::-1]))
+    back = regressor.mirror_params(m.shape, m.expression, m.pose, m.cam,
+                                   *(np.asarray(a) for a in mirrored.coefficient_mirror_maps))
+    for got, a, b in zip((both.shape, both.expression, both.pose, both.cam), (p.shape, p.expression, p.pose, p.cam),
+                         back):
+        np.testing.assert_allclose(got, (a + b) / 2, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------ training data
@@ -159,6 +168,12 @@ def test_mirror_examples_mirror_the_image_landmarks_and_parameters():
     got = np.asarray(landmarks(m.shape, m.expression, m.pose, m.cam))
     assert np.abs(got - m.landmarks).mean() < 0.01 < np.abs(lmk - m.landmarks).mean()
     assert m.landmarks[0, 36, 0] == pytest.approx(-lmk[0, 45, 0])  # outer eye corners swap sides
+    # The dense 2D term: zero at the label, and a camera moved by dx moves every projected x by s·dx.
+    targets = {"shape": shape, "expression": expr, "pose": pose, "cam": cam}
+    projected = jax.jit(lambda *a: train.projected_vertex_loss(*a, targets, small))
+    assert float(projected(shape, expr, pose, cam)) == pytest.approx(0.0, abs=1e-6)
+    moved = cam + np.float32([0.0, 0.002, 0.0])
+    assert float(projected(shape, expr, pose, moved)) == pytest.approx(9.0 * 0.002 / 2, rel=1e-3)
     # ...and mirroring twice gives the example back.
     mm = train.mirror_examples(m, face)
     for f in ("images", "landmarks", "pose", "cam", "clip_index"):

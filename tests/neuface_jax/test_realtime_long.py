@@ -42,6 +42,19 @@ def test_training_lowers_the_loss():
     assert total[-1] < total[0]
 
 
+def test_fine_tuning_with_frozen_batchnorm_and_the_dense_2d_term():
+    cfg = train.TrainConfig(**{**TINY_TRAIN, "steps": 2, "freeze_bn": True, "weight_projected": 5.0,
+                               "weight_shape": 0.1})
+    start = encoder_lib.init_encoder(regressor.regressor_config(100, 50, image_size=32), seed=3)
+    _, _, rest0 = encoder_lib.split_params(start, freeze_bn=True)
+    result = train.train(cfg, encoder=start, log_every=1)
+    assert len(result.history["projected"]) == 2 and result.history["projected"][0] > 0
+    _, _, rest1 = encoder_lib.split_params(result.encoder, freeze_bn=True)
+    # BatchNorm's statistics, scales and offsets are exactly the starting ones.
+    for a, b in zip(jax.tree.leaves(rest0), jax.tree.leaves(rest1)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.shared_data
 def test_annotate_starts_from_a_trained_regressor(shared_data, landmarker_model, tmp_path):
     from neuface_jax import cli, load_params
