@@ -67,6 +67,9 @@ flags.DEFINE_integer("image_size", 96, "Render size (landmark noise scaled to th
 flags.DEFINE_integer("learn_steps", None, "Override LearnConfig.steps.")
 flags.DEFINE_float("expression_prior_scale", None, "Override LearnConfig.expression_prior_scale.")
 flags.DEFINE_float("photometric", None, "Override LearnConfig.photometric (the corpus then keeps 64-px crops).")
+flags.DEFINE_integer("init_steps", None, "Override LearnConfig.init_steps.")
+flags.DEFINE_float("cold_rate", None, "Override LearnConfig.cold_rate (e.g. a landmark-only control at the "
+                   "photometric run's rates).")
 flags.DEFINE_string("reassign", None, "Override LearnConfig.reassign.")
 flags.DEFINE_list("references", ["base", "oracle", "oracle_off_identity", "oracle_off_expression", "ceiling",
                                  "landmark_ceiling"], "Reference rows to compute (base is always computed; the "
@@ -319,7 +322,7 @@ def main(argv):
     learn_cfg = learn_lib.LearnConfig()
     overrides = {"steps": FLAGS.learn_steps, "basis_size": FLAGS.basis_size, "orthogonal_to": FLAGS.orthogonal_to,
                  "expression_prior_scale": FLAGS.expression_prior_scale, "photometric": FLAGS.photometric,
-                 "reassign": FLAGS.reassign}
+                 "reassign": FLAGS.reassign, "init_steps": FLAGS.init_steps, "cold_rate": FLAGS.cold_rate}
     learn_cfg = dataclasses.replace(learn_cfg, **{k: v for k, v in overrides.items() if v is not None})
     sizes = sorted(int(x) for x in FLAGS.train_sizes)
     ks = sorted(int(x) for x in FLAGS.components)
@@ -340,7 +343,8 @@ def main(argv):
     train_all = load(rig_dir(FLAGS.views) / "train", FLAGS.frames, n_train, image_size)
     tests = {}
     for rig in FLAGS.test_views:
-        tests[f"out_of_span/{rig}"] = (load(rig_dir(rig) / "test_out", FLAGS.frames, FLAGS.test_clips, image_size), world)
+        tests[f"out_of_span/{rig}"] = (load(rig_dir(rig) / "test_out", FLAGS.frames, FLAGS.test_clips,
+                                             image_size if FLAGS.albedo_components > 0 else 0), world)
         tests[f"in_span/{rig}"] = (load(rig_dir(rig) / "test_in", FLAGS.frames, FLAGS.test_clips), BASE)
     masks = flame_jax.demo_vertex_masks()
     regions = {"head": None, "face": masks["face"]}
@@ -395,6 +399,7 @@ def main(argv):
                "validation": val_table,
                "component_rms_mm": res.record["learned"]["component_rms_mm"],
                "landmark_l1": res.record["landmark_l1"],
+               "history": {k: v for k, v in res.record["history"].items() if v},
                "principal_angles_face_deg": principal_angles_deg(res.model, fields, masks["face"])}
         for kind, (corp, truth) in tests.items():
             row[kind], pred, _, fits = evaluate(res.model, corp, truth, regions)

@@ -83,7 +83,7 @@ flags.DEFINE_integer("landmark_steps", 60, "Direct-baseline steps with the landm
 flags.DEFINE_integer("photo_steps", 140, "Steps after them (both runs take landmark_steps + photo_steps).")
 flags.DEFINE_integer("ramp_steps", 20, "Steps over which the term's weight ramps in.")
 flags.DEFINE_float("weight", 5.0, "Photometric term weight (landmark 10, temporal 100, multiview 200).")
-flags.DEFINE_integer("refresh_every", 4, "Re-rasterize every N steps.")
+flags.DEFINE_integer("refresh_every", 4, "Re-rasterize every N steps (NeuFace needs 1: with 4 it ran off).")
 flags.DEFINE_enum("albedo", "auto", ["auto", "model", "vertex"], "The term's albedo (auto: the demo head's "
                   "basis on the demo head; vertex: a free per-vertex albedo per clip).")
 flags.DEFINE_enum("photo_views", "consensus", ["consensus", "own"], "PhotometricConfig.views: the views' consensus "

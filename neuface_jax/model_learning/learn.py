@@ -129,6 +129,9 @@ class LearnConfig:
         0.1, "Learning-rate multiplier of the stages that start cold (the per-clip offsets; the joint steps "
         "without a per-clip start) when photometric > 0: the term's landscape is narrow, and Adam's steps of "
         "about the rate per coordinate at the landmark rates raise its error instead of lowering it.")
+    cold_rate: float | None = setting(
+        None, "Learning-rate multiplier of the stages that start cold, overriding the default (photometric_rate "
+        "with the photometric term, 1 without): e.g. a landmark-only control at the photometric run's rates.")
     reassign: str = setting(
         "none", "Spans whose part that is correlated over the corpus with the learned coefficients "
         "is moved into the learned components (reassign_correlated: identity and expression are told apart by "
@@ -156,6 +159,8 @@ class LearnConfig:
         if float(self.photometric) < 0 or int(self.photometric_refresh) < 1 or not float(self.photometric_rate) > 0:
             raise ValueError(f"photometric must be >= 0, photometric_refresh >= 1 and photometric_rate > 0, got "
                              f"{self.photometric}, {self.photometric_refresh}, {self.photometric_rate}")
+        if self.cold_rate is not None and not float(self.cold_rate) > 0:
+            raise ValueError(f"cold_rate must be > 0 (or None), got {self.cold_rate}")
         if int(self.basis_size) < 2 or int(self.steps) < 0 or int(self.init_steps) < 0:
             raise ValueError(f"basis_size must be >= 2 and steps >= 0, got {self.basis_size}, {self.steps}")
 
@@ -251,9 +256,10 @@ def _clip_photometric(full: flame_jax.FlameModel, params: mfit.ClipParams, clip:
     batch = {"images": images, "vertices": mfit.posed_vertices(full, params), "cam": params.cam,
              "faces": full.faces, "frame_mask": clip.frame_mask, "landmarks_target": clip.landmarks,
              "landmarks_mask": clip.landmarks_mask}
-    # The options this learning was measured with (one light per image, no frame weights).
-    values, mask = photometric.photometric_term(batch, refresh_every=int(config.photometric_refresh), light="frame",
-                                                frame_outliers=0.0)
+    # One light per image, no frame weights (not the term's own defaults): the options this learning
+    # was measured with.
+    values, mask = photometric.photometric_term(batch, refresh_every=int(config.photometric_refresh),
+                                                light="frame", frame_outliers=0.0)
     return losses_lib.masked_mean(values, mask)
 
 
@@ -293,13 +299,20 @@ def _offset_loss(trainable, consts: _Consts, clips: mfit.LandmarkClip, images, f
 _STAGES = {"per_clip": (_offset_loss, "init_steps"), "joint": (_joint_loss, "steps")}
 
 
-def _optimizer(config: LearnConfig, stage: str):
-    n = max(int(getattr(config, _STAGES[stage][1])), 1)
+def rate_factor(config: LearnConfig, stage: str) -> float:
+    """The multiplier of the configured learning rates in ``stage`` (per_clip or joint)."""
     # After the per-clip start the joint problem starts near a solution: Adam's first steps (about
     # the learning rate per coordinate, whatever the gradient) would undo it at the full rates.
-    f = REFINE_RATE_FACTOR if stage == "joint" and config.init == "per_clip" else 1.0
-    if f == 1.0 and float(config.photometric) > 0:
-        f = float(config.photometric_rate)
+    if stage == "joint" and config.init == "per_clip":
+        return REFINE_RATE_FACTOR
+    if config.cold_rate is not None:
+        return float(config.cold_rate)
+    return float(config.photometric_rate) if float(config.photometric) > 0 else 1.0
+
+
+def _optimizer(config: LearnConfig, stage: str):
+    n = max(int(getattr(config, _STAGES[stage][1])), 1)
+    f = rate_factor(config, stage)
     return optax.multi_transform(
         {"clips": optax.adam(mfit.schedule(config.learning_rate * f, n)),
          "w": optax.adam(mfit.schedule(config.basis_learning_rate * f, n))},
@@ -666,4 +679,5 @@ def learn_model(
 
 
 __all__ = ["LearnConfig", "LearnResult", "clip_expression_means", "complement_projector",
-           "components_from_coefficients", "laplacian_basis", "learn_model", "reassign_correlated"]
+           "components_from_coefficients", "laplacian_basis", "learn_model", "rate_factor",
+           "reassign_correlated"]

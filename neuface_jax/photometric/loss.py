@@ -65,7 +65,9 @@ _PIXEL_OUTLIERS = 2.0
 class PhotometricConfig:
     """Options of the ``"photometric"`` term (pass them as the loss config's options dict)."""
 
-    refresh_every: int = setting(8, "Re-rasterize every N evaluations of the same images (1 = every step).")
+    refresh_every: int = setting(8, "Re-rasterize every N evaluations of the same images (1 = every step). "
+                                 "NeuFace needs 1: it moves every frame at once through the encoder's weights, and "
+                                 "pixels that left their stale triangles extrapolate colours (docs/photometric.md).")
     penalty: str = setting("geman_mcclure", "Robust per-pixel penalty.", choices=("geman_mcclure", "trimmed", "l1", "l2"))
     scale: float = setting(0.15, "Geman-McClure scale c (colour units, RGB in [0, 1]).")
     trim: float = setting(0.2, "Trimmed penalty: fraction of each image's worst pixels dropped.")
@@ -673,10 +675,11 @@ def face_mask_iou(face_index, faces, num_vertices: int, polygon_px, *, closed: b
 RECIPE_START_STEP = 40
 RECIPE_RAMP_STEPS = 20
 RECIPE_REFRESH_EVERY = 4
-#: The recipe's photometric options: annotate and the demo fit NeuFace, which diverged with one light
-#: per clip (clean monocular clip, with or without frame weights) and was helped by one light per
-#: image without frame weights (docs/photometric.md, Evidence).
-RECIPE_PHOTOMETRIC_OPTIONS = {"light": "frame", "frame_outliers": 0.0}
+#: The recipe's photometric options (the term's defaults otherwise): annotate and the demo fit
+#: NeuFace, which moves every frame at once through the encoder's weights; with a raster a few
+#: updates old, pixels leave their triangles, their extrapolated colours pull the fit away and it
+#: ran off (one light per clip, docs/photometric.md), so the term re-rasterizes every update.
+RECIPE_PHOTOMETRIC_OPTIONS = {"refresh_every": 1}
 
 
 def recipe_terms(photometric: float = 0.0, silhouette: float = 0.0, *, start_step: int = RECIPE_START_STEP,
@@ -684,7 +687,8 @@ def recipe_terms(photometric: float = 0.0, silhouette: float = 0.0, *, start_ste
     """Loss-config entries adding the photometric and/or silhouette term under the recipe: the
     landmarks alone for ``start_step`` optimizer steps, then each term ramped in linearly over
     ``ramp_steps`` (an image term from the first step pulls a mesh the landmarks have not yet placed);
-    the photometric term with ``RECIPE_PHOTOMETRIC_OPTIONS`` (NeuFace's measured options).
+    the photometric term with ``RECIPE_PHOTOMETRIC_OPTIONS`` (a raster refresh every update, whatever
+    ``refresh_every`` says: that one is the silhouette term's).
     A weight of 0 leaves its term out; ``{}`` when both are 0."""
     if photometric < 0 or silhouette < 0:
         raise ValueError(f"image term weights must be >= 0, got photometric {photometric}, silhouette {silhouette}")

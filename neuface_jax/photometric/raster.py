@@ -104,7 +104,10 @@ def rasterize(vertices, cam, faces, size: int, *, cull_backfaces: bool = True) -
 
     def host(sv, f):
         f = np.asarray(f).reshape((-1,) + f.shape[-2:])[0]
-        return rasterize_host(sv, f, size, cull_backfaces=cull_backfaces)
+        start = time.perf_counter()
+        out = rasterize_host(sv, f, size, cull_backfaces=cull_backfaces)
+        MEMO.record(time.perf_counter() - start)  # counted like a memo refresh (the raster's share of a fit)
+        return out
 
     fi, bary = jax.pure_callback(host, _result_shapes(lead, size), screen, faces, vmap_method="broadcast_all")
     return Raster(fi, bary)
@@ -133,6 +136,13 @@ class RasterMemo:
             self.calls = self.refreshes = 0
             self.seconds = 0.0
 
+    def record(self, seconds: float) -> None:
+        """Counts one rasterization made outside the memo (``rasterize``, every call) with its time."""
+        with self._lock:
+            self.calls += 1
+            self.refreshes += 1
+            self.seconds += float(seconds)
+
     def lookup(self, key, refresh_every: int, compute):
         with self._lock:
             self.calls += 1
@@ -157,7 +167,8 @@ class RasterMemo:
         return value
 
 
-#: The memo ``rasterize_cached`` uses (``MEMO.calls`` / ``MEMO.refreshes`` count its work).
+#: The memo ``rasterize_cached`` uses (``MEMO.calls`` / ``MEMO.refreshes`` / ``MEMO.seconds`` count its
+#: work and, through ``record``, every uncached ``rasterize`` call's).
 MEMO = RasterMemo()
 
 _FINGERPRINT_SEED = 1234

@@ -119,6 +119,10 @@ class TrainConfig:
     weight_projected: float = setting(0.0, "Weight of the dense 2D term: every vertex of the predicted mesh projected "
                                            "into the crop against the label mesh's projection (L1, normalized crop "
                                            "units; what landmark NME measures, on the whole mesh).")
+    weight_canonical: float = setting(0.0, "Weight of the dense 3D term: the predicted mesh's vertices with the head "
+                                           "rotation zeroed against the label mesh's (L1, metres; identity and "
+                                           "expression weighted by what they move, as the canonical vertex error "
+                                           "measures them, rather than coefficient by coefficient).")
     freeze_bn: bool = setting(False, "Train with BatchNorm's running statistics, scales and offsets frozen (the "
                                      "inference-time network; for fine-tuning a trained regressor).")
     weight_photometric: float = setting(0.0, "Weight of the landmark-free photometric term (skin-attention-masked, "
@@ -166,6 +170,7 @@ class TrainConfig:
             seed_offset=self.synthetic_seed_offset, num_steps=self.steps, batch_size=self.batch_size,
             learning_rate=self.learning_rate, warmup_steps=self.warmup_steps, seed=self.seed,
             weight_shape=self.weight_shape, weight_landmark=self.weight_landmark,
+            weight_canonical=self.weight_canonical,
         )
 
 

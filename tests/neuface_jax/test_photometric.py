@@ -282,6 +282,12 @@ def test_raster_refreshes_every_n_calls(demo):
     assert memo.calls == 10 and memo.refreshes == 3  # calls 1, 5 and 9
     assert int((later >= 0).sum()) > int((first >= 0).sum())
     np.testing.assert_array_equal(np.asarray(fn(verts[None] * 1.2)), np.asarray(later))  # call 11: cached
+    # refresh_every=1 rasterizes every call, outside the memo, and is still counted (a fit's raster share)
+    refreshes, seconds = raster_lib.MEMO.refreshes, raster_lib.MEMO.seconds
+    uncached = raster_lib.rasterize_cached(verts[None], cam[None], model.faces, SIZE, images, refresh_every=1)
+    jax.block_until_ready(uncached.face_index)
+    assert raster_lib.MEMO.refreshes == refreshes + 1 and raster_lib.MEMO.seconds > seconds
+    np.testing.assert_array_equal(np.asarray(uncached.face_index), np.asarray(first))  # the same raster
 
 
 
@@ -387,7 +393,9 @@ def test_annotate_flags_add_the_image_terms(face, ecfg, monkeypatch):  # noqa: F
     assert SetupConfig().image_terms() == {}
     terms = SetupConfig(weight_photometric=5.0, weight_silhouette=2.0, image_terms_start=30).image_terms()
     assert terms["photometric"][:2] == ("photometric", 5.0) and terms["photometric"][2]["start_step"] == 30
-    assert terms["photometric"][2]["light"] == "frame"  # NeuFace's measured options, not the term's defaults
+    # NeuFace: the term's defaults (one light per clip), re-rasterized every update; the silhouette every 4.
+    assert "light" not in terms["photometric"][2] and terms["photometric"][2]["refresh_every"] == 1
+    assert terms["silhouette"][2]["refresh_every"] == loss_lib.RECIPE_REFRESH_EVERY
     assert terms["silhouette"][2]["ramp_steps"] == loss_lib.RECIPE_RAMP_STEPS
     with pytest.raises(ValueError, match="image term weights"):
         SetupConfig(weight_photometric=-1.0)

@@ -174,6 +174,20 @@ def test_mirror_examples_mirror_the_image_landmarks_and_parameters():
     assert float(projected(shape, expr, pose, cam)) == pytest.approx(0.0, abs=1e-6)
     moved = cam + np.float32([0.0, 0.002, 0.0])
     assert float(projected(shape, expr, pose, moved)) == pytest.approx(9.0 * 0.002 / 2, rel=1e-3)
+    # The dense 3D term (``weight_canonical``) ignores the head's rotation and sees its shape.
+    cfg = train.TrainConfig(weight_canonical=1000.0).pretrain_config()
+    assert cfg.weight_canonical == 1000.0
+    enc_cfg = regressor.regressor_config(100, 50, **TINY)
+    raw = jnp.tile(encoder_lib.initial_output(enc_cfg), (n, 1)) + 0.1 * rng.normal(
+        size=(n, encoder_lib.num_outputs(enc_cfg))).astype(np.float32)
+    p = encoder_lib.decode_outputs(raw, enc_cfg)
+    label = {"shape": np.asarray(p.shape), "expression": np.asarray(p.expression), "pose": np.asarray(p.pose),
+             "cam": np.asarray(p.cam), "landmarks": np.zeros((n, 68, 2), np.float32)}
+    parts = jax.jit(lambda lab: pretrain.pretrain_loss(raw, lab, small, enc_cfg, cfg)[1])
+    turned = parts(dict(label, pose=label["pose"] + np.float32([0.0, 0.3] + [0.0] * 13)))
+    assert float(turned["canonical"]) < 1e-6 < 1e-4 < float(turned["vertex"])
+    wider = parts(dict(label, shape=label["shape"] + np.float32(0.5)))
+    assert float(wider["canonical"]) > 1e-4
     # ...and mirroring twice gives the example back.
     mm = train.mirror_examples(m, face)
     for f in ("images", "landmarks", "pose", "cam", "clip_index"):

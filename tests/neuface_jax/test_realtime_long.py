@@ -44,11 +44,12 @@ def test_training_lowers_the_loss():
 
 def test_fine_tuning_with_frozen_batchnorm_and_the_dense_2d_term():
     cfg = train.TrainConfig(**{**TINY_TRAIN, "steps": 2, "freeze_bn": True, "weight_projected": 5.0,
-                               "weight_shape": 0.1})
+                               "weight_shape": 0.1, "weight_canonical": 100.0})
     start = encoder_lib.init_encoder(regressor.regressor_config(100, 50, image_size=32), seed=3)
     _, _, rest0 = encoder_lib.split_params(start, freeze_bn=True)
     result = train.train(cfg, encoder=start, log_every=1)
     assert len(result.history["projected"]) == 2 and result.history["projected"][0] > 0
+    assert len(result.history["canonical"]) == 2 and result.history["canonical"][0] > 0
     _, _, rest1 = encoder_lib.split_params(result.encoder, freeze_bn=True)
     # BatchNorm's statistics, scales and offsets are exactly the starting ones.
     for a, b in zip(jax.tree.leaves(rest0), jax.tree.leaves(rest1)):
