@@ -187,12 +187,8 @@ def refine_saved(clip: str, src: pathlib.Path, out_dir: pathlib.Path) -> dict:
                               canonical_vertices=np.asarray(losses_lib.canonical_vertices(verts, pose[..., 0:3], root)),
                               history={})
     t0 = time.perf_counter()
-    if FLAGS.inner_lip_weight is None:
-        res = annotate_lib.refine_result(setup, data, start)
-    else:  # annotate's refinement call with another inner-lip weight
-        res = refine_lib.refine(setup.face, setup.encoder_config, setup.fit_config, data, start,
-                                steps=FLAGS.refine_steps, learning_rate=float(setup.config.refine_lr),
-                                inner_lip_weight=FLAGS.inner_lip_weight, seed=setup.fit_config.seed)
+    lips = {} if FLAGS.inner_lip_weight is None else {"inner_lip_weight": FLAGS.inner_lip_weight}
+    res = annotate_lib.refine_result(setup, data, start, **lips)
     seconds = time.perf_counter() - t0
     crop_size = int(p["crop_size"])
     transforms = r(p["crop_transforms"])

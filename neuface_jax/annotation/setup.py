@@ -212,9 +212,11 @@ def make_setup(
     )
 
 
-def refine_result(setup: AnnotateSetup, data: fit_lib.ClipData, result: fit_lib.FitResult) -> fit_lib.FitResult:
+def refine_result(setup: AnnotateSetup, data: fit_lib.ClipData, result: fit_lib.FitResult, *,
+                  inner_lip_weight: float = refine_lib.DEFAULT_INNER_LIP_WEIGHT) -> fit_lib.FitResult:
     """NeuFace's ``result`` on ``data`` refined per frame as ``setup.config`` says (``refine_steps``, ``refine_lr``;
-    ``core.refine``): what ``annotate`` and the dataset runner write."""
+    ``core.refine``): what ``annotate`` and the dataset runner write (``inner_lip_weight``: ``core.refine``'s)."""
     cfg = setup.config
     return refine_lib.refine(setup.face, setup.encoder_config, setup.fit_config, data, result,
-                             steps=int(cfg.refine_steps), learning_rate=float(cfg.refine_lr), seed=setup.fit_config.seed)
+                             steps=int(cfg.refine_steps), learning_rate=float(cfg.refine_lr), seed=setup.fit_config.seed,
+                             inner_lip_weight=inner_lip_weight)
