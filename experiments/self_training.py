@@ -34,13 +34,14 @@ call with annotate's settings, writes each result beside the others (``--work/re
 the same figures: NeuFace's part is deterministic, so this gives annotate's refined figures in seconds rather
 than a new 100-epoch fit per clip. With it, ``--refine_part=first_half|second_half`` refines and scores one half
 of each clip's frames, and ``--refine_model=F`` refines with another FLAME-format model (e.g. ``learn-model``'s,
-learned on the other half), the saved identity padded with zeros to its components.
+learned on the other half), the saved identity padded with zeros to its components; ``--lip_points``,
+``--refine_lr``, ``--inner_lip_weight``, ``--identity_rate`` and ``--expression_rate`` refine with annotate's lip-point
+option, another refinement rate, or ``core.refine``'s weights and step scales.
 
 The mouth figures also give, at the widest detected frames, the fitted ÷ detected inner-lip gap alone
 (``widest_gap_ratio``, same image, no width) and mouth width (``widest_width_ratio``), and for multi-view clips
-every view's own figures (``mouth_per_view``): in a turned view the detector's far mouth corner sits on the
-visible lip outline, so the width-normalized opening mixes a corner's error into the mouth's
-(``docs/self_training.md``).
+every view's own figures (``mouth_per_view``): in a turned view the fitted face's near side projects too wide,
+so the width-normalized opening mixes the width's error into the mouth's (``docs/self_training.md``).
 
 Writes ``--out`` (command, settings, load averages, every figure) and prints a table.
 """
@@ -93,6 +94,14 @@ flags.DEFINE_enum("refine_part", "all", ["all", "first_half", "second_half"], "W
                   "refined and scored (a held-out part when --refine_model was learned on the other).")
 flags.DEFINE_float("inner_lip_weight", None, "With --refine_from: the refinement's inner-lip weight "
                    "(default: core.refine's).")
+flags.DEFINE_float("refine_lr", annotate_lib.SetupConfig().refine_lr, "annotate's --refine_lr (the per-frame "
+                   "refinement's learning rate).")
+flags.DEFINE_float("identity_rate", None, "With --refine_from: the refinement's identity step scale "
+                   "(core.refine's identity_rate; default: annotate's).")
+flags.DEFINE_float("expression_rate", None, "With --refine_from: the refinement's expression step scale "
+                   "(core.refine's expression_rate; default: annotate's).")
+flags.DEFINE_enum("lip_points", None, list(annotate_lib.config.LIP_POINTS), "With --refine_from: the "
+                  "refinement's 68-point lip points (annotate's --lip_points; default: annotate's).")
 flags.DEFINE_bool("labels_only", False, "Stop after the labels: print and save the shipped prior's annotate "
                   "figures per clip (no self-training).")
 flags.DEFINE_integer("steps", 300, "Self-training steps.")
@@ -137,7 +146,7 @@ def annotate(clip: str, encoder: pathlib.Path, out_dir: pathlib.Path) -> dict:
     summary = annotate_lib.annotate(
         str(shared / "videos" / rel), out_dir=out_dir, view_boxes=boxes,
         setup=annotate_lib.SetupConfig(epochs=FLAGS.epochs, encoder=str(encoder), face_landmarker=str(model_path),
-                                       refine_steps=FLAGS.refine_steps),
+                                       refine_steps=FLAGS.refine_steps, refine_lr=FLAGS.refine_lr),
         prepare=annotate_lib.PrepareConfig(frames=rng, cache_dir=str(work / "landmark_cache")),
         output=annotate_lib.OutputConfig(write_video=False),
     )
@@ -168,7 +177,9 @@ def refine_saved(clip: str, src: pathlib.Path, out_dir: pathlib.Path) -> dict:
         "flame_model": FLAGS.refine_model, "landmark_embedding": str(model_run.embedding_path_for(FLAGS.refine_model))}
     setup = annotate_lib.make_setup(
         annotate_lib.SetupConfig(epochs=int(doc["clip"]["epochs"]), encoder=doc["clip"]["encoder"],
-                                 refine_steps=FLAGS.refine_steps, face_landmarker=str(model_path), **model),
+                                 refine_steps=FLAGS.refine_steps, refine_lr=FLAGS.refine_lr,
+                                 face_landmarker=str(model_path), **model,
+                                 **({} if FLAGS.lip_points is None else {"lip_points": FLAGS.lip_points})),
         need_landmarker=False)
     valid = r(p["valid"]).astype(bool)
     mask = r(p["landmarks_mask"]).astype(bool) & valid[..., None]
@@ -188,6 +199,9 @@ def refine_saved(clip: str, src: pathlib.Path, out_dir: pathlib.Path) -> dict:
                               history={})
     t0 = time.perf_counter()
     lips = {} if FLAGS.inner_lip_weight is None else {"inner_lip_weight": FLAGS.inner_lip_weight}
+    for name in ("identity_rate", "expression_rate"):
+        if FLAGS[name].value is not None:
+            lips[name] = FLAGS[name].value
     res = annotate_lib.refine_result(setup, data, start, **lips)
     seconds = time.perf_counter() - t0
     crop_size = int(p["crop_size"])
@@ -344,7 +358,9 @@ def main(argv):
         "settings": {
             "clips": {c: {"file": CLIPS[c][0], "view_boxes": CLIPS[c][1], "stride": CLIPS[c][2].stride}
                       for c in FLAGS.clips},
-            "folds": FLAGS.folds, "epochs": FLAGS.epochs, "refine_steps": FLAGS.refine_steps, "steps": FLAGS.steps, "batch_size": FLAGS.batch_size,
+            "folds": FLAGS.folds, "epochs": FLAGS.epochs, "refine_steps": FLAGS.refine_steps,
+            "refine_lr": FLAGS.refine_lr,
+            "steps": FLAGS.steps, "batch_size": FLAGS.batch_size,
             "lr": FLAGS.lr, "blink_fraction": FLAGS.blink_fraction, "closed_mouth": FLAGS.closed_mouth,
             "turned_deg": [float(x) for x in FLAGS.turned_deg], "model": "demo head", "shipped_prior": str(shipped),
         },
@@ -354,9 +370,14 @@ def main(argv):
 
     doc["settings"]["refine_inner_lip_weight"] = (refine_lib.DEFAULT_INNER_LIP_WEIGHT if FLAGS.inner_lip_weight is None
                                                   else FLAGS.inner_lip_weight)
+    doc["settings"]["refine_identity_rate"] = (refine_lib.DEFAULT_IDENTITY_RATE if FLAGS.identity_rate is None
+                                               else FLAGS.identity_rate)
+    doc["settings"]["refine_expression_rate"] = (refine_lib.DEFAULT_EXPRESSION_RATE if FLAGS.expression_rate is None
+                                                 else FLAGS.expression_rate)
     if FLAGS.refine_from:
         doc["settings"].update(refine_from=FLAGS.refine_from, refine_part=FLAGS.refine_part,
-                               refine_model=FLAGS.refine_model)
+                               refine_model=FLAGS.refine_model,
+                               lip_points=FLAGS.lip_points or annotate_lib.SetupConfig().lip_points)
         doc["clips"] = {c: {"annotate": {"refined": refine_saved(c, pathlib.Path(FLAGS.refine_from) / c,
                                                                  work / "refined_from" / c)}} for c in FLAGS.clips}
         doc["summary"] = labels_summary({c: e["annotate"]["refined"] for c, e in doc["clips"].items()})

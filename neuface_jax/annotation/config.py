@@ -19,6 +19,7 @@ from neuface_jax.photometric import loss as photometric_loss
 
 LANDMARK_SETS = ("ibug68", "mediapipe105")
 CONTOURS = ("auto", "static", "dynamic")
+LIP_POINTS = ("embedding", "mediapipe")
 #: Crop-box smoothing methods; "none" keeps the per-frame reference boxes.
 CROP_SMOOTHING = ("moving_average", "savgol", "none")
 #: ``SetupConfig.encoder`` value that asks for a randomly initialized encoder (even on the demo head).
@@ -43,6 +44,10 @@ class SetupConfig:
         "auto", "68-point jaw contour: auto/static = the frontal row for every frame (right for MediaPipe's "
         "mesh-fixed jaw points), dynamic = DECA's yaw rule (for precomputed silhouette-following landmarks "
         "such as synthetic clips').", choices=CONTOURS)
+    lip_points: str = setting(
+        "embedding", "68-point lip points between the corners and the midline: embedding = where the landmark "
+        "embedding puts them, mediapipe = moved along the model's lips to MediaPipe's positions (see "
+        "annotation/face.py).", choices=LIP_POINTS)
     face_landmarker: str | None = setting(
         None, "MediaPipe face_landmarker.task (default: $NEUFACE_FACE_LANDMARKER, then the user cache; see "
         "fetch-models).")

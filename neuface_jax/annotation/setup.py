@@ -168,7 +168,7 @@ def make_setup(
     face_setup = resolve_face_model(
         config.flame_model if model is None else model,
         config.landmark_embedding if embedding is None else embedding,
-        landmark_set=config.landmark_set, contour=config.contour,
+        landmark_set=config.landmark_set, contour=config.contour, lip_points=config.lip_points,
     )
     notes = _face_notes(face_setup)
     enc, enc_cfg, label = _start_encoder(config, face_setup, encoder, encoder_config, notes)
@@ -213,10 +213,14 @@ def make_setup(
 
 
 def refine_result(setup: AnnotateSetup, data: fit_lib.ClipData, result: fit_lib.FitResult, *,
-                  inner_lip_weight: float = refine_lib.DEFAULT_INNER_LIP_WEIGHT) -> fit_lib.FitResult:
+                  inner_lip_weight: float = refine_lib.DEFAULT_INNER_LIP_WEIGHT,
+                  identity_rate: float = refine_lib.DEFAULT_IDENTITY_RATE,
+                  expression_rate: float = refine_lib.DEFAULT_EXPRESSION_RATE) -> fit_lib.FitResult:
     """NeuFace's ``result`` on ``data`` refined per frame as ``setup.config`` says (``refine_steps``, ``refine_lr``;
-    ``core.refine``): what ``annotate`` and the dataset runner write (``inner_lip_weight``: ``core.refine``'s)."""
+    ``core.refine``): what ``annotate`` and the dataset runner write (``inner_lip_weight``, ``identity_rate``,
+    ``expression_rate``: ``core.refine``'s)."""
     cfg = setup.config
     return refine_lib.refine(setup.face, setup.encoder_config, setup.fit_config, data, result,
                              steps=int(cfg.refine_steps), learning_rate=float(cfg.refine_lr), seed=setup.fit_config.seed,
-                             inner_lip_weight=inner_lip_weight)
+                             inner_lip_weight=inner_lip_weight, identity_rate=identity_rate,
+                             expression_rate=expression_rate)

@@ -44,6 +44,7 @@ def _clip_block(setup: AnnotateSetup, clip: PreparedClip) -> dict[str, Any]:
         "landmark_set": fs.landmark_set,
         "num_landmarks": int(fs.landmark_ids.shape[0]),
         "contour": fs.contour,
+        "lip_points": setup.config.lip_points,
         "encoder": setup.encoder_label,
         "encoder_config": setup.encoder_config.to_dict(),
         "epochs": cfg.num_epochs,

@@ -73,6 +73,25 @@ def test_refinement_reaches_per_frame_expression_and_keeps_the_rest(face, ecfg):
     assert refine.refine_config(own, 10, 1e-3, inner_lip_weight=1.0).landmark_weights == own.landmark_weights
     with pytest.raises(ValueError, match="inner_lip_weight"):
         refine.refine_config(cfg, 10, 1e-3, inner_lip_weight=0.0)
+    # identity / expression rates reparametrize (directions x k, coefficients / k, priors x k^2): same meshes, priors
+    k, ke = 4.0, 3.0
+    scaled, scfg = refine.scale_rates(face, cfg, k, ke)
+    e2 = expr[:2] + 0.3
+    v0, _, j0 = fit.evaluate_params(face, jnp.asarray(shape), jnp.asarray(e2), jnp.asarray(pose[:2]),
+                                    jnp.asarray(cam[:2]))
+    v1, _, j1 = fit.evaluate_params(scaled, jnp.asarray(shape) / k, jnp.asarray(e2) / ke, jnp.asarray(pose[:2]),
+                                    jnp.asarray(cam[:2]))
+    np.testing.assert_allclose(np.asarray(v1), np.asarray(v0), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(j1), np.asarray(j0), atol=1e-6)
+    prior = lambda x, w: float(np.sum(np.asarray(w) * np.asarray(x) ** 2))  # noqa: E731  (weighted_l2_prior's sum)
+    assert prior(shape / k, scfg.shape_prior_weights) == pytest.approx(np.mean(shape**2), rel=1e-5)
+    assert scfg.direct_prior_weights[1] == pytest.approx(cfg.direct_prior_weights[1] * ke**2)
+    assert scaled.flame.num_shape == face.flame.num_shape and cfg.shape_prior_weights is None
+    with pytest.raises(ValueError, match="identity_rate and expression_rate"):
+        refine.refine(face, ecfg, cfg, data, start, steps=5, expression_rate=0.0)
+    with pytest.raises(ValueError, match="expression_smooth"):  # a term on the raw coefficients would change
+        refine.refine(face, ecfg, cfg.replace(loss={**cfg.loss, "expression_smooth": 1.0}), data, start, steps=5,
+                      expression_rate=2.0)
     with pytest.raises(ValueError, match="refine"):
         SetupConfig(refine_steps=-1)
     with pytest.raises(ValueError, match="refine"):
