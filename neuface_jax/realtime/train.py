@@ -8,7 +8,8 @@ Two sources of supervised examples, mixed in every batch:
 * **Distillation** from annotations: ``annotate`` / ``annotate-dataset`` outputs, read back with
   ``training.labels`` (each frame re-cropped from its video with the annotation's own crop
   transform, at the regressor's crop size); the slow optimizer's parameters become the targets
-  (``distillation_data``). The last ``holdout_fraction`` of each
+  (``distillation_data``; the 2D landmark targets can be the detected points instead of the fitted
+  mesh's, ``distill_landmarks``). The last ``holdout_fraction`` of each
   clip's frames is kept out of training for evaluation. With ``mirror``, every distilled frame also
   enters flipped left/right with its targets mirrored (``mirror_examples``), as another person.
 
@@ -25,11 +26,12 @@ person), and the variance of the predicted identity within a group is penalized.
 supervision the targets already share one identity per clip, so this term mostly regularizes; it
 is what ties frames together when the targets do not (see docs/realtime.md).
 
-Images are augmented on the device: a random zoom and shift of the crop with the landmark and camera
-targets moved to match (``reframe``: the live tracker places each crop from the previous fit, so
-the regressor must measure where the face is in its crop rather than assume the training framing),
-and brightness, contrast, per-channel gain and greyscale changes (so that the flat-shaded renders
-do not define what a face's colours look like). BatchNorm trains with batch
+Images are augmented on the device: a random zoom, shift and in-plane rotation of the crop with the
+landmark, camera and head-rotation targets moved to match (``reframe``: the live tracker places each
+crop from the previous fit, so the regressor must measure where the face is in its crop rather than
+assume the training framing; the rotation is exact for the weak-perspective camera,
+``rotate_in_plane``), brightness, contrast, per-channel gain and greyscale changes (so that the
+flat-shaded renders do not define what a face's colours look like), and optionally blur and noise. BatchNorm trains with batch
 statistics. The result is an ``Encoder`` checkpoint (``save_encoder``) plus ``<dir>.train.json``.
 """
 
@@ -48,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flame_jax import rotations as flame_rotations
 from neuface_jax.common.settings import setting
 from neuface_jax.core import camera as camera_lib
 from neuface_jax.core import encoder as encoder_lib
@@ -71,11 +74,14 @@ __all__ = [
     "distillation_data",
     "evaluate",
     "group_batches",
+    "landmark_targets",
     "identity_consistency",
     "mirror_examples",
     "mirror_maps",
     "projected_vertex_loss",
     "reframe",
+    "root_joint",
+    "rotate_in_plane",
     "save",
     "self_supervised_loss",
     "synthetic_data",
@@ -88,6 +94,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Sources of the distilled frames' 2D landmark targets (``landmark_targets``).
+DISTILL_LANDMARKS = ("fitted", "detected", "both")
 #: First clip index of distilled clips in ``PretrainData.clip_index`` (synthetic clips use seeds).
 DISTILLED_CLIP_BASE = 2_000_000_000
 #: First clip index of unlabelled videos.
@@ -143,6 +151,14 @@ class TrainConfig:
     reframe_zoom: float = setting(0.25, "Random crop zoom up to this fraction either way, targets moved to match "
                                         "(a tracker needs a regressor that measures the face's place in its crop).")
     reframe_shift: float = setting(0.15, "Random crop shift up to this, normalized crop units (the crop spans 2).")
+    reframe_rotation: float = setting(0.0, "Random in-plane rotation of the crop up to this many degrees either way, "
+                                           "the head rotation, camera and landmark targets turned to match (exact "
+                                           "for the weak-perspective camera): head roll beyond the distilled frames'.")
+    blur: float = setting(0.0, "Share of the images also blurred (Gaussian, sigma 0.4-1.5 px) and given sensor noise.")
+    distill_landmarks: str = setting(
+        "fitted", "2D landmark targets of the distilled frames: the fitted model's ('fitted'), MediaPipe's detected "
+        "68 points ('detected': what landmark NME is measured against; masked points keep the fitted ones) or "
+        "their mean ('both'). Only the landmark term reads them.", choices=DISTILL_LANDMARKS)
     seed: int = setting(0, "Initialization, batch order and augmentation seed.")
 
     def __post_init__(self):
@@ -162,6 +178,8 @@ class TrainConfig:
             raise ValueError("weight_photometric must be >= 0 and unlabelled_frames >= 1")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.distill_landmarks not in DISTILL_LANDMARKS:
+            raise ValueError(f"distill_landmarks must be one of {DISTILL_LANDMARKS}, got {self.distill_landmarks!r}")
 
     def pretrain_config(self) -> pretrain_lib.PretrainConfig:
         """The synthetic-data and loss settings in ``synthetic.pretrain``'s terms."""
@@ -187,14 +205,33 @@ def synthetic_data(config: TrainConfig, *, progress: Callable[[int, int], None] 
     return train, val
 
 
-def _to_examples(frames: labels_lib.LabelledFrames, clip_index: int) -> pretrain_lib.PretrainData:
-    """Labelled real frames as supervised examples: the fitted parameters and the fitted mesh's landmarks."""
+def landmark_targets(frames: labels_lib.LabelledFrames, source: str = "fitted") -> np.ndarray:
+    """``float32 [N, 68, 2]`` 2D landmark targets of labelled frames: the fitted mesh's (``"fitted"``), the
+    detected points (``"detected"``) or the mean of the two (``"both"``); a masked detection (hidden,
+    missing) keeps the fitted point, so every target is defined."""
+    if source not in DISTILL_LANDMARKS:
+        raise ValueError(f"landmark source must be one of {DISTILL_LANDMARKS}, got {source!r}")
+    fitted = frames.predicted_landmarks.astype(np.float32)
+    if source == "fitted":
+        return fitted
+    if frames.landmarks.shape != fitted.shape:
+        raise ValueError(f"{frames.clip_ids}: detected landmarks {frames.landmarks.shape} do not match the fitted "
+                         f"ones {fitted.shape}")
+    detected = frames.landmarks.astype(np.float32)
+    if source == "both":
+        detected = 0.5 * (detected + fitted)
+    return np.where(frames.landmarks_mask[..., None], detected, fitted).astype(np.float32)
+
+
+def _to_examples(frames: labels_lib.LabelledFrames, clip_index: int,
+                 landmarks: str = "fitted") -> pretrain_lib.PretrainData:
+    """Labelled real frames as supervised examples: the fitted parameters and ``landmark_targets``."""
     if frames.predicted_landmarks.shape[-2] != 68:
         raise ValueError(f"{frames.clip_ids}: {frames.predicted_landmarks.shape[-2]} landmarks; the regressor's "
                          "landmark loss uses iBUG-68 (annotate with --landmark_set=ibug68)")
     n = len(frames)
     return pretrain_lib.PretrainData(
-        images=frames.images, landmarks=frames.predicted_landmarks.astype(np.float32),
+        images=frames.images, landmarks=landmark_targets(frames, landmarks),
         shape=frames.shape.astype(np.float32), expression=frames.expression.astype(np.float32),
         pose=frames.pose.astype(np.float32), cam=frames.cam.astype(np.float32),
         clip_index=np.full((n,), clip_index, np.int32),
@@ -202,7 +239,7 @@ def _to_examples(frames: labels_lib.LabelledFrames, clip_index: int) -> pretrain
 
 
 def distillation_data(annotation_dirs: Sequence, *, image_size: int = regressor_lib.DEFAULT_IMAGE_SIZE,
-                      holdout_fraction: float = 0.3, video_dirs: Sequence = ()):
+                      holdout_fraction: float = 0.3, video_dirs: Sequence = (), landmarks: str = "fitted"):
     """``(train, held_out)`` examples distilled from annotations (``training.labels``), or ``(None, None)``.
 
     Args:
@@ -210,9 +247,10 @@ def distillation_data(annotation_dirs: Sequence, *, image_size: int = regressor_
       image_size: the regressor's crop size.
       holdout_fraction: the last fraction of each clip-view's frames goes to ``held_out``.
       video_dirs: where to look for moved videos by file name.
+      landmarks: which 2D landmark targets (``landmark_targets``): ``"fitted"``, ``"detected"``, ``"both"``.
 
-    Targets: the fitted identity, expression, full pose and camera, and the fitted model's landmarks
-    (normalized crop coordinates) of every frame with a face; the crop is the annotation's own, so
+    Targets: the fitted identity, expression, full pose and camera, and 2D landmarks (by default the
+    fitted model's; normalized crop coordinates) of every frame with a face; the crop is the annotation's own, so
     the camera needs no change. Each clip (and view) is one identity group (``clip_index``).
     """
     train_parts, held_parts = [], []
@@ -221,7 +259,7 @@ def distillation_data(annotation_dirs: Sequence, *, image_size: int = regressor_
         for view in np.unique(frames.view_index):
             rows = np.flatnonzero(frames.view_index == view)
             rows = rows[np.argsort(frames.frame_index[rows], kind="stable")]
-            data = _to_examples(frames.subset(rows), group)
+            data = _to_examples(frames.subset(rows), group, landmarks)
             split = len(rows) - int(round(len(rows) * holdout_fraction))
             train_parts.append(data.subset(np.arange(split)))
             held_parts.append(data.subset(np.arange(split, len(rows))))
@@ -433,11 +471,13 @@ def projected_vertex_loss(shape, expression, pose, cam, targets: dict, face: fit
     return jnp.mean(jnp.abs(camera_lib.project(verts, cam) - camera_lib.project(gt, targets["cam"])))
 
 
-def augment(images: jax.Array, key: jax.Array) -> jax.Array:
+def augment(images: jax.Array, key: jax.Array, *, blur: float = 0.0) -> jax.Array:
     """Random photometric changes per image [B, H, W, 3] in [0, 1]: brightness, contrast, channel
-    gains, and greyscale for one image in five."""
+    gains, and greyscale for one image in five; with ``blur`` > 0, that share of the images is also
+    blurred (Gaussian, σ 0.4–1.5 px: webcam focus and motion) and given sensor noise (σ ≤ 0.03)."""
     b = images.shape[0]
     k1, k2, k3, k4 = jax.random.split(key, 4)
+    k5 = jax.random.fold_in(key, 5)
     bright = jax.random.uniform(k1, (b, 1, 1, 1), minval=-0.15, maxval=0.15)
     contrast = jax.random.uniform(k2, (b, 1, 1, 1), minval=0.7, maxval=1.3)
     gains = jax.random.uniform(k3, (b, 1, 1, 3), minval=0.8, maxval=1.2)
@@ -446,35 +486,124 @@ def augment(images: jax.Array, key: jax.Array) -> jax.Array:
     x = x * gains
     grey = jnp.mean(x, axis=-1, keepdims=True)
     x = jnp.where(jax.random.uniform(k4, (b, 1, 1, 1)) < 0.2, grey, x)
+    if blur > 0:
+        x = _blur_and_noise(x, k5, blur)
     return jnp.clip(x, 0.0, 1.0)
 
 
+def _blur_and_noise(images: jax.Array, key: jax.Array, share: float) -> jax.Array:
+    """A separable Gaussian blur (random σ per image, 7 taps, edges repeated) plus Gaussian noise, on
+    ``share`` of the images [B, H, W, C]."""
+    b = images.shape[0]
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    sigma = jax.random.uniform(k1, (b,), minval=0.4, maxval=1.5)
+    taps = jnp.arange(-3, 4, dtype=images.dtype)
+    kern = jnp.exp(-0.5 * (taps[None] / sigma[:, None]) ** 2)
+    kern = kern / kern.sum(-1, keepdims=True)  # [B, 7]
+    h, w = images.shape[1], images.shape[2]
+    pad = jnp.pad(images, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="edge")
+    rows = sum(kern[:, i, None, None, None] * pad[:, i:i + h] for i in range(7))  # [B, H, W+6, C]
+    out = sum(kern[:, i, None, None, None] * rows[:, :, i:i + w] for i in range(7))
+    out = out + jax.random.normal(k2, images.shape, images.dtype) * jax.random.uniform(
+        k3, (b, 1, 1, 1), maxval=0.03)
+    return jnp.where(jax.random.uniform(k4, (b, 1, 1, 1)) < share, out, images)
+
+
+def root_joint(face: fit_lib.FaceModel, shape: jax.Array, expression: jax.Array) -> jax.Array:
+    """[..., 3] rest-pose position of the model's root joint (the centre of the global rotation) for
+    the given identity and expression coefficients (fewer than the model's: the leading ones)."""
+    flame = face.flame
+    n_s, n_e = flame.num_shape, flame.num_expression
+    shape, expression = shape[..., :n_s], expression[..., :n_e]
+    basis = flame.joint_basis.reshape(n_s + n_e, flame.num_joints, 3)[:, 0]
+    return (flame.joint_template[0] + shape @ basis[:shape.shape[-1]]
+            + expression @ basis[n_s:n_s + expression.shape[-1]])
+
+
+def rotate_in_plane(landmarks: jax.Array, cam: jax.Array, pose: jax.Array, root: jax.Array, angle: jax.Array):
+    """Targets of a crop rotated by ``angle`` (radians, [B], counter-clockwise on screen: image
+    points map ``q → Rot(angle)·q`` about the crop centre).
+
+    Exact for the weak-perspective camera: the posed mesh turns about the camera's z axis by
+    ``φ = −angle`` (the image's y points down), so the global rotation becomes ``Rz(φ)·R``; FLAME
+    turns the head about its root joint ``J`` rather than the origin, so the camera translation
+    becomes ``Rot2(φ)·t + (Rz(φ)·J − J)_xy`` (the depth part does not project).
+
+    Args:
+      landmarks: [B, L, 2] normalized crop coordinates.  cam: [B, 3].  pose: [B, 3·J] full pose
+        (global rotation first).  root: [B, 3] ``root_joint`` of each label.
+
+    Returns:
+      ``(landmarks, cam, pose)`` of the rotated crop.
+    """
+    c, s = jnp.cos(angle), jnp.sin(angle)
+    rot_img = jnp.stack([jnp.stack([c, -s], -1), jnp.stack([s, c], -1)], -2)  # [B, 2, 2], image (x, y down)
+    lmk = jnp.einsum("bij,blj->bli", rot_img, landmarks)
+    zero, one = jnp.zeros_like(c), jnp.ones_like(c)
+    rz = jnp.stack([jnp.stack([c, s, zero], -1), jnp.stack([-s, c, zero], -1),
+                    jnp.stack([zero, zero, one], -1)], -2)  # Rz(−angle), model frame (y up)
+    glob = flame_rotations.matrix_to_axis_angle(rz @ flame_rotations.axis_angle_to_matrix(pose[:, :3]))
+    pose = jnp.concatenate([glob.astype(pose.dtype), pose[:, 3:]], -1)
+    moved_root = jnp.einsum("bij,bj->bi", rz, root) - root
+    t = jnp.einsum("bij,bj->bi", rz[:, :2, :2], cam[:, 1:]) + moved_root[:, :2]
+    return lmk, jnp.concatenate([cam[:, :1], t], -1), pose
+
+
 def reframe(images: jax.Array, landmarks: jax.Array, cam: jax.Array, key: jax.Array, *, max_zoom: float,
-            max_shift: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Random zoom and shift of each crop, with its targets moved to match.
+            max_shift: float, max_rotation: float = 0.0, pose: jax.Array | None = None,
+            root: jax.Array | None = None):
+    """Random zoom, shift and (optionally) in-plane rotation of each crop, with its targets moved to match.
 
     A live tracker places the next crop from the previous fit, so the regressor must *measure* where
     the face is in its crop (a network that always predicts the training framing drives the crop
-    size away). Normalized crop coordinates map ``q → k·q + d`` (zoom ``k`` in ``[1/(1+max_zoom),
-    1+max_zoom]``, shift ``d`` in ``±max_shift``); the landmarks follow, and the weak-perspective camera
-    becomes ``(k·s, t_x + d_x/(k·s), t_y − d_y/(k·s))``. Outside the original crop is black.
+    size away). Normalized crop coordinates map ``q → k·Rot(θ)·q + d`` (zoom ``k`` in
+    ``[1/(1+max_zoom), 1+max_zoom]``, shift ``d`` in ``±max_shift``, ``θ`` in ``±max_rotation``
+    degrees); the landmarks follow, the rotation moves the head rotation and camera translation
+    (``rotate_in_plane``, exact), and the zoom and shift make the weak-perspective camera
+    ``(k·s, t_x + d_x/(k·s), t_y − d_y/(k·s))``. Outside the original crop is black. Head roll on
+    unseen frames is a rotation of a seen face: every distilled frame becomes many, with exact labels.
 
     Args:
       images: [B, S, S, 3] in [0, 1].  landmarks: [B, L, 2] normalized.  cam: [B, 3].
+      pose: [B, 3·J] full pose and root: [B, 3] (``root_joint``), needed when ``max_rotation`` > 0.
+
+    Returns:
+      ``(images, landmarks, cam, pose)`` (``pose`` as given when there is no rotation).
     """
     b, size = images.shape[0], images.shape[1]
-    k1, k2 = jax.random.split(key)
+    k1, k2, k3 = jax.random.split(key, 3)
     lim = jnp.log1p(max_zoom)
     k = jnp.exp(jax.random.uniform(k1, (b,), minval=-lim, maxval=lim))
     d = jax.random.uniform(k2, (b, 2), minval=-max_shift, maxval=max_shift)  # (x, y)
-    trans = (1.0 - k)[:, None] * size / 2.0 + d[:, ::-1] * size / 2.0  # (y, x) pixels
+    if not max_rotation:
+        trans = (1.0 - k)[:, None] * size / 2.0 + d[:, ::-1] * size / 2.0  # (y, x) pixels
 
-    def one(im, kk, tt):
-        return jax.image.scale_and_translate(im, im.shape, (0, 1), jnp.stack([kk, kk]), tt, "linear", antialias=True)
+        def one(im, kk, tt):
+            return jax.image.scale_and_translate(im, im.shape, (0, 1), jnp.stack([kk, kk]), tt, "linear",
+                                                 antialias=True)
 
-    out = jax.vmap(one)(images, k, trans)
+        out = jax.vmap(one)(images, k, trans)
+        lmk = landmarks * k[:, None, None] + d[:, None, :]
+        return out, lmk, regressor_lib.reframe_camera(cam, k, d, xp=jnp), pose
+    if pose is None or root is None:
+        raise ValueError("reframe with max_rotation > 0 needs the targets' pose and root joint")
+    angle = jnp.deg2rad(jax.random.uniform(k3, (b,), minval=-max_rotation, maxval=max_rotation))
+    landmarks, cam, pose = rotate_in_plane(landmarks, cam, pose, root, angle)
+    # One bilinear resampling of the whole map: output pixel centre q_out → q_in = Rot(−θ)(q_out − d)/k.
+    centres = (jnp.arange(size, dtype=images.dtype) + 0.5) / (size / 2.0) - 1.0
+    qy, qx = jnp.meshgrid(centres, centres, indexing="ij")
+
+    def one(im, kk, dd, th):
+        x, y = (qx - dd[0]) / kk, (qy - dd[1]) / kk
+        c, s = jnp.cos(th), jnp.sin(th)
+        xi, yi = c * x + s * y, -s * x + c * y
+        coords = [(yi + 1.0) * size / 2.0 - 0.5, (xi + 1.0) * size / 2.0 - 0.5]
+        return jnp.stack([jax.scipy.ndimage.map_coordinates(im[..., ch], coords, order=1, mode="constant")
+                          for ch in range(im.shape[-1])], -1)
+
+    out = jax.vmap(one)(images, k, d, angle)
     lmk = landmarks * k[:, None, None] + d[:, None, :]
-    return out, lmk, regressor_lib.reframe_camera(cam, k, d, xp=jnp)
+    return out, lmk, regressor_lib.reframe_camera(cam, k, d, xp=jnp), pose
 
 
 def _batch(data: pretrain_lib.PretrainData, idx: np.ndarray) -> dict[str, np.ndarray]:
@@ -556,7 +685,8 @@ def train(
     dis_train = dis_val = None
     if distill:
         dis_train, dis_val = distillation_data(distill, image_size=config.image_size,
-                                               holdout_fraction=config.holdout_fraction, video_dirs=video_dirs)
+                                               holdout_fraction=config.holdout_fraction, video_dirs=video_dirs,
+                                               landmarks=config.distill_landmarks)
         if config.mirror and dis_train is not None:
             dis_train = _concat([dis_train, mirror_examples(dis_train, face)])
     if syn_train is None and dis_train is None:
@@ -618,13 +748,15 @@ def train(
         batch = dict(batch)
         weak_visible = batch.pop("weak_visible", None)
         images = batch["images"].astype(jnp.float32) / 255.0
-        if config.reframe_zoom or config.reframe_shift:
+        if config.reframe_zoom or config.reframe_shift or config.reframe_rotation:
             key, sub = jax.random.split(key)
-            images, lmk, cam = reframe(images, batch["landmarks"], batch["cam"], sub, max_zoom=config.reframe_zoom,
-                                       max_shift=config.reframe_shift)
-            batch = dict(batch, landmarks=lmk, cam=cam)
+            root = root_joint(face, batch["shape"], batch["expression"]) if config.reframe_rotation else None
+            images, lmk, cam, pose = reframe(images, batch["landmarks"], batch["cam"], sub,
+                                             max_zoom=config.reframe_zoom, max_shift=config.reframe_shift,
+                                             max_rotation=config.reframe_rotation, pose=batch["pose"], root=root)
+            batch = dict(batch, landmarks=lmk, cam=cam, pose=pose)
         if config.augment:
-            images = augment(images, key)
+            images = augment(images, key, blur=config.blur)
         if config.freeze_bn:
             raw, new_r = encoder_lib.apply(graphdef, tr, r, images), r
         else:

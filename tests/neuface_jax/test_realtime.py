@@ -117,8 +117,12 @@ def test_distillation_data_crops_the_annotation_and_holds_out_the_end(tmp_path):
     valid = np.ones((t, 1), bool)
     valid[3] = False
     (tmp_path / "ann").mkdir()
-    export.write_params(tmp_path / "ann" / "params.npz", res, view_names=["clip"], detected_landmarks=res.landmarks2d,
-                        landmarks_mask=np.ones((t, 1, 68), bool), crop_transforms=m, valid=valid, crop_size=224)
+    # MediaPipe's points differ from the fitted ones; a masked one must keep the fitted target.
+    detected = (res.landmarks2d + rng.normal(0, 0.05, res.landmarks2d.shape)).astype(np.float32)
+    lmk_mask = np.ones((t, 1, 68), bool)
+    lmk_mask[0, 0, :5] = False
+    export.write_params(tmp_path / "ann" / "params.npz", res, view_names=["clip"], detected_landmarks=detected,
+                        landmarks_mask=lmk_mask, crop_transforms=m, valid=valid, crop_size=224)
     clip = {"input": [str(tmp_path / "clip.mp4")], "kind": "videos", "views": ["clip"],
             "image_sizes": {"clip": [size, size]}, "first_last_frame_index": [0, t - 1], "stride": 1, "fps": 25.0}
     (tmp_path / "ann" / "metrics.json").write_text(json.dumps({"clip": clip}))
@@ -129,6 +133,15 @@ def test_distillation_data_crops_the_annotation_and_holds_out_the_end(tmp_path):
     np.testing.assert_allclose(held.pose, res.pose[kept[6:], 0])
     np.testing.assert_allclose(tr.landmarks, res.landmarks2d[kept[:6], 0])
     assert len(set(tr.clip_index) | set(held.clip_index)) == 1
+    want_det = np.where(lmk_mask[..., None], detected, res.landmarks2d)[kept, 0]
+    det, det_held = train.distillation_data([tmp_path / "ann"], image_size=32, landmarks="detected")
+    np.testing.assert_allclose(np.concatenate([det.landmarks, det_held.landmarks]), want_det, atol=1e-6)
+    assert np.abs(det.landmarks[0, :5] - detected[0, 0, :5]).min() > 0  # the masked points stayed fitted
+    np.testing.assert_allclose(det.pose, tr.pose)  # only the landmark targets change
+    both, _ = train.distillation_data([tmp_path / "ann"], image_size=32, landmarks="both")
+    np.testing.assert_allclose(both.landmarks, 0.5 * (tr.landmarks + det.landmarks), atol=1e-6)
+    with pytest.raises(ValueError, match="distill_landmarks"):
+        train.TrainConfig(distill_landmarks="mediapipe")
     want = crops.warp_crop(decoded[kept[0]], np.diag([32 / 224, 32 / 224]) @ m[kept[0], 0], 32)
     assert np.abs(tr.images[0].astype(int) - want).mean() < 2.0
     (tmp_path / "ann" / "metrics.json").unlink()
@@ -168,6 +181,13 @@ def test_mirror_examples_mirror_the_image_landmarks_and_parameters():
     got = np.asarray(landmarks(m.shape, m.expression, m.pose, m.cam))
     assert np.abs(got - m.landmarks).mean() < 0.01 < np.abs(lmk - m.landmarks).mean()
     assert m.landmarks[0, 36, 0] == pytest.approx(-lmk[0, 45, 0])  # outer eye corners swap sides
+    # An in-plane rotation of the crop turns the head about the camera axis and moves the camera so
+    # that the turned labels project exactly onto the turned landmarks (the root joint is FLAME's pivot).
+    angle = np.deg2rad(np.float32([-25.0, 5.0, 30.0]))
+    turn = jax.jit(lambda *a: train.rotate_in_plane(*a[:3], train.root_joint(small, *a[3:5]), a[5]))  # one compile
+    l2, c2, p2 = turn(lmk, cam, pose, shape, expr, angle)
+    np.testing.assert_allclose(np.asarray(landmarks(shape, expr, np.asarray(p2), np.asarray(c2))), l2, atol=1e-5)
+    assert np.abs(np.asarray(l2) - lmk).max() > 0.1 and np.asarray(p2)[:, 3:] == pytest.approx(pose[:, 3:])
     # The dense 2D term: zero at the label, and a camera moved by dx moves every projected x by s·dx.
     targets = {"shape": shape, "expression": expr, "pose": pose, "cam": cam}
     projected = jax.jit(lambda *a: train.projected_vertex_loss(*a, targets, small))

@@ -44,7 +44,8 @@ def test_training_lowers_the_loss():
 
 def test_fine_tuning_with_frozen_batchnorm_and_the_dense_2d_term():
     cfg = train.TrainConfig(**{**TINY_TRAIN, "steps": 2, "freeze_bn": True, "weight_projected": 5.0,
-                               "weight_shape": 0.1, "weight_canonical": 100.0})
+                               "weight_shape": 0.1, "weight_canonical": 100.0, "reframe_rotation": 15.0,
+                               "blur": 0.5})
     start = encoder_lib.init_encoder(regressor.regressor_config(100, 50, image_size=32), seed=3)
     _, _, rest0 = encoder_lib.split_params(start, freeze_bn=True)
     result = train.train(cfg, encoder=start, log_every=1)
@@ -54,6 +55,25 @@ def test_fine_tuning_with_frozen_batchnorm_and_the_dense_2d_term():
     # BatchNorm's statistics, scales and offsets are exactly the starting ones.
     for a, b in zip(jax.tree.leaves(rest0), jax.tree.leaves(rest1)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_rotated_crops_move_the_picture_with_the_targets_and_blur_spreads_a_dot():
+    """Image side of the in-plane rotation (the label side, cheaper, is in test_realtime.py)."""
+    img = jnp.full((4, 8, 8, 3), 0.5)
+    blurred = train.augment(img.at[:, 4, 4].set(1.0), jax.random.key(0), blur=1.0)
+    assert float(blurred[:, 4, 4].max()) < 0.9 and float(blurred[:, 4, 5].min()) > 0.0  # the dot spread
+    # The crop's rotation moves the picture with its landmarks: a bright dot lands where its landmark goes.
+    dot = np.zeros((2, 32, 32, 3), np.float32)
+    dot[:, 7:10, 21:24] = 1.0  # centred on pixel (22.5, 8.5): normalized (0.40625, -0.46875)
+    q = np.tile(np.float32([[[0.40625, -0.46875]]]), (2, 1, 1))
+    out, lmk, _, _ = train.reframe(jnp.asarray(dot), q, np.float32([[9.0, 0, 0]] * 2), jax.random.key(1),
+                                   max_zoom=0.1, max_shift=0.1, max_rotation=40.0, pose=np.zeros((2, 15), np.float32),
+                                   root=np.zeros((2, 3), np.float32))
+    w = np.asarray(out[..., 0])
+    centre = (np.stack([np.einsum("byx,x->b", w, np.arange(32) + 0.5), np.einsum("byx,y->b", w, np.arange(32) + 0.5)],
+                       -1) / w.sum((1, 2))[:, None]) / 16.0 - 1.0
+    np.testing.assert_allclose(centre, np.asarray(lmk[:, 0]), atol=0.03)
+    assert np.abs(np.asarray(lmk[:, 0]) - q[:, 0]).max() > 0.05
 
 
 @pytest.mark.shared_data
