@@ -26,6 +26,7 @@ Accuracy:
   annotation of the same clips (--extra_annotations, e.g. NeuFace only, without per-frame
   refinement) is scored on the same frames as an extra column. ``NAME=DIR:0-0.7`` selects a clip's
   training frames instead (e.g. to tune the filter with --parts=jitter without touching held-out ones).
+  Also the raw regressor's head yaw and pitch against annotate's (mean, mean error, mean |error|).
 
 Diagnoses (--parts): ``jitter`` (where the tracker's jitter comes from: crop, regressor, filter) and
 ``pose`` (accuracy in bins of annotate's head yaw and pitch: NME of the tracker and of the regressor at
@@ -404,11 +405,12 @@ def real(reg, det_path: str) -> dict:
     for item in FLAGS.annotations:
         clip = load_real_clip(item)
         name, frames, mp, ann_px, vis = clip.name, clip.frames, clip.mediapipe, clip.annotate, clip.visible
-        raw_px, filt_px, ok = [], [], []
+        raw_px, filt_px, ok, angles = [], [], [], []
         src = sources.ArraySource(frames, fps=clip.fps, name=name)
         for f in track.track(src, _track_config(det_path), regressor=reg):
             ok.append(f.valid)
             nan = np.full((68, 2), np.nan)
+            angles.append(_yaw_pitch_deg(f.raw.pose) if f.valid else np.full(2, np.nan))
             raw_px.append(_pixels(f.raw.landmarks, f.crop_transform, f.crop_size) if f.valid else nan)
             filt_px.append(_pixels(f.params.landmarks, f.crop_transform, f.crop_size) if f.valid else nan)
         ok = np.asarray(ok)
@@ -431,6 +433,13 @@ def real(reg, det_path: str) -> dict:
                    if every else {}),
             },
         }
+        # Head yaw and pitch (degrees, positive pitch: chin down) of the raw regressor against annotate's.
+        ann_ang, reg_ang = _yaw_pitch_deg(clip.pose), np.stack(angles)
+        err = (reg_ang - ann_ang)[ok]
+        row["yaw_pitch_deg"] = {"annotate_mean": ann_ang.mean(0).tolist(),
+                                "regressor_raw_mean": np.nanmean(reg_ang[ok], 0).tolist() if ok.any() else None,
+                                "mean_error": err.mean(0).tolist() if ok.any() else None,
+                                "mean_abs_error": np.abs(err).mean(0).tolist() if ok.any() else None}
         if name in extra:
             # Another annotation of the clip, scored against this one's MediaPipe targets on the same frames.
             other_px, other_mp = annotation_pixels(extra[name], clip.frame_indices)
@@ -441,8 +450,8 @@ def real(reg, det_path: str) -> dict:
         nme = row["nme_percent"]
         row["ratio_to_annotate"] = {k: nme[k] / nme["annotate"] for k in ("regressor_raw", "regressor_filtered")}
         out[name] = row
-        print(f"{name}: {row['frames']} frames, NME % {row['nme_percent']}, jitter {row['jitter_2d_percent_iod']}",
-              flush=True)
+        print(f"{name}: {row['frames']} frames, NME % {row['nme_percent']}, jitter {row['jitter_2d_percent_iod']}, "
+              f"yaw/pitch {row['yaw_pitch_deg']}", flush=True)
     return out
 
 

@@ -54,6 +54,7 @@ flags.DEFINE_integer("learn_steps", None, "Override LearnConfig.steps.")
 flags.DEFINE_float("expression_prior_scale", None, "Override LearnConfig.expression_prior_scale.")
 flags.DEFINE_float("test_prior", None, "Override LearnConfig.test_prior (the learned coefficients' test-time prior; "
                    "the control models' extra coefficients get the same).")
+flags.DEFINE_float("refine_rate", None, "Override LearnConfig.refine_rate.")
 flags.DEFINE_enum("shared_offset", "apply", ["drop", "apply"], "LearnConfig.shared_offset: the demo head's mean "
                   "differs from real people's, so the offset all clips share is part of what is learned here.")
 flags.DEFINE_string("out", "experiments/results/fml_real.json", "Results JSON.")
@@ -115,7 +116,7 @@ def main(argv):
               for part in ("first_half", "second_half")}
     cfg = learn_lib.LearnConfig(shape_components=FLAGS.components, shared_offset=FLAGS.shared_offset)
     overrides = {"steps": FLAGS.learn_steps, "expression_prior_scale": FLAGS.expression_prior_scale,
-                 "test_prior": FLAGS.test_prior}
+                 "test_prior": FLAGS.test_prior, "refine_rate": FLAGS.refine_rate}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     test = halves["second_half"]
 

@@ -16,7 +16,11 @@ clips N, learned components K) the model is learned, then every held-out clip is
 only, one identity over its frames) with the base and the learned model, and the fitted neutral
 identity mesh is compared with the true one: mean vertex error in mm, as is and after a similarity
 alignment, over the whole head and over the face region. The held-out frame ablation fits the same
-held-out clips from 1, 4 and all kept frames. The learned coefficients' test-time prior scale
+held-out clips from 1, 4 and all kept frames. Corpus design of the *training* clips (the held-out and
+validation clips never change: monocular, ``--frames`` kept): ``--views`` (camera rig, e.g. ``3`` or
+``mead`` for MEAD's 7 views), ``--train_clip_frames`` (frames rendered: same seeds, so the same
+identities, with the kept frames spread over more time), ``--train_frames`` (frames kept) and
+``--train_landmarks`` (68 points or MediaPipe's 105). The learned coefficients' test-time prior scale
 (``--test_priors``) is chosen on validation clips of new seeds (out-of-span and in-span), never on
 the held-out ones. Reference rows: the oracle (the true fields), the fields off the base's
 identity span and off its identity + expression span, the fields in the smooth basis (ceiling) and as landmark points
@@ -63,6 +67,14 @@ flags.DEFINE_integer("albedo_components", 0, "Also learn albedo components (main
 flags.DEFINE_integer("basis_size", None, "Override LearnConfig.basis_size.")
 flags.DEFINE_string("orthogonal_to", None, "Override LearnConfig.orthogonal_to.")
 flags.DEFINE_integer("frames", 8, "Frames kept per clip (evenly spaced).")
+flags.DEFINE_integer("train_frames", None, "Frames kept per *training* clip (evenly spaced; default --frames). "
+                     "The held-out and validation clips always keep --frames.")
+flags.DEFINE_enum("train_landmarks", "ibug68", ["ibug68", "mediapipe105"], "Landmark set of the *training* "
+                  "clips (the held-out and validation fits always use the 68 points).")
+flags.DEFINE_integer("train_clip_frames", None, "Frames rendered per *training* clip (default: --clip_frames or "
+                     "--multiview_clip_frames by its rig); with it the training clips get their own folder "
+                     "(train_T<frames>). Same seeds, so the same identities: a longer clip spreads the kept frames "
+                     "over more time (more expression variation around the clip's identity).")
 flags.DEFINE_integer("image_size", 96, "Render size (landmark noise scaled to the default 224-px clip's).")
 flags.DEFINE_integer("learn_steps", None, "Override LearnConfig.steps.")
 flags.DEFINE_float("expression_prior_scale", None, "Override LearnConfig.expression_prior_scale.")
@@ -71,6 +83,8 @@ flags.DEFINE_integer("init_steps", None, "Override LearnConfig.init_steps.")
 flags.DEFINE_float("cold_rate", None, "Override LearnConfig.cold_rate (e.g. a landmark-only control at the "
                    "photometric run's rates).")
 flags.DEFINE_string("reassign", None, "Override LearnConfig.reassign.")
+flags.DEFINE_float("refine_rate", None, "Override LearnConfig.refine_rate.")
+flags.DEFINE_float("smoothness", None, "Override LearnConfig.smoothness.")
 flags.DEFINE_list("references", ["base", "oracle", "oracle_off_identity", "oracle_off_expression", "ceiling",
                                  "landmark_ceiling"], "Reference rows to compute (base is always computed; the "
                   "others depend only on the held-out clips, not on the learning).")
@@ -80,6 +94,7 @@ flags.DEFINE_integer("val_clips", 16, "Validation clips per kind (out-of-span, i
 flags.DEFINE_string("work_dir", "/tmp/fml_synthetic", "Clip folders (reused when present).")
 flags.DEFINE_string("out", "experiments/results/fml_synthetic.json", "Results JSON.")
 flags.DEFINE_string("figure", "docs/model_learning_fits.png", "Base vs learned picture ('' = none).")
+flags.DEFINE_bool("frames_ablation", True, "Also fit the held-out clips from 1 and 4 frames.")
 flags.DEFINE_string("model_out", None, "Also save the main learned model here (.npz).")
 
 
@@ -133,8 +148,9 @@ def rig_dir(rig: str) -> Path:
     return Path(FLAGS.work_dir) / name
 
 
-def clip_config(rig: str) -> synth.SynthConfig:
-    frames = FLAGS.clip_frames if rig in ("mono", "1") else FLAGS.multiview_clip_frames
+def clip_config(rig: str, frames: int | None = None) -> synth.SynthConfig:
+    if frames is None:
+        frames = FLAGS.clip_frames if rig in ("mono", "1") else FLAGS.multiview_clip_frames
     config = synth.SynthConfig(num_frames=frames, image_size=FLAGS.image_size, crop_size=FLAGS.image_size)
     return config.scaled_noise(FLAGS.image_size / synth.SynthConfig().image_size)
 
@@ -160,10 +176,14 @@ def evaluate(model, corpus, truth_model, regions):
     return out, pred, true, fits
 
 
-def load(folder: Path, max_frames: int, limit: int | None = None, image_size: int = 0):
+def load(folder: Path, max_frames: int, limit: int | None = None, image_size: int = 0,
+         landmark_set: str = "ibug68"):
     entries = build_manifest(folder, layout="synth")[:limit]
-    return corpus_lib.load_corpus(entries, BASE, flame_jax.demo_landmark_embedding(),
-                                  corpus_lib.CorpusConfig(max_frames=max_frames, image_size=image_size))
+    embedding = flame_jax.demo_landmark_embedding() if landmark_set == "ibug68" else \
+        flame_jax.demo_mediapipe_embedding()
+    return corpus_lib.load_corpus(entries, BASE, embedding,
+                                  corpus_lib.CorpusConfig(max_frames=max_frames, image_size=image_size,
+                                                          landmark_set=landmark_set))
 
 
 def principal_angles_deg(model, fields, vertex_index) -> list[float]:
@@ -322,14 +342,17 @@ def main(argv):
     learn_cfg = learn_lib.LearnConfig()
     overrides = {"steps": FLAGS.learn_steps, "basis_size": FLAGS.basis_size, "orthogonal_to": FLAGS.orthogonal_to,
                  "expression_prior_scale": FLAGS.expression_prior_scale, "photometric": FLAGS.photometric,
-                 "reassign": FLAGS.reassign, "init_steps": FLAGS.init_steps, "cold_rate": FLAGS.cold_rate}
+                 "reassign": FLAGS.reassign, "init_steps": FLAGS.init_steps, "cold_rate": FLAGS.cold_rate,
+                 "refine_rate": FLAGS.refine_rate, "smoothness": FLAGS.smoothness}
     learn_cfg = dataclasses.replace(learn_cfg, **{k: v for k, v in overrides.items() if v is not None})
     sizes = sorted(int(x) for x in FLAGS.train_sizes)
     ks = sorted(int(x) for x in FLAGS.components)
     n_train = max(sizes + [FLAGS.component_sweep_n])
     t0 = time.perf_counter()
-    make_clips(rig_dir(FLAGS.views) / "train", range(100_000, 100_000 + n_train), world, clip_config(FLAGS.views),
-               FLAGS.views)
+    train_dir = rig_dir(FLAGS.views) / ("train" if FLAGS.train_clip_frames is None
+                                        else f"train_T{FLAGS.train_clip_frames}")
+    make_clips(train_dir, range(100_000, 100_000 + n_train), world,
+               clip_config(FLAGS.views, FLAGS.train_clip_frames), FLAGS.views)
     for rig in FLAGS.test_views:
         make_clips(rig_dir(rig) / "test_out", range(200_000, 200_000 + FLAGS.test_clips), world, clip_config(rig), rig)
         make_clips(rig_dir(rig) / "test_in", range(300_000, 300_000 + FLAGS.test_clips), BASE, clip_config(rig), rig)
@@ -340,7 +363,8 @@ def main(argv):
     print(f"clips ready in {t_gen:.0f}s")
 
     image_size = 64 if FLAGS.albedo_components > 0 or learn_cfg.photometric > 0 else 0
-    train_all = load(rig_dir(FLAGS.views) / "train", FLAGS.frames, n_train, image_size)
+    train_frames = FLAGS.frames if FLAGS.train_frames is None else FLAGS.train_frames
+    train_all = load(train_dir, train_frames, n_train, image_size, FLAGS.train_landmarks)
     tests = {}
     for rig in FLAGS.test_views:
         tests[f"out_of_span/{rig}"] = (load(rig_dir(rig) / "test_out", FLAGS.frames, FLAGS.test_clips,
@@ -424,7 +448,7 @@ def main(argv):
 
     # Test-time frames: the same held-out clips from fewer frames.
     results["frames_ablation"] = []
-    for frames in sorted({1, 4} - {FLAGS.frames}):
+    for frames in sorted({1, 4} - {FLAGS.frames}) if FLAGS.frames_ablation else ():
         corp = load(rig_dir(rig0) / "test_out", frames, FLAGS.test_clips)
         row = {"frames": frames, "views": rig0}
         for name, model in (("base", BASE), ("learned", main_model)):
@@ -450,6 +474,8 @@ def main(argv):
                   "extra_amplitude_mm": FLAGS.extra_amplitude_mm, "extra_outside_span": outside,
                   "views": FLAGS.views, "test_views": FLAGS.test_views, "clip_frames": FLAGS.clip_frames,
                   "multiview_clip_frames": FLAGS.multiview_clip_frames, "frames": FLAGS.frames,
+                  "train_clip_frames": FLAGS.train_clip_frames, "train_frames": train_frames,
+                  "train_landmarks": FLAGS.train_landmarks,
                   "image_size": FLAGS.image_size, "test_clips": FLAGS.test_clips,
                   "train_seeds": [100_000, 100_000 + n_train], "test_out_seeds": [200_000, 200_000 + FLAGS.test_clips],
                   "test_in_seeds": [300_000, 300_000 + FLAGS.test_clips],

@@ -50,7 +50,9 @@ def train_regressor_main(argv: list[str]) -> int:
     term (--weight_photometric, also applied to the distilled frames) and identity consistency.
     Still images of other people (--weak_images, one person each) add MediaPipe's landmarks as weak
     targets (no parameters).
-    --init DIR continues from a trained regressor. The checkpoint works with `neuface-jax live
+    --profile_pitch 8,16 also turns every distilled frame out of plane by those pitch changes (chin
+    down positive; the crop warped with its label mesh, the labels turned exactly; --profile_share of
+    the distilled groups). --init DIR continues from a trained regressor. The checkpoint works with `neuface-jax live
     --regressor DIR` and as NeuFace's starting encoder (`neuface-jax annotate --encoder DIR`).
     """
     fv = parse_command(argv, PROG, train_regressor_main.__doc__, _define)

@@ -31,7 +31,10 @@ landmark, camera and head-rotation targets moved to match (``reframe``: the live
 crop from the previous fit, so the regressor must measure where the face is in its crop rather than
 assume the training framing; the rotation is exact for the weak-perspective camera,
 ``rotate_in_plane``), brightness, contrast, per-channel gain and greyscale changes (so that the
-flat-shaded renders do not define what a face's colours look like), and optionally blur and noise. BatchNorm trains with batch
+flat-shaded renders do not define what a face's colours look like), and optionally blur and noise. With
+``profile_pitch``, every distilled frame is also turned *out of plane* once before training
+(``realtime.profile``: the label mesh turned by each pitch change, the crop warped with it, the labels
+turned exactly) and ``profile_share`` of the distilled groups come from those copies. BatchNorm trains with batch
 statistics. The result is an ``Encoder`` checkpoint (``save_encoder``) plus ``<dir>.train.json``.
 """
 
@@ -61,6 +64,7 @@ from neuface_jax.media import landmark_sets as landmark_sets_lib
 from neuface_jax.media import landmarker as landmarker_lib
 from neuface_jax.media import video as video_lib
 from neuface_jax.photometric import loss as photometric_lib
+from neuface_jax.realtime import profile as profile_lib
 from neuface_jax.realtime import regressor as regressor_lib
 from neuface_jax.realtime import track as track_lib
 from neuface_jax.synthetic import pretrain as pretrain_lib
@@ -159,9 +163,29 @@ class TrainConfig:
         "fitted", "2D landmark targets of the distilled frames: the fitted model's ('fitted'), MediaPipe's detected "
         "68 points ('detected': what landmark NME is measured against; masked points keep the fitted ones) or "
         "their mean ('both'). Only the landmark term reads them.", choices=DISTILL_LANDMARKS)
+    profile_pitch: tuple[float, ...] = setting(
+        (), "Out-of-plane pose augmentation ('face profiling', realtime.profile): every distilled training frame "
+        "(mirrors included) also enters turned by each of these pitch changes, degrees, positive = chin down "
+        "(e.g. 8,16), the crop warped with its label mesh and the labels turned exactly; computed once before "
+        "training. Empty = off.")
+    profile_yaw: float = setting(0.0, "With --profile_pitch: a random yaw change up to this many degrees either way "
+                                      "per turned copy.")
+    profile_share: float = setting(0.25, "With --profile_pitch: share of each batch's distilled groups drawn from "
+                                         "the turned copies.")
     seed: int = setting(0, "Initialization, batch order and augmentation seed.")
 
     def __post_init__(self):
+        try:
+            pitches = tuple(float(p) for p in (self.profile_pitch or ()))  # flags give lists of strings
+        except (TypeError, ValueError):
+            raise ValueError(f"profile_pitch must be numbers (degrees), got {self.profile_pitch!r}") from None
+        if not all(np.isfinite(pitches)) or any(abs(p) > 60 for p in pitches):
+            raise ValueError(f"profile_pitch changes must be finite and within ±60°, got {pitches}")
+        object.__setattr__(self, "profile_pitch", pitches)
+        if not 0.0 <= self.profile_yaw <= 60.0:
+            raise ValueError(f"profile_yaw must be in [0, 60] degrees, got {self.profile_yaw}")
+        if not 0.0 < self.profile_share < 1.0:
+            raise ValueError(f"profile_share must be in (0, 1), got {self.profile_share}")
         if self.batch_size < self.group_size or self.batch_size % self.group_size:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of group_size "
                              f"({self.group_size})")
@@ -689,6 +713,14 @@ def train(
                                                landmarks=config.distill_landmarks)
         if config.mirror and dis_train is not None:
             dis_train = _concat([dis_train, mirror_examples(dis_train, face)])
+    profiled = None
+    if config.profile_pitch and dis_train is not None:
+        t1 = time.perf_counter()
+        profiled = profile_lib.profile_examples(dis_train, face, config.profile_pitch, yaw_deg=config.profile_yaw,
+                                                seed=config.seed)
+        seconds["profile"] = time.perf_counter() - t1
+    elif config.profile_pitch:
+        logger.warning("--profile_pitch has no distilled frames to turn; ignored")
     if syn_train is None and dis_train is None:
         raise ValueError("no labelled training data: set synthetic_clips > 0 or give annotations to distil")
     unl = unlabelled_data(unlabelled, image_size=config.image_size, holdout_fraction=config.holdout_fraction,
@@ -698,9 +730,11 @@ def train(
     counts = {"synthetic": len(syn_train) if syn_train is not None else 0,
               "distilled": len(dis_train) if dis_train is not None else 0,
               "unlabelled": len(unl) if unl is not None else 0,
-              "weak": len(weak) if weak is not None else 0}
-    logger.info("training data: %d synthetic, %d distilled, %d unlabelled, %d weakly labelled images (%.1f s)",
-                counts["synthetic"], counts["distilled"], counts["unlabelled"], counts["weak"], seconds["data"])
+              "weak": len(weak) if weak is not None else 0,
+              "profiled": len(profiled) if profiled is not None else 0}
+    logger.info("training data: %d synthetic, %d distilled (+%d turned out of plane), %d unlabelled, %d weakly "
+                "labelled images (%.1f s)", counts["synthetic"], counts["distilled"], counts["profiled"],
+                counts["unlabelled"], counts["weak"], seconds["data"])
 
     enc_cfg = regressor_lib.regressor_config(face.flame.num_shape, face.flame.num_expression,
                                              image_size=config.image_size)
@@ -739,6 +773,11 @@ def train(
     n_dis = 0 if dis_train is None else (
         labelled if syn_train is None else int(round(labelled * config.distill_fraction)))
     n_syn = labelled - n_dis
+    # Of the distilled groups, profile_share come from the turned copies (at least one, never all).
+    n_prof = 0 if profiled is None or n_dis < 2 else min(n_dis - 1, max(1, int(round(n_dis * config.profile_share))))
+    if profiled is not None and not n_prof:
+        raise ValueError(f"batch_size {config.batch_size} leaves {n_dis} distilled group(s): --profile_pitch needs "
+                         "two or more")
     # Rows of a batch: synthetic, distilled, weakly labelled, unlabelled groups in that order; the
     # photometric term sees the real ones (all but the synthetic).
     n_lab_rows, first_real = (n_syn + n_dis) * gsize, n_syn * gsize
@@ -800,7 +839,9 @@ def train(
         if n_syn:
             batch = _batch(syn_train, group_batches(syn_train.clip_index, n_syn, gsize, rng))
         if n_dis:
-            b = _batch(dis_train, group_batches(dis_train.clip_index, n_dis, gsize, rng))
+            b = _batch(dis_train, group_batches(dis_train.clip_index, n_dis - n_prof, gsize, rng))
+            if n_prof:
+                b = _merge_batches(b, _batch(profiled, group_batches(profiled.clip_index, n_prof, gsize, rng)))
             batch = _merge_batches(batch, b) if batch is not None else b
         if n_weak:
             idx_weak = group_batches(weak.clip_index, n_weak, gsize, rng)

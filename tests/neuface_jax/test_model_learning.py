@@ -358,14 +358,22 @@ def test_bad_inputs_are_named(demo, tmp_path):
     with pytest.raises(ValueError, match="cold_rate"):
         learn_lib.LearnConfig(cold_rate=0.0)
     # The cold-started stage's rates: photometric_rate with the term, 1 without, cold_rate overriding
-    # both; the joint steps after a per-clip start stay at the refine fraction.
+    # both.
     factor = learn_lib.rate_factor
     assert factor(learn_lib.LearnConfig(), "per_clip") == 1.0
     assert factor(learn_lib.LearnConfig(photometric=0.5), "per_clip") == pytest.approx(0.1)
     assert factor(learn_lib.LearnConfig(cold_rate=0.3), "per_clip") == pytest.approx(0.3)
     assert factor(learn_lib.LearnConfig(photometric=0.5, cold_rate=1.0), "per_clip") == 1.0
-    assert factor(learn_lib.LearnConfig(photometric=0.5), "joint") == learn_lib.REFINE_RATE_FACTOR
+    # The joint steps after a per-clip start: refine_rate (0.1), with or without the term.
+    assert factor(learn_lib.LearnConfig(), "joint") == pytest.approx(0.1)
+    assert factor(learn_lib.LearnConfig(photometric=0.5, photometric_rate=0.2), "joint") == pytest.approx(0.1)
     assert factor(learn_lib.LearnConfig(photometric=0.5, init="random"), "joint") == pytest.approx(0.1)
+    # refine_rate sets the joint steps' fraction after a per-clip start (not the cold stages').
+    assert factor(learn_lib.LearnConfig(refine_rate=0.5), "joint") == pytest.approx(0.5)
+    assert factor(learn_lib.LearnConfig(refine_rate=0.5), "per_clip") == 1.0
+    assert factor(learn_lib.LearnConfig(refine_rate=0.5, init="random"), "joint") == 1.0
+    with pytest.raises(ValueError, match="refine_rate"):
+        learn_lib.LearnConfig(refine_rate=0.0)
     with pytest.raises(ValueError, match="no_images: no images"):
         learn_lib.learn_model(model, corpus_lib.Corpus((clip,), emb, "ibug68", "dynamic"),
                               learn_lib.LearnConfig(photometric=1.0))

@@ -133,3 +133,16 @@ def test_train_regressor_with_unlabelled_video_and_the_photometric_term(shared_d
     summary = json.loads(train.summary_path(out).read_text())
     assert summary["counts"]["unlabelled"] == 4
     assert np.isfinite(summary["history"]["photometric"][-1]) and summary["history"]["photometric"][-1] > 0
+
+
+def test_training_mixes_frames_turned_out_of_plane(monkeypatch):
+    """``--profile_pitch``: the distilled frames (here synthetic renders standing in for an annotation)
+    are turned once before training and a share of the distilled groups is drawn from the copies."""
+    cfg = train.TrainConfig(**{**TINY_TRAIN, "steps": 2, "batch_size": 16, "distill_fraction": 0.5, "mirror": True,
+                               "profile_pitch": ("10", "-5"), "profile_share": 0.5})
+    data, _ = train.synthetic_data(train.TrainConfig(**{**TINY_TRAIN, "synthetic_val_clips": 0}))
+    monkeypatch.setattr(train, "distillation_data", lambda *a, **k: (data, None))
+    result = train.train(cfg, distill=["fake"], log_every=1)
+    assert result.counts["distilled"] == 2 * len(data)  # + mirrors
+    assert result.counts["profiled"] == 2 * result.counts["distilled"]  # two pitch changes
+    assert result.seconds["profile"] > 0 and np.isfinite(result.history["total"]).all()
