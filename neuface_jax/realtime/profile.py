@@ -62,12 +62,9 @@ def delta_rotation(pitch_deg, yaw_deg) -> jax.Array:
     a = jnp.deg2rad(jnp.asarray(pitch_deg, jnp.float32))
     b = jnp.deg2rad(jnp.asarray(yaw_deg, jnp.float32))
     a, b = jnp.broadcast_arrays(a, b)
-    ca, sa, cb, sb = jnp.cos(a), jnp.sin(a), jnp.cos(b), jnp.sin(b)
-    zero, one = jnp.zeros_like(a), jnp.ones_like(a)
-    rx = jnp.stack([jnp.stack([one, zero, zero], -1), jnp.stack([zero, ca, -sa], -1),
-                    jnp.stack([zero, sa, ca], -1)], -2)
-    ry = jnp.stack([jnp.stack([cb, zero, sb], -1), jnp.stack([zero, one, zero], -1),
-                    jnp.stack([-sb, zero, cb], -1)], -2)
+    zero = jnp.zeros_like(a)
+    rx = flame_rotations.axis_angle_to_matrix(jnp.stack([a, zero, zero], -1))
+    ry = flame_rotations.axis_angle_to_matrix(jnp.stack([zero, b, zero], -1))
     return ry @ rx
 
 
