@@ -32,7 +32,9 @@ Diagnoses (--parts): ``jitter`` (where the tracker's jitter comes from: crop, re
 ``pose`` (accuracy in bins of annotate's head yaw and pitch: NME of the tracker and of the regressor at
 annotate's crops, the regressor's angles against annotate's, the crop against annotate's; overlays of
 each bin's median and worst frame with --pose_overlay_dir), ``fit_split`` (at annotate's crops: NME with
-parameter groups swapped between the regressor and its labels, mirror averaging).
+parameter groups swapped between the regressor and its labels, mirror averaging), ``profile_bias`` (how
+crops turned out of plane by ``--profile_pitch``'s warp read to the regressor — the change of its pitch
+against the labels' — beside how real pitch changes read to it: the slope over each clip's frames).
 
     python experiments/benchmark_realtime.py --regressor=DIR \
         --annotations=mead=ANNOTATE_OUT/mead,liveportrait=...,wojtek=...:0 --extra_annotations=mead=OLD/mead,...
@@ -77,7 +79,8 @@ flags.DEFINE_list("extra_annotations", [], "NAME=ANNOTATE_DIR of other annotate 
 flags.DEFINE_list("parts", ["latency", "synthetic", "real"], "What to run: latency, synthetic, real, jitter (the "
                   "jitter diagnosis: crop vs regressor vs filter, and the One-Euro sweep), pose (accuracy against "
                   "head yaw and pitch), fit_split (the error split at annotate's crops: parameters swapped between regressor and "
-                  "labels, mirror averaging).")
+                  "labels, mirror averaging), profile_bias (how --profile_pitch's turned crops read to the regressor "
+                  "against real pitch changes).")
 flags.DEFINE_bool("mirror_average", False, "Regress each crop and its mirror and average the two (the tracker's "
                   "--mirror_average; every part).")
 flags.DEFINE_float("filter_min_cutoff", None, "One-Euro min cut-off of the tracker (default: TrackConfig's).")
@@ -88,6 +91,8 @@ flags.DEFINE_list("pose_bins", ["0", "10", "20", "30", "45", "90"], "Pose part: 
                   "(degrees).")
 flags.DEFINE_string("pose_overlay_dir", None, "Pose part: where to write overlays of each yaw bin's median and "
                     "worst frame (PNG).")
+flags.DEFINE_list("profile_bias_pitches", ["-8", "8"], "profile_bias part: the pitch changes (degrees) of the turned "
+                  "copies.")
 flags.DEFINE_string("out", "experiments/results/benchmark_realtime_cpu.json", "JSON output.")
 
 
@@ -528,6 +533,51 @@ def fit_split(reg) -> dict:
     return out
 
 
+def profile_bias(reg) -> dict:
+    """How crops turned out of plane by ``neuface_jax.realtime.profile`` read to the regressor, against how
+    real pitch changes read to it. Per clip, at annotate's crops: the slope of the regressor's head pitch
+    against annotate's over all the clip's frames (how a *real* change of pitch reads), and for each Δpitch
+    of --profile_bias_pitches, on the evaluation frames (those after EVAL_FROM), the mean change of the
+    regressor's pitch from a crop to its turned copy against the labels' change (how a *warped* change
+    reads). A warp that looked as turned as its label says would read like a real change: equal ratios;
+    a lower ratio for the warp means its crops look less turned than their labels."""
+    from neuface_jax.realtime import profile as profile_lib
+    from neuface_jax.realtime import train as train_lib
+    from neuface_jax.synthetic import pretrain as pretrain_lib
+
+    def pitch_of(images):
+        return _yaw_pitch_deg(np.stack([reg(im).pose for im in images]))[:, 1]
+
+    out = {}
+    for item in FLAGS.annotations:
+        name, _, rest_ = item.partition("=")
+        ann, _, frac = rest_.partition(":")
+        start = float(frac.partition("-")[0] or 0.7)
+        train, held = train_lib.distillation_data([ann], image_size=reg.image_size, holdout_fraction=1.0 - start)
+        if train is None or held is None or len(held) == 0:
+            raise ValueError(f"profile_bias: no frames with a face in {ann}")
+        everything = pretrain_lib.PretrainData.concatenate([train, held])
+        lab, pred = _yaw_pitch_deg(everything.pose)[:, 1], pitch_of(everything.images)
+        slope = float(np.cov(lab, pred)[0, 1] / np.var(lab, ddof=1))
+        row = {"frames": len(everything), "eval_frames": len(held),
+               "real": {"label_pitch_range_deg": [float(lab.min()), float(lab.max())], "slope": slope,
+                        "mean_error_deg": float(np.mean(pred - lab))},
+               "turned": {}}
+        base = pitch_of(held.images)
+        for d in (float(x) for x in FLAGS.profile_bias_pitches):
+            turned = profile_lib.profile_examples(held, reg.face, [d])
+            label_change = _yaw_pitch_deg(turned.pose)[:, 1] - _yaw_pitch_deg(held.pose)[:, 1]
+            read_change = pitch_of(turned.images) - base
+            row["turned"][f"{d:+g}"] = {"label_change_deg": float(label_change.mean()),
+                                        "read_change_deg": float(read_change.mean()),
+                                        "ratio": float(read_change.mean() / label_change.mean())}
+        out[name] = row
+        print(f"{name}: real slope {slope:.2f} over pitch {lab.min():.1f}..{lab.max():.1f}°; turned: "
+              + ", ".join(f"{k}: reads {v['read_change_deg']:+.1f}° of {v['label_change_deg']:+.1f}° "
+                          f"(ratio {v['ratio']:.2f})" for k, v in row["turned"].items()), flush=True)
+    return out
+
+
 def _track_config(det_path: str, **kw):
     from neuface_jax.realtime import filters, track
 
@@ -919,6 +969,8 @@ def main(argv):
         report["pose"] = pose_diagnosis(reg, FLAGS.face_landmarker)
     if "fit_split" in FLAGS.parts:
         report["fit_split"] = fit_split(reg)
+    if "profile_bias" in FLAGS.parts:
+        report["profile_bias"] = profile_bias(reg)
     report["machine"]["loadavg_after"] = os.getloadavg()
     Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
     Path(FLAGS.out).write_text(json.dumps(report, indent=1) + "\n")
