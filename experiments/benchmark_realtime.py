@@ -563,7 +563,7 @@ def profile_bias(reg) -> dict:
                "real": {"label_pitch_range_deg": [float(lab.min()), float(lab.max())], "slope": slope,
                         "mean_error_deg": float(np.mean(pred - lab))},
                "turned": {}}
-        base = pitch_of(held.images)
+        base = pred[len(train):]  # the evaluation frames' own predictions (held comes last)
         for d in (float(x) for x in FLAGS.profile_bias_pitches):
             turned = profile_lib.profile_examples(held, reg.face, [d])
             label_change = _yaw_pitch_deg(turned.pose)[:, 1] - _yaw_pitch_deg(held.pose)[:, 1]
@@ -945,7 +945,7 @@ def main(argv):
         "command": "python experiments/benchmark_realtime.py " + " ".join(
             f"--{k}={FLAGS[k].value if not isinstance(FLAGS[k].value, list) else ','.join(FLAGS[k].value)}"
             for k in ("regressor", "annotations", "extra_annotations", "parts", "latency_sizes", "synthetic_seeds", "neuface_epochs", "mirror_average", "filter_min_cutoff",
-                      "filter_beta", "pose_bins")),
+                      "filter_beta", "pose_bins", "profile_bias_pitches")),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                     "loadavg_before": os.getloadavg()},
         "regressor": FLAGS.regressor, "encoder_config": reg.config.to_dict(),
