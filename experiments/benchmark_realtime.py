@@ -93,6 +93,10 @@ flags.DEFINE_string("pose_overlay_dir", None, "Pose part: where to write overlay
                     "worst frame (PNG).")
 flags.DEFINE_list("profile_bias_pitches", ["-8", "8"], "profile_bias part: the pitch changes (degrees) of the turned "
                   "copies.")
+flags.DEFINE_bool("head_fit", True, "With a landmark-head regressor: fit the head rotation and camera to the "
+                  "head's points (regressor.HeadFit); false scores the regressed parameters alone.")
+flags.DEFINE_string("keypoint_anchors", None, "Refine every fit on the face detector's keypoints with these anchors "
+                    "(realtime.keypoints; TrackConfig.keypoint_anchors).")
 flags.DEFINE_string("out", "experiments/results/benchmark_realtime_cpu.json", "JSON output.")
 
 
@@ -410,11 +414,13 @@ def real(reg, det_path: str) -> dict:
     for item in FLAGS.annotations:
         clip = load_real_clip(item)
         name, frames, mp, ann_px, vis = clip.name, clip.frames, clip.mediapipe, clip.annotate, clip.visible
-        raw_px, filt_px, ok, angles = [], [], [], []
+        raw_px, filt_px, ok, angles, head_px = [], [], [], [], []
         src = sources.ArraySource(frames, fps=clip.fps, name=name)
         for f in track.track(src, _track_config(det_path), regressor=reg):
             ok.append(f.valid)
             nan = np.full((68, 2), np.nan)
+            if reg.config.landmark_head:
+                head_px.append(_pixels(f.raw.head_landmarks, f.crop_transform, f.crop_size) if f.valid else nan)
             angles.append(_yaw_pitch_deg(f.raw.pose) if f.valid else np.full(2, np.nan))
             raw_px.append(_pixels(f.raw.landmarks, f.crop_transform, f.crop_size) if f.valid else nan)
             filt_px.append(_pixels(f.params.landmarks, f.crop_transform, f.crop_size) if f.valid else nan)
@@ -452,6 +458,9 @@ def real(reg, det_path: str) -> dict:
             row["jitter_2d_percent_iod"]["annotate_extra"] = jitter_2d(other_px, iod)
             row["annotate_extra"] = {"dir": extra[name],
                                      "mediapipe_max_difference_px": float(np.abs(other_mp - mp).max())}
+        if head_px:  # the landmark head's own points (what the head rotation and camera are fitted to)
+            row["nme_percent"]["landmark_head_points"] = float(metrics_lib.nme(np.nan_to_num(np.stack(head_px)), mp,
+                                                                               both))
         nme = row["nme_percent"]
         row["ratio_to_annotate"] = {k: nme[k] / nme["annotate"] for k in ("regressor_raw", "regressor_filtered")}
         out[name] = row
@@ -584,7 +593,7 @@ def _track_config(det_path: str, **kw):
     oe = filters.OneEuroConfig()
     oe = dataclasses.replace(oe, **{k: v for k, v in (("min_cutoff", FLAGS.filter_min_cutoff),
                                                       ("beta", FLAGS.filter_beta)) if v is not None})
-    return track.TrackConfig(face_landmarker=det_path, one_euro=oe, **kw)
+    return track.TrackConfig(face_landmarker=det_path, one_euro=oe, keypoint_anchors=FLAGS.keypoint_anchors, **kw)
 
 
 def lag_frames(filtered: np.ndarray, reference: np.ndarray, max_lag: float = 6.0) -> float:
@@ -940,12 +949,15 @@ def main(argv):
 
     from neuface_jax.realtime import track
 
-    reg = track.load_regressor(FLAGS.regressor, mirror_average=FLAGS.mirror_average)
+    from neuface_jax.realtime import regressor as regressor_lib
+
+    reg = track.load_regressor(FLAGS.regressor, mirror_average=FLAGS.mirror_average,
+                               head_fit=regressor_lib.HeadFit(enabled=FLAGS.head_fit))
     report = {
         "command": "python experiments/benchmark_realtime.py " + " ".join(
             f"--{k}={FLAGS[k].value if not isinstance(FLAGS[k].value, list) else ','.join(FLAGS[k].value)}"
             for k in ("regressor", "annotations", "extra_annotations", "parts", "latency_sizes", "synthetic_seeds", "neuface_epochs", "mirror_average", "filter_min_cutoff",
-                      "filter_beta", "pose_bins", "profile_bias_pitches")),
+                      "filter_beta", "pose_bins", "profile_bias_pitches", "head_fit", "keypoint_anchors")),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                     "loadavg_before": os.getloadavg()},
         "regressor": FLAGS.regressor, "encoder_config": reg.config.to_dict(),

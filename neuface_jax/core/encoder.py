@@ -59,7 +59,8 @@ from flax import nnx
 
 from flame_jax.rotations import deca_pose_to_full
 from neuface_jax.core import conv as conv_lib
-from neuface_jax.core.mobilenet import MobileNet
+from neuface_jax.core.mobilenet import LandmarkHead, MobileNet
+from neuface_jax.core.mobilenet import feature_width as mobilenet_feature_width
 
 _log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ _INT_RANGES = {
     "n_light": (0, 1000),
     "image_size": (8, 2048),
     "head_hidden": (1, 16384),
+    "landmark_head": (0, 1000),
 }
 _SMALL_STAGES = (1, 8)
 _SMALL_WIDTH = (1, 2048)
@@ -164,6 +166,9 @@ class EncoderConfig:
         same either way. The
         "small" and "mobilenet" backbones always use XLA's (at their sizes the GEMM form did not win).
         ``to_dict`` leaves the field out at its default, so configs written before it existed match.
+      landmark_head: points of the spatial 2D landmark head (``mobilenet.LandmarkHead`` on the stride-8
+        and stride-16 activations, ``Encoder.with_landmarks``); 0 (default, left out by ``to_dict``): none.
+        MobileNet backbone only.
     """
 
     arch: str = "resnet50"
@@ -188,6 +193,7 @@ class EncoderConfig:
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     conv_backward: str = "gemm"
+    landmark_head: int = 0
 
     def __post_init__(self):
         if self.arch not in _ARCHS:
@@ -223,6 +229,9 @@ class EncoderConfig:
             _checked_float(f"cam_translation_init[{i}]", v, -_CAM_TRANSLATION_MAX, _CAM_TRANSLATION_MAX)
             for i, v in enumerate(t)
         )
+        if fixed["landmark_head"] and (self.arch != "mobilenet" or len(fixed["small_widths"]) < 3):
+            raise ValueError(f"landmark_head needs the mobilenet backbone with 3 or more stages, got arch "
+                             f"{self.arch!r} with {len(fixed['small_widths'])}")
         for name, value in fixed.items():
             object.__setattr__(self, name, value)
 
@@ -242,6 +251,8 @@ class EncoderConfig:
         d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
         if d["conv_backward"] == _CONV_BACKWARDS[0]:
             del d["conv_backward"]
+        if not d["landmark_head"]:
+            del d["landmark_head"]
         return d
 
     @classmethod
@@ -585,6 +596,12 @@ class Encoder(nnx.Module):
             self.expr_fc2 = nnx.Linear(config.head_hidden, config.n_expr, rngs=rngs, **final_kw)
         else:
             self.expr_backbone = self.expr_fc1 = self.expr_fc2 = None
+        w = config.small_widths
+        # The stride-16 activation is stage 3's output, or the final 1×1's when stage 3 is the last.
+        c16 = w[2] if len(w) > 3 else mobilenet_feature_width(w)
+        self.landmark_head = LandmarkHead(
+            w[1], c16, config.landmark_head, momentum=config.bn_momentum, epsilon=config.bn_epsilon,
+            dtype=config.compute_dtype, rngs=rngs) if config.landmark_head else None
 
     def __call__(self, images: jax.Array, *, use_running_average: bool = True) -> jax.Array:
         """[B, H, W, 3] RGB in [0, 1] → [B, num_outputs] raw outputs (float32).
@@ -602,6 +619,21 @@ class Encoder(nnx.Module):
             return raw
         expr_feats = self.expr_backbone(x, use_running_average).astype(jnp.float32)
         return self._with_expression(raw, expr_feats)
+
+    def with_landmarks(self, images: jax.Array, *, use_running_average: bool = True) -> tuple[jax.Array, jax.Array]:
+        """``(raw [B, num_outputs], landmarks [B, landmark_head, 2])``: ``__call__``'s outputs and the spatial
+        landmark head's points (normalized crop coordinates) from one pass of the backbone."""
+        if self.landmark_head is None:
+            raise ValueError("this encoder has no landmark head (EncoderConfig.landmark_head = 0)")
+        x = jnp.asarray(images).astype(self.config.compute_dtype)
+        bb, ura = self.backbone, use_running_average
+        x8 = bb.run_stages(x, ura, 0, 3)
+        x16 = bb.run_stages(x8, ura, 3, 4)
+        feats = jnp.mean(bb.run_stages(x16, ura, 4, len(bb.stage_names)), axis=(1, 2)).astype(jnp.float32)
+        raw = self.fc2(nnx.relu(self.fc1(feats)))
+        if self.expr_backbone is not None:
+            raw = self._with_expression(raw, self.expr_backbone(x, ura).astype(jnp.float32))
+        return raw, self.landmark_head(x8, x16, ura)
 
     def _with_expression(self, raw, expr_feats):
         expression = self.expr_fc2(nnx.relu(self.expr_fc1(expr_feats)))
@@ -634,6 +666,25 @@ class Encoder(nnx.Module):
 def init_encoder(config: EncoderConfig, seed: int = 0) -> Encoder:
     """A freshly initialized encoder (mean-face head) from an integer seed."""
     return Encoder(config, rngs=nnx.Rngs(seed))
+
+
+def with_landmark_head(encoder: Encoder, points: int, seed: int = 0) -> Encoder:
+    """A copy of ``encoder`` with a freshly initialized ``points``-point spatial landmark head (every other
+    weight and statistic copied); ``encoder`` itself when it already has one of that size."""
+    if encoder.config.landmark_head == points:
+        return encoder
+    if encoder.config.landmark_head:
+        raise ValueError(f"the encoder has a {encoder.config.landmark_head}-point landmark head, not {points}")
+    new = init_encoder(dataclasses.replace(encoder.config, landmark_head=int(points)), seed)
+    old_state = nnx.state(encoder)
+    new_state = nnx.state(new)
+    flat = dict(nnx.to_flat_state(new_state))
+    for path, var in nnx.to_flat_state(old_state):
+        if path not in flat:
+            raise ValueError(f"{'/'.join(map(str, path))}: not in the encoder with a landmark head")
+        flat[path] = var
+    nnx.update(new, nnx.from_flat_state(flat))
+    return new
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -721,7 +772,7 @@ def merge_params(graphdef, trainable, rest) -> nnx.Module:
     return nnx.merge(graphdef, trainable, rest)
 
 
-def apply(graphdef, trainable, rest, images: jax.Array, *, update_bn_stats: bool = False):
+def apply(graphdef, trainable, rest, images: jax.Array, *, update_bn_stats: bool = False, landmarks: bool = False):
     """Pure forward pass; safe under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
 
     Args:
@@ -730,6 +781,9 @@ def apply(graphdef, trainable, rest, images: jax.Array, *, update_bn_stats: bool
       update_bn_stats: normalize with batch statistics and update the running averages (for
         ``freeze_bn=False`` training). Default: running statistics (frozen BN, evaluation).
 
+      landmarks: also run the spatial landmark head (``Encoder.with_landmarks``): ``raw`` below is then
+        the pair ``(raw, landmarks [B, K, 2])``.
+
     Returns:
       raw: [B, num_outputs] float32 when ``update_bn_stats`` is False; otherwise ``(raw, new_rest)``
       with ``new_rest`` structured like ``rest``.
@@ -737,7 +791,10 @@ def apply(graphdef, trainable, rest, images: jax.Array, *, update_bn_stats: bool
     # copy=True: fresh Variables owned by the current trace, so BatchNorm may update its
     # statistics under jax.grad (reused Variables belong to an outer trace).
     model = nnx.merge(graphdef, trainable, rest, copy=update_bn_stats)
-    raw = model(images, use_running_average=not update_bn_stats)
+    if landmarks:
+        raw = model.with_landmarks(images, use_running_average=not update_bn_stats)
+    else:
+        raw = model(images, use_running_average=not update_bn_stats)
     if not update_bn_stats:
         return raw
     trainable_paths = frozenset(state_paths(trainable))

@@ -23,7 +23,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["DEFAULT_EXPANSION", "DepthwiseConv", "InvertedResidual", "MobileNet", "depthwise_conv3x3", "feature_width"]
+__all__ = [
+    "DEFAULT_EXPANSION", "DepthwiseConv", "InvertedResidual", "LandmarkHead", "MobileNet", "depthwise_conv3x3",
+    "feature_width", "soft_argmax",
+]
 
 #: Channel expansion of the inverted residual blocks (MobileNetV2 uses 6; 4 is cheaper at batch 1).
 DEFAULT_EXPANSION = 4
@@ -176,3 +179,41 @@ class MobileNet(nnx.Module):
     def __call__(self, x: jax.Array, use_running_average: bool) -> jax.Array:
         """[B, H, W, 3] → [B, num_features] pooled features."""
         return jnp.mean(self.run_stages(x, use_running_average, 0, len(self.stage_names)), axis=(1, 2))
+
+
+def soft_argmax(logits: jax.Array) -> jax.Array:
+    """[B, h, w, K] per-point logits → [B, K, 2] expected (x, y) over the grid's cell centres, in normalized
+    crop coordinates (``media.crops.to_normalized``: the crop spans −1…1; cell ``j`` of ``w`` is centred at
+    ``(j + ½)/w · 2 − 1``). The softmax runs in float32."""
+    b, h, w, k = logits.shape
+    prob = jax.nn.softmax(logits.astype(jnp.float32).reshape(b, h * w, k), axis=1)
+    ys, xs = jnp.meshgrid((jnp.arange(h) + 0.5) / h * 2.0 - 1.0, (jnp.arange(w) + 0.5) / w * 2.0 - 1.0, indexing="ij")
+    grid = jnp.stack([xs.ravel(), ys.ravel()], -1)  # [h·w, 2]
+    return jnp.einsum("bpk,pc->bkc", prob, grid)
+
+
+class LandmarkHead(nnx.Module):
+    """Spatial 2D landmark head: the stride-8 activation with the stride-16 one upsampled beside it →
+    1×1 (``hidden``) → ReLU6 → 3×3 depthwise → ReLU6 → 1×1 to one logit map per point → ``soft_argmax``.
+
+    Unlike the parameter head behind the global pool, every point is read where it shows in the crop, so
+    a face turned further than any training face still places its points by what is under them.
+    """
+
+    def __init__(self, c8: int, c16: int, points: int, hidden: int = 64, *, momentum: float = 0.9,
+                 epsilon: float = 1e-5, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.lateral = _pointwise(c8 + c16, hidden, dtype, rngs)
+        self.lateral_bn = _bn(hidden, momentum, epsilon, dtype, rngs)
+        self.depthwise = DepthwiseConv(hidden, 1, dtype=dtype, rngs=rngs)
+        self.depthwise_bn = _bn(hidden, momentum, epsilon, dtype, rngs)
+        # Zero-initialized logits: every point starts at the crop's centre (uniform maps).
+        self.logits = nnx.Linear(hidden, int(points), kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+
+    def __call__(self, x8: jax.Array, x16: jax.Array, use_running_average: bool) -> jax.Array:
+        """[B, h, w, c8] and [B, ⌈h/2⌉, ⌈w/2⌉, c16] → [B, points, 2] normalized crop coordinates."""
+        ura = use_running_average
+        up = jnp.repeat(jnp.repeat(x16, 2, axis=1), 2, axis=2)[:, : x8.shape[1], : x8.shape[2]]
+        y = jnp.concatenate([x8, up.astype(x8.dtype)], axis=-1)
+        y = _relu6(self.lateral_bn(self.lateral(y), use_running_average=ura))
+        y = _relu6(self.depthwise_bn(self.depthwise(y), use_running_average=ura))
+        return soft_argmax(self.logits(y.astype(jnp.float32)))

@@ -22,12 +22,15 @@ import numpy as np
 from scipy import spatial
 
 import flame_jax
+from neuface_jax.common.settings import setting
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
 from neuface_jax.media import crops as crops_lib
+from neuface_jax.media import landmark_sets as landmark_sets_lib
+from neuface_jax.realtime import keypoints as keypoints_lib
 
 __all__ = [
-    "DEFAULT_IMAGE_SIZE", "Prediction", "Regressor", "box_of_transform", "crop_box", "demo_face", "landmark_submodel",
+    "DEFAULT_IMAGE_SIZE", "HeadFit", "Prediction", "Regressor", "box_of_transform", "crop_box", "demo_face", "landmark_submodel",
     "mirror_maps", "mirror_params", "reframe_camera", "regressor_config",
 ]
 
@@ -39,11 +42,14 @@ DEFAULT_BLOCKS = (1, 2, 3, 2)
 
 
 def regressor_config(n_shape: int, n_expr: int, *, image_size: int = DEFAULT_IMAGE_SIZE,
-                     widths=DEFAULT_WIDTHS, blocks=DEFAULT_BLOCKS, head_hidden: int = 256) -> encoder_lib.EncoderConfig:
-    """The regressor's ``EncoderConfig``: MobileNet backbone, compact layout (no texture, light)."""
+                     widths=DEFAULT_WIDTHS, blocks=DEFAULT_BLOCKS, head_hidden: int = 256,
+                     landmark_head: int = 0) -> encoder_lib.EncoderConfig:
+    """The regressor's ``EncoderConfig``: MobileNet backbone, compact layout (no texture, light);
+    ``landmark_head``: points of the spatial landmark head (0: none)."""
     return encoder_lib.EncoderConfig(
         arch="mobilenet", layout="compact", n_shape=int(n_shape), n_expr=int(n_expr), image_size=int(image_size),
         head_hidden=int(head_hidden), small_widths=tuple(widths), small_blocks=tuple(blocks),
+        landmark_head=int(landmark_head),
     )
 
 
@@ -173,6 +179,8 @@ class Prediction:
       shape: [n_shape] identity.  expression: [n_expr].  pose: [15] full FLAME pose (global, neck,
       jaw, eyes; neck and eyes zero).  cam: [3] weak-perspective camera (s, tx, ty) of the crop.
       landmarks: [68, 2] model landmarks, normalized crop coordinates.
+      head_landmarks: [68, 2] the spatial landmark head's points (normalized crop coordinates) when the
+        regressor has one (the head rotation and camera above are then fitted to them), else None.
     """
 
     shape: np.ndarray
@@ -180,6 +188,7 @@ class Prediction:
     pose: np.ndarray
     cam: np.ndarray
     landmarks: np.ndarray
+    head_landmarks: np.ndarray | None = None
 
     def vector(self) -> np.ndarray:
         """Every parameter in one vector (shape, expression, pose, cam): what the filter smooths."""
@@ -193,18 +202,50 @@ class Prediction:
                                    cam=v[n[3]:n[4]])
 
 
-def _predict(graphdef, config, trainable, rest, face, crop, maps=None):
+@dataclasses.dataclass(frozen=True)
+class HeadFit:
+    """How a regressor with a spatial landmark head (``EncoderConfig.landmark_head``) places the face: the
+    regressed head rotation and camera are fitted to the head's 68 points (``keypoints.fit_pose``, a few
+    Gauss–Newton steps on six numbers), the regressed values a Gaussian prior."""
+
+    enabled: bool = setting(True, "Fit the head rotation and camera to the landmark head's points.")
+    sigma_point: float = setting(0.03, "Point noise, normalized crop units (the crop is 2 wide).")
+    sigma_rotation_deg: float = setting(10.0, "Prior on the change of the regressed head rotation (degrees).")
+    sigma_scale: float = setting(0.1, "Prior on the change of the camera's log scale.")
+    sigma_translation: float = setting(0.1, "Prior on the change of the face's place, normalized crop units.")
+    iterations: int = setting(3, "Gauss-Newton steps.")
+
+    def sigmas(self) -> np.ndarray:
+        r = np.deg2rad(self.sigma_rotation_deg)
+        return np.array([self.sigma_point, r, r, r, self.sigma_scale, self.sigma_translation, self.sigma_translation],
+                        np.float32)
+
+
+def _predict(graphdef, config, trainable, rest, face, crop, maps=None, fit=None, *, iterations=3):
     images = crop[None].astype(jnp.float32) / 255.0
     if maps is not None:  # the crop and its mirror in one batch
         images = jnp.concatenate([images, images[:, :, ::-1]])
-    raw = encoder_lib.apply(graphdef, trainable, rest, images)
+    head = None
+    if config.landmark_head:
+        raw, head = encoder_lib.apply(graphdef, trainable, rest, images, landmarks=True)
+    else:
+        raw = encoder_lib.apply(graphdef, trainable, rest, images)
     p = encoder_lib.decode_outputs(raw, config)
     out = p.shape[0], p.expression[0], p.pose[0], p.cam[0]
     if maps is not None:
         back = mirror_params(p.shape[1], p.expression[1], p.pose[1], p.cam[1], *maps, xp=jnp)
         out = tuple((a + b) / 2.0 for a, b in zip(out, back))
+        if head is not None:
+            head = head.at[1].set(head[1][landmark_sets_lib.IBUG68_MIRROR] * jnp.array([-1.0, 1.0]))
+    if head is not None:
+        head = jnp.mean(head, axis=0)
+        if fit is not None:
+            n = head.shape[0]
+            pose, cam = keypoints_lib.fit_pose(face, jnp.eye(n), jnp.zeros((n, 3)), *out, head, jnp.ones(n), fit,
+                                               iterations)
+            out = (out[0], out[1], pose, cam)
     _, lmk2d, _ = fit_lib.evaluate_params(face, *out)
-    return (*out, lmk2d)
+    return (*out, lmk2d, head)
 
 
 def _landmarks(face, shape, expression, pose, cam):
@@ -221,10 +262,12 @@ class Regressor:
         second prediction's parameters back (``mirror_params``) and average the two (test-time
         augmentation: the two predictions' errors are partly independent; twice the network's work in
         one call).
+      head_fit: with a spatial landmark head, how the head rotation and camera are fitted to its points.
     """
 
     def __init__(self, encoder: encoder_lib.Encoder, config: encoder_lib.EncoderConfig,
-                 face: fit_lib.FaceModel | None = None, *, mirror_average: bool = False):
+                 face: fit_lib.FaceModel | None = None, *, mirror_average: bool = False,
+                 head_fit: HeadFit = HeadFit()):
         self.encoder, self.config = encoder, config
         self.face = demo_face() if face is None else face
         if self.face.flame.num_shape < config.n_shape or self.face.flame.num_expression < config.n_expr:
@@ -232,6 +275,8 @@ class Regressor:
                 f"the regressor predicts {config.n_shape} identity / {config.n_expr} expression components; the "
                 f"face model has only {self.face.flame.num_shape} / {self.face.flame.num_expression}")
         self._landmark_face = landmark_submodel(self.face)
+        #: The face model cut to its landmarks' vertices (``landmark_submodel``): the same landmarks, cheaper.
+        self.landmark_face = self._landmark_face
         graphdef, self._trainable, self._rest = encoder_lib.split_params(encoder, freeze_bn=True)
         self.mirror_average = bool(mirror_average)
         #: ``(shape_map, expression_map)`` of ``mirror_maps`` when mirror averaging, else None.
@@ -239,15 +284,18 @@ class Regressor:
         if self.mirror_average:
             _, shape_map, expr_map = mirror_maps(self.face, config.n_shape, config.n_expr)
             self.coefficient_mirror_maps = (jnp.asarray(shape_map), jnp.asarray(expr_map))
-        self._fn = jax.jit(functools.partial(_predict, graphdef, config))
+        self.head_fit = head_fit
+        self._fit_sigmas = jnp.asarray(head_fit.sigmas()) if config.landmark_head and head_fit.enabled else None
+        self._fn = jax.jit(functools.partial(_predict, graphdef, config, iterations=int(head_fit.iterations)))
         self._lmk = jax.jit(_landmarks)
         self.image_size = int(config.image_size)
 
     @classmethod
-    def load(cls, path, face: fit_lib.FaceModel | None = None, *, mirror_average: bool = False) -> "Regressor":
+    def load(cls, path, face: fit_lib.FaceModel | None = None, *, mirror_average: bool = False,
+             head_fit: HeadFit = HeadFit()) -> "Regressor":
         """A regressor from an encoder checkpoint directory (``save_encoder``)."""
         enc, cfg = encoder_lib.load_encoder(path)
-        return cls(enc, cfg, face, mirror_average=mirror_average)
+        return cls(enc, cfg, face, mirror_average=mirror_average, head_fit=head_fit)
 
     def crop(self, frame: np.ndarray, box) -> tuple[np.ndarray, np.ndarray]:
         """``crop_box`` at this regressor's crop size."""
@@ -260,8 +308,8 @@ class Regressor:
             raise ValueError(f"the regressor takes uint8 [{self.image_size}, {self.image_size}, 3] crops, got "
                              f"{crop.dtype} {crop.shape}")
         out = jax.device_get(self._fn(self._trainable, self._rest, self._landmark_face, crop,
-                                      self.coefficient_mirror_maps))
-        return Prediction(*(np.asarray(a, np.float32) for a in out))
+                                      self.coefficient_mirror_maps, self._fit_sigmas))
+        return Prediction(*(None if a is None else np.asarray(a, np.float32) for a in out))
 
     def landmarks(self, p: Prediction) -> np.ndarray:
         """[68, 2] model landmarks (normalized crop coordinates) of ``p``'s parameters (e.g. after filtering)."""

@@ -128,6 +128,10 @@ class TrainConfig:
     weight_shape: float = setting(1.0, "Weight of the identity-coefficient regression (squared error).")
     weight_landmark: float = setting(10.0, "Weight of the 2D landmark term (L1, normalized crop units): the predicted "
                                            "mesh's 68 landmarks against the label's.")
+    weight_landmark_head: float = setting(0.0, "Weight of the spatial landmark head's term (L1, normalized crop units: "
+                                               "its 68 points against the same 2D targets as weight_landmark). Above 0 "
+                                               "the regressor gets the head (added to an --init regressor without one) "
+                                               "and inference fits the head rotation and camera to its points.")
     weight_projected: float = setting(0.0, "Weight of the dense 2D term: every vertex of the predicted mesh projected "
                                            "into the crop against the label mesh's projection (L1, normalized crop "
                                            "units; what landmark NME measures, on the whole mesh).")
@@ -736,11 +740,15 @@ def train(
                 "labelled images (%.1f s)", counts["synthetic"], counts["distilled"], counts["profiled"],
                 counts["unlabelled"], counts["weak"], seconds["data"])
 
+    head_points = landmark_sets_lib.IBUG68_MIRROR.size if config.weight_landmark_head else 0
     enc_cfg = regressor_lib.regressor_config(face.flame.num_shape, face.flame.num_expression,
-                                             image_size=config.image_size)
+                                             image_size=config.image_size, landmark_head=head_points)
     if encoder is None:
         encoder = encoder_lib.init_encoder(enc_cfg, seed=config.seed)
     else:
+        if head_points and not encoder.config.landmark_head:
+            logger.info("adding a %d-point landmark head to the initial regressor", head_points)
+            encoder = encoder_lib.with_landmark_head(encoder, head_points, seed=config.seed)
         enc_cfg = encoder.config
         if enc_cfg.image_size != config.image_size:
             # The network is convolutional up to a global pool: its weights fit any crop size.
@@ -796,12 +804,22 @@ def train(
             batch = dict(batch, landmarks=lmk, cam=cam, pose=pose)
         if config.augment:
             images = augment(images, key, blur=config.blur)
+        head = bool(config.weight_landmark_head)
         if config.freeze_bn:
-            raw, new_r = encoder_lib.apply(graphdef, tr, r, images), r
+            raw, new_r = encoder_lib.apply(graphdef, tr, r, images, landmarks=head), r
         else:
-            raw, new_r = encoder_lib.apply(graphdef, tr, r, images, update_bn_stats=True)
+            raw, new_r = encoder_lib.apply(graphdef, tr, r, images, update_bn_stats=True, landmarks=head)
+        if head:
+            raw, head_lmk = raw
         labelled_batch = {k: v[:n_lab_rows] for k, v in batch.items()}
         total, parts = pretrain_lib.pretrain_loss(raw[:n_lab_rows], labelled_batch, face, enc_cfg, pcfg)
+        if head:
+            ones = jnp.ones(head_lmk.shape[:2], bool)
+            vis = ones if weak_visible is None else ones.at[weak_rows].set(weak_visible)
+            rows = slice(0, weak_rows.stop if n_weak else n_lab_rows)
+            parts["landmark_head"] = losses_lib.masked_mean(
+                *losses_lib.landmark_l1(head_lmk[rows], batch["landmarks"][rows], vis[rows]))
+            total = total + config.weight_landmark_head * parts["landmark_head"]
         p = encoder_lib.decode_outputs(raw, enc_cfg)
         if config.weight_projected:
             lab = slice(0, n_lab_rows)
