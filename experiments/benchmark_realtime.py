@@ -95,8 +95,6 @@ flags.DEFINE_list("profile_bias_pitches", ["-8", "8"], "profile_bias part: the p
                   "copies.")
 flags.DEFINE_bool("head_fit", True, "With a landmark-head regressor: fit the head rotation and camera to the "
                   "head's points (regressor.HeadFit); false scores the regressed parameters alone.")
-flags.DEFINE_string("keypoint_anchors", None, "Refine every fit on the face detector's keypoints with these anchors "
-                    "(realtime.keypoints; TrackConfig.keypoint_anchors).")
 flags.DEFINE_string("out", "experiments/results/benchmark_realtime_cpu.json", "JSON output.")
 
 
@@ -593,7 +591,7 @@ def _track_config(det_path: str, **kw):
     oe = filters.OneEuroConfig()
     oe = dataclasses.replace(oe, **{k: v for k, v in (("min_cutoff", FLAGS.filter_min_cutoff),
                                                       ("beta", FLAGS.filter_beta)) if v is not None})
-    return track.TrackConfig(face_landmarker=det_path, one_euro=oe, keypoint_anchors=FLAGS.keypoint_anchors, **kw)
+    return track.TrackConfig(face_landmarker=det_path, one_euro=oe, **kw)
 
 
 def lag_frames(filtered: np.ndarray, reference: np.ndarray, max_lag: float = 6.0) -> float:
@@ -957,7 +955,7 @@ def main(argv):
         "command": "python experiments/benchmark_realtime.py " + " ".join(
             f"--{k}={FLAGS[k].value if not isinstance(FLAGS[k].value, list) else ','.join(FLAGS[k].value)}"
             for k in ("regressor", "annotations", "extra_annotations", "parts", "latency_sizes", "synthetic_seeds", "neuface_epochs", "mirror_average", "filter_min_cutoff",
-                      "filter_beta", "pose_bins", "profile_bias_pitches", "head_fit", "keypoint_anchors")),
+                      "filter_beta", "pose_bins", "profile_bias_pitches", "head_fit")),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                     "loadavg_before": os.getloadavg()},
         "regressor": FLAGS.regressor, "encoder_config": reg.config.to_dict(),

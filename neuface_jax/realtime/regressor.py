@@ -22,15 +22,16 @@ import numpy as np
 from scipy import spatial
 
 import flame_jax
+import flame_jax.rotations
 from neuface_jax.common.settings import setting
+from neuface_jax.core import camera as camera_lib
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
 from neuface_jax.media import crops as crops_lib
 from neuface_jax.media import landmark_sets as landmark_sets_lib
-from neuface_jax.realtime import keypoints as keypoints_lib
 
 __all__ = [
-    "DEFAULT_IMAGE_SIZE", "HeadFit", "Prediction", "Regressor", "box_of_transform", "crop_box", "demo_face", "landmark_submodel",
+    "DEFAULT_IMAGE_SIZE", "HeadFit", "Prediction", "Regressor", "box_of_transform", "crop_box", "demo_face", "fit_pose", "landmark_submodel",
     "mirror_maps", "mirror_params", "reframe_camera", "regressor_config",
 ]
 
@@ -205,8 +206,8 @@ class Prediction:
 @dataclasses.dataclass(frozen=True)
 class HeadFit:
     """How a regressor with a spatial landmark head (``EncoderConfig.landmark_head``) places the face: the
-    regressed head rotation and camera are fitted to the head's 68 points (``keypoints.fit_pose``, a few
-    Gauss–Newton steps on six numbers), the regressed values a Gaussian prior."""
+    regressed head rotation and camera are fitted to the head's 68 points (``fit_pose``, a few Gauss–Newton
+    steps on six numbers), the regressed values a Gaussian prior."""
 
     enabled: bool = setting(True, "Fit the head rotation and camera to the landmark head's points.")
     sigma_point: float = setting(0.03, "Point noise, normalized crop units (the crop is 2 wide).")
@@ -219,6 +220,51 @@ class HeadFit:
         r = np.deg2rad(self.sigma_rotation_deg)
         return np.array([self.sigma_point, r, r, r, self.sigma_scale, self.sigma_translation, self.sigma_translation],
                         np.float32)
+
+
+def fit_pose(face: fit_lib.FaceModel, shape, expression, pose, cam, points, weights, sigmas, iterations: int = 3):
+    """The head rotation and camera fitted to 2D points of the model's landmarks (traceable).
+
+    Gauss–Newton on θ = (Δr [3] added to the global axis-angle, Δ log s, Δu [2] the face's shift in
+    normalized crop units), from the given values, minimizing
+    Σ_k w_k ‖π(landmark_k) − point_k‖² / σ₀² + Σ_i (θ_i / σ_i)², identity, expression, jaw and the other
+    joints fixed. The face model runs once: a new global rotation R' turns the posed landmarks about the
+    root joint J as R'Rᵀ(l − J) + J (FLAME's root transform), so each step is closed-form in θ; the jaw
+    contour's points stay on the vertices the starting yaw put them on (FLAME's dynamic contour slides
+    with yaw; ``_predict`` recomputes the landmarks after the fit).
+
+    Args:
+      face: the face model.  shape, expression, pose [15], cam [3]: the starting parameters.
+      points: [L, 2] target landmarks (normalized crop coordinates).  weights: [L].
+      sigmas: [7] (σ₀ of a point, then σ of θ's six entries: ``HeadFit.sigmas``).
+
+    Returns:
+      ``(pose [15], cam [3])``.
+    """
+    out = flame_jax.forward(face.flame, shape=shape[None], expression=expression[None], pose=pose[None])
+    lmk3d = flame_jax.landmarks(face.flame, face.embedding, out.vertices, pose[None])[0]
+    root = out.joints[0, 0]
+    local = (lmk3d - root) @ flame_jax.rotations.axis_angle_to_matrix(pose[:3])  # Rᵀ(l − J), row vectors
+    sqrt_w = jnp.sqrt(weights)[:, None]
+
+    def params(theta):
+        s = cam[0] * jnp.exp(theta[3])
+        return pose[:3] + theta[:3], jnp.stack([s, cam[1] + theta[4] / s, cam[2] - theta[5] / s])
+
+    def residual(theta):
+        r_new, c = params(theta)
+        pts = local @ flame_jax.rotations.axis_angle_to_matrix(r_new).T + root
+        r = (camera_lib.project(pts, c) - points) * sqrt_w / sigmas[0]
+        return jnp.concatenate([r.ravel(), theta / sigmas[1:]])
+
+    def step(theta, _):
+        r = residual(theta)
+        j = jax.jacfwd(residual)(theta)
+        return theta - jnp.linalg.solve(j.T @ j, j.T @ r), None
+
+    theta, _ = jax.lax.scan(step, jnp.zeros(6, pose.dtype), None, length=iterations)
+    r_new, c = params(theta)
+    return pose.at[:3].set(r_new), c
 
 
 def _predict(graphdef, config, trainable, rest, face, crop, maps=None, fit=None, *, iterations=3):
@@ -240,9 +286,7 @@ def _predict(graphdef, config, trainable, rest, face, crop, maps=None, fit=None,
     if head is not None:
         head = jnp.mean(head, axis=0)
         if fit is not None:
-            n = head.shape[0]
-            pose, cam = keypoints_lib.fit_pose(face, jnp.eye(n), jnp.zeros((n, 3)), *out, head, jnp.ones(n), fit,
-                                               iterations)
+            pose, cam = fit_pose(face, *out, head, jnp.ones(head.shape[0]), fit, iterations)
             out = (out[0], out[1], pose, cam)
     _, lmk2d, _ = fit_lib.evaluate_params(face, *out)
     return (*out, lmk2d, head)

@@ -47,7 +47,6 @@ from neuface_jax.media import export as export_lib
 from neuface_jax.media import landmarker as landmarker_lib
 from neuface_jax.priors import starting as starting_lib
 from neuface_jax.realtime import filters as filters_lib
-from neuface_jax.realtime import keypoints as keypoints_lib
 from neuface_jax.realtime import regressor as regressor_lib
 from neuface_jax.realtime import sources as sources_lib
 
@@ -68,7 +67,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Timed stages of a frame, in order.
-STAGES = ("decode", "detect", "crop", "regress", "keypoints", "filter")
+STAGES = ("decode", "detect", "crop", "regress", "filter")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,13 +99,7 @@ class TrackConfig:
                                           "(mirrored back, one batch of two): more accurate, about a third slower.")
     stable_crop: bool = setting(True, "Smooth the crop box over time with the One-Euro settings (the crop's "
                                       "jitter otherwise reaches the regressor).")
-    keypoint_anchors: str | None = setting(None, "Keypoint anchors (calibrate-keypoints; a JSON file or the regressor "
-                                                 "directory holding keypoint_anchors.json): refine each fit's head "
-                                                 "rotation and camera on the face detector's keypoints, detected "
-                                                 "around the crop (realtime.keypoints). Default: off.")
     one_euro: filters_lib.OneEuroConfig = setting(filters_lib.OneEuroConfig(), "One-Euro settings.", cli=False)
-    keypoints: keypoints_lib.KeypointConfig = setting(keypoints_lib.KeypointConfig(), "Keypoint refinement settings.",
-                                                      cli=False)
     head_fit: regressor_lib.HeadFit = setting(regressor_lib.HeadFit(), "How a regressor with a landmark head fits "
                                                                          "the head rotation and camera to its points.",
                                               cli=False)
@@ -148,27 +141,14 @@ class FaceDetector:
             self._detector = vision.FaceDetector.create_from_options(opts)
 
     def detect(self, image: np.ndarray) -> np.ndarray:
-        return self.detect_keypoints(image)[0]
-
-    def detect_keypoints(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows [N, 5], keypoints [N, 6, 2])``: ``detect``'s rows and each face's six BlazeFace keypoints
-        (pixels; image-left eye, image-right eye, nose tip, mouth centre, image-left and image-right ear
-        tragion), best first."""
         image = np.ascontiguousarray(image)
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
-        h, w = image.shape[:2]
         res = self._detector.detect(self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=image))
-        found = []
-        for d in res.detections:
-            b = d.bounding_box
-            kp = [(k.x * w, k.y * h) for k in (d.keypoints or [])][:6]
-            kp += [(np.nan, np.nan)] * (6 - len(kp))
-            found.append(((b.origin_x, b.origin_y, b.origin_x + b.width, b.origin_y + b.height,
-                           d.categories[0].score), kp))
-        found.sort(key=lambda r: -r[0][4])
-        return (np.asarray([r for r, _ in found], np.float32).reshape(-1, 5),
-                np.asarray([k for _, k in found], np.float32).reshape(-1, 6, 2))
+        rows = [(b.origin_x, b.origin_y, b.origin_x + b.width, b.origin_y + b.height, d.categories[0].score)
+                for d in res.detections for b in (d.bounding_box,)]
+        rows.sort(key=lambda r: -r[4])
+        return np.asarray(rows, np.float32).reshape(-1, 5)
 
     def close(self) -> None:
         if self._detector is not None:
@@ -254,7 +234,7 @@ class TrackedFrame:
       valid: a face was fitted.
       status: "tracked", "detected", "no face" or "lost".
       params: the (filtered) ``regressor.Prediction`` (None when not valid).
-      raw: the unfiltered prediction (refined on the detector's keypoints when ``keypoint_anchors`` is set).
+      raw: the unfiltered prediction.
       box: the crop box ``(cx, cy, side)`` in pixels (None when not valid).
       crop_transform: [2, 3] image pixels → crop pixels of the regressor's crop.
       crop_size: the regressor's crop side.
@@ -282,7 +262,6 @@ class Tracker:
         self.regressor, self.detector, self.config = regressor, detector, config
         self._smoother = Smoother(config.one_euro)
         self._box_filter = filters_lib.OneEuroFilter(config.one_euro)
-        self._anchors = None if config.keypoint_anchors is None else keypoints_lib.load_anchors(config.keypoint_anchors)
         self.reset()
 
     def reset(self) -> None:
@@ -318,18 +297,6 @@ class Tracker:
         pred = self.regressor(crop)
         seconds["regress"] += time.perf_counter() - t
         return pred, m
-
-    def _refine(self, image, box, pred: regressor_lib.Prediction, m) -> regressor_lib.Prediction:
-        """``pred`` with its head rotation and camera fitted to the detector's keypoints around ``box``
-        (unchanged when the detector finds no face there)."""
-        kcfg = self.config.keypoints
-        kp = keypoints_lib.roi_keypoints(self.detector, image, box, kcfg)
-        if kp is None:
-            return pred
-        size = self.regressor.image_size
-        pose, cam, lmk = keypoints_lib.refine(self.regressor.landmark_face, self._anchors, pred.shape, pred.expression,
-                                              pred.pose, pred.cam, keypoints_lib.to_crop(kp[:4], m, size), config=kcfg)
-        return dataclasses.replace(pred, pose=pose, cam=cam, landmarks=lmk)
 
     def step(self, frame: sources_lib.Frame, decode_s: float = 0.0) -> TrackedFrame:
         """Tracks the face in one frame."""
@@ -373,11 +340,6 @@ class Tracker:
             self.reset()
             return TrackedFrame(frame.index, frame.time_s, False, "lost", None, pred, None, None,
                                 self.regressor.image_size, seconds, image)
-        if self._anchors is not None:
-            t = time.perf_counter()
-            pred = self._refine(image, previous, pred, m)
-            seconds["keypoints"] = time.perf_counter() - t
-            box = self._fit_box(pred, m)
         self._box = box
         t = time.perf_counter()
         out = pred

@@ -666,9 +666,20 @@ class TrainResult:
     counts: dict[str, int]
 
 
-def evaluate(encoder, encoder_config, data, face) -> dict[str, float]:
-    """Mean errors on supervised examples (``synthetic.pretrain.evaluate_encoder``'s)."""
-    return pretrain_lib.evaluate_encoder(encoder, encoder_config, data, face)
+def evaluate(encoder, encoder_config, data, face, batch_size: int = 64) -> dict[str, float]:
+    """Mean errors on supervised examples (``synthetic.pretrain.evaluate_encoder``'s); with a landmark head
+    also ``landmark_head_l1``, its points' mean |error| (normalized crop units, as ``landmark_l1``)."""
+    out = pretrain_lib.evaluate_encoder(encoder, encoder_config, data, face)
+    if encoder_config.landmark_head:
+        graphdef, trainable, rest = encoder_lib.split_params(encoder, freeze_bn=True)
+        fn = jax.jit(lambda images: encoder_lib.apply(graphdef, trainable, rest, images, landmarks=True)[1])
+        n, errs = len(data), []
+        for start in range(0, n, batch_size):
+            idx = np.arange(start, start + batch_size) % n  # one batch shape (the last wraps around)
+            pts = np.asarray(fn(jnp.asarray(data.images[idx], jnp.float32) / 255.0))
+            errs.append(np.abs(pts - data.landmarks[idx]).mean(axis=(1, 2))[: min(batch_size, n - start)])
+        out["landmark_head_l1"] = float(np.mean(np.concatenate(errs)))
+    return out
 
 
 def train(

@@ -341,25 +341,6 @@ def _stream_frames(cs: ClipSource, wanted: np.ndarray) -> Iterator[tuple[int, tu
             f"({len(lost)} of {len(want)} missing): shorter than when it was annotated, not the annotated video")
 
 
-def iter_annotated_frames(folder, *, fraction: float = 1.0) -> Iterator[tuple[params_lib.ParamsRecord, int, int, np.ndarray]]:
-    """``(record, t, view, image)`` of every detected frame and view of an annotation folder, up to
-    ``fraction`` of its rows: the full decoded frame (RGB uint8) with the record's row ``t`` (its labels and
-    crop transform ``record.crop_transforms[t, view]``). Raises ``AnnotationError`` as ``load_labelled_frames``."""
-    folder = pathlib.Path(folder)
-    cs = read_clip_source(folder)
-    record = _load_record(folder)
-    n = int(round(len(record.frame_indices) * float(fraction)))
-    rows = np.flatnonzero(record.valid[:n].any(-1))
-    if rows.size == 0:
-        return
-    row_of = {int(record.frame_indices[t]): int(t) for t in rows}
-    for idx, views in _stream_frames(cs, record.frame_indices[rows]):
-        t = row_of[int(idx)]
-        for v, image in enumerate(views):
-            if record.valid[t, v]:
-                yield record, t, v, image
-
-
 def _clip_frames(cs: ClipSource, crop_size: int, *, views: Sequence[str] | None, frame_stride: int,
                  max_frames: int | None) -> LabelledFrames:
     record = _load_record(cs.folder)

@@ -11,7 +11,7 @@ import pytest
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
 from neuface_jax.core.mobilenet import soft_argmax
-from neuface_jax.realtime import keypoints, regressor, train
+from neuface_jax.realtime import regressor, train
 
 # Three stages: the head reads the stride-8 and stride-16 activations.
 TINY3 = dict(widths=(8, 16, 16), blocks=(1, 1, 1), head_hidden=32, image_size=32)
@@ -86,18 +86,18 @@ def test_fit_pose_recovers_the_head_rotation_and_camera_from_68_points():
     # The jaw contour (points 0-16) slides over the mesh with the head's yaw (FLAME's dynamic contour), which
     # the fit holds where the regressed yaw put it: exact on the other 51 points, close on all 68.
     inner = jnp.asarray(np.arange(68) >= 17, jnp.float32)
-    p, c = keypoints.fit_pose(face, jnp.eye(68), jnp.zeros((68, 3)), shape, expr, pose, cam, pts, inner, sig, 5)
+    p, c = regressor.fit_pose(face, shape, expr, pose, cam, pts, inner, sig, 5)
     np.testing.assert_allclose(np.asarray(p)[:3], target[:3], atol=2e-4)
     np.testing.assert_allclose(np.asarray(c), np.asarray(target_cam), rtol=2e-4, atol=2e-5)
-    p, c = keypoints.fit_pose(face, jnp.eye(68), jnp.zeros((68, 3)), shape, expr, pose, cam, pts, jnp.ones(68), sig, 5)
+    p, c = regressor.fit_pose(face, shape, expr, pose, cam, pts, jnp.ones(68), sig, 5)
     np.testing.assert_allclose(np.asarray(p)[:3], target[:3], atol=5e-3)
     # A strong prior keeps the regressed values; zero weights leave them exactly.
     sig_strong = jnp.asarray(regressor.HeadFit(sigma_point=1.0, sigma_rotation_deg=0.01, sigma_scale=1e-4,
                                                sigma_translation=1e-4).sigmas())
-    p2, _ = keypoints.fit_pose(face, jnp.eye(68), jnp.zeros((68, 3)), shape, expr, pose, cam, pts, jnp.ones(68),
+    p2, _ = regressor.fit_pose(face, shape, expr, pose, cam, pts, jnp.ones(68),
                                sig_strong, 3)
     assert np.abs(np.asarray(p2)[:3] - np.asarray(pose)[:3]).max() < 1e-4
-    p3, c3 = keypoints.fit_pose(face, jnp.eye(68), jnp.zeros((68, 3)), shape, expr, pose, cam, pts, jnp.zeros(68),
+    p3, c3 = regressor.fit_pose(face, shape, expr, pose, cam, pts, jnp.zeros(68),
                                 sig, 3)
     np.testing.assert_allclose(np.asarray(p3), np.asarray(pose), atol=1e-6)
     np.testing.assert_allclose(np.asarray(c3), np.asarray(cam), rtol=1e-6)
@@ -132,13 +132,14 @@ def test_regressor_with_a_landmark_head_fits_its_pose_to_the_points():
 
 
 def test_training_adds_and_trains_the_landmark_head():
-    tiny = dict(synthetic_clips=2, synthetic_val_clips=0, steps=2, batch_size=8, group_size=4, image_size=32,
+    tiny = dict(synthetic_clips=2, synthetic_val_clips=1, steps=2, batch_size=8, group_size=4, image_size=32,
                 warmup_steps=1, weight_landmark_head=60.0)
     start = encoder_lib.init_encoder(regressor.regressor_config(100, 50, image_size=32), seed=3)
     result = train.train(train.TrainConfig(**tiny), encoder=start, log_every=1)
     assert result.encoder_config.landmark_head == 68 and result.encoder.landmark_head is not None
     h = result.history["landmark_head"]
     assert len(h) == 2 and h[0] > 0
+    assert result.validation["synthetic"]["landmark_head_l1"] > 0
     # The head moved off its zero start.
     x = jnp.zeros((1, 32, 32, 3), jnp.float32) + 0.5
     assert float(np.abs(np.asarray(result.encoder.with_landmarks(x)[1])).max()) > 0
