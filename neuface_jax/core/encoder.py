@@ -59,7 +59,7 @@ from flax import nnx
 
 from flame_jax.rotations import deca_pose_to_full
 from neuface_jax.core import conv as conv_lib
-from neuface_jax.core.mobilenet import LandmarkHead, MobileNet
+from neuface_jax.core.mobilenet import LandmarkHead, MobileNet, soft_argmax
 from neuface_jax.core.mobilenet import feature_width as mobilenet_feature_width
 
 _log = logging.getLogger(__name__)
@@ -620,9 +620,10 @@ class Encoder(nnx.Module):
         expr_feats = self.expr_backbone(x, use_running_average).astype(jnp.float32)
         return self._with_expression(raw, expr_feats)
 
-    def with_landmarks(self, images: jax.Array, *, use_running_average: bool = True) -> tuple[jax.Array, jax.Array]:
+    def with_landmarks(self, images: jax.Array, *, use_running_average: bool = True, maps: bool = False):
         """``(raw [B, num_outputs], landmarks [B, landmark_head, 2])``: ``__call__``'s outputs and the spatial
-        landmark head's points (normalized crop coordinates) from one pass of the backbone."""
+        landmark head's points (normalized crop coordinates) from one pass of the backbone; ``maps``: also
+        the head's logit maps [B, h, w, landmark_head] (a third element)."""
         if self.landmark_head is None:
             raise ValueError("this encoder has no landmark head (EncoderConfig.landmark_head = 0)")
         x = jnp.asarray(images).astype(self.config.compute_dtype)
@@ -633,7 +634,9 @@ class Encoder(nnx.Module):
         raw = self.fc2(nnx.relu(self.fc1(feats)))
         if self.expr_backbone is not None:
             raw = self._with_expression(raw, self.expr_backbone(x, ura).astype(jnp.float32))
-        return raw, self.landmark_head(x8, x16, ura)
+        logits = self.landmark_head.maps(x8, x16, ura)
+        points = soft_argmax(logits)
+        return (raw, points, logits) if maps else (raw, points)
 
     def _with_expression(self, raw, expr_feats):
         expression = self.expr_fc2(nnx.relu(self.expr_fc1(expr_feats)))
@@ -782,7 +785,7 @@ def apply(graphdef, trainable, rest, images: jax.Array, *, update_bn_stats: bool
         ``freeze_bn=False`` training). Default: running statistics (frozen BN, evaluation).
 
       landmarks: also run the spatial landmark head (``Encoder.with_landmarks``): ``raw`` below is then
-        the pair ``(raw, landmarks [B, K, 2])``.
+        the pair ``(raw, landmarks [B, K, 2])``; ``"maps"``: the triple with the head's logit maps.
 
     Returns:
       raw: [B, num_outputs] float32 when ``update_bn_stats`` is False; otherwise ``(raw, new_rest)``
@@ -792,7 +795,7 @@ def apply(graphdef, trainable, rest, images: jax.Array, *, update_bn_stats: bool
     # statistics under jax.grad (reused Variables belong to an outer trace).
     model = nnx.merge(graphdef, trainable, rest, copy=update_bn_stats)
     if landmarks:
-        raw = model.with_landmarks(images, use_running_average=not update_bn_stats)
+        raw = model.with_landmarks(images, use_running_average=not update_bn_stats, maps=landmarks == "maps")
     else:
         raw = model(images, use_running_average=not update_bn_stats)
     if not update_bn_stats:

@@ -25,7 +25,7 @@ from flax import nnx
 
 __all__ = [
     "DEFAULT_EXPANSION", "DepthwiseConv", "InvertedResidual", "LandmarkHead", "MobileNet", "depthwise_conv3x3",
-    "feature_width", "soft_argmax",
+    "feature_width", "heatmap_cross_entropy", "soft_argmax",
 ]
 
 #: Channel expansion of the inverted residual blocks (MobileNetV2 uses 6; 4 is cheaper at batch 1).
@@ -209,11 +209,30 @@ class LandmarkHead(nnx.Module):
         # Zero-initialized logits: every point starts at the crop's centre (uniform maps).
         self.logits = nnx.Linear(hidden, int(points), kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
 
-    def __call__(self, x8: jax.Array, x16: jax.Array, use_running_average: bool) -> jax.Array:
-        """[B, h, w, c8] and [B, ⌈h/2⌉, ⌈w/2⌉, c16] → [B, points, 2] normalized crop coordinates."""
+    def maps(self, x8: jax.Array, x16: jax.Array, use_running_average: bool) -> jax.Array:
+        """[B, h, w, c8] and [B, ⌈h/2⌉, ⌈w/2⌉, c16] → [B, h, w, points] float32 logit maps."""
         ura = use_running_average
         up = jnp.repeat(jnp.repeat(x16, 2, axis=1), 2, axis=2)[:, : x8.shape[1], : x8.shape[2]]
         y = jnp.concatenate([x8, up.astype(x8.dtype)], axis=-1)
         y = _relu6(self.lateral_bn(self.lateral(y), use_running_average=ura))
         y = _relu6(self.depthwise_bn(self.depthwise(y), use_running_average=ura))
-        return soft_argmax(self.logits(y.astype(jnp.float32)))
+        return self.logits(y.astype(jnp.float32))
+
+    def __call__(self, x8: jax.Array, x16: jax.Array, use_running_average: bool) -> jax.Array:
+        """[B, h, w, c8] and [B, ⌈h/2⌉, ⌈w/2⌉, c16] → [B, points, 2] normalized crop coordinates."""
+        return soft_argmax(self.maps(x8, x16, use_running_average))
+
+
+def heatmap_cross_entropy(logits: jax.Array, points: jax.Array, sigma_cells: float = 1.0) -> jax.Array:
+    """[B, K] cross-entropy of each point's softmax map (logits [B, h, w, K]) against a normalized Gaussian of
+    ``sigma_cells`` cells centred at its target (points [B, K, 2], normalized crop coordinates). Without it
+    the soft-argmax is free to spread a map over the whole crop and average (a global regression in
+    disguise); with it each map peaks where its point shows."""
+    b, h, w, k = logits.shape
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32).reshape(b, h * w, k), axis=1)
+    cy, cx = jnp.meshgrid(jnp.arange(h) + 0.5, jnp.arange(w) + 0.5, indexing="ij")
+    tx = (points[..., 0] + 1.0) * 0.5 * w  # [B, K] in cells
+    ty = (points[..., 1] + 1.0) * 0.5 * h
+    d2 = (cx.ravel()[None, :, None] - tx[:, None, :]) ** 2 + (cy.ravel()[None, :, None] - ty[:, None, :]) ** 2
+    q = jax.nn.softmax(-0.5 * d2 / sigma_cells**2, axis=1)  # [B, h·w, K]
+    return -jnp.sum(q * logp, axis=1)

@@ -59,6 +59,7 @@ from neuface_jax.core import camera as camera_lib
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
 from neuface_jax.core import losses as losses_lib
+from neuface_jax.core import mobilenet as mobilenet_lib
 from neuface_jax.media import crops
 from neuface_jax.media import landmark_sets as landmark_sets_lib
 from neuface_jax.media import landmarker as landmarker_lib
@@ -132,6 +133,9 @@ class TrainConfig:
                                                "its 68 points against the same 2D targets as weight_landmark). Above 0 "
                                                "the regressor gets the head (added to an --init regressor without one) "
                                                "and inference fits the head rotation and camera to its points.")
+    weight_landmark_maps: float = setting(0.0, "Weight of the landmark head's map term: cross-entropy of each point's "
+                                               "softmax map against a one-cell Gaussian at its 2D target, so that the "
+                                               "maps peak where the points show (needs weight_landmark_head > 0).")
     weight_projected: float = setting(0.0, "Weight of the dense 2D term: every vertex of the predicted mesh projected "
                                            "into the crop against the label mesh's projection (L1, normalized crop "
                                            "units; what landmark NME measures, on the whole mesh).")
@@ -206,6 +210,8 @@ class TrainConfig:
             raise ValueError("weight_photometric must be >= 0 and unlabelled_frames >= 1")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.weight_landmark_maps and not self.weight_landmark_head:
+            raise ValueError("weight_landmark_maps needs the landmark head (weight_landmark_head > 0)")
         if self.distill_landmarks not in DISTILL_LANDMARKS:
             raise ValueError(f"distill_landmarks must be one of {DISTILL_LANDMARKS}, got {self.distill_landmarks!r}")
 
@@ -816,12 +822,13 @@ def train(
         if config.augment:
             images = augment(images, key, blur=config.blur)
         head = bool(config.weight_landmark_head)
+        want = ("maps" if config.weight_landmark_maps else True) if head else False
         if config.freeze_bn:
-            raw, new_r = encoder_lib.apply(graphdef, tr, r, images, landmarks=head), r
+            raw, new_r = encoder_lib.apply(graphdef, tr, r, images, landmarks=want), r
         else:
-            raw, new_r = encoder_lib.apply(graphdef, tr, r, images, update_bn_stats=True, landmarks=head)
+            raw, new_r = encoder_lib.apply(graphdef, tr, r, images, update_bn_stats=True, landmarks=want)
         if head:
-            raw, head_lmk = raw
+            raw, head_lmk, *head_maps = raw
         labelled_batch = {k: v[:n_lab_rows] for k, v in batch.items()}
         total, parts = pretrain_lib.pretrain_loss(raw[:n_lab_rows], labelled_batch, face, enc_cfg, pcfg)
         if head:
@@ -831,6 +838,10 @@ def train(
             parts["landmark_head"] = losses_lib.masked_mean(
                 *losses_lib.landmark_l1(head_lmk[rows], batch["landmarks"][rows], vis[rows]))
             total = total + config.weight_landmark_head * parts["landmark_head"]
+            if head_maps:
+                ce = mobilenet_lib.heatmap_cross_entropy(head_maps[0][rows], batch["landmarks"][rows])
+                parts["landmark_maps"] = losses_lib.masked_mean(ce, vis[rows])
+                total = total + config.weight_landmark_maps * parts["landmark_maps"]
         p = encoder_lib.decode_outputs(raw, enc_cfg)
         if config.weight_projected:
             lab = slice(0, n_lab_rows)

@@ -10,7 +10,7 @@ import pytest
 
 from neuface_jax.core import encoder as encoder_lib
 from neuface_jax.core import fit as fit_lib
-from neuface_jax.core.mobilenet import soft_argmax
+from neuface_jax.core.mobilenet import heatmap_cross_entropy, soft_argmax
 from neuface_jax.realtime import regressor, train
 
 # Three stages: the head reads the stride-8 and stride-16 activations.
@@ -27,6 +27,26 @@ def test_soft_argmax_reads_cell_centres_in_normalized_crop_coordinates():
     np.testing.assert_allclose(pts[0], [(4.5 / w) * 2 - 1, (1.5 / h) * 2 - 1], atol=1e-6)
     np.testing.assert_allclose(pts[1], [0.0, 0.0], atol=1e-6)
     np.testing.assert_allclose(pts[2], [(1.0 / w) * 2 - 1, (3.5 / h) * 2 - 1], atol=1e-6)
+
+
+def test_heatmap_cross_entropy_is_lowest_for_a_map_peaked_at_the_target():
+    h, w = 12, 12
+    target = jnp.asarray([[[0.1, -0.3]]], jnp.float32)
+    cy, cx = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
+    tx, ty = (0.1 + 1) / 2 * w, (-0.3 + 1) / 2 * h
+
+    def gaussian_at(x, y, sigma=1.0):
+        return jnp.asarray((-0.5 * ((cx - x) ** 2 + (cy - y) ** 2) / sigma**2)[None, :, :, None], jnp.float32)
+
+    at = float(heatmap_cross_entropy(gaussian_at(tx, ty), target)[0, 0])
+    off = float(heatmap_cross_entropy(gaussian_at(tx + 2, ty - 1), target)[0, 0])
+    flat = float(heatmap_cross_entropy(jnp.zeros((1, h, w, 1)), target)[0, 0])
+    assert at < off and at < flat
+    assert flat == pytest.approx(np.log(h * w), rel=1e-5)  # a uniform map: log of the cell count
+    # Both maps give the same soft-argmax point: the term, not the coordinate loss, tells them apart.
+    wide = gaussian_at(tx, ty, sigma=4.0)
+    np.testing.assert_allclose(np.asarray(soft_argmax(gaussian_at(tx, ty))), [[[0.1, -0.3]]], atol=1e-4)
+    assert float(heatmap_cross_entropy(wide, target)[0, 0]) > at
 
 
 def test_landmark_head_config_checkpoint_and_added_head(tmp_path):
@@ -133,13 +153,17 @@ def test_regressor_with_a_landmark_head_fits_its_pose_to_the_points():
 
 def test_training_adds_and_trains_the_landmark_head():
     tiny = dict(synthetic_clips=2, synthetic_val_clips=1, steps=2, batch_size=8, group_size=4, image_size=32,
-                warmup_steps=1, weight_landmark_head=60.0)
+                warmup_steps=1, weight_landmark_head=60.0, weight_landmark_maps=1.0)
     start = encoder_lib.init_encoder(regressor.regressor_config(100, 50, image_size=32), seed=3)
     result = train.train(train.TrainConfig(**tiny), encoder=start, log_every=1)
     assert result.encoder_config.landmark_head == 68 and result.encoder.landmark_head is not None
     h = result.history["landmark_head"]
     assert len(h) == 2 and h[0] > 0
     assert result.validation["synthetic"]["landmark_head_l1"] > 0
+    # The map term: about log(cells) for the fresh head's uniform maps.
+    assert np.log(16) * 0.9 < result.history["landmark_maps"][0] < np.log(16) * 1.1
+    with pytest.raises(ValueError, match="weight_landmark_maps needs"):
+        train.TrainConfig(weight_landmark_maps=1.0)
     # The head moved off its zero start.
     x = jnp.zeros((1, 32, 32, 3), jnp.float32) + 0.5
     assert float(np.abs(np.asarray(result.encoder.with_landmarks(x)[1])).max()) > 0
