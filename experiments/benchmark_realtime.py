@@ -93,8 +93,9 @@ flags.DEFINE_string("pose_overlay_dir", None, "Pose part: where to write overlay
                     "worst frame (PNG).")
 flags.DEFINE_list("profile_bias_pitches", ["-8", "8"], "profile_bias part: the pitch changes (degrees) of the turned "
                   "copies.")
-flags.DEFINE_bool("head_fit", True, "With a landmark-head regressor: fit the head rotation and camera to the "
-                  "head's points (regressor.HeadFit); false scores the regressed parameters alone.")
+flags.DEFINE_bool("head_fit", False, "With a landmark-head regressor: fit the head rotation and camera to the "
+                  "head's points (regressor.HeadFit); false (default) scores the regressed parameters alone.")
+flags.DEFINE_float("head_fit_sigma_point", None, "HeadFit.sigma_point (default: HeadFit's).")
 flags.DEFINE_string("out", "experiments/results/benchmark_realtime_cpu.json", "JSON output.")
 
 
@@ -950,12 +951,14 @@ def main(argv):
     from neuface_jax.realtime import regressor as regressor_lib
 
     reg = track.load_regressor(FLAGS.regressor, mirror_average=FLAGS.mirror_average,
-                               head_fit=regressor_lib.HeadFit(enabled=FLAGS.head_fit))
+                               head_fit=regressor_lib.HeadFit(enabled=FLAGS.head_fit, **(
+                                   {} if FLAGS.head_fit_sigma_point is None else
+                                   {"sigma_point": FLAGS.head_fit_sigma_point})))
     report = {
         "command": "python experiments/benchmark_realtime.py " + " ".join(
             f"--{k}={FLAGS[k].value if not isinstance(FLAGS[k].value, list) else ','.join(FLAGS[k].value)}"
             for k in ("regressor", "annotations", "extra_annotations", "parts", "latency_sizes", "synthetic_seeds", "neuface_epochs", "mirror_average", "filter_min_cutoff",
-                      "filter_beta", "pose_bins", "profile_bias_pitches", "head_fit")),
+                      "filter_beta", "pose_bins", "profile_bias_pitches", "head_fit", "head_fit_sigma_point")),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                     "loadavg_before": os.getloadavg()},
         "regressor": FLAGS.regressor, "encoder_config": reg.config.to_dict(),

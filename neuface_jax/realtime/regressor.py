@@ -209,7 +209,10 @@ class HeadFit:
     regressed head rotation and camera are fitted to the head's 68 points (``fit_pose``, a few Gauss–Newton
     steps on six numbers), the regressed values a Gaussian prior."""
 
-    enabled: bool = setting(True, "Fit the head rotation and camera to the landmark head's points.")
+    enabled: bool = setting(False, "Fit the head rotation and camera to the landmark head's points (off by default: "
+                                   "it helps where the head's points are better than the regressed mesh's, MEAD's "
+                                   "held-out frames, and hurts on a head turned beyond the training poses; "
+                                   "docs/realtime.md, Wave 11).")
     sigma_point: float = setting(0.03, "Point noise, normalized crop units (the crop is 2 wide).")
     sigma_rotation_deg: float = setting(10.0, "Prior on the change of the regressed head rotation (degrees).")
     sigma_scale: float = setting(0.1, "Prior on the change of the camera's log scale.")

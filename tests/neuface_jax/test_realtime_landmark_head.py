@@ -131,8 +131,8 @@ def test_regressor_with_a_landmark_head_fits_its_pose_to_the_points():
     enc.landmark_head.logits.kernel[...] = jnp.asarray(rng.normal(size=enc.landmark_head.logits.kernel.shape) * 2.0,
                                                         jnp.float32)
     crop = rng.integers(0, 255, (32, 32, 3), np.uint8)
-    fitted = regressor.Regressor(enc, cfg)(crop)
-    plain = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(enabled=False))(crop)
+    fitted = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(enabled=True))(crop)
+    plain = regressor.Regressor(enc, cfg)(crop)  # the default: no fit
     assert fitted.head_landmarks.shape == (68, 2)
     np.testing.assert_array_equal(fitted.head_landmarks, plain.head_landmarks)
     np.testing.assert_array_equal(fitted.shape, plain.shape)  # only the head rotation and camera move
@@ -142,10 +142,11 @@ def test_regressor_with_a_landmark_head_fits_its_pose_to_the_points():
     # Mirror averaging: the mirrored crop's points come back mirrored (x negated, left and right swapped).
     both = regressor.Regressor(enc, cfg, mirror_average=True)(crop)
     m = regressor.Regressor(enc, cfg)(np.ascontiguousarray(crop[:, ::-1]))
+    assert np.abs(both.head_landmarks - plain.head_landmarks).max() > 1e-3
     from neuface_jax.media import landmark_sets
 
     back = m.head_landmarks[landmark_sets.IBUG68_MIRROR] * np.array([-1.0, 1.0])
-    np.testing.assert_allclose(both.head_landmarks, (fitted.head_landmarks + back) / 2, atol=1e-5)
+    np.testing.assert_allclose(both.head_landmarks, (plain.head_landmarks + back) / 2, atol=1e-5)
     # Without a head: no points.
     assert regressor.Regressor(*(lambda c: (encoder_lib.init_encoder(c), c))(
         regressor.regressor_config(100, 50, **TINY3)))(crop).head_landmarks is None
