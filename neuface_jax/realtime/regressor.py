@@ -8,7 +8,9 @@ and NeuFace can start from it (``annotate --encoder DIR``). ``regressor_config``
 crop and returns the decoded parameters and the 68 model landmarks in normalized crop
 coordinates (what the tracker needs to place the next frame's crop). Crops follow the project's
 recipe (``media.crops``): the square box of the 68 landmarks ×1.1 ×1.25, warped to
-``image_size`` pixels.
+``image_size`` pixels. A regressor with a spatial landmark head (``EncoderConfig.landmark_head``) also
+returns the head's 68 points, and with ``HeadFit(enabled=True)`` fits the head rotation and camera to
+them (``fit_pose``).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from neuface_jax.media import crops as crops_lib
 from neuface_jax.media import landmark_sets as landmark_sets_lib
 
 __all__ = [
-    "DEFAULT_IMAGE_SIZE", "HeadFit", "Prediction", "Regressor", "box_of_transform", "crop_box", "demo_face", "fit_pose", "landmark_submodel",
-    "mirror_maps", "mirror_params", "reframe_camera", "regressor_config",
+    "DEFAULT_IMAGE_SIZE", "HeadFit", "Prediction", "Regressor", "box_of_transform", "crop_box", "demo_face", "fit_pose",
+    "landmark_submodel", "mirror_maps", "mirror_params", "reframe_camera", "regressor_config",
 ]
 
 #: Crop side of the regressor (pixels).
@@ -181,7 +183,8 @@ class Prediction:
       jaw, eyes; neck and eyes zero).  cam: [3] weak-perspective camera (s, tx, ty) of the crop.
       landmarks: [68, 2] model landmarks, normalized crop coordinates.
       head_landmarks: [68, 2] the spatial landmark head's points (normalized crop coordinates) when the
-        regressor has one (the head rotation and camera above are then fitted to them), else None.
+        regressor has one (with ``HeadFit(enabled=True)`` the head rotation and camera above are fitted to
+        them), else None.
     """
 
     shape: np.ndarray
