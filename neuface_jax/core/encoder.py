@@ -775,7 +775,8 @@ def merge_params(graphdef, trainable, rest) -> nnx.Module:
     return nnx.merge(graphdef, trainable, rest)
 
 
-def apply(graphdef, trainable, rest, images: jax.Array, *, update_bn_stats: bool = False, landmarks: bool = False):
+def apply(graphdef, trainable, rest, images: jax.Array, *, update_bn_stats: bool = False,
+          landmarks: bool | str = False):
     """Pure forward pass; safe under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
 
     Args:

@@ -131,8 +131,8 @@ class TrainConfig:
                                            "mesh's 68 landmarks against the label's.")
     weight_landmark_head: float = setting(0.0, "Weight of the spatial landmark head's term (L1, normalized crop units: "
                                                "its 68 points against the same 2D targets as weight_landmark). Above 0 "
-                                               "the regressor gets the head (added to an --init regressor without one) "
-                                               "and inference fits the head rotation and camera to its points.")
+                                               "the regressor gets the head (added to an --init regressor without one); "
+                                               "its points come out as Prediction.head_landmarks.")
     weight_landmark_maps: float = setting(0.0, "Weight of the landmark head's map term: cross-entropy of each point's "
                                                "softmax map against a one-cell Gaussian at its 2D target, so that the "
                                                "maps peak where the points show (needs weight_landmark_head > 0).")
