@@ -609,16 +609,8 @@ class Encoder(nnx.Module):
         ``use_running_average=False`` normalizes with batch statistics and updates the running
         averages in place (training-mode BatchNorm).
         """
-        images = jnp.asarray(images)
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be [B, H, W, 3] (NHWC RGB), got shape {images.shape}")
-        x = images.astype(self.config.compute_dtype)
-        feats = self.backbone(x, use_running_average).astype(jnp.float32)
-        raw = self.fc2(nnx.relu(self.fc1(feats)))
-        if self.expr_backbone is None:
-            return raw
-        expr_feats = self.expr_backbone(x, use_running_average).astype(jnp.float32)
-        return self._with_expression(raw, expr_feats)
+        x = self._input(images)
+        return self._outputs(self.backbone(x, use_running_average), x, use_running_average)
 
     def with_landmarks(self, images: jax.Array, *, use_running_average: bool = True, maps: bool = False):
         """``(raw [B, num_outputs], landmarks [B, landmark_head, 2])``: ``__call__``'s outputs and the spatial
@@ -626,17 +618,28 @@ class Encoder(nnx.Module):
         the head's logit maps [B, h, w, landmark_head] (a third element)."""
         if self.landmark_head is None:
             raise ValueError("this encoder has no landmark head (EncoderConfig.landmark_head = 0)")
-        x = jnp.asarray(images).astype(self.config.compute_dtype)
+        x = self._input(images)
         bb, ura = self.backbone, use_running_average
         x8 = bb.run_stages(x, ura, 0, 3)
         x16 = bb.run_stages(x8, ura, 3, 4)
-        feats = jnp.mean(bb.run_stages(x16, ura, 4, len(bb.stage_names)), axis=(1, 2)).astype(jnp.float32)
-        raw = self.fc2(nnx.relu(self.fc1(feats)))
-        if self.expr_backbone is not None:
-            raw = self._with_expression(raw, self.expr_backbone(x, ura).astype(jnp.float32))
+        raw = self._outputs(jnp.mean(bb.run_stages(x16, ura, 4, len(bb.stage_names)), axis=(1, 2)), x, ura)
         logits = self.landmark_head.maps(x8, x16, ura)
         points = soft_argmax(logits)
         return (raw, points, logits) if maps else (raw, points)
+
+    def _input(self, images: jax.Array) -> jax.Array:
+        images = jnp.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be [B, H, W, 3] (NHWC RGB), got shape {images.shape}")
+        return images.astype(self.config.compute_dtype)
+
+    def _outputs(self, pooled: jax.Array, x: jax.Array, use_running_average: bool) -> jax.Array:
+        """The raw outputs from the main backbone's pooled features (and, with ``expression_encoder``, the
+        expression backbone run on ``x``)."""
+        raw = self.fc2(nnx.relu(self.fc1(pooled.astype(jnp.float32))))
+        if self.expr_backbone is None:
+            return raw
+        return self._with_expression(raw, self.expr_backbone(x, use_running_average).astype(jnp.float32))
 
     def _with_expression(self, raw, expr_feats):
         expression = self.expr_fc2(nnx.relu(self.expr_fc1(expr_feats)))

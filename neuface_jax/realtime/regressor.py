@@ -222,6 +222,13 @@ class HeadFit:
     sigma_translation: float = setting(0.1, "Prior on the change of the face's place, normalized crop units.")
     iterations: int = setting(3, "Gauss-Newton steps.")
 
+    def __post_init__(self):
+        if self.iterations < 1:
+            raise ValueError(f"HeadFit.iterations must be at least 1, got {self.iterations}")
+        for k in ("sigma_point", "sigma_rotation_deg", "sigma_scale", "sigma_translation"):
+            if not getattr(self, k) > 0:
+                raise ValueError(f"HeadFit.{k} must be positive, got {getattr(self, k)}")
+
     def sigmas(self) -> np.ndarray:
         r = np.deg2rad(self.sigma_rotation_deg)
         return np.array([self.sigma_point, r, r, r, self.sigma_scale, self.sigma_translation, self.sigma_translation],
