@@ -96,6 +96,9 @@ flags.DEFINE_list("profile_bias_pitches", ["-8", "8"], "profile_bias part: the p
 flags.DEFINE_bool("head_fit", False, "With a landmark-head regressor: fit the head rotation and camera to the "
                   "head's points (regressor.HeadFit); false (default) scores the regressed parameters alone.")
 flags.DEFINE_float("head_fit_sigma_point", None, "HeadFit.sigma_point (default: HeadFit's).")
+flags.DEFINE_bool("jaw_fit", True, "With a landmark-head regressor: fit the jaw opening to the head's lip points "
+                  "(regressor.HeadFit.jaw, the tracker's default); false scores the regressed jaw.")
+flags.DEFINE_float("jaw_fit_sigma_deg", None, "HeadFit.sigma_jaw_deg (default: HeadFit's).")
 flags.DEFINE_string("out", "experiments/results/benchmark_realtime_cpu.json", "JSON output.")
 
 
@@ -951,14 +954,15 @@ def main(argv):
     from neuface_jax.realtime import regressor as regressor_lib
 
     reg = track.load_regressor(FLAGS.regressor, mirror_average=FLAGS.mirror_average,
-                               head_fit=regressor_lib.HeadFit(enabled=FLAGS.head_fit, **(
-                                   {} if FLAGS.head_fit_sigma_point is None else
-                                   {"sigma_point": FLAGS.head_fit_sigma_point})))
+                               head_fit=regressor_lib.HeadFit(enabled=FLAGS.head_fit, jaw=FLAGS.jaw_fit, **{
+                                   k: v for k, v in (("sigma_point", FLAGS.head_fit_sigma_point),
+                                                     ("sigma_jaw_deg", FLAGS.jaw_fit_sigma_deg)) if v is not None}))
     report = {
         "command": "python experiments/benchmark_realtime.py " + " ".join(
             f"--{k}={FLAGS[k].value if not isinstance(FLAGS[k].value, list) else ','.join(FLAGS[k].value)}"
             for k in ("regressor", "annotations", "extra_annotations", "parts", "latency_sizes", "synthetic_seeds", "neuface_epochs", "mirror_average", "filter_min_cutoff",
-                      "filter_beta", "pose_bins", "profile_bias_pitches", "head_fit", "head_fit_sigma_point")),
+                      "filter_beta", "pose_bins", "profile_bias_pitches", "head_fit", "head_fit_sigma_point", "jaw_fit",
+                      "jaw_fit_sigma_deg")),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                     "loadavg_before": os.getloadavg()},
         "regressor": FLAGS.regressor, "encoder_config": reg.config.to_dict(),

@@ -107,6 +107,15 @@ def apply_affine(points: jax.Array, m: jax.Array, *, xp: ModuleType = jnp) -> ja
     return xp.einsum("...ij,...nj->...ni", m[..., :, :2], points) + m[..., None, :, 2]
 
 
+def reframe_camera(cam, zoom, shift, *, xp: ModuleType = jnp):
+    """The weak-perspective camera ``(s, tx, ty)`` [..., 3] after the normalized crop coordinates it
+    projects to are mapped ``q → zoom·q + shift`` (``shift`` [..., 2] as (x, y); image y points down,
+    the camera's y up): ``(zoom·s, tx + shift_x/(zoom·s), ty − shift_y/(zoom·s))``. Its inverse is the
+    map with ``1/zoom`` and ``−shift/zoom``."""
+    s = cam[..., 0] * zoom
+    return xp.stack([s, cam[..., 1] + shift[..., 0] / s, cam[..., 2] - shift[..., 1] / s], axis=-1)
+
+
 def original_to_crop(p_original_px: jax.Array, m: jax.Array) -> jax.Array:
     """Original-image pixels [..., N, 2] → crop pixels through the crop transform ``m`` [..., 2, 3]."""
     return apply_affine(p_original_px, m)

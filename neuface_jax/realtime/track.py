@@ -59,6 +59,7 @@ __all__ = [
     "TrackedFrame",
     "Tracker",
     "detection_box",
+    "detector_recrop",
     "load_regressor",
     "open_frames",
     "track",
@@ -169,6 +170,31 @@ def detection_box(detection, config: TrackConfig = TrackConfig()) -> np.ndarray:
     x0, y0, x1, y1 = (float(v) for v in detection[:4])
     w = x1 - x0
     return np.array([(x0 + x1) / 2, (y0 + y1) / 2 + w * config.detector_offset_y, w * config.detector_crop_scale])
+
+
+def detector_recrop(detector: "FaceDetector", config: TrackConfig = TrackConfig()):
+    """A ``training.labels`` re-crop: each labelled frame cropped where the live tracker crops it.
+
+    ``recrop(image, transform, size)`` runs ``detector`` on the frame and returns the crop transform
+    (image → ``size`` pixels) of ``detection_box`` for the detected face that overlaps the annotation's crop
+    most, or None (the annotation's crop is kept) when no face overlaps it by ``config.min_iou``. Training
+    on these crops shows the regressor its faces framed as the tracker frames them (BlazeFace's box moves
+    against the face with head pose and person, by up to a tenth of the crop), not as ``annotate`` framed them.
+    """
+
+    def recrop(image: np.ndarray, transform: np.ndarray, size: int) -> np.ndarray | None:
+        dets = detector.detect(image)
+        if not len(dets):
+            return None
+        ref = regressor_lib.box_of_transform(transform, size)
+        boxes = [detection_box(d, config) for d in dets]
+        ious = [_box_iou(b, ref) for b in boxes]
+        best = int(np.argmax(ious))
+        if ious[best] < config.min_iou:
+            return None
+        return crops_lib.box_to_transform(tuple(float(v) for v in boxes[best]), size)
+
+    return recrop
 
 
 def _box_iou(a, b) -> float:

@@ -101,6 +101,8 @@ logger = logging.getLogger(__name__)
 
 #: Sources of the distilled frames' 2D landmark targets (``landmark_targets``).
 DISTILL_LANDMARKS = ("fitted", "detected", "both")
+#: Crops of the distilled frames: the annotation's own, or where the live tracker's face detector puts them.
+DISTILL_CROPS = ("annotation", "detector")
 #: First clip index of distilled clips in ``PretrainData.clip_index`` (synthetic clips use seeds).
 DISTILLED_CLIP_BASE = 2_000_000_000
 #: First clip index of unlabelled videos.
@@ -171,6 +173,10 @@ class TrainConfig:
         "fitted", "2D landmark targets of the distilled frames: the fitted model's ('fitted'), MediaPipe's detected "
         "68 points ('detected': what landmark NME is measured against; masked points keep the fitted ones) or "
         "their mean ('both'). Only the landmark term reads them.", choices=DISTILL_LANDMARKS)
+    distill_crop: str = setting(
+        "annotation", "Crops of the distilled frames: the annotation's own ('annotation') or the live tracker's "
+        "('detector': the face detector run on each frame, its box placed as track.detection_box places it, the "
+        "labels moved to match), so the regressor learns the framing it is given live.", choices=DISTILL_CROPS)
     profile_pitch: tuple[float, ...] = setting(
         (), "Out-of-plane pose augmentation ('face profiling', realtime.profile): every distilled training frame "
         "(mirrors included) also enters turned by each of these pitch changes, degrees, positive = chin down "
@@ -214,6 +220,8 @@ class TrainConfig:
             raise ValueError("weight_landmark_maps needs the landmark head (weight_landmark_head > 0)")
         if self.distill_landmarks not in DISTILL_LANDMARKS:
             raise ValueError(f"distill_landmarks must be one of {DISTILL_LANDMARKS}, got {self.distill_landmarks!r}")
+        if self.distill_crop not in DISTILL_CROPS:
+            raise ValueError(f"distill_crop must be one of {DISTILL_CROPS}, got {self.distill_crop!r}")
 
     def pretrain_config(self) -> pretrain_lib.PretrainConfig:
         """The synthetic-data and loss settings in ``synthetic.pretrain``'s terms."""
@@ -273,7 +281,8 @@ def _to_examples(frames: labels_lib.LabelledFrames, clip_index: int,
 
 
 def distillation_data(annotation_dirs: Sequence, *, image_size: int = regressor_lib.DEFAULT_IMAGE_SIZE,
-                      holdout_fraction: float = 0.3, video_dirs: Sequence = (), landmarks: str = "fitted"):
+                      holdout_fraction: float = 0.3, video_dirs: Sequence = (), landmarks: str = "fitted",
+                      recrop: labels_lib.Recrop | None = None):
     """``(train, held_out)`` examples distilled from annotations (``training.labels``), or ``(None, None)``.
 
     Args:
@@ -282,14 +291,16 @@ def distillation_data(annotation_dirs: Sequence, *, image_size: int = regressor_
       holdout_fraction: the last fraction of each clip-view's frames goes to ``held_out``.
       video_dirs: where to look for moved videos by file name.
       landmarks: which 2D landmark targets (``landmark_targets``): ``"fitted"``, ``"detected"``, ``"both"``.
+      recrop: another crop of each frame (``labels.iter_labelled_clips``; e.g. ``track.detector_recrop``).
 
     Targets: the fitted identity, expression, full pose and camera, and 2D landmarks (by default the
-    fitted model's; normalized crop coordinates) of every frame with a face; the crop is the annotation's own, so
-    the camera needs no change. Each clip (and view) is one identity group (``clip_index``).
+    fitted model's; normalized crop coordinates) of every frame with a face; the crop is the annotation's own
+    (the camera unchanged) unless ``recrop`` moves it (the camera and points moved to match). Each clip (and view) is one identity group (``clip_index``).
     """
     train_parts, held_parts = [], []
     group = DISTILLED_CLIP_BASE
-    for frames in labels_lib.iter_labelled_clips(list(annotation_dirs), image_size, video_dirs=video_dirs):
+    for frames in labels_lib.iter_labelled_clips(list(annotation_dirs), image_size, video_dirs=video_dirs,
+                                                 recrop=recrop):
         for view in np.unique(frames.view_index):
             rows = np.flatnonzero(frames.view_index == view)
             rows = rows[np.argsort(frames.frame_index[rows], kind="stable")]
@@ -711,8 +722,8 @@ def train(
         photometric term when ``weight_photometric`` > 0, and identity consistency).
       weak_images: still images of other people (``weak_data``): MediaPipe's landmarks are their only
         targets (``weak_landmark_loss``), ``weak_share`` of every batch.
-      face_landmarker: MediaPipe bundle whose face detector crops the unlabelled videos and still images,
-        and whose landmarker labels the still images.
+      face_landmarker: MediaPipe bundle whose face detector crops the unlabelled videos and still images
+        (and the distilled frames with ``distill_crop="detector"``), and whose landmarker labels the still images.
       face: the face model (default: the demo head; synthetic data is rendered from the demo head,
         so with another model set ``synthetic_clips=0`` and distil).
       encoder: initial weights (default a fresh regressor from ``config.seed``).
@@ -729,9 +740,17 @@ def train(
             bar.close()
     dis_train = dis_val = None
     if distill:
-        dis_train, dis_val = distillation_data(distill, image_size=config.image_size,
-                                               holdout_fraction=config.holdout_fraction, video_dirs=video_dirs,
-                                               landmarks=config.distill_landmarks)
+        det = None
+        if config.distill_crop == "detector":
+            det = track_lib.FaceDetector(face_landmarker, track_lib.TrackConfig().min_detection_confidence)
+        try:
+            dis_train, dis_val = distillation_data(
+                distill, image_size=config.image_size, holdout_fraction=config.holdout_fraction,
+                video_dirs=video_dirs, landmarks=config.distill_landmarks,
+                recrop=track_lib.detector_recrop(det) if det is not None else None)
+        finally:
+            if det is not None:
+                det.close()
         if config.mirror and dis_train is not None:
             dis_train = _concat([dis_train, mirror_examples(dis_train, face)])
     profiled = None

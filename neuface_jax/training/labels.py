@@ -28,11 +28,12 @@ import dataclasses
 import json
 import logging
 import pathlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from neuface_jax import params as params_lib
+from neuface_jax.core import camera as camera_lib
 from neuface_jax.media import crops as crops_lib
 from neuface_jax.media import sources as sources_lib
 from neuface_jax.media import video as video_lib
@@ -48,6 +49,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: ``recrop(image, transform, size) -> transform | None``: another crop of a labelled frame (e.g. where a
+#: live face detector would put it); see ``iter_labelled_clips``.
+Recrop = Callable[[np.ndarray, np.ndarray, int], "np.ndarray | None"]
 
 PARAMS_FILE = "params.npz"
 METRICS_FILE = "metrics.json"
@@ -341,8 +346,22 @@ def _stream_frames(cs: ClipSource, wanted: np.ndarray) -> Iterator[tuple[int, tu
             f"({len(lost)} of {len(want)} missing): shorter than when it was annotated, not the annotated video")
 
 
+def _reframing(old: np.ndarray, new: np.ndarray, size: int, where: str) -> tuple[float, np.ndarray]:
+    """``(zoom, shift)`` of the map ``q → zoom·q + shift`` from the normalized coordinates of the crop ``old``
+    to those of ``new`` (both [2, 3], image → ``size``-pixel crop); they must differ by a zoom and a shift."""
+    rel = crops_lib.compose_transforms(np.asarray(new, np.float64), crops_lib.invert_transform(old))
+    lin = rel[:, :2]
+    zoom = float(np.sqrt(abs(np.linalg.det(lin))))
+    if not np.isfinite(zoom) or zoom <= 0 or np.abs(lin - zoom * np.eye(2)).max() > 1e-6 * max(zoom, 1.0):
+        raise AnnotationError(f"{where}: a re-crop must differ from the annotation's crop by a zoom and a shift "
+                              f"only, got the linear part {lin.tolist()}")
+    centre = crops_lib.to_normalized(crops_lib.apply_transform(crops_lib.from_normalized(np.zeros((1, 2)), size),
+                                                               rel), size)[0]
+    return zoom, centre
+
+
 def _clip_frames(cs: ClipSource, crop_size: int, *, views: Sequence[str] | None, frame_stride: int,
-                 max_frames: int | None) -> LabelledFrames:
+                 max_frames: int | None, recrop: Recrop | None = None) -> LabelledFrames:
     record = _load_record(cs.folder)
     if record.view_names != cs.view_names:
         raise AnnotationError(f"{cs.folder}: params.npz has views {list(record.view_names)}, metrics.json "
@@ -360,16 +379,26 @@ def _clip_frames(cs: ClipSource, crop_size: int, *, views: Sequence[str] | None,
         raise AnnotationError(f"{cs.folder}: no frame with a detected face to train on")
     row_of = {int(fr[t]): int(t) for t in rows}
     scale = float(crop_size) / float(record.crop_size)
-    out: dict[str, list] = {k: [] for k in ("images", "t", "w")}
+    out: dict[str, list] = {k: [] for k in ("images", "t", "w", "zoom", "shift")}
     for idx, frame in _stream_frames(cs, fr[rows]):
         t = row_of[idx]
         for w in wv:
             if record.valid[t, w]:
                 m = record.crop_transforms[t, w].astype(np.float64) * scale
+                zoom, shift = 1.0, np.zeros(2)
+                new = recrop(frame[w], m, crop_size) if recrop is not None else None
+                if new is not None:
+                    zoom, shift = _reframing(m, new, crop_size, f"{cs.folder} frame {idx}")
+                    m = np.asarray(new, np.float64)
                 out["images"].append(crops_lib.warp_crop(frame[w], m, crop_size))
                 out["t"].append(t)
                 out["w"].append(w)
+                out["zoom"].append(zoom)
+                out["shift"].append(shift)
     t, w = np.asarray(out["t"], np.int64), np.asarray(out["w"], np.int64)
+    # Labels in the crop's normalized coordinates follow a re-crop: points q → zoom·q + shift, the camera to match.
+    zoom, shift = np.asarray(out["zoom"], np.float64), np.asarray(out["shift"], np.float64).reshape(-1, 2)
+    move = lambda q: q * zoom[:, None, None] + shift[:, None, :]  # noqa: E731
     keep = mask[t, w] & np.all(np.isfinite(record.landmarks2d[t, w]), -1)
     n = t.size
     return LabelledFrames(
@@ -377,10 +406,10 @@ def _clip_frames(cs: ClipSource, crop_size: int, *, views: Sequence[str] | None,
         shape=np.broadcast_to(record.shape.astype(np.float32), (n, record.shape.shape[-1])).copy(),
         expression=np.array(record.expression[t, w], np.float32),
         pose=np.array(record.pose[t, w], np.float32),
-        cam=np.array(record.cam[t, w], np.float32),
-        landmarks=np.where(keep[..., None], np.nan_to_num(record.landmarks2d[t, w]), 0.0).astype(np.float32),
+        cam=camera_lib.reframe_camera(record.cam[t, w].astype(np.float64), zoom, shift, xp=np).astype(np.float32),
+        landmarks=np.where(keep[..., None], move(np.nan_to_num(record.landmarks2d[t, w])), 0.0).astype(np.float32),
         landmarks_mask=keep,
-        predicted_landmarks=np.array(record.predicted_landmarks2d[t, w], np.float32),
+        predicted_landmarks=move(record.predicted_landmarks2d[t, w].astype(np.float64)).astype(np.float32),
         clip_index=np.zeros(n, np.int32),
         view_index=w.astype(np.int32),
         frame_index=fr[t].astype(np.int64),
@@ -417,6 +446,7 @@ def iter_labelled_clips(
     frame_stride: int = 1,
     max_frames: int | None = None,
     video_dirs: Sequence[str | pathlib.Path] = (),
+    recrop: Recrop | None = None,
 ) -> Iterator[LabelledFrames]:
     """Streams the labelled frames of each annotated clip (one ``LabelledFrames`` per clip, in order).
 
@@ -427,6 +457,11 @@ def iter_labelled_clips(
       frame_stride: take every k-th annotated frame (of those with a detected face).
       max_frames: at most this many frames per clip (evenly spread; None: all).
       video_dirs: folders to look for a recorded input by its file name when it has moved.
+      recrop: ``recrop(view_image, transform, crop_size)`` → another crop transform of the frame (image →
+        ``crop_size`` pixels; a zoom and shift of the annotation's ``transform``, no rotation) or None to keep
+        the annotation's (e.g. ``realtime.track.detector_recrop``: where the live tracker would crop). The
+        labels move with it: landmarks and fitted landmarks in the new crop's coordinates, the camera
+        ``core.camera.reframe_camera``'d; pose and coefficients do not change.
 
     Only frames and views with a detected face are returned. All clips are checked first (inputs found,
     one model and landmark set) so a corpus fails before any decoding.
@@ -440,7 +475,8 @@ def iter_labelled_clips(
     sources = [read_clip_source(f, clip_id=cid, video_dirs=video_dirs) for f, cid in zip(folders, _clip_ids(folders))]
     _check_same_labels(sources)
     for cs in sources:
-        part = _clip_frames(cs, int(crop_size), views=views, frame_stride=frame_stride, max_frames=max_frames)
+        part = _clip_frames(cs, int(crop_size), views=views, frame_stride=frame_stride, max_frames=max_frames,
+                            recrop=recrop)
         logger.info("%s: %d labelled frames (%d px crops)", cs.clip_id, len(part), crop_size)
         yield part
 
@@ -453,9 +489,10 @@ def load_labelled_frames(
     frame_stride: int = 1,
     max_frames: int | None = None,
     video_dirs: Sequence[str | pathlib.Path] = (),
+    recrop: Recrop | None = None,
 ) -> LabelledFrames:
     """Every clip of ``iter_labelled_clips`` in one ``LabelledFrames`` (same arguments)."""
     return LabelledFrames.concatenate(list(iter_labelled_clips(
         annotation_dirs, crop_size, views=views, frame_stride=frame_stride, max_frames=max_frames,
-        video_dirs=video_dirs,
+        video_dirs=video_dirs, recrop=recrop,
     )))

@@ -142,6 +142,18 @@ def test_distillation_data_crops_the_annotation_and_holds_out_the_end(tmp_path):
     np.testing.assert_allclose(both.landmarks, 0.5 * (tr.landmarks + det.landmarks), atol=1e-6)
     with pytest.raises(ValueError, match="distill_landmarks"):
         train.TrainConfig(distill_landmarks="mediapipe")
+    with pytest.raises(ValueError, match="distill_crop"):
+        train.TrainConfig(distill_crop="box")
+    # A re-crop (here a zoom out by 1.25 about the same centre) reaches the labels: points and camera follow.
+    from neuface_jax.realtime import regressor
+
+    def wide(image, mm, n):
+        cx, cy, side = regressor.box_of_transform(mm, n)
+        return crops.box_to_transform((cx, cy, 1.25 * side), n)
+
+    zoomed, _ = train.distillation_data([tmp_path / "ann"], image_size=32, recrop=wide)
+    np.testing.assert_allclose(zoomed.landmarks, tr.landmarks / 1.25, atol=1e-5)
+    np.testing.assert_allclose(zoomed.cam[:, 0], tr.cam[:, 0] / 1.25, rtol=1e-5)
     want = crops.warp_crop(decoded[kept[0]], np.diag([32 / 224, 32 / 224]) @ m[kept[0], 0], 32)
     assert np.abs(tr.images[0].astype(int) - want).mean() < 2.0
     (tmp_path / "ann" / "metrics.json").unlink()

@@ -123,6 +123,49 @@ def test_fit_pose_recovers_the_head_rotation_and_camera_from_68_points():
     np.testing.assert_allclose(np.asarray(c3), np.asarray(cam), rtol=1e-6)
 
 
+def test_fit_jaw_recovers_the_opening_from_the_lips():
+    face, shape, expr, pose, cam = _face_and_params(1)
+    target = np.asarray(pose).copy()
+    target[6] += np.deg2rad(6.0)  # the mouth opened further
+    pts = fit_lib.evaluate_params(face, shape, expr, jnp.asarray(target), cam)[1]
+    weak = jnp.asarray(regressor.HeadFit(sigma_point=0.001, sigma_jaw_deg=90.0).jaw_sigmas())
+    p = np.asarray(regressor.fit_jaw(face, shape, expr, pose, cam, pts, weak, 3))
+    np.testing.assert_allclose(p[6], target[6], atol=2e-4)
+    np.testing.assert_array_equal(np.delete(p, 6), np.delete(np.asarray(pose), 6))  # only the opening moves
+    one = np.asarray(regressor.fit_jaw(face, shape, expr, pose, cam, pts, weak))  # the default: one step
+    assert abs(one[6] - target[6]) < 0.1 * abs(target[6] - float(pose[6]))
+    # Only the lips are read: moving every other point changes nothing.
+    others = jnp.asarray(np.asarray(pts) + (np.arange(68) < 48)[:, None] * 0.3)
+    np.testing.assert_array_equal(np.asarray(regressor.fit_jaw(face, shape, expr, pose, cam, others, weak)), one)
+    # A strong prior keeps the regressed opening.
+    strong = jnp.asarray(regressor.HeadFit(sigma_point=1.0, sigma_jaw_deg=0.01).jaw_sigmas())
+    assert abs(float(regressor.fit_jaw(face, shape, expr, pose, cam, pts, strong)[6]) - float(pose[6])) < 1e-5
+    with pytest.raises(ValueError, match="sigma_jaw_deg"):
+        regressor.HeadFit(sigma_jaw_deg=0.0)
+
+
+def test_regressor_with_a_landmark_head_fits_its_jaw_to_the_lips_by_default():
+    cfg = regressor.regressor_config(100, 50, landmark_head=68, **TINY3)
+    enc = encoder_lib.init_encoder(cfg, seed=0)
+    rng = np.random.default_rng(4)
+    enc.landmark_head.logits.kernel[...] = jnp.asarray(rng.normal(size=enc.landmark_head.logits.kernel.shape) * 2.0,
+                                                        jnp.float32)
+    crop = rng.integers(0, 255, (32, 32, 3), np.uint8)
+    default = regressor.Regressor(enc, cfg)(crop)
+    plain = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(jaw=False))(crop)
+    assert regressor.HeadFit().jaw and not regressor.HeadFit().enabled
+    assert abs(default.pose[6] - plain.pose[6]) > 1e-4
+    np.testing.assert_array_equal(np.delete(default.pose, 6), np.delete(plain.pose, 6))
+    np.testing.assert_array_equal(default.expression, plain.expression)
+    np.testing.assert_array_equal(default.cam, plain.cam)
+    lips = list(regressor.MOUTH_POINTS)
+    err = lambda p: np.square(p.landmarks[lips] - p.head_landmarks[lips]).sum()  # noqa: E731
+    assert err(default) < err(plain)
+    # The landmarks are the fitted parameters' own.
+    reg = regressor.Regressor(enc, cfg)
+    np.testing.assert_allclose(reg.landmarks(default), default.landmarks, atol=1e-6)
+
+
 def test_regressor_with_a_landmark_head_fits_its_pose_to_the_points():
     cfg = regressor.regressor_config(100, 50, landmark_head=68, **TINY3)
     enc = encoder_lib.init_encoder(cfg, seed=0)
@@ -131,8 +174,8 @@ def test_regressor_with_a_landmark_head_fits_its_pose_to_the_points():
     enc.landmark_head.logits.kernel[...] = jnp.asarray(rng.normal(size=enc.landmark_head.logits.kernel.shape) * 2.0,
                                                         jnp.float32)
     crop = rng.integers(0, 255, (32, 32, 3), np.uint8)
-    fitted = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(enabled=True))(crop)
-    plain = regressor.Regressor(enc, cfg)(crop)  # the default: no fit
+    fitted = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(enabled=True, jaw=False))(crop)
+    plain = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(jaw=False))(crop)  # no fit
     assert fitted.head_landmarks.shape == (68, 2)
     np.testing.assert_array_equal(fitted.head_landmarks, plain.head_landmarks)
     np.testing.assert_array_equal(fitted.shape, plain.shape)  # only the head rotation and camera move

@@ -117,6 +117,66 @@ def test_labelled_frames_are_the_annotated_crops_and_labels(annotated_clip, shar
 
 
 @pytest.mark.shared_data
+def test_recrop_moves_the_labels_with_the_crop(annotated_clip, shared_data, landmarker_model):
+    from neuface_jax.core import fit
+    from neuface_jax.realtime import regressor, track
+
+    base = labels.load_labelled_frames([annotated_clip], CROP)
+    with np.load(annotated_clip / "params.npz") as p:
+        transforms = p["crop_transforms"].astype(np.float64) * (CROP / 224.0)
+    decoded = video.read_video(shared_data / MEAD, frames=FRAMES).frames[0]
+
+    # A known re-crop: 0.8 of the side, moved right and down; None (keep) on the last frame.
+    def smaller(image, m, size):
+        cx, cy, side = regressor.box_of_transform(m, size)
+        return None if np.array_equal(m, transforms[3]) else crops.box_to_transform((cx + 9, cy + 5, 0.8 * side), size)
+
+    f = labels.load_labelled_frames([annotated_clip], CROP, recrop=smaller)
+    for i in range(3):
+        cx, cy, side = regressor.box_of_transform(transforms[i], CROP)
+        new = crops.box_to_transform((cx + 9, cy + 5, 0.8 * side), CROP)
+        np.testing.assert_array_equal(f.images[i], crops.warp_crop(decoded[i], new, CROP))
+        # The same points in the original frame, whichever crop they are written in.
+        back = lambda q, m: crops.apply_transform(crops.from_normalized(q, CROP), crops.invert_transform(m))  # noqa: E731
+        np.testing.assert_allclose(back(f.predicted_landmarks[i], new), back(base.predicted_landmarks[i], transforms[i]),
+                                   atol=1e-3)
+        mask = f.landmarks_mask[i]
+        np.testing.assert_allclose(back(f.landmarks[i][mask], new), back(base.landmarks[i][mask], transforms[i]),
+                                   atol=1e-3)
+    assert np.all(f.landmarks[~f.landmarks_mask] == 0)
+    np.testing.assert_allclose(f.cam[:3, 0], base.cam[:3, 0] / 0.8, rtol=1e-5)
+    for key in ("images", "cam", "landmarks", "predicted_landmarks"):  # the frame without a re-crop is unchanged
+        np.testing.assert_array_equal(getattr(f, key)[3], getattr(base, key)[3])
+    np.testing.assert_array_equal(f.pose, base.pose)
+    # The moved camera projects the labelled mesh onto the moved points.
+    face = fit.FaceModel(flame_jax.demo_model(), flame_jax.demo_landmark_embedding())
+    lmk = lambda fr: np.asarray(fit.evaluate_params(face, fr.shape, fr.expression, fr.pose, fr.cam)[1])  # noqa: E731
+    zoom = np.array([1 / 0.8] * 3 + [1.0])[:, None, None]  # q → zoom·q + shift: differences scale by the zoom
+    np.testing.assert_allclose(lmk(f) - f.predicted_landmarks, zoom * (lmk(base) - base.predicted_landmarks),
+                               atol=1e-5)
+
+    # A turned crop is not a zoom and shift: an error naming the folder.
+    def turned(image, m, size):
+        c, s = np.cos(0.1), np.sin(0.1)
+        return np.concatenate([np.array([[c, -s], [s, c]]) @ m[:, :2], m[:, 2:]], 1)
+
+    with pytest.raises(labels.AnnotationError, match=r"mead_tiny frame 10: a re-crop must differ .* zoom and a shift"):
+        labels.load_labelled_frames([annotated_clip], CROP, recrop=turned)
+
+    # Where the live tracker crops: the detector's box of each frame.
+    with track.FaceDetector(landmarker_model) as det:
+        d = labels.load_labelled_frames([annotated_clip], CROP, recrop=track.detector_recrop(det))
+        for i in range(4):
+            want = crops.box_to_transform(tuple(track.detection_box(det.detect(decoded[i])[0])), CROP)
+            np.testing.assert_array_equal(d.images[i], crops.warp_crop(decoded[i], want, CROP))
+            np.testing.assert_allclose(back(d.predicted_landmarks[i], want),
+                                       back(base.predicted_landmarks[i], transforms[i]), atol=1e-3)
+        far = track.detector_recrop(det, track.TrackConfig(min_iou=0.999))  # no detection overlaps that much
+        np.testing.assert_array_equal(labels.load_labelled_frames([annotated_clip], CROP, recrop=far).images,
+                                      base.images)
+
+
+@pytest.mark.shared_data
 def test_missing_moved_or_mismatched_videos_are_named(annotated_clip, shared_data, tmp_path):
     gone = "/nowhere/mead_M003_level_1_disgusted_015.mp4"
     moved = _copy(annotated_clip, tmp_path / "moved", input=[gone])
