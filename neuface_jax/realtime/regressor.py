@@ -33,7 +33,7 @@ from neuface_jax.media import crops as crops_lib
 from neuface_jax.media import landmark_sets as landmark_sets_lib
 
 __all__ = [
-    "DEFAULT_IMAGE_SIZE", "HeadFit", "MOUTH_POINTS", "Prediction", "Regressor", "box_of_transform", "crop_box",
+    "DEFAULT_IMAGE_SIZE", "HeadFit", "JAW_FIT_POINTS", "Prediction", "Regressor", "box_of_transform", "crop_box",
     "demo_face", "fit_jaw", "fit_pose", "landmark_submodel", "mirror_maps", "mirror_params", "reframe_camera", "regressor_config",
 ]
 
@@ -205,7 +205,7 @@ class Prediction:
 @dataclasses.dataclass(frozen=True)
 class HeadFit:
     """How a regressor with a spatial landmark head (``EncoderConfig.landmark_head``) uses the head's points:
-    the regressed jaw opening fitted to its 20 mouth points (``fit_jaw``, on by default) and, optionally, the
+    the regressed jaw opening fitted to its 12 outer lip points (``fit_jaw``, on by default) and, optionally, the
     regressed head rotation and camera fitted to all 68 (``fit_pose``, a few Gauss–Newton steps on six
     numbers); the regressed values are the fits' Gaussian priors."""
 
@@ -218,7 +218,7 @@ class HeadFit:
     sigma_scale: float = setting(0.1, "Prior on the change of the camera's log scale.")
     sigma_translation: float = setting(0.1, "Prior on the change of the face's place, normalized crop units.")
     iterations: int = setting(3, "Gauss-Newton steps of the pose fit.")
-    jaw: bool = setting(True, "Fit the jaw's opening to the landmark head's 20 mouth points (one Gauss-Newton step "
+    jaw: bool = setting(True, "Fit the jaw's opening to the landmark head's 12 outer lip points (one Gauss-Newton step "
                               "on one angle): on by default, it lowers the NME of a head looking 17-28 degrees "
                               "down, beyond the training poses, by a third of a point and changes the others by "
                               "a few hundredths (docs/realtime.md, Wave 12).")
@@ -241,8 +241,9 @@ class HeadFit:
         return np.array([self.sigma_point, np.deg2rad(self.sigma_jaw_deg)], np.float32)
 
 
-#: iBUG-68 indices of the lips (outer 48-59, inner 60-67): the points ``fit_jaw`` reads.
-MOUTH_POINTS = tuple(range(48, 68))
+#: iBUG-68 indices of the outer lip contour: the points ``fit_jaw`` reads (with the inner lips too, 48-67, the
+#: fitted opening agreed less with ``annotate``'s on MEAD and wojtek: docs/realtime.md, Wave 12).
+JAW_FIT_POINTS = tuple(range(48, 60))
 
 
 def fit_pose(face: fit_lib.FaceModel, shape, expression, pose, cam, points, weights, sigmas, iterations: int = 3):
@@ -296,7 +297,7 @@ def fit_jaw(face: fit_lib.FaceModel, shape, expression, pose, cam, points, sigma
     lips (traceable).
 
     Gauss–Newton on one number Δ added to the opening, minimizing
-    Σ_k ‖π(landmark_k(Δ)) − point_k‖² / σ₀² + (Δ / σ_jaw)² over ``MOUTH_POINTS``, everything else fixed. The
+    Σ_k ‖π(landmark_k(Δ)) − point_k‖² / σ₀² + (Δ / σ_jaw)² over ``JAW_FIT_POINTS``, everything else fixed. The
     derivative is a forward difference of ``step`` radians (FLAME's skinning has a custom VJP, so there is no
     forward-mode derivative); both evaluations run as one batch of two.
 
@@ -308,7 +309,7 @@ def fit_jaw(face: fit_lib.FaceModel, shape, expression, pose, cam, points, sigma
     Returns:
       pose [15] with the fitted opening.
     """
-    idx = jnp.asarray(MOUTH_POINTS)
+    idx = jnp.asarray(JAW_FIT_POINTS)
     target = points[idx]
 
     def lips(openings):

@@ -134,8 +134,8 @@ def test_fit_jaw_recovers_the_opening_from_the_lips():
     np.testing.assert_array_equal(np.delete(p, 6), np.delete(np.asarray(pose), 6))  # only the opening moves
     one = np.asarray(regressor.fit_jaw(face, shape, expr, pose, cam, pts, weak))  # the default: one step
     assert abs(one[6] - target[6]) < 0.1 * abs(target[6] - float(pose[6]))
-    # Only the lips are read: moving every other point changes nothing.
-    others = jnp.asarray(np.asarray(pts) + (np.arange(68) < 48)[:, None] * 0.3)
+    # Only the outer lips are read: moving every other point changes nothing.
+    others = jnp.asarray(np.asarray(pts) + ~np.isin(np.arange(68), regressor.JAW_FIT_POINTS)[:, None] * 0.3)
     np.testing.assert_array_equal(np.asarray(regressor.fit_jaw(face, shape, expr, pose, cam, others, weak)), one)
     # A strong prior keeps the regressed opening.
     strong = jnp.asarray(regressor.HeadFit(sigma_point=1.0, sigma_jaw_deg=0.01).jaw_sigmas())
@@ -158,7 +158,7 @@ def test_regressor_with_a_landmark_head_fits_its_jaw_to_the_lips_by_default():
     np.testing.assert_array_equal(np.delete(default.pose, 6), np.delete(plain.pose, 6))
     np.testing.assert_array_equal(default.expression, plain.expression)
     np.testing.assert_array_equal(default.cam, plain.cam)
-    lips = list(regressor.MOUTH_POINTS)
+    lips = list(regressor.JAW_FIT_POINTS)
     err = lambda p: np.square(p.landmarks[lips] - p.head_landmarks[lips]).sum()  # noqa: E731
     assert err(default) < err(plain)
     # The landmarks are the fitted parameters' own.
