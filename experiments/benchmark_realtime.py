@@ -93,8 +93,9 @@ flags.DEFINE_string("pose_overlay_dir", None, "Pose part: where to write overlay
                     "worst frame (PNG).")
 flags.DEFINE_list("profile_bias_pitches", ["-8", "8"], "profile_bias part: the pitch changes (degrees) of the turned "
                   "copies.")
-flags.DEFINE_bool("head_fit", False, "With a landmark-head regressor: fit the head rotation and camera to the "
-                  "head's points (regressor.HeadFit); false (default) scores the regressed parameters alone.")
+flags.DEFINE_bool("head_fit", True, "With a landmark-head regressor: fit the head rotation and camera to the "
+                  "head's points (regressor.HeadFit.enabled, the tracker's default); false (and --nojaw_fit) scores the "
+                  "regressed parameters alone, as Wave 11's figures did.")
 flags.DEFINE_float("head_fit_sigma_point", None, "HeadFit.sigma_point (default: HeadFit's).")
 flags.DEFINE_bool("jaw_fit", True, "With a landmark-head regressor: fit the jaw opening to the head's lip points "
                   "(regressor.HeadFit.jaw, the tracker's default); false scores the regressed jaw.")

@@ -12,6 +12,7 @@ from neuface_jax.common import log as log_lib
 from neuface_jax.media import landmarker as landmarker_lib
 from neuface_jax.realtime import filters as filters_lib
 from neuface_jax.realtime import live as live_lib
+from neuface_jax.realtime import regressor as regressor_lib
 from neuface_jax.realtime import sources as sources_lib
 from neuface_jax.realtime import track as track_lib
 
@@ -23,6 +24,7 @@ def _define(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags_lib.define(fv, track_lib.TrackConfig)
     flags_lib.define(fv, filters_lib.OneEuroConfig)
+    flags_lib.define(fv, regressor_lib.HeadFit)
     flags_lib.define(fv, live_lib.LiveConfig)
 
 
@@ -39,7 +41,8 @@ def live_main(argv: list[str]) -> int:
     fv = parse_command(argv, PROG, live_main.__doc__, _define)
     if missing(fv, PROG, "source"):
         return 2
-    track_config = flags_lib.build(fv, track_lib.TrackConfig, one_euro=flags_lib.build(fv, filters_lib.OneEuroConfig))
+    track_config = flags_lib.build(fv, track_lib.TrackConfig, one_euro=flags_lib.build(fv, filters_lib.OneEuroConfig),
+                                   head_fit=flags_lib.build(fv, regressor_lib.HeadFit))
     config = flags_lib.build(fv, live_lib.LiveConfig)
     try:
         summary = live_lib.run_live(fv.source, track_config, config, progress=log_lib.progress_factory())

@@ -9,8 +9,8 @@ crop and returns the decoded parameters and the 68 model landmarks in normalized
 coordinates (what the tracker needs to place the next frame's crop). Crops follow the project's
 recipe (``media.crops``): the square box of the 68 landmarks ×1.1 ×1.25, warped to
 ``image_size`` pixels. A regressor with a spatial landmark head (``EncoderConfig.landmark_head``) also
-returns the head's 68 points, fits the regressed jaw opening to its lip points (``fit_jaw``, ``HeadFit.jaw``,
-on by default) and, with ``HeadFit(enabled=True)``, the head rotation and camera to all of them (``fit_pose``).
+returns the head's 68 points and, by default (``HeadFit``), fits the regressed head rotation and camera to them
+(``fit_pose``) and the jaw opening to its outer lip points (``fit_jaw``).
 """
 
 from __future__ import annotations
@@ -205,24 +205,30 @@ class Prediction:
 @dataclasses.dataclass(frozen=True)
 class HeadFit:
     """How a regressor with a spatial landmark head (``EncoderConfig.landmark_head``) uses the head's points:
-    the regressed jaw opening fitted to its 12 outer lip points (``fit_jaw``, on by default) and, optionally, the
-    regressed head rotation and camera fitted to all 68 (``fit_pose``, a few Gauss–Newton steps on six
-    numbers); the regressed values are the fits' Gaussian priors."""
+    the regressed head rotation and camera fitted to all 68 (``fit_pose``, Gauss–Newton on six numbers), then
+    the regressed jaw opening to its 12 outer lip points (``fit_jaw``), both on by default; the regressed values
+    are the fits' Gaussian priors. A regressor without a head is not affected."""
 
-    enabled: bool = setting(False, "Fit the head rotation and camera to the landmark head's points (off by default: "
-                                   "it helps where the head's points are better than the regressed mesh's, MEAD's "
-                                   "held-out frames, and hurts on a head turned beyond the training poses; "
-                                   "docs/realtime.md, Wave 11).")
-    sigma_point: float = setting(0.03, "Point noise, normalized crop units (the crop is 2 wide).")
-    sigma_rotation_deg: float = setting(10.0, "Prior on the change of the regressed head rotation (degrees).")
-    sigma_scale: float = setting(0.1, "Prior on the change of the camera's log scale.")
-    sigma_translation: float = setting(0.1, "Prior on the change of the face's place, normalized crop units.")
-    iterations: int = setting(3, "Gauss-Newton steps of the pose fit.")
+    enabled: bool = setting(True, "Fit the head rotation and camera to the landmark head's points: on by default "
+                                  "for a regressor trained with its head from the start (Wave 12: it takes a head "
+                                  "looking 17-28 degrees down from 1.67x annotate's NME to 1.47x); a head added to "
+                                  "an already trained regressor (Wave 11) reads worse than its mesh beyond the "
+                                  "training poses, so turn it off there (--nohead_fit).", flag="head_fit")
+    sigma_point: float = setting(0.03, "Point noise, normalized crop units (the crop is 2 wide).",
+                                 flag="head_fit_sigma_point")
+    sigma_rotation_deg: float = setting(10.0, "Prior on the change of the regressed head rotation (degrees).",
+                                        flag="head_fit_sigma_rotation_deg")
+    sigma_scale: float = setting(0.1, "Prior on the change of the camera's log scale.", flag="head_fit_sigma_scale")
+    sigma_translation: float = setting(0.1, "Prior on the change of the face's place, normalized crop units.",
+                                       flag="head_fit_sigma_translation")
+    iterations: int = setting(1, "Gauss-Newton steps of the pose fit (one: within 0.1 point of converged on the "
+                                 "benchmark's clips, 0.2 ms cheaper than three).", flag="head_fit_iterations")
     jaw: bool = setting(True, "Fit the jaw's opening to the landmark head's 12 outer lip points (one Gauss-Newton step "
                               "on one angle): on by default, it lowers the NME of a head looking 17-28 degrees "
                               "down, beyond the training poses, by a third of a point and changes the others by "
-                              "a few hundredths (docs/realtime.md, Wave 12).")
-    sigma_jaw_deg: float = setting(3.0, "Prior on the change of the regressed jaw opening (degrees).")
+                              "a few hundredths (docs/realtime.md, Wave 12).", flag="jaw_fit")
+    sigma_jaw_deg: float = setting(3.0, "Prior on the change of the regressed jaw opening (degrees).",
+                                   flag="jaw_fit_sigma_deg")
 
     def __post_init__(self):
         if self.iterations < 1:
@@ -393,7 +399,16 @@ class Regressor:
         self.head_fit = head_fit
         self._fit_sigmas = jnp.asarray(head_fit.sigmas()) if config.landmark_head and head_fit.enabled else None
         self._jaw_sigmas = jnp.asarray(head_fit.jaw_sigmas()) if config.landmark_head and head_fit.jaw else None
-        self._fn = jax.jit(functools.partial(_predict, graphdef, config, iterations=int(head_fit.iterations)))
+        # The weights, face model and settings are bound into the compiled function as constants: passing the
+        # network's ~150 arrays on every call cost 0.7 ms at batch 1 on a 2-core CPU (a quarter of the call), and
+        # one flat output vector is one transfer instead of six.
+        predict = functools.partial(_predict, graphdef, config, self._trainable, self._rest, self._landmark_face,
+                                    maps=self.coefficient_mirror_maps, fit=self._fit_sigmas, jaw=self._jaw_sigmas,
+                                    iterations=int(head_fit.iterations))
+        self._fn = jax.jit(lambda crop: jnp.concatenate([jnp.ravel(a) for a in predict(crop) if a is not None]))
+        sizes = [config.n_shape, config.n_expr, 15, 3, 68 * 2] + ([config.landmark_head * 2] if config.landmark_head
+                                                                   else [])
+        self._splits = np.cumsum(sizes)[:-1]
         self._lmk = jax.jit(_landmarks)
         self.image_size = int(config.image_size)
 
@@ -414,9 +429,10 @@ class Regressor:
         if crop.shape != (self.image_size, self.image_size, 3) or crop.dtype != np.uint8:
             raise ValueError(f"the regressor takes uint8 [{self.image_size}, {self.image_size}, 3] crops, got "
                              f"{crop.dtype} {crop.shape}")
-        out = jax.device_get(self._fn(self._trainable, self._rest, self._landmark_face, crop,
-                                      self.coefficient_mirror_maps, self._fit_sigmas, self._jaw_sigmas))
-        return Prediction(*(None if a is None else np.asarray(a, np.float32) for a in out))
+        parts = np.split(np.asarray(self._fn(crop), np.float32), self._splits)
+        shape, expression, pose, cam, lmk = parts[:5]
+        head = parts[5].reshape(-1, 2) if len(parts) > 5 else None
+        return Prediction(shape, expression, pose, cam, lmk.reshape(-1, 2), head)
 
     def landmarks(self, p: Prediction) -> np.ndarray:
         """[68, 2] model landmarks (normalized crop coordinates) of ``p``'s parameters (e.g. after filtering)."""

@@ -144,16 +144,16 @@ def test_fit_jaw_recovers_the_opening_from_the_lips():
         regressor.HeadFit(sigma_jaw_deg=0.0)
 
 
-def test_regressor_with_a_landmark_head_fits_its_jaw_to_the_lips_by_default():
+def test_regressor_with_a_landmark_head_fits_its_jaw_to_the_lips():
     cfg = regressor.regressor_config(100, 50, landmark_head=68, **TINY3)
     enc = encoder_lib.init_encoder(cfg, seed=0)
     rng = np.random.default_rng(4)
     enc.landmark_head.logits.kernel[...] = jnp.asarray(rng.normal(size=enc.landmark_head.logits.kernel.shape) * 2.0,
                                                         jnp.float32)
     crop = rng.integers(0, 255, (32, 32, 3), np.uint8)
-    default = regressor.Regressor(enc, cfg)(crop)
-    plain = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(jaw=False))(crop)
-    assert regressor.HeadFit().jaw and not regressor.HeadFit().enabled
+    default = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(enabled=False))(crop)  # the jaw fit alone
+    plain = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(enabled=False, jaw=False))(crop)
+    assert regressor.HeadFit().jaw and regressor.HeadFit().enabled  # both fits are on by default
     assert abs(default.pose[6] - plain.pose[6]) > 1e-4
     np.testing.assert_array_equal(np.delete(default.pose, 6), np.delete(plain.pose, 6))
     np.testing.assert_array_equal(default.expression, plain.expression)
@@ -161,9 +161,14 @@ def test_regressor_with_a_landmark_head_fits_its_jaw_to_the_lips_by_default():
     lips = list(regressor.JAW_FIT_POINTS)
     err = lambda p: np.square(p.landmarks[lips] - p.head_landmarks[lips]).sum()  # noqa: E731
     assert err(default) < err(plain)
-    # The landmarks are the fitted parameters' own.
+    # The landmarks are the fitted parameters' own, with both fits (the default) too.
     reg = regressor.Regressor(enc, cfg)
     np.testing.assert_allclose(reg.landmarks(default), default.landmarks, atol=1e-6)
+    both = reg(crop)
+    np.testing.assert_allclose(reg.landmarks(both), both.landmarks, atol=1e-6)
+    posed = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(jaw=False))(crop)
+    np.testing.assert_array_equal(np.delete(both.pose, 6), np.delete(posed.pose, 6))  # the jaw fit runs last
+    assert abs(both.pose[6] - posed.pose[6]) > 1e-4
 
 
 def test_regressor_with_a_landmark_head_fits_its_pose_to_the_points():
@@ -174,14 +179,16 @@ def test_regressor_with_a_landmark_head_fits_its_pose_to_the_points():
     enc.landmark_head.logits.kernel[...] = jnp.asarray(rng.normal(size=enc.landmark_head.logits.kernel.shape) * 2.0,
                                                         jnp.float32)
     crop = rng.integers(0, 255, (32, 32, 3), np.uint8)
-    fitted = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(enabled=True, jaw=False))(crop)
-    plain = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(jaw=False))(crop)  # no fit
+    fitted = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(enabled=True, jaw=False, iterations=3))(crop)
+    plain = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(enabled=False, jaw=False))(crop)  # no fit
+    one = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(jaw=False))(crop)  # the default: one step
     assert fitted.head_landmarks.shape == (68, 2)
     np.testing.assert_array_equal(fitted.head_landmarks, plain.head_landmarks)
     np.testing.assert_array_equal(fitted.shape, plain.shape)  # only the head rotation and camera move
     np.testing.assert_array_equal(fitted.pose[3:], plain.pose[3:])
     err = lambda p: np.abs(p.landmarks - p.head_landmarks).mean()  # noqa: E731
     assert err(fitted) < 0.8 * err(plain)
+    assert err(fitted) <= err(one) < err(plain)
     # Mirror averaging: the mirrored crop's points come back mirrored (x negated, left and right swapped).
     both = regressor.Regressor(enc, cfg, mirror_average=True)(crop)
     m = regressor.Regressor(enc, cfg)(np.ascontiguousarray(crop[:, ::-1]))
