@@ -94,9 +94,10 @@ flags.DEFINE_string("pose_overlay_dir", None, "Pose part: where to write overlay
 flags.DEFINE_list("profile_bias_pitches", ["-8", "8"], "profile_bias part: the pitch changes (degrees) of the turned "
                   "copies.")
 flags.DEFINE_bool("head_fit", True, "With a landmark-head regressor: fit the head rotation and camera to the "
-                  "head's points (regressor.HeadFit.enabled, the tracker's default); false (and --nojaw_fit) scores the "
-                  "regressed parameters alone, as Wave 11's figures did.")
+                  "head's points (regressor.HeadFit.enabled, the tracker's default); false (and --nojaw_fit) scores "
+                  "the regressed parameters alone, as Wave 11's figures did.")
 flags.DEFINE_float("head_fit_sigma_point", None, "HeadFit.sigma_point (default: HeadFit's).")
+flags.DEFINE_integer("head_fit_iterations", None, "HeadFit.iterations (default: HeadFit's).")
 flags.DEFINE_bool("jaw_fit", True, "With a landmark-head regressor: fit the jaw opening to the head's lip points "
                   "(regressor.HeadFit.jaw, the tracker's default); false scores the regressed jaw.")
 flags.DEFINE_float("jaw_fit_sigma_deg", None, "HeadFit.sigma_jaw_deg (default: HeadFit's).")
@@ -957,13 +958,15 @@ def main(argv):
     reg = track.load_regressor(FLAGS.regressor, mirror_average=FLAGS.mirror_average,
                                head_fit=regressor_lib.HeadFit(enabled=FLAGS.head_fit, jaw=FLAGS.jaw_fit, **{
                                    k: v for k, v in (("sigma_point", FLAGS.head_fit_sigma_point),
+                                                     ("iterations", FLAGS.head_fit_iterations),
                                                      ("sigma_jaw_deg", FLAGS.jaw_fit_sigma_deg)) if v is not None}))
     report = {
         "command": "python experiments/benchmark_realtime.py " + " ".join(
             f"--{k}={FLAGS[k].value if not isinstance(FLAGS[k].value, list) else ','.join(FLAGS[k].value)}"
             for k in ("regressor", "annotations", "extra_annotations", "parts", "latency_sizes", "synthetic_seeds", "neuface_epochs", "mirror_average", "filter_min_cutoff",
-                      "filter_beta", "pose_bins", "profile_bias_pitches", "head_fit", "head_fit_sigma_point", "jaw_fit",
-                      "jaw_fit_sigma_deg")),
+                      "filter_beta", "pose_bins", "profile_bias_pitches", "head_fit", "head_fit_sigma_point", "head_fit_iterations",
+                      "jaw_fit", "jaw_fit_sigma_deg")),
+        "head_fit": dataclasses.asdict(reg.head_fit) if reg.config.landmark_head else None,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
                     "loadavg_before": os.getloadavg()},
         "regressor": FLAGS.regressor, "encoder_config": reg.config.to_dict(),

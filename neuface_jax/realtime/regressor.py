@@ -34,7 +34,8 @@ from neuface_jax.media import landmark_sets as landmark_sets_lib
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE", "HeadFit", "JAW_FIT_POINTS", "Prediction", "Regressor", "box_of_transform", "crop_box",
-    "demo_face", "fit_jaw", "fit_pose", "landmark_submodel", "mirror_maps", "mirror_params", "reframe_camera", "regressor_config",
+    "demo_face", "fit_jaw", "fit_pose", "landmark_submodel", "mirror_maps", "mirror_params", "reframe_camera",
+    "regressor_config",
 ]
 
 #: Crop side of the regressor (pixels).
@@ -224,9 +225,9 @@ class HeadFit:
     iterations: int = setting(1, "Gauss-Newton steps of the pose fit (one: within 0.1 point of converged on the "
                                  "benchmark's clips, 0.2 ms cheaper than three).", flag="head_fit_iterations")
     jaw: bool = setting(True, "Fit the jaw's opening to the landmark head's 12 outer lip points (one Gauss-Newton step "
-                              "on one angle): on by default, it lowers the NME of a head looking 17-28 degrees "
-                              "down, beyond the training poses, by a third of a point and changes the others by "
-                              "a few hundredths (docs/realtime.md, Wave 12).", flag="jaw_fit")
+                              "on one angle): on Wave 11's regressors it lowered the NME of a head looking 17-28 "
+                              "degrees down, beyond the training poses, by 0.26-0.51 points and changed the others "
+                              "by a few hundredths (docs/realtime.md, Wave 12).", flag="jaw_fit")
     sigma_jaw_deg: float = setting(3.0, "Prior on the change of the regressed jaw opening (degrees).",
                                    flag="jaw_fit_sigma_deg")
 

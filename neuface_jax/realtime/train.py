@@ -295,7 +295,8 @@ def distillation_data(annotation_dirs: Sequence, *, image_size: int = regressor_
 
     Targets: the fitted identity, expression, full pose and camera, and 2D landmarks (by default the
     fitted model's; normalized crop coordinates) of every frame with a face; the crop is the annotation's own
-    (the camera unchanged) unless ``recrop`` moves it (the camera and points moved to match). Each clip (and view) is one identity group (``clip_index``).
+    (the camera unchanged) unless ``recrop`` moves it (the camera and points moved to match). Each clip (and
+    view) is one identity group (``clip_index``).
     """
     train_parts, held_parts = [], []
     group = DISTILLED_CLIP_BASE
