@@ -144,13 +144,18 @@ def test_fit_jaw_recovers_the_opening_from_the_lips():
         regressor.HeadFit(sigma_jaw_deg=0.0)
 
 
-def test_regressor_with_a_landmark_head_fits_its_jaw_to_the_lips():
+def _spread_head(seed):
+    """A tiny regressor whose head's points spread over the crop (a fresh head puts all at the centre), and a crop."""
     cfg = regressor.regressor_config(100, 50, landmark_head=68, **TINY3)
     enc = encoder_lib.init_encoder(cfg, seed=0)
-    rng = np.random.default_rng(4)
+    rng = np.random.default_rng(seed)
     enc.landmark_head.logits.kernel[...] = jnp.asarray(rng.normal(size=enc.landmark_head.logits.kernel.shape) * 2.0,
                                                         jnp.float32)
-    crop = rng.integers(0, 255, (32, 32, 3), np.uint8)
+    return cfg, enc, rng.integers(0, 255, (32, 32, 3), np.uint8)
+
+
+def test_regressor_with_a_landmark_head_fits_its_jaw_to_the_lips():
+    cfg, enc, crop = _spread_head(4)
     default = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(enabled=False))(crop)  # the jaw fit alone
     plain = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(enabled=False, jaw=False))(crop)
     assert regressor.HeadFit().jaw and regressor.HeadFit().enabled  # both fits are on by default
@@ -172,13 +177,7 @@ def test_regressor_with_a_landmark_head_fits_its_jaw_to_the_lips():
 
 
 def test_regressor_with_a_landmark_head_fits_its_pose_to_the_points():
-    cfg = regressor.regressor_config(100, 50, landmark_head=68, **TINY3)
-    enc = encoder_lib.init_encoder(cfg, seed=0)
-    # Move the head's logits so that its points spread over the crop (a fresh head puts all at the centre).
-    rng = np.random.default_rng(3)
-    enc.landmark_head.logits.kernel[...] = jnp.asarray(rng.normal(size=enc.landmark_head.logits.kernel.shape) * 2.0,
-                                                        jnp.float32)
-    crop = rng.integers(0, 255, (32, 32, 3), np.uint8)
+    cfg, enc, crop = _spread_head(3)
     fitted = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(enabled=True, jaw=False, iterations=3))(crop)
     plain = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(enabled=False, jaw=False))(crop)  # no fit
     one = regressor.Regressor(enc, cfg, head_fit=regressor.HeadFit(jaw=False))(crop)  # the default: one step
